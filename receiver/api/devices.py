@@ -1,0 +1,64 @@
+"""Device endpoints, wire-compatible with the IoTaaP OS ESP32 library.
+
+Devices call these after a trigger, all at once, so they answer from the
+in-memory catalog and never read the database per request.
+"""
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from receiver.api.responses import message, server_error
+from receiver.ids import TOKEN_LENGTH, secret_matches_plain
+from receiver.services import Services
+from receiver.storage import ObjectNotFound, StorageError
+
+ID_LENGTH = 24
+
+
+async def latest(request: Request) -> Response:
+    services = Services.of(request)
+    entry = await services.catalog.lookup(request.path_params["group_id"])
+    if entry is None:
+        return message(404, "No such group")
+    if entry.firmware is None:
+        return message(404, "No firmware for this group")
+    return JSONResponse({"ver": entry.firmware.version})
+
+
+async def download(request: Request) -> Response:
+    credentials: str = request.path_params["credentials"]
+    # The id and the token are joined with no separator: 24 + 16 characters.
+    if len(credentials) != ID_LENGTH + TOKEN_LENGTH:
+        return message(404, "Not found")
+    group_id, token = credentials[:ID_LENGTH], credentials[ID_LENGTH:]
+    services = Services.of(request)
+    entry = await services.catalog.lookup(group_id)
+    # One answer for an unknown group, a wrong token and no firmware, so the
+    # endpoint tells nothing to somebody guessing.
+    if entry is None or not secret_matches_plain(token, entry.token) or entry.firmware is None:
+        return message(404, "Not found")
+    firmware = entry.firmware
+    try:
+        path = await services.run_blocking(lambda: services.storage.local_path(firmware.object_key))
+    except ObjectNotFound as exc:
+        return server_error("Firmware file is missing from storage", exc)
+    except StorageError as exc:
+        return server_error("Error when reading firmware file", exc)
+    # The object is immutable: its sha256 is a strong validator for Range/If-Range.
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        headers={
+            "x-MD5": firmware.md5,
+            "etag": f'"{firmware.sha256}"',
+            "cache-control": "no-cache",
+        },
+    )
+
+
+routes = [
+    Route("/v1/ota/group/latest/{group_id}", latest, methods=["GET"]),
+    Route("/v1/ota/group/download/{credentials}", download, methods=["GET", "HEAD"]),
+]

@@ -1,0 +1,281 @@
+"""The IoTaaP Group OTA API: list and deploy (spec/group-ota-api.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import semver
+from sqlalchemy import func
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from receiver.api.responses import UNAUTHORIZED, message, server_error
+from receiver.auth import authenticated_owner
+from receiver.deploy import DeployResult, StoredFirmware, VersionConflict, current_ota, deploy_firmware
+from receiver.groups import get_owned_group
+from receiver.ids import is_id, iso_utc, secret_matches_plain
+from receiver.models import GroupOta, User
+from receiver.services import Services
+from receiver.storage import StorageError, object_key
+from receiver.upload import MalformedUpload, Upload, UploadTooLarge, receive_upload
+
+LIST_ERROR = "Error when getting group OTA's."
+UPLOAD_ERROR = "Error when uploading firmware file"
+FREE_PLAN = "Group OTA update is not available in free model. Please upgrade your account."
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 100
+MAX_VERSION_LENGTH = 64
+MANDATORY_FIELDS = ("group", "token", "version")
+
+
+def ota_json(ota: GroupOta) -> dict[str, Any]:
+    return {
+        "_id": ota.id,
+        "group": ota.group_id,
+        "__v": ota.revision,
+        "last_updated": iso_utc(ota.last_updated),
+        "owner": ota.owner_id,
+        "path": ota.path,
+        "version": ota.version,
+        "sha256": ota.sha256,
+        "md5": ota.md5,
+        "size": ota.size,
+        "chip": ota.chip,
+        "project_name": ota.project_name,
+        "app_version": ota.app_version,
+        "idf_ver": ota.idf_ver,
+        "commit": ota.commit,
+    }
+
+
+# --- GET /v1/ota/group ---------------------------------------------------------
+
+
+class BadQuery(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    search: str
+    offset: int
+    limit: int
+    descending: bool
+    draw: str
+
+
+def _non_negative(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    raw = raw.strip()
+    if not raw.isdigit():
+        raise BadQuery(f"{name} must be a non-negative whole number, not {raw!r}")
+    return int(raw)
+
+
+def parse_list_query(request: Request) -> ListQuery:
+    offset = _non_negative(request, "offset", 0)
+    limit = min(_non_negative(request, "limit", DEFAULT_LIMIT), MAX_LIMIT)
+    order_dir = (request.query_params.get("order_dir") or "desc").strip().lower()
+    if order_dir not in ("asc", "desc"):
+        raise BadQuery(f"order_dir must be asc or desc, not {order_dir!r}")
+    return ListQuery(
+        search=request.query_params.get("search_value") or "",
+        offset=offset,
+        limit=limit,
+        descending=order_dir == "desc",
+        draw=request.query_params.get("draw") or "",
+    )
+
+
+def list_otas(*, session: Session, owner_id: str, query: ListQuery) -> tuple[list[GroupOta], int, int]:
+    owned = col(GroupOta.owner_id) == owner_id
+    total = session.exec(select(func.count()).select_from(GroupOta).where(owned)).one()
+    filters = [owned]
+    if query.search:
+        # autoescape: % and _ in the search are literal characters, not wildcards.
+        filters.append(func.lower(col(GroupOta.path)).contains(query.search.lower(), autoescape=True))
+    filtered = (
+        total
+        if not query.search
+        else session.exec(select(func.count()).select_from(GroupOta).where(*filters)).one()
+    )
+    order = col(GroupOta.last_updated).desc() if query.descending else col(GroupOta.last_updated).asc()
+    tiebreak = col(GroupOta.id).desc() if query.descending else col(GroupOta.id).asc()
+    rows = session.exec(
+        select(GroupOta).where(*filters).order_by(order, tiebreak).offset(query.offset).limit(query.limit)
+    ).all()
+    return list(rows), total, filtered
+
+
+async def get_group_otas(request: Request) -> Response:
+    owner = await authenticated_owner(request)
+    if owner is None:
+        return message(401, UNAUTHORIZED)
+    try:
+        query = parse_list_query(request)
+    except BadQuery as exc:
+        return message(400, str(exc))
+    services = Services.of(request)
+    try:
+        rows, total, filtered = await services.run_db(
+            lambda session: list_otas(session=session, owner_id=owner.id, query=query)
+        )
+    except SQLAlchemyError as exc:
+        return server_error(LIST_ERROR, exc)
+    return JSONResponse(
+        {
+            "otas": [ota_json(ota) for ota in rows],
+            "recordsTotal": total,
+            "recordsFiltered": filtered,
+            "draw": query.draw,
+        }
+    )
+
+
+# --- POST /v1/ota/group --------------------------------------------------------
+
+
+def valid_version(version: str) -> bool:
+    return len(version) <= MAX_VERSION_LENGTH and semver.Version.is_valid(version)
+
+
+def _field_error(upload: Upload) -> str | None:
+    for name in MANDATORY_FIELDS:
+        if not upload.fields.get(name, "").strip():
+            return f"{name} is a mandatory field"
+    if not is_id(upload.fields["group"].strip()):
+        return "Group ID is not valid"
+    if upload.file_path is None:
+        return "No file uploaded"
+    return None
+
+
+async def post_group_ota(request: Request) -> Response:
+    owner = await authenticated_owner(request)
+    if owner is None:
+        return message(401, UNAUTHORIZED)
+    services = Services.of(request)
+    settings = services.settings
+    try:
+        upload = await receive_upload(
+            request, spool_dir=settings.tmp_dir, max_file_bytes=settings.max_firmware_bytes
+        )
+    except UploadTooLarge as exc:
+        return message(
+            413,
+            f"Firmware is larger than the limit of {exc.limit} bytes "
+            f"({exc.limit / (1024 * 1024):.1f} MiB)",
+        )
+    except MalformedUpload as exc:
+        return message(400, str(exc))
+    except OSError as exc:
+        return server_error(UPLOAD_ERROR, exc)
+    try:
+        return await _deploy_upload(request, services, owner, upload)
+    finally:
+        upload.discard()
+
+
+async def _deploy_upload(request: Request, services: Services, owner: User, upload: Upload) -> Response:
+    from receiver.firmware import InvalidFirmware, inspect_firmware
+
+    problem = _field_error(upload)
+    if problem is not None:
+        return message(400, problem)
+    group_id = upload.fields["group"].strip()
+    token = upload.fields["token"].strip()
+    version = upload.fields["version"].strip()
+    commit = upload.fields.get("commit", "").strip()[:64] or None
+
+    if owner.plan == "free":
+        return message(403, FREE_PLAN)
+
+    try:
+        group = await services.run_db(
+            lambda session: get_owned_group(session=session, owner_id=owner.id, group_id=group_id)
+        )
+    except SQLAlchemyError as exc:
+        return server_error(UPLOAD_ERROR, exc)
+    if group is None:
+        return message(404, "No such group")
+    if not secret_matches_plain(token, group.token):
+        return message(400, "Group token is not valid")
+    if not valid_version(version):
+        return message(
+            400,
+            f"Version {version[:MAX_VERSION_LENGTH]!r} is not valid: use semantic versioning, e.g. 1.5.7",
+        )
+
+    assert upload.file_path is not None
+    file_path = upload.file_path
+    try:
+        image = await services.run_blocking(
+            lambda: inspect_firmware(file_path, expected_chip=group.chip)
+        )
+    except InvalidFirmware as exc:
+        return message(400, str(exc))
+
+    firmware = StoredFirmware(
+        object_key=object_key(image.sha256),
+        sha256=image.sha256,
+        md5=image.md5,
+        size=image.size,
+        chip=image.chip,
+        project_name=image.app.project_name if image.app else None,
+        app_version=image.app.version if image.app else None,
+        idf_ver=image.app.idf_ver if image.app else None,
+    )
+    try:
+        current = await services.run_db(lambda session: current_ota(session=session, group_id=group.id))
+        if current is None or current.version != version:
+            # Objects are immutable and content-addressed: writing one before the
+            # record means a record never points at an incomplete object, and a
+            # failed commit leaves only an unreferenced object behind.
+            await services.run_blocking(lambda: _store(services, firmware.object_key, file_path))
+        result: DeployResult = await services.run_write(
+            lambda session: deploy_firmware(
+                session=session, group_id=group.id, version=version, firmware=firmware, commit=commit
+            )
+        )
+    except VersionConflict as exc:
+        return _conflict(exc.current, version)
+    except (StorageError, SQLAlchemyError, OSError) as exc:
+        return server_error(UPLOAD_ERROR, exc)
+
+    if result.deployed:
+        services.catalog.invalidate()
+    return JSONResponse(
+        {
+            "message": "Firmware successfully deployed",
+            "deployed": result.deployed,
+            "ota": ota_json(result.ota),
+        },
+        status_code=201,
+    )
+
+
+def _store(services: Services, key: str, source: Any) -> None:
+    if not services.storage.exists(key):
+        services.storage.put(key, source)
+
+
+def _conflict(current: GroupOta, version: str) -> Response:
+    return message(
+        409,
+        f"Version {version} is already deployed to this group with different firmware. "
+        "Devices compare version strings and would never fetch it: bump the version.",
+        version=current.version,
+        sha256=current.sha256,
+        commit=current.commit,
+    )
+
+
+routes = [
+    Route("/v1/ota/group", get_group_otas, methods=["GET"]),
+    Route("/v1/ota/group", post_group_ota, methods=["POST"]),
+]

@@ -1,0 +1,74 @@
+"""create_app(settings): the receiver's routes, error handling and lifespan."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from receiver.api import devices, ota
+from receiver.api.responses import message
+from receiver.catalog import FirmwareCatalog
+from receiver.db import create_db_engine, init_schema
+from receiver.services import Services
+from receiver.settings import Settings
+from receiver.storage import create_storage
+from receiver.upload import spool_dir_ready
+
+log = logging.getLogger("otaship")
+
+
+def build_services(settings: Settings) -> Services:
+    engine = create_db_engine(settings.resolved_database_url)
+    init_schema(engine)
+    storage = create_storage(settings.resolved_storage_url, cache_dir=settings.cache_dir)
+    return Services(
+        settings=settings, engine=engine, storage=storage, catalog=FirmwareCatalog(engine)
+    )
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        owned = services is None
+        built = services if services is not None else build_services(settings)
+        spool_dir_ready(settings.tmp_dir)
+        app.state.services = built
+        try:
+            yield
+        finally:
+            if owned:
+                built.storage.close()
+                built.engine.dispose()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        text = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, exc.detail)
+        response = message(exc.status_code, text)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"message": "Internal server error"}, status_code=500)
+
+    app = Starlette(
+        routes=[*ota.routes, *devices.routes],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: unexpected_error},
+    )
+    if services is not None:
+        app.state.services = services
+    return app
+
+
+def app_from_env() -> Starlette:
+    """For `uvicorn --factory receiver.app:app_from_env`."""
+    return create_app(Settings.from_env())

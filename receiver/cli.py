@@ -1,0 +1,224 @@
+"""otaship: the receiver's command line (serve, and the admin verbs).
+
+Each `create` prints exactly one JSON object on stdout, for scripts. Errors are
+one line on stderr and a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
+
+from receiver.devices import DeviceError, create_device, device_json, list_devices
+from receiver.groups import GroupError, KNOWN_CHIPS, create_group, get_owned_group, group_json, list_groups
+from receiver.models import PLANS, Group, User
+from receiver.settings import Settings, SettingsError
+from receiver.users import (
+    UserError,
+    create_user,
+    get_user_by_email,
+    issue_api_key,
+    list_users,
+    user_json,
+)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """A one-line message for the operator."""
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=None))
+
+
+def _write(settings: Settings, work: Callable[[Session], Any]) -> Any:
+    from receiver.db import create_db_engine, init_schema, write_session
+
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        init_schema(engine)
+        with write_session(engine) as session:
+            return work(session)
+    finally:
+        engine.dispose()
+
+
+def _owner(session: Session, email: str) -> User:
+    user = get_user_by_email(session=session, email=email)
+    if user is None:
+        raise CommandError(f"no user with email {email}")
+    return user
+
+
+def cmd_user_create(settings: Settings, args: argparse.Namespace) -> None:
+    def work(session: Session) -> dict[str, Any]:
+        created = create_user(session=session, email=args.email, plan=args.plan)
+        return {
+            **user_json(created.user),
+            "api_key": created.api_key,
+            "mqtt_password": created.mqtt_password,
+        }
+
+    _print(_write(settings, work))
+
+
+def cmd_user_key(settings: Settings, args: argparse.Namespace) -> None:
+    def work(session: Session) -> dict[str, Any]:
+        user = _owner(session, args.email)
+        key = issue_api_key(session=session, user=user, revoke_existing=not args.keep)
+        return {"id": user.id, "email": user.email, "api_key": key}
+
+    _print(_write(settings, work))
+
+
+def cmd_user_list(settings: Settings, args: argparse.Namespace) -> None:
+    _print(_write(settings, lambda session: [user_json(u) for u in list_users(session=session)]))
+
+
+def cmd_group_create(settings: Settings, args: argparse.Namespace) -> None:
+    def work(session: Session) -> dict[str, Any]:
+        owner = _owner(session, args.owner)
+        group = create_group(
+            session=session, owner=owner, name=args.name, parent_id=args.parent, chip=args.chip
+        )
+        return group_json(group, owner)
+
+    _print(_write(settings, work))
+
+
+def cmd_group_list(settings: Settings, args: argparse.Namespace) -> None:
+    def work(session: Session) -> list[dict[str, Any]]:
+        owner = _owner(session, args.owner) if args.owner else None
+        owners = {u.id: u for u in list_users(session=session)}
+        return [
+            group_json(g, owners.get(g.owner_id))
+            for g in list_groups(session=session, owner_id=owner.id if owner else None)
+        ]
+
+    _print(_write(settings, work))
+
+
+def _group(session: Session, group_id: str) -> Group:
+    group = session.get(Group, group_id)
+    if group is None:
+        raise CommandError(f"no group {group_id}")
+    return group
+
+
+def cmd_device_create(settings: Settings, args: argparse.Namespace) -> None:
+    def work(session: Session) -> dict[str, Any]:
+        group = _group(session, args.group)
+        device = create_device(
+            session=session, group=group, name=args.name,
+            firmware_version=args.firmware_version, device_id=args.id,
+        )
+        return device_json(device)
+
+    _print(_write(settings, work))
+
+
+def cmd_device_list(settings: Settings, args: argparse.Namespace) -> None:
+    def work(session: Session) -> list[dict[str, Any]]:
+        if args.group:
+            _group(session, args.group)
+        return [device_json(d) for d in list_devices(session=session, group_id=args.group)]
+
+    _print(_write(settings, work))
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from receiver.app import create_app
+
+    settings = settings.with_overrides(
+        host=args.host or settings.host, port=args.port if args.port is not None else settings.port
+    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port,
+        log_level=settings.log_level, proxy_headers=True,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otaship",
+        description="otaship receiver: IoTaaP Group OTA API, device endpoints and staged rollouts.",
+        epilog="Configuration comes from OTASHIP_* environment variables (see the README).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the receiver")
+    serve.add_argument("--host", help="address to bind (default: OTASHIP_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default: OTASHIP_PORT or 8080)")
+    serve.set_defaults(run=cmd_serve)
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(
+        dest="verb", required=True, metavar="VERB"
+    )
+    p = user.add_parser("create", help="create a user; prints its API key and MQTT password once")
+    p.add_argument("email")
+    p.add_argument("--plan", choices=PLANS, default="free")
+    p.set_defaults(run=cmd_user_create)
+    p = user.add_parser("key", help="issue a new API key (revokes the old ones unless --keep)")
+    p.add_argument("email")
+    p.add_argument("--keep", action="store_true", help="keep existing keys valid")
+    p.set_defaults(run=cmd_user_key)
+    p = user.add_parser("list", help="list users")
+    p.set_defaults(run=cmd_user_list)
+
+    group = commands.add_parser("group", help="manage groups").add_subparsers(
+        dest="verb", required=True, metavar="VERB"
+    )
+    p = group.add_parser("create", help="create a group (or a subgroup with --parent)")
+    p.add_argument("name")
+    p.add_argument("--owner", required=True, metavar="EMAIL")
+    p.add_argument("--parent", metavar="GROUP_ID")
+    p.add_argument("--chip", choices=KNOWN_CHIPS)
+    p.set_defaults(run=cmd_group_create)
+    p = group.add_parser("list", help="list groups")
+    p.add_argument("--owner", metavar="EMAIL")
+    p.set_defaults(run=cmd_group_list)
+
+    device = commands.add_parser("device", help="manage devices").add_subparsers(
+        dest="verb", required=True, metavar="VERB"
+    )
+    p = device.add_parser("create", help="register a device in a group")
+    p.add_argument("name")
+    p.add_argument("--group", required=True, metavar="GROUP_ID")
+    p.add_argument("--firmware-version", metavar="X")
+    p.add_argument("--id", metavar="DEVICE_ID", help="the id the device uses (default: generated)")
+    p.set_defaults(run=cmd_device_create)
+    p = device.add_parser("list", help="list devices")
+    p.add_argument("--group", metavar="GROUP_ID")
+    p.set_defaults(run=cmd_device_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        args.run(settings, args)
+    except (CommandError, UserError, GroupError, DeviceError, SettingsError) as exc:
+        print(f"otaship: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except SQLAlchemyError as exc:
+        print(f"otaship: database error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Deploying a stored firmware image to a group: the one place a GroupOta changes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlmodel import Session, select
+
+from receiver.effective import resolve_effective
+from receiver.groups import ancestors, descendants
+from receiver.ids import utcnow
+from receiver.models import Deployment, Group, GroupOta
+
+
+@dataclass(frozen=True)
+class StoredFirmware:
+    """An image that is already complete in storage."""
+
+    object_key: str
+    sha256: str
+    md5: str
+    size: int
+    chip: str | None = None
+    project_name: str | None = None
+    app_version: str | None = None
+    idf_ver: str | None = None
+
+
+class VersionConflict(Exception):
+    """The version is already deployed to the group with other bytes."""
+
+    def __init__(self, current: GroupOta) -> None:
+        super().__init__(current.version)
+        self.current = current
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    ota: GroupOta
+    # False for the idempotent re-post of the same version and bytes.
+    deployed: bool
+    # Groups whose devices must be told: the group itself, and each descendant
+    # whose effective version changed. (group id, new effective version)
+    triggered: list[tuple[str, str]]
+
+
+def ota_path(group: Group) -> str:
+    """The spec's `path` of a group's firmware."""
+    return f"ota/group/{group.id}{group.token}/firmware.bin"
+
+
+def current_ota(*, session: Session, group_id: str) -> GroupOta | None:
+    return session.exec(select(GroupOta).where(GroupOta.group_id == group_id)).first()
+
+
+def _effective_versions(*, session: Session, group: Group, subtree: list[Group]) -> dict[str, str | None]:
+    chain = ancestors(session=session, group=group)
+    members = [*chain, group, *subtree]
+    parents = {g.id: g.parent_id for g in members}
+    otas = {
+        ota.group_id: ota
+        for ota in session.exec(
+            select(GroupOta).where(GroupOta.group_id.in_(list(parents)))  # type: ignore[attr-defined]
+        )
+    }
+    resolved = resolve_effective(parents, otas)
+    return {
+        g.id: (ota.version if (ota := resolved[g.id]) is not None else None)
+        for g in (group, *subtree)
+    }
+
+
+def deploy_firmware(
+    *,
+    session: Session,
+    group_id: str,
+    version: str,
+    firmware: StoredFirmware,
+    commit: str | None = None,
+    rollout_id: str | None = None,
+) -> DeployResult:
+    """Record a deploy inside the caller's write transaction.
+
+    The group row is locked first (FOR UPDATE on PostgreSQL; SQLite's write
+    transaction already holds the database lock), so concurrent deploys to one
+    group serialise and `__v` counts each of them exactly once.
+    """
+    group = session.exec(select(Group).where(Group.id == group_id).with_for_update()).one()
+    current = current_ota(session=session, group_id=group.id)
+    if current is not None and current.version == version:
+        if current.sha256 == firmware.sha256:
+            return DeployResult(ota=current, deployed=False, triggered=[])
+        raise VersionConflict(current)
+
+    subtree = descendants(session=session, group=group)
+    before = _effective_versions(session=session, group=group, subtree=subtree)
+
+    now = utcnow()
+    if current is None:
+        ota = GroupOta(
+            group_id=group.id, owner_id=group.owner_id, version=version, path=ota_path(group),
+            object_key=firmware.object_key, sha256=firmware.sha256, md5=firmware.md5,
+            size=firmware.size, revision=0, last_updated=now,
+        )
+    else:
+        ota = current
+        ota.revision += 1
+        ota.version = version
+        ota.path = ota_path(group)
+        ota.object_key = firmware.object_key
+        ota.sha256 = firmware.sha256
+        ota.md5 = firmware.md5
+        ota.size = firmware.size
+        # Strictly later than before, so this deploy wins the effective-firmware
+        # comparison even within one clock tick.
+        ota.last_updated = max(now, current.last_updated + timedelta(milliseconds=1))
+    ota.chip = firmware.chip
+    ota.project_name = firmware.project_name
+    ota.app_version = firmware.app_version
+    ota.idf_ver = firmware.idf_ver
+    ota.commit = commit
+    session.add(ota)
+    session.flush()
+    session.add(
+        Deployment(
+            ota_id=ota.id, group_id=group.id, owner_id=group.owner_id, revision=ota.revision,
+            version=version, object_key=firmware.object_key, sha256=firmware.sha256,
+            md5=firmware.md5, size=firmware.size, commit=commit, rollout_id=rollout_id,
+            deployed_at=now,
+        )
+    )
+    session.flush()
+
+    after = _effective_versions(session=session, group=group, subtree=subtree)
+    triggered = [(group.id, version)]
+    triggered += [
+        (g.id, v) for g in subtree if (v := after[g.id]) is not None and v != before[g.id]
+    ]
+    return DeployResult(ota=ota, deployed=True, triggered=triggered)

@@ -1,0 +1,52 @@
+"""The receiver's long-lived parts, built once by the app's lifespan."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio.to_thread
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from starlette.requests import HTTPConnection
+
+from receiver.catalog import FirmwareCatalog
+from receiver.db import read_session, write_session
+from receiver.settings import Settings
+from receiver.storage import Storage
+
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    storage: Storage
+    catalog: FirmwareCatalog
+
+    @staticmethod
+    def of(conn: HTTPConnection) -> Services:
+        services: Services = conn.app.state.services
+        return services
+
+    async def run_db(self, work: Callable[[Session], T]) -> T:
+        """Run blocking database work off the event loop, in a read session."""
+
+        def call() -> T:
+            with read_session(self.engine) as session:
+                return work(session)
+
+        return await anyio.to_thread.run_sync(call)
+
+    async def run_write(self, work: Callable[[Session], T]) -> T:
+        """Run blocking work in one write transaction, committed when it returns."""
+
+        def call() -> T:
+            with write_session(self.engine) as session:
+                return work(session)
+
+        return await anyio.to_thread.run_sync(call)
+
+    async def run_blocking(self, work: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(work)

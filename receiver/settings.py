@@ -1,0 +1,86 @@
+"""Settings: the receiver's whole configuration, read once from OTASHIP_* variables."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_MAX_FIRMWARE_BYTES = 16 * 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A configuration value is unusable; the message names the variable."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = field(default_factory=lambda: Path("otaship-data"))
+    # None means "derive from data_dir": the embedded defaults.
+    database_url: str | None = None
+    storage_url: str | None = None
+    mqtt_url: str = "embedded://127.0.0.1:1883"
+    public_url: str | None = None
+    max_firmware_bytes: int = DEFAULT_MAX_FIRMWARE_BYTES
+    log_level: str = "info"
+    log_format: str = "text"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        log_format = env.get("OTASHIP_LOG_FORMAT", "text").strip().lower() or "text"
+        if log_format not in ("text", "json"):
+            raise SettingsError(f"OTASHIP_LOG_FORMAT must be text or json, not {log_format!r}")
+        return cls(
+            host=env.get("OTASHIP_HOST", "").strip() or "127.0.0.1",
+            port=_int(env, "OTASHIP_PORT", 8080),
+            data_dir=Path(env.get("OTASHIP_DATA_DIR", "").strip() or "otaship-data"),
+            database_url=env.get("OTASHIP_DATABASE_URL", "").strip() or None,
+            storage_url=env.get("OTASHIP_STORAGE_URL", "").strip() or None,
+            mqtt_url=env.get("OTASHIP_MQTT_URL", "").strip() or "embedded://127.0.0.1:1883",
+            public_url=env.get("OTASHIP_PUBLIC_URL", "").strip() or None,
+            max_firmware_bytes=_int(
+                env, "OTASHIP_MAX_FIRMWARE_BYTES", DEFAULT_MAX_FIRMWARE_BYTES, minimum=1
+            ),
+            log_level=env.get("OTASHIP_LOG_LEVEL", "").strip().lower() or "info",
+            log_format=log_format,
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'otaship.db').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir / "objects").resolve().as_uri()
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Where uploads are spooled while they stream in and are validated."""
+        return self.data_dir / "tmp"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"

@@ -1,0 +1,92 @@
+"""Shared fixtures: a real receiver app on real backends, and ways to populate it."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from receiver.app import build_services, create_app
+from receiver.db import write_session
+from receiver.devices import create_device
+from receiver.groups import create_group
+from receiver.models import Device, Group, User
+from receiver.services import Services
+from receiver.settings import Settings
+from receiver.users import create_user
+
+
+@dataclass
+class Owner:
+    user: User
+    api_key: str
+    mqtt_password: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+class Fleet:
+    """Creates owners, groups and devices straight in the receiver's database."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._count = 0
+
+    def owner(self, plan: str = "pro") -> Owner:
+        self._count += 1
+        with write_session(self.services.engine) as session:
+            created = create_user(session=session, email=f"owner{self._count}@example.com", plan=plan)
+        return Owner(created.user, created.api_key, created.mqtt_password)
+
+    def group(
+        self, owner: Owner, *, name: str = "fleet", parent: Group | None = None, chip: str | None = None
+    ) -> Group:
+        with write_session(self.services.engine) as session:
+            owner_user = session.get(User, owner.user.id)
+            assert owner_user is not None
+            return create_group(
+                session=session, owner=owner_user, name=name,
+                parent_id=parent.id if parent else None, chip=chip,
+            )
+
+    def device(self, group: Group, *, name: str = "dev", firmware_version: str | None = None) -> Device:
+        with write_session(self.services.engine) as session:
+            return create_device(session=session, group=group, name=name, firmware_version=firmware_version)
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'otaship.db'}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        mqtt_url="none",
+        max_firmware_bytes=2 * 1024 * 1024,
+    )
+
+
+@pytest.fixture
+def services(settings: Settings) -> Iterator[Services]:
+    built = build_services(settings)
+    yield built
+    built.storage.close()
+    built.engine.dispose()
+
+
+@pytest.fixture
+def client(settings: Settings, services: Services) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, services=services)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def fleet(services: Services) -> Fleet:
+    return Fleet(services)

@@ -1,0 +1,38 @@
+"""The machine's real services (PostgreSQL, Mosquitto) for tests that need them.
+
+Absent, such a test skips and says why; with OTASHIP_REQUIRE_SERVICES=1 (as CI
+sets it) a missing service fails the test instead, so it cannot pass unseen.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+POSTGRES = ("127.0.0.1", 5432)
+MOSQUITTO = ("127.0.0.1", 1883)
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require(name: str, address: tuple[str, int]) -> None:
+    if port_open(*address):
+        return
+    reason = f"{name} is not listening on {address[0]}:{address[1]}"
+    if os.environ.get("OTASHIP_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}, and OTASHIP_REQUIRE_SERVICES=1 requires it")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
