@@ -1,0 +1,72 @@
+"""`otaship serve` as a real subprocess, and the `otaship` CLI against the same data."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.services import free_port
+
+OTASHIP = [sys.executable, "-m", "receiver.cli"]
+
+
+def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTASHIP_")}
+    env.update({"OTASHIP_DATA_DIR": str(data_dir), "OTASHIP_MQTT_URL": "none", **extra})
+    return env
+
+
+def otaship(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*OTASHIP, *args], env=env, capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"otaship {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def otaship_json(env: dict[str, str], *args: str) -> Any:
+    return json.loads(otaship(env, *args).stdout)
+
+
+class ReceiverProcess:
+    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.env = {**env, "OTASHIP_PORT": str(self.port)}
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> ReceiverProcess:
+        self.process = subprocess.Popen(
+            [*OTASHIP, "serve"], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                output = self.process.stdout.read().decode() if self.process.stdout else ""
+                raise AssertionError(f"otaship serve exited with {self.process.returncode}: {output}")
+            try:
+                httpx.get(f"{self.url}/v1/ota/group", timeout=1)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.stop()
+        raise AssertionError("otaship serve did not start in time")
+
+    def stop(self) -> str:
+        if self.process is None:
+            return ""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        output = self.process.stdout.read().decode() if self.process.stdout else ""
+        self.process = None
+        return output

@@ -1,0 +1,146 @@
+"""The admin CLI's contract, and `otaship serve` as a subprocess sharing its database."""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.esp_image import build_image
+from tests.receiver_process import ReceiverProcess, cli_env, otaship, otaship_json
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return cli_env(tmp_path / "data")
+
+
+def test_user_create_prints_one_json_object(env: dict[str, str]) -> None:
+    result = otaship(env, "user", "create", "ada@example.com", "--plan", "pro")
+    assert result.stdout.count("\n") == 1
+    user = otaship_json(env, "user", "create", "bob@example.com")
+    assert set(user) == {"id", "email", "plan", "api_key", "mqtt_user", "mqtt_password"}
+    assert re.fullmatch(r"[0-9a-f]{24}", user["id"])
+    assert user["email"] == "bob@example.com"
+    assert user["plan"] == "free"
+    users = otaship_json(env, "user", "list")
+    assert [u["email"] for u in users] == ["ada@example.com", "bob@example.com"]
+    # Secrets are shown once, never listed.
+    assert all("api_key" not in u and "mqtt_password" not in u for u in users)
+
+
+def test_group_and_device_create(env: dict[str, str]) -> None:
+    otaship(env, "user", "create", "ada@example.com", "--plan", "pro")
+    group = otaship_json(env, "group", "create", "fleet", "--owner", "ada@example.com", "--chip", "esp32")
+    assert set(group) == {"id", "name", "token", "owner", "parent", "chip"}
+    assert re.fullmatch(r"[0-9a-f]{24}", group["id"])
+    assert re.fullmatch(r"[A-Za-z0-9]{16}", group["token"])
+    assert (group["name"], group["owner"], group["parent"], group["chip"]) == (
+        "fleet", "ada@example.com", None, "esp32",
+    )
+    canary = otaship_json(env, "group", "create", "canary", "--owner", "ada@example.com", "--parent", group["id"])
+    assert canary["parent"] == group["id"]
+    assert canary["chip"] == "esp32"  # inherited
+
+    device = otaship_json(env, "device", "create", "kitchen", "--group", canary["id"], "--firmware-version", "1.0.0")
+    assert set(device) == {"id", "name", "group", "firmware_version"}
+    assert (device["name"], device["group"], device["firmware_version"]) == ("kitchen", canary["id"], "1.0.0")
+    assert [d["id"] for d in otaship_json(env, "device", "list", "--group", canary["id"])] == [device["id"]]
+    assert [g["id"] for g in otaship_json(env, "group", "list")] == [group["id"], canary["id"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("user", "create", "ada@example.com"), "a user with email ada@example.com already exists"),
+        (("group", "create", "x", "--owner", "nobody@example.com"), "no user with email nobody@example.com"),
+        (("group", "create", "x", "--owner", "ada@example.com", "--parent", "0" * 24),
+         f"no group {'0' * 24} owned by ada@example.com"),
+        (("device", "create", "d", "--group", "0" * 24), f"no group {'0' * 24}"),
+        (("user", "key", "nobody@example.com"), "no user with email nobody@example.com"),
+    ],
+)
+def test_errors_are_one_line_and_non_zero(env: dict[str, str], args: tuple[str, ...], message: str) -> None:
+    otaship(env, "user", "create", "ada@example.com")
+    result = otaship(env, *args, check=False)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == f"otaship: error: {message}\n"
+
+
+def test_a_parent_of_another_owner_is_refused(env: dict[str, str]) -> None:
+    otaship(env, "user", "create", "ada@example.com")
+    otaship(env, "user", "create", "eve@example.com")
+    adas = otaship_json(env, "group", "create", "fleet", "--owner", "ada@example.com")
+    result = otaship(env, "group", "create", "x", "--owner", "eve@example.com", "--parent", adas["id"], check=False)
+    assert result.returncode == 1
+    assert "owned by eve@example.com" in result.stderr
+
+
+@pytest.fixture
+def receiver(env: dict[str, str]) -> Iterator[ReceiverProcess]:
+    process = ReceiverProcess(env).start()
+    yield process
+    process.stop()
+
+
+def test_serve_and_cli_share_the_database(receiver: ReceiverProcess, env: dict[str, str], tmp_path: Path) -> None:
+    # Everything the CLI creates while `serve` runs works at once.
+    user = otaship_json(env, "user", "create", "ada@example.com", "--plan", "pro")
+    group = otaship_json(env, "group", "create", "fleet", "--owner", "ada@example.com")
+    headers = {"Authorization": f"Bearer {user['api_key']}"}
+    image = build_image("1.0.0")
+    response = httpx.post(
+        f"{receiver.url}/v1/ota/group", headers=headers,
+        data={"group": group["id"], "token": group["token"], "version": "1.0.0"},
+        files={"firmware": ("firmware.bin", image)}, timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    listing = httpx.get(f"{receiver.url}/v1/ota/group", headers=headers).json()
+    assert [o["version"] for o in listing["otas"]] == ["1.0.0"]
+    assert httpx.get(f"{receiver.url}/v1/ota/group/latest/{group['id']}").json() == {"ver": "1.0.0"}
+
+    # A key rotated with the CLI stops working on the running server.
+    new = otaship_json(env, "user", "key", "ada@example.com")
+    assert httpx.get(f"{receiver.url}/v1/ota/group", headers=headers).status_code == 401
+    assert httpx.get(
+        f"{receiver.url}/v1/ota/group", headers={"Authorization": f"Bearer {new['api_key']}"}
+    ).status_code == 200
+
+
+def test_a_download_in_progress_finishes_with_the_image_it_started(
+    receiver: ReceiverProcess, env: dict[str, str]
+) -> None:
+    user = otaship_json(env, "user", "create", "ada@example.com", "--plan", "pro")
+    group = otaship_json(env, "group", "create", "fleet", "--owner", "ada@example.com")
+    headers = {"Authorization": f"Bearer {user['api_key']}"}
+    old, new = build_image("1.0.0", code_size=1_500_000), build_image("2.0.0", code_size=1_500_000)
+    for version, image in (("1.0.0", old),):
+        httpx.post(
+            f"{receiver.url}/v1/ota/group", headers=headers,
+            data={"group": group["id"], "token": group["token"], "version": version},
+            files={"firmware": ("firmware.bin", image)}, timeout=30,
+        ).raise_for_status()
+    url = f"{receiver.url}/v1/ota/group/download/{group['id']}{group['token']}"
+    with httpx.stream("GET", url, timeout=30) as download:
+        chunks = download.iter_raw(4096)
+        received = next(chunks)
+        httpx.post(
+            f"{receiver.url}/v1/ota/group", headers=headers,
+            data={"group": group["id"], "token": group["token"], "version": "2.0.0"},
+            files={"firmware": ("firmware.bin", new)}, timeout=30,
+        ).raise_for_status()
+        received += b"".join(chunks)
+    assert hashlib.sha256(received).hexdigest() == hashlib.sha256(old).hexdigest()
+    assert httpx.get(url, timeout=30).content == new
+
+
+def test_serve_honours_otaship_port(env: dict[str, str]) -> None:
+    process = ReceiverProcess(env).start()
+    try:
+        assert httpx.get(f"http://127.0.0.1:{process.port}/v1/ota/group").status_code == 401
+    finally:
+        process.stop()
