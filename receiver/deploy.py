@@ -27,11 +27,17 @@ class StoredFirmware:
 
 
 class VersionConflict(Exception):
-    """The version is already deployed to the group with other bytes."""
+    """The version is already deployed to the group with other bytes.
+
+    It carries plain values: the transaction rolls back as it propagates, and
+    the ORM row would be expired by then.
+    """
 
     def __init__(self, current: GroupOta) -> None:
         super().__init__(current.version)
-        self.current = current
+        self.version = current.version
+        self.sha256 = current.sha256
+        self.commit = current.commit
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from sqlmodel import Session, select
 
+from receiver.firmware import SUPPORTED_CHIPS
 from receiver.ids import is_id, new_group_token
 from receiver.models import Group, User
 
 # Chips a group may pin; a firmware built for another chip is refused.
-KNOWN_CHIPS = (
-    "esp32", "esp32s2", "esp32s3", "esp32c2", "esp32c3", "esp32c5", "esp32c6",
-    "esp32c61", "esp32h2", "esp32p4",
-)
+KNOWN_CHIPS = SUPPORTED_CHIPS
 
 
 class GroupError(ValueError):

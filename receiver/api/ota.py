@@ -243,7 +243,7 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
             )
         )
     except VersionConflict as exc:
-        return _conflict(exc.current, version)
+        return _conflict(exc, version)
     except (StorageError, SQLAlchemyError, OSError) as exc:
         return server_error(UPLOAD_ERROR, exc)
 
@@ -264,7 +264,7 @@ def _store(services: Services, key: str, source: Any) -> None:
         services.storage.put(key, source)
 
 
-def _conflict(current: GroupOta, version: str) -> Response:
+def _conflict(current: VersionConflict, version: str) -> Response:
     return message(
         409,
         f"Version {version} is already deployed to this group with different firmware. "
