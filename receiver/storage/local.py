@@ -1,0 +1,151 @@
+"""Firmware objects as files under a local directory (the embedded default)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from receiver.storage.base import ObjectNotFound, Storage, StorageError
+
+# Temp files live inside root so that os.replace never crosses a filesystem; the
+# leading dot keeps them out of the key space (validate_key rejects dot segments).
+_TMP_DIR = ".tmp"
+_TMP_SUFFIX = ".part"
+# A temp file this old was left by a crashed process; a live upload is far younger.
+# Several workers may share root, so a fresh temp file is never ours to delete.
+_STALE_TMP_SECONDS = 3600.0
+_COPY_CHUNK = 1024 * 1024
+_MAX_KEY_BYTES = 1024  # the GCS object name limit, so both backends accept the same keys
+
+
+def validate_key(key: str) -> str:
+    """Return `key` if it is a safe relative object key, else raise ValueError.
+
+    Shared by every backend so that a key accepted by one is accepted by all. Segments
+    starting with a dot are refused: besides `.` and `..` that reserves hidden names
+    for the backends' own files.
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError("object key must be a non-empty string")
+    if len(key.encode("utf-8", "surrogatepass")) > _MAX_KEY_BYTES:
+        raise ValueError(f"object key longer than {_MAX_KEY_BYTES} bytes")
+    if key.startswith("/") or "\\" in key or any(ord(c) < 0x20 or c == "\x7f" for c in key):
+        raise ValueError(
+            f"object key {key!r} must be relative, without backslashes or control characters"
+        )
+    for segment in key.split("/"):
+        if not segment or segment.startswith("."):
+            raise ValueError(f"object key {key!r} has an empty or dot segment")
+    return key
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename itself must survive a power cut, not only the file's bytes.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStorage(Storage):
+    """Objects stored as `root/<key>`, each written completely before it appears."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self._tmp = self.root / _TMP_DIR
+        self._prepared = False
+
+    def _path(self, key: str) -> Path:
+        path = self.root / validate_key(key)
+        # validate_key already rules out `..`; this guards against a future rule change.
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"object key {key!r} escapes the storage root")
+        return path
+
+    def _prepare(self) -> None:
+        """Create root on first use and clear temp files left by crashed processes."""
+        if self._prepared:
+            return
+        try:
+            self._tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create storage directory {self.root}: {exc.strerror}"
+            ) from exc
+        cutoff = time.time() - _STALE_TMP_SECONDS
+        with contextlib.suppress(OSError), os.scandir(self._tmp) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.name.endswith(_TMP_SUFFIX) and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+        self._prepared = True
+
+    def put(self, key: str, source: Path) -> None:
+        path = self._path(key)
+        self._prepare()
+        # Opened before the temp file exists: a missing source is the caller's bug,
+        # raised as it is, and leaves nothing to clean up.
+        with open(source, "rb") as src:
+            try:
+                fd, tmp_name = tempfile.mkstemp(dir=self._tmp, suffix=_TMP_SUFFIX)
+            except OSError as exc:
+                raise StorageError(f"cannot store object: {exc.strerror}") from exc
+            tmp = Path(tmp_name)
+            try:
+                with os.fdopen(fd, "wb") as dst:
+                    while chunk := src.read(_COPY_CHUNK):
+                        # A source that fails to read raises its own error; only
+                        # failures on our side (disk full, I/O error) are StorageError.
+                        try:
+                            dst.write(chunk)
+                        except OSError as exc:
+                            raise StorageError(f"cannot store object: {exc.strerror}") from exc
+                    try:
+                        dst.flush()
+                        os.fsync(dst.fileno())
+                    except OSError as exc:
+                        raise StorageError(f"cannot store object: {exc.strerror}") from exc
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    # Atomic: readers see no file or the complete one. Overwriting
+                    # an existing key is harmless, the bytes are the same.
+                    os.replace(tmp, path)
+                    _fsync_dir(path.parent)
+                except OSError as exc:
+                    raise StorageError(f"cannot store object: {exc.strerror}") from exc
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def local_path(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(f"no object {key}")
+        return path
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete object: {exc.strerror}") from exc
+
+    def check(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"storage root {self.root} is not a directory")
+        self._prepared = False  # re-create root if it was removed since the last check
+        self._prepare()
+        # os.access can say yes on a read-only bind mount or for root over NFS;
+        # writing a probe file is the only honest answer.
+        try:
+            fd, probe = tempfile.mkstemp(dir=self._tmp, suffix=_TMP_SUFFIX)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise StorageError(f"storage root {self.root} is not writable: {exc.strerror}") from exc
