@@ -253,7 +253,14 @@ def handle_conflict(exc: ReceiverRejected, inputs: DeployInputs, report: DeployR
 
 
 def find_version_rollout(receiver: ReceiverClient, group: str, version: str) -> dict[str, Any] | None:
-    for rollout in receiver.rollouts(group):
+    try:
+        rollouts = receiver.rollouts(group)
+    except ReceiverRejected as exc:
+        # A receiver without staged rollouts (the plain IoTaaP API) has no such route.
+        if exc.status == 404:
+            return None
+        raise
+    for rollout in rollouts:
         if rollout.get("version") == version:
             return rollout
     return None
@@ -261,7 +268,7 @@ def find_version_rollout(receiver: ReceiverClient, group: str, version: str) -> 
 
 def follow_if_asked(inputs: DeployInputs, receiver: ReceiverClient, report: DeployReport, workflow: Workflow) -> int:
     try:
-        if report.rollout is None and report.deployed is False and inputs.wait:
+        if report.rollout is None and report.deployed is False and inputs.wait and inputs.canary:
             # Nothing was redeployed; the job's verdict is that of the version's own rollout.
             found = find_version_rollout(receiver, inputs.group, report.version)
             if found is not None:

@@ -54,6 +54,7 @@ class Workflow:
     annotations: bool = False
     output_path: Path | None = None
     summary_path: Path | None = None
+    _masked: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], stdout: TextIO | None = None) -> Workflow:
@@ -95,7 +96,8 @@ class Workflow:
         if not self.annotations or not secret:
             return
         for line in secret.splitlines():
-            if line.strip():
+            if line.strip() and line not in self._masked:
+                self._masked.add(line)
                 self._print(format_command("add-mask", line))
 
     @contextlib.contextmanager

@@ -57,6 +57,7 @@ def test_on_a_github_runner_commands_are_printed(tmp_path: Path) -> None:
     )
     workflow.mask("s3cret\nline2")
     workflow.mask("")
+    workflow.mask("s3cret")  # once is enough
     with workflow.group("Build"):
         workflow.info("log line")
     workflow.error("it broke", title="Build failed")
