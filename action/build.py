@@ -174,10 +174,15 @@ def find_firmware(env_build_dir: Path, options: Mapping[str, object]) -> Path:
     )
 
 
-def read_project_config(project_dir: Path) -> ProjectConfig:
+def _env(environ: Mapping[str, str] | None) -> dict[str, str] | None:
+    # PlatformIO sees the same variables (PLATFORMIO_BUILD_DIR, PATH) that the decisions above read.
+    return None if environ is None else dict(environ)
+
+
+def read_project_config(project_dir: Path, environ: Mapping[str, str] | None = None) -> ProjectConfig:
     command = ["pio", "project", "config", "-d", str(project_dir), "--json-output"]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        result = subprocess.run(command, capture_output=True, text=True, check=False, env=_env(environ))
     except FileNotFoundError:
         raise BuildConfigError(
             "`pio` is not on PATH: install PlatformIO (pip install platformio), or set the firmware input "
@@ -189,7 +194,7 @@ def read_project_config(project_dir: Path) -> ProjectConfig:
     return parse_project_config(result.stdout)
 
 
-def run_build(project_dir: Path, env: str, workflow: Workflow) -> None:
+def run_build(project_dir: Path, env: str, workflow: Workflow, environ: Mapping[str, str] | None = None) -> None:
     """`pio run -e ENV`, its log folded in a group; BuildFailed with the log's tail."""
     command: Sequence[str] = ["pio", "run", "-d", str(project_dir), "-e", env]
     tail: collections.deque[str] = collections.deque(maxlen=FAILED_BUILD_TAIL)
@@ -197,7 +202,7 @@ def run_build(project_dir: Path, env: str, workflow: Workflow) -> None:
         workflow.info("$ " + " ".join(command))
         try:
             process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=_env(environ)
             )
         except FileNotFoundError:
             raise BuildConfigError("`pio` is not on PATH: install PlatformIO (pip install platformio)") from None

@@ -96,10 +96,10 @@ def locate_firmware(inputs: BuildInputs, report: DeployReport, workflow: Workflo
             raise Failure(exit_codes.BAD_INPUT, f"the firmware input {inputs.firmware} is not a file", title="No image")
         return inputs.firmware.resolve()
     try:
-        config = read_project_config(inputs.project_dir)
+        config = read_project_config(inputs.project_dir, environ)
         env = select_env(config, inputs.environment)
         report.environment = env.name
-        run_build(inputs.project_dir, env.name, workflow)
+        run_build(inputs.project_dir, env.name, workflow, environ)
         image = find_firmware(build_dir(inputs.project_dir, config, environ) / env.name, env.options)
     except BuildConfigError as exc:
         raise Failure(exit_codes.BAD_INPUT, str(exc), title="PlatformIO project") from None
@@ -169,6 +169,11 @@ def run_deploy_command(inputs: DeployInputs, workflow: Workflow, environ: Mappin
     except Failure as failure:
         report_failure(failure, report, workflow)
         code = failure.code
+    except Exception as exc:
+        # A bug, not a verdict: annotate and summarise it, then let the traceback show.
+        report.failure = f"unexpected error: {type(exc).__name__}: {exc}"
+        workflow.error(report.failure, title="otaship-deploy crashed")
+        raise
     finally:
         workflow.set_outputs(deploy_outputs(report))
         workflow.append_summary(render_summary(report))
@@ -219,6 +224,8 @@ def deploy(inputs: DeployInputs, image: Path, receiver: ReceiverClient, report: 
 
 
 def rejection_message(exc: ReceiverRejected) -> str:
+    if exc.status is None:
+        return exc.message
     message = f"the receiver answered {exc.status}: {exc.message}"
     hint = REJECTION_HINTS.get(exc.status or 0)
     return f"{message} ({hint})" if hint else message

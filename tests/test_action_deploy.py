@@ -9,6 +9,7 @@ receiver cannot be made to do.
 from __future__ import annotations
 
 import io
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -234,3 +235,46 @@ def test_a_5xx_is_retried_until_the_receiver_answers(tmp_path: Path, receiver: R
     assert result.log.count("::warning title=Retrying::the receiver answered 503 (Service temporarily unavailable)") == 2
     assert proxy.seen == 3
     assert [ota["version"] for ota in receiver.group_otas(group)] == ["4.0.0"]
+
+
+def test_deploy_builds_the_project_itself_outside_github(tmp_path: Path, receiver: Receiver) -> None:
+    """The GitLab CI / laptop path: no --firmware, no GITHUB_* files, a plain log.
+
+    `pio` is the stand-in from tests/fake_pio: PlatformIO cannot download its
+    toolchains here. It writes a real esptool-built image.
+    """
+    group, token = receiver.new_group("gitlab")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "platformio.ini").write_text("[env:board]\nplatform = espressif32\ncustom_app_version = 5.0.0\ncustom_image_seed = 50\n")
+    out = io.StringIO()
+    environ = {
+        "PATH": f"{Path(__file__).parent / 'fake_pio'}:/usr/bin:/bin",
+        "FAKE_PIO_PYTHON": sys.executable,
+        "CI_COMMIT_TAG": "v5.0.0",
+        "CI_COMMIT_SHA": COMMIT,
+        "OTASHIP_RECEIVER_URL": receiver.url,
+        "OTASHIP_API_KEY": receiver.api_key,
+        "OTASHIP_GROUP": group,
+        "OTASHIP_GROUP_TOKEN": token,
+        "OTASHIP_PROJECT_DIR": str(project),
+    }
+    code = main(["deploy"], environ, out)
+    log = out.getvalue()
+    assert code == exit_codes.OK, log
+    assert "::" not in log  # no workflow commands outside GitHub Actions
+    assert "--- PlatformIO build (board)" in log and "notice: Deployed: 5.0.0 deployed" in log
+    assert receiver.api_key not in log
+    [ota] = receiver.group_otas(group)
+    assert (ota["version"], ota["commit"]) == ("5.0.0", COMMIT)
+
+
+def test_missing_inputs_are_a_usage_error_naming_input_flag_and_variable(tmp_path: Path) -> None:
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as caught:
+        main(["deploy", "--firmware", "x.bin"], {"GITHUB_ACTIONS": "true", "OTASHIP_API_KEY": "osk_secret"}, out)
+    assert caught.value.code == exit_codes.BAD_INPUT
+    log = out.getvalue()
+    assert log.startswith("::add-mask::osk_secret\n")
+    assert "missing receiver URL (input receiver-url, --receiver-url, OTASHIP_RECEIVER_URL)" in log
+    assert "group token (input group-token, --group-token, OTASHIP_GROUP_TOKEN)" in log
