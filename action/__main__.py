@@ -4,6 +4,7 @@ Every option falls back to an OTASHIP_* environment variable, which is how
 action.yml passes its inputs (never by pasting them into a shell line). Empty
 values count as unset, since an unset action input arrives as "".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,7 +73,9 @@ def fraction(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number between 0 and 1") from None
     if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 and at most 1 (a fraction of the canary)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be more than 0 and at most 1 (a fraction of the canary)"
+        )
     return value
 
 
@@ -110,10 +113,25 @@ def build_parser(environ: Mapping[str, str], workflow: Workflow | None = None) -
                 return value
         return None
 
-    def option(group: argparse._ActionGroup, flag: str, var: str, help_text: str, *, type: Callable[[str], object] | None = None, default: str | None = None, fallbacks: Sequence[str] = ()) -> None:
+    def option(
+        group: argparse._ActionGroup,
+        flag: str,
+        var: str,
+        help_text: str,
+        *,
+        type: Callable[[str], object] | None = None,
+        default: str | None = None,
+        fallbacks: Sequence[str] = (),
+    ) -> None:
         # A string default goes through `type` too, so a bad variable fails like a bad flag.
         value = env(var, *fallbacks) or default
-        group.add_argument(flag, default=value, type=type, metavar=var.removeprefix("OTASHIP_"), help=f"{help_text} (env {var})")
+        group.add_argument(
+            flag,
+            default=value,
+            type=type,
+            metavar=var.removeprefix("OTASHIP_"),
+            help=f"{help_text} (env {var})",
+        )
 
     parser = Parser(
         prog=PROG,
@@ -133,25 +151,56 @@ def build_parser(environ: Mapping[str, str], workflow: Workflow | None = None) -
 
     def add_build_options(command: argparse.ArgumentParser) -> None:
         group = command.add_argument_group("build")
-        option(group, "--version", "OTASHIP_VERSION", "version to deploy; default: the tag (GITHUB_REF_NAME or CI_COMMIT_TAG), leading v stripped")
+        option(
+            group,
+            "--version",
+            "OTASHIP_VERSION",
+            "version to deploy; default: the tag (GITHUB_REF_NAME or CI_COMMIT_TAG), leading v stripped",
+        )
         option(group, "--project-dir", "OTASHIP_PROJECT_DIR", "PlatformIO project folder", default=".")
-        option(group, "--environment", "OTASHIP_ENVIRONMENT", "PlatformIO env; default: the single default_envs or the only env")
+        option(
+            group,
+            "--environment",
+            "OTASHIP_ENVIRONMENT",
+            "PlatformIO env; default: the single default_envs or the only env",
+        )
         option(group, "--firmware", "OTASHIP_FIRMWARE", "a prebuilt image to deploy instead of building")
 
     def add_receiver_options(command: argparse.ArgumentParser) -> None:
         group = command.add_argument_group("receiver")
         option(group, "--receiver-url", "OTASHIP_RECEIVER_URL", "receiver base URL", type=receiver_url)
-        option(group, "--api-key", "OTASHIP_API_KEY", "API key of the group's owner; prefer the variable to the flag")
+        option(
+            group,
+            "--api-key",
+            "OTASHIP_API_KEY",
+            "API key of the group's owner; prefer the variable to the flag",
+        )
 
     def add_follow_options(command: argparse.ArgumentParser) -> None:
         group = command.add_argument_group("following the rollout")
-        option(group, "--timeout", "OTASHIP_TIMEOUT", "seconds to follow the rollout", type=positive_number, default="3600")
-        option(group, "--poll-interval", "OTASHIP_POLL_INTERVAL", "seconds between rollout polls", type=positive_number, default="5")
+        option(
+            group,
+            "--timeout",
+            "OTASHIP_TIMEOUT",
+            "seconds to follow the rollout",
+            type=positive_number,
+            default="3600",
+        )
+        option(
+            group,
+            "--poll-interval",
+            "OTASHIP_POLL_INTERVAL",
+            "seconds between rollout polls",
+            type=positive_number,
+            default="5",
+        )
 
     version = add_command("version", "print the version this run would deploy")
     option(version, "--version", "OTASHIP_VERSION", "explicit version; default: the tag")
 
-    build = add_command("build", "build the project and check the image (writes version, firmware-path, sha256, size)")
+    build = add_command(
+        "build", "build the project and check the image (writes version, firmware-path, sha256, size)"
+    )
     add_build_options(build)
 
     deploy = add_command("deploy", "build (unless --firmware), check, upload and follow the rollout")
@@ -160,14 +209,59 @@ def build_parser(environ: Mapping[str, str], workflow: Workflow | None = None) -
     target = deploy.add_argument_group("target and rollout")
     option(target, "--group", "OTASHIP_GROUP", "group id (24 hex)")
     option(target, "--group-token", "OTASHIP_GROUP_TOKEN", "group token; prefer the variable to the flag")
-    option(target, "--commit", "OTASHIP_COMMIT", "source revision stored with the OTA; default GITHUB_SHA or CI_COMMIT_SHA", fallbacks=("GITHUB_SHA", "CI_COMMIT_SHA"))
-    option(target, "--canary", "OTASHIP_CANARY", "canary subgroup id: deploy there first, then the whole group")
-    option(target, "--canary-timeout", "OTASHIP_CANARY_TIMEOUT", "seconds the canary (and the fleet) stage may take", type=positive_seconds)
-    option(target, "--success-threshold", "OTASHIP_SUCCESS_THRESHOLD", "fraction (0-1] of canary devices that must succeed", type=fraction)
-    option(target, "--error-threshold", "OTASHIP_ERROR_THRESHOLD", "number of failed canary devices tolerated", type=count)
-    option(target, "--soak", "OTASHIP_SOAK", "seconds the canary must stay healthy before promotion", type=seconds)
-    option(target, "--auto-promote", "OTASHIP_AUTO_PROMOTE", "promote to the fleet automatically (true/false)", type=boolean)
-    option(target, "--wait", "OTASHIP_WAIT", "follow the rollout to its end (true/false)", type=boolean, default="true")
+    option(
+        target,
+        "--commit",
+        "OTASHIP_COMMIT",
+        "source revision stored with the OTA; default GITHUB_SHA or CI_COMMIT_SHA",
+        fallbacks=("GITHUB_SHA", "CI_COMMIT_SHA"),
+    )
+    option(
+        target, "--canary", "OTASHIP_CANARY", "canary subgroup id: deploy there first, then the whole group"
+    )
+    option(
+        target,
+        "--canary-timeout",
+        "OTASHIP_CANARY_TIMEOUT",
+        "seconds the canary (and the fleet) stage may take",
+        type=positive_seconds,
+    )
+    option(
+        target,
+        "--success-threshold",
+        "OTASHIP_SUCCESS_THRESHOLD",
+        "fraction (0-1] of canary devices that must succeed",
+        type=fraction,
+    )
+    option(
+        target,
+        "--error-threshold",
+        "OTASHIP_ERROR_THRESHOLD",
+        "number of failed canary devices tolerated",
+        type=count,
+    )
+    option(
+        target,
+        "--soak",
+        "OTASHIP_SOAK",
+        "seconds the canary must stay healthy before promotion",
+        type=seconds,
+    )
+    option(
+        target,
+        "--auto-promote",
+        "OTASHIP_AUTO_PROMOTE",
+        "promote to the fleet automatically (true/false)",
+        type=boolean,
+    )
+    option(
+        target,
+        "--wait",
+        "OTASHIP_WAIT",
+        "follow the rollout to its end (true/false)",
+        type=boolean,
+        default="true",
+    )
     add_follow_options(deploy)
 
     follow = add_command("follow", "follow an existing rollout to its end")
@@ -177,13 +271,21 @@ def build_parser(environ: Mapping[str, str], workflow: Workflow | None = None) -
     return parser
 
 
-def require(parser: argparse.ArgumentParser, args: argparse.Namespace, names: Sequence[tuple[str, str, str]]) -> None:
-    missing = [f"{label} (input {name}, --{name}, {var})" for label, name, var in names if not getattr(args, name.replace("-", "_"))]
+def require(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, names: Sequence[tuple[str, str, str]]
+) -> None:
+    missing = [
+        f"{label} (input {name}, --{name}, {var})"
+        for label, name, var in names
+        if not getattr(args, name.replace("-", "_"))
+    ]
     if missing:
         parser.error("missing " + "; ".join(missing))
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None, stdout: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None, stdout: TextIO | None = None
+) -> int:
     environ = os.environ if environ is None else environ
     workflow = Workflow.from_environ(environ, stdout)
     parser = build_parser(environ, workflow)
@@ -212,9 +314,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "build":
         return deploy.run_build_command(build_inputs(), workflow, environ)
     if args.command == "follow":
-        require(parser, args, [("receiver URL", "receiver-url", "OTASHIP_RECEIVER_URL"), ("API key", "api-key", "OTASHIP_API_KEY")])
+        require(
+            parser,
+            args,
+            [
+                ("receiver URL", "receiver-url", "OTASHIP_RECEIVER_URL"),
+                ("API key", "api-key", "OTASHIP_API_KEY"),
+            ],
+        )
         receiver = deploy.ReceiverInputs(args.receiver_url, args.api_key)
-        return deploy.run_follow_command(args.rollout_id, receiver, args.timeout, args.poll_interval, workflow)
+        return deploy.run_follow_command(
+            args.rollout_id, receiver, args.timeout, args.poll_interval, workflow
+        )
     # Masked before a usage error could echo them.
     workflow.mask(args.api_key)
     workflow.mask(args.group_token)

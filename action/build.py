@@ -4,6 +4,7 @@ The decisions (which env, which folder, which file) are pure functions over
 `pio project config --json-output` and the environment; only `read_project_config`
 and `run_build` run PlatformIO.
 """
+
 from __future__ import annotations
 
 import collections
@@ -76,7 +77,7 @@ def parse_project_config(text: str) -> ProjectConfig:
     platformio: dict[str, object] = {}
     for name, options in parsed:
         if name.startswith("env:"):
-            envs.append(ProjectEnv(name[len("env:"):], options))
+            envs.append(ProjectEnv(name[len("env:") :], options))
         elif name == "platformio":
             platformio = options
     return ProjectConfig(
@@ -96,14 +97,18 @@ def select_env(config: ProjectConfig, requested: str | None) -> ProjectEnv:
     listed = ", ".join(names) if names else "none"
     if requested:
         if requested not in names:
-            raise BuildConfigError(f"environment {requested!r} is not in platformio.ini; its envs are: {listed}")
+            raise BuildConfigError(
+                f"environment {requested!r} is not in platformio.ini; its envs are: {listed}"
+            )
         return config.env(requested)
     if not names:
         raise BuildConfigError("platformio.ini defines no [env:NAME] section, so there is nothing to build")
     if len(config.default_envs) == 1:
         default = config.default_envs[0]
         if default not in names:
-            raise BuildConfigError(f"default_envs names {default!r}, which is not an env; the envs are: {listed}")
+            raise BuildConfigError(
+                f"default_envs names {default!r}, which is not an env; the envs are: {listed}"
+            )
         return config.env(default)
     if len(config.default_envs) > 1:
         raise BuildConfigError(
@@ -194,7 +199,9 @@ def read_project_config(project_dir: Path, environ: Mapping[str, str] | None = N
     return parse_project_config(result.stdout)
 
 
-def run_build(project_dir: Path, env: str, workflow: Workflow, environ: Mapping[str, str] | None = None) -> None:
+def run_build(
+    project_dir: Path, env: str, workflow: Workflow, environ: Mapping[str, str] | None = None
+) -> None:
     """`pio run -e ENV`, its log folded in a group; BuildFailed with the log's tail."""
     command: Sequence[str] = ["pio", "run", "-d", str(project_dir), "-e", env]
     tail: collections.deque[str] = collections.deque(maxlen=FAILED_BUILD_TAIL)
@@ -202,10 +209,17 @@ def run_build(project_dir: Path, env: str, workflow: Workflow, environ: Mapping[
         workflow.info("$ " + " ".join(command))
         try:
             process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=_env(environ)
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                env=_env(environ),
             )
         except FileNotFoundError:
-            raise BuildConfigError("`pio` is not on PATH: install PlatformIO (pip install platformio)") from None
+            raise BuildConfigError(
+                "`pio` is not on PATH: install PlatformIO (pip install platformio)"
+            ) from None
         assert process.stdout is not None
         with process:
             for line in process.stdout:

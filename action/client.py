@@ -4,6 +4,7 @@ httpx streams a file object passed in `files=` in 64 KiB reads, so an image is
 never held in memory whole; each attempt reopens the file, so a retry sends it
 from the start.
 """
+
 from __future__ import annotations
 
 import random
@@ -26,7 +27,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 class ReceiverError(Exception):
     """The receiver did not accept a request; `message` is the receiver's own when it sent one."""
 
-    def __init__(self, message: str, *, status: int | None = None, body: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, body: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -67,7 +70,9 @@ class Deployment:
             "soak": self.soak,
             "auto_promote": None if self.auto_promote is None else str(self.auto_promote).lower(),
         }
-        fields.update({key: str(value) for key, value in optional.items() if value is not None and value != ""})
+        fields.update(
+            {key: str(value) for key, value in optional.items() if value is not None and value != ""}
+        )
         return fields
 
 
@@ -86,7 +91,9 @@ def response_message(response: httpx.Response) -> tuple[str, dict[str, Any]]:
     return (text[:200] or f"HTTP {response.status_code} {response.reason_phrase}"), {}
 
 
-def build_deploy_request(http: httpx.Client, deployment: Deployment, firmware: BinaryIO, filename: str) -> httpx.Request:
+def build_deploy_request(
+    http: httpx.Client, deployment: Deployment, firmware: BinaryIO, filename: str
+) -> httpx.Request:
     return http.build_request(
         "POST",
         DEPLOY_PATH,
@@ -159,7 +166,9 @@ class ReceiverClient:
 
     def _wait(self, attempt: int, problem: str, retry_after: float | None) -> None:
         delay = self._policy.delay(attempt, self._rng, retry_after)
-        self._on_retry(f"{problem}; retrying in {delay:.1f}s (attempt {attempt + 1} of {self._policy.attempts})")
+        self._on_retry(
+            f"{problem}; retrying in {delay:.1f}s (attempt {attempt + 1} of {self._policy.attempts})"
+        )
         self._sleep(delay)
 
     def deploy(self, deployment: Deployment, firmware: Path) -> dict[str, Any]:
@@ -176,7 +185,9 @@ class ReceiverClient:
 
     def rollouts(self, group: str) -> list[dict[str, Any]]:
         """The group's rollouts, newest first."""
-        body = _json_object(self._send("list rollouts", lambda: self._http.get("/v1/rollouts", params={"group": group})))
+        body = _json_object(
+            self._send("list rollouts", lambda: self._http.get("/v1/rollouts", params={"group": group}))
+        )
         rollouts = body.get("rollouts", [])
         return [item for item in rollouts if isinstance(item, dict)] if isinstance(rollouts, list) else []
 
@@ -190,5 +201,7 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
             status=response.status_code,
         ) from None
     if not isinstance(body, dict):
-        raise ReceiverError(f"the receiver answered {response.status_code} with unexpected JSON", status=response.status_code)
+        raise ReceiverError(
+            f"the receiver answered {response.status_code} with unexpected JSON", status=response.status_code
+        )
     return body

@@ -4,6 +4,7 @@ Each step that can fail raises `Failure` with the exit code that names it; the
 report is written in a `finally`, so the outputs and the job summary exist on
 failure too.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -14,7 +15,15 @@ from typing import Any
 import semver
 
 from action import exit_codes
-from action.build import BuildConfigError, BuildFailed, build_dir, find_firmware, read_project_config, run_build, select_env
+from action.build import (
+    BuildConfigError,
+    BuildFailed,
+    build_dir,
+    find_firmware,
+    read_project_config,
+    run_build,
+    select_env,
+)
 from action.client import Deployment, ReceiverClient, ReceiverError, ReceiverRejected, ReceiverUnavailable
 from action.follow import FAILED_STATES, FollowResult, failure_message, follow_rollout
 from action.summary import DeployReport, build_outputs, deploy_outputs, render_summary
@@ -89,11 +98,15 @@ def resolve_run_version(inputs: BuildInputs, environ: Mapping[str, str]) -> str:
         raise Failure(exit_codes.BAD_INPUT, str(exc), title="No valid version") from None
 
 
-def locate_firmware(inputs: BuildInputs, report: DeployReport, workflow: Workflow, environ: Mapping[str, str]) -> Path:
+def locate_firmware(
+    inputs: BuildInputs, report: DeployReport, workflow: Workflow, environ: Mapping[str, str]
+) -> Path:
     """The image to deploy: the given one, or the one PlatformIO builds now."""
     if inputs.firmware is not None:
         if not inputs.firmware.is_file():
-            raise Failure(exit_codes.BAD_INPUT, f"the firmware input {inputs.firmware} is not a file", title="No image")
+            raise Failure(
+                exit_codes.BAD_INPUT, f"the firmware input {inputs.firmware} is not a file", title="No image"
+            )
         return inputs.firmware.resolve()
     try:
         config = read_project_config(inputs.project_dir, environ)
@@ -115,7 +128,9 @@ def check_firmware(image: Path, report: DeployReport, workflow: Workflow) -> Non
     try:
         firmware = inspect_firmware(image)
     except InvalidFirmware as exc:
-        raise Failure(exit_codes.BAD_INPUT, f"{image} is not a valid ESP32 app image: {exc}", title="Invalid image") from None
+        raise Failure(
+            exit_codes.BAD_INPUT, f"{image} is not a valid ESP32 app image: {exc}", title="Invalid image"
+        ) from None
     report.firmware_path = str(image)
     report.size = firmware.size
     report.sha256 = firmware.sha256
@@ -127,7 +142,9 @@ def check_firmware(image: Path, report: DeployReport, workflow: Workflow) -> Non
     workflow.info(f"image {image}: {firmware.chip}, {firmware.size} bytes, sha256 {firmware.sha256}")
 
 
-def prepare(inputs: BuildInputs, report: DeployReport, workflow: Workflow, environ: Mapping[str, str]) -> Path:
+def prepare(
+    inputs: BuildInputs, report: DeployReport, workflow: Workflow, environ: Mapping[str, str]
+) -> Path:
     # The version comes first so that a bad tag fails before minutes of building.
     report.version = resolve_run_version(inputs, environ)
     workflow.info(f"version {report.version}")
@@ -155,7 +172,13 @@ def report_failure(failure: Failure, report: DeployReport, workflow: Workflow) -
     workflow.error(failure.message, title=failure.title)
 
 
-def run_deploy_command(inputs: DeployInputs, workflow: Workflow, environ: Mapping[str, str], *, client: ReceiverClient | None = None) -> int:
+def run_deploy_command(
+    inputs: DeployInputs,
+    workflow: Workflow,
+    environ: Mapping[str, str],
+    *,
+    client: ReceiverClient | None = None,
+) -> int:
     # Masks first: nothing printed before them can leak the secrets.
     workflow.mask(inputs.receiver.api_key)
     workflow.mask(inputs.token)
@@ -181,10 +204,14 @@ def run_deploy_command(inputs: DeployInputs, workflow: Workflow, environ: Mappin
 
 
 def make_client(receiver: ReceiverInputs, workflow: Workflow) -> ReceiverClient:
-    return ReceiverClient(receiver.url, receiver.api_key, on_retry=lambda message: workflow.warning(message, title="Retrying"))
+    return ReceiverClient(
+        receiver.url, receiver.api_key, on_retry=lambda message: workflow.warning(message, title="Retrying")
+    )
 
 
-def deploy(inputs: DeployInputs, image: Path, receiver: ReceiverClient, report: DeployReport, workflow: Workflow) -> None:
+def deploy(
+    inputs: DeployInputs, image: Path, receiver: ReceiverClient, report: DeployReport, workflow: Workflow
+) -> None:
     deployment = Deployment(
         group=inputs.group,
         token=inputs.token,
@@ -197,14 +224,19 @@ def deploy(inputs: DeployInputs, image: Path, receiver: ReceiverClient, report: 
         soak=inputs.soak,
         auto_promote=inputs.auto_promote,
     )
-    workflow.info(f"deploying {report.version} to group {inputs.group}" + (f" with canary {inputs.canary}" if inputs.canary else ""))
+    workflow.info(
+        f"deploying {report.version} to group {inputs.group}"
+        + (f" with canary {inputs.canary}" if inputs.canary else "")
+    )
     try:
         body = receiver.deploy(deployment, image)
     except ReceiverRejected as exc:
         if exc.status == 409:
             handle_conflict(exc, inputs, report, workflow)
             return
-        raise Failure(exit_codes.BAD_INPUT, rejection_message(exc), title="Receiver rejected the deploy") from None
+        raise Failure(
+            exit_codes.BAD_INPUT, rejection_message(exc), title="Receiver rejected the deploy"
+        ) from None
     except ReceiverUnavailable as exc:
         raise Failure(exit_codes.DEPLOY_FAILED, exc.message, title="Receiver unavailable") from None
     except ReceiverError as exc:
@@ -231,7 +263,9 @@ def rejection_message(exc: ReceiverRejected) -> str:
     return f"{message} ({hint})" if hint else message
 
 
-def handle_conflict(exc: ReceiverRejected, inputs: DeployInputs, report: DeployReport, workflow: Workflow) -> None:
+def handle_conflict(
+    exc: ReceiverRejected, inputs: DeployInputs, report: DeployReport, workflow: Workflow
+) -> None:
     """A 409: this version is deployed with other bytes. A re-run, or a moved tag?
 
     Real builds embed the date, so a re-run of the same commit makes other bytes
@@ -273,7 +307,9 @@ def find_version_rollout(receiver: ReceiverClient, group: str, version: str) -> 
     return None
 
 
-def follow_if_asked(inputs: DeployInputs, receiver: ReceiverClient, report: DeployReport, workflow: Workflow) -> int:
+def follow_if_asked(
+    inputs: DeployInputs, receiver: ReceiverClient, report: DeployReport, workflow: Workflow
+) -> int:
     try:
         if report.rollout is None and report.deployed is False and inputs.wait and inputs.canary:
             # Nothing was redeployed; the job's verdict is that of the version's own rollout.
@@ -284,14 +320,29 @@ def follow_if_asked(inputs: DeployInputs, receiver: ReceiverClient, report: Depl
                 report.rollout_state = str(found.get("state", ""))
         if report.rollout is None or not inputs.wait:
             return exit_codes.OK
-        return follow(str(report.rollout["id"]), inputs.timeout, inputs.poll_interval, receiver, report, workflow)
+        return follow(
+            str(report.rollout["id"]), inputs.timeout, inputs.poll_interval, receiver, report, workflow
+        )
     except ReceiverRejected as exc:
-        raise Failure(exit_codes.DEPLOY_FAILED, f"could not read the rollout: {rejection_message(exc)}", title="Follow failed") from None
+        raise Failure(
+            exit_codes.DEPLOY_FAILED,
+            f"could not read the rollout: {rejection_message(exc)}",
+            title="Follow failed",
+        ) from None
     except ReceiverError as exc:
-        raise Failure(exit_codes.DEPLOY_FAILED, f"could not read the rollout: {exc.message}", title="Follow failed") from None
+        raise Failure(
+            exit_codes.DEPLOY_FAILED, f"could not read the rollout: {exc.message}", title="Follow failed"
+        ) from None
 
 
-def follow(rollout_id: str, timeout: float, interval: float, receiver: ReceiverClient, report: DeployReport, workflow: Workflow) -> int:
+def follow(
+    rollout_id: str,
+    timeout: float,
+    interval: float,
+    receiver: ReceiverClient,
+    report: DeployReport,
+    workflow: Workflow,
+) -> int:
     def fetch() -> dict[str, Any]:
         rollout = receiver.rollout(rollout_id)
         report.rollout = rollout
@@ -316,7 +367,13 @@ def judge(result: FollowResult, timeout: float, report: DeployReport) -> int:
 
 
 def run_follow_command(
-    rollout_id: str, receiver: ReceiverInputs, timeout: float, interval: float, workflow: Workflow, *, client: ReceiverClient | None = None
+    rollout_id: str,
+    receiver: ReceiverInputs,
+    timeout: float,
+    interval: float,
+    workflow: Workflow,
+    *,
+    client: ReceiverClient | None = None,
 ) -> int:
     workflow.mask(receiver.api_key)
     report = DeployReport()
@@ -327,13 +384,19 @@ def run_follow_command(
                 code = follow(rollout_id, timeout, interval, http, report, workflow)
             except ReceiverError as exc:
                 hint = rejection_message(exc) if isinstance(exc, ReceiverRejected) else exc.message
-                raise Failure(exit_codes.DEPLOY_FAILED, f"could not read rollout {rollout_id}: {hint}", title="Follow failed") from None
+                raise Failure(
+                    exit_codes.DEPLOY_FAILED,
+                    f"could not read rollout {rollout_id}: {hint}",
+                    title="Follow failed",
+                ) from None
     except Failure as failure:
         report_failure(failure, report, workflow)
         code = failure.code
     finally:
         report.version = str(report.rollout.get("version", "")) if report.rollout else ""
         report.group = str(report.rollout.get("group", "")) if report.rollout else ""
-        workflow.set_outputs({"rollout-id": report.rollout_id or rollout_id, "rollout-state": report.rollout_state})
+        workflow.set_outputs(
+            {"rollout-id": report.rollout_id or rollout_id, "rollout-state": report.rollout_state}
+        )
         workflow.append_summary(render_summary(report))
     return code

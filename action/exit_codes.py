@@ -2,6 +2,7 @@
 
 A CI job only sees the code, so each one names a different thing to fix.
 """
+
 from __future__ import annotations
 
 OK = 0

@@ -3,6 +3,7 @@
 The receiver decides promotion and halting; the action only watches, so a job
 that is cancelled mid-way changes nothing about the rollout.
 """
+
 from __future__ import annotations
 
 import time

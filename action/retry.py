@@ -4,12 +4,13 @@ Retried: connection errors, 5xx and 429, which say "try later". Never other
 4xx: the same request would get the same answer. Re-posting an upload is safe
 because the receiver treats the same version with the same bytes as a no-op.
 """
+
 from __future__ import annotations
 
 import email.utils
 import random
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def is_retryable_status(status: int) -> bool:
@@ -58,6 +59,6 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    current = now or datetime.now(timezone.utc)
+        when = when.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
     return max(0.0, (when - current).total_seconds())

@@ -3,6 +3,7 @@
 Rendered on failure too, so the summary says what was deployed and what failed
 without anyone opening the log.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -118,23 +119,43 @@ def render_rollout(rollout: Mapping[str, Any], state: str) -> list[str]:
         lines += table(
             ["Stage", "Group", "State", "Targeted", "Succeeded", "Failed", "Pending"],
             [
-                [s.get("name"), s.get("group"), s.get("state"), s.get("targeted"), s.get("succeeded"), s.get("failed"), s.get("pending")]
+                [
+                    s.get("name"),
+                    s.get("group"),
+                    s.get("state"),
+                    s.get("targeted"),
+                    s.get("succeeded"),
+                    s.get("failed"),
+                    s.get("pending"),
+                ]
                 for s in stages
             ],
         )
         lines.append("")
     devices = [device for device in rollout.get("devices") or [] if isinstance(device, Mapping)]
     if devices:
-        ordered = sorted(devices, key=lambda d: (OUTCOME_ORDER.get(str(d.get("outcome")), 9), str(d.get("name") or d.get("id"))))
+        ordered = sorted(
+            devices,
+            key=lambda d: (OUTCOME_ORDER.get(str(d.get("outcome")), 9), str(d.get("name") or d.get("id"))),
+        )
         failed = sum(1 for device in devices if device.get("outcome") in FAILED_OUTCOMES)
         lines += [f"#### Device outcomes ({len(devices)} devices, {failed} failed)", ""]
         lines += table(
             ["Device", "Stage", "Outcome", "Firmware", "Code"],
             [
-                [d.get("name") or d.get("id"), d.get("stage"), d.get("outcome"), d.get("fw_version"), d.get("code")]
+                [
+                    d.get("name") or d.get("id"),
+                    d.get("stage"),
+                    d.get("outcome"),
+                    d.get("fw_version"),
+                    d.get("code"),
+                ]
                 for d in ordered[:MAX_DEVICE_ROWS]
             ],
         )
         if len(ordered) > MAX_DEVICE_ROWS:
-            lines += ["", f"…and {len(ordered) - MAX_DEVICE_ROWS} more (see GET /v1/rollouts/{cell(rollout.get('id', ''))})."]
+            lines += [
+                "",
+                f"…and {len(ordered) - MAX_DEVICE_ROWS} more (see GET /v1/rollouts/{cell(rollout.get('id', ''))}).",
+            ]
     return lines

@@ -4,6 +4,7 @@ Devices compare version strings and update when they differ, so the version must
 be exactly what the tag says, minus the conventional leading `v`. Prerelease and
 build metadata are kept: `v2.0.0-rc.1+build.5` ships as `2.0.0-rc.1+build.5`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -33,7 +34,7 @@ def git_ref_from_environ(environ: Mapping[str, str]) -> GitRef | None:
     ref = environ.get("GITHUB_REF", "")
     for prefix, kind in (("refs/tags/", "tag"), ("refs/heads/", "branch")):
         if ref.startswith(prefix):
-            return GitRef(kind, ref[len(prefix):])
+            return GitRef(kind, ref[len(prefix) :])
     if environ.get("CI_COMMIT_TAG"):
         return GitRef("tag", environ["CI_COMMIT_TAG"])
     if environ.get("CI_COMMIT_BRANCH"):
@@ -58,7 +59,9 @@ def resolve_version(explicit: str | None, ref: GitRef | None) -> str:
         try:
             return normalize_version(explicit)
         except ValueError:
-            raise VersionError(f"version {explicit.strip()!r} is not a semantic version: expected {EXPECTED}") from None
+            raise VersionError(
+                f"version {explicit.strip()!r} is not a semantic version: expected {EXPECTED}"
+            ) from None
     if ref is None:
         raise VersionError(
             "no version given and this run is not for a tag: push a tag such as v1.4.0, "

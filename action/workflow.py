@@ -4,6 +4,7 @@ Commands go to stdout, in order with the rest of the log, because the runner
 parses annotations, masks and groups out of stdout. Outside GitHub Actions (GitLab
 CI, a laptop) the same calls print plain lines instead, so the log stays readable.
 """
+
 from __future__ import annotations
 
 import contextlib

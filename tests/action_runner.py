@@ -21,6 +21,7 @@ pip would put PlatformIO's console script.
 Expressions beyond plain context lookups raise, so a test notices when action.yml
 starts to need more than this emulates.
 """
+
 from __future__ import annotations
 
 import os
@@ -86,7 +87,7 @@ def parse_file_commands(text: str) -> dict[str, str]:
         equals = line.find("=")
         heredoc = line.find("<<")
         if heredoc != -1 and (equals == -1 or heredoc < equals):
-            name, delimiter = line[:heredoc], line[heredoc + 2:]
+            name, delimiter = line[:heredoc], line[heredoc + 2 :]
             block: list[str] = []
             while True:
                 if index >= len(lines):
@@ -98,7 +99,7 @@ def parse_file_commands(text: str) -> dict[str, str]:
                 index += 1
             values[name] = "\n".join(block)
         elif equals != -1:
-            values[line[:equals]] = line[equals + 1:]
+            values[line[:equals]] = line[equals + 1 :]
         else:
             raise ValueError(f"invalid file command line {line!r}")
     return values
@@ -179,7 +180,12 @@ def run_action(
         **(github or {}),
     }
     steps_context: dict[str, dict[str, dict[str, str]]] = {}
-    contexts: dict[str, Any] = {"inputs": resolved, "github": github_context, "steps": steps_context, "runner": {"os": "Linux", "temp": str(runner_temp)}}
+    contexts: dict[str, Any] = {
+        "inputs": resolved,
+        "github": github_context,
+        "steps": steps_context,
+        "runner": {"os": "Linux", "temp": str(runner_temp)},
+    }
     job_env = dict(env)
     results: list[StepResult] = []
     summaries: list[str] = []
@@ -192,7 +198,9 @@ def run_action(
             if step_id:
                 steps_context[step_id] = {"outputs": {}}
             continue
-        assert step.get("shell") == "bash", f"step {name!r}: composite run steps must name their shell; this emulates bash"
+        assert step.get("shell") == "bash", (
+            f"step {name!r}: composite run steps must name their shell; this emulates bash"
+        )
         assert "if" not in step, "conditional steps are not emulated"
         files = {
             key: runner_temp / f"{key.lower()}_{index}_{uuid.uuid4().hex}"
@@ -216,11 +224,22 @@ def run_action(
         cwd = workspace / substitute(step.get("working-directory", "."), contexts)
         completed = subprocess.run(
             ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
-            env=step_env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+            env=step_env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         outputs = parse_file_commands(files["GITHUB_OUTPUT"].read_text())
-        result = StepResult(name, step_id, skipped=False, returncode=completed.returncode,
-                            stdout=completed.stdout, stderr=completed.stderr, outputs=outputs)
+        result = StepResult(
+            name,
+            step_id,
+            skipped=False,
+            returncode=completed.returncode,
+            stdout=completed.stdout,
+            stderr=completed.stderr,
+            outputs=outputs,
+        )
         results.append(result)
         if step_id:
             steps_context[step_id] = {"outputs": outputs}

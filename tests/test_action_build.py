@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from action.build import BuildConfigError, ProjectConfig, ProjectEnv, build_dir, find_firmware, parse_project_config, select_env
+from action.build import (
+    BuildConfigError,
+    ProjectConfig,
+    ProjectEnv,
+    build_dir,
+    find_firmware,
+    parse_project_config,
+    select_env,
+)
 
 
 def config_json(*sections: tuple[str, list[tuple[str, object]]]) -> str:
@@ -29,7 +37,9 @@ def test_pio_project_config_output_is_parsed_into_envs() -> None:
 
 @pytest.mark.parametrize("value", ["a, b", "a\nb", ["a", "b"], "a,\n b,"])
 def test_default_envs_may_be_text_or_a_list(value: object) -> None:
-    config = parse_project_config(config_json(("platformio", [("default_envs", value)]), ("env:a", []), ("env:b", [])))
+    config = parse_project_config(
+        config_json(("platformio", [("default_envs", value)]), ("env:a", []), ("env:b", []))
+    )
     assert config.default_envs == ("a", "b")
 
 
@@ -61,14 +71,20 @@ def test_env_selection(config: ProjectConfig, requested: str | None, chosen: str
     ("config", "requested", "message"),
     [
         (project("a", "b"), None, r"several envs \(a, b\).*environment input.*job matrix"),
-        (project("a", "b", "c", default=("a", "c")), None, r"default_envs lists several envs \(a, c\).*environment input"),
+        (
+            project("a", "b", "c", default=("a", "c")),
+            None,
+            r"default_envs lists several envs \(a, c\).*environment input",
+        ),
         (project("a", "b"), "c", r"'c' is not in platformio.ini; its envs are: a, b"),
         (project(), None, "no \\[env:NAME\\] section"),
         (project(), "a", "its envs are: none"),
         (project("a", "b", default=("z",)), None, r"default_envs names 'z'.*a, b"),
     ],
 )
-def test_env_selection_errors_list_the_envs(config: ProjectConfig, requested: str | None, message: str) -> None:
+def test_env_selection_errors_list_the_envs(
+    config: ProjectConfig, requested: str | None, message: str
+) -> None:
     with pytest.raises(BuildConfigError, match=message):
         select_env(config, requested)
 
@@ -98,7 +114,15 @@ def test_the_default_firmware_bin_is_found(tmp_path: Path) -> None:
 
 
 def test_a_custom_progname_is_found_beside_its_elf(tmp_path: Path) -> None:
-    touch(tmp_path, "bootloader.bin", "bootloader.elf", "partitions.bin", "littlefs.bin", "app_1.2.3.elf", "app_1.2.3.bin")
+    touch(
+        tmp_path,
+        "bootloader.bin",
+        "bootloader.elf",
+        "partitions.bin",
+        "littlefs.bin",
+        "app_1.2.3.elf",
+        "app_1.2.3.bin",
+    )
     assert find_firmware(tmp_path, {}) == tmp_path / "app_1.2.3.bin"
 
 
@@ -122,7 +146,10 @@ def test_firmware_bin_without_elf_is_still_found(tmp_path: Path) -> None:
 
 def test_no_app_image_fails_listing_what_is_there(tmp_path: Path) -> None:
     touch(tmp_path, "bootloader.bin", "partitions.bin", "other.bin")
-    with pytest.raises(BuildConfigError, match=r"no app image in .*found: bootloader.bin, other.bin, partitions.bin.*firmware input"):
+    with pytest.raises(
+        BuildConfigError,
+        match=r"no app image in .*found: bootloader.bin, other.bin, partitions.bin.*firmware input",
+    ):
         find_firmware(tmp_path, {})
 
 

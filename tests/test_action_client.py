@@ -4,6 +4,7 @@ The HTTP server here is a scripted stand-in on a real socket: it answers each
 request from a list, so the tests can make the network fail in ways a healthy
 receiver never does (503s, 429s, dropped connections).
 """
+
 from __future__ import annotations
 
 import io
@@ -18,7 +19,13 @@ from typing import Any
 import httpx
 import pytest
 
-from action.client import Deployment, ReceiverClient, ReceiverRejected, ReceiverUnavailable, build_deploy_request
+from action.client import (
+    Deployment,
+    ReceiverClient,
+    ReceiverRejected,
+    ReceiverUnavailable,
+    build_deploy_request,
+)
 from action.retry import RetryPolicy
 
 Reply = tuple[int, Any, dict[str, str]]
@@ -91,13 +98,27 @@ def scripted() -> Iterator[ScriptedServer]:
         server.server_close()
 
 
-DEPLOYMENT = Deployment(group="a" * 24, token="t" * 16, version="1.2.3", commit="abc123", canary="c" * 24, success_threshold=0.5)
-CREATED: Reply = (201, {"message": "Firmware successfully deployed", "deployed": True, "ota": {"_id": "o"}}, {})
+DEPLOYMENT = Deployment(
+    group="a" * 24, token="t" * 16, version="1.2.3", commit="abc123", canary="c" * 24, success_threshold=0.5
+)
+CREATED: Reply = (
+    201,
+    {"message": "Firmware successfully deployed", "deployed": True, "ota": {"_id": "o"}},
+    {},
+)
 
 
-def client(url: str, sleeps: list[float], attempts: int = 4, messages: list[str] | None = None) -> ReceiverClient:
-    return ReceiverClient(url, "key-1", policy=RetryPolicy(attempts=attempts, base_delay=0.5, max_delay=4), sleep=sleeps.append,
-                          rng=random.Random(3), on_retry=(messages if messages is not None else []).append)
+def client(
+    url: str, sleeps: list[float], attempts: int = 4, messages: list[str] | None = None
+) -> ReceiverClient:
+    return ReceiverClient(
+        url,
+        "key-1",
+        policy=RetryPolicy(attempts=attempts, base_delay=0.5, max_delay=4),
+        sleep=sleeps.append,
+        rng=random.Random(3),
+        on_retry=(messages if messages is not None else []).append,
+    )
 
 
 @pytest.fixture
@@ -133,15 +154,41 @@ def test_the_upload_streams_the_file_in_chunks_rather_than_reading_it_whole() ->
 
 
 def test_form_fields_leave_out_what_is_unset() -> None:
-    assert Deployment(group="g", token="t", version="1.0.0").form_fields() == {"group": "g", "token": "t", "version": "1.0.0"}
-    fields = Deployment(group="g", token="t", version="1.0.0", commit="c", canary="k", canary_timeout=60, success_threshold=0.8,
-                        error_threshold=0, soak=30, auto_promote=False).form_fields()
-    assert fields == {"group": "g", "token": "t", "version": "1.0.0", "commit": "c", "canary": "k", "canary_timeout": "60",
-                      "success_threshold": "0.8", "error_threshold": "0", "soak": "30", "auto_promote": "false"}
+    assert Deployment(group="g", token="t", version="1.0.0").form_fields() == {
+        "group": "g",
+        "token": "t",
+        "version": "1.0.0",
+    }
+    fields = Deployment(
+        group="g",
+        token="t",
+        version="1.0.0",
+        commit="c",
+        canary="k",
+        canary_timeout=60,
+        success_threshold=0.8,
+        error_threshold=0,
+        soak=30,
+        auto_promote=False,
+    ).form_fields()
+    assert fields == {
+        "group": "g",
+        "token": "t",
+        "version": "1.0.0",
+        "commit": "c",
+        "canary": "k",
+        "canary_timeout": "60",
+        "success_threshold": "0.8",
+        "error_threshold": "0",
+        "soak": "30",
+        "auto_promote": "false",
+    }
 
 
 def test_a_503_is_retried_and_every_attempt_sends_the_whole_image(scripted: Any, firmware: Path) -> None:
-    server = scripted({"POST": [(503, {"message": "busy"}, {}), (502, b"<html>bad gateway</html>", {}), CREATED]})
+    server = scripted(
+        {"POST": [(503, {"message": "busy"}, {}), (502, b"<html>bad gateway</html>", {}), CREATED]}
+    )
     sleeps: list[float] = []
     messages: list[str] = []
     with client(server.url, sleeps, messages=messages) as receiver:
@@ -152,7 +199,9 @@ def test_a_503_is_retried_and_every_attempt_sends_the_whole_image(scripted: Any,
     for method, path, headers, sent in server.requests:
         assert (method, path) == ("POST", "/v1/ota/group")
         assert headers["Authorization"] == "Bearer key-1"
-        assert data in sent and b'name="version"\r\n\r\n1.2.3' in sent and b'name="commit"\r\n\r\nabc123' in sent
+        assert (
+            data in sent and b'name="version"\r\n\r\n1.2.3' in sent and b'name="commit"\r\n\r\nabc123' in sent
+        )
     assert "503 (busy)" in messages[0] and "attempt 2 of 4" in messages[0]
     assert "502 (<html>bad gateway</html>)" in messages[1]
 
@@ -166,22 +215,33 @@ def test_429_honours_retry_after(scripted: Any, firmware: Path) -> None:
 
 
 def test_retries_give_up_with_the_last_answer(scripted: Any, firmware: Path) -> None:
-    server = scripted({"POST": [(500, {"message": "Error when uploading firmware file", "error": "disk full"}, {})]})
+    server = scripted(
+        {"POST": [(500, {"message": "Error when uploading firmware file", "error": "disk full"}, {})]}
+    )
     sleeps: list[float] = []
     with client(server.url, sleeps, attempts=3) as receiver, pytest.raises(ReceiverUnavailable) as caught:
         receiver.deploy(DEPLOYMENT, firmware)
     assert caught.value.status == 500
-    assert "Error when uploading firmware file: disk full" in caught.value.message and "3 times" in caught.value.message
+    assert (
+        "Error when uploading firmware file: disk full" in caught.value.message
+        and "3 times" in caught.value.message
+    )
     assert len(server.requests) == 3 and len(sleeps) == 2
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 413])
-def test_other_4xx_are_not_retried_and_keep_the_receiver_message(scripted: Any, firmware: Path, status: int) -> None:
+def test_other_4xx_are_not_retried_and_keep_the_receiver_message(
+    scripted: Any, firmware: Path, status: int
+) -> None:
     server = scripted({"POST": [(status, {"message": f"nope {status}", "commit": "x"}, {})]})
     sleeps: list[float] = []
     with client(server.url, sleeps) as receiver, pytest.raises(ReceiverRejected) as caught:
         receiver.deploy(DEPLOYMENT, firmware)
-    assert (caught.value.status, caught.value.message, caught.value.body["commit"]) == (status, f"nope {status}", "x")
+    assert (caught.value.status, caught.value.message, caught.value.body["commit"]) == (
+        status,
+        f"nope {status}",
+        "x",
+    )
     assert len(server.requests) == 1 and sleeps == []
 
 
@@ -197,9 +257,14 @@ def test_an_unreachable_receiver_fails_after_the_retries(firmware: Path) -> None
     from tests.services import free_port
 
     sleeps: list[float] = []
-    with client(f"http://127.0.0.1:{free_port()}", sleeps, attempts=2) as receiver, pytest.raises(ReceiverUnavailable) as caught:
+    with (
+        client(f"http://127.0.0.1:{free_port()}", sleeps, attempts=2) as receiver,
+        pytest.raises(ReceiverUnavailable) as caught,
+    ):
         receiver.deploy(DEPLOYMENT, firmware)
-    assert "could not reach the receiver" in caught.value.message and "after 2 attempts" in caught.value.message
+    assert (
+        "could not reach the receiver" in caught.value.message and "after 2 attempts" in caught.value.message
+    )
     assert len(sleeps) == 1
 
 

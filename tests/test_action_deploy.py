@@ -6,6 +6,7 @@ double is a small HTTP proxy that answers 503 to the first requests and then
 forwards to the receiver: a network that fails for a while, which a healthy
 receiver cannot be made to do.
 """
+
 from __future__ import annotations
 
 import io
@@ -63,7 +64,16 @@ def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
         group = otaship_json(env, "group", "create", "fleet", "--owner", "pro@example.com")
         free = otaship_json(env, "user", "create", "free@example.com")
         free_group = otaship_json(env, "group", "create", "hobby", "--owner", "free@example.com")
-        yield Receiver(process, env, pro["api_key"], group["id"], group["token"], free["api_key"], free_group["id"], free_group["token"])
+        yield Receiver(
+            process,
+            env,
+            pro["api_key"],
+            group["id"],
+            group["token"],
+            free["api_key"],
+            free_group["id"],
+            free_group["token"],
+        )
     finally:
         process.stop()
 
@@ -76,7 +86,17 @@ class Result:
     summary: str
 
 
-def deploy(tmp_path: Path, url: str, api_key: str, group: str, token: str, image: Path, version: str, commit: str = COMMIT, *extra: str) -> Result:
+def deploy(
+    tmp_path: Path,
+    url: str,
+    api_key: str,
+    group: str,
+    token: str,
+    image: Path,
+    version: str,
+    commit: str = COMMIT,
+    *extra: str,
+) -> Result:
     out = io.StringIO()
     output_file, summary_file = tmp_path / "output", tmp_path / "summary"
     output_file.write_text("")
@@ -107,7 +127,9 @@ def test_upload_then_an_idempotent_rerun(tmp_path: Path, receiver: Receiver) -> 
 
     again = deploy(tmp_path, receiver.url, receiver.api_key, group, token, image, "3.0.0")
     assert again.code == exit_codes.OK, again.log
-    assert "nothing was redeployed" in again.log and "## ✅ otaship: `3.0.0` already deployed" in again.summary
+    assert (
+        "nothing was redeployed" in again.log and "## ✅ otaship: `3.0.0` already deployed" in again.summary
+    )
     assert [ota["__v"] for ota in receiver.group_otas(group)] == [0]
 
 
@@ -121,7 +143,9 @@ def test_upload_then_an_idempotent_rerun(tmp_path: Path, receiver: Receiver) -> 
         ("free plan", "403: Group OTA update is not available in free model"),
     ],
 )
-def test_a_4xx_is_a_configuration_error_with_the_receiver_message(tmp_path: Path, receiver: Receiver, case: str, expected: str) -> None:
+def test_a_4xx_is_a_configuration_error_with_the_receiver_message(
+    tmp_path: Path, receiver: Receiver, case: str, expected: str
+) -> None:
     image = write_image(tmp_path / "fw.bin", "1.0.0")
     key, group, token = receiver.api_key, receiver.group, receiver.token
     if case == "bad token":
@@ -145,20 +169,31 @@ def test_a_4xx_is_a_configuration_error_with_the_receiver_message(tmp_path: Path
     assert all(key not in line for line in lines[2:])
 
 
-def test_a_409_from_the_same_commit_is_a_rerun_and_from_another_is_a_moved_tag(tmp_path: Path, receiver: Receiver) -> None:
+def test_a_409_from_the_same_commit_is_a_rerun_and_from_another_is_a_moved_tag(
+    tmp_path: Path, receiver: Receiver
+) -> None:
     group, token = receiver.new_group("conflict")
     first = write_image(tmp_path / "a.bin", "1.1.0", seed=1)
     rebuilt = write_image(tmp_path / "b.bin", "1.1.0", seed=2)  # a rebuild embeds another date: other bytes
-    assert deploy(tmp_path, receiver.url, receiver.api_key, group, token, first, "1.1.0", COMMIT).code == exit_codes.OK
+    assert (
+        deploy(tmp_path, receiver.url, receiver.api_key, group, token, first, "1.1.0", COMMIT).code
+        == exit_codes.OK
+    )
 
     rerun = deploy(tmp_path, receiver.url, receiver.api_key, group, token, rebuilt, "1.1.0", COMMIT)
     assert rerun.code == exit_codes.OK, rerun.log
-    assert "::warning title=Already deployed::version 1.1.0 is already deployed from this commit (111111111111)" in rerun.log
+    assert (
+        "::warning title=Already deployed::version 1.1.0 is already deployed from this commit (111111111111)"
+        in rerun.log
+    )
     assert "not redeployed" in rerun.summary
 
     moved = deploy(tmp_path, receiver.url, receiver.api_key, group, token, rebuilt, "1.1.0", OTHER_COMMIT)
     assert moved.code == exit_codes.DEPLOY_FAILED
-    assert "::error title=Version already deployed::version 1.1.0 is already deployed to this group from commit 111111111111" in moved.log
+    assert (
+        "::error title=Version already deployed::version 1.1.0 is already deployed to this group from commit 111111111111"
+        in moved.log
+    )
     assert "bump the version (for example to v1.1.1)" in moved.log
     [ota] = receiver.group_otas(group)
     assert ota["__v"] == 0  # neither attempt replaced the deployed image
@@ -208,8 +243,12 @@ class FlakyHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(payload)
             return
-        headers = {key: value for key, value in self.headers.items() if key.lower() not in {"host", "connection"}}
-        response = httpx.request(self.command, self.server.upstream + self.path, headers=headers, content=body)
+        headers = {
+            key: value for key, value in self.headers.items() if key.lower() not in {"host", "connection"}
+        }
+        response = httpx.request(
+            self.command, self.server.upstream + self.path, headers=headers, content=body
+        )
         self.send_response(response.status_code)
         for key, value in response.headers.items():
             if key.lower() not in {"transfer-encoding", "connection", "content-length", "content-encoding"}:
@@ -232,7 +271,12 @@ def test_a_5xx_is_retried_until_the_receiver_answers(tmp_path: Path, receiver: R
         proxy.shutdown()
         proxy.server_close()
     assert result.code == exit_codes.OK, result.log
-    assert result.log.count("::warning title=Retrying::the receiver answered 503 (Service temporarily unavailable)") == 2
+    assert (
+        result.log.count(
+            "::warning title=Retrying::the receiver answered 503 (Service temporarily unavailable)"
+        )
+        == 2
+    )
     assert proxy.seen == 3
     assert [ota["version"] for ota in receiver.group_otas(group)] == ["4.0.0"]
 
@@ -246,7 +290,9 @@ def test_deploy_builds_the_project_itself_outside_github(tmp_path: Path, receive
     group, token = receiver.new_group("gitlab")
     project = tmp_path / "project"
     project.mkdir()
-    (project / "platformio.ini").write_text("[env:board]\nplatform = espressif32\ncustom_app_version = 5.0.0\ncustom_image_seed = 50\n")
+    (project / "platformio.ini").write_text(
+        "[env:board]\nplatform = espressif32\ncustom_app_version = 5.0.0\ncustom_image_seed = 50\n"
+    )
     out = io.StringIO()
     environ = {
         "PATH": f"{Path(__file__).parent / 'fake_pio'}:/usr/bin:/bin",
@@ -272,7 +318,11 @@ def test_deploy_builds_the_project_itself_outside_github(tmp_path: Path, receive
 def test_missing_inputs_are_a_usage_error_naming_input_flag_and_variable(tmp_path: Path) -> None:
     out = io.StringIO()
     with pytest.raises(SystemExit) as caught:
-        main(["deploy", "--firmware", "x.bin"], {"GITHUB_ACTIONS": "true", "OTASHIP_API_KEY": "osk_secret"}, out)
+        main(
+            ["deploy", "--firmware", "x.bin"],
+            {"GITHUB_ACTIONS": "true", "OTASHIP_API_KEY": "osk_secret"},
+            out,
+        )
     assert caught.value.code == exit_codes.BAD_INPUT
     log = out.getvalue()
     assert log.startswith("::add-mask::osk_secret\n")

@@ -1,4 +1,5 @@
 """Following a rollout: the pure parts, and the loop against a scripted clock."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -6,24 +7,55 @@ from typing import Any
 from action.follow import FollowResult, failure_message, follow_rollout, progress_line
 
 
-def rollout(state: str, canary: tuple[int, int, int, int] = (2, 0, 0, 2), fleet: tuple[int, int, int, int] | None = None, **extra: Any) -> dict[str, Any]:
+def rollout(
+    state: str,
+    canary: tuple[int, int, int, int] = (2, 0, 0, 2),
+    fleet: tuple[int, int, int, int] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     def stage(name: str, counts: tuple[int, int, int, int], stage_state: str) -> dict[str, Any]:
         targeted, succeeded, failed, pending = counts
-        return {"name": name, "group": name + "-g", "state": stage_state, "targeted": targeted, "succeeded": succeeded,
-                "failed": failed, "pending": pending, "started_at": "2024-01-01T00:00:00Z", "ended_at": None}
+        return {
+            "name": name,
+            "group": name + "-g",
+            "state": stage_state,
+            "targeted": targeted,
+            "succeeded": succeeded,
+            "failed": failed,
+            "pending": pending,
+            "started_at": "2024-01-01T00:00:00Z",
+            "ended_at": None,
+        }
 
     stages = [stage("canary", canary, "running" if state == "canary" else "done")]
     if fleet is not None:
         stages.append(stage("fleet", fleet, "running"))
-    return {"id": "r1", "group": "g", "canary": "c", "version": "1.0.0", "state": state, "reason": None,
-            "stages": stages, "devices": [], **extra}
+    return {
+        "id": "r1",
+        "group": "g",
+        "canary": "c",
+        "version": "1.0.0",
+        "state": state,
+        "reason": None,
+        "stages": stages,
+        "devices": [],
+        **extra,
+    }
 
 
 def test_progress_line_names_state_stage_and_counts() -> None:
-    assert progress_line(rollout("canary", (4, 1, 1, 2))) == "rollout r1: canary, canary stage 1/4 succeeded, 1 failed, 2 pending"
-    assert progress_line(rollout("fleet", (4, 4, 0, 0), (10, 3, 0, 7))) == "rollout r1: fleet, fleet stage 3/10 succeeded, 0 failed, 7 pending"
+    assert (
+        progress_line(rollout("canary", (4, 1, 1, 2)))
+        == "rollout r1: canary, canary stage 1/4 succeeded, 1 failed, 2 pending"
+    )
+    assert (
+        progress_line(rollout("fleet", (4, 4, 0, 0), (10, 3, 0, 7)))
+        == "rollout r1: fleet, fleet stage 3/10 succeeded, 0 failed, 7 pending"
+    )
     # Once ended, the last stage that ran is shown.
-    assert progress_line(rollout("complete", (4, 4, 0, 0), (10, 10, 0, 0))).endswith("fleet stage 10/10 succeeded, 0 failed, 0 pending")
+    assert progress_line(rollout("complete", (4, 4, 0, 0), (10, 10, 0, 0))).endswith(
+        "fleet stage 10/10 succeeded, 0 failed, 0 pending"
+    )
     assert progress_line(rollout("halted", (4, 1, 3, 0))).startswith("rollout r1: halted, canary stage 1/4")
     assert progress_line({"id": "x", "state": "canary"}) == "rollout x: canary"
 
@@ -34,10 +66,14 @@ def test_failure_message_names_the_failed_devices() -> None:
         {"id": "d2", "name": None, "outcome": "timed_out", "fw_version": None, "code": None},
         {"id": "d3", "name": "ok", "outcome": "succeeded", "fw_version": "1.0.0", "code": 201},
     ]
-    halted = FollowResult(rollout("halted", (3, 1, 2, 0), devices=devices, reason="2 canary devices failed"), timed_out=False)
+    halted = FollowResult(
+        rollout("halted", (3, 1, 2, 0), devices=devices, reason="2 canary devices failed"), timed_out=False
+    )
     message = failure_message(halted, 60)
-    assert message == ("rollout r1 halted: 2 canary devices failed. Failed devices: kitchen (failed, running 0.9.0, code 203), "
-                       "d2 (timed_out)")
+    assert message == (
+        "rollout r1 halted: 2 canary devices failed. Failed devices: kitchen (failed, running 0.9.0, code 203), "
+        "d2 (timed_out)"
+    )
     timed_out = FollowResult(rollout("canary", (3, 1, 0, 2)), timed_out=True)
     assert timed_out.state == "timeout"
     assert "was still canary after 60s" in (failure_message(timed_out, 60) or "")
@@ -70,10 +106,24 @@ class Script:
 
 
 def test_following_prints_one_line_per_change_and_ends_on_complete() -> None:
-    script = Script([rollout("canary", (2, 0, 0, 2)), rollout("canary", (2, 0, 0, 2)), rollout("canary", (2, 1, 0, 1)),
-                     rollout("fleet", (2, 2, 0, 0), (5, 2, 0, 3)), rollout("complete", (2, 2, 0, 0), (5, 5, 0, 0))])
+    script = Script(
+        [
+            rollout("canary", (2, 0, 0, 2)),
+            rollout("canary", (2, 0, 0, 2)),
+            rollout("canary", (2, 1, 0, 1)),
+            rollout("fleet", (2, 2, 0, 0), (5, 2, 0, 3)),
+            rollout("complete", (2, 2, 0, 0), (5, 5, 0, 0)),
+        ]
+    )
     lines: list[str] = []
-    result = follow_rollout(script.fetch, timeout=100, interval=5, report=lines.append, clock=lambda: script.now, sleep=script.sleep)
+    result = follow_rollout(
+        script.fetch,
+        timeout=100,
+        interval=5,
+        report=lines.append,
+        clock=lambda: script.now,
+        sleep=script.sleep,
+    )
     assert not result.timed_out and result.state == "complete"
     assert len(lines) == 4  # the repeated first state printed once
     assert script.polls == 5 and script.sleeps == [5, 5, 5, 5]
@@ -81,12 +131,26 @@ def test_following_prints_one_line_per_change_and_ends_on_complete() -> None:
 
 def test_following_stops_at_the_timeout() -> None:
     script = Script([rollout("canary", (2, 0, 0, 2))])
-    result = follow_rollout(script.fetch, timeout=12, interval=5, report=lambda line: None, clock=lambda: script.now, sleep=script.sleep)
+    result = follow_rollout(
+        script.fetch,
+        timeout=12,
+        interval=5,
+        report=lambda line: None,
+        clock=lambda: script.now,
+        sleep=script.sleep,
+    )
     assert result.timed_out and result.state == "timeout"
     assert script.sleeps == [5, 5, 2]  # never sleeps past the deadline
 
 
 def test_a_halt_ends_following_at_once() -> None:
     script = Script([rollout("halted", (2, 0, 2, 0))])
-    result = follow_rollout(script.fetch, timeout=100, interval=5, report=lambda line: None, clock=lambda: script.now, sleep=script.sleep)
+    result = follow_rollout(
+        script.fetch,
+        timeout=100,
+        interval=5,
+        report=lambda line: None,
+        clock=lambda: script.now,
+        sleep=script.sleep,
+    )
     assert result.state == "halted" and script.sleeps == []

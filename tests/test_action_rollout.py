@@ -6,6 +6,7 @@ GET /v1/rollouts/<id> and GET /v1/rollouts?group=) from a small real HTTP server
 End-to-end canary runs against `otaship serve` with simulated devices come with
 that work.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,24 +27,56 @@ from tests.test_action_client import Reply, ScriptedServer
 GROUP, CANARY, ROLLOUT, COMMIT = "a" * 24, "c" * 24, "f" * 24, "3" * 40
 
 
-def rollout(state: str, canary: tuple[int, int, int, int], fleet: tuple[int, int, int, int] | None = None,
-            devices: list[dict[str, Any]] | None = None, reason: str | None = None, version: str = "1.5.0") -> dict[str, Any]:
+def rollout(
+    state: str,
+    canary: tuple[int, int, int, int],
+    fleet: tuple[int, int, int, int] | None = None,
+    devices: list[dict[str, Any]] | None = None,
+    reason: str | None = None,
+    version: str = "1.5.0",
+) -> dict[str, Any]:
     def stage(name: str, group: str, counts: tuple[int, int, int, int], stage_state: str) -> dict[str, Any]:
         targeted, succeeded, failed, pending = counts
-        return {"name": name, "group": group, "state": stage_state, "targeted": targeted, "succeeded": succeeded,
-                "failed": failed, "pending": pending, "started_at": "2024-01-01T00:00:00Z", "ended_at": None}
+        return {
+            "name": name,
+            "group": group,
+            "state": stage_state,
+            "targeted": targeted,
+            "succeeded": succeeded,
+            "failed": failed,
+            "pending": pending,
+            "started_at": "2024-01-01T00:00:00Z",
+            "ended_at": None,
+        }
 
     stages = [stage("canary", CANARY, canary, "running" if state == "canary" else "done")]
     if fleet is not None:
         stages.append(stage("fleet", GROUP, fleet, "running" if state == "fleet" else "done"))
-    return {"id": ROLLOUT, "group": GROUP, "canary": CANARY, "version": version, "state": state, "reason": reason,
-            "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z", "stages": stages, "devices": devices or []}
+    return {
+        "id": ROLLOUT,
+        "group": GROUP,
+        "canary": CANARY,
+        "version": version,
+        "state": state,
+        "reason": reason,
+        "created_at": "2024-01-01T00:00:00Z",
+        "updated_at": "2024-01-01T00:00:00Z",
+        "stages": stages,
+        "devices": devices or [],
+    }
 
 
 def created(state: str = "canary", deployed: bool = True) -> Reply:
-    return (201, {"message": "Firmware successfully deployed", "deployed": deployed,
-                  "ota": {"_id": "o" * 24, "group": CANARY, "__v": 0, "version": "1.5.0"},
-                  "rollout": {"id": ROLLOUT, "state": state}}, {})
+    return (
+        201,
+        {
+            "message": "Firmware successfully deployed",
+            "deployed": deployed,
+            "ota": {"_id": "o" * 24, "group": CANARY, "__v": 0, "version": "1.5.0"},
+            "rollout": {"id": ROLLOUT, "state": state},
+        },
+        {},
+    )
 
 
 @dataclass
@@ -80,27 +113,58 @@ def run_cli(tmp_path: Path, url: str, *args: str) -> Run:
     output_file, summary_file = tmp_path / "output", tmp_path / "summary"
     output_file.write_text("")
     summary_file.write_text("")
-    environ = {"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(output_file), "GITHUB_STEP_SUMMARY": str(summary_file),
-               "GITHUB_SHA": COMMIT, "GITHUB_REF_TYPE": "tag", "GITHUB_REF_NAME": "v1.5.0",
-               "OTASHIP_RECEIVER_URL": url, "OTASHIP_API_KEY": "osk_key", "OTASHIP_GROUP": GROUP, "OTASHIP_GROUP_TOKEN": "t" * 16,
-               "OTASHIP_POLL_INTERVAL": "0.01"}
+    environ = {
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_OUTPUT": str(output_file),
+        "GITHUB_STEP_SUMMARY": str(summary_file),
+        "GITHUB_SHA": COMMIT,
+        "GITHUB_REF_TYPE": "tag",
+        "GITHUB_REF_NAME": "v1.5.0",
+        "OTASHIP_RECEIVER_URL": url,
+        "OTASHIP_API_KEY": "osk_key",
+        "OTASHIP_GROUP": GROUP,
+        "OTASHIP_GROUP_TOKEN": "t" * 16,
+        "OTASHIP_POLL_INTERVAL": "0.01",
+    }
     code = main(list(args), environ, out)
     return Run(code, out.getvalue(), parse_file_commands(output_file.read_text()), summary_file.read_text())
 
 
-def test_a_canary_rollout_followed_to_complete(tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]) -> None:
-    server = serve({
-        "POST": [created()],
-        "GET": [(200, body, {}) for body in (
-            rollout("canary", (2, 0, 0, 2)),
-            rollout("canary", (2, 1, 0, 1)),
-            rollout("canary", (2, 1, 0, 1)),
-            rollout("fleet", (2, 2, 0, 0), (6, 2, 0, 4)),
-            rollout("complete", (2, 2, 0, 0), (6, 6, 0, 0)),
-        )],
-    })
-    result = run_cli(tmp_path, server.url, "deploy", "--firmware", str(image), "--canary", CANARY, "--canary-timeout", "600",
-                     "--success-threshold", "1", "--error-threshold", "0", "--soak", "30")
+def test_a_canary_rollout_followed_to_complete(
+    tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]
+) -> None:
+    server = serve(
+        {
+            "POST": [created()],
+            "GET": [
+                (200, body, {})
+                for body in (
+                    rollout("canary", (2, 0, 0, 2)),
+                    rollout("canary", (2, 1, 0, 1)),
+                    rollout("canary", (2, 1, 0, 1)),
+                    rollout("fleet", (2, 2, 0, 0), (6, 2, 0, 4)),
+                    rollout("complete", (2, 2, 0, 0), (6, 6, 0, 0)),
+                )
+            ],
+        }
+    )
+    result = run_cli(
+        tmp_path,
+        server.url,
+        "deploy",
+        "--firmware",
+        str(image),
+        "--canary",
+        CANARY,
+        "--canary-timeout",
+        "600",
+        "--success-threshold",
+        "1",
+        "--error-threshold",
+        "0",
+        "--soak",
+        "30",
+    )
     assert result.code == exit_codes.OK, result.log
     assert result.outputs["rollout-id"] == ROLLOUT and result.outputs["rollout-state"] == "complete"
     progress = [line for line in result.log.splitlines() if line.startswith(f"rollout {ROLLOUT}")]
@@ -111,61 +175,125 @@ def test_a_canary_rollout_followed_to_complete(tmp_path: Path, image: Path, serv
         f"rollout {ROLLOUT}: complete, fleet stage 6/6 succeeded, 0 failed, 0 pending",
     ]
     post = server.requests[0][3]
-    for field, value in (("canary", CANARY), ("canary_timeout", "600"), ("success_threshold", "1.0"), ("error_threshold", "0"),
-                         ("soak", "30"), ("commit", COMMIT), ("version", "1.5.0")):
+    for field, value in (
+        ("canary", CANARY),
+        ("canary_timeout", "600"),
+        ("success_threshold", "1.0"),
+        ("error_threshold", "0"),
+        ("soak", "30"),
+        ("commit", COMMIT),
+        ("version", "1.5.0"),
+    ):
         assert f'name="{field}"\r\n\r\n{value}\r\n'.encode() in post
     assert f"### Rollout `{ROLLOUT}`: complete" in result.summary
     assert f"| fleet | {GROUP} | done | 6 | 6 | 0 | 0 |" in result.summary
 
 
-def test_a_halted_canary_fails_the_job_naming_the_devices(tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]) -> None:
+def test_a_halted_canary_fails_the_job_naming_the_devices(
+    tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]
+) -> None:
     devices = [
-        {"id": "d1", "name": "lab-1", "group": CANARY, "stage": "canary", "outcome": "failed", "fw_version": "1.4.0", "code": 203},
-        {"id": "d2", "name": "lab-2", "group": CANARY, "stage": "canary", "outcome": "succeeded", "fw_version": "1.5.0", "code": 201},
+        {
+            "id": "d1",
+            "name": "lab-1",
+            "group": CANARY,
+            "stage": "canary",
+            "outcome": "failed",
+            "fw_version": "1.4.0",
+            "code": 203,
+        },
+        {
+            "id": "d2",
+            "name": "lab-2",
+            "group": CANARY,
+            "stage": "canary",
+            "outcome": "succeeded",
+            "fw_version": "1.5.0",
+            "code": 201,
+        },
     ]
-    server = serve({"POST": [created()], "GET": [(200, rollout("canary", (2, 0, 0, 2)), {}),
-                                                 (200, rollout("halted", (2, 1, 1, 0), devices=devices, reason="1 canary device failed"), {})]})
+    server = serve(
+        {
+            "POST": [created()],
+            "GET": [
+                (200, rollout("canary", (2, 0, 0, 2)), {}),
+                (200, rollout("halted", (2, 1, 1, 0), devices=devices, reason="1 canary device failed"), {}),
+            ],
+        }
+    )
     result = run_cli(tmp_path, server.url, "deploy", "--firmware", str(image), "--canary", CANARY)
     assert result.code == exit_codes.ROLLOUT_FAILED
-    assert (f"::error title=Rollout halted::rollout {ROLLOUT} halted: 1 canary device failed. "
-            "Failed devices: lab-1 (failed, running 1.4.0, code 203)") in result.log
+    assert (
+        f"::error title=Rollout halted::rollout {ROLLOUT} halted: 1 canary device failed. "
+        "Failed devices: lab-1 (failed, running 1.4.0, code 203)"
+    ) in result.log
     assert result.outputs["rollout-state"] == "halted"
     assert "## ❌ otaship: `1.5.0` failed" in result.summary
     assert "| lab-1 | canary | failed | 1.4.0 | 203 |" in result.summary
 
 
-def test_an_aborted_rollout_fails_the_job(tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]) -> None:
-    server = serve({"POST": [created()], "GET": [(200, rollout("aborted", (2, 0, 0, 2), reason="aborted by operator"), {})]})
+def test_an_aborted_rollout_fails_the_job(
+    tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]
+) -> None:
+    server = serve(
+        {
+            "POST": [created()],
+            "GET": [(200, rollout("aborted", (2, 0, 0, 2), reason="aborted by operator"), {})],
+        }
+    )
     result = run_cli(tmp_path, server.url, "deploy", "--firmware", str(image), "--canary", CANARY)
     assert result.code == exit_codes.ROLLOUT_FAILED and "aborted by operator" in result.log
 
 
-def test_following_runs_out_of_time(tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]) -> None:
+def test_following_runs_out_of_time(
+    tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]
+) -> None:
     server = serve({"POST": [created()], "GET": [(200, rollout("canary", (3, 1, 0, 2)), {})]})
-    result = run_cli(tmp_path, server.url, "deploy", "--firmware", str(image), "--canary", CANARY, "--timeout", "0.2")
+    result = run_cli(
+        tmp_path, server.url, "deploy", "--firmware", str(image), "--canary", CANARY, "--timeout", "0.2"
+    )
     assert result.code == exit_codes.FOLLOW_TIMEOUT
     assert result.outputs["rollout-state"] == "timeout" and result.outputs["rollout-id"] == ROLLOUT
     assert f"::error title=Rollout still running::rollout {ROLLOUT} was still canary after 0.2s" in result.log
     assert f"### Rollout `{ROLLOUT}`: timeout" in result.summary
 
 
-def test_without_wait_the_state_at_upload_is_reported(tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]) -> None:
+def test_without_wait_the_state_at_upload_is_reported(
+    tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]
+) -> None:
     server = serve({"POST": [created("canary")], "GET": [(500, {"message": "should not be called"}, {})]})
-    result = run_cli(tmp_path, server.url, "deploy", "--firmware", str(image), "--canary", CANARY, "--wait", "false")
+    result = run_cli(
+        tmp_path, server.url, "deploy", "--firmware", str(image), "--canary", CANARY, "--wait", "false"
+    )
     assert result.code == exit_codes.OK, result.log
     assert result.outputs["rollout-state"] == "canary" and result.outputs["rollout-id"] == ROLLOUT
     assert [method for method, *_ in server.requests] == ["POST"]
 
 
-def test_a_rerun_follows_the_rollout_of_the_version_already_deployed(tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]) -> None:
-    conflict: Reply = (409, {"message": "Version 1.5.0 is already deployed to this group with different firmware. Please bump the version.",
-                             "version": "1.5.0", "sha256": "9" * 64, "commit": COMMIT}, {})
+def test_a_rerun_follows_the_rollout_of_the_version_already_deployed(
+    tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]
+) -> None:
+    conflict: Reply = (
+        409,
+        {
+            "message": "Version 1.5.0 is already deployed to this group with different firmware. Please bump the version.",
+            "version": "1.5.0",
+            "sha256": "9" * 64,
+            "commit": COMMIT,
+        },
+        {},
+    )
     older = {**rollout("complete", (1, 1, 0, 0), (1, 1, 0, 0), version="1.4.0"), "id": "e" * 24}
-    server = serve({"POST": [conflict], "GET": [
-        (200, {"rollouts": [rollout("fleet", (2, 2, 0, 0), (6, 3, 0, 3)), older]}, {}),
-        (200, rollout("fleet", (2, 2, 0, 0), (6, 3, 0, 3)), {}),
-        (200, rollout("complete", (2, 2, 0, 0), (6, 6, 0, 0)), {}),
-    ]})
+    server = serve(
+        {
+            "POST": [conflict],
+            "GET": [
+                (200, {"rollouts": [rollout("fleet", (2, 2, 0, 0), (6, 3, 0, 3)), older]}, {}),
+                (200, rollout("fleet", (2, 2, 0, 0), (6, 3, 0, 3)), {}),
+                (200, rollout("complete", (2, 2, 0, 0), (6, 6, 0, 0)), {}),
+            ],
+        }
+    )
     result = run_cli(tmp_path, server.url, "deploy", "--firmware", str(image), "--canary", CANARY)
     assert result.code == exit_codes.OK, result.log
     assert "::warning title=Already deployed::" in result.log
@@ -175,7 +303,14 @@ def test_a_rerun_follows_the_rollout_of_the_version_already_deployed(tmp_path: P
 
 
 def test_the_follow_command_follows_any_rollout(tmp_path: Path, serve: Callable[..., ScriptedServer]) -> None:
-    server = serve({"GET": [(200, rollout("fleet", (2, 2, 0, 0), (4, 2, 0, 2)), {}), (200, rollout("complete", (2, 2, 0, 0), (4, 4, 0, 0)), {})]})
+    server = serve(
+        {
+            "GET": [
+                (200, rollout("fleet", (2, 2, 0, 0), (4, 2, 0, 2)), {}),
+                (200, rollout("complete", (2, 2, 0, 0), (4, 4, 0, 0)), {}),
+            ]
+        }
+    )
     result = run_cli(tmp_path, server.url, "follow", ROLLOUT)
     assert result.code == exit_codes.OK, result.log
     assert result.outputs == {"rollout-id": ROLLOUT, "rollout-state": "complete"}

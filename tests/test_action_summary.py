@@ -4,27 +4,72 @@ from action.summary import MAX_DEVICE_ROWS, DeployReport, build_outputs, cell, d
 
 
 def report(**changes: object) -> DeployReport:
-    base = DeployReport(version="1.4.0", group="a" * 24, commit="c0ffee", environment="esp32dev",
-                        firmware_path="/w/.pio/build/esp32dev/firmware.bin", size=123456, sha256="ab" * 32, chip="esp32")
+    base = DeployReport(
+        version="1.4.0",
+        group="a" * 24,
+        commit="c0ffee",
+        environment="esp32dev",
+        firmware_path="/w/.pio/build/esp32dev/firmware.bin",
+        size=123456,
+        sha256="ab" * 32,
+        chip="esp32",
+    )
     for key, value in changes.items():
         setattr(base, key, value)
     return base
 
 
 ROLLOUT = {
-    "id": "r" * 24, "state": "halted", "reason": "canary failed",
-    "stages": [{"name": "canary", "group": "c" * 24, "state": "halted", "targeted": 3, "succeeded": 1, "failed": 2, "pending": 0}],
+    "id": "r" * 24,
+    "state": "halted",
+    "reason": "canary failed",
+    "stages": [
+        {
+            "name": "canary",
+            "group": "c" * 24,
+            "state": "halted",
+            "targeted": 3,
+            "succeeded": 1,
+            "failed": 2,
+            "pending": 0,
+        }
+    ],
     "devices": [
-        {"id": "d1", "name": "ok-dev", "stage": "canary", "outcome": "succeeded", "fw_version": "1.4.0", "code": 201},
-        {"id": "d2", "name": "bad|dev", "stage": "canary", "outcome": "failed", "fw_version": "1.3.0", "code": 203},
-        {"id": "d3", "name": None, "stage": "canary", "outcome": "timed_out", "fw_version": None, "code": None},
+        {
+            "id": "d1",
+            "name": "ok-dev",
+            "stage": "canary",
+            "outcome": "succeeded",
+            "fw_version": "1.4.0",
+            "code": 201,
+        },
+        {
+            "id": "d2",
+            "name": "bad|dev",
+            "stage": "canary",
+            "outcome": "failed",
+            "fw_version": "1.3.0",
+            "code": 203,
+        },
+        {
+            "id": "d3",
+            "name": None,
+            "stage": "canary",
+            "outcome": "timed_out",
+            "fw_version": None,
+            "code": None,
+        },
     ],
 }
 
 
 def test_outputs() -> None:
-    assert build_outputs(report()) == {"version": "1.4.0", "firmware-path": "/w/.pio/build/esp32dev/firmware.bin",
-                                       "sha256": "ab" * 32, "size": "123456"}
+    assert build_outputs(report()) == {
+        "version": "1.4.0",
+        "firmware-path": "/w/.pio/build/esp32dev/firmware.bin",
+        "sha256": "ab" * 32,
+        "size": "123456",
+    }
     assert deploy_outputs(report())["rollout-id"] == "" and deploy_outputs(report())["rollout-state"] == ""
     outputs = deploy_outputs(report(rollout=ROLLOUT, rollout_state="halted"))
     assert outputs["rollout-id"] == "r" * 24 and outputs["rollout-state"] == "halted"
@@ -34,21 +79,36 @@ def test_outputs() -> None:
 def test_a_successful_deploy_summary_lists_what_was_deployed() -> None:
     text = render_summary(report(deployed=True, ota={"_id": "o" * 24, "__v": 3}))
     assert text.startswith("## ✅ otaship: `1.4.0` deployed\n")
-    for expected in ("| Version | 1.4.0 |", "| Size | 123,456 bytes |", f"| SHA-256 | `{'ab' * 32}` |", f"| Group | {'a' * 24} |",
-                     "| PlatformIO env | esp32dev |", f"| OTA record | {'o' * 24} (revision 3) |", "| Deployed | yes |"):
+    for expected in (
+        "| Version | 1.4.0 |",
+        "| Size | 123,456 bytes |",
+        f"| SHA-256 | `{'ab' * 32}` |",
+        f"| Group | {'a' * 24} |",
+        "| PlatformIO env | esp32dev |",
+        f"| OTA record | {'o' * 24} (revision 3) |",
+        "| Deployed | yes |",
+    ):
         assert expected in text
     assert "Rollout" not in text
 
 
 def test_a_failed_rollout_summary_has_stages_and_failed_devices_first() -> None:
-    text = render_summary(report(deployed=True, rollout=ROLLOUT, rollout_state="halted", failure="rollout halted: canary failed"))
+    text = render_summary(
+        report(
+            deployed=True, rollout=ROLLOUT, rollout_state="halted", failure="rollout halted: canary failed"
+        )
+    )
     assert text.startswith("## ❌ otaship: `1.4.0` failed")
     assert "**What failed:** rollout halted: canary failed" in text
     assert f"### Rollout `{'r' * 24}`: halted" in text and "Reason: canary failed" in text
     assert f"| canary | {'c' * 24} | halted | 3 | 1 | 2 | 0 |" in text
     assert "#### Device outcomes (3 devices, 2 failed)" in text
     rows = [line for line in text.splitlines() if line.startswith(("| ok-dev", "| bad", "| d3"))]
-    assert rows == ["| bad\\|dev | canary | failed | 1.3.0 | 203 |", "| d3 | canary | timed_out |  |  |", "| ok-dev | canary | succeeded | 1.4.0 | 201 |"]
+    assert rows == [
+        "| bad\\|dev | canary | failed | 1.3.0 | 203 |",
+        "| d3 | canary | timed_out |  |  |",
+        "| ok-dev | canary | succeeded | 1.4.0 | 201 |",
+    ]
 
 
 def test_a_failure_before_anything_was_built_still_renders() -> None:
@@ -60,7 +120,12 @@ def test_a_failure_before_anything_was_built_still_renders() -> None:
 def test_a_big_fleet_is_cut_to_the_interesting_rows() -> None:
     devices = [{"id": f"d{i:04}", "stage": "fleet", "outcome": "succeeded"} for i in range(200)]
     devices.append({"id": "zz-bad", "stage": "fleet", "outcome": "failed"})
-    text = render_summary(report(rollout={"id": "r", "state": "complete", "stages": [], "devices": devices}, rollout_state="complete"))
+    text = render_summary(
+        report(
+            rollout={"id": "r", "state": "complete", "stages": [], "devices": devices},
+            rollout_state="complete",
+        )
+    )
     assert "| zz-bad | fleet | failed |" in text  # failures sort first, so they are never cut
     assert sum(1 for line in text.splitlines() if "| fleet |" in line) == MAX_DEVICE_ROWS
     assert f"…and {201 - MAX_DEVICE_ROWS} more" in text

@@ -21,7 +21,9 @@ def test_a_semver_tag_becomes_the_version(tag: str, expected: str) -> None:
     assert resolve_version(None, GitRef("tag", tag)) == expected
 
 
-@pytest.mark.parametrize("tag", ["release-5", "v1.2", "vv1.2.3", "v1.2.3.4", "V1.2.3", "v01.2.3", "latest", "v1.2.3-"])
+@pytest.mark.parametrize(
+    "tag", ["release-5", "v1.2", "vv1.2.3", "v1.2.3.4", "V1.2.3", "v01.2.3", "latest", "v1.2.3-"]
+)
 def test_a_tag_that_is_not_semver_says_what_was_expected(tag: str) -> None:
     with pytest.raises(VersionError) as caught:
         resolve_version(None, GitRef("tag", tag))
@@ -31,7 +33,9 @@ def test_a_tag_that_is_not_semver_says_what_was_expected(tag: str) -> None:
 
 
 def test_a_branch_push_without_version_fails_naming_the_branch() -> None:
-    with pytest.raises(VersionError, match=r"branch 'main', not a tag.*push a tag such as v1.4.0.*version input"):
+    with pytest.raises(
+        VersionError, match=r"branch 'main', not a tag.*push a tag such as v1.4.0.*version input"
+    ):
         resolve_version(None, GitRef("branch", "main"))
 
 
@@ -65,15 +69,25 @@ def test_an_explicit_version_that_is_not_semver_is_rejected() -> None:
         ({}, None),
     ],
 )
-def test_the_ref_comes_from_github_then_gitlab_variables(environ: dict[str, str], expected: GitRef | None) -> None:
+def test_the_ref_comes_from_github_then_gitlab_variables(
+    environ: dict[str, str], expected: GitRef | None
+) -> None:
     assert git_ref_from_environ(environ) == expected
 
 
 @pytest.mark.parametrize(
     ("deployed", "embedded", "warns"),
-    [("1.4.0", "1.4.0", False), ("1.4.0", "v1.4.0", False), ("1.4.0", None, False), ("1.4.0", "1.3.9", True), ("1.4.0", "", True)],
+    [
+        ("1.4.0", "1.4.0", False),
+        ("1.4.0", "v1.4.0", False),
+        ("1.4.0", None, False),
+        ("1.4.0", "1.3.9", True),
+        ("1.4.0", "", True),
+    ],
 )
-def test_an_app_descriptor_version_that_differs_is_a_warning(deployed: str, embedded: str | None, warns: bool) -> None:
+def test_an_app_descriptor_version_that_differs_is_a_warning(
+    deployed: str, embedded: str | None, warns: bool
+) -> None:
     message = app_version_mismatch(deployed, embedded)
     assert (message is not None) == warns
     if message:

@@ -53,7 +53,12 @@ def test_an_output_name_must_be_one_line() -> None:
 def test_on_a_github_runner_commands_are_printed(tmp_path: Path) -> None:
     out = io.StringIO()
     workflow = Workflow.from_environ(
-        {"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(tmp_path / "out"), "GITHUB_STEP_SUMMARY": str(tmp_path / "sum")}, out
+        {
+            "GITHUB_ACTIONS": "true",
+            "GITHUB_OUTPUT": str(tmp_path / "out"),
+            "GITHUB_STEP_SUMMARY": str(tmp_path / "sum"),
+        },
+        out,
     )
     workflow.mask("s3cret\nline2")
     workflow.mask("")

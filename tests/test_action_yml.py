@@ -6,6 +6,7 @@ the project's platformio.ini and makes `pio run` write a real ESP32 image, built
 by esptool, into `.pio/build/<env>/`. Everything after it is real: the action's
 Python, the image check and an `otaship serve` receiver in a subprocess.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,7 +54,9 @@ def test_the_lint_catches_an_input_in_a_run_block() -> None:
 
 
 def test_third_party_actions_are_pinned_by_full_commit_sha_with_a_version_comment() -> None:
-    uses_lines = [line.strip() for line in ACTION_YML.read_text().splitlines() if line.strip().startswith("uses:")]
+    uses_lines = [
+        line.strip() for line in ACTION_YML.read_text().splitlines() if line.strip().startswith("uses:")
+    ]
     assert len(uses_lines) == 2
     for line in uses_lines:
         assert re.fullmatch(r"uses: [\w.-]+/[\w.-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+", line), line
@@ -66,13 +69,43 @@ def test_metadata_inputs_and_outputs() -> None:
     assert {"name", "description", "author", "branding"} <= set(definition)
     inputs = definition["inputs"]
     assert set(inputs) == {
-        "receiver-url", "api-key", "group", "group-token", "version", "project-dir", "environment", "firmware",
-        "canary", "canary-timeout", "success-threshold", "error-threshold", "soak", "wait", "timeout", "python-version",
+        "receiver-url",
+        "api-key",
+        "group",
+        "group-token",
+        "version",
+        "project-dir",
+        "environment",
+        "firmware",
+        "canary",
+        "canary-timeout",
+        "success-threshold",
+        "error-threshold",
+        "soak",
+        "wait",
+        "timeout",
+        "python-version",
     }
     assert all(spec.get("description") for spec in inputs.values())
-    assert {name for name, spec in inputs.items() if spec.get("required")} == {"receiver-url", "api-key", "group", "group-token"}
-    assert inputs["wait"]["default"] == "true" and inputs["timeout"]["default"] == "3600" and inputs["project-dir"]["default"] == "."
-    assert set(definition["outputs"]) == {"version", "firmware-path", "sha256", "size", "rollout-id", "rollout-state"}
+    assert {name for name, spec in inputs.items() if spec.get("required")} == {
+        "receiver-url",
+        "api-key",
+        "group",
+        "group-token",
+    }
+    assert (
+        inputs["wait"]["default"] == "true"
+        and inputs["timeout"]["default"] == "3600"
+        and inputs["project-dir"]["default"] == "."
+    )
+    assert set(definition["outputs"]) == {
+        "version",
+        "firmware-path",
+        "sha256",
+        "size",
+        "rollout-id",
+        "rollout-state",
+    }
     cache = next(step for step in definition["runs"]["steps"] if "actions/cache@" in step.get("uses", ""))
     assert cache["with"]["path"].split() == ["~/.cache/pip", "~/.platformio/.cache"]
 
@@ -97,10 +130,18 @@ class Target:
     token: str
 
     def inputs(self, **extra: str) -> dict[str, str]:
-        return {"receiver-url": self.receiver.url, "api-key": self.api_key, "group": self.group, "group-token": self.token, **extra}
+        return {
+            "receiver-url": self.receiver.url,
+            "api-key": self.api_key,
+            "group": self.group,
+            "group-token": self.token,
+            **extra,
+        }
 
     def otas(self) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.receiver.url}/v1/ota/group", headers={"Authorization": f"Bearer {self.api_key}"})
+        response = httpx.get(
+            f"{self.receiver.url}/v1/ota/group", headers={"Authorization": f"Bearer {self.api_key}"}
+        )
         response.raise_for_status()
         otas: list[dict[str, Any]] = response.json()["otas"]
         return otas
@@ -127,7 +168,9 @@ class Job:
     pio_log: Path
 
     def run(self, inputs: dict[str, str]) -> ActionRun:
-        return run_action(REPO, inputs=inputs, workspace=self.workspace, env=self.env, runner_temp=self.runner_temp)
+        return run_action(
+            REPO, inputs=inputs, workspace=self.workspace, env=self.env, runner_temp=self.runner_temp
+        )
 
     def pio_calls(self) -> list[list[str]]:
         if not self.pio_log.exists():
@@ -184,22 +227,35 @@ def test_a_tag_push_builds_deploys_and_reports(job: Job, target: Target) -> None
         ["run", "-d", ".", "-e", "esp32dev"],
     ]
     pip = job.pip_log.read_text().splitlines()
-    assert pip == ["-m pip install --disable-pip-version-check platformio", f"-m pip install --disable-pip-version-check {REPO}"]
+    assert pip == [
+        "-m pip install --disable-pip-version-check platformio",
+        f"-m pip install --disable-pip-version-check {REPO}",
+    ]
 
     # The secrets are masked by the first step, before anything else prints.
     first = run.steps[0].stdout.splitlines()
     assert first == [f"::add-mask::{target.api_key}", f"::add-mask::{target.token}"]
     # Later steps may mask again (the CLI masks too, for use outside this action).
-    later = "\n".join(line for step in run.steps[1:] for line in (step.stdout + step.stderr).splitlines()
-                      if not line.startswith("::add-mask::"))
+    later = "\n".join(
+        line
+        for step in run.steps[1:]
+        for line in (step.stdout + step.stderr).splitlines()
+        if not line.startswith("::add-mask::")
+    )
     assert target.api_key not in later and target.token not in later
 
     build_log = run.step("build").stdout
     assert "::group::PlatformIO build (esp32dev)" in build_log and "[SUCCESS]" in build_log
     assert "::notice title=Deployed::1.4.0 deployed to group" in run.step("deploy").stdout
 
-    for expected in ("## ✅ otaship: `1.4.0` deployed", "| Version | 1.4.0 |", f"| Size | {len(data):,} bytes |",
-                     f"`{hashlib.sha256(data).hexdigest()}`", f"| Group | {target.group} |", f"| Commit | {SHA} |"):
+    for expected in (
+        "## ✅ otaship: `1.4.0` deployed",
+        "| Version | 1.4.0 |",
+        f"| Size | {len(data):,} bytes |",
+        f"`{hashlib.sha256(data).hexdigest()}`",
+        f"| Group | {target.group} |",
+        f"| Commit | {SHA} |",
+    ):
         assert expected in run.summary
     deployed = [ota for ota in target.otas() if ota["group"] == target.group]
     assert [ota["version"] for ota in deployed] == ["1.4.0"]
@@ -215,13 +271,18 @@ def test_a_bad_tag_fails_before_building(job: Job, target: Target) -> None:
     job.env.update({"GITHUB_REF": "refs/tags/release-7", "GITHUB_REF_NAME": "release-7"})
     run = job.run(target.inputs())
     assert run.failed is not None and run.failed.id == "build" and run.failed.returncode == 2
-    assert "::error title=No valid version::tag 'release-7' is not a semantic version: expected MAJOR.MINOR.PATCH" in run.failed.stdout
+    assert (
+        "::error title=No valid version::tag 'release-7' is not a semantic version: expected MAJOR.MINOR.PATCH"
+        in run.failed.stdout
+    )
     assert job.pio_calls() == []
     assert "## ❌ otaship: firmware failed" in run.summary and "release-7" in run.summary
     assert run.outputs["version"] == "" and run.outputs["rollout-state"] == ""
 
 
-def test_a_branch_push_with_an_explicit_version_and_a_prebuilt_image(job: Job, target: Target, tmp_path: Path) -> None:
+def test_a_branch_push_with_an_explicit_version_and_a_prebuilt_image(
+    job: Job, target: Target, tmp_path: Path
+) -> None:
     job.env.update({"GITHUB_REF": "refs/heads/main", "GITHUB_REF_NAME": "main", "GITHUB_REF_TYPE": "branch"})
     image = write_image(tmp_path / "prebuilt.bin", "2.0.0-rc.1", seed=5)
     run = job.run(target.inputs(version="v2.0.0-rc.1", firmware=str(image)))
@@ -255,16 +316,26 @@ def test_a_failed_build_is_folded_and_summarised(job: Job, target: Target) -> No
     run = job.run(target.inputs(environment="debug"))
     assert run.failed is not None and run.failed.id == "build" and run.failed.returncode == 1
     log = run.failed.stdout
-    assert log.index("::group::PlatformIO build (debug)") < log.index("error: 'oops'") < log.index("::endgroup::")
+    assert (
+        log.index("::group::PlatformIO build (debug)")
+        < log.index("error: 'oops'")
+        < log.index("::endgroup::")
+    )
     assert "::error title=Build failed::`pio run -e debug` failed with exit code 1" in log
     assert "## ❌ otaship: `1.4.0` failed" in run.summary
 
 
 def test_a_custom_build_dir_and_progname_are_found(job: Job, target: Target, tmp_path: Path) -> None:
-    job.env.update({"PLATFORMIO_BUILD_DIR": str(tmp_path / "elsewhere"), "FAKE_PIO_PROGNAME": "thermostat_1.4.0"})
+    job.env.update(
+        {"PLATFORMIO_BUILD_DIR": str(tmp_path / "elsewhere"), "FAKE_PIO_PROGNAME": "thermostat_1.4.0"}
+    )
     job.env.update({"GITHUB_REF_NAME": "v1.4.1", "GITHUB_REF": "refs/tags/v1.4.1"})
     ini = job.workspace / "platformio.ini"
-    ini.write_text(ini.read_text().replace("custom_app_version = 1.4.0", "custom_app_version = 1.4.0\ncustom_image_seed = 2"))
+    ini.write_text(
+        ini.read_text().replace(
+            "custom_app_version = 1.4.0", "custom_app_version = 1.4.0\ncustom_image_seed = 2"
+        )
+    )
     run = job.run(target.inputs())
     assert run.failed is None, run.failed and run.failed.stdout
     assert run.outputs["firmware-path"] == str(tmp_path / "elsewhere" / "esp32dev" / "thermostat_1.4.0.bin")

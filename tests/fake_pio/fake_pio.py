@@ -17,6 +17,7 @@ Knobs, as env options in platformio.ini (PlatformIO allows `custom_*` options):
 environment variable FAKE_PIO_PROGNAME plays an extra script's
 `env.Replace(PROGNAME=...)`. Each call is appended to FAKE_PIO_LOG when set.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,10 @@ def read_ini(project_dir: Path) -> configparser.ConfigParser:
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     ini = project_dir / "platformio.ini"
     if not ini.is_file():
-        print(f"Error: Not a PlatformIO project. `platformio.ini` file has not been found in {project_dir}", file=sys.stderr)
+        print(
+            f"Error: Not a PlatformIO project. `platformio.ini` file has not been found in {project_dir}",
+            file=sys.stderr,
+        )
         raise SystemExit(1)
     parser.read(ini)
     return parser
@@ -49,7 +53,10 @@ def value(key: str, text: str) -> object:
 
 def project_config(project_dir: Path) -> int:
     ini = read_ini(project_dir)
-    sections = [[name, [[key, value(key, text)] for key, text in ini.items(name, raw=True)]] for name in ini.sections()]
+    sections = [
+        [name, [[key, value(key, text)] for key, text in ini.items(name, raw=True)]]
+        for name in ini.sections()
+    ]
     print(json.dumps(sections))
     return 0
 
@@ -61,14 +68,18 @@ def run(project_dir: Path, env_name: str) -> int:
         print(f"Error: Unknown environment names '{env_name}'.", file=sys.stderr)
         return 1
     options = dict(ini.items(section, raw=True))
-    print(f"Processing {env_name} (platform: {options.get('platform', '?')}; board: {options.get('board', '?')})")
+    print(
+        f"Processing {env_name} (platform: {options.get('platform', '?')}; board: {options.get('board', '?')})"
+    )
     print("-" * 40)
     if options.get("custom_fail"):
         print("src/main.cpp:3:1: error: 'oops' was not declared in this scope")
         print(f"*** [.pio/build/{env_name}/src/main.cpp.o] Error 1")
-        print(f"========== [FAILED] Took 1.00 seconds ==========")
+        print("========== [FAILED] Took 1.00 seconds ==========")
         return 1
-    build = os.environ.get("PLATFORMIO_BUILD_DIR") or (ini.get("platformio", "build_dir", fallback="") if ini.has_section("platformio") else "")
+    build = os.environ.get("PLATFORMIO_BUILD_DIR") or (
+        ini.get("platformio", "build_dir", fallback="") if ini.has_section("platformio") else ""
+    )
     base = Path(build) if build else Path(".pio/build")
     out = (base if base.is_absolute() else project_dir / base) / env_name
     out.mkdir(parents=True, exist_ok=True)
@@ -77,13 +88,15 @@ def run(project_dir: Path, env_name: str) -> int:
     sys.path.insert(0, str(REPO))
     from tests.esp_image import build_image
 
-    image = build_image(options.get("custom_app_version", "1.0.0"), seed=int(options.get("custom_image_seed", "0")))
+    image = build_image(
+        options.get("custom_app_version", "1.0.0"), seed=int(options.get("custom_image_seed", "0"))
+    )
     (out / f"{progname}.elf").write_bytes(b"\x7fELF stand-in")
     (out / "bootloader.bin").write_bytes(b"\xe9 stand-in bootloader")
     (out / "partitions.bin").write_bytes(b"\xaa\x50 stand-in partitions")
     (out / f"{progname}.bin").write_bytes(image)
     print(f"Building {out / (progname + '.bin')}")
-    print(f"========== [SUCCESS] Took 1.00 seconds ==========")
+    print("========== [SUCCESS] Took 1.00 seconds ==========")
     return 0
 
 
