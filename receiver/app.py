@@ -10,8 +10,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from receiver.api import devices, ota
+from receiver.api import devices, ota, rollouts
 from receiver.api.responses import message
+from receiver.background import Background
 from receiver.catalog import FirmwareCatalog
 from receiver.db import create_db_engine, init_schema
 from receiver.services import Services
@@ -40,9 +41,17 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         built = services if services is not None else build_services(settings)
         spool_dir_ready(settings.tmp_dir)
         app.state.services = built
+        background = Background(built)
+        app.state.background = background
+        try:
+            await background.start()
+        except BaseException:
+            await background.stop()
+            raise
         try:
             yield
         finally:
+            await background.stop()
             if owned:
                 built.storage.close()
                 built.engine.dispose()
@@ -60,7 +69,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         return JSONResponse({"message": "Internal server error"}, status_code=500)
 
     app = Starlette(
-        routes=[*ota.routes, *devices.routes],
+        routes=[*ota.routes, *devices.routes, *rollouts.routes],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},
     )

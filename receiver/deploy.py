@@ -1,6 +1,7 @@
 """Deploying a stored firmware image to a group: the one place a GroupOta changes."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -9,7 +10,7 @@ from sqlmodel import Session, select
 from receiver.effective import resolve_effective
 from receiver.groups import ancestors, descendants
 from receiver.ids import utcnow
-from receiver.models import Deployment, Group, GroupOta
+from receiver.models import Deployment, Group, GroupOta, TriggerMessage, User
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def deploy_firmware(
     firmware: StoredFirmware,
     commit: str | None = None,
     rollout_id: str | None = None,
+    notify: bool = True,
 ) -> DeployResult:
     """Record a deploy inside the caller's write transaction.
 
@@ -127,14 +129,13 @@ def deploy_firmware(
     ota.commit = commit
     session.add(ota)
     session.flush()
-    session.add(
-        Deployment(
-            ota_id=ota.id, group_id=group.id, owner_id=group.owner_id, revision=ota.revision,
-            version=version, object_key=firmware.object_key, sha256=firmware.sha256,
-            md5=firmware.md5, size=firmware.size, commit=commit, rollout_id=rollout_id,
-            deployed_at=now,
-        )
+    deployment = Deployment(
+        ota_id=ota.id, group_id=group.id, owner_id=group.owner_id, revision=ota.revision,
+        version=version, object_key=firmware.object_key, sha256=firmware.sha256,
+        md5=firmware.md5, size=firmware.size, commit=commit, rollout_id=rollout_id,
+        deployed_at=now,
     )
+    session.add(deployment)
     session.flush()
 
     after = _effective_versions(session=session, group=group, subtree=subtree)
@@ -142,4 +143,21 @@ def deploy_firmware(
     triggered += [
         (g.id, v) for g in subtree if (v := after[g.id]) is not None and v != before[g.id]
     ]
+    if notify:
+        owner = session.get(User, group.owner_id)
+        assert owner is not None
+        # Same transaction as the deploy: the trigger exists exactly when the deploy does.
+        session.add_all(
+            TriggerMessage(
+                topic=trigger_topic(owner.mqtt_user, group_id),
+                payload=json.dumps({"version": effective_version}),
+                deployment_id=deployment.id,
+            )
+            for group_id, effective_version in triggered
+        )
+        session.flush()
     return DeployResult(ota=ota, deployed=True, triggered=triggered)
+
+
+def trigger_topic(mqtt_user: str, group_id: str) -> str:
+    return f"/{mqtt_user}/groups/{group_id}/update-trigger"

@@ -107,3 +107,79 @@ class Deployment(SQLModel, table=True):
     commit: str | None = Field(default=None, max_length=64)
     rollout_id: str | None = Field(default=None, max_length=24)
     deployed_at: datetime = Field(default_factory=utcnow)
+
+
+class TriggerMessage(SQLModel, table=True):
+    """The outbox: a trigger is written with its deploy and published after.
+
+    A trigger that could not be published (broker down, receiver killed) stays
+    here until it is; `claimed_until` lets replicas share the work without
+    publishing one message twice.
+    """
+
+    __tablename__ = "trigger_outbox"
+    __table_args__ = (Index("ix_trigger_outbox_pending", "published_at", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    topic: str = Field(max_length=200)
+    payload: str = Field(max_length=500)
+    deployment_id: str | None = Field(default=None, max_length=24)
+    created_at: datetime = Field(default_factory=utcnow)
+    claimed_until: datetime | None = Field(default=None)
+    attempts: int = Field(default=0)
+    published_at: datetime | None = Field(default=None)
+
+
+class Rollout(SQLModel, table=True):
+    """A staged deploy: the canary subgroup first, then the whole group."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_group_created", "group_id", "created_at"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
+    owner_id: str = Field(foreign_key="users.id", index=True, max_length=24)
+    group_id: str = Field(foreign_key="groups.id", max_length=24)
+    canary_group_id: str = Field(foreign_key="groups.id", max_length=24)
+    version: str = Field(max_length=64)
+    object_key: str = Field(max_length=200)
+    sha256: str = Field(max_length=64)
+    md5: str = Field(max_length=32)
+    size: int
+    chip: str | None = Field(default=None, max_length=32)
+    project_name: str | None = Field(default=None, max_length=32)
+    app_version: str | None = Field(default=None, max_length=32)
+    idf_ver: str | None = Field(default=None, max_length=32)
+    commit: str | None = Field(default=None, max_length=64)
+    canary_timeout: int
+    success_threshold: float
+    error_threshold: int
+    soak: int
+    auto_promote: bool
+    state: str = Field(max_length=16, index=True)
+    reason: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    canary_started_at: datetime = Field(default_factory=utcnow)
+    # When the canary first reached its success threshold; the soak runs from here.
+    canary_healthy_at: datetime | None = Field(default=None)
+    fleet_started_at: datetime | None = Field(default=None)
+    ended_at: datetime | None = Field(default=None)
+
+
+class RolloutDevice(SQLModel, table=True):
+    """One targeted device's outcome in one stage of a rollout."""
+
+    __tablename__ = "rollout_devices"
+    __table_args__ = (Index("ix_rollout_devices_device_outcome", "device_id", "outcome"),)
+
+    rollout_id: str = Field(foreign_key="rollouts.id", primary_key=True, max_length=24)
+    stage: str = Field(primary_key=True, max_length=8)
+    device_id: str = Field(foreign_key="devices.id", primary_key=True, max_length=64)
+    group_id: str = Field(max_length=24)
+    outcome: str = Field(max_length=16)
+    started_update: bool = Field(default=False)
+    # The uptime last seen before its 201: a lower one afterwards means it rebooted.
+    uptime_at_start: float | None = Field(default=None)
+    fw_version: str | None = Field(default=None, max_length=64)
+    code: int | None = Field(default=None)
+    updated_at: datetime = Field(default_factory=utcnow)

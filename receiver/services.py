@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import anyio.to_thread
@@ -24,6 +24,10 @@ class Services:
     engine: Engine
     storage: Storage
     catalog: FirmwareCatalog
+    # Whether deploys write triggers (MQTT is not `none`).
+    notify: bool = False
+    # Called after anything that changes what devices should run.
+    on_deploy: list[Callable[[], None]] = field(default_factory=list)
 
     @staticmethod
     def of(conn: HTTPConnection) -> Services:
@@ -47,6 +51,12 @@ class Services:
                 return work(session)
 
         return await anyio.to_thread.run_sync(call)
+
+    def deployed(self) -> None:
+        """Something was deployed: forget cached answers and publish triggers now."""
+        self.catalog.invalidate()
+        for callback in self.on_deploy:
+            callback()
 
     async def run_blocking(self, work: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(work)

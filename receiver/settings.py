@@ -35,7 +35,10 @@ class Settings:
     database_url: str | None = None
     storage_url: str | None = None
     mqtt_url: str = "embedded://127.0.0.1:1883"
+    # A stable id gives this replica a persistent session on an external broker.
+    mqtt_client_id: str | None = None
     public_url: str | None = None
+    rollout_tick: float = 1.0
     max_firmware_bytes: int = DEFAULT_MAX_FIRMWARE_BYTES
     log_level: str = "info"
     log_format: str = "text"
@@ -53,6 +56,7 @@ class Settings:
             database_url=env.get("OTASHIP_DATABASE_URL", "").strip() or None,
             storage_url=env.get("OTASHIP_STORAGE_URL", "").strip() or None,
             mqtt_url=env.get("OTASHIP_MQTT_URL", "").strip() or "embedded://127.0.0.1:1883",
+            mqtt_client_id=env.get("OTASHIP_MQTT_CLIENT_ID", "").strip() or None,
             public_url=env.get("OTASHIP_PUBLIC_URL", "").strip() or None,
             max_firmware_bytes=_int(
                 env, "OTASHIP_MAX_FIRMWARE_BYTES", DEFAULT_MAX_FIRMWARE_BYTES, minimum=1

@@ -18,6 +18,8 @@ from receiver.deploy import DeployResult, StoredFirmware, VersionConflict, curre
 from receiver.groups import get_owned_group
 from receiver.ids import is_id, iso_utc, secret_matches_plain
 from receiver.models import GroupOta, User
+from receiver.rollout import Policy, PolicyError, validate_policy
+from receiver.rollouts import CanaryDeploy, RolloutConflict, RolloutError, deploy_with_canary
 from receiver.services import Services
 from receiver.storage import StorageError, object_key
 from receiver.upload import MalformedUpload, Upload, UploadTooLarge, receive_upload
@@ -155,6 +157,44 @@ def _field_error(upload: Upload) -> str | None:
     return None
 
 
+ROLLOUT_FIELDS = ("canary_timeout", "success_threshold", "error_threshold", "soak", "auto_promote")
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+
+
+def _whole(fields: dict[str, str], name: str, default: int, *, positive: bool) -> int:
+    raw = fields.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or (positive and int(raw) == 0):
+        kind = "a positive" if positive else "a non-negative"
+        raise PolicyError(f"{name} must be {kind} whole number, not {raw[:32]!r}")
+    return int(raw)
+
+
+def parse_policy(fields: dict[str, str]) -> Policy:
+    """The rollout fields of a POST; they only mean something with `canary`."""
+    raw_threshold = fields.get("success_threshold", "").strip()
+    try:
+        threshold = float(raw_threshold) if raw_threshold else 1.0
+    except ValueError:
+        raise PolicyError(f"success_threshold must be a number in (0, 1], not {raw_threshold[:32]!r}") from None
+    if not (0 < threshold <= 1):
+        raise PolicyError(f"success_threshold must be a number in (0, 1], not {raw_threshold[:32]!r}")
+    raw_auto = fields.get("auto_promote", "").strip().lower()
+    if raw_auto and raw_auto not in TRUE_WORDS + FALSE_WORDS:
+        raise PolicyError(f"auto_promote must be true or false, not {raw_auto[:32]!r}")
+    return validate_policy(
+        Policy(
+            success_threshold=threshold,
+            error_threshold=_whole(fields, "error_threshold", 0, positive=False),
+            canary_timeout=_whole(fields, "canary_timeout", 1800, positive=True),
+            soak=_whole(fields, "soak", 0, positive=False),
+            auto_promote=raw_auto not in FALSE_WORDS,
+        )
+    )
+
+
 async def post_group_ota(request: Request) -> Response:
     owner = await authenticated_owner(request)
     if owner is None:
@@ -211,6 +251,20 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
             f"Version {version[:MAX_VERSION_LENGTH]!r} is not valid: use semantic versioning, e.g. 1.5.7",
         )
 
+    canary_id = upload.fields.get("canary", "").strip() or None
+    policy: Policy | None = None
+    if canary_id is None:
+        stray = [name for name in ROLLOUT_FIELDS if upload.fields.get(name, "").strip()]
+        if stray:
+            return message(400, f"{stray[0]} only applies to a rollout: add a canary subgroup")
+    else:
+        if not is_id(canary_id):
+            return message(400, "Canary ID is not valid")
+        try:
+            policy = parse_policy(upload.fields)
+        except PolicyError as exc:
+            return message(400, str(exc))
+
     assert upload.file_path is not None
     file_path = upload.file_path
     try:
@@ -237,26 +291,48 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
             # record means a record never points at an incomplete object, and a
             # failed commit leaves only an unreferenced object behind.
             await services.run_blocking(lambda: _store(services, firmware.object_key, file_path))
-        result: DeployResult = await services.run_write(
-            lambda session: deploy_firmware(
-                session=session, group_id=group.id, version=version, firmware=firmware, commit=commit
+        if canary_id is None:
+            result: DeployResult = await services.run_write(
+                lambda session: deploy_firmware(
+                    session=session, group_id=group.id, version=version, firmware=firmware,
+                    commit=commit, notify=services.notify,
+                )
             )
-        )
+            body: dict[str, Any] = {"deployed": result.deployed, "ota": ota_json(result.ota)}
+            deployed = result.deployed
+        else:
+            assert policy is not None
+            rollout_policy = policy
+            staged = await services.run_write(
+                lambda session: _canary_body(
+                    deploy_with_canary(
+                        session=session, group_id=group.id, canary_id=canary_id, version=version,
+                        firmware=firmware, policy=rollout_policy, commit=commit, notify=services.notify,
+                    )
+                )
+            )
+            deployed, body = staged
     except VersionConflict as exc:
         return _conflict(exc, version)
+    except RolloutConflict as exc:
+        return message(409, str(exc), version=version)
+    except RolloutError as exc:
+        return message(400, str(exc))
     except (StorageError, SQLAlchemyError, OSError) as exc:
         return server_error(UPLOAD_ERROR, exc)
 
-    if result.deployed:
-        services.catalog.invalidate()
-    return JSONResponse(
-        {
-            "message": "Firmware successfully deployed",
-            "deployed": result.deployed,
-            "ota": ota_json(result.ota),
-        },
-        status_code=201,
-    )
+    if deployed:
+        services.deployed()
+    return JSONResponse({"message": "Firmware successfully deployed", **body}, status_code=201)
+
+
+def _canary_body(staged: CanaryDeploy) -> tuple[bool, dict[str, Any]]:
+    body: dict[str, Any] = {"deployed": staged.deployed}
+    if staged.ota is not None:
+        body["ota"] = ota_json(staged.ota)
+    if staged.rollout is not None:
+        body["rollout"] = {"id": staged.rollout.id, "state": staged.rollout.state}
+    return staged.deployed, body
 
 
 def _store(services: Services, key: str, source: Any) -> None:

@@ -1,0 +1,1 @@
+"""MQTT: the embedded broker, the receiver's own connection, triggers and reports."""

@@ -1,0 +1,210 @@
+"""Rollout decisions, as pure functions: no I/O, no clock of their own.
+
+A rollout deploys to the canary subgroup, watches what its devices report,
+and then either promotes the same image to the whole group or halts. Every
+decision here takes the facts (counts, stored timestamps, `now`) and returns
+what to do, so a restarted receiver, or another replica, reaches the same
+answer from the same database.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+# Rollout states.
+CANARY = "canary"
+FLEET = "fleet"
+COMPLETE = "complete"
+HALTED = "halted"
+ABORTED = "aborted"
+ACTIVE_STATES = (CANARY, FLEET)
+STATES = (CANARY, FLEET, COMPLETE, HALTED, ABORTED)
+
+# Per-device outcomes.
+PENDING = "pending"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+TIMED_OUT = "timed_out"
+
+# IoTaaP OS update-response codes.
+CODE_TRIGGER_RECEIVED = 200
+CODE_UPDATE_STARTING = 201
+CODE_ALREADY_CURRENT = 202
+CODE_ERROR = 203
+RESPONSE_CODES = (200, 201, 202, 203)
+
+
+@dataclass(frozen=True)
+class Policy:
+    success_threshold: float = 1.0
+    error_threshold: int = 0
+    canary_timeout: int = 1800
+    soak: int = 0
+    auto_promote: bool = True
+
+
+class PolicyError(ValueError):
+    """A rollout parameter is out of range; the message names it."""
+
+
+def validate_policy(policy: Policy) -> Policy:
+    if not (0 < policy.success_threshold <= 1):
+        raise PolicyError("success_threshold must be a fraction in (0, 1]")
+    if policy.error_threshold < 0:
+        raise PolicyError("error_threshold must be 0 or more")
+    if policy.canary_timeout <= 0:
+        raise PolicyError("canary_timeout must be a positive number of seconds")
+    if policy.soak < 0:
+        raise PolicyError("soak must be 0 or more seconds")
+    return policy
+
+
+# --- devices ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceProgress:
+    outcome: str = PENDING
+    started_update: bool = False
+    uptime_at_start: float | None = None
+    fw_version: str | None = None
+    code: int | None = None
+
+
+def initial_progress(running: str | None, deployed: str) -> DeviceProgress:
+    """A device already on the deployed version has succeeded at once."""
+    return DeviceProgress(outcome=SUCCEEDED if running == deployed else PENDING, fw_version=running)
+
+
+def after_status(
+    progress: DeviceProgress, *, fw_version: str, uptime: float | None, deployed: str
+) -> DeviceProgress:
+    """A status report: success on the deployed version; failure when the device
+    comes back (rebooted) on another version after announcing its update."""
+    if progress.outcome in (SUCCEEDED, TIMED_OUT):
+        return replace(progress, fw_version=fw_version)
+    if fw_version == deployed:
+        return replace(progress, outcome=SUCCEEDED, fw_version=fw_version)
+    if not progress.started_update or progress.outcome == FAILED:
+        return replace(progress, fw_version=fw_version)
+    if uptime is not None and progress.uptime_at_start is None:
+        # We did not see its uptime before the 201 (say, the receiver restarted):
+        # this report becomes the baseline a reboot is measured against.
+        return replace(progress, fw_version=fw_version, uptime_at_start=uptime)
+    # Status keeps flowing while the image downloads, so another version only
+    # means failure once the device has rebooted (its uptime went back down).
+    rebooted = uptime is None or (progress.uptime_at_start is not None and uptime < progress.uptime_at_start)
+    if rebooted:
+        return replace(progress, outcome=FAILED, fw_version=fw_version)
+    return replace(progress, fw_version=fw_version)
+
+
+def after_response(progress: DeviceProgress, *, code: int, last_uptime: float | None) -> DeviceProgress:
+    if progress.outcome in (SUCCEEDED, TIMED_OUT):
+        return replace(progress, code=code)
+    if code == CODE_ERROR:
+        return replace(progress, outcome=FAILED, code=code)
+    if code == CODE_UPDATE_STARTING and progress.outcome == PENDING:
+        return replace(progress, started_update=True, uptime_at_start=last_uptime, code=code)
+    return replace(progress, code=code)
+
+
+def at_stage_end(progress: DeviceProgress) -> DeviceProgress:
+    return replace(progress, outcome=TIMED_OUT) if progress.outcome == PENDING else progress
+
+
+# --- stages -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counts:
+    targeted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    timed_out: int = 0
+
+    @property
+    def pending(self) -> int:
+        return self.targeted - self.succeeded - self.failed - self.timed_out
+
+    @classmethod
+    def of(cls, outcomes: list[str]) -> Counts:
+        return cls(
+            targeted=len(outcomes),
+            succeeded=outcomes.count(SUCCEEDED),
+            failed=outcomes.count(FAILED),
+            timed_out=outcomes.count(TIMED_OUT),
+        )
+
+
+def required_successes(targeted: int, threshold: float) -> int:
+    # The small epsilon keeps 0.3 * 10 from becoming 4 through float error.
+    return max(1, math.ceil(threshold * targeted - 1e-9)) if targeted else 0
+
+
+# Decision actions.
+WAIT = "wait"
+PROMOTE = "promote"
+AWAIT_PROMOTION = "await_promotion"
+HALT = "halt"
+FINISH = "complete"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    reason: str | None = None
+    # When the canary first met its threshold (to be stored); None if not yet.
+    healthy_at: datetime | None = None
+
+
+def decide_canary(
+    policy: Policy, counts: Counts, *, now: datetime, started_at: datetime, healthy_at: datetime | None
+) -> Decision:
+    needed = required_successes(counts.targeted, policy.success_threshold)
+    failures = counts.failed + counts.timed_out
+    if failures > policy.error_threshold:
+        return Decision(
+            HALT,
+            f"{failures} canary device(s) failed; error_threshold tolerates {policy.error_threshold}",
+            healthy_at,
+        )
+    if counts.succeeded >= needed and counts.targeted > 0:
+        healthy_at = healthy_at or now
+        if now < healthy_at + timedelta(seconds=policy.soak):
+            return Decision(WAIT, None, healthy_at)
+        if policy.auto_promote:
+            return Decision(PROMOTE, f"canary healthy: {counts.succeeded}/{counts.targeted} succeeded", healthy_at)
+        return Decision(AWAIT_PROMOTION, "canary healthy; waiting for a promote", healthy_at)
+    if counts.succeeded + counts.pending < needed:
+        return Decision(
+            HALT,
+            f"canary can no longer reach its threshold: {counts.succeeded} succeeded, "
+            f"{failures} failed, {needed} of {counts.targeted} needed",
+        )
+    if now >= started_at + timedelta(seconds=policy.canary_timeout):
+        return Decision(
+            HALT,
+            f"canary timed out after {policy.canary_timeout} s: {counts.succeeded} of "
+            f"{counts.targeted} succeeded, {needed} needed",
+        )
+    return Decision(WAIT)
+
+
+def decide_fleet(policy: Policy, counts: Counts, *, now: datetime, started_at: datetime) -> Decision:
+    if counts.pending == 0:
+        return Decision(FINISH, f"all {counts.targeted} device(s) reported")
+    if now >= started_at + timedelta(seconds=policy.canary_timeout):
+        return Decision(FINISH, f"fleet stage timed out with {counts.pending} device(s) pending")
+    return Decision(WAIT)
+
+
+def next_wakeup(
+    policy: Policy, *, state: str, started_at: datetime, healthy_at: datetime | None
+) -> datetime:
+    """The next moment a decision could change without any report arriving."""
+    deadline = started_at + timedelta(seconds=policy.canary_timeout)
+    if state == CANARY and healthy_at is not None:
+        return min(deadline, healthy_at + timedelta(seconds=policy.soak))
+    return deadline

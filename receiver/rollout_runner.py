@@ -1,0 +1,60 @@
+"""The rollout clock: re-evaluates every rollout in progress once a tick.
+
+Timeouts and soaks run on timestamps stored with the rollout, so a receiver
+that restarts (or another replica) picks up exactly where the last one was.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import anyio.to_thread
+from sqlalchemy.engine import Engine
+
+from receiver.db import read_session, write_session
+from receiver.rollouts import active_rollout_states, evaluate
+
+log = logging.getLogger("otaship.rollouts")
+
+
+class RolloutRunner:
+    def __init__(
+        self, engine: Engine, *, notify: bool, tick: float = 1.0, on_change: Callable[[], None] | None = None
+    ) -> None:
+        self.engine = engine
+        self.notify = notify
+        self.tick = tick
+        self.on_change = on_change
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def evaluate_all(self) -> bool:
+        """One pass over the rollouts in progress; True if any changed state."""
+        with read_session(self.engine) as session:
+            active = active_rollout_states(session=session)
+        changed = False
+        for rollout_id, before in active:
+            try:
+                with write_session(self.engine) as session:
+                    state = evaluate(session=session, rollout_id=rollout_id, notify=self.notify)
+                changed = changed or (state is not None and state != before)
+            except Exception:
+                log.exception("could not evaluate rollout %s; trying again next tick", rollout_id)
+        return changed
+
+    async def run(self) -> None:
+        while True:
+            try:
+                changed = await anyio.to_thread.run_sync(self.evaluate_all)
+                if changed and self.on_change is not None:
+                    self.on_change()
+            except Exception:
+                log.exception("rollout evaluation failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.tick)
+            except TimeoutError:
+                pass
+            self._wake.clear()
