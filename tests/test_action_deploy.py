@@ -75,7 +75,11 @@ def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
             free_group["token"],
         )
     finally:
+        popen = process.process
         process.stop()
+        # stop() reads the log but leaves the pipe open; close it so no ResourceWarning leaks.
+        if popen is not None and popen.stdout is not None:
+            popen.stdout.close()
 
 
 @dataclass

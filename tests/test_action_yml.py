@@ -156,7 +156,11 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         group = otaship_json(env, "group", "create", "fleet", "--owner", "firmware-team@example.com")
         yield Target(receiver, user["api_key"], group["id"], group["token"])
     finally:
+        popen = receiver.process
         receiver.stop()
+        # stop() reads the log but leaves the pipe open; close it so no ResourceWarning leaks.
+        if popen is not None and popen.stdout is not None:
+            popen.stdout.close()
 
 
 @dataclass
