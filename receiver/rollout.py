@@ -182,14 +182,16 @@ def decide_canary(
             HALT,
             f"canary can no longer reach its threshold: {counts.succeeded} succeeded, "
             f"{failures} failed, {needed} of {counts.targeted} needed",
+            healthy_at,
         )
     if now >= started_at + timedelta(seconds=policy.canary_timeout):
         return Decision(
             HALT,
             f"canary timed out after {policy.canary_timeout} s: {counts.succeeded} of "
             f"{counts.targeted} succeeded, {needed} needed",
+            healthy_at,
         )
-    return Decision(WAIT)
+    return Decision(WAIT, None, healthy_at)
 
 
 def decide_fleet(policy: Policy, counts: Counts, *, now: datetime, started_at: datetime) -> Decision:

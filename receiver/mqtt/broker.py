@@ -309,7 +309,10 @@ class _GuardedReader(ReaderAdapter):
             if self._body_left:
                 step = min(self._body_left, len(data) - i)
                 if self._topic_head is not None:
-                    self._check_topic(data[i : i + step], last=step == self._body_left)
+                    self._topic_head += data[i : i + min(step, 3 - len(self._topic_head))]
+                    if len(self._topic_head) == 3 or step == self._body_left:
+                        _check_publish_topic(bytes(self._topic_head))
+                        self._topic_head = None
                 self._body_left -= step
                 i += step
                 continue
@@ -336,15 +339,13 @@ class _GuardedReader(ReaderAdapter):
             if self._packet_type == _PUBLISH:
                 self._topic_head = bytearray()
 
-    def _check_topic(self, body: bytes, *, last: bool) -> None:
-        # The topic's 2-byte length, then its first character.
-        assert self._topic_head is not None
-        self._topic_head += body[: 3 - len(self._topic_head)]
-        if len(self._topic_head) < 3 and not last:
-            return
-        head, self._topic_head = bytes(self._topic_head), None
-        if head[:2] == b"\x00\x00" or head[2:3] == b"$":
-            raise _ClientDropped("PUBLISH to an empty or $ topic")
+
+
+def _check_publish_topic(head: bytes) -> None:
+    # ``head`` is the start of a PUBLISH body: the topic's 2-byte length, then its
+    # first character.
+    if head[:2] == b"\x00\x00" or head[2:3] == b"$":
+        raise _ClientDropped("PUBLISH to an empty or $ topic")
 
 
 def _quiet_amqtt_logging() -> None:

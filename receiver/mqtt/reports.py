@@ -152,6 +152,12 @@ class ReportIngester:
 
     # --- blocking part, in a worker thread ----------------------------------------
 
+    def ingest_messages(self, messages: Iterable[tuple[str, bytes]]) -> None:
+        """Parse and store raw (topic, payload) pairs at once (blocking)."""
+        for topic, payload in messages:
+            self.submit(topic, payload)
+        self.ingest(self._take())
+
     def ingest(self, batch: list[Report]) -> None:
         with write_session(self.engine) as session:
             self._load(session, batch)
