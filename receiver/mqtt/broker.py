@@ -117,8 +117,8 @@ class _Gatekeeper:
 
         An accepted login holds its client id until ``logout``.
         """
-        username = connect.username if connect.username_flag else None
-        password = connect.password if connect.password_flag else None
+        username: str | None = connect.username if connect.username_flag else None
+        password: str | None = connect.password if connect.password_flag else None
         if not username or password is None:
             return None
         if not await self._credentials_valid(username, password):
@@ -126,7 +126,7 @@ class _Gatekeeper:
         # amqtt publishes a will without checking its topic: check it here.
         if connect.will_flag and not self._may_use(username, connect.will_topic or ""):
             return None
-        client_id = connect.client_id
+        client_id: str | None = connect.client_id
         if not client_id:
             return username  # amqtt makes up a fresh one
         owner, connections = self._connected.get(client_id, (username, 0))
@@ -160,7 +160,7 @@ class _Gatekeeper:
         try:
             # The callable reads a database: keep it off the event loop.
             return bool(await asyncio.to_thread(self._authenticate, username, password))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (any failure refuses the login)
             # A broken credential store must refuse the device, not kill the broker.
             # No traceback: a database error can quote the query's parameters.
             detail = str(exc).replace(password, "<password>") if password else str(exc)
