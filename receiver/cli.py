@@ -144,11 +144,36 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     settings = settings.with_overrides(
         host=args.host or settings.host, port=args.port if args.port is not None else settings.port
     )
+    _check_embedded_broker_port(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port,
         log_level=settings.log_level, proxy_headers=True,
     )
+
+
+def _check_embedded_broker_port(settings: Settings) -> None:
+    """Fail before starting anything when the embedded broker's port is taken."""
+    import errno
+    import socket
+
+    from receiver.mqtt.broker import BrokerPortInUse
+    from receiver.mqtt.link import parse_mqtt_url
+
+    try:
+        address = parse_mqtt_url(settings.mqtt_url)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if address is None or not address.embedded:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in address.host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address.host, address.port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CommandError(str(BrokerPortInUse(address.host, address.port))) from None
+            raise CommandError(f"cannot start the embedded MQTT broker on {address.host}:{address.port}: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = device.add_parser("list", help="list devices")
     p.add_argument("--group", metavar="GROUP_ID")
     p.set_defaults(run=cmd_device_list)
+
+    from receiver import simulate
+
+    simulate.add_parser(commands)
     return parser
 
 
