@@ -33,6 +33,10 @@ def otaship_json(env: dict[str, str], *args: str) -> Any:
     return json.loads(otaship(env, *args).stdout)
 
 
+class PortTaken(AssertionError):
+    pass
+
+
 class ReceiverProcess:
     def __init__(self, env: dict[str, str], port: int | None = None) -> None:
         self.port = port or free_port()
@@ -40,7 +44,21 @@ class ReceiverProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30) -> ReceiverProcess:
+    def start(self, timeout: float = 30, attempts: int = 3) -> ReceiverProcess:
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                # free_port() only found a port that was free a moment ago;
+                # another process may have taken it since. Pick again.
+                if attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+                self.env["OTASHIP_PORT"] = str(self.port)
+                self.url = f"http://127.0.0.1:{self.port}"
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> ReceiverProcess:
         self.process = subprocess.Popen(
             [*OTASHIP, "serve"], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
@@ -48,7 +66,13 @@ class ReceiverProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 output = self.process.stdout.read().decode() if self.process.stdout else ""
-                raise AssertionError(f"otaship serve exited with {self.process.returncode}: {output}")
+                code = self.process.returncode
+                if self.process.stdout:
+                    self.process.stdout.close()
+                self.process = None
+                if f"('127.0.0.1', {self.port}): address already in use" in output:
+                    raise PortTaken(output)
+                raise AssertionError(f"otaship serve exited with {code}: {output}")
             try:
                 httpx.get(f"{self.url}/v1/ota/group", timeout=1)
                 return self
@@ -67,6 +91,9 @@ class ReceiverProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        output = self.process.stdout.read().decode() if self.process.stdout else ""
+        output = ""
+        if self.process.stdout is not None:
+            output = self.process.stdout.read().decode()
+            self.process.stdout.close()
         self.process = None
         return output
