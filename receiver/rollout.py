@@ -201,12 +201,3 @@ def decide_fleet(policy: Policy, counts: Counts, *, now: datetime, started_at: d
         return Decision(FINISH, f"fleet stage timed out with {counts.pending} device(s) pending")
     return Decision(WAIT)
 
-
-def next_wakeup(
-    policy: Policy, *, state: str, started_at: datetime, healthy_at: datetime | None
-) -> datetime:
-    """The next moment a decision could change without any report arriving."""
-    deadline = started_at + timedelta(seconds=policy.canary_timeout)
-    if state == CANARY and healthy_at is not None:
-        return min(deadline, healthy_at + timedelta(seconds=policy.soak))
-    return deadline
