@@ -169,7 +169,7 @@ class SimulationConfig:
     core_version: str = "1.0.0-sim"
     # A reboot after a good download lasts a random time in this range (seconds).
     reboot_delay: tuple[float, float] = (0.2, 1.0)
-    http_connections: int = 100
+    http_connections: int = 16
     http_timeout: float = 30.0
     # Fleet-wide cap on unacknowledged QoS 1 publishes.
     max_inflight: int = 1000
@@ -429,7 +429,8 @@ class _Connection:
     def force_close(self) -> None:
         """Close the socket without the MQTT goodbye (end of a simulation)."""
         sock = self.client.socket()
-        if sock is None:
+        # paho forgets a socket it closed itself; one we closed has no fd left.
+        if sock is None or sock.fileno() < 0:
             self._mark_closed()
             return
         if self.sock is not None:
@@ -479,14 +480,12 @@ class _Connection:
 
     async def publish(self, topic: str, payload: dict[str, Any]) -> None:
         """Queue a QoS 1 publish; returns once it is handed to paho, not when acknowledged."""
-        from paho.mqtt.client import MQTT_ERR_SUCCESS
-
         await self.fleet.inflight.acquire()
         if self.closed:
             self.fleet.inflight.release()
             raise _ConnectionLost(topic)
         info = self.client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1)
-        if info.rc != MQTT_ERR_SUCCESS:
+        if info.rc != 0:  # MQTT_ERR_SUCCESS
             self.fleet.inflight.release()
             raise _ConnectionLost(f"publish to {topic}: rc {info.rc}")
         self.unacked.add(info.mid)
@@ -549,9 +548,9 @@ class _Device:
                 backoff = 0.5
                 try:
                     await self._boot_report(connection, rebooted)
+                    rebooted = False
                 except (_ConnectionLost, TimeoutError):
                     connection.force_close()
-                rebooted = False
                 await connection.wait_for(lambda: connection.closed)
                 self.online = False
                 await self._stop_tasks()
@@ -560,7 +559,8 @@ class _Device:
                     rebooted = True
                 else:
                     self.reconnects += 1
-                    if self.in_update:
+                    if self.in_update and not rebooted:
+                        # Lost the broker mid-update: the attempt is over.
                         self._finish_update(ERROR, None)
         finally:
             self.online = False
@@ -611,6 +611,7 @@ class _Device:
             self._finish_update(FAILED if self.fails_update else UPDATED, time.monotonic())
         if self.fleet.config.status_interval > 0:
             self.status_task = asyncio.create_task(self._report_status(connection))
+            self.status_task.add_done_callback(self.fleet.watch)
 
     async def _reboot(self) -> None:
         fleet = self.fleet
@@ -654,8 +655,8 @@ class _Device:
     # -- update --------------------------------------------------------------------
 
     def on_trigger(self, connection: _Connection) -> None:
-        if self.in_update or not self.online or self.fleet.stopping:
-            # Busy flashing, or still booting: a real device misses it too.
+        if self.in_update or connection.closed or self.fleet.stopping:
+            # Busy flashing or rebooting: a real device misses it too.
             return
         self.in_update = True
         self.triggers += 1
@@ -883,7 +884,7 @@ class _Fleet:
             updated=outcomes[UPDATED], failed=outcomes[FAILED],
             already_current=outcomes[ALREADY_CURRENT], errors=outcomes[ERROR],
             target_version=target,
-            on_target=sum(d.version == target and d.online for d in self.devices) if target else 0,
+            on_target=self.reported_count[target] if target else 0,
         )
 
     def summary(self) -> FleetSummary:
@@ -939,15 +940,15 @@ class _Fleet:
                     await self.wake.wait()
             except TimeoutError:
                 pass
+            if self.on_progress is not None and self.failure is None:
+                # The last word, while the devices are still online.
+                self.on_progress(self.progress())
         finally:
             self.stopping = True
             await self._shut_down(tasks, background)
         if self.failure is not None:
             raise self.failure
-        summary = self.summary()
-        if self.on_progress is not None:
-            self.on_progress(self.progress())
-        return summary
+        return self.summary()
 
     async def _forward(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -1112,8 +1113,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     end.add_argument("--duration", type=_seconds, metavar="S", help="stop after S seconds")
     end.add_argument("--until-version", metavar="V", help="stop when every device runs V")
     p.add_argument("--seed", type=int, default=0, help="fixes which devices fail (default 0)")
-    p.add_argument("--http-connections", type=_positive_int, default=100, metavar="N",
-                   help="concurrent HTTP connections to the receiver (default 100)")
+    p.add_argument("--http-connections", type=_positive_int, default=16, metavar="N",
+                   help="concurrent HTTP connections to the receiver (default 16)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(run=run_command)
 

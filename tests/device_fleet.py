@@ -1,0 +1,146 @@
+"""What a test needs around simulated devices: a real receiver with firmware, and an MQTT observer.
+
+The receiver is `otaship serve` in a subprocess (MQTT disabled there: the test
+publishes triggers itself). The observer is an ordinary paho subscriber on the
+real broker that records every report the devices publish, in order.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+
+from tests.esp_image import build_image
+from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
+
+
+@dataclass
+class Group:
+    id: str
+    token: str
+
+
+class ReceiverWithFirmware:
+    """A running receiver, one pro owner, and helpers to make groups and deploy to them."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.env = cli_env(data_dir)
+        self.user = otaship_json(self.env, "user", "create", "sim@example.com", "--plan", "pro")
+        # Quiet: ReceiverProcess pipes the server's output without reading it
+        # while it runs, and an access line per device request fills the pipe
+        # (64 KiB, about 600 requests) and blocks the server.
+        self.process = ReceiverProcess({**self.env, "OTASHIP_LOG_LEVEL": "warning"}).start()
+        self.url = self.process.url
+
+    def group(self, name: str) -> Group:
+        created = otaship_json(self.env, "group", "create", name, "--owner", "sim@example.com")
+        return Group(created["id"], created["token"])
+
+    def deploy(self, group: Group, version: str, *, code_size: int = 65536) -> bytes:
+        image = build_image(version, code_size=code_size)
+        response = httpx.post(
+            f"{self.url}/v1/ota/group",
+            headers={"Authorization": f"Bearer {self.user['api_key']}"},
+            data={"group": group.id, "token": group.token, "version": version},
+            files={"firmware": ("firmware.bin", image)}, timeout=30,
+        )
+        assert response.status_code == 201, response.text
+        return image
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class MqttObserver:
+    """Records the status reports and update responses of one owner's devices, in arrival order."""
+
+    def __init__(self, mqtt_user: str | None = None, host: str = "127.0.0.1", port: int = 1883) -> None:
+        # A fresh user name is a fresh topic namespace on an anonymous broker.
+        self.mqtt_user = mqtt_user or f"simtest-{secrets.token_hex(4)}"
+        self.host, self.port = host, port
+        self._lock = threading.Lock()
+        self._events: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"observer-{secrets.token_hex(6)}",
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = self._on_message
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://{self.mqtt_user}:secret@{self.host}:{self.port}"
+
+    def start(self) -> MqttObserver:
+        self.client.connect(self.host, self.port)
+        self.client.loop_start()
+        assert self._subscribed.wait(10), "observer could not subscribe"
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+        client.subscribe([(f"/{self.mqtt_user}/devices/+/status", 1),
+                          (f"/{self.mqtt_user}/devices/+/update-response", 1)])
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        _, _, _, device_id, kind = message.topic.split("/")
+        with self._lock:
+            self._events[device_id].append((kind, json.loads(message.payload)))
+
+    def events(self, device_id: str) -> list[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            return list(self._events[device_id])
+
+    def codes(self, device_id: str) -> list[int]:
+        return [payload["code"] for kind, payload in self.events(device_id) if kind == "update-response"]
+
+    def statuses(self, device_id: str) -> list[dict[str, Any]]:
+        return [payload for kind, payload in self.events(device_id) if kind == "status"]
+
+    def statuses_after(self, device_id: str, code: int) -> list[dict[str, Any]]:
+        """Status reports that arrived after the device's first answer `code`."""
+        events = self.events(device_id)
+        for position, (kind, payload) in enumerate(events):
+            if kind == "update-response" and payload["code"] == code:
+                return [p for k, p in events[position + 1:] if k == "status"]
+        return []
+
+    def booted(self, device_ids: list[str]) -> bool:
+        return all(self.statuses(d) for d in device_ids)
+
+    def trigger(self, group_id: str, version: str = "") -> None:
+        """Publish an update trigger the way the receiver does."""
+        info = self.client.publish(
+            f"/{self.mqtt_user}/groups/{group_id}/update-trigger", json.dumps({"version": version}), qos=1
+        )
+        info.wait_for_publish(10)
+
+
+async def wait_until(
+    condition: Callable[[], bool], timeout: float, *, watch: list[asyncio.Task[Any]] | None = None
+) -> None:
+    """Poll `condition`; fail early if a watched task (a running simulation) ended."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for task in watch or []:
+            if task.done():
+                task.result()  # raises what the simulation raised
+                raise AssertionError("the simulation ended early")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,432 @@
+"""The device simulator against real parts: the Mosquitto broker and `otaship serve`."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from receiver.settings import Settings
+from receiver.simulate import (
+    FleetProgress,
+    FleetSummary,
+    SimulationConfig,
+    SimulationError,
+    add_parser,
+    config_from_args,
+    default_device_ids,
+    failing_devices,
+    parse_mqtt_url,
+    simulate,
+)
+from tests import services
+from tests.device_fleet import Group, MqttObserver, ReceiverWithFirmware, wait_until
+from tests.esp_image import build_image
+from tests.receiver_process import otaship_json
+
+
+@pytest.fixture(scope="module")
+def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReceiverWithFirmware]:
+    running = ReceiverWithFirmware(tmp_path_factory.mktemp("simulate") / "data")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def released(receiver: ReceiverWithFirmware) -> Group:
+    """A group whose firmware is 2.0.0."""
+    group = receiver.group("released")
+    receiver.deploy(group, "2.0.0")
+    return group
+
+
+@pytest.fixture
+def observer() -> Iterator[MqttObserver]:
+    services.require("Mosquitto", services.MOSQUITTO)
+    running = MqttObserver().start()
+    yield running
+    running.stop()
+
+
+def fleet(
+    receiver_url: str, observer: MqttObserver, group: Group, devices: int, prefix: str, **options: Any
+) -> SimulationConfig:
+    options.setdefault("status_interval", 1.0)
+    options.setdefault("reboot_delay", (0.05, 0.2))
+    return SimulationConfig(
+        server=receiver_url, mqtt_url=observer.mqtt_url, group_id=group.id, token=group.token,
+        devices=devices, id_prefix=f"{observer.mqtt_user}-{prefix}", **options,
+    )
+
+
+async def run_fleets(
+    configs: list[SimulationConfig],
+    observer: MqttObserver,
+    triggers: list[str],
+    done: Any,
+    timeout: float = 20,
+) -> list[FleetSummary]:
+    """Start the fleets, trigger the groups once every device has booted, stop once `done()`."""
+    stops = [asyncio.Event() for _ in configs]
+    tasks = [asyncio.create_task(simulate(c, stop=s)) for c, s in zip(configs, stops)]
+    ids = [d for c in configs for d in c.resolved_device_ids()]
+    try:
+        await wait_until(lambda: observer.booted(ids), timeout, watch=tasks)
+        for group_id in triggers:
+            observer.trigger(group_id, "2.0.0")
+        await wait_until(done, timeout, watch=tasks)
+    finally:
+        for stop in stops:
+            stop.set()
+    return list(await asyncio.gather(*tasks))
+
+
+def open_fds() -> int:
+    # Collect first: a socket some earlier test dropped unclosed must not count.
+    gc.collect()
+    return len(os.listdir("/proc/self/fd"))
+
+
+# -- end to end against the receiver ---------------------------------------------------------
+
+
+def test_devices_update_answer_202_and_fail_rate_devices_come_back_old(
+    receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver
+) -> None:
+    old = fleet(receiver.url, observer, released, 20, "old", version="1.0.0", fail_rate=0.25, seed=7)
+    current = fleet(receiver.url, observer, released, 4, "cur", version="2.0.0")
+    old_ids, current_ids = old.resolved_device_ids(), current.resolved_device_ids()
+
+    def settled() -> bool:
+        return all(observer.statuses_after(d, 201) for d in old_ids) and all(
+            observer.codes(d) == [200, 202] for d in current_ids
+        )
+
+    old_summary, current_summary = asyncio.run(run_fleets([old, current], observer, [released.id], settled))
+
+    failing = {old_ids[i] for i in failing_devices(20, 0.25, 7)}
+    assert len(failing) == 5
+    for device_id in old_ids:
+        assert observer.codes(device_id) == [200, 201]
+        boot, *_ = observer.statuses(device_id)
+        assert boot["fw_version"] == "1.0.0"
+        assert set(boot) == {"battery", "uptime", "core_version", "fw_version"}
+        assert 0 <= boot["battery"] <= 100
+        after_reboot = observer.statuses_after(device_id, 201)[0]
+        # Rebooted: uptime starts again, and the version says whether the image booted.
+        assert after_reboot["uptime"] <= 1
+        assert after_reboot["fw_version"] == ("1.0.0" if device_id in failing else "2.0.0")
+
+    assert (old_summary.updated, old_summary.failed, old_summary.errors) == (15, 5, 0)
+    assert old_summary.versions == {"2.0.0": 15, "1.0.0": 5}
+    assert {d.id for d in old_summary.devices if d.outcome == "failed"} == failing
+    assert all(d.version == "2.0.0" and d.updates == 1 for d in old_summary.devices if d.id not in failing)
+    assert old_summary.target_version == "2.0.0"
+    assert old_summary.trigger_to_last_on_target is not None and old_summary.trigger_to_last_on_target > 0
+    assert old_summary.update_seconds_p50 is not None
+
+    assert current_summary.already_current == 4
+    assert current_summary.versions == {"2.0.0": 4}
+    assert all(d.last_code == 202 for d in current_summary.devices)
+
+
+def test_no_firmware_or_a_wrong_token_answers_203_and_keeps_the_version(
+    receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver
+) -> None:
+    empty = receiver.group("empty")  # latest is a 404
+    no_firmware = fleet(receiver.url, observer, empty, 3, "empty", version="1.0.0")
+    wrong_token = fleet(receiver.url, observer, Group(released.id, "x" * 16), 3, "tok", version="1.0.0")
+    ids = no_firmware.resolved_device_ids() + wrong_token.resolved_device_ids()
+
+    summaries = asyncio.run(run_fleets(
+        [no_firmware, wrong_token], observer, [empty.id, released.id],
+        lambda: all(203 in observer.codes(d) for d in ids),
+    ))
+
+    for device_id in no_firmware.resolved_device_ids():
+        assert observer.codes(device_id) == [200, 203]
+    for device_id in wrong_token.resolved_device_ids():
+        # latest answered 2.0.0, then the download was a 404.
+        assert observer.codes(device_id) == [200, 201, 203]
+    for summary in summaries:
+        assert (summary.errors, summary.updated) == (3, 0)
+        assert summary.versions == {"1.0.0": 3}
+    assert all(s["fw_version"] == "1.0.0" for d in ids for s in observer.statuses(d))
+
+
+def test_until_version_already_reached_ends_at_once(
+    receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver
+) -> None:
+    config = fleet(receiver.url, observer, released, 3, "done", version="2.0.0", until_version="2.0.0")
+    summary = asyncio.run(asyncio.wait_for(simulate(config), 15))
+    assert summary.reached_until_version
+    assert summary.not_triggered == 3
+    assert summary.first_trigger_seconds is None
+
+
+def test_three_hundred_devices_update_quickly_and_leave_nothing_behind(
+    receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver
+) -> None:
+    threads, fds = threading.active_count(), open_fds()
+    config = fleet(receiver.url, observer, released, 300, "scale", version="1.0.0",
+                   until_version="2.0.0", status_interval=5.0, progress_interval=0.1)
+    progress: list[FleetProgress] = []
+
+    async def scenario() -> FleetSummary:
+        run = asyncio.create_task(simulate(config, on_progress=progress.append, stop=asyncio.Event()))
+        await wait_until(lambda: bool(progress) and progress[-1].online == 300, 15, watch=[run])
+        observer.trigger(released.id, "2.0.0")
+        return await asyncio.wait_for(run, 20)
+
+    started = time.monotonic()
+    summary = asyncio.run(scenario())
+    elapsed = time.monotonic() - started
+
+    assert summary.reached_until_version
+    assert summary.updated == 300 and summary.versions == {"2.0.0": 300}
+    assert summary.trigger_to_last_on_target is not None
+    assert elapsed < 20, f"300 devices took {elapsed:.1f} s"
+    assert progress[-1].on_target == 300
+    json.dumps(summary.to_json())
+    assert "first trigger -> last on 2.0.0" in summary.table()
+    assert (threading.active_count(), open_fds()) == (threads, fds)
+
+
+def test_start_and_stop_repeatedly_leaks_no_threads_or_sockets(
+    receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver
+) -> None:
+    config = fleet(receiver.url, observer, released, 40, "restart", version="1.0.0")
+    threads, fds = threading.active_count(), open_fds()
+
+    async def run_once(stop_after: float | None) -> FleetSummary:
+        stop = asyncio.Event()
+        progress: list[FleetProgress] = []
+        run = asyncio.create_task(simulate(config, stop=stop, on_progress=progress.append))
+        if stop_after is None:
+            await wait_until(lambda: bool(progress) and progress[-1].online == 40, 15, watch=[run])
+        else:
+            await asyncio.sleep(stop_after)  # stopped while devices are still connecting
+        stop.set()
+        return await asyncio.wait_for(run, 10)
+
+    for stop_after in (None, 0.01, None):
+        asyncio.run(run_once(stop_after))
+        assert (threading.active_count(), open_fds()) == (threads, fds)
+
+
+# -- image verification against a server that misbehaves ------------------------------------
+
+
+class MisbehavingServer:
+    """A tiny HTTP server whose downloads are wrong in one way per group id."""
+
+    def __init__(self, image: bytes) -> None:
+        self.image = image
+        self.paths: list[str] = []
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> MisbehavingServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # One request per connection, then close: a short body then ends early.
+        try:
+            request = await reader.readuntil(b"\r\n\r\n")
+            path = request.split(b" ")[1].decode()
+            self.paths.append(path)
+            writer.write(self._answer(path))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def _answer(self, path: str) -> bytes:
+        image, md5 = self.image, hashlib.md5(self.image).hexdigest()
+        if path.startswith("/v1/ota/group/latest/"):
+            return _http(200, {"content-type": "application/json"}, b'{"ver": "2.0.0"}')
+        variant = path.rsplit("/", 1)[1].removesuffix("token")
+        headers = {"content-type": "application/octet-stream", "x-MD5": md5}
+        if variant == "good":
+            return _http(200, headers, image)
+        if variant == "badmd5":
+            return _http(200, {**headers, "x-MD5": "0" * 32}, image)
+        if variant == "nomd5":
+            return _http(200, {"content-type": "application/octet-stream"}, image)
+        if variant == "badmagic":
+            body = b"\x00" + image[1:]
+            return _http(200, {**headers, "x-MD5": hashlib.md5(body).hexdigest()}, body)
+        if variant == "redirect":
+            return _http(302, {"location": "/v1/ota/group/download/goodtoken"}, b"")
+        if variant == "short":
+            # Claims the whole image, sends half, and closes.
+            return _http(200, {**headers, "content-length": str(len(image))},
+                         image[: len(image) // 2], length=False)
+        raise AssertionError(f"unexpected path {path}")
+
+
+def _http(status: int, headers: dict[str, str], body: bytes, *, length: bool = True) -> bytes:
+    headers = {**headers, "connection": "close"}
+    if length:
+        headers["content-length"] = str(len(body))
+    head = f"HTTP/1.1 {status} X\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    return head.encode() + body
+
+
+def test_downloads_are_verified_and_redirects_not_followed(observer: MqttObserver) -> None:
+    variants = ["good", "badmd5", "nomd5", "badmagic", "redirect", "short"]
+
+    async def scenario() -> tuple[list[FleetSummary], list[str]]:
+        async with MisbehavingServer(build_image("2.0.0", code_size=8192)) as server:
+            configs = [
+                fleet(server.url, observer, Group(variant, "token"), 2, variant, version="1.0.0")
+                for variant in variants
+            ]
+            ids = {v: c.resolved_device_ids() for v, c in zip(variants, configs)}
+
+            def answered() -> bool:
+                return all(observer.statuses_after(d, 201) for d in ids["good"]) and all(
+                    203 in observer.codes(d) for v in variants[1:] for d in ids[v]
+                )
+
+            summaries = await run_fleets(configs, observer, variants, answered)
+            return summaries, server.paths
+
+    summaries, paths = asyncio.run(scenario())
+    by_variant = dict(zip(variants, summaries))
+    assert by_variant["good"].updated == 2 and by_variant["good"].versions == {"2.0.0": 2}
+    for variant in variants[1:]:
+        summary = by_variant[variant]
+        assert (summary.errors, summary.versions) == (2, {"1.0.0": 2}), variant
+        assert all(observer.codes(d.id) == [200, 201, 203] for d in summary.devices)
+    # The redirect was answered 203, not followed: only "good" devices fetched its target.
+    assert paths.count("/v1/ota/group/download/goodtoken") == 2
+
+
+# -- configuration and command line ----------------------------------------------------------
+
+
+def test_mqtt_urls() -> None:
+    plain = parse_mqtt_url("mqtt://owner%40x:p%3Ass@broker.example:1884")
+    assert (plain.host, plain.port, plain.tls, plain.username, plain.password) == (
+        "broker.example", 1884, False, "owner@x", "p:ss",
+    )
+    tls = parse_mqtt_url("mqtts://owner:pw@broker.example")
+    assert (tls.port, tls.tls) == (8883, True)
+    assert parse_mqtt_url("mqtt://owner@h").port == 1883
+    for bad in ("http://u:p@h", "mqtt://h:1883", "mqtt://u:p@h:notaport"):
+        with pytest.raises(SimulationError):
+            parse_mqtt_url(bad)
+
+
+def test_device_ids_and_failures_are_deterministic() -> None:
+    assert default_device_ids("0123456789abcdef01234567", 2) == ["sim-01234567-00001", "sim-01234567-00002"]
+    assert default_device_ids("g", 1, "lab") == ["lab-00001"]
+    assert failing_devices(1000, 0.05, 3) == failing_devices(1000, 0.05, 3)
+    assert len(failing_devices(1000, 0.05, 3)) == 50
+    assert failing_devices(1000, 0.05, 3) != failing_devices(1000, 0.05, 4)
+    assert failing_devices(10, 0.0, 0) == frozenset() and len(failing_devices(10, 1.0, 0)) == 10
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"devices": 0}, {"fail_rate": 1.5}, {"server": "ftp://x"}, {"device_ids": ["a/b"], "devices": 1},
+     {"device_ids": ["a", "a"], "devices": 2}, {"device_ids": ["a"], "devices": 2}],
+)
+def test_bad_configurations_are_refused(change: dict[str, Any]) -> None:
+    config = SimulationConfig(
+        **{"server": "http://127.0.0.1:1", "mqtt_url": "mqtt://u@127.0.0.1:1", "group_id": "g",
+           "token": "t", "devices": 1, **change}
+    )
+    with pytest.raises(SimulationError):
+        asyncio.run(simulate(config))
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="otaship")
+    add_parser(root.add_subparsers(dest="command", required=True))
+    return root
+
+
+def test_parser_maps_options_to_the_config() -> None:
+    args = parser().parse_args([
+        "simulate", "--group", "g1", "--token", "t1", "--mqtt-url", "mqtt://u:p@h:1",
+        "--server", "http://s", "--devices", "7", "--version", "1.2.3", "--fail-rate", "0.5",
+        "--status-interval", "2", "--id-prefix", "lab", "--until-version", "2.0.0", "--seed", "9",
+    ])
+    config = config_from_args(args)
+    assert (config.group_id, config.token, config.devices, config.version, config.fail_rate) == (
+        "g1", "t1", 7, "1.2.3", 0.5,
+    )
+    assert (config.status_interval, config.until_version, config.duration, config.seed) == (2.0, "2.0.0", None, 9)
+    assert config.resolved_device_ids()[0] == "lab-00001"
+    assert callable(args.run) and not args.register and not args.json
+    for bad in (["--fail-rate", "2"], ["--devices", "0"], ["--duration", "1", "--until-version", "2"]):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["simulate", "--group", "g", "--token", "t", "--mqtt-url", "mqtt://u@h",
+                                 "--server", "http://s", *bad])
+
+
+def test_command_registers_devices_and_prints_a_json_summary(
+    receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    prefix = f"{observer.mqtt_user}-cli"
+    argv = ["simulate", "--group", released.id, "--token", released.token, "--mqtt-url", observer.mqtt_url,
+            "--server", receiver.url, "--devices", "3", "--version", "1.0.0", "--register",
+            "--id-prefix", prefix, "--until-version", "2.0.0", "--json"]
+    args = parser().parse_args(argv)
+    settings = Settings.from_env(receiver.env)
+    ids = default_device_ids(released.id, 3, prefix)
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            args.run(settings, args)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001  (SystemExit too: reported below)
+            outcome.append(exc)
+
+    # The command calls asyncio.run itself, as `otaship simulate` does.
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 15
+    while not observer.booted(ids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    observer.trigger(released.id, "2.0.0")
+    worker.join(20)
+    assert outcome == [None]
+
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert (summary["updated"], summary["versions"], summary["reached_until_version"]) == (3, {"2.0.0": 3}, True)
+    assert "registered 3 devices (0 already there)" in err
+    registered = {d["id"]: d for d in otaship_json(receiver.env, "device", "list", "--group", released.id)}
+    assert all(registered[d]["firmware_version"] == "1.0.0" for d in ids)
+
+    # Registering again skips them.
+    from receiver.simulate import register_devices
+
+    assert register_devices(settings, config_from_args(args)) == (0, 3)
