@@ -57,7 +57,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -94,6 +94,9 @@ OUTCOMES = (UPDATED, FAILED, ALREADY_CURRENT, ERROR)
 _MISC_TICK = 1.0  # paho's loop_misc only needs to run about once a second
 _DISCONNECT_GRACE = 2.0
 _MAX_RECONNECT_BACKOFF = 10.0
+# CONNACK reason codes (paho maps MQTT 3.1.1's 4 and 5 onto them): wrong
+# credentials are a configuration error, not something to retry.
+_REFUSED_CREDENTIALS = (134, 135)  # bad user name or password, not authorized
 
 
 class SimulationError(ValueError):
@@ -541,6 +544,7 @@ class _Device:
                 try:
                     connection = await self._connect()
                 except (OSError, TimeoutError, _ConnectionLost) as exc:
+                    self.fleet.warn_once("connect", f"cannot connect to the MQTT broker (retrying): {exc!r}")
                     log.debug("%s: cannot connect: %s", self.id, exc)
                     await asyncio.sleep(backoff * self.fleet.rng.uniform(0.5, 1.5))
                     backoff = min(backoff * 2, _MAX_RECONNECT_BACKOFF)
@@ -591,8 +595,14 @@ class _Device:
             try:
                 timeout = fleet.config.connect_timeout
                 await connection.wait_for(lambda: connection.connack is not None or connection.closed, timeout)
-                if connection.closed or connection.connack.is_failure:
-                    raise _ConnectionLost(f"broker refused the connection: {connection.connack}")
+                refusal = connection.connack
+                if refusal is not None and refusal.is_failure and refusal.value in _REFUSED_CREDENTIALS:
+                    raise SimulationError(
+                        f"the broker refused {self.id}: {refusal}; check the mqtt_user and "
+                        "mqtt_password in the MQTT URL"
+                    )
+                if connection.closed or refusal is None or refusal.is_failure:
+                    raise _ConnectionLost(f"broker refused the connection: {refusal}")
                 client.subscribe(fleet.trigger_topic, qos=1)
                 await connection.wait_for(lambda: connection.subscribed or connection.closed, timeout)
                 if connection.closed:
@@ -689,14 +699,19 @@ class _Device:
                 await self._respond(connection, CODE_UPDATE_ERROR)
                 self._finish_update(ERROR, None)
                 return
-            # The image is good: make sure the broker has our 201, then reboot.
+            # The image is good: the device reboots whatever MQTT does next.
             self.reboot_into = latest
-            await connection.flush(self.fleet.config.connect_timeout)
+            try:
+                # Best effort, so the broker has our 201 before we go.
+                await connection.flush(self.fleet.config.connect_timeout)
+            except (_ConnectionLost, TimeoutError):
+                pass
             connection.disconnect()
+            # A socket that cannot even take the DISCONNECT is dropped.
+            self.fleet.loop.call_later(_DISCONNECT_GRACE, connection.force_close)
         except (_ConnectionLost, TimeoutError):
-            # run() sees the closed connection; with reboot_into set it still reboots.
-            if self.reboot_into is None:
-                connection.force_close()
+            # run() sees the closed connection and reconnects.
+            connection.force_close()
 
     async def _respond(self, connection: _Connection, code: int) -> None:
         self.last_code = code
@@ -837,14 +852,21 @@ class _Fleet:
         self.all_online_at: float | None = None
         self.latest_seen: str | None = None
         self.reported_count: Counter[str] = Counter()
+        self.warned: set[str] = set()
 
     # -- bookkeeping ---------------------------------------------------------------
 
     def fail(self, exc: BaseException) -> None:
         if self.failure is None:
-            log.error("simulation failed: %r", exc)
+            if not isinstance(exc, SimulationError):
+                log.error("simulation failed: %r", exc)
             self.failure = exc
         self.wake.set()
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            log.warning("%s", message)
 
     def watch(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -935,6 +957,8 @@ class _Fleet:
                 background.append(asyncio.create_task(self._report_progress()))
             if stop is not None:
                 background.append(asyncio.create_task(self._forward(stop)))
+            for task in background:
+                task.add_done_callback(self.watch)
             try:
                 async with asyncio.timeout(self.config.duration):
                     await self.wake.wait()
@@ -970,29 +994,32 @@ class _Fleet:
             await asyncio.sleep(self.config.progress_interval)
 
     async def _shut_down(self, tasks: list[asyncio.Task[None]], background: list[asyncio.Task[None]]) -> None:
-        for task in [*tasks, *background]:
-            task.cancel()
-        await asyncio.gather(*tasks, *background, return_exceptions=True)
-        # Say goodbye properly, so the broker does not wait out keepalives...
-        open_connections = [
-            d.connection for d in self.devices
-            if d.connection is not None and d.connection.sock is not None and not d.connection.closed
-        ]
-        for connection in open_connections:
-            connection.disconnect()
         try:
-            async with asyncio.timeout(_DISCONNECT_GRACE):
-                for connection in open_connections:
-                    await connection.wait_for(lambda c=connection: c.closed)  # type: ignore[misc]
-        except TimeoutError:
-            pass
-        # ...then let connector threads finish (bounded by connect_timeout), and
-        # close whatever is still open, including sockets they opened too late.
-        self.connector.shutdown(wait=True, cancel_futures=True)
-        for device in self.devices:
-            if device.connection is not None:
-                device.connection.force_close()
-        await self.http.aclose()
+            for task in [*tasks, *background]:
+                task.cancel()
+            await asyncio.gather(*tasks, *background, return_exceptions=True)
+            # Say goodbye properly, so the broker does not wait out keepalives...
+            open_connections = [
+                d.connection for d in self.devices
+                if d.connection is not None and d.connection.sock is not None and not d.connection.closed
+            ]
+            for connection in open_connections:
+                connection.disconnect()
+            try:
+                async with asyncio.timeout(_DISCONNECT_GRACE):
+                    for connection in open_connections:
+                        await connection.wait_for(lambda c=connection: c.closed)  # type: ignore[misc]
+            except TimeoutError:
+                pass
+        finally:
+            # ...then (even when the caller cancels us) let connector threads
+            # finish, bounded by connect_timeout, and close whatever is still
+            # open, including sockets they opened after the stop.
+            self.connector.shutdown(wait=True, cancel_futures=True)
+            for device in self.devices:
+                if device.connection is not None:
+                    device.connection.force_close()
+            await self.http.aclose()
 
 
 async def simulate(
