@@ -33,8 +33,8 @@ class Group:
 class ReceiverWithFirmware:
     """A running receiver, one pro owner, and helpers to make groups and deploy to them."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.env = cli_env(data_dir)
+    def __init__(self, data_dir: Path, *, mqtt_url: str = "none") -> None:
+        self.env = cli_env(data_dir, OTASHIP_MQTT_URL=mqtt_url)
         self.user = otaship_json(self.env, "user", "create", "sim@example.com", "--plan", "pro")
         # Quiet: ReceiverProcess pipes the server's output without reading it
         # while it runs, and an access line per device request fills the pipe
@@ -64,9 +64,17 @@ class ReceiverWithFirmware:
 class MqttObserver:
     """Records the status reports and update responses of one owner's devices, in arrival order."""
 
-    def __init__(self, mqtt_user: str | None = None, host: str = "127.0.0.1", port: int = 1883) -> None:
+    def __init__(
+        self,
+        mqtt_user: str | None = None,
+        *,
+        password: str = "secret",
+        host: str = "127.0.0.1",
+        port: int = 1883,
+    ) -> None:
         # A fresh user name is a fresh topic namespace on an anonymous broker.
         self.mqtt_user = mqtt_user or f"simtest-{secrets.token_hex(4)}"
+        self.password = password
         self.host, self.port = host, port
         self._lock = threading.Lock()
         self._events: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
@@ -75,13 +83,14 @@ class MqttObserver:
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"observer-{secrets.token_hex(6)}",
             protocol=mqtt.MQTTv311,
         )
+        self.client.username_pw_set(self.mqtt_user, password)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
 
     @property
     def mqtt_url(self) -> str:
-        return f"mqtt://{self.mqtt_user}:secret@{self.host}:{self.port}"
+        return f"mqtt://{self.mqtt_user}:{self.password}@{self.host}:{self.port}"
 
     def start(self) -> MqttObserver:
         self.client.connect(self.host, self.port)

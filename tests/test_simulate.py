@@ -430,3 +430,37 @@ def test_command_registers_devices_and_prints_a_json_summary(
     from receiver.simulate import register_devices
 
     assert register_devices(settings, config_from_args(args)) == (0, 3)
+
+
+# -- the embedded broker: the owner's credentials and its topic rules ------------------------
+
+
+def test_devices_log_in_to_the_embedded_broker_with_the_owners_credentials(tmp_path: Path) -> None:
+    port = services.free_port()
+    receiver = ReceiverWithFirmware(tmp_path / "data", mqtt_url=f"embedded://127.0.0.1:{port}")
+    try:
+        group = receiver.group("fleet")
+        receiver.deploy(group, "2.0.0")
+        user, password = receiver.user["mqtt_user"], receiver.user["mqtt_password"]
+        observer = MqttObserver(user, password=password, port=port).start()
+        try:
+            config = fleet(receiver.url, observer, group, 5, "amqtt", version="1.0.0", until_version="2.0.0")
+            ids = config.resolved_device_ids()
+
+            async def scenario() -> FleetSummary:
+                run = asyncio.create_task(simulate(config))
+                await wait_until(lambda: observer.booted(ids), 15, watch=[run])
+                observer.trigger(group.id, "2.0.0")
+                return await asyncio.wait_for(run, 15)
+
+            summary = asyncio.run(scenario())
+            assert summary.reached_until_version and summary.updated == 5
+            assert all(observer.codes(d) == [200, 201] for d in ids)
+        finally:
+            observer.stop()
+
+        wrong = fleet(receiver.url, MqttObserver(user, password="wrong", port=port), group, 2, "bad")
+        with pytest.raises(SimulationError, match="refused"):
+            asyncio.run(asyncio.wait_for(simulate(wrong), 15))
+    finally:
+        receiver.stop()
