@@ -5,6 +5,9 @@ in-memory catalog and never read the database per request.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -41,21 +44,40 @@ async def download(request: Request) -> Response:
         return message(404, "Not found")
     firmware = entry.firmware
     try:
-        path = await services.run_blocking(lambda: services.storage.local_path(firmware.object_key))
+        path, stat = await services.run_blocking(lambda: _stat_local(services, firmware.object_key))
     except ObjectNotFound as exc:
         return server_error("Firmware file is missing from storage", exc)
-    except StorageError as exc:
+    except (StorageError, OSError) as exc:
         return server_error("Error when reading firmware file", exc)
     # The object is immutable: its sha256 is a strong validator for Range/If-Range.
+    # With stat_result given, FileResponse does not stat the file again; it opens
+    # it right after this returns.
     return FileResponse(
         path,
         media_type="application/octet-stream",
+        stat_result=stat,
         headers={
             "x-MD5": firmware.md5,
             "etag": f'"{firmware.sha256}"',
             "cache-control": "no-cache",
         },
     )
+
+
+def _stat_local(services: Services, key: str) -> tuple[Path, os.stat_result]:
+    """A local copy of the object, checked to be still there.
+
+    A caching backend may evict the file between handing out its path and our
+    opening it: it keeps a path it just handed out for a grace window, but a
+    request held up longer than that (a starved thread pool) can still lose it.
+    Asking again fetches it anew.
+    """
+    path = services.storage.local_path(key)
+    try:
+        return path, os.stat(path)
+    except FileNotFoundError:
+        path = services.storage.local_path(key)
+        return path, os.stat(path)
 
 
 routes = [
