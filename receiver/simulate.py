@@ -1039,9 +1039,10 @@ async def simulate(
 
 def register_devices(settings: Settings, config: SimulationConfig) -> tuple[int, int]:
     """Create the simulated devices in the receiver's database; return (created, already there)."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
     from sqlmodel import select
 
-    from receiver.db import create_db_engine, init_schema, write_session
+    from receiver.db import create_db_engine, write_session
     from receiver.devices import DeviceError, create_device
     from receiver.ids import secret_matches_plain
     from receiver.models import Device, Group
@@ -1049,9 +1050,17 @@ def register_devices(settings: Settings, config: SimulationConfig) -> tuple[int,
     ids = config.resolved_device_ids()
     engine = create_db_engine(settings.resolved_database_url)
     try:
-        init_schema(engine)
         with write_session(engine) as session:
-            group = session.get(Group, config.group_id)
+            # No schema here: the group must already exist, so the receiver has
+            # created (and migrated) this database; we never create tables.
+            try:
+                group = session.get(Group, config.group_id)
+            except (OperationalError, ProgrammingError) as exc:
+                raise SimulationError(
+                    "cannot read groups from the receiver's database "
+                    f"({str(exc.orig).splitlines()[0]}): point OTASHIP_DATA_DIR or "
+                    "OTASHIP_DATABASE_URL at the running receiver's database"
+                ) from exc
             if group is None:
                 raise SimulationError(f"no group {config.group_id} in the receiver's database")
             if not secret_matches_plain(config.token, group.token):
@@ -1136,9 +1145,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--status-interval", type=_seconds, default=5.0, metavar="S",
                    help="seconds between status reports (default 5; 0: on boot only)")
     p.add_argument("--id-prefix", metavar="P", help="device ids are P-00001, P-00002... (default sim-<group[:8]>)")
-    end = p.add_mutually_exclusive_group()
-    end.add_argument("--duration", type=_seconds, metavar="S", help="stop after S seconds")
-    end.add_argument("--until-version", metavar="V", help="stop when every device runs V")
+    p.add_argument("--until-version", metavar="V",
+                   help="stop when every device runs V (exit 1 if the run stops before)")
+    p.add_argument("--duration", type=_seconds, metavar="S",
+                   help="stop after S seconds (with --until-version: whichever comes first)")
     p.add_argument("--seed", type=int, default=0, help="fixes which devices fail (default 0)")
     p.add_argument("--http-connections", type=_positive_int, default=16, metavar="N",
                    help="concurrent HTTP connections to the receiver (default 16)")

@@ -26,6 +26,7 @@ from receiver.simulate import (
     default_device_ids,
     failing_devices,
     parse_mqtt_url,
+    register_devices,
     simulate,
 )
 from tests import services
@@ -173,6 +174,22 @@ def test_until_version_already_reached_ends_at_once(
     assert summary.reached_until_version
     assert summary.not_triggered == 3
     assert summary.first_trigger_seconds is None
+
+
+def test_the_command_exits_1_when_the_duration_ends_before_the_version(
+    receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = parser().parse_args([
+        "simulate", "--group", released.id, "--token", released.token, "--mqtt-url", observer.mqtt_url,
+        "--server", receiver.url, "--devices", "2", "--id-prefix", f"{observer.mqtt_user}-short",
+        "--until-version", "9.9.9", "--duration", "1",
+    ])
+    with pytest.raises(SystemExit) as exited:
+        args.run(Settings.from_env(receiver.env), args)
+    assert exited.value.code == 1
+    out, _ = capsys.readouterr()
+    assert "reached 9.9.9" in out and "not triggered" in out
 
 
 def test_three_hundred_devices_update_quickly_and_leave_nothing_behind(
@@ -383,7 +400,7 @@ def test_parser_maps_options_to_the_config() -> None:
     assert (config.status_interval, config.until_version, config.duration, config.seed) == (2.0, "2.0.0", None, 9)
     assert config.resolved_device_ids()[0] == "lab-00001"
     assert callable(args.run) and not args.register and not args.json
-    for bad in (["--fail-rate", "2"], ["--devices", "0"], ["--duration", "1", "--until-version", "2"]):
+    for bad in (["--fail-rate", "2"], ["--devices", "0"], ["--duration", "soon"]):
         with pytest.raises(SystemExit):
             parser().parse_args(["simulate", "--group", "g", "--token", "t", "--mqtt-url", "mqtt://u@h",
                                  "--server", "http://s", *bad])
@@ -427,9 +444,15 @@ def test_command_registers_devices_and_prints_a_json_summary(
     assert all(registered[d]["firmware_version"] == "1.0.0" for d in ids)
 
     # Registering again skips them.
-    from receiver.simulate import register_devices
-
     assert register_devices(settings, config_from_args(args)) == (0, 3)
+
+
+def test_registering_against_another_database_says_so(tmp_path: Path, released: Group) -> None:
+    settings = Settings(data_dir=tmp_path / "elsewhere", mqtt_url="none")
+    config = SimulationConfig(server="http://127.0.0.1:1", mqtt_url="mqtt://u@127.0.0.1", group_id=released.id,
+                              token=released.token, devices=1)
+    with pytest.raises(SimulationError, match="receiver's database"):
+        register_devices(settings, config)
 
 
 # -- the embedded broker: the owner's credentials and its topic rules ------------------------
