@@ -28,5 +28,11 @@ run: install
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The benchmark suite (bench/): never part of `make test`. It needs the test
+# extras (real ESP32 images, the services helpers) and installs Debian's wrk and
+# nginx itself when they are missing. BENCH_ARGS=--quick, --only check,...
+bench: install-test
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) otaship-data .pytest_cache

@@ -1,0 +1,60 @@
+"""1. Device check burst: every device of a fleet asks `latest` at once after a deploy.
+
+wrk (64 connections) on `GET /v1/ota/group/latest/<id>` against the receiver,
+and on a bare Starlette route returning a constant JSON, both under uvicorn
+with one worker. Goal: at least 0.8 of the baseline's requests per second.
+"""
+from __future__ import annotations
+
+import httpx
+
+from bench import servers, wrk
+from bench.context import Context, image
+from bench.fleet import create_owner, deploy
+from bench.results import Figure, Goal, Row
+
+NAME = "check"
+
+
+def run(ctx: Context) -> list[Row]:
+    scale = ctx.scale
+    env = servers.receiver_env(ctx.folder("check") / "data")
+    owner, (group,) = create_owner(env, [("fleet", None)])
+    ours: list[wrk.LoadResult] = []
+    theirs: list[wrk.LoadResult] = []
+    with servers.receiver(env, ctx.log_dir) as receiver, servers.baseline(ctx.log_dir) as bare:
+        deploy(receiver.url, owner, group, "1.0.0", image("1.0.0", 64 * 1024))
+        latest = f"{receiver.url}/v1/ota/group/latest/{group.id}"
+        answer = httpx.get(latest, timeout=10)
+        assert answer.status_code == 200 and answer.json() == {"ver": "1.0.0"}, answer.text
+        constant = f"{bare.url}/json"
+
+        def load(url: str) -> wrk.LoadResult:
+            result = wrk.run(url, connections=scale.check_connections, seconds=scale.load_seconds,
+                             work_dir=ctx.work_dir)
+            if result.errors:
+                raise RuntimeError(f"{result.errors} failed requests on {url}")
+            return result
+
+        # Warm both (imports, caches, connection setup) before measuring.
+        for url in (latest, constant) if scale.warmup else ():
+            wrk.run(url, connections=scale.check_connections, seconds=1, work_dir=ctx.work_dir)
+        # Interleaved, so drift in the machine's load hits both alike.
+        for _ in range(ctx.repetitions):
+            ours.append(load(latest))
+            theirs.append(load(constant))
+    notes = [
+        f"{scale.check_connections} connections, {scale.load_seconds:g} s per repetition, wrk -t2; "
+        f"latency p50/p99 {_latency(ours)} (otaship) vs {_latency(theirs)} (baseline)",
+    ]
+    return [Row(
+        NAME, "1. check burst: GET latest (req/s)",
+        Figure.of([r.requests_per_second for r in ours], "req/s"),
+        Figure.of([r.requests_per_second for r in theirs], "req/s"),
+        "bare Starlette JSON", Goal(">=", 0.8), notes,
+    )]
+
+
+def _latency(results: list[wrk.LoadResult]) -> str:
+    best = sorted(results, key=lambda r: r.p50_ms)[len(results) // 2]
+    return f"{best.p50_ms:.2f}/{best.p99_ms:.2f} ms"

@@ -1,0 +1,85 @@
+"""2. Firmware download: 200 devices fetching a 1.5 MiB image at once.
+
+wrk on the receiver's download endpoint, on a bare Starlette FileResponse of
+the same file, and on nginx serving it statically. Goals: at least 0.9 of the
+bare Starlette throughput, and flat memory (the receiver's peak RSS grows no
+more than the bare FileResponse's, plus one image).
+"""
+from __future__ import annotations
+
+import httpx
+
+from bench import servers, wrk
+from bench.context import MiB, Context, image, mib
+from bench.fleet import create_owner, deploy
+from bench.results import Figure, Goal, Row
+from bench.system import PeakGrowth
+
+NAME = "download"
+
+
+def run(ctx: Context) -> list[Row]:
+    scale = ctx.scale
+    folder = ctx.folder("download")
+    firmware = image("2.0.0", scale.download_image)
+    static = folder / "static"
+    static.mkdir(exist_ok=True)
+    (static / "firmware.bin").write_bytes(firmware)
+    env = servers.receiver_env(folder / "data")
+    owner, (group,) = create_owner(env, [("fleet", None)])
+
+    results: dict[str, list[wrk.LoadResult]] = {"otaship": [], "starlette": [], "nginx": []}
+    growth: dict[str, list[int]] = {"otaship": [], "starlette": []}
+    with (
+        servers.receiver(env, ctx.log_dir) as receiver,
+        servers.baseline(ctx.log_dir, file=static / "firmware.bin") as bare,
+        servers.nginx(static, ctx.log_dir) as nginx,
+    ):
+        deploy(receiver.url, owner, group, "2.0.0", firmware)
+        targets = {
+            "otaship": (f"{receiver.url}/v1/ota/group/download/{group.id}{group.token}", receiver.pid),
+            "starlette": (f"{bare.url}/file", bare.pid),
+            "nginx": (f"{nginx.url}/firmware.bin", None),
+        }
+        for name, (url, _) in targets.items():
+            answer = httpx.get(url, timeout=30)
+            if answer.status_code != 200 or answer.content != firmware:
+                raise RuntimeError(f"{name} did not serve the image: {answer.status_code}")
+            if scale.warmup:
+                wrk.run(url, connections=scale.download_connections, seconds=1, work_dir=ctx.work_dir)
+
+        for _ in range(ctx.repetitions):
+            for name, (url, pid) in targets.items():
+                if pid is None:
+                    result = _load(ctx, url)
+                else:
+                    with PeakGrowth(pid) as peak:
+                        result = _load(ctx, url)
+                    growth[name].append(peak.bytes)
+                results[name].append(result)
+
+    def throughput(name: str) -> Figure:
+        return Figure.of([r.mib_per_second for r in results[name]], "MiB/s")
+
+    label = f"{scale.download_connections} devices × {mib(len(firmware))}"
+    common = f"{label}, {scale.load_seconds:g} s per repetition, wrk -t2"
+    memory = Figure.of([g / MiB for g in growth["otaship"]], "MiB")
+    return [
+        Row(NAME, "2. download: throughput vs bare FileResponse", throughput("otaship"),
+            throughput("starlette"), "bare Starlette FileResponse", Goal(">=", 0.9), [common]),
+        Row(NAME, "2. download: throughput vs nginx", throughput("otaship"), throughput("nginx"),
+            "nginx static (1 worker, sendfile)", None, [common]),
+        Row(NAME, "2. download: server peak RSS growth", memory,
+            Figure.of([(g + len(firmware)) / MiB for g in growth["starlette"]], "MiB"),
+            "bare FileResponse's growth + 1 image", Goal("<=", 1.0),
+            ["flat: the receiver's peak RSS grows no more than a bare FileResponse's under the same "
+             "load, plus one image"]),
+    ]
+
+
+def _load(ctx: Context, url: str) -> wrk.LoadResult:
+    result = wrk.run(url, connections=ctx.scale.download_connections, seconds=ctx.scale.load_seconds,
+                     work_dir=ctx.work_dir)
+    if result.errors:
+        raise RuntimeError(f"{result.errors} failed downloads from {url}")
+    return result

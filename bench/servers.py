@@ -1,0 +1,278 @@
+"""Servers the benchmarks start as subprocesses on free loopback ports, and stop again."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from bench.system import free_port, mosquitto_binary, nginx_binary, port_open
+
+ROOT = Path(__file__).resolve().parent.parent
+OTASHIP = [sys.executable, "-m", "receiver.cli"]
+
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+class Server:
+    """A subprocess listening on a loopback port; `command(port)` builds its argv.
+
+    free_port() only finds a port that was free a moment ago: if the server
+    exits at once (another process took the port meanwhile), it is started
+    again on another one.
+    """
+
+    def __init__(
+        self, name: str, command: Any, *, env: dict[str, str] | None = None,
+        log_dir: Path, startup: float = 30.0,
+    ) -> None:
+        self.name = name
+        self._command = command
+        self.env = env if env is not None else dict(os.environ)
+        self.log_path = log_dir / f"{name}-{secrets.token_hex(3)}.log"
+        self.startup = startup
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, attempts: int = 3) -> Server:
+        for attempt in range(attempts):
+            self.port = free_port()
+            if self._start_once():
+                return self
+        raise ServerFailed(f"{self.name} did not start; its log:\n{self.log_tail()}")
+
+    def _start_once(self) -> bool:
+        self._log = open(self.log_path, "ab")
+        argv, env = self._command(self.port), {**self.env}
+        if isinstance(argv, tuple):
+            argv, extra = argv
+            env.update(extra)
+        self.process = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + self.startup
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._close_log()
+                self.process = None
+                return False
+            if port_open(self.port):
+                return True
+            time.sleep(0.05)
+        self.stop()
+        raise ServerFailed(f"{self.name} did not listen within {self.startup:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        self._close_log()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- the receiver, and its admin CLI on the same data -----------------------------
+
+
+def receiver_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTASHIP_")}
+    env.update({
+        "OTASHIP_DATA_DIR": str(data_dir),
+        "OTASHIP_MQTT_URL": "none",
+        # Access lines at info level would cost the receiver a log write per request;
+        # the baselines run at the same level.
+        "OTASHIP_LOG_LEVEL": "warning",
+        # A client id of its own: the default (otaship-<hostname>) would take over
+        # the session of any other receiver on the same broker.
+        "OTASHIP_MQTT_CLIENT_ID": f"otaship-bench-{secrets.token_hex(4)}",
+        **extra,
+    })
+    return env
+
+
+def otaship_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*OTASHIP, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        raise ServerFailed(f"otaship {' '.join(args)} failed: {result.stderr.strip()}")
+    return result
+
+
+def otaship_json(env: dict[str, str], *args: str) -> Any:
+    return json.loads(otaship_cli(env, *args).stdout)
+
+
+# Several `otaship` commands in one interpreter: each prints one JSON object, and
+# an argument may name an earlier result, "{0[id]}" being the first one's id.
+_BATCH = """
+import contextlib, io, json, sys
+from receiver.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    argv = [arg.format(*results) for arg in argv]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    if code:
+        sys.exit(f"otaship {' '.join(argv)} exited with {code}")
+    results.append(json.loads(out.getvalue()))
+print(json.dumps(results))
+"""
+
+
+def otaship_batch(env: dict[str, str], *commands: Sequence[str]) -> list[Any]:
+    """Run `otaship` admin commands in order, in one process (an interpreter start costs ~1 s)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _BATCH, json.dumps([list(c) for c in commands])],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    if result.returncode != 0:
+        raise ServerFailed(f"otaship commands failed: {result.stderr.strip()[-500:]}")
+    results: list[Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return results
+
+
+@functools.lru_cache(maxsize=1)
+def _has_migrate() -> bool:
+    result = subprocess.run(
+        [*OTASHIP, "migrate", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    return result.returncode == 0
+
+
+def has_migrate() -> bool:
+    """Whether this receiver has `otaship migrate` (Alembic schema for PostgreSQL)."""
+    return _has_migrate()
+
+
+def receiver(env: dict[str, str], log_dir: Path) -> Server:
+    """`otaship serve`: uvicorn with one worker, in one process (its pid is the server's)."""
+    return Server(
+        "receiver", lambda port: ([*OTASHIP, "serve"], {"OTASHIP_PORT": str(port)}),
+        env=env, log_dir=log_dir, startup=60,
+    )
+
+
+def baseline(log_dir: Path, *, file: Path | None = None, upload_dir: Path | None = None) -> Server:
+    """The bare Starlette app of bench/baseline_app.py, under uvicorn the same way."""
+    env = dict(os.environ)
+    if file is not None:
+        env["BENCH_FILE"] = str(file)
+    if upload_dir is not None:
+        env["BENCH_UPLOAD_DIR"] = str(upload_dir)
+    return Server(
+        "starlette",
+        lambda port: [sys.executable, "-m", "uvicorn", "--factory", "bench.baseline_app:create_app",
+                      "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                      "--log-level", "warning"],
+        env=env, log_dir=log_dir,
+    )
+
+
+def nginx(root: Path, log_dir: Path) -> Server:
+    """Debian's nginx serving `root` statically: one worker, sendfile, no access log."""
+    binary = nginx_binary()
+    if binary is None:
+        raise ServerFailed("nginx is not installed")
+    prefix = log_dir / f"nginx-{secrets.token_hex(3)}"
+    prefix.mkdir(parents=True)
+
+    def command(port: int) -> Sequence[str]:
+        conf = prefix / "nginx.conf"
+        conf.write_text(f"""
+daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    types {{ application/octet-stream bin; }}
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+""")
+        return [binary, "-p", str(prefix), "-c", str(conf)]
+
+    return Server("nginx", command, log_dir=log_dir)
+
+
+def mosquitto(log_dir: Path) -> Server:
+    """A private Mosquitto (Debian's binary) for the run, anonymous, on a free port.
+
+    Private rather than the machine's broker on 1883: the receiver subscribes
+    with the shared group `$share/otaship/…` and a 24-hour persistent session,
+    so any other receiver on 1883 (another engineer's tests) would split the
+    reports with ours, and a queue limit of 1,000 per client (Mosquitto's
+    default) would drop reports when a subscriber falls behind.
+    """
+    binary = mosquitto_binary()
+    if binary is None:
+        raise ServerFailed("mosquitto is not installed (apt-get install mosquitto)")
+    folder = log_dir / f"mosquitto-{secrets.token_hex(3)}"
+    folder.mkdir(parents=True)
+
+    def command(port: int) -> Sequence[str]:
+        conf = folder / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "max_queued_messages 0\n"
+            "max_inflight_messages 0\n"
+            "log_type error\nlog_type warning\n"
+        )
+        return [binary, "-c", str(conf)]
+
+    return Server("mosquitto", command, log_dir=log_dir)

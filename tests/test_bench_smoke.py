@@ -1,0 +1,104 @@
+"""Each benchmark still runs, at a tiny size and in seconds; its figures are not judged.
+
+The benchmarks themselves (`make bench`) never run in `make test`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import check_burst, download, fleet_rollout, listing, status_ingestion
+from bench.__main__ import run_suite
+from bench.context import SCALES
+from bench.results import Row
+from bench.system import ToolMissing, ensure_http_tools, mosquitto_binary
+from tests.services import MOSQUITTO, POSTGRES, require
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = SCALES["tiny"]
+
+
+def _run(name: str, tmp_path: Path) -> list[Row]:
+    rows, failures = run_suite([name], TINY, work_dir=tmp_path, log=lambda _line: None)
+    assert not failures, failures
+    assert rows and all(row.benchmark == name for row in rows)
+    for row in rows:
+        assert row.figure.median >= 0 and row.baseline.median > 0, row
+    return rows
+
+
+def _http_tools() -> None:
+    """wrk and nginx, installed from Debian's packages when missing; skip only if that fails."""
+    try:
+        ensure_http_tools()
+    except ToolMissing as exc:
+        if os.environ.get("OTASHIP_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{exc}, and OTASHIP_REQUIRE_SERVICES=1 requires them")
+        pytest.skip(str(exc))
+
+
+def _mosquitto() -> None:
+    # The benchmarks start a private broker from the machine's Mosquitto binary.
+    require("Mosquitto", MOSQUITTO)
+    if mosquitto_binary() is None:
+        reason = "the mosquitto binary is not on this machine (apt-get install mosquitto)"
+        if os.environ.get("OTASHIP_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def test_check_burst_runs(tmp_path: Path) -> None:
+    _http_tools()
+    (row,) = _run(check_burst.NAME, tmp_path)
+    assert row.figure.unit == "req/s" and row.goal is not None
+
+
+def test_download_runs(tmp_path: Path) -> None:
+    _http_tools()
+    rows = _run(download.NAME, tmp_path)
+    assert [row.figure.unit for row in rows] == ["MiB/s", "MiB/s", "MiB"]
+
+
+def test_status_ingestion_runs(tmp_path: Path) -> None:
+    _mosquitto()
+    rows = _run(status_ingestion.NAME, tmp_path)
+    assert rows[0].figure.unit == "msg/s"
+
+
+@pytest.mark.postgres
+def test_listing_runs_on_sqlite_and_postgresql(tmp_path: Path) -> None:
+    require("PostgreSQL", POSTGRES)
+    rows = _run(listing.NAME, tmp_path)
+    assert {row.label.split(",")[0] for row in rows} == {"5. listing sqlite", "5. listing postgresql"}
+
+
+@pytest.mark.mosquitto
+def test_fleet_rollout_runs(tmp_path: Path) -> None:
+    _mosquitto()
+    rows = _run(fleet_rollout.NAME, tmp_path)
+    assert len(rows) == 2
+
+
+def test_command_line_runs_the_upload_benchmark_and_writes_results(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--scale", "tiny", "--only", "upload", "--output", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("benchmark  ") == 1  # one table header
+    data = json.loads((tmp_path / "latest.json").read_text())
+    assert data["scale"] == "tiny" and [row["benchmark"] for row in data["rows"]] == ["upload", "upload"]
+    assert [row["otaship"]["unit"] for row in data["rows"]] == ["s", "MiB"]
+    assert "| 3. upload" in (tmp_path / "latest.md").read_text()
+
+
+def test_unknown_benchmark_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "unknown benchmark nope" in result.stderr
