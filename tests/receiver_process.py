@@ -5,9 +5,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -43,6 +44,7 @@ class ReceiverProcess:
         self.env = {**env, "OTASHIP_PORT": str(self.port)}
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        self.log: IO[bytes] | None = None
 
     def start(self, timeout: float = 30, attempts: int = 3) -> ReceiverProcess:
         for attempt in range(attempts):
@@ -59,16 +61,17 @@ class ReceiverProcess:
         raise AssertionError("unreachable")
 
     def _start(self, timeout: float) -> ReceiverProcess:
+        # A file, not a pipe: nobody reads a pipe while the server runs, and a
+        # full one (64 KiB of access log) would block the server.
+        self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [*OTASHIP, "serve"], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            [*OTASHIP, "serve"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                output = self.process.stdout.read().decode() if self.process.stdout else ""
+                output = self._read_log()
                 code = self.process.returncode
-                if self.process.stdout:
-                    self.process.stdout.close()
                 self.process = None
                 if f"('127.0.0.1', {self.port}): address already in use" in output:
                     raise PortTaken(output)
@@ -91,9 +94,14 @@ class ReceiverProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        output = ""
-        if self.process.stdout is not None:
-            output = self.process.stdout.read().decode()
-            self.process.stdout.close()
         self.process = None
+        return self._read_log()
+
+    def _read_log(self) -> str:
+        if self.log is None:
+            return ""
+        self.log.seek(0)
+        output = self.log.read().decode(errors="replace")
+        self.log.close()
+        self.log = None
         return output
