@@ -66,9 +66,9 @@ def run(ctx: Context) -> list[Row]:
     memory = Figure.of([g / MiB for g in growth["otaship"]], "MiB")
     return [
         Row(NAME, "2. download: throughput vs bare FileResponse", throughput("otaship"),
-            throughput("starlette"), "bare Starlette FileResponse", Goal(">=", 0.9), [common]),
+            throughput("starlette"), "bare Starlette FileResponse", Goal(">=", 0.9), [common], paired=True),
         Row(NAME, "2. download: throughput vs nginx", throughput("otaship"), throughput("nginx"),
-            "nginx static (1 worker, sendfile)", None, [common]),
+            "nginx static (1 worker, sendfile)", None, [common], paired=True),
         Row(NAME, "2. download: server peak RSS growth", memory,
             Figure.of([(g + len(firmware)) / MiB for g in growth["starlette"]], "MiB"),
             "bare FileResponse's growth + 1 image", Goal("<=", 1.0),

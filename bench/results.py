@@ -74,9 +74,15 @@ class Row:
     goal: Goal | None = None
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Measured in alternation (ours, baseline, ours, ...): the ratio is then the median
+    # of each pair's ratio, which cancels drift in the machine's load between pairs.
+    paired: bool = False
 
     @property
     def ratio(self) -> float:
+        pairs = list(zip(self.figure.values, self.baseline.values))
+        if self.paired and len(self.figure.values) == len(self.baseline.values) and all(b for _, b in pairs):
+            return statistics.median(f / b for f, b in pairs)
         base = self.baseline.median
         return self.figure.median / base if base else float("inf")
 
@@ -89,7 +95,7 @@ class Row:
             "benchmark": self.benchmark, "label": self.label,
             "otaship": self.figure.to_json(),
             "baseline": {"label": self.baseline_label, **self.baseline.to_json()},
-            "ratio": self.ratio,
+            "ratio": self.ratio, "ratio_of": "median of paired ratios" if self.paired else "ratio of medians",
             "goal": None if self.goal is None else {"op": self.goal.op, "bound": self.goal.bound},
             "met": self.met, "notes": self.notes, **({"extra": self.extra} if self.extra else {}),
         }

@@ -86,12 +86,12 @@ def run(ctx: Context) -> list[Row]:
     ]
     return [
         Row(NAME, "4. status ingestion (msg/s)", Figure.of([i.rate for i in ours], "msg/s"),
-            Figure.of([i.rate for i in theirs], "msg/s"), "bare paho subscriber", Goal(">=", 0.5), notes),
+            Figure.of([i.rate for i in theirs], "msg/s"), "bare paho subscriber", Goal(">=", 0.5), notes, paired=True),
         Row(NAME, "4. devices one core sustains (1 status / 5 s)",
             Figure.of([i.rate_per_cpu_second * STATUS_INTERVAL for i in ours], "devices"),
             Figure.of([i.rate_per_cpu_second * STATUS_INTERVAL for i in theirs], "devices"),
             "bare paho subscriber", None,
-            ["messages per CPU-second of the subscribing process (from /proc/<pid>/stat) × 5 s"]),
+            ["messages per CPU-second of the subscribing process (from /proc/<pid>/stat) × 5 s"], paired=True),
     ]
 
 

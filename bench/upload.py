@@ -110,7 +110,8 @@ def _measure(
         Row(NAME, f"3. upload {name}: POST to 201 (s)", Figure.of(ours, "s"), Figure.of(theirs, "s"),
             "bare Starlette streaming to disk", Goal("<=", 1.5),
             [f"image of {length:,} bytes (the receiver's limit is 16 MiB = 16,777,216 bytes); "
-             f"otaship {length / MiB / min(ours):.0f} MiB/s at best, baseline {length / MiB / min(theirs):.0f} MiB/s"]),
+             f"otaship {length / MiB / min(ours):.0f} MiB/s at best, baseline {length / MiB / min(theirs):.0f} MiB/s"],
+            paired=True),
         Row(NAME, f"3. upload {name}: server peak RSS growth", Figure.of([g / MiB for g in our_growth], "MiB"),
             Figure.constant(length / MiB, "MiB"), "image size", Goal("<=", 2.0),
             [f"the bare Starlette route grew by {max(their_growth) / MiB:.2f} MiB at most"]),
