@@ -14,7 +14,7 @@ from receiver.api import devices, ota, rollouts
 from receiver.api.responses import message
 from receiver.background import Background
 from receiver.catalog import FirmwareCatalog
-from receiver.db import create_db_engine, init_schema
+from receiver.db import create_db_engine, ensure_schema
 from receiver.services import Services
 from receiver.settings import Settings
 from receiver.storage import create_storage
@@ -25,7 +25,8 @@ log = logging.getLogger("otaship")
 
 def build_services(settings: Settings) -> Services:
     engine = create_db_engine(settings.resolved_database_url)
-    init_schema(engine)
+    # SQLite migrates itself; a shared database must have been migrated already.
+    ensure_schema(engine)
     storage = create_storage(settings.resolved_storage_url, cache_dir=settings.cache_dir)
     return Services(
         settings=settings, engine=engine, storage=storage, catalog=FirmwareCatalog(engine)

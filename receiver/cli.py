@@ -1,4 +1,4 @@
-"""otaship: the receiver's command line (serve, and the admin verbs).
+"""otaship: the receiver's command line (serve, migrate, and the admin verbs).
 
 Each `create` prints exactly one JSON object on stdout, for scripts. Errors are
 one line on stderr and a non-zero exit.
@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
+from receiver.db import SchemaError
 from receiver.devices import DeviceError, create_device, device_json, list_devices
 from receiver.groups import GroupError, KNOWN_CHIPS, create_group, get_owned_group, group_json, list_groups
 from receiver.models import PLANS, Group, User
@@ -42,11 +43,11 @@ def _print(obj: Any) -> None:
 
 
 def _write(settings: Settings, work: Callable[[Session], Any]) -> Any:
-    from receiver.db import create_db_engine, init_schema, write_session
+    from receiver.db import create_db_engine, ensure_schema, write_session
 
     engine = create_db_engine(settings.resolved_database_url)
     try:
-        init_schema(engine)
+        ensure_schema(engine)
         with write_session(engine) as session:
             return work(session)
     finally:
@@ -136,6 +137,16 @@ def cmd_device_list(settings: Settings, args: argparse.Namespace) -> None:
     _print(_write(settings, work))
 
 
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
+    from receiver.db import create_db_engine, migrate
+
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        print(migrate(engine).describe())
+    finally:
+        engine.dispose()
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -145,6 +156,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         host=args.host or settings.host, port=args.port if args.port is not None else settings.port
     )
     _check_embedded_broker_port(settings)
+    _check_schema(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port,
@@ -176,6 +188,21 @@ def _check_embedded_broker_port(settings: Settings) -> None:
             raise CommandError(f"cannot start the embedded MQTT broker on {address.host}:{address.port}: {exc}") from None
 
 
+def _check_schema(settings: Settings) -> None:
+    """Refuse to start on a shared database whose schema is not this version's.
+
+    The app checks again at startup; this one fails before uvicorn logs a
+    traceback, with the one-line message that says to run `otaship migrate`.
+    """
+    from receiver.db import create_db_engine, ensure_schema
+
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        ensure_schema(engine)
+    finally:
+        engine.dispose()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otaship",
@@ -188,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default: OTASHIP_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: OTASHIP_PORT or 8080)")
     serve.set_defaults(run=cmd_serve)
+
+    migrate = commands.add_parser(
+        "migrate", help="bring the database schema up to date (run before serve on PostgreSQL)"
+    )
+    migrate.set_defaults(run=cmd_migrate)
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         dest="verb", required=True, metavar="VERB"
@@ -240,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         args.run(settings, args)
-    except (CommandError, UserError, GroupError, DeviceError, SettingsError) as exc:
+    except (CommandError, UserError, GroupError, DeviceError, SettingsError, SchemaError) as exc:
         print(f"otaship: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except SQLAlchemyError as exc:

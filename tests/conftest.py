@@ -16,6 +16,12 @@ from receiver.models import Device, Group, User
 from receiver.services import Services
 from receiver.settings import Settings
 from receiver.users import create_user
+from tests.postgres import (  # noqa: F401  (fixtures)
+    empty_postgres_url,
+    new_postgres_url,
+    postgres_database,
+    postgres_url,
+)
 
 
 @dataclass
@@ -58,8 +64,12 @@ class Fleet:
             return create_device(session=session, group=group, name=name, firmware_version=firmware_version)
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every test on the app runs on both backends: the embedded SQLite and PostgreSQL."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
     return f"sqlite:///{tmp_path / 'otaship.db'}"
 
 

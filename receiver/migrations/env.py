@@ -1,0 +1,49 @@
+"""Alembic's environment for otaship.
+
+`receiver.db` configures Alembic from Python (no alembic.ini) and hands over
+an open connection inside a transaction it owns, so that it can lock the
+database around the whole upgrade. With only a URL (a developer running
+`alembic` commands through `receiver.db.alembic_config`), an engine is made
+the way the receiver makes its own.
+"""
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
+
+from receiver import models  # noqa: F401  (registers the tables)
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=SQLModel.metadata,
+        # SQLite alters a table by copying it; batch mode writes that for us.
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+        # receiver.db runs SQLite with its own BEGIN, so DDL is transactional there too.
+        transactional_ddl=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run() -> None:
+    if context.is_offline_mode():
+        raise RuntimeError("otaship's migrations run against a database, not as SQL scripts")
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    from receiver.db import create_db_engine
+
+    engine = create_db_engine(context.config.get_main_option("sqlalchemy.url") or "")
+    try:
+        with engine.connect() as connection:
+            _run(connection)
+    finally:
+        engine.dispose()
+
+
+run()

@@ -1,0 +1,314 @@
+"""The Alembic migrations: they build exactly the models' schema, on SQLite and
+PostgreSQL, and the receiver starts only on a schema that is up to date."""
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlmodel import SQLModel
+
+from receiver.app import build_services
+from receiver.db import (
+    BASELINE_REVISION,
+    MigrationResult,
+    SchemaError,
+    SchemaStatus,
+    alembic_config,
+    create_db_engine,
+    ensure_schema,
+    head_revision,
+    migrate,
+    schema_status,
+)
+from receiver.settings import Settings
+from tests.receiver_process import ReceiverProcess, cli_env, otaship, otaship_json
+
+NewDatabase = Callable[[], str]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def new_database(request: pytest.FixtureRequest, tmp_path: Path) -> NewDatabase:
+    """Makes URLs of empty databases on one backend."""
+    if request.param == "postgres":
+        new_postgres_url: NewDatabase = request.getfixturevalue("new_postgres_url")
+        return new_postgres_url
+    numbers = itertools.count()
+    return lambda: f"sqlite:///{tmp_path / f'db{next(numbers)}.sqlite'}"
+
+
+def schema_diff(url: str) -> list[Any]:
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "compare_server_default": True}
+            )
+            return list(compare_metadata(context, SQLModel.metadata))
+    finally:
+        engine.dispose()
+
+
+def schema_of(url: str) -> dict[str, Any]:
+    """Everything the database says about its tables, in a comparable form."""
+    engine = create_db_engine(url)
+    try:
+        inspector = inspect(engine)
+        return {
+            table: {
+                "columns": [
+                    (c["name"], str(c["type"]), c["nullable"], c.get("default"))
+                    for c in inspector.get_columns(table)
+                ],
+                "primary key": inspector.get_pk_constraint(table)["constrained_columns"],
+                "foreign keys": sorted(
+                    (tuple(fk["constrained_columns"]), fk["referred_table"], tuple(fk["referred_columns"]))
+                    for fk in inspector.get_foreign_keys(table)
+                ),
+                "indexes": sorted(
+                    (str(i["name"]), tuple(map(str, i["column_names"])), bool(i["unique"]))
+                    for i in inspector.get_indexes(table)
+                ),
+                "unique": sorted(
+                    (str(u["name"]), tuple(u["column_names"])) for u in inspector.get_unique_constraints(table)
+                ),
+            }
+            for table in sorted(set(inspector.get_table_names()) - {"alembic_version"})
+        }
+    finally:
+        engine.dispose()
+
+
+def create_all(url: str) -> None:
+    """What otaship did before it had migrations."""
+    engine = create_db_engine(url)
+    try:
+        SQLModel.metadata.create_all(engine)
+    finally:
+        engine.dispose()
+
+
+def test_migrations_build_exactly_the_models_schema(new_database: NewDatabase) -> None:
+    url = new_database()
+    assert migrate(url) == MigrationResult(before=None, after=head_revision())
+    assert schema_diff(url) == []
+    # Names, column order, defaults, indexes and constraints too: what
+    # create_all makes from the models, item for item.
+    reference = new_database()
+    create_all(reference)
+    assert schema_of(url) == schema_of(reference)
+    assert set(schema_of(url)) == set(SQLModel.metadata.tables)
+
+
+def test_a_second_migrate_does_nothing(new_database: NewDatabase) -> None:
+    url = new_database()
+    migrate(url)
+    result = migrate(url)
+    assert result == MigrationResult(before=head_revision(), after=head_revision())
+    assert result.describe() == f"the database schema is up to date (revision {head_revision()})"
+
+
+def test_downgrade_to_nothing_and_back(new_database: NewDatabase) -> None:
+    url = new_database()
+    migrate(url)
+    engine = create_db_engine(url)
+    try:
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "base")
+        assert inspect(engine).get_table_names() == ["alembic_version"]
+        assert schema_status(engine).current is None
+        assert migrate(engine).before is None
+    finally:
+        engine.dispose()
+    assert schema_diff(url) == []
+
+
+def test_two_processes_migrating_at_once_take_turns(new_database: NewDatabase) -> None:
+    url = new_database()
+    engines = [create_db_engine(url) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    results: list[MigrationResult] = []
+    errors: list[BaseException] = []
+
+    def run(engine: Any) -> None:
+        barrier.wait()
+        try:
+            results.append(migrate(engine))
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for engine in engines:
+        engine.dispose()
+    assert errors == []
+    assert sorted(r.before or "" for r in results) == ["", head_revision()]
+    assert schema_diff(url) == []
+
+
+def test_a_database_made_by_create_all_is_adopted(new_database: NewDatabase) -> None:
+    url = new_database()
+    create_all(url)
+    engine = create_db_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text("INSERT INTO users (id, email, plan, mqtt_user, mqtt_password_hash, created_at) "
+                     "VALUES ('a', 'a@example.com', 'pro', 'u', 'h', CURRENT_TIMESTAMP)")
+            )
+        status = schema_status(engine)
+        assert status.unversioned and not status.up_to_date
+        assert status.problem is not None and "otaship migrate" in status.problem
+
+        result = migrate(engine)
+        assert result.adopted
+        assert result.describe().startswith(f"adopted the existing tables as revision {BASELINE_REVISION}")
+        assert schema_status(engine).up_to_date
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT email FROM users")).scalars().all() == ["a@example.com"]
+    finally:
+        engine.dispose()
+    assert schema_diff(url) == []
+
+
+def test_tables_without_history_that_differ_are_not_stamped(new_database: NewDatabase) -> None:
+    url = new_database()
+    create_all(url)
+    engine = create_db_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DROP INDEX ix_devices_group_id"))
+        with pytest.raises(SchemaError) as raised:
+            migrate(engine)
+        assert "do not match revision" in str(raised.value)
+        assert "tables that differ: devices" in str(raised.value)
+        assert schema_status(engine).current is None
+    finally:
+        engine.dispose()
+
+
+def test_a_revision_from_a_newer_otaship_is_refused(new_database: NewDatabase) -> None:
+    url = new_database()
+    migrate(url)
+    engine = create_db_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE alembic_version SET version_num = 'fffffffff'"))
+        status = schema_status(engine)
+        assert status.unknown
+        for attempt in (migrate, ensure_schema):
+            with pytest.raises(SchemaError, match="newer otaship"):
+                attempt(engine)
+    finally:
+        engine.dispose()
+
+
+def test_each_schema_problem_says_what_to_do() -> None:
+    assert SchemaStatus(current="0002", head="0002").problem is None
+    assert SchemaStatus(current="0001", head="0002").problem == (
+        "the database schema is out of date (revision 0001, this otaship needs 0002): run `otaship migrate`"
+    )
+    assert SchemaStatus(current=None, head="0002").problem == (
+        "the database has no otaship schema: run `otaship migrate`"
+    )
+    assert "run `otaship migrate` to adopt it" in str(SchemaStatus(current=None, head="0002", unversioned=True).problem)
+    assert "run that version" in str(SchemaStatus(current="0003", head="0002", unknown=True).problem)
+
+
+def test_the_embedded_sqlite_database_migrates_itself(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", mqtt_url="none")
+    services = build_services(settings)
+    try:
+        assert schema_status(services.engine).up_to_date
+    finally:
+        services.storage.close()
+        services.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_the_receiver_refuses_an_unmigrated_postgres(empty_postgres_url: str, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", database_url=empty_postgres_url, mqtt_url="none")
+    with pytest.raises(SchemaError, match=r"run `otaship migrate`"):
+        build_services(settings)
+
+
+@pytest.mark.postgres
+def test_serve_refuses_an_out_of_date_postgres_until_migrate(empty_postgres_url: str, tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "data", OTASHIP_DATABASE_URL=empty_postgres_url)
+    receiver = ReceiverProcess(env)
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "receiver.cli", "serve"], env=receiver.env,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr == "otaship: error: the database has no otaship schema: run `otaship migrate`\n"
+    # The admin verbs refuse too, rather than create tables behind the migrations' back.
+    verb = otaship(env, "user", "create", "ops@example.com", check=False)
+    assert (verb.returncode, verb.stderr) == (1, refused.stderr)
+
+    migrated = otaship(env, "migrate")
+    assert migrated.stdout == f"created the database schema (revision {head_revision()})\n"
+    assert otaship(env, "migrate").stdout == f"the database schema is up to date (revision {head_revision()})\n"
+
+    created = otaship_json(env, "user", "create", "ops@example.com", "--plan", "pro")
+    receiver.start()
+    try:
+        answer = httpx.get(f"{receiver.url}/v1/ota/group", headers={"Authorization": f"Bearer {created['api_key']}"})
+        assert answer.status_code == 200
+    finally:
+        receiver.stop()
+
+
+def test_migrate_reports_a_database_it_cannot_reach_in_one_line(tmp_path: Path) -> None:
+    env = cli_env(
+        tmp_path / "data",
+        OTASHIP_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:9/otaship?connect_timeout=2",
+    )
+    result = otaship(env, "migrate", check=False)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("otaship: database error: ")
+
+
+def test_the_migrations_ship_in_the_package(tmp_path: Path) -> None:
+    """setuptools' build_py lays out what a wheel installs; every migration file is in it."""
+    # A copy: building in place would leave build/ and metadata in the working tree.
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("receiver", "action"):
+        shutil.copytree(ROOT / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run(
+        [sys.executable, "-c", "from setuptools import setup; setup()", "-q",
+         "build_py", "--build-lib", str(tmp_path / "lib")],
+        cwd=source, check=True, capture_output=True, timeout=120,
+    )
+    def files(root: Path) -> set[str]:
+        return {
+            path.relative_to(root).as_posix()
+            for path in (root / "receiver" / "migrations").rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts
+        }
+
+    shipped = files(ROOT)
+    assert {"receiver/migrations/env.py", "receiver/migrations/script.py.mako"} <= shipped
+    assert any(name.startswith("receiver/migrations/versions/0001_") for name in shipped)
+    assert files(tmp_path / "lib") == shipped
