@@ -5,16 +5,21 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from receiver.api import devices, ota, rollouts
+from receiver.api import devices, health, openapi, ota, rollouts
 from receiver.api.responses import message
 from receiver.background import Background
 from receiver.catalog import FirmwareCatalog
 from receiver.db import create_db_engine, ensure_schema
+from receiver.logs import configure_logging, redact
+from receiver.metrics import Metrics, ObserveRequests
+from receiver.metrics import routes as metrics_routes
 from receiver.services import Services
 from receiver.settings import Settings
 from receiver.storage import create_storage
@@ -42,7 +47,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         built = services if services is not None else build_services(settings)
         spool_dir_ready(settings.tmp_dir)
         app.state.services = built
-        background = Background(built)
+        background = Background(built, metrics=metrics)
         app.state.background = background
         try:
             await background.start()
@@ -66,19 +71,34 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         return response
 
     async def unexpected_error(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        # The download path carries the group token.
+        log.error("unhandled error on %s %s", request.method, redact(request.url.path), exc_info=exc)
         return JSONResponse({"message": "Internal server error"}, status_code=500)
 
+    metrics = Metrics()
     app = Starlette(
-        routes=[*ota.routes, *devices.routes, *rollouts.routes],
+        routes=[
+            *ota.routes, *devices.routes, *rollouts.routes,
+            *health.routes, *metrics_routes, *openapi.routes,
+        ],
+        middleware=[Middleware(ObserveRequests, metrics=metrics)],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},
     )
+    app.state.metrics = metrics
+
+    def engine() -> Engine | None:
+        running: Services | None = getattr(app.state, "services", None)
+        return running.engine if running is not None else None
+
+    metrics.watch_rollouts(engine)
     if services is not None:
         app.state.services = services
     return app
 
 
 def app_from_env() -> Starlette:
-    """For `uvicorn --factory receiver.app:app_from_env`."""
-    return create_app(Settings.from_env())
+    """For `uvicorn --factory receiver.app:app_from_env`: logs as `otaship serve` does."""
+    settings = Settings.from_env()
+    configure_logging(settings)
+    return create_app(settings)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 from receiver.db import read_session
 from receiver.mqtt.link import MqttLink, parse_mqtt_url
@@ -18,20 +19,24 @@ from receiver.rollout_runner import RolloutRunner
 from receiver.services import Services
 from receiver.users import user_for_mqtt_login
 
+if TYPE_CHECKING:
+    from receiver.metrics import Metrics
+
 log = logging.getLogger("otaship")
 
 
 class Background:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, *, metrics: Metrics | None = None) -> None:
         self.services = services
+        self.metrics = metrics
         self.address = parse_mqtt_url(services.settings.mqtt_url)
         self.broker: object | None = None
         self.link: MqttLink | None = None
         self.publisher: TriggerPublisher | None = None
-        self.ingester = ReportIngester(services.engine)
+        self.ingester = ReportIngester(services.engine, metrics=metrics)
         self.runner = RolloutRunner(
             services.engine, notify=self.address is not None, tick=services.settings.rollout_tick,
-            on_change=services.deployed,
+            on_change=services.deployed, metrics=metrics,
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -59,7 +64,7 @@ class Background:
                 username=username, password=password,
             )
             self.link.start()
-            self.publisher = TriggerPublisher(self.services.engine, self.link)
+            self.publisher = TriggerPublisher(self.services.engine, self.link, metrics=self.metrics)
             self.services.on_deploy.append(self.publisher.wake)
             self._tasks.append(asyncio.create_task(self.publisher.run(), name="otaship-triggers"))
             self._tasks.append(asyncio.create_task(self.ingester.run(), name="otaship-reports"))

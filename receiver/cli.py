@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -157,10 +156,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     )
     _check_embedded_broker_port(settings)
     _check_schema(settings)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from receiver.logs import configure_logging
+
+    configure_logging(settings)
+    # log_config=None: uvicorn's own loggers keep the handler configure_logging
+    # installed. No access_log: the receiver writes its own, with the group
+    # token redacted from download URLs.
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port,
-        log_level=settings.log_level, proxy_headers=True,
+        log_level=settings.log_level, log_config=None, access_log=False, proxy_headers=True,
     )
 
 

@@ -8,21 +8,30 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 from sqlalchemy.engine import Engine
+from sqlmodel import col, select
 
 from receiver.db import read_session, write_session
+from receiver.models import Rollout
+from receiver.rollout import CANARY, FLEET
 from receiver.rollouts import active_rollout_states, evaluate
+
+if TYPE_CHECKING:
+    from receiver.metrics import Metrics
 
 log = logging.getLogger("otaship.rollouts")
 
 
 class RolloutRunner:
     def __init__(
-        self, engine: Engine, *, notify: bool, tick: float = 1.0, on_change: Callable[[], None] | None = None
+        self, engine: Engine, *, notify: bool, tick: float = 1.0, on_change: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
+        self.metrics = metrics
         self.notify = notify
         self.tick = tick
         self.on_change = on_change
@@ -36,11 +45,23 @@ class RolloutRunner:
         with read_session(self.engine) as session:
             active = active_rollout_states(session=session)
         changed = False
-        for rollout_id, before in active:
+        for rollout_id, _ in active:
             try:
                 with write_session(self.engine) as session:
+                    # The state as it is under the row lock that evaluate takes too:
+                    # another replica may have moved the rollout since the read above,
+                    # and a promotion must be counted once, by whoever made it.
+                    before = session.exec(
+                        select(Rollout.state)
+                        .where(col(Rollout.id) == rollout_id)
+                        .with_for_update(skip_locked=True)
+                    ).first()
+                    if before is None:
+                        continue
                     state = evaluate(session=session, rollout_id=rollout_id, notify=self.notify)
                 changed = changed or (state is not None and state != before)
+                if before == CANARY and state == FLEET and self.metrics is not None:
+                    self.metrics.deploys.labels("promotion").inc()
             except Exception:
                 log.exception("could not evaluate rollout %s; trying again next tick", rollout_id)
         return changed

@@ -17,6 +17,7 @@ from receiver.auth import authenticated_owner
 from receiver.deploy import DeployResult, StoredFirmware, VersionConflict, current_ota, deploy_firmware
 from receiver.groups import get_owned_group
 from receiver.ids import is_id, iso_utc, secret_matches_plain
+from receiver.metrics import Metrics
 from receiver.models import GroupOta, User
 from receiver.rollout import Policy, PolicyError, validate_policy
 from receiver.rollouts import CanaryDeploy, RolloutConflict, RolloutError, deploy_with_canary
@@ -215,6 +216,7 @@ async def post_group_ota(request: Request) -> Response:
         return message(400, str(exc))
     except OSError as exc:
         return server_error(UPLOAD_ERROR, exc)
+    Metrics.of(request).upload_bytes.inc(upload.file_size)
     try:
         return await _deploy_upload(request, services, owner, upload)
     finally:
@@ -323,6 +325,7 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
 
     if deployed:
         services.deployed()
+        Metrics.of(request).deploys.labels("plain" if canary_id is None else "canary").inc()
     return JSONResponse({"message": "Firmware successfully deployed", **body}, status_code=201)
 
 

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 from sqlalchemy import bindparam, update
@@ -26,6 +27,9 @@ from receiver.db import write_session
 from receiver.ids import utcnow
 from receiver.models import Device, Rollout, RolloutDevice, User
 from receiver.rollout import ACTIVE_STATES, RESPONSE_CODES, DeviceProgress, after_response, after_status
+
+if TYPE_CHECKING:
+    from receiver.metrics import Metrics
 
 log = logging.getLogger("otaship.reports")
 
@@ -92,8 +96,9 @@ class _Known:
 
 
 class ReportIngester:
-    def __init__(self, engine: Engine, *, flush_interval: float = 0.1) -> None:
+    def __init__(self, engine: Engine, *, flush_interval: float = 0.1, metrics: Metrics | None = None) -> None:
         self.engine = engine
+        self.metrics = metrics
         self.flush_interval = flush_interval
         self._queue: deque[Report] = deque()
         self._lock = threading.Lock()
@@ -110,14 +115,20 @@ class ReportIngester:
             report = parse_report(topic, payload)
         except BadReport as exc:
             self.dropped += 1
+            self._count(topic.rsplit("/", 1)[-1], "dropped")
             log.debug("dropped a report on %s: %s", topic, exc)
             return
         with self._lock:
             if len(self._queue) >= MAX_QUEUE:
                 self.dropped += 1
+                self._count(report.kind, "dropped")
                 log.warning("report queue full; dropping a report from %s", report.device_id)
                 return
             self._queue.append(report)
+
+    def _count(self, kind: str, result: str, count: int = 1) -> None:
+        if self.metrics is not None and count:
+            self.metrics.report(kind, result, count)
 
     def _take(self) -> list[Report]:
         with self._lock:
@@ -164,6 +175,11 @@ class ReportIngester:
             accepted = [r for r in batch if self._owns(r)]
             self.dropped += len(batch) - len(accepted)
             self.accepted += len(accepted)
+            if self.metrics is not None:
+                for kind in (STATUS, RESPONSE):
+                    taken = sum(1 for r in accepted if r.kind == kind)
+                    self._count(kind, "accepted", taken)
+                    self._count(kind, "dropped", sum(1 for r in batch if r.kind == kind) - taken)
             if not accepted:
                 return
             # Uptimes as they were before this batch: a 201 is judged against the

@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 import paho.mqtt.client as mqtt
@@ -25,6 +26,9 @@ from receiver.ids import utcnow
 from receiver.models import TriggerMessage
 from receiver.mqtt.link import MqttLink
 
+if TYPE_CHECKING:
+    from receiver.metrics import Metrics
+
 log = logging.getLogger("otaship.triggers")
 
 BATCH = 500
@@ -33,8 +37,11 @@ ACK_TIMEOUT = 10.0
 
 
 class TriggerPublisher:
-    def __init__(self, engine: Engine, link: MqttLink, *, idle_interval: float = 1.0) -> None:
+    def __init__(
+        self, engine: Engine, link: MqttLink, *, idle_interval: float = 1.0, metrics: Metrics | None = None
+    ) -> None:
         self.engine = engine
+        self.metrics = metrics
         self.link = link
         self.idle_interval = idle_interval
         self.claimant = secrets.token_hex(6)
@@ -122,5 +129,7 @@ class TriggerPublisher:
             for row_id in acked:
                 del self._inflight[row_id]
             self.published += len(acked)
+            if self.metrics is not None:
+                self.metrics.triggers_published.inc(len(acked))
             log.debug("published %d trigger(s)", len(acked))
         return len(rows) == BATCH and not self._inflight

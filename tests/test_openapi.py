@@ -1,0 +1,378 @@
+"""/openapi.json against the real app: every route documented, every answer as documented.
+
+jsonschema is not a dependency, so `validate` below checks the subset of JSON
+Schema the document uses, and refuses any keyword it does not know: the
+document cannot use a keyword that would silently go unchecked.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from receiver.app import create_app
+from receiver.catalog import FirmwareCatalog
+from receiver.mqtt.reports import ReportIngester
+from receiver.services import Services
+from receiver.settings import Settings
+from receiver.storage import Storage, StorageError
+from tests.conftest import Fleet, Owner
+from tests.esp_image import build_image
+
+JSON = "application/json"
+ANNOTATIONS = {"description", "default", "title", "examples", "contentMediaType"}
+KEYWORDS = ANNOTATIONS | {
+    "$ref", "type", "properties", "required", "additionalProperties", "items", "enum", "const",
+    "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "minLength", "maxLength",
+}
+DATE_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+class SchemaMismatch(AssertionError):
+    pass
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, {"string": str, "boolean": bool, "null": type(None), "object": dict,
+                              "array": list}[kind])
+
+
+def validate(value: Any, schema: dict[str, Any], document: dict[str, Any], where: str = "$") -> None:
+    unknown = schema.keys() - KEYWORDS
+    if unknown:
+        raise SchemaMismatch(f"{where}: the test's validator does not know {sorted(unknown)}")
+
+    def fail(why: str) -> None:
+        raise SchemaMismatch(f"{where}: {why} (value {value!r:.200})")
+
+    if "$ref" in schema:
+        name = schema["$ref"].removeprefix("#/components/schemas/")
+        validate(value, document["components"]["schemas"][name], document, f"{where}<{name}>")
+    if "type" in schema:
+        kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(_is(value, kind) for kind in kinds):
+            fail(f"is not {' or '.join(kinds)}")
+    if "const" in schema and (value != schema["const"] or type(value) is not type(schema["const"])):
+        fail(f"is not {schema['const']!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        fail(f"is not one of {schema['enum']}")
+    if isinstance(value, dict):
+        for name in schema.get("required", []):
+            if name not in value:
+                fail(f"lacks required {name!r}")
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        for name, item in value.items():
+            if name in properties:
+                validate(item, properties[name], document, f"{where}.{name}")
+            elif extra is False:
+                fail(f"has undocumented {name!r}")
+            elif isinstance(extra, dict):
+                validate(item, extra, document, f"{where}.{name}")
+    if isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            validate(item, schema["items"], document, f"{where}[{index}]")
+    if isinstance(value, str):
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            fail(f"does not match {schema['pattern']}")
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            fail("is too short")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            fail("is too long")
+        if schema.get("format") == "date-time" and not DATE_TIME.fullmatch(value):
+            fail("is not a date-time")
+    if _is(value, "number"):
+        if "minimum" in schema and value < schema["minimum"]:
+            fail(f"is below {schema['minimum']}")
+        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+            fail(f"is not above {schema['exclusiveMinimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            fail(f"is above {schema['maximum']}")
+
+
+# --- the validator itself ------------------------------------------------------------
+
+DOC_FOR_VALIDATOR: dict[str, Any] = {"components": {"schemas": {"Id": {"type": "string", "pattern": "^[0-9a-f]{4}$"}}}}
+SCHEMA_FOR_VALIDATOR = {
+    "type": "object", "required": ["id", "n"], "additionalProperties": False,
+    "properties": {
+        "id": {"$ref": "#/components/schemas/Id"}, "n": {"type": "integer", "minimum": 0},
+        "tag": {"type": ["string", "null"], "enum": ["a", None]}, "when": {"type": "string", "format": "date-time"},
+        "list": {"type": "array", "items": {"const": 1}},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"id": "abcd"},
+        {"id": "abcg", "n": 1},
+        {"id": "abcd", "n": -1},
+        {"id": "abcd", "n": True},
+        {"id": "abcd", "n": 1.5},
+        {"id": "abcd", "n": 1, "tag": "b"},
+        {"id": "abcd", "n": 1, "when": "yesterday"},
+        {"id": "abcd", "n": 1, "list": [1, True]},
+        {"id": "abcd", "n": 1, "surprise": 1},
+        [],
+    ],
+)
+def test_the_validator_rejects(value: Any) -> None:
+    with pytest.raises(SchemaMismatch):
+        validate(value, SCHEMA_FOR_VALIDATOR, DOC_FOR_VALIDATOR)
+
+
+def test_the_validator_accepts_and_refuses_unknown_keywords() -> None:
+    validate({"id": "abcd", "n": 0, "tag": None, "when": "2020-01-17T17:38:59.983Z", "list": [1]},
+             SCHEMA_FOR_VALIDATOR, DOC_FOR_VALIDATOR)
+    with pytest.raises(SchemaMismatch, match="does not know"):
+        validate("x", {"oneOf": [{"type": "string"}]}, DOC_FOR_VALIDATOR)
+
+
+# --- the document --------------------------------------------------------------------
+
+
+class SwitchableStorage(Storage):
+    """The real storage, with failures to switch on."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.fail_put = self.fail_read = self.fail_check = False
+
+    def put(self, key: str, source: Path) -> None:
+        if self.fail_put:
+            raise StorageError("bucket is not reachable")
+        self.inner.put(key, source)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def local_path(self, key: str) -> Path:
+        if self.fail_read:
+            raise StorageError("bucket is not reachable")
+        return self.inner.local_path(key)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def check(self) -> None:
+        if self.fail_check:
+            raise StorageError("bucket is not reachable")
+        self.inner.check()
+
+
+class Checked:
+    """A client whose every answer is validated against the document, and recorded."""
+
+    def __init__(self, client: TestClient, document: dict[str, Any]) -> None:
+        self.client = client
+        self.document = document
+        self.seen: set[tuple[str, str, str]] = set()
+
+    def __call__(self, method: str, template: str, url: str | None = None, **kwargs: Any) -> httpx.Response:
+        response: httpx.Response = self.client.request(method, url or template, **kwargs)
+        status = str(response.status_code)
+        operation = self.document["paths"][template][method.lower()]
+        documented = operation["responses"].get(status)
+        assert documented is not None, f"{method} {template} answered an undocumented {status}: {response.text}"
+        for header, spec in documented.get("headers", {}).items():
+            if spec.get("required"):
+                assert header.lower() in response.headers, f"{method} {template} {status} lacks {header}"
+            if header.lower() in response.headers:
+                value: Any = response.headers[header.lower()]
+                if spec["schema"].get("type") == "integer":
+                    value = int(value)
+                validate(value, spec["schema"], self.document, f"header {header}")
+        content = documented.get("content")
+        if content is None or method == "HEAD":
+            assert response.content == b"", f"{method} {template} {status} has a body"
+        else:
+            media = response.headers["content-type"].split(";")[0]
+            assert media in content, f"{method} {template} {status} answered {media}, not {list(content)}"
+            schema = content[media]["schema"]
+            body = response.json() if media == JSON else response.text
+            try:
+                validate(body, schema, self.document)
+            except SchemaMismatch as exc:
+                raise AssertionError(f"{method} {template} {status}: {exc}") from None
+        self.seen.add((template, method.lower(), status))
+        return response
+
+
+def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            yield path, method, operation
+
+
+@pytest.fixture
+def document(client: TestClient) -> dict[str, Any]:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    return response.json()  # type: ignore[no-any-return]
+
+
+def test_the_document_and_the_router_list_the_same_routes(client: TestClient, document: dict[str, Any]) -> None:
+    assert document["openapi"] == "3.1.0"
+    routes = [r for r in client.app.routes if isinstance(r, Route)]  # type: ignore[attr-defined]
+    assert len(routes) == len(client.app.routes)  # type: ignore[attr-defined]
+    # Starlette answers HEAD on every GET route; the document lists it where it matters.
+    served = {(r.path, m.lower()) for r in routes for m in (r.methods or ()) if m != "HEAD"}
+    documented = {(path, method) for path, method, _ in operations(document) if method != "head"}
+    assert served == documented
+    heads = {path for path, method, _ in operations(document) if method == "head"}
+    assert heads == {"/v1/ota/group/download/{credentials}"}
+    assert all("HEAD" in (r.methods or ()) for r in routes if r.path in heads)
+
+
+def test_the_document_is_consistent(document: dict[str, Any]) -> None:
+    ids = [operation["operationId"] for _, _, operation in operations(document)]
+    assert len(ids) == len(set(ids))
+    for path, method, operation in operations(document):
+        assert operation["responses"], f"{method} {path} documents no response"
+        for parameter in operation.get("parameters", []):
+            if parameter["in"] == "path":
+                assert f"{{{parameter['name']}}}" in path
+        for status, response in operation["responses"].items():
+            for content in response.get("content", {}).values():
+                # Every example must be true to its own schema.
+                for name, example in content.get("examples", {}).items():
+                    try:
+                        validate(example["value"], content["schema"], document)
+                    except SchemaMismatch as exc:
+                        raise AssertionError(f"{method} {path} {status} example {name}: {exc}") from None
+    text = json.dumps(document)
+    for ref in set(re.findall(r'"\$ref": "#/components/schemas/(\w+)"', text)):
+        assert ref in document["components"]["schemas"]
+
+
+def post(checked: Checked, owner: Owner | None, data: dict[str, str], image: bytes | None) -> httpx.Response:
+    files = {"firmware": ("firmware.bin", image)} if image is not None else None
+    return checked("POST", "/v1/ota/group", data=data, files=files, headers=owner.headers if owner else {})
+
+
+def test_real_answers_match_the_document(
+    settings: Settings, services: Services, fleet: Fleet, document: dict[str, Any]
+) -> None:
+    storage = SwitchableStorage(services.storage)
+    services.storage = storage
+    with TestClient(create_app(settings, services=services)) as client:
+        checked = Checked(client, document)
+        drive(checked, fleet, services, storage)
+
+        # The same routes with the database gone: the 500s.
+        engine = create_engine(f"sqlite:///{settings.data_dir / 'no-such-dir' / 'x.db'}")
+        broken = Services(settings=settings, engine=engine, storage=storage, catalog=FirmwareCatalog(engine))
+        with TestClient(create_app(settings, services=broken), raise_server_exceptions=False) as down:
+            failing = Checked(down, document)
+            key = {"Authorization": "Bearer osk_any"}
+            failing("GET", "/v1/ota/group", headers=key)
+            failing("GET", "/v1/ota/group/latest/{group_id}", "/v1/ota/group/latest/" + "a" * 24)
+            failing("GET", "/v1/rollouts", "/v1/rollouts?group=" + "a" * 24, headers=key)
+            failing("GET", "/v1/rollouts/{rollout_id}", "/v1/rollouts/" + "a" * 24, headers=key)
+            failing("POST", "/v1/rollouts/{rollout_id}/promote", f"/v1/rollouts/{'a' * 24}/promote", headers=key)
+            failing("POST", "/v1/rollouts/{rollout_id}/abort", f"/v1/rollouts/{'a' * 24}/abort", headers=key)
+        engine.dispose()
+
+    documented = {(path, method, status) for path, method, op in operations(document) for status in op["responses"]}
+    assert documented - (checked.seen | failing.seen) == set(), "documented answers no test produced"
+
+
+def drive(checked: Checked, fleet: Fleet, services: Services, storage: SwitchableStorage) -> None:
+    owner = fleet.owner()
+    group = fleet.group(owner)
+    fields = {"group": group.id, "token": group.token}
+
+    # --- the seed API
+    post(checked, None, {**fields, "version": "1.0.0"}, build_image("1.0.0"))
+    post(checked, fleet.owner(plan="free"), {**fields, "version": "1.0.0"}, build_image("1.0.0"))
+    post(checked, owner, {"group": group.id, "token": group.token}, build_image("1.0.0"))
+    post(checked, owner, {**fields, "token": "x" * 16, "version": "1.0.0"}, build_image("1.0.0"))
+    post(checked, owner, {**fields, "version": "1.0.0"}, b"not an image")
+    post(checked, owner, {**fields, "group": "0" * 24, "version": "1.0.0"}, build_image("1.0.0"))
+    assert post(checked, owner, {**fields, "version": "1.0.0"}, build_image("1.0.0")).status_code == 201
+    assert post(checked, owner, {**fields, "version": "1.0.0"}, build_image("1.0.0", seed=1)).status_code == 409
+    too_big = services.settings.max_firmware_bytes + 1
+    assert post(checked, owner, {**fields, "version": "1.0.1"}, b"\xe9" * too_big).status_code == 413
+    storage.fail_put = True
+    assert post(checked, owner, {**fields, "version": "1.0.2"}, build_image("1.0.2")).status_code == 500
+    storage.fail_put = False
+
+    assert checked("GET", "/v1/ota/group", "/v1/ota/group?draw=7", headers=owner.headers).status_code == 200
+    checked("GET", "/v1/ota/group", "/v1/ota/group?offset=-1", headers=owner.headers)
+    checked("GET", "/v1/ota/group")
+
+    # --- devices
+    checked("GET", "/v1/ota/group/latest/{group_id}", f"/v1/ota/group/latest/{group.id}")
+    checked("GET", "/v1/ota/group/latest/{group_id}", "/v1/ota/group/latest/" + "0" * 24)
+    download = "/v1/ota/group/download/{credentials}"
+    url = f"/v1/ota/group/download/{group.id}{group.token}"
+    for method in ("GET", "HEAD"):
+        assert checked(method, download, url).status_code == 200
+        assert checked(method, download, url, headers={"Range": "bytes=0-99"}).status_code == 206
+        assert checked(method, download, url, headers={"Range": "bytes=0-9,20-29"}).status_code == 206
+        assert checked(method, download, url, headers={"Range": "bytes=99999999-"}).status_code == 416
+        assert checked(method, download, f"/v1/ota/group/download/{group.id}{'x' * 16}").status_code == 404
+        storage.fail_read = True
+        assert checked(method, download, url).status_code == 500
+        storage.fail_read = False
+
+    # --- rollouts
+    fleet_group = fleet.group(owner, name="fleet")
+    canary = fleet.group(owner, name="canary", parent=fleet_group)
+    bench = [fleet.device(canary, name=f"bench{i}", firmware_version="1.0.0") for i in range(2)]
+    # A device outside the canary keeps the fleet stage running until the abort.
+    fleet.device(fleet.group(owner, name="field", parent=fleet_group), name="field", firmware_version="1.0.0")
+    response = post(checked, owner, {
+        "group": fleet_group.id, "token": fleet_group.token, "version": "2.0.0", "canary": canary.id,
+        "auto_promote": "false",
+    }, build_image("2.0.0"))
+    assert response.status_code == 201
+    rollout_id = response.json()["rollout"]["id"]
+    one = "/v1/rollouts/{rollout_id}"
+    promote, abort = f"{one}/promote", f"{one}/abort"
+    assert checked("POST", promote, f"/v1/rollouts/{rollout_id}/promote", headers=owner.headers).status_code == 409
+    ReportIngester(services.engine).ingest_messages([
+        (f"/{owner.user.mqtt_user}/devices/{device.id}/status", json.dumps({"fw_version": "2.0.0"}).encode())
+        for device in bench
+    ])
+    assert checked("POST", promote, f"/v1/rollouts/{rollout_id}/promote", headers=owner.headers).status_code == 200
+    body = checked("GET", one, f"/v1/rollouts/{rollout_id}", headers=owner.headers).json()
+    assert {(d["name"], d["stage"]) for d in body["devices"]} == {
+        *((name, stage) for name in ("bench0", "bench1") for stage in ("canary", "fleet")), ("field", "fleet"),
+    }
+    checked("GET", one, f"/v1/rollouts/{rollout_id}?devices=false", headers=owner.headers)
+    checked("GET", one, "/v1/rollouts/" + "0" * 24, headers=owner.headers)
+    checked("GET", one, f"/v1/rollouts/{rollout_id}")
+    assert checked("POST", abort, f"/v1/rollouts/{rollout_id}/abort", headers=owner.headers).status_code == 200
+    assert checked("POST", abort, f"/v1/rollouts/{rollout_id}/abort", headers=owner.headers).status_code == 409
+    for template in (promote, abort):
+        checked("POST", template, template.replace("{rollout_id}", "0" * 24), headers=owner.headers)
+        checked("POST", template, template.replace("{rollout_id}", rollout_id))
+    listing = checked("GET", "/v1/rollouts", f"/v1/rollouts?group={fleet_group.id}", headers=owner.headers)
+    assert [r["id"] for r in listing.json()["rollouts"]] == [rollout_id]
+    checked("GET", "/v1/rollouts", headers=owner.headers)
+    checked("GET", "/v1/rollouts", "/v1/rollouts?group=" + "0" * 24, headers=owner.headers)
+    checked("GET", "/v1/rollouts", f"/v1/rollouts?group={fleet_group.id}")
+
+    # --- operations
+    checked("GET", "/healthz")
+    assert checked("GET", "/readyz").status_code == 200
+    storage.fail_check = True
+    assert checked("GET", "/readyz").status_code == 503
+    storage.fail_check = False
+    checked("GET", "/metrics")
+    checked("GET", "/openapi.json")
