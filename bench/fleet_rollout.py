@@ -10,6 +10,7 @@ to the anchor: AWS IoT Jobs rolls out at most 1,000 devices a minute.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from bench import servers
 from bench.context import Context, image, mib
 from bench.fleet import GroupRef, Owner, create_owner, insert_devices
 from bench.results import Figure, Row
+from bench.system import cpu_seconds
 
 NAME = "fleet"
 ANCHOR_PER_MINUTE = 1000.0  # AWS IoT Jobs: at most 1,000 devices a minute
@@ -30,6 +32,8 @@ class Rollout:
     seconds: float  # POST sent -> the last device reported the new version
     devices: int
     rollout_seconds: float | None = None  # POST -> GET /v1/rollouts/<id> says complete
+    receiver_cpu: float = 0.0  # CPU-seconds the receiver used over `seconds`
+    simulator_cpu: float = 0.0  # and this process, the simulated fleet
 
     @property
     def per_minute(self) -> float:
@@ -70,6 +74,7 @@ def run(ctx: Context) -> list[Row]:
                     new = f"5.0.{2 * rep + int(with_canary) + 1}"
                     result = asyncio.run(_rollout(
                         ctx, receiver.url, mqtt_url, fleet, current, new, with_canary, seed=rep,
+                        receiver_pid=receiver.pid,
                     ))
                     (staged if with_canary else plain).append(result)
                     current = new
@@ -81,8 +86,11 @@ def run(ctx: Context) -> list[Row]:
 
     def seconds(results: list[Rollout]) -> str:
         values = sorted(r.seconds for r in results)
-        return f"POST → all {devices} on the new version: {values[len(values) // 2]:.1f} s median " \
-               f"({', '.join(f'{v:.1f}' for v in values)} s)"
+        busy = max(results, key=lambda r: r.seconds)
+        return (f"POST → all {devices} on the new version: {values[len(values) // 2]:.1f} s median "
+                f"({', '.join(f'{v:.1f}' for v in values)} s); in the slowest, the receiver used "
+                f"{busy.receiver_cpu / busy.seconds:.0%} of a core and the simulated fleet "
+                f"{busy.simulator_cpu / busy.seconds:.0%}")
 
     rollout_done = [r.rollout_seconds for r in staged if r.rollout_seconds is not None]
     return [
@@ -98,7 +106,7 @@ def run(ctx: Context) -> list[Row]:
 
 async def _rollout(
     ctx: Context, server: str, mqtt_url: str, fleet: Fleet, current: str, new: str, with_canary: bool,
-    *, seed: int,
+    *, seed: int, receiver_pid: int,
 ) -> Rollout:
     from receiver.simulate import FleetProgress, SimulationConfig, simulate
 
@@ -130,12 +138,14 @@ async def _rollout(
                            "success_threshold": "1", "error_threshold": "0"})
         async with httpx.AsyncClient(base_url=server, headers=fleet.owner.headers, timeout=120) as client:
             posted = time.monotonic()
+            cpu = (cpu_seconds(receiver_pid), cpu_seconds(os.getpid()))
             answer = await client.post("/v1/ota/group", data=fields,
                                        files={"firmware": ("firmware.bin", firmware, "application/octet-stream")})
             if answer.status_code != 201:
                 raise RuntimeError(f"deploy of {new} answered {answer.status_code}: {answer.text[:300]}")
             rollout_id = (answer.json().get("rollout") or {}).get("id")
             summaries = await asyncio.wait_for(asyncio.gather(*tasks), timeout=600)
+            used = (cpu_seconds(receiver_pid) - cpu[0], cpu_seconds(os.getpid()) - cpu[1])
             rollout_seconds = None
             if rollout_id:
                 rollout_seconds = await _rollout_complete(client, rollout_id, posted)
@@ -147,7 +157,7 @@ async def _rollout(
         if not summary.reached_until_version or summary.last_on_target_seconds is None:
             raise RuntimeError(f"only {summary.on_target} of {len(ids)} devices reached {new}")
         ends.append(starts[group.id] + summary.last_on_target_seconds)
-    return Rollout(max(ends) - posted, sum(len(ids) for _, ids in parts), rollout_seconds)
+    return Rollout(max(ends) - posted, sum(len(ids) for _, ids in parts), rollout_seconds, *used)
 
 
 async def _until(condition, tasks, *, timeout: float) -> None:  # type: ignore[no-untyped-def]

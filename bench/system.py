@@ -107,10 +107,16 @@ def reset_peak(pid: int) -> bool:
 
 
 class PeakGrowth:
-    """Peak RSS growth of a process over a stretch of work: `with PeakGrowth(pid) as g: ...; g.bytes`."""
+    """Peak RSS growth of a process over a stretch of work: `with PeakGrowth(pid, idle) as g: ...; g.bytes`.
 
-    def __init__(self, pid: int) -> None:
+    Measured from `idle`, the RSS of the server before any load, not from the RSS
+    when the stretch starts: an allocator keeps what an earlier repetition took,
+    and growth from there would look flat when it is not.
+    """
+
+    def __init__(self, pid: int, idle: int | None = None) -> None:
         self.pid = pid
+        self.idle = idle
         self.bytes = 0
 
     def __enter__(self) -> PeakGrowth:
@@ -120,8 +126,11 @@ class PeakGrowth:
 
     def __exit__(self, *exc: object) -> None:
         after = memory(self.pid)
-        # Without a reset, the peak before the stretch bounds what we can tell.
-        start = self.before.rss if self.reset else self.before.peak
+        if self.idle is not None:
+            start = self.idle
+        else:
+            # Without a reset, the peak before the stretch bounds what we can tell.
+            start = self.before.rss if self.reset else self.before.peak
         self.bytes = max(0, after.peak - start)
 
 
