@@ -6,6 +6,7 @@ the same ReportIngester the subscriber feeds, so every decision is exact.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -18,8 +19,7 @@ from receiver.db import read_session, write_session
 from receiver.ids import utcnow
 from receiver.models import Device, Group, TriggerMessage
 from receiver.mqtt.reports import ReportIngester
-from receiver.rollout_runner import RolloutRunner
-from receiver.rollouts import evaluate
+from receiver.rollouts import active_rollout_states, evaluate
 from receiver.services import Services
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
@@ -63,19 +63,27 @@ def report(services: Services, s: Setup, device: Device, kind: str, body: dict[s
 
 
 def tick(services: Services, *, after: float = 0) -> None:
-    # As the running receiver does after each pass: forget cached answers.
-    services.catalog.invalidate()
-    if after == 0:
-        RolloutRunner(services.engine, notify=True).evaluate_all()
-        services.catalog.invalidate()
-        return
-    from receiver.rollouts import active_rollout_states
+    """One pass of the rollout clock, `after` seconds from now.
 
+    The app's own clock runs too (a deploy wakes it); when it holds a
+    rollout's row lock, evaluate() skips the row, so try again until this
+    pass really evaluated it.
+    """
     with read_session(services.engine) as session:
         ids = [rollout_id for rollout_id, _ in active_rollout_states(session=session)]
     for rollout_id in ids:
-        with write_session(services.engine) as session:
-            evaluate(session=session, rollout_id=rollout_id, notify=True, now=utcnow() + timedelta(seconds=after))
+        for _ in range(200):
+            with write_session(services.engine) as session:
+                state = evaluate(
+                    session=session, rollout_id=rollout_id, notify=True,
+                    now=utcnow() + timedelta(seconds=after),
+                )
+            if state is not None:
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError(f"rollout {rollout_id} stayed locked")
+    # As the running receiver does after each pass: forget cached answers.
     services.catalog.invalidate()
 
 
@@ -251,6 +259,7 @@ def test_soak_and_manual_promotion(client: TestClient, services: Services, setup
     assert promoted.status_code == 200
     assert promoted.json()["state"] == "fleet"
     assert latest(client, s.group) == "1.1.0"
+    assert 'otaship_deploys_total{kind="promotion"} 1.0' in client.get("/metrics").text
     again = client.post(f"/v1/rollouts/{rollout_id}/promote", headers=s.owner.headers)
     assert again.status_code == 409
 

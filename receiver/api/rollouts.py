@@ -13,6 +13,7 @@ from receiver.api.responses import UNAUTHORIZED, message, server_error
 from receiver.auth import authenticated_owner
 from receiver.groups import get_owned_group
 from receiver.ids import is_id
+from receiver.metrics import Metrics
 from receiver.models import Rollout
 from receiver.rollouts import RolloutError, abort, manual_promote, rollout_json
 from receiver.services import Services
@@ -102,6 +103,8 @@ async def _change(request: Request, action: str) -> Response:
     except SQLAlchemyError as exc:
         return server_error("Error when changing the rollout", exc)
     services.deployed()
+    if action == "promote" and body["state"] == "fleet":
+        Metrics.of(request).deploys.labels("promotion").inc()
     return JSONResponse(body)
 
 
