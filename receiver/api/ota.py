@@ -1,6 +1,7 @@
 """The IoTaaP Group OTA API: list and deploy (spec/group-ota-api.md)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -8,7 +9,7 @@ import semver
 from sqlalchemy import func
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -24,6 +25,8 @@ from receiver.rollouts import CanaryDeploy, RolloutConflict, RolloutError, deplo
 from receiver.services import Services
 from receiver.storage import StorageError, object_key
 from receiver.upload import MalformedUpload, Upload, UploadTooLarge, receive_upload
+
+log = logging.getLogger("otaship.api")
 
 LIST_ERROR = "Error when getting group OTA's."
 UPLOAD_ERROR = "Error when uploading firmware file"
@@ -206,6 +209,10 @@ async def post_group_ota(request: Request) -> Response:
         upload = await receive_upload(
             request, spool_dir=settings.tmp_dir, max_file_bytes=settings.max_firmware_bytes
         )
+    except ClientDisconnect:
+        # The client went away mid-upload: nothing was stored, nobody to answer.
+        log.info("a firmware upload was abandoned by its client")
+        return message(400, "The upload was interrupted")
     except UploadTooLarge as exc:
         return message(
             413,
