@@ -50,19 +50,23 @@ def engine_for(env: dict[str, str]) -> Engine:
 
 
 def create_owner(
-    env: dict[str, str], groups: Sequence[tuple[str, int | None]] = (), email: str = "bench@example.com"
+    env: dict[str, str], groups: Sequence[tuple[str, int | None]] = (), email: str = "bench@example.com",
+    *, migrate: bool = False,
 ) -> tuple[Owner, list[GroupRef]]:
     """A pro owner and its groups, with `otaship user create` and `otaship group create`.
 
     `groups` are (name, parent) pairs; parent is the index of an earlier group, or None.
+    With `migrate`, `otaship migrate` runs first (the Alembic schema, for PostgreSQL).
     """
-    commands: list[list[str]] = [["user", "create", email, "--plan", "pro"]]
+    commands: list[list[str]] = [["migrate"]] if migrate else []
+    commands.append(["user", "create", email, "--plan", "pro"])
+    offset = len(commands)
     for name, parent in groups:
         command = ["group", "create", name, "--owner", email]
         if parent is not None:
-            command += ["--parent", f"{{{parent + 1}[id]}}"]
+            command += ["--parent", f"{{{parent + offset}[id]}}"]
         commands.append(command)
-    user, *created = otaship_batch(env, *commands)
+    user, *created = otaship_batch(env, *commands)[offset - 1:]
     owner = Owner(user["id"], email, user["api_key"], user["mqtt_user"], user["mqtt_password"])
     return owner, [GroupRef(g["id"], g["token"]) for g in created]
 

@@ -141,8 +141,9 @@ def otaship_json(env: dict[str, str], *args: str) -> Any:
     return json.loads(otaship_cli(env, *args).stdout)
 
 
-# Several `otaship` commands in one interpreter: each prints one JSON object, and
-# an argument may name an earlier result, "{0[id]}" being the first one's id.
+# Several `otaship` commands in one interpreter: each prints one JSON object (or
+# text, kept as None), and an argument may name an earlier result, "{0[id]}"
+# being the first one's id.
 _BATCH = """
 import contextlib, io, json, sys
 from receiver.cli import main
@@ -154,7 +155,10 @@ for argv in json.loads(sys.argv[1]):
         code = main(argv)
     if code:
         sys.exit(f"otaship {' '.join(argv)} exited with {code}")
-    results.append(json.loads(out.getvalue()))
+    try:
+        results.append(json.loads(out.getvalue()))
+    except ValueError:
+        results.append(None)
 print(json.dumps(results))
 """
 
@@ -172,16 +176,17 @@ def otaship_batch(env: dict[str, str], *commands: Sequence[str]) -> list[Any]:
 
 
 @functools.lru_cache(maxsize=1)
-def _has_migrate() -> bool:
-    result = subprocess.run(
-        [*OTASHIP, "migrate", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    return result.returncode == 0
-
-
 def has_migrate() -> bool:
     """Whether this receiver has `otaship migrate` (Alembic schema for PostgreSQL)."""
-    return _has_migrate()
+    import argparse
+
+    from receiver.cli import build_parser
+
+    return any(
+        "migrate" in action.choices
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
 
 
 def receiver(env: dict[str, str], log_dir: Path) -> Server:
