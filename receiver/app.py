@@ -78,7 +78,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     metrics = Metrics()
     app = Starlette(
         routes=[
-            *ota.routes, *devices.routes, *rollouts.routes,
+            # The device routes first: every device of a fleet hits them at once.
+            *devices.routes, *ota.routes, *rollouts.routes,
             *health.routes, *metrics_routes, *openapi.routes,
         ],
         middleware=[Middleware(ObserveRequests, metrics=metrics)],

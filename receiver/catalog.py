@@ -9,8 +9,10 @@ misses for one group share a single database read.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import anyio.to_thread
 from sqlalchemy.engine import Engine
@@ -32,6 +34,11 @@ class ServedFirmware:
     sha256: str
     md5: str
     size: int
+
+    @cached_property
+    def latest_body(self) -> bytes:
+        """The `latest` answer, serialised once per deploy rather than per device."""
+        return json.dumps({"ver": self.version}, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from receiver.api.responses import message, server_error
@@ -27,7 +27,7 @@ async def latest(request: Request) -> Response:
         return message(404, "No such group")
     if entry.firmware is None:
         return message(404, "No firmware for this group")
-    return JSONResponse({"ver": entry.firmware.version})
+    return Response(entry.firmware.latest_body, media_type="application/json")
 
 
 async def download(request: Request) -> Response:
