@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from google.api_core import exceptions as api_exceptions
 
+import receiver.storage.local as local_module
 from receiver.storage import ObjectNotFound, Storage, StorageError, create_storage, object_key
 from receiver.storage.gcs import GCSStorage
 from receiver.storage.local import LocalStorage
@@ -166,16 +167,46 @@ def test_nonexistent_source_leaves_nothing(backend: Backend, tmp_path: Path) -> 
 
 
 def test_source_failing_mid_read_leaves_nothing(
-    backend: Backend, tmp_path: Path, failing_source: Callable[[Path, int], None]
+    backend: Backend, tmp_path: Path, failing_source: Callable[[Path, int], None],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     key, source, _ = _image(tmp_path, 3 * MiB)
     failing_source(source, int(1.5 * MiB))
+    # The local backend would hard-link and never read: make it copy, as it
+    # does when the spool folder is on another filesystem.
+    monkeypatch.setattr(local_module.os, "link", _cross_device_link)
 
     with pytest.raises(OSError, match="Input/output error"):
         backend.storage.put(key, source)
 
     assert not backend.storage.exists(key)
     assert backend.stored() == []
+
+
+def _cross_device_link(src: object, dst: object) -> None:
+    raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+
+def test_local_put_links_the_source_instead_of_copying(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "objects")
+    key, source, data = _image(tmp_path, 300 * KiB)
+    storage.put(key, source)
+    stored = storage.local_path(key)
+    assert stored.read_bytes() == data
+    assert stored.stat().st_ino == source.stat().st_ino
+    source.unlink()  # the upload spool goes away; the object stays
+    assert storage.local_path(key).read_bytes() == data
+    assert _files_under(tmp_path / "objects" / ".tmp") == []
+
+
+def test_local_put_copies_when_it_cannot_link(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_module.os, "link", _cross_device_link)
+    storage = LocalStorage(tmp_path / "objects")
+    key, source, data = _image(tmp_path, 300 * KiB)
+    storage.put(key, source)
+    stored = storage.local_path(key)
+    assert stored.read_bytes() == data
+    assert stored.stat().st_ino != source.stat().st_ino
 
 
 BAD_KEYS = [

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +87,8 @@ class LocalStorage(Storage):
     def put(self, key: str, source: Path) -> None:
         path = self._path(key)
         self._prepare()
+        if self._put_by_link(path, source):
+            return
         # Opened before the temp file exists: a missing source is the caller's bug,
         # raised as it is, and leaves nothing to clean up.
         with open(source, "rb") as src:
@@ -119,6 +122,35 @@ class LocalStorage(Storage):
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
+
+    def _put_by_link(self, path: Path, source: Path) -> bool:
+        """Store the object as a second name of the source file, without copying.
+
+        An upload is spooled in the data dir, usually on the same filesystem as
+        the objects: a hard link saves copying every byte again. The source
+        must not change afterwards (uploads never do). False when linking is
+        not possible here (another filesystem, no hard links): then copy.
+        """
+        tmp = self._tmp / f"{secrets.token_hex(8)}{_TMP_SUFFIX}"
+        try:
+            os.link(source, tmp)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            return False
+        try:
+            try:
+                with open(tmp, "rb") as linked:
+                    os.fsync(linked.fileno())
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)
+                _fsync_dir(path.parent)
+            except OSError as exc:
+                raise StorageError(f"cannot store object: {exc.strerror}") from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return True
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
