@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 from alembic import command
-from alembic.autogenerate import compare_metadata
+from alembic.autogenerate import compare_metadata, produce_migrations, render_python_code
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, text
 from sqlmodel import SQLModel
 
 from receiver.app import build_services
@@ -33,6 +33,7 @@ from receiver.db import (
     migrate,
     schema_status,
 )
+from receiver.migrations.render import render_item
 from receiver.settings import Settings
 from tests.receiver_process import ReceiverProcess, cli_env, otaship, otaship_json
 
@@ -217,6 +218,26 @@ def test_a_revision_from_a_newer_otaship_is_refused(new_database: NewDatabase) -
                 attempt(engine)
     finally:
         engine.dispose()
+
+
+def test_autogenerate_writes_plain_sqlalchemy_types() -> None:
+    """A new revision imports nothing from sqlmodel (see receiver/migrations/render.py)."""
+    engine = create_engine("sqlite://")
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"target_metadata": SQLModel.metadata, "render_item": render_item}
+            )
+            operations = produce_migrations(context, SQLModel.metadata).upgrade_ops
+            assert operations is not None
+            code = render_python_code(operations, render_item=render_item)
+    finally:
+        engine.dispose()
+    assert "sqlmodel" not in code
+    assert "sa.Column('email', sa.String(length=320), nullable=False)" in code
+    assert "sa.Column('created_at', sa.DateTime(timezone=True), nullable=False)" in code
+    # Where script.py.mako puts it: the template indents the first line, Alembic the rest.
+    compile(f"def upgrade() -> None:\n    {code}\n", "revision", "exec")
 
 
 def test_each_schema_problem_says_what_to_do() -> None:

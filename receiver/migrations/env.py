@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 from receiver import models  # noqa: F401  (registers the tables)
+from receiver.migrations.render import render_item
 
 
 def _run(connection: Connection) -> None:
@@ -22,6 +23,7 @@ def _run(connection: Connection) -> None:
         # SQLite alters a table by copying it; batch mode writes that for us.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        render_item=render_item,
         # receiver.db runs SQLite with its own BEGIN, so DDL is transactional there too.
         transactional_ddl=True,
     )
