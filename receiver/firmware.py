@@ -82,14 +82,20 @@ class FirmwareImage:
     app: AppDescriptor | None
 
 
-def inspect_firmware(path: str | os.PathLike[str], *, expected_chip: str | None = None) -> FirmwareImage:
+def inspect_firmware(
+    path: str | os.PathLike[str],
+    *,
+    expected_chip: str | None = None,
+    digests: tuple[str, str] | None = None,
+) -> FirmwareImage:
     """Validate an ESP32-family application image file and describe it. Raises InvalidFirmware.
 
     The chip comes from the image header and is compared with `expected_chip`
     before anything else is read, so an image for another chip gets that
     message even if it is also damaged. An `expected_chip` that is not in
     SUPPORTED_CHIPS is a ValueError: it is a bug or bad configuration, not a
-    bad upload.
+    bad upload. `digests` (sha256, md5 as hex) are the file's hashes when the
+    caller already computed them while the bytes streamed in.
     """
     if expected_chip is not None and expected_chip not in SUPPORTED_CHIPS:
         raise ValueError(f"Unknown chip {expected_chip!r}; expected one of: {', '.join(SUPPORTED_CHIPS)}")
@@ -103,16 +109,22 @@ def inspect_firmware(path: str | os.PathLike[str], *, expected_chip: str | None 
             view = memoryview(mapped)
             reader = _MappedReader(view)
             try:
-                return _inspect(view, reader, expected_chip)
+                return _inspect(view, reader, expected_chip, digests)
             finally:
                 reader.release()
                 view.release()
 
 
-def _inspect(view: memoryview, reader: _MappedReader, expected_chip: str | None) -> FirmwareImage:
+def _inspect(
+    view: memoryview, reader: _MappedReader, expected_chip: str | None, digests: tuple[str, str] | None
+) -> FirmwareImage:
     chip = _chip_from_header(view)
     if expected_chip is not None and chip != expected_chip:
         raise InvalidFirmware(f"Firmware is built for {chip}, but this group runs {expected_chip}")
+    if digests is not None:
+        image = _load_image(view, reader, chip)
+        sha256, md5 = digests
+        return FirmwareImage(chip=chip, size=len(view), sha256=sha256, md5=md5, app=_app_descriptor(image))
 
     # MD5 runs on a second core while esptool parses and the checksum and
     # SHA-256 are computed here: hashlib releases the GIL on large buffers.

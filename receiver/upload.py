@@ -7,6 +7,7 @@ The size limit is enforced as the bytes arrive, not after the fact.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -39,6 +40,13 @@ class Upload:
     file_path: Path | None = None
     file_size: int = 0
     file_name: str | None = None
+    # Hashed as the bytes arrive, so validation need not read the file again.
+    sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
+    md5: hashlib._Hash = field(default_factory=lambda: hashlib.md5(usedforsecurity=False))
+
+    @property
+    def digests(self) -> tuple[str, str]:
+        return self.sha256.hexdigest(), self.md5.hexdigest()
 
     def discard(self) -> None:
         if self.file_path is not None:
@@ -118,7 +126,10 @@ class _FormCollector:
             self.upload.file_size += end - start
             if self.upload.file_size > self.max_file_bytes:
                 raise UploadTooLarge(self.max_file_bytes)
-            self.part.sink.write(memoryview(data)[start:end])
+            chunk = memoryview(data)[start:end]
+            self.part.sink.write(chunk)
+            self.upload.sha256.update(chunk)
+            self.upload.md5.update(chunk)
         elif self.part.filename is None:
             self.part.text += data[start:end]
             if len(self.part.text) > MAX_FIELD_BYTES:

@@ -307,3 +307,15 @@ def test_builder_rejects_bad_arguments() -> None:
         build_image(chip="esp8266")
     with pytest.raises(ValueError):
         build_image(code_size=0)
+
+
+def test_digests_computed_while_streaming_are_used_as_given(tmp_path: Path) -> None:
+    path = tmp_path / "firmware.bin"
+    path.write_bytes(build_image("1.0.0"))
+    image = inspect_firmware(path, digests=("a" * 64, "b" * 32))
+    assert (image.sha256, image.md5) == ("a" * 64, "b" * 32)
+    assert image.app is not None and image.app.version == "1.0.0"
+    # The image is still validated in full.
+    path.write_bytes(b"\x00" + build_image("1.0.0")[1:])
+    with pytest.raises(InvalidFirmware, match="magic"):
+        inspect_firmware(path, digests=("a" * 64, "b" * 32))

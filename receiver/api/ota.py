@@ -276,9 +276,10 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
 
     assert upload.file_path is not None
     file_path = upload.file_path
+    digests = upload.digests
     try:
         image = await services.run_blocking(
-            lambda: inspect_firmware(file_path, expected_chip=group.chip)
+            lambda: inspect_firmware(file_path, expected_chip=group.chip, digests=digests)
         )
     except InvalidFirmware as exc:
         return message(400, str(exc))
