@@ -14,6 +14,7 @@ from receiver.catalog import FirmwareCatalog
 from receiver.db import read_session, write_session
 from receiver.settings import Settings
 from receiver.storage import Storage
+from receiver.ttl_map import TtlMap
 
 T = TypeVar("T")
 
@@ -26,6 +27,10 @@ class Services:
     catalog: FirmwareCatalog
     # Whether deploys write triggers (MQTT is not `none`).
     notify: bool = False
+    # Each owner's number of OTAs for the listing's recordsTotal: counting 100k
+    # rows per page request is the listing's main cost. Another replica's
+    # deploy shows within the TTL; this replica's at once.
+    listing_totals: TtlMap[str, int] = field(default_factory=lambda: TtlMap(1.0))
     # Called after anything that changes what devices should run.
     on_deploy: list[Callable[[], None]] = field(default_factory=list)
 
@@ -55,6 +60,7 @@ class Services:
     def deployed(self) -> None:
         """Something was deployed: forget cached answers and publish triggers now."""
         self.catalog.invalidate()
+        self.listing_totals.clear()
         for callback in self.on_deploy:
             callback()
 

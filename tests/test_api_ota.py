@@ -393,3 +393,12 @@ def test_the_spool_folder_is_empty_after_every_kind_of_post(
     post(client, owner, {**fields, "version": "1.0.0"}, build_image(seed=5))  # 409
     tmp_dir: Path = settings.tmp_dir  # type: ignore[attr-defined]
     assert list(tmp_dir.iterdir()) == []
+
+
+def test_records_total_counts_a_deploy_at_once(client: TestClient, fleet: Fleet) -> None:
+    owner = fleet.owner()
+    assert client.get("/v1/ota/group", headers=owner.headers).json()["recordsTotal"] == 0
+    deploy(client, owner, fleet.group(owner, name="a"), "1.0.0")
+    assert client.get("/v1/ota/group", headers=owner.headers).json()["recordsTotal"] == 1
+    deploy(client, owner, fleet.group(owner, name="b"), "1.0.0")
+    assert client.get("/v1/ota/group", headers=owner.headers).json()["recordsTotal"] == 2

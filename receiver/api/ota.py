@@ -98,9 +98,15 @@ def parse_list_query(request: Request) -> ListQuery:
     )
 
 
-def list_otas(*, session: Session, owner_id: str, query: ListQuery) -> tuple[list[GroupOta], int, int]:
+def list_otas(
+    *, session: Session, owner_id: str, query: ListQuery, known_total: int | None = None
+) -> tuple[list[GroupOta], int, int]:
     owned = col(GroupOta.owner_id) == owner_id
-    total = session.exec(select(func.count()).select_from(GroupOta).where(owned)).one()
+    total = (
+        known_total
+        if known_total is not None
+        else session.exec(select(func.count()).select_from(GroupOta).where(owned)).one()
+    )
     filters = [owned]
     if query.search:
         # autoescape: % and _ in the search are literal characters, not wildcards.
@@ -129,10 +135,14 @@ async def get_group_otas(request: Request) -> Response:
     services = Services.of(request)
     try:
         rows, total, filtered = await services.run_db(
-            lambda session: list_otas(session=session, owner_id=owner.id, query=query)
+            lambda session: list_otas(
+                session=session, owner_id=owner.id, query=query,
+                known_total=services.listing_totals.get(owner.id),
+            )
         )
     except SQLAlchemyError as exc:
         return server_error(LIST_ERROR, exc)
+    services.listing_totals.put(owner.id, total)
     return JSONResponse(
         {
             "otas": [ota_json(ota) for ota in rows],
