@@ -108,7 +108,10 @@ class SchemaStatus:
                 "a newer otaship migrated it; run that version"
             )
         if self.unversioned:
-            return "the database was created by an otaship without migrations: run `otaship migrate` to adopt it"
+            return (
+                "the database was created by an otaship without migrations: "
+                "run `otaship migrate` to adopt it"
+            )
         if self.current is None:
             return "the database has no otaship schema: run `otaship migrate`"
         return (

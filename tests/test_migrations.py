@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -248,7 +247,8 @@ def test_each_schema_problem_says_what_to_do() -> None:
     assert SchemaStatus(current=None, head="0002").problem == (
         "the database has no otaship schema: run `otaship migrate`"
     )
-    assert "run `otaship migrate` to adopt it" in str(SchemaStatus(current=None, head="0002", unversioned=True).problem)
+    unversioned = SchemaStatus(current=None, head="0002", unversioned=True)
+    assert "run `otaship migrate` to adopt it" in str(unversioned.problem)
     assert "run that version" in str(SchemaStatus(current="0003", head="0002", unknown=True).problem)
 
 
@@ -291,7 +291,8 @@ def test_serve_refuses_an_out_of_date_postgres_until_migrate(empty_postgres_url:
     created = otaship_json(env, "user", "create", "ops@example.com", "--plan", "pro")
     receiver.start()
     try:
-        answer = httpx.get(f"{receiver.url}/v1/ota/group", headers={"Authorization": f"Bearer {created['api_key']}"})
+        headers = {"Authorization": f"Bearer {created['api_key']}"}
+        answer = httpx.get(f"{receiver.url}/v1/ota/group", headers=headers)
         assert answer.status_code == 200
     finally:
         receiver.stop()
