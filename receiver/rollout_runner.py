@@ -18,6 +18,7 @@ from receiver.db import read_session, write_session
 from receiver.models import Rollout
 from receiver.rollout import CANARY, FLEET
 from receiver.rollouts import active_rollout_states, evaluate
+from receiver.wakeup import sleep_until_woken
 
 if TYPE_CHECKING:
     from receiver.metrics import Metrics
@@ -74,8 +75,4 @@ class RolloutRunner:
                     self.on_change()
             except Exception:
                 log.exception("rollout evaluation failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.tick)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await sleep_until_woken(self._wake, self.tick)

@@ -83,7 +83,9 @@ async def _wait(future: Future[None], timeout: float) -> None:
             loop.call_soon_threadsafe(done.set)
 
     future.add_done_callback(wake)
-    await asyncio.wait_for(done.wait(), timeout)
+    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+    async with asyncio.timeout(timeout):
+        await done.wait()
     future.result()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from receiver.db import write_session
 from receiver.ids import utcnow
 from receiver.models import TriggerMessage
 from receiver.mqtt.link import MqttLink
+from receiver.wakeup import sleep_until_woken
 
 if TYPE_CHECKING:
     from receiver.metrics import Metrics
@@ -44,7 +44,6 @@ class TriggerPublisher:
         self.metrics = metrics
         self.link = link
         self.idle_interval = idle_interval
-        self.claimant = secrets.token_hex(6)
         self.published = 0
         self._wake = asyncio.Event()
         self._inflight: dict[int, mqtt.MQTTMessageInfo] = {}
@@ -62,11 +61,7 @@ class TriggerPublisher:
                 busy = False
             if busy:
                 continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.idle_interval)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await sleep_until_woken(self._wake, self.idle_interval)
 
     def _claim(self, now: datetime) -> list[TriggerMessage]:
         with write_session(self.engine) as session:
