@@ -293,6 +293,7 @@ def main(
 
     # Imported here so that `--help` does not load httpx, semver or esptool.
     from action import deploy
+    from action.client import RolloutRequest
 
     def build_inputs() -> deploy.BuildInputs:
         return deploy.BuildInputs(
@@ -345,12 +346,14 @@ def main(
         group=args.group,
         token=args.group_token,
         commit=args.commit,
-        canary=args.canary,
-        canary_timeout=args.canary_timeout,
-        success_threshold=args.success_threshold,
-        error_threshold=args.error_threshold,
-        soak=args.soak,
-        auto_promote=args.auto_promote,
+        rollout=RolloutRequest(
+            canary=args.canary,
+            canary_timeout=args.canary_timeout,
+            success_threshold=args.success_threshold,
+            error_threshold=args.error_threshold,
+            soak=args.soak,
+            auto_promote=args.auto_promote,
+        ),
         wait=args.wait,
         timeout=args.timeout,
         poll_interval=args.poll_interval,

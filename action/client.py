@@ -45,13 +45,9 @@ class ReceiverUnavailable(ReceiverError):
 
 
 @dataclass(frozen=True)
-class Deployment:
-    """The form fields of one POST /v1/ota/group, besides the image."""
+class RolloutRequest:
+    """The staged-rollout fields of a deploy; all empty means a plain deploy."""
 
-    group: str
-    token: str
-    version: str
-    commit: str | None = None
     canary: str | None = None
     canary_timeout: int | None = None
     success_threshold: float | None = None
@@ -59,10 +55,8 @@ class Deployment:
     soak: int | None = None
     auto_promote: bool | None = None
 
-    def form_fields(self) -> dict[str, str]:
-        fields = {"group": self.group, "token": self.token, "version": self.version}
-        optional: dict[str, object | None] = {
-            "commit": self.commit,
+    def form_fields(self) -> dict[str, object | None]:
+        return {
             "canary": self.canary,
             "canary_timeout": self.canary_timeout,
             "success_threshold": self.success_threshold,
@@ -70,6 +64,21 @@ class Deployment:
             "soak": self.soak,
             "auto_promote": None if self.auto_promote is None else str(self.auto_promote).lower(),
         }
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The form fields of one POST /v1/ota/group, besides the image."""
+
+    group: str
+    token: str
+    version: str
+    commit: str | None = None
+    rollout: RolloutRequest = RolloutRequest()
+
+    def form_fields(self) -> dict[str, str]:
+        fields = {"group": self.group, "token": self.token, "version": self.version}
+        optional: dict[str, object | None] = {"commit": self.commit, **self.rollout.form_fields()}
         fields.update(
             {key: str(value) for key, value in optional.items() if value is not None and value != ""}
         )

@@ -24,7 +24,14 @@ from action.build import (
     run_build,
     select_env,
 )
-from action.client import Deployment, ReceiverClient, ReceiverError, ReceiverRejected, ReceiverUnavailable
+from action.client import (
+    Deployment,
+    ReceiverClient,
+    ReceiverError,
+    ReceiverRejected,
+    ReceiverUnavailable,
+    RolloutRequest,
+)
 from action.follow import FAILED_STATES, FollowResult, failure_message, follow_rollout
 from action.summary import DeployReport, build_outputs, deploy_outputs, render_summary
 from action.version import VersionError, app_version_mismatch, git_ref_from_environ, resolve_version
@@ -70,12 +77,7 @@ class DeployInputs:
     group: str
     token: str
     commit: str | None = None
-    canary: str | None = None
-    canary_timeout: int | None = None
-    success_threshold: float | None = None
-    error_threshold: int | None = None
-    soak: int | None = None
-    auto_promote: bool | None = None
+    rollout: RolloutRequest = RolloutRequest()
     wait: bool = True
     timeout: float = 3600.0
     poll_interval: float = 5.0
@@ -217,16 +219,11 @@ def deploy(
         token=inputs.token,
         version=report.version,
         commit=inputs.commit,
-        canary=inputs.canary,
-        canary_timeout=inputs.canary_timeout,
-        success_threshold=inputs.success_threshold,
-        error_threshold=inputs.error_threshold,
-        soak=inputs.soak,
-        auto_promote=inputs.auto_promote,
+        rollout=inputs.rollout,
     )
     workflow.info(
         f"deploying {report.version} to group {inputs.group}"
-        + (f" with canary {inputs.canary}" if inputs.canary else "")
+        + (f" with canary {inputs.rollout.canary}" if inputs.rollout.canary else "")
     )
     try:
         body = receiver.deploy(deployment, image)
@@ -311,7 +308,7 @@ def follow_if_asked(
     inputs: DeployInputs, receiver: ReceiverClient, report: DeployReport, workflow: Workflow
 ) -> int:
     try:
-        if report.rollout is None and report.deployed is False and inputs.wait and inputs.canary:
+        if report.rollout is None and report.deployed is False and inputs.wait and inputs.rollout.canary:
             # Nothing was redeployed; the job's verdict is that of the version's own rollout.
             found = find_version_rollout(receiver, inputs.group, report.version)
             if found is not None:

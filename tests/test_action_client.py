@@ -24,6 +24,7 @@ from action.client import (
     ReceiverClient,
     ReceiverRejected,
     ReceiverUnavailable,
+    RolloutRequest,
     build_deploy_request,
 )
 from action.retry import RetryPolicy
@@ -99,7 +100,8 @@ def scripted() -> Iterator[ScriptedServer]:
 
 
 DEPLOYMENT = Deployment(
-    group="a" * 24, token="t" * 16, version="1.2.3", commit="abc123", canary="c" * 24, success_threshold=0.5
+    group="a" * 24, token="t" * 16, version="1.2.3", commit="abc123",
+    rollout=RolloutRequest(canary="c" * 24, success_threshold=0.5),
 )
 CREATED: Reply = (
     201,
@@ -164,12 +166,9 @@ def test_form_fields_leave_out_what_is_unset() -> None:
         token="t",
         version="1.0.0",
         commit="c",
-        canary="k",
-        canary_timeout=60,
-        success_threshold=0.8,
-        error_threshold=0,
-        soak=30,
-        auto_promote=False,
+        rollout=RolloutRequest(
+            canary="k", canary_timeout=60, success_threshold=0.8, error_threshold=0, soak=30, auto_promote=False
+        ),
     ).form_fields()
     assert fields == {
         "group": "g",
