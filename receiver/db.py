@@ -15,6 +15,8 @@ during a rolling deploy, so the receiver refuses to run on an out-of-date one.
 from __future__ import annotations
 
 import functools
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
 
 _IMMEDIATE = "otaship_immediate"
+# How long a SQLite statement waits for another connection's write lock.
+SQLITE_BUSY_TIMEOUT_S = 30
 
 
 def create_db_engine(url: str) -> Engine:
@@ -43,7 +47,7 @@ def create_db_engine(url: str) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
-            connect_args={"timeout": 30, "check_same_thread": False},
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
             hide_parameters=True,
         )
         _configure_sqlite(engine)
@@ -54,16 +58,32 @@ def create_db_engine(url: str) -> Engine:
     )
 
 
+def _use_wal(cursor: sqlite3.Cursor) -> None:
+    # Switching a new file to WAL takes an exclusive lock without waiting on
+    # the busy handler: two processes opening a fresh database at once (say,
+    # two `otaship migrate`) would see "database is locked". The switch happens
+    # once per file, so waiting for it as busy_timeout would is enough.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event below issue BEGIN, so it can choose IMMEDIATE.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -84,6 +84,11 @@ def postgres_database() -> Iterator[Schemas]:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     database = create_engine(f"{SERVER_URL}/{name}", isolation_level="AUTOCOMMIT", pool_size=1)
+    with database.connect() as conn:
+        # Where an administrator would put it. Left to the first migration, it
+        # would land in that test's schema, and dropping the schema would take
+        # the search index of every other schema with it.
+        conn.execute(text("CREATE EXTENSION pg_trgm SCHEMA public"))
     try:
         yield Schemas(database)
     finally:

@@ -3,11 +3,12 @@ PostgreSQL, and the receiver starts only on a schema that is up to date."""
 from __future__ import annotations
 
 import itertools
+import secrets
 import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata, produce_migrations, render_python_code
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import Engine, make_url
 from sqlmodel import SQLModel
 
 from receiver.app import build_services
@@ -32,8 +34,10 @@ from receiver.db import (
     migrate,
     schema_status,
 )
-from receiver.migrations.render import render_item
+from receiver.migrations.render import include_name, render_item
+from receiver.path_search import is_search_object
 from receiver.settings import Settings
+from tests.postgres import ADMIN_URL, SERVER_URL
 from tests.receiver_process import ReceiverProcess, cli_env, otaship, otaship_json
 
 NewDatabase = Callable[[], str]
@@ -55,7 +59,8 @@ def schema_diff(url: str) -> list[Any]:
     try:
         with engine.connect() as connection:
             context = MigrationContext.configure(
-                connection, opts={"compare_type": True, "compare_server_default": True}
+                connection,
+                opts={"compare_type": True, "compare_server_default": True, "include_name": include_name},
             )
             return list(compare_metadata(context, SQLModel.metadata))
     finally:
@@ -63,7 +68,10 @@ def schema_diff(url: str) -> list[Any]:
 
 
 def schema_of(url: str) -> dict[str, Any]:
-    """Everything the database says about its tables, in a comparable form."""
+    """Everything the database says about its tables, in a comparable form.
+
+    Leaves out the search index of migration 0002, which the models do not
+    declare: `search_objects` looks at it."""
     engine = create_db_engine(url)
     try:
         inspector = inspect(engine)
@@ -81,15 +89,41 @@ def schema_of(url: str) -> dict[str, Any]:
                 "indexes": sorted(
                     (str(i["name"]), tuple(map(str, i["column_names"])), bool(i["unique"]))
                     for i in inspector.get_indexes(table)
+                    if not is_search_object(i["name"])
                 ),
                 "unique": sorted(
                     (str(u["name"]), tuple(u["column_names"])) for u in inspector.get_unique_constraints(table)
                 ),
             }
             for table in sorted(set(inspector.get_table_names()) - {"alembic_version"})
+            if not is_search_object(table)
         }
     finally:
         engine.dispose()
+
+
+def search_objects(url: str) -> set[str]:
+    """The path search index's tables, triggers and indexes in the database."""
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                names = connection.execute(text("SELECT name FROM sqlite_master")).scalars()
+            else:
+                names = connection.execute(
+                    text("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")
+                ).scalars()
+            return {name for name in names if is_search_object(name)}
+    finally:
+        engine.dispose()
+
+
+def expected_search_objects(url: str) -> set[str]:
+    if url.startswith("sqlite"):
+        table = "group_ota_paths"
+        shadows = {f"{table}_{part}" for part in ("data", "idx", "content", "docsize", "config")}
+        return {table, *shadows, f"{table}_insert", f"{table}_update", f"{table}_delete"}
+    return {"ix_group_otas_path_trgm"}
 
 
 def create_all(url: str) -> None:
@@ -111,6 +145,8 @@ def test_migrations_build_exactly_the_models_schema(new_database: NewDatabase) -
     create_all(reference)
     assert schema_of(url) == schema_of(reference)
     assert set(schema_of(url)) == set(SQLModel.metadata.tables)
+    assert search_objects(url) == expected_search_objects(url)
+    assert search_objects(reference) == set()
 
 
 def test_a_second_migrate_does_nothing(new_database: NewDatabase) -> None:
@@ -129,10 +165,12 @@ def test_downgrade_to_nothing_and_back(new_database: NewDatabase) -> None:
         with engine.begin() as connection:
             command.downgrade(alembic_config(connection), "base")
         assert inspect(engine).get_table_names() == ["alembic_version"]
+        assert search_objects(url) == set()
         assert schema_status(engine).current is None
         assert migrate(engine).before is None
     finally:
         engine.dispose()
+    assert search_objects(url) == expected_search_objects(url)
     assert schema_diff(url) == []
 
 
@@ -334,3 +372,66 @@ def test_the_migrations_ship_in_the_package(tmp_path: Path) -> None:
     assert {"receiver/migrations/env.py", "receiver/migrations/script.py.mako"} <= shipped
     assert any(name.startswith("receiver/migrations/versions/0001_") for name in shipped)
     assert files(tmp_path / "lib") == shipped
+
+
+@pytest.fixture
+def limited_role_database(postgres_database: Any) -> Iterator[tuple[str, Engine]]:
+    """A fresh database without pg_trgm, and the URL of a role that owns a
+    schema in it but may not create extensions: a managed database's app role."""
+    suffix = secrets.token_hex(4)
+    name, role = f"otaship_test_limited_{suffix}", f"otaship_app_{suffix}"
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+    superuser = create_engine(f"{SERVER_URL}/{name}", isolation_level="AUTOCOMMIT")
+    try:
+        with superuser.connect() as conn:
+            # Its own schema, found through search_path's "$user".
+            conn.execute(text(f'CREATE SCHEMA "{role}" AUTHORIZATION "{role}"'))
+        yield f"postgresql+psycopg://{role}@127.0.0.1:5432/{name}", superuser
+    finally:
+        superuser.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_a_role_that_may_not_create_pg_trgm_is_told_who_must(
+    limited_role_database: tuple[str, Engine],
+) -> None:
+    url, superuser = limited_role_database
+    with pytest.raises(SchemaError) as raised:
+        migrate(url)
+    assert str(raised.value).startswith(
+        "migration failed: the path search index needs PostgreSQL's pg_trgm extension, which this role may "
+        "not create: have a superuser run `CREATE EXTENSION pg_trgm;` in this database, then run "
+        "`otaship migrate` again (permission denied to create extension \"pg_trgm\")"
+    )
+    # All or nothing: revision 0001 is not left behind half way.
+    engine = create_db_engine(url)
+    try:
+        assert schema_status(engine).current is None
+        assert inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+
+    with superuser.connect() as conn:
+        conn.execute(text("CREATE EXTENSION pg_trgm SCHEMA public"))
+    assert migrate(url).after == head_revision()
+    assert search_objects(url) == {"ix_group_otas_path_trgm"}
+    assert schema_diff(url) == []
+
+
+@pytest.mark.postgres
+def test_migrate_creates_pg_trgm_where_the_role_may(limited_role_database: tuple[str, Engine]) -> None:
+    url, superuser = limited_role_database
+    with superuser.connect() as conn:
+        # pg_trgm is a trusted extension: CREATE on the database is enough.
+        conn.execute(text(f"GRANT CREATE ON DATABASE {superuser.url.database} TO {make_url(url).username}"))
+    assert migrate(url).after == head_revision()
+    assert search_objects(url) == {"ix_group_otas_path_trgm"}
+    with superuser.connect() as conn:
+        assert conn.execute(text("SELECT extname FROM pg_extension WHERE extname = 'pg_trgm'")).scalar() == "pg_trgm"

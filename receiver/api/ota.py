@@ -20,6 +20,7 @@ from receiver.groups import get_owned_group
 from receiver.ids import is_id, iso_utc, secret_matches_plain
 from receiver.metrics import Metrics
 from receiver.models import GroupOta, User
+from receiver.path_search import owned_paths_containing
 from receiver.rollout import Policy, PolicyError, validate_policy
 from receiver.rollouts import CanaryDeploy, RolloutConflict, RolloutError, deploy_with_canary
 from receiver.services import Services
@@ -107,10 +108,11 @@ def list_otas(
         if known_total is not None
         else session.exec(select(func.count()).select_from(GroupOta).where(owned)).one()
     )
-    filters = [owned]
-    if query.search:
-        # autoescape: % and _ in the search are literal characters, not wildcards.
-        filters.append(func.lower(col(GroupOta.path)).contains(query.search.lower(), autoescape=True))
+    filters = (
+        owned_paths_containing(session, owner_id=owner_id, search=query.search, owner_rows=total)
+        if query.search
+        else [owned]
+    )
     filtered = (
         total
         if not query.search

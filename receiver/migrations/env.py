@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 from receiver import models  # noqa: F401  (registers the tables)
-from receiver.migrations.render import render_item
+from receiver.migrations.render import include_name, render_item
 
 
 def _run(connection: Connection) -> None:
@@ -24,6 +24,7 @@ def _run(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         render_item=render_item,
+        include_name=include_name,
         # receiver.db runs SQLite with its own BEGIN, so DDL is transactional there too.
         transactional_ddl=True,
     )

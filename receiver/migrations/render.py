@@ -1,4 +1,5 @@
-"""How autogenerate writes SQLModel's column types into a new revision.
+"""How autogenerate compares the models with a database, and writes SQLModel's
+column types into a new revision.
 
 SQLModel declares strings as its AutoString and datetimes as its UTCDateTime.
 A revision names the plain SQLAlchemy types they stand for instead, so that it
@@ -10,6 +11,8 @@ from typing import Any, Literal
 
 from sqlmodel.sql.sqltypes import AutoString, UTCDateTime
 
+from receiver.path_search import is_search_object
+
 
 def render_item(kind: str, obj: Any, autogen_context: Any) -> str | Literal[False]:
     if kind == "type":
@@ -20,3 +23,9 @@ def render_item(kind: str, obj: Any, autogen_context: Any) -> str | Literal[Fals
             return "sa.DateTime(timezone=True)"
     # Alembic's own rendering for everything else.
     return False
+
+
+def include_name(name: str | None, type_: str, parents: dict[str, str | None]) -> bool:
+    # The path search index is raw DDL of migration 0002 (an FTS5 table, a GIN
+    # index with pg_trgm's operator class) that the models cannot declare.
+    return not is_search_object(name)
