@@ -7,7 +7,8 @@ in esptool, both for speed and memory on 16 MiB uploads:
 - the file is memory-mapped and esptool reads zero-copy slices of the map, so
   the image is never held in memory twice;
 - the XOR checksum is computed with big-integer XOR (C speed) rather than
-  esptool's per-byte Python loop.
+  esptool's per-byte Python loop, or taken from the XOR of the whole file that
+  an upload computed while it streamed in (receiver/image_tally.py).
 
 The module is shared by the receiver and the action, and prints nothing.
 """
@@ -33,6 +34,8 @@ from esptool.logger import EspLog, TemplateLogger, log
 from esptool.targets import CHIP_DEFS
 from esptool.util import FatalError
 
+from receiver.image_tally import ImageFacts, fold_xor
+
 logger = logging.getLogger(__name__)
 
 SUPPORTED_CHIPS: tuple[str, ...] = tuple(
@@ -47,6 +50,7 @@ _CHIP_BY_IMAGE_ID: dict[int, str] = {CHIP_DEFS[name].IMAGE_CHIP_ID: name for nam
 _INVALID = "Firmware is not a valid ESP application image"
 _HEADER_LEN = 24  # common header (8 bytes) and ESP32 extended header (16 bytes)
 _DIGEST_LEN = 32
+_SEGMENT_HEADER_LEN = 8  # load address and length
 _APP_DESC_LEN = 256
 # Reads shorter than this are copied: esptool calls ord() on one-byte reads,
 # and a copy of a header is cheaper than tracking another view.
@@ -86,7 +90,7 @@ def inspect_firmware(
     path: str | os.PathLike[str],
     *,
     expected_chip: str | None = None,
-    digests: tuple[str, str] | None = None,
+    facts: ImageFacts | None = None,
 ) -> FirmwareImage:
     """Validate an ESP32-family application image file and describe it. Raises InvalidFirmware.
 
@@ -94,8 +98,8 @@ def inspect_firmware(
     before anything else is read, so an image for another chip gets that
     message even if it is also damaged. An `expected_chip` that is not in
     SUPPORTED_CHIPS is a ValueError: it is a bug or bad configuration, not a
-    bad upload. `digests` (sha256, md5 as hex) are the file's hashes when the
-    caller already computed them while the bytes streamed in.
+    bad upload. `facts` are the file's hashes and XOR when the caller already
+    took them while the bytes streamed in.
     """
     if expected_chip is not None and expected_chip not in SUPPORTED_CHIPS:
         raise ValueError(f"Unknown chip {expected_chip!r}; expected one of: {', '.join(SUPPORTED_CHIPS)}")
@@ -109,22 +113,25 @@ def inspect_firmware(
             view = memoryview(mapped)
             reader = _MappedReader(view)
             try:
-                return _inspect(view, reader, expected_chip, digests)
+                return _inspect(view, reader, expected_chip, facts)
             finally:
                 reader.release()
                 view.release()
 
 
 def _inspect(
-    view: memoryview, reader: _MappedReader, expected_chip: str | None, digests: tuple[str, str] | None
+    view: memoryview, reader: _MappedReader, expected_chip: str | None, facts: ImageFacts | None
 ) -> FirmwareImage:
     chip = _chip_from_header(view)
     if expected_chip is not None and chip != expected_chip:
         raise InvalidFirmware(f"Firmware is built for {chip}, but this group runs {expected_chip}")
-    if digests is not None:
-        image = _load_image(view, reader, chip)
-        sha256, md5 = digests
-        return FirmwareImage(chip=chip, size=len(view), sha256=sha256, md5=md5, app=_app_descriptor(image))
+    if facts is not None:
+        if facts.size != len(view):
+            raise ValueError(f"the facts are of a {facts.size}-byte file, this one has {len(view)} bytes")
+        image = _load_image(view, reader, chip, facts)
+        return FirmwareImage(
+            chip=chip, size=len(view), sha256=facts.sha256, md5=facts.md5, app=_app_descriptor(image)
+        )
 
     # MD5 runs on a second core while esptool parses and the checksum and
     # SHA-256 are computed here: hashlib releases the GIL on large buffers.
@@ -142,19 +149,30 @@ def _md5_hex(view: memoryview) -> str:
     return hashlib.md5(view, usedforsecurity=False).hexdigest()
 
 
-def _load_image(view: memoryview, reader: _MappedReader, chip: str) -> ESP32FirmwareImage:
-    """Parse the image with esptool and check everything the bootloader checks."""
+def _load_image(
+    view: memoryview, reader: _MappedReader, chip: str, facts: ImageFacts | None = None
+) -> ESP32FirmwareImage:
+    """Parse the image with esptool and check everything the bootloader checks.
+
+    `facts`: the file's XOR and head digest, when an upload already took them.
+    """
     image_class: type[ESP32FirmwareImage] = CHIP_DEFS[chip].BOOTLOADER_IMAGE
     try:
         with _quiet_esptool():
-            image = image_class(reader)
+            if facts is None or facts.head_sha256 is None:
+                image = image_class(reader)
+            else:
+                image = _parse_with_known_digest(image_class, view, reader, facts.head_sha256)
     except _Truncated as exc:
         raise InvalidFirmware(f"{_INVALID}: {exc}") from None
     except FatalError as exc:
         raise InvalidFirmware(f"{_INVALID}: {exc}") from exc
 
     _check_segment_lengths(view, image.segments)
-    checksum = _xor_checksum(image.segments)
+    if facts is None:
+        checksum = _xor_checksum(image.segments)
+    else:
+        checksum = _checksum_from_file_xor(view, image.segments, facts.xor)
     if checksum != image.checksum:
         raise InvalidFirmware(
             f"{_INVALID}: checksum mismatch (stored 0x{image.checksum:02X}, calculated 0x{checksum:02X})"
@@ -166,6 +184,38 @@ def _load_image(view: memoryview, reader: _MappedReader, chip: str) -> ESP32Firm
     else:
         end = reader.tell()
     _check_trailing_bytes(view, end)
+    return image
+
+
+def _parse_with_known_digest(
+    image_class: type[ESP32FirmwareImage], view: memoryview, reader: _MappedReader, head_sha256: bytes
+) -> ESP32FirmwareImage:
+    """What `image_class(reader)` does, step by step with esptool's own methods,
+    except hashing the image once more for its appended digest.
+
+    An image that ends with its digest is hashed over everything before it:
+    exactly `head_sha256`, the SHA-256 of all but the file's last 32 bytes
+    that the upload took as it streamed in. Anything after the digest (0xFF
+    padding) moves the range, and then it is hashed here as esptool would.
+    tests/test_firmware.py compares both ways attribute by attribute, so an
+    esptool release that changes the constructor shows up there.
+    """
+    image = image_class()
+    start = reader.tell()
+    segments = image.load_common_header(reader, ESPLoader.ESP_IMAGE_MAGIC)
+    image.load_extended_header(reader)
+    for _ in range(segments):
+        image.load_segment(reader)
+    image.checksum = image.read_checksum(reader)
+    if image.append_digest:
+        end = reader.tell()
+        image.stored_digest = reader.read(_DIGEST_LEN)
+        if start == 0 and end + _DIGEST_LEN == len(view):
+            image.calc_digest = head_sha256
+        else:
+            image.calc_digest = hashlib.sha256(view[start:end]).digest()
+        image.data_length = end - start
+    image.verify()
     return image
 
 
@@ -211,23 +261,42 @@ def _check_segment_lengths(view: memoryview, segments: Sequence[ImageSegment]) -
             )
 
 
-def _xor_checksum(segments: Sequence[ImageSegment]) -> int:
-    """The image checksum: 0xEF XOR every byte of every segment.
+def _xor_of(data: bytes | memoryview) -> int:
+    """Every byte of `data` XORed together.
 
     XOR does not care where a byte sits, so whole chunks are XORed as big
     integers and the result folded down to one byte, all in C.
     """
     accumulated = 0
+    for start in range(0, len(data), _CHECKSUM_CHUNK):
+        accumulated ^= int.from_bytes(data[start : start + _CHECKSUM_CHUNK], "little")
+    return fold_xor(accumulated)
+
+
+def _xor_checksum(segments: Sequence[ImageSegment]) -> int:
+    """The image checksum: 0xEF XOR every byte of every segment."""
+    checksum = ESPLoader.ESP_CHECKSUM_MAGIC
     for segment in segments:
-        data = segment.data
-        for start in range(0, len(data), _CHECKSUM_CHUNK):
-            accumulated ^= int.from_bytes(data[start : start + _CHECKSUM_CHUNK], "little")
-    width = max(1, (accumulated.bit_length() + 7) // 8)
-    while width > 1:
-        half = (width + 1) // 2
-        accumulated = (accumulated >> (8 * half)) ^ (accumulated & ((1 << (8 * half)) - 1))
-        width = half
-    return accumulated ^ ESPLoader.ESP_CHECKSUM_MAGIC
+        checksum ^= _xor_of(segment.data)
+    return checksum
+
+
+def _checksum_from_file_xor(view: memoryview, segments: Sequence[ImageSegment], file_xor: int) -> int:
+    """The image checksum from the XOR of the whole file.
+
+    XOR is its own inverse: XORing in again every byte outside the segments'
+    data (headers, padding, checksum, digest: a few dozen bytes) leaves the
+    XOR of the segments' data.
+    """
+    outside = 0
+    position = 0
+    for segment in segments:
+        data_start = segment.file_offs + _SEGMENT_HEADER_LEN
+        (length,) = struct.unpack_from("<I", view, segment.file_offs + 4)
+        outside ^= _xor_of(view[position:data_start])
+        position = data_start + length
+    outside ^= _xor_of(view[position:])
+    return file_xor ^ outside ^ ESPLoader.ESP_CHECKSUM_MAGIC
 
 
 def _check_trailing_bytes(view: memoryview, end: int) -> None:

@@ -1,22 +1,25 @@
 """Streaming multipart reader for firmware uploads.
 
 The body is parsed as it arrives (python-multipart's push parser over
-`request.stream()`): the firmware part goes straight into a spool file on disk
-and text fields stay small, so an upload costs one pass and almost no memory.
-The size limit is enforced as the bytes arrive, not after the fact.
+`request.stream()`): the firmware part goes to a spool file on disk, written
+and hashed on a thread of its own (receiver/spool.py), and text fields stay
+small, so an upload costs one pass and almost no memory. The size limit is
+enforced as the bytes arrive, not after the fact.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+
+from receiver.image_tally import ImageFacts
+from receiver.spool import MAX_BACKLOG, SpoolWriter
 
 MAX_FIELD_BYTES = 4096
 MAX_PARTS = 32
@@ -40,13 +43,8 @@ class Upload:
     file_path: Path | None = None
     file_size: int = 0
     file_name: str | None = None
-    # Hashed as the bytes arrive, so validation need not read the file again.
-    sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
-    md5: hashlib._Hash = field(default_factory=lambda: hashlib.md5(usedforsecurity=False))
-
-    @property
-    def digests(self) -> tuple[str, str]:
-        return self.sha256.hexdigest(), self.md5.hexdigest()
+    # Taken as the bytes arrived, so validation need not hash the file again.
+    facts: ImageFacts | None = None
 
     def discard(self) -> None:
         if self.file_path is not None:
@@ -62,18 +60,23 @@ class _Part:
     header_value: bytearray = field(default_factory=bytearray)
     disposition: bytes = b""
     text: bytearray = field(default_factory=bytearray)
-    sink: BinaryIO | None = None
+    sink: SpoolWriter | None = None
 
 
 class _FormCollector:
-    def __init__(self, upload: Upload, spool_dir: Path, file_field: str, max_file_bytes: int) -> None:
+    def __init__(
+        self, upload: Upload, spool_dir: Path, file_field: str, max_file_bytes: int, flush_to_disk: bool
+    ) -> None:
         self.upload = upload
         self.spool_dir = spool_dir
         self.file_field = file_field
         self.max_file_bytes = max_file_bytes
+        self.flush_to_disk = flush_to_disk
         self.part = _Part()
         self.parts = 0
-        self.sink: BinaryIO | None = None
+        # The file part's writer, from its headers until the body is done.
+        self.writer: SpoolWriter | None = None
+        self.file_done = False
 
     def callbacks(self) -> dict[str, object]:
         return {
@@ -116,20 +119,19 @@ class _FormCollector:
         ):
             self.spool_dir.mkdir(parents=True, exist_ok=True)
             path = self.spool_dir / f"upload-{secrets.token_hex(8)}.part"
+            self.part.sink = SpoolWriter(path, flush_to_disk=self.flush_to_disk)
+            self.writer = self.part.sink
             self.upload.file_path = path
             self.upload.file_name = self.part.filename
-            self.part.sink = open(path, "xb")  # noqa: SIM115 (closed in on_part_end / close)
-            self.sink = self.part.sink
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.part.sink is not None:
             self.upload.file_size += end - start
             if self.upload.file_size > self.max_file_bytes:
                 raise UploadTooLarge(self.max_file_bytes)
-            chunk = memoryview(data)[start:end]
-            self.part.sink.write(chunk)
-            self.upload.sha256.update(chunk)
-            self.upload.md5.update(chunk)
+            # A view, not a copy: the parser's chunk is immutable bytes, kept
+            # alive by the view until the writer thread is done with it.
+            self.part.sink.write(memoryview(data)[start:end])
         elif self.part.filename is None:
             self.part.text += data[start:end]
             if len(self.part.text) > MAX_FIELD_BYTES:
@@ -138,25 +140,33 @@ class _FormCollector:
 
     def on_part_end(self) -> None:
         if self.part.sink is not None:
-            self.part.sink.close()
             self.part.sink = None
-            self.sink = None
+            self.file_done = True
         elif self.part.filename is None and self.part.name:
             # The first value of a repeated field wins, as in most form parsers.
             self.upload.fields.setdefault(
                 self.part.name, bytes(self.part.text).decode("utf-8", "replace")
             )
 
-    def close(self) -> None:
-        if self.sink is not None:
-            self.sink.close()
-            self.sink = None
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
 
 
 async def receive_upload(
-    request: Request, *, spool_dir: Path, max_file_bytes: int, file_field: str = "firmware"
+    request: Request,
+    *,
+    spool_dir: Path,
+    max_file_bytes: int,
+    file_field: str = "firmware",
+    flush_to_disk: bool = False,
 ) -> Upload:
-    """Read the request body into an Upload. The caller must `discard()` it."""
+    """Read the request body into an Upload. The caller must `discard()` it.
+
+    `flush_to_disk`: push the file's bytes to disk as they come, for a spool
+    file that will be kept as it is (see receiver/spool.py).
+    """
     content_type, params = parse_options_header(request.headers.get("content-type"))
     upload = Upload()
 
@@ -172,25 +182,28 @@ async def receive_upload(
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         return upload
 
-    collector = _FormCollector(upload, spool_dir, file_field, max_file_bytes)
+    collector = _FormCollector(upload, spool_dir, file_field, max_file_bytes, flush_to_disk)
     parser = MultipartParser(params[b"boundary"], collector.callbacks())  # type: ignore[arg-type]
     try:
         async for chunk in request.stream():
             parser.write(chunk)
+            writer = collector.writer
+            if writer is not None and writer.backlog > MAX_BACKLOG:
+                # The disk is slower than the network: stop reading until it catches up.
+                await run_in_threadpool(writer.wait_for_backlog, MAX_BACKLOG // 2)
         parser.finalize()
+        if collector.writer is not None:
+            if not collector.file_done:
+                raise MalformedUpload("The multipart body ended before the firmware file did")
+            upload.facts = await run_in_threadpool(collector.writer.finish)
     except FormParserError as exc:
-        collector.close()
+        collector.abort()
         upload.discard()
         raise MalformedUpload(f"The multipart body could not be read: {exc}") from None
     except BaseException:
-        collector.close()
+        collector.abort()
         upload.discard()
         raise
-    if collector.sink is not None:
-        # The body ended inside the file part.
-        collector.close()
-        upload.discard()
-        raise MalformedUpload("The multipart body ended before the firmware file did")
     return upload
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +41,10 @@ class PortTaken(AssertionError):
 
 
 class ReceiverProcess:
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], port: int | None = None, *, max_file_bytes: int | None = None) -> None:
+        # A real "file too large" from the kernel (RLIMIT_FSIZE) for every
+        # file the server writes beyond this size: a disk that refuses bytes.
+        self.max_file_bytes = max_file_bytes
         self.port = port or free_port()
         self.env = {**env, "OTASHIP_PORT": str(self.port)}
         self.url = f"http://127.0.0.1:{self.port}"
@@ -65,7 +70,8 @@ class ReceiverProcess:
         # full one (64 KiB of access log) would block the server.
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [*OTASHIP, "serve"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+            [*OTASHIP, "serve"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=self._limit_files if self.max_file_bytes is not None else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -83,6 +89,12 @@ class ReceiverProcess:
                 time.sleep(0.1)
         self.stop()
         raise AssertionError("otaship serve did not start in time")
+
+    def _limit_files(self) -> None:
+        assert self.max_file_bytes is not None
+        # Ignored, the signal turns into EFBIG from write(): an error, not a kill.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_bytes, self.max_file_bytes))
 
     def stop(self) -> str:
         if self.process is None:

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import random
 import struct
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from esptool.loader import ESPLoader
 
 from receiver import firmware
 from receiver.firmware import SUPPORTED_CHIPS, AppDescriptor, InvalidFirmware, inspect_firmware
+from receiver.image_tally import ImageFacts, ImageTally, fold_xor
 from tests.esp_image import app_descriptor, build_image, write_image
 
 INVALID = "Firmware is not a valid ESP application image"
@@ -39,10 +42,23 @@ def code_offset(data: bytes) -> int:
     return image.segments[1].file_offs + 8
 
 
+def tallied(data: bytes, chunk: int = 1000) -> ImageFacts:
+    """What an upload of `data` learns while it streams in."""
+    tally = ImageTally()
+    for start in range(0, len(data), chunk):
+        tally.update(data[start : start + chunk])
+    return tally.facts()
+
+
 def assert_invalid(path: Path, *fragments: str, expected_chip: str | None = None) -> str:
     with pytest.raises(InvalidFirmware) as caught:
         inspect_firmware(path, expected_chip=expected_chip)
     message = str(caught.value)
+    # An upload's route, with the checksum taken from the streamed XOR, says the same.
+    if path.stat().st_size:
+        with pytest.raises(InvalidFirmware) as streamed:
+            inspect_firmware(path, expected_chip=expected_chip, facts=tallied(path.read_bytes()))
+        assert str(streamed.value) == message
     for fragment in fragments:
         assert fragment in message
     return message
@@ -309,13 +325,85 @@ def test_builder_rejects_bad_arguments() -> None:
         build_image(code_size=0)
 
 
-def test_digests_computed_while_streaming_are_used_as_given(tmp_path: Path) -> None:
-    path = tmp_path / "firmware.bin"
-    path.write_bytes(build_image("1.0.0"))
-    image = inspect_firmware(path, digests=("a" * 64, "b" * 32))
+def test_facts_taken_while_streaming_are_used_as_given(tmp_path: Path) -> None:
+    data = build_image("1.0.0")
+    path = write(tmp_path, data)
+    given = dataclasses.replace(tallied(data), sha256="a" * 64, md5="b" * 32)
+    image = inspect_firmware(path, facts=given)
     assert (image.sha256, image.md5) == ("a" * 64, "b" * 32)
     assert image.app is not None and image.app.version == "1.0.0"
-    # The image is still validated in full.
-    path.write_bytes(b"\x00" + build_image("1.0.0")[1:])
+    # The image is still validated in full, its checksum from the streamed XOR.
+    path.write_bytes(b"\x00" + data[1:])
     with pytest.raises(InvalidFirmware, match="magic"):
-        inspect_firmware(path, digests=("a" * 64, "b" * 32))
+        inspect_firmware(path, facts=tallied(path.read_bytes()))
+    flipped = bytearray(data)
+    flipped[code_offset(data) + 5] ^= 0x10
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(InvalidFirmware, match="checksum mismatch"):
+        inspect_firmware(path, facts=tallied(bytes(flipped)))
+    # Facts of another file are a caller's bug, not a bad upload.
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match="facts are of a"):
+        inspect_firmware(path, facts=tallied(data + b"\xff" * 16))
+
+
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 33, 64, 1000, 70_001])
+def test_the_tally_of_any_chunking_is_the_tally_of_the_whole(size: int) -> None:
+    rng = random.Random(size)
+    data = rng.randbytes(size)
+    xor = 0
+    for byte in data:
+        xor ^= byte
+    expected = ImageFacts(
+        size=size,
+        sha256=hashlib.sha256(data).hexdigest(),
+        md5=hashlib.md5(data).hexdigest(),
+        xor=xor,
+        head_sha256=hashlib.sha256(data[:-32]).digest() if size >= 32 else None,
+    )
+    for _ in range(20):
+        tally = ImageTally()
+        position = 0
+        while position < size:
+            step = rng.choice([1, 2, 31, 32, 33, rng.randrange(1, 5000)])
+            tally.update(memoryview(data)[position : position + step])
+            position += step
+        assert tally.facts() == expected
+
+
+def test_fold_xor() -> None:
+    assert fold_xor(0) == 0
+    assert fold_xor(0xAB) == 0xAB
+    assert fold_xor(0x1234) == 0x12 ^ 0x34
+    assert fold_xor(int.from_bytes(bytes(range(256)), "little")) == 0
+    assert fold_xor(int.from_bytes(bytes(range(1, 256)) + b"\x00" * 9, "big")) == 0
+
+
+def _parsed_both_ways(data: bytes, chip: str) -> tuple[dict[str, object], dict[str, object]]:
+    image_class = firmware.CHIP_DEFS[chip].BOOTLOADER_IMAGE
+    view = memoryview(data)
+
+    def described(image: ESP32FirmwareImage) -> dict[str, object]:
+        attributes = dict(vars(image))
+        attributes["segments"] = [(s.addr, bytes(s.data), s.file_offs) for s in image.segments]
+        return attributes
+
+    own = described(image_class(firmware._MappedReader(view)))
+    head = hashlib.sha256(data[:-32]).digest()
+    stepwise = described(firmware._parse_with_known_digest(image_class, view, firmware._MappedReader(view), head))
+    return own, stepwise
+
+
+@pytest.mark.parametrize("chip", SUPPORTED_CHIPS)
+def test_parsing_with_the_streamed_digest_is_esptools_own_parse(chip: str) -> None:
+    data = build_image("2.0.0", chip=chip, code_size=50_000)
+    own, stepwise = _parsed_both_ways(data, chip)
+    assert stepwise == own
+    assert own["calc_digest"] == hashlib.sha256(data[:-32]).digest()
+
+
+def test_parsing_with_padding_after_the_digest_hashes_the_image_itself() -> None:
+    data = build_image("2.0.0") + b"\xff" * 48
+    own, stepwise = _parsed_both_ways(data, "esp32")
+    assert stepwise == own
+    assert own["calc_digest"] == hashlib.sha256(data[:-80]).digest()

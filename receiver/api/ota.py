@@ -219,7 +219,8 @@ async def post_group_ota(request: Request) -> Response:
     settings = services.settings
     try:
         upload = await receive_upload(
-            request, spool_dir=settings.tmp_dir, max_file_bytes=settings.max_firmware_bytes
+            request, spool_dir=settings.tmp_dir, max_file_bytes=settings.max_firmware_bytes,
+            flush_to_disk=services.storage.keeps_source_blocks,
         )
     except ClientDisconnect:
         # The client went away mid-upload: nothing was stored, nobody to answer.
@@ -288,10 +289,10 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
 
     assert upload.file_path is not None
     file_path = upload.file_path
-    digests = upload.digests
+    facts = upload.facts
     try:
         image = await services.run_blocking(
-            lambda: inspect_firmware(file_path, expected_chip=group.chip, digests=digests)
+            lambda: inspect_firmware(file_path, expected_chip=group.chip, facts=facts)
         )
     except InvalidFirmware as exc:
         return message(400, str(exc))

@@ -26,6 +26,10 @@ def object_key(sha256: str) -> str:
 class Storage(abc.ABC):
     """A place for firmware objects. Methods are blocking; call them off the event loop."""
 
+    # `put` keeps the source file's own blocks (a hard link) instead of copying
+    # them: whoever writes that file does well to push it to disk early.
+    keeps_source_blocks: bool = False
+
     @abc.abstractmethod
     def put(self, key: str, source: Path) -> None:
         """Store the file `source` under `key`.

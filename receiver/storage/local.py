@@ -54,6 +54,8 @@ def _fsync_dir(path: Path) -> None:
 class LocalStorage(Storage):
     """Objects stored as `root/<key>`, each written completely before it appears."""
 
+    keeps_source_blocks = True
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self._tmp = self.root / _TMP_DIR
