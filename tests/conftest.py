@@ -1,7 +1,8 @@
 """Shared fixtures: a real receiver app on real backends, and ways to populate it."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url: str = request.getfixturevalue("postgres_url")
         return url
     return f"sqlite:///{tmp_path / 'otaship.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def new_database(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
+    """Makes URLs of empty databases (no schema at all) on one backend."""
+    if request.param == "postgres":
+        new_postgres_url: Callable[[], str] = request.getfixturevalue("new_postgres_url")
+        return new_postgres_url
+    numbers = itertools.count()
+    return lambda: f"sqlite:///{tmp_path / f'db{next(numbers)}.sqlite'}"
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 PostgreSQL, and the receiver starts only on a schema that is up to date."""
 from __future__ import annotations
 
-import itertools
 import secrets
 import shutil
 import subprocess
@@ -42,16 +41,6 @@ from tests.receiver_process import ReceiverProcess, cli_env, otaship, otaship_js
 
 NewDatabase = Callable[[], str]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def new_database(request: pytest.FixtureRequest, tmp_path: Path) -> NewDatabase:
-    """Makes URLs of empty databases on one backend."""
-    if request.param == "postgres":
-        new_postgres_url: NewDatabase = request.getfixturevalue("new_postgres_url")
-        return new_postgres_url
-    numbers = itertools.count()
-    return lambda: f"sqlite:///{tmp_path / f'db{next(numbers)}.sqlite'}"
 
 
 def schema_diff(url: str) -> list[Any]:

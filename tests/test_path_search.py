@@ -3,9 +3,8 @@ the same answers as a plain substring test, on both backends and both of
 SQLite's routes, and an index the databases really use."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -237,16 +236,8 @@ def test_a_selective_search_reads_the_index_not_the_owners_rows(
 # --- migration 0002 fills the index from existing rows ----------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("empty_postgres_url")
-        return url
-    return f"sqlite:///{tmp_path / 'otaship.db'}"
-
-
-def test_upgrading_to_0002_indexes_the_rows_already_there(fresh_url: str) -> None:
-    engine = create_db_engine(fresh_url)
+def test_upgrading_to_0002_indexes_the_rows_already_there(new_database: Callable[[], str]) -> None:
+    engine = create_db_engine(new_database())
     try:
         with engine.begin() as connection:
             command.upgrade(alembic_config(connection), "0001")
