@@ -4,11 +4,14 @@
 - `GET /file`: a `FileResponse` of the firmware image (BENCH_FILE).
 - `POST /upload`: the multipart body streamed through python-multipart's push
   parser, the file part written to disk (BENCH_UPLOAD_DIR), then 201.
+- `POST /upload-hashed`: the same, also hashing the file (SHA-256 and MD5)
+  inline and syncing it to disk before the 201.
 
 Served with `uvicorn --factory bench.baseline_app:create_app --workers 1`.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -22,10 +25,17 @@ from starlette.routing import Route
 
 
 class _FileSink:
-    """Callbacks for python-multipart: parts with a filename go to one file on disk."""
+    """Callbacks for python-multipart: parts with a filename go to one file on disk.
 
-    def __init__(self, folder: Path) -> None:
+    `diligent`: also what any OTA receiver owes its devices, done the plain
+    way, inline: SHA-256 and MD5 of the file, and an fsync before the answer.
+    """
+
+    def __init__(self, folder: Path, *, diligent: bool = False) -> None:
         self.folder = folder
+        self.diligent = diligent
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False)
         self.header_field = bytearray()
         self.header_value = bytearray()
         self.is_file = False
@@ -56,11 +66,18 @@ class _FileSink:
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.sink is not None:
-            self.sink.write(data[start:end])
+            chunk = data[start:end]
+            self.sink.write(chunk)
             self.size += end - start
+            if self.diligent:
+                self.sha256.update(chunk)
+                self.md5.update(chunk)
 
     def on_part_end(self) -> None:
         if self.sink is not None:
+            if self.diligent:
+                self.sink.flush()
+                os.fsync(self.sink.fileno())
             self.sink.close()
             self.sink = None
 
@@ -78,7 +95,7 @@ def create_app() -> Starlette:
 
     async def upload(request: Request) -> Response:
         _, params = parse_options_header(request.headers["content-type"])
-        sink = _FileSink(upload_dir)
+        sink = _FileSink(upload_dir, diligent=request.url.path == "/upload-hashed")
         parser = MultipartParser(params[b"boundary"], {
             "on_part_begin": sink.on_part_begin, "on_header_field": sink.on_header_field,
             "on_header_value": sink.on_header_value, "on_header_end": sink.on_header_end,
@@ -94,6 +111,7 @@ def create_app() -> Starlette:
 
     return Starlette(routes=[
         Route("/json", constant_json),
+        Route("/upload-hashed", upload, methods=["POST"]),
         Route("/file", file, methods=["GET", "HEAD"]),
         Route("/upload", upload, methods=["POST"]),
     ])

@@ -92,8 +92,12 @@ def test_command_line_runs_the_upload_benchmark_and_writes_results(tmp_path: Pat
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("benchmark  ") == 1  # one table header
     data = json.loads((tmp_path / "latest.json").read_text())
-    assert data["scale"] == "tiny" and [row["benchmark"] for row in data["rows"]] == ["upload", "upload"]
-    assert [row["otaship"]["unit"] for row in data["rows"]] == ["s", "MiB"]
+    assert data["scale"] == "tiny" and [row["benchmark"] for row in data["rows"]] == ["upload"] * 3
+    assert [row["otaship"]["unit"] for row in data["rows"]] == ["s", "s", "MiB"]
+    assert [row["baseline"]["label"] for row in data["rows"]][:2] == [
+        "bare Starlette streaming to disk",
+        "bare Starlette streaming to disk + SHA-256 + MD5 + fsync, inline",
+    ]
     assert "| 3. upload" in (tmp_path / "latest.md").read_text()
 
 
