@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 
 from bench import servers
 from bench.context import Context
-from bench.fleet import GroupRef, Owner, create_owner, insert_groups_with_otas
+from bench.fleet import GroupRef, create_owner, insert_groups_with_otas
 from bench.results import Figure, Goal, Row
 from bench.system import port_open
 

@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from receiver.db import SchemaError
 from receiver.devices import DeviceError, create_device, device_json, list_devices
-from receiver.groups import GroupError, KNOWN_CHIPS, create_group, get_owned_group, group_json, list_groups
+from receiver.groups import GroupError, KNOWN_CHIPS, create_group, group_json, list_groups
 from receiver.models import PLANS, Group, User
 from receiver.settings import Settings, SettingsError
 from receiver.users import (

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import httpx
-import pytest
 
 from receiver.settings import Settings
 from tests.services import free_port

@@ -7,7 +7,6 @@ process. Nothing here is mocked.
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import subprocess
 import time
