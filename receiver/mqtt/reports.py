@@ -246,6 +246,10 @@ class ReportIngester:
     def _apply_to_rollouts(
         self, session: Session, reports: list[Report], uptimes: dict[str, float | None]
     ) -> None:
+        # Most of the time no rollout is running: one probe of the state index
+        # then spares looking up every reporting device among rollout devices.
+        if session.exec(select(Rollout.id).where(col(Rollout.state).in_(ACTIVE_STATES)).limit(1)).first() is None:
+            return
         device_ids = sorted({r.device_id for r in reports})
         rows: dict[str, list[tuple[RolloutDevice, str]]] = {}
         for chunk in _chunks(device_ids):
