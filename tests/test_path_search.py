@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from starlette.testclient import TestClient
 
-from receiver.db import alembic_config, create_db_engine, migrate, write_session
+from receiver.db import SchemaError, alembic_config, create_db_engine, migrate, write_session
 from receiver.ids import new_group_token
 from receiver.models import Group, GroupOta
 from receiver.path_search import (
@@ -261,5 +262,29 @@ def test_upgrading_to_0002_indexes_the_rows_already_there(new_database: Callable
         with Session(engine) as session:
             terms = owned_paths_containing(session, owner_id="u1", search="OLD017R", owner_rows=30)
             assert session.exec(select(GroupOta.id).where(*terms)).all() == ["o17"]
+    finally:
+        engine.dispose()
+
+
+def test_a_sqlite_without_the_trigram_tokenizer_is_refused_in_one_line(tmp_path: Path) -> None:
+    import sqlite3
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'old.db'}")
+
+    def refuse_virtual_tables(action: int, *_: object) -> int:
+        # What a SQLite older than 3.34 (or built without FTS5) answers, in effect.
+        return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_CREATE_VTABLE else sqlite3.SQLITE_OK
+
+    event.listen(engine, "connect", lambda dbapi, _record: dbapi.set_authorizer(refuse_virtual_tables))
+    try:
+        with pytest.raises(SchemaError) as raised:
+            migrate(engine)
+        assert str(raised.value).startswith(
+            "migration failed: the path search index needs SQLite 3.34 or newer with FTS5 (this Python has "
+            f"SQLite {sqlite3.sqlite_version}): use a newer Python or distribution, or PostgreSQL"
+        )
+        # Nothing half done: not even revision 0001's tables.
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT name FROM sqlite_master")).all() == []
     finally:
         engine.dispose()

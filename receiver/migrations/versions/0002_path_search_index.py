@@ -77,9 +77,25 @@ def _ensure_pg_trgm(connection: sa.Connection) -> str:
     return schema
 
 
+def _check_sqlite_trigram(connection: sa.Connection) -> None:
+    # FTS5's trigram tokenizer came with SQLite 3.34 (2020); Python uses the
+    # system's library, which on an old distribution may predate it.
+    version = connection.execute(sa.text("SELECT sqlite_version()")).scalar()
+    try:
+        with connection.begin_nested():
+            connection.execute(sa.text("CREATE VIRTUAL TABLE temp.otaship_probe USING fts5(x, tokenize='trigram')"))
+            connection.execute(sa.text("DROP TABLE temp.otaship_probe"))
+    except sa.exc.DatabaseError:
+        raise CommandError(
+            f"the path search index needs SQLite 3.34 or newer with FTS5 (this Python has SQLite {version}): "
+            "use a newer Python or distribution, or PostgreSQL"
+        ) from None
+
+
 def upgrade() -> None:
     connection = op.get_bind()
     if connection.dialect.name == "sqlite":
+        _check_sqlite_trigram(connection)
         for statement in SQLITE_DDL:
             op.execute(statement)
         return
