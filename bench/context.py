@@ -47,7 +47,9 @@ SCALES = {
     "tiny": Scale(
         name="tiny", repetitions=1, load_seconds=1, check_connections=4, download_connections=4,
         download_image=64 * 1024, upload_images=(128 * 1024,),
-        status_devices=10, status_messages=5, listing_sizes=(20, 200), listing_requests=10,
+        # Enough status messages that each subscriber uses a few clock ticks of
+        # CPU (10 ms each in /proc/<pid>/stat): with fewer, the per-CPU figure is 0/0.
+        status_devices=10, status_messages=300, listing_sizes=(20, 200), listing_requests=10,
         fleet_devices=6, canary_devices=2, fleet_image=16 * 1024, warmup=False,
     ),
 }
