@@ -39,6 +39,8 @@ LAST_SEEN_RESOLUTION = timedelta(seconds=60)
 MAX_QUEUE = 200_000
 MAX_VERSION_LENGTH = 64
 CHUNK = 500
+# Reports worth a transaction of their own without waiting.
+FULL_BATCH = 2000
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,10 @@ class ReportIngester:
                     # away) carries the same facts; the subscriber goes on.
                     log.exception("could not store %d report(s)", len(batch))
                     self._devices.clear()
+                if len(batch) < FULL_BATCH:
+                    # A transaction costs about as much as a few hundred reports
+                    # in it: under load, let the next batch fill up for a moment.
+                    await asyncio.sleep(self.flush_interval)
             else:
                 self._idle.set()
                 await asyncio.sleep(self.flush_interval)
