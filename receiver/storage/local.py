@@ -113,14 +113,7 @@ class LocalStorage(Storage):
                         os.fsync(dst.fileno())
                     except OSError as exc:
                         raise StorageError(f"cannot store object: {exc.strerror}") from exc
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    # Atomic: readers see no file or the complete one. Overwriting
-                    # an existing key is harmless, the bytes are the same.
-                    os.replace(tmp, path)
-                    _fsync_dir(path.parent)
-                except OSError as exc:
-                    raise StorageError(f"cannot store object: {exc.strerror}") from exc
+                self._publish(tmp, path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
@@ -144,15 +137,25 @@ class LocalStorage(Storage):
             try:
                 with open(tmp, "rb") as linked:
                     os.fsync(linked.fileno())
-                path.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, path)
-                _fsync_dir(path.parent)
             except OSError as exc:
                 raise StorageError(f"cannot store object: {exc.strerror}") from exc
+            self._publish(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return True
+
+    @staticmethod
+    def _publish(tmp: Path, path: Path) -> None:
+        """Give a complete, synced temp file its key's name, durably."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Atomic: readers see no file or the complete one. Overwriting
+            # an existing key is harmless, the bytes are the same.
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot store object: {exc.strerror}") from exc
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
