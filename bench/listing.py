@@ -23,7 +23,7 @@ from bench import servers
 from bench.context import Context
 from bench.fleet import GroupRef, create_owner, insert_groups_with_otas
 from bench.results import Figure, Goal, Row
-from bench.system import port_open
+from tests.services import POSTGRES, port_open
 
 NAME = "listing"
 POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -40,7 +40,7 @@ class Latencies:
 def run(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     backends = ["sqlite"]
-    if port_open(5432):
+    if port_open(*POSTGRES):
         backends.append("postgresql")
     small, large = ctx.scale.listing_sizes
     for backend in backends:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from bench.system import free_port, mosquitto_binary, nginx_binary, port_open
+from bench.system import mosquitto_binary, nginx_binary
+from tests.services import free_port, port_open
 
 ROOT = Path(__file__).resolve().parent.parent
 OTASHIP = [sys.executable, "-m", "receiver.cli"]
@@ -74,7 +75,7 @@ class Server:
                 self._close_log()
                 self.process = None
                 return False
-            if port_open(self.port):
+            if port_open("127.0.0.1", self.port):
                 return True
             time.sleep(0.05)
         self.stop()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,21 +64,6 @@ def ensure_http_tools(*, install: bool = True) -> None:
     if still:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise ToolMissing(f"could not install {', '.join(still)} ({' / '.join(tail)}); {hint}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True)
