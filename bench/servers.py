@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.system import mosquitto_binary, nginx_binary
-from tests.services import free_port, port_open
+from tests.services import free_port, port_open, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 OTASHIP = [sys.executable, "-m", "receiver.cli"]
@@ -93,13 +93,8 @@ class Server:
             self._log = None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
         self.process = None
         self._close_log()
 

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import httpx
 
-from tests.services import free_port
+from tests.services import free_port, stop_process
 
 OTASHIP = [sys.executable, "-m", "receiver.cli"]
 
@@ -99,13 +99,7 @@ class ReceiverProcess:
     def stop(self) -> str:
         if self.process is None:
             return ""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
         return self._read_log()
 
