@@ -17,6 +17,7 @@ from sqlmodel import Session
 from receiver.db import SchemaError
 from receiver.devices import DeviceError, create_device, device_json, list_devices
 from receiver.groups import GroupError, KNOWN_CHIPS, create_group, group_json, list_groups
+from receiver.logs import redact
 from receiver.models import PLANS, Group, User
 from receiver.settings import Settings, SettingsError
 from receiver.users import (
@@ -277,10 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         args.run(settings, args)
     except (CommandError, UserError, GroupError, DeviceError, SettingsError, SchemaError) as exc:
-        print(f"otaship: error: {exc}", file=sys.stderr)
+        print(redact(f"otaship: error: {exc}"), file=sys.stderr)
         return EXIT_ERROR
     except SQLAlchemyError as exc:
-        print(f"otaship: database error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(redact(f"otaship: database error: {str(exc).splitlines()[0]}"), file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
 

@@ -25,6 +25,9 @@ REDACTED = "[redacted]"
 # IoTaaP storage path that the API shows, ota/group/<id><token>/firmware.bin.
 _DOWNLOAD_TOKEN = re.compile(r"(/v1/ota/group/download/[0-9A-Fa-f]{0,24})[^\s/?#\"'\\{]+")
 _STORAGE_PATH_TOKEN = re.compile(r"(ota/group/[0-9A-Fa-f]{24})[A-Za-z0-9]+(?=/)")
+# The same pair on any other route, where a client put it by mistake
+# (`latest/<id><token>`): a whole path segment of 24 hex and 16 token characters.
+_ID_TOKEN_SEGMENT = re.compile(r"(?<=/)([0-9A-Fa-f]{24})[A-Za-z0-9]{16}(?![A-Za-z0-9])")
 # Credentials are long; "basic checks" in a sentence is left alone.
 _AUTH_HEADER = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=\-]{8,}")
 _API_KEY = re.compile(r"\bosk_[A-Za-z0-9_\-]+")
@@ -49,6 +52,7 @@ def redact(text: str) -> str:
     """`text` with group tokens, API keys and URL passwords replaced by [redacted]."""
     text = _DOWNLOAD_TOKEN.sub(rf"\1{REDACTED}", text)
     text = _STORAGE_PATH_TOKEN.sub(rf"\1{REDACTED}", text)
+    text = _ID_TOKEN_SEGMENT.sub(rf"\1{REDACTED}", text)
     text = _AUTH_HEADER.sub(rf"\1\2{REDACTED}", text)
     text = _API_KEY.sub(f"osk_{REDACTED}", text)
     text = _QUERY_SECRET.sub(rf"\1={REDACTED}", text)

@@ -1236,7 +1236,10 @@ def run_command(settings: Settings, args: argparse.Namespace) -> None:
             print(f"registered {created} devices ({existing} already there)", file=sys.stderr)
         summary = asyncio.run(_run_until_signal(config, ProgressLine(sys.stderr)))
     except SimulationError as exc:
-        print(f"otaship: error: {exc}", file=sys.stderr)
+        from receiver.logs import redact
+
+        # The message can quote the MQTT URL, password and all.
+        print(redact(f"otaship: error: {exc}"), file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from exc
     if args.json:
         print(json.dumps(summary.to_json()))

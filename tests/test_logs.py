@@ -17,11 +17,12 @@ from receiver.app import create_app
 from receiver.logs import configure_logging, redact
 from receiver.services import Services
 from receiver.settings import Settings
-from receiver.storage import Storage
+from receiver.storage import Storage, StorageError
 from tests.conftest import Fleet, Owner
 from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
 from tests.services import free_port
-from tests.test_api_ota import deploy
+from tests.esp_image import build_image
+from tests.test_api_ota import deploy, post
 
 DOWNLOAD_ROUTE = "/v1/ota/group/download/{credentials}"
 
@@ -178,6 +179,17 @@ def test_access_lines_follow_the_level(
         ("mqtts://devices:hunter2-pw@broker.example.com:8883", "mqtts://devices:[redacted]@broker.example.com:8883"),
         ("postgresql+psycopg://otaship:p%40ss@db:5432/otaship", "postgresql+psycopg://otaship:[redacted]@db:5432/otaship"),
         ("basic checks passed", "basic checks passed"),
+        # The id and token on a route that does not take them, in the access
+        # line and in uvicorn's trace of the scope (raw_path is bytes there).
+        ("GET /v1/ota/group/latest/5e1b76bc4315b70eb242567aAATluvfLURijoH9d 404",
+         "GET /v1/ota/group/latest/5e1b76bc4315b70eb242567a[redacted] 404"),
+        ("'raw_path': b'/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9d/promote'",
+         "'raw_path': b'/v1/rollouts/5e1b76bc4315b70eb242567a[redacted]/promote'"),
+        ("/5e1b76bc4315b70eb242567aAATluvfLURijoH9d.bin", "/5e1b76bc4315b70eb242567a[redacted].bin"),
+        # Not that shape: an object key's sha256, an id and something shorter or longer.
+        ("firmware/sha256/" + "9f" * 32 + ".bin", "firmware/sha256/" + "9f" * 32 + ".bin"),
+        ("/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9", "/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9"),
+        ("/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9dX", "/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9dX"),
         ("PUT https://storage.googleapis.com/upload/storage/v1/b/fw/o?uploadType=resumable&upload_id=ADPyc-x9",
          "PUT https://storage.googleapis.com/upload/storage/v1/b/fw/o?uploadType=resumable&upload_id=[redacted]"),
     ],
@@ -211,3 +223,54 @@ def test_otaship_serve_writes_json_lines_through_one_formatter(tmp_path: Path) -
     assert any(line["message"].startswith("Uvicorn running on") for line in lines)
     paths = [line["path"] for line in lines if line["logger"] == "otaship.access"]
     assert f"/v1/ota/group/download/{group['id']}[redacted]" in paths
+
+
+def test_a_token_put_on_another_route_by_mistake_is_redacted(
+    settings: Settings, services: Services, fleet: Fleet, restore_logging: None
+) -> None:
+    """A device configured with `<id><token>` as its group id asks `latest` with both."""
+    stream = capture(settings, "json")
+    owner = fleet.owner()
+    group = fleet.group(owner)
+    pair = f"{group.id}{group.token}"
+    with TestClient(create_app(settings, services=services)) as client:
+        assert client.get(f"/v1/ota/group/latest/{pair}").status_code == 404
+        assert client.get(f"/v1/rollouts/{pair}", headers=owner.headers).status_code == 404
+        assert client.post(f"/v1/rollouts/{pair}/abort", headers=owner.headers).status_code == 404
+        assert client.get(f"/no/such/route/{pair}").status_code == 404
+    output = stream.getvalue()
+    assert group.token not in output
+    lines = [json.loads(line) for line in output.splitlines()]
+    paths = [line["path"] for line in lines if line["logger"] == "otaship.access"]
+    assert paths == [
+        f"/v1/ota/group/latest/{group.id}[redacted]",
+        f"/v1/rollouts/{group.id}[redacted]",
+        f"/v1/rollouts/{group.id}[redacted]/abort",
+        f"/no/such/route/{group.id}[redacted]",
+    ]
+
+
+class FailingPut(BrokenPath):
+    """Storage whose writes fail with an error quoting the IoTaaP path, token and all."""
+
+    def put(self, key: str, source: Path) -> None:
+        raise StorageError(self.message)
+
+
+def test_a_server_error_redacts_its_cause_for_the_client_and_the_log(
+    settings: Settings, services: Services, fleet: Fleet, restore_logging: None
+) -> None:
+    stream = capture(settings, "text")
+    owner = fleet.owner()
+    group = fleet.group(owner)
+    services.storage = FailingPut(services.storage, f"cannot write ota/group/{group.id}{group.token}/firmware.bin")
+    with TestClient(create_app(settings, services=services)) as client:
+        response = post(client, owner, {"group": group.id, "token": group.token, "version": "1.0.0"},
+                        build_image("1.0.0"))
+    assert response.status_code == 500
+    assert response.json() == {
+        "message": "Error when uploading firmware file",
+        "error": f"StorageError: cannot write ota/group/{group.id}[redacted]/firmware.bin",
+    }
+    assert group.token not in stream.getvalue()
+    assert f"cannot write ota/group/{group.id}[redacted]/firmware.bin" in stream.getvalue()
