@@ -20,6 +20,8 @@ from receiver.db import create_db_engine, ensure_schema
 from receiver.logs import configure_logging, redact
 from receiver.metrics import Metrics, ObserveRequests
 from receiver.metrics import routes as metrics_routes
+from receiver.nosniff import HEADERS as NOSNIFF
+from receiver.nosniff import NoSniff
 from receiver.services import Services
 from receiver.settings import Settings
 from receiver.storage import create_storage
@@ -73,7 +75,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         # The download path carries the group token.
         log.error("unhandled error on %s %s", request.method, redact(request.url.path), exc_info=exc)
-        return JSONResponse({"message": "Internal server error"}, status_code=500)
+        return JSONResponse({"message": "Internal server error"}, status_code=500, headers=NOSNIFF)
 
     metrics = Metrics()
     app = Starlette(
@@ -82,7 +84,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             *devices.routes, *ota.routes, *rollouts.routes,
             *health.routes, *metrics_routes, *openapi.routes,
         ],
-        middleware=[Middleware(ObserveRequests, metrics=metrics)],
+        middleware=[Middleware(NoSniff), Middleware(ObserveRequests, metrics=metrics)],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},
     )
