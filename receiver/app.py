@@ -22,6 +22,7 @@ from receiver.metrics import Metrics, ObserveRequests
 from receiver.metrics import routes as metrics_routes
 from receiver.nosniff import HEADERS as NOSNIFF
 from receiver.nosniff import NoSniff
+from receiver.rate_limits import RateLimits, limited
 from receiver.services import Services
 from receiver.settings import Settings
 from receiver.storage import create_storage
@@ -81,7 +82,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app = Starlette(
         routes=[
             # The device routes first: every device of a fleet hits them at once.
-            *devices.routes, *ota.routes, *rollouts.routes,
+            # The management API alone is rate limited, per API key.
+            *devices.routes, *limited([*ota.routes, *rollouts.routes], RateLimits.from_settings(settings)),
             *health.routes, *metrics_routes, *openapi.routes,
         ],
         middleware=[Middleware(NoSniff), Middleware(ObserveRequests, metrics=metrics)],

@@ -7,6 +7,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_MAX_FIRMWARE_BYTES = 16 * 1024 * 1024
+# hawkBit's DoS filter allows 200 reads and 50 writes a second per client.
+DEFAULT_RATE_LIMIT_READS = "200/second"
+DEFAULT_RATE_LIMIT_WRITES = "50/second"
+# Each bad API key costs a database lookup; an honest client sends few.
+DEFAULT_RATE_LIMIT_BAD_KEYS = "20/second"
 
 
 class SettingsError(ValueError):
@@ -26,6 +31,30 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     return value
 
 
+def _rate(env: Mapping[str, str], name: str, default: str) -> str | None:
+    """A rate limit in the `limits` package's notation (`200/second`, `1000 per
+    2 minutes`), a plain number of requests a second, or None for 0 or `off`."""
+    raw = " ".join(env.get(name, "").split()).lower()
+    if not raw:
+        return default
+    if raw in ("0", "off"):
+        return None
+    if raw.isascii() and raw.isdigit():
+        raw = f"{int(raw)}/second"
+    from limits import parse_many
+
+    try:
+        items = parse_many(raw)
+    except ValueError:
+        items = []
+    if len(items) != 1:
+        raise SettingsError(
+            f"{name} must be requests per second (200), a rate such as 200/second or "
+            f"1000/minute, or off, not {raw!r}"
+        )
+    return None if items[0].amount == 0 else raw
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -42,6 +71,10 @@ class Settings:
     max_firmware_bytes: int = DEFAULT_MAX_FIRMWARE_BYTES
     log_level: str = "info"
     log_format: str = "text"
+    # Per replica, in the `limits` package's notation; None turns a limit off.
+    rate_limit_reads: str | None = DEFAULT_RATE_LIMIT_READS
+    rate_limit_writes: str | None = DEFAULT_RATE_LIMIT_WRITES
+    rate_limit_bad_keys: str | None = DEFAULT_RATE_LIMIT_BAD_KEYS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -63,6 +96,9 @@ class Settings:
             ),
             log_level=env.get("OTASHIP_LOG_LEVEL", "").strip().lower() or "info",
             log_format=log_format,
+            rate_limit_reads=_rate(env, "OTASHIP_RATE_LIMIT_READS", DEFAULT_RATE_LIMIT_READS),
+            rate_limit_writes=_rate(env, "OTASHIP_RATE_LIMIT_WRITES", DEFAULT_RATE_LIMIT_WRITES),
+            rate_limit_bad_keys=_rate(env, "OTASHIP_RATE_LIMIT_BAD_KEYS", DEFAULT_RATE_LIMIT_BAD_KEYS),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

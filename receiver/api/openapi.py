@@ -270,6 +270,28 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+RATE_LIMITED: dict[str, Any] = {
+    **_message(
+        "Over a rate limit of this replica: the API key's reads or writes, or requests with a "
+        "missing or bad key from the client's address. The message names the limit.",
+        "Rate limit exceeded: at most 200 reads per second per API key. Retry after 1 s.",
+    ),
+    "headers": {
+        "Retry-After": {"required": True, "description": "Whole seconds to wait before retrying",
+                        "schema": {"type": "integer", "minimum": 1}},
+    },
+}
+
+
+def _rate_limited(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation that takes an API key may answer 429."""
+    for item in paths.values():
+        for operation in item.values():
+            if operation.get("security") == AUTH:
+                operation["responses"].setdefault("429", RATE_LIMITED)
+    return paths
+
+
 def _group_ota_paths() -> dict[str, Any]:
     list_parameters = [
         {"name": "search_value", "in": "query", "description": "Case-insensitive substring of `path`; "
@@ -617,7 +639,9 @@ def document() -> dict[str, Any]:
             {"name": "Operations", "description": "Probes, metrics and this document"},
         ],
         "security": AUTH,
-        "paths": {**_group_ota_paths(), **_device_paths(), **_rollout_paths(), **_operations_paths()},
+        "paths": _rate_limited(
+            {**_group_ota_paths(), **_device_paths(), **_rollout_paths(), **_operations_paths()}
+        ),
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {
