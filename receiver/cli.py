@@ -17,7 +17,7 @@ from sqlmodel import Session
 from receiver.db import SchemaError
 from receiver.devices import DeviceError, create_device, device_json, list_devices
 from receiver.groups import GroupError, KNOWN_CHIPS, create_group, group_json, list_groups
-from receiver.logs import redact
+from receiver.logs import redact, redact_unconfigured_logs
 from receiver.models import PLANS, Group, User
 from receiver.settings import Settings, SettingsError
 from receiver.users import (
@@ -274,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    redact_unconfigured_logs()
     try:
         settings = Settings.from_env()
         args.run(settings, args)

@@ -90,6 +90,33 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(entry, default=str, ensure_ascii=False))
 
 
+class _RedactedLastResort(logging.StreamHandler):  # type: ignore[type-arg]
+    """Python's handler of last resort (warnings and errors, bare, to stderr), redacted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setLevel(logging.WARNING)
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        # Looked up at each line, as logging's own last resort does, so that
+        # a replaced sys.stderr is honoured.
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: IO[str]) -> None:
+        pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def redact_unconfigured_logs() -> None:
+    """The admin commands and `simulate` configure no logging, so Python writes
+    their warnings and errors through `logging.lastResort`: redact those too."""
+    logging.lastResort = _RedactedLastResort()
+
+
 def log_level(settings: Settings) -> int:
     try:
         return LEVELS[settings.log_level]

@@ -1257,6 +1257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="otaship")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["simulate", *(sys.argv[1:] if argv is None else argv)])
+    from receiver.logs import redact_unconfigured_logs
+
+    redact_unconfigured_logs()
     args.run(Settings.from_env(), args)
     return EXIT_OK
 

@@ -5,6 +5,8 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -274,3 +276,22 @@ def test_a_server_error_redacts_its_cause_for_the_client_and_the_log(
     }
     assert group.token not in stream.getvalue()
     assert f"cannot write ota/group/{group.id}[redacted]/firmware.bin" in stream.getvalue()
+
+
+def test_the_cli_redacts_what_python_logs_for_it_unconfigured(tmp_path: Path) -> None:
+    """Admin commands and `simulate` configure no logging: their warnings and
+    errors reach stderr through Python's last-resort handler, redacted."""
+    script = (
+        "import logging, sys\n"
+        "from receiver.cli import main\n"
+        "assert main(['user', 'list']) == 0\n"
+        "logging.getLogger('receiver.simulate').error(\n"
+        "    'simulation failed: GET http://h/v1/ota/group/download/5e1b76bc4315b70eb242567aAATluvfLURijoH9d')\n"
+        "logging.getLogger('receiver.simulate').info('info lines stay quiet osk_abcdefgh')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=cli_env(tmp_path / "data"), capture_output=True, text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "simulation failed: GET http://h/v1/ota/group/download/5e1b76bc4315b70eb242567a[redacted]\n"
