@@ -7,6 +7,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_MAX_FIRMWARE_BYTES = 16 * 1024 * 1024
+# The orphan sweep: how often `serve` runs it, and how old an unreferenced object
+# must be before it goes. A deploy must commit within half the grace period of
+# storing its object (receiver/sweep.py), so the grace period has a floor.
+DEFAULT_GC_INTERVAL = 3600
+DEFAULT_GC_GRACE = 3600
+MIN_GC_GRACE = 60
 
 
 class SettingsError(ValueError):
@@ -42,6 +48,8 @@ class Settings:
     max_firmware_bytes: int = DEFAULT_MAX_FIRMWARE_BYTES
     log_level: str = "info"
     log_format: str = "text"
+    gc_interval: float = DEFAULT_GC_INTERVAL
+    gc_grace: float = DEFAULT_GC_GRACE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -63,6 +71,8 @@ class Settings:
             ),
             log_level=env.get("OTASHIP_LOG_LEVEL", "").strip().lower() or "info",
             log_format=log_format,
+            gc_interval=_int(env, "OTASHIP_GC_INTERVAL", DEFAULT_GC_INTERVAL),
+            gc_grace=_int(env, "OTASHIP_GC_GRACE", DEFAULT_GC_GRACE, minimum=MIN_GC_GRACE),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
