@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 
@@ -11,7 +12,7 @@ from receiver.storage import StoredObject, object_key
 NOW = 1_700_000_000.0
 GRACES = (0.0, 60.0, 3600.0)
 # Seconds since the object was stored or refreshed, relative to the grace period.
-AGES = {
+AGES: dict[str, Callable[[float], float]] = {
     "in the future": lambda grace: -30.0,
     "just stored": lambda grace: 0.0,
     "just under the grace": lambda grace: grace - 0.001 if grace else 0.0,
