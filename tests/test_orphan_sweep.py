@@ -36,6 +36,7 @@ from receiver.storage.local import LocalStorage
 from receiver.sweep import OrphanSweeper, SweepResult, referenced_keys, sweep_orphans
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
+from tests.receiver_process import cli_env, otaship
 from tests.test_api_ota import deploy, post
 
 if TYPE_CHECKING:
@@ -483,3 +484,93 @@ def test_a_failing_sweep_is_logged_and_tried_again(
         in caplog.messages
     )
 
+
+# -- otaship gc -------------------------------------------------------------------------
+
+
+def _gc_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """What `serve` runs with; for GCS the emulator's address is in the environment."""
+    return cli_env(
+        settings.data_dir, OTASHIP_DATABASE_URL=settings.resolved_database_url,
+        OTASHIP_STORAGE_URL=settings.resolved_storage_url, **extra,
+    )
+
+
+def test_otaship_gc_removes_old_orphans_and_says_what_it_removed(
+    client: TestClient, fleet: Fleet, services: Services, settings: Settings, tmp_path: Path,
+    backdate: Backdate,
+) -> None:
+    owner = fleet.owner()
+    group = fleet.group(owner)
+    deploy(client, owner, group, "1.0.0")
+    referenced = _key(build_image("1.0.0"))
+    backdate(referenced, 2 * HOUR)
+    old = _store(services, tmp_path, build_image("2.0.0"))
+    backdate(old, 2 * HOUR)
+    young = _store(services, tmp_path, build_image("2.1.0"))
+    old_size, young_size = len(build_image("2.0.0")), len(build_image("2.1.0"))
+    env = _gc_env(settings)
+
+    dry = otaship(env, "gc", "--dry-run")
+    assert dry.stdout == (
+        f"would remove {old} ({old_size} bytes)\n"
+        f"would remove 1 orphaned object(s), {old_size} bytes; kept 1 referenced, "
+        "1 younger than the grace period, 0 being stored\n"
+    )
+    assert _stored_keys(services) == {referenced, old, young}
+
+    done = otaship(env, "gc")
+    assert done.stdout == (
+        f"removed {old} ({old_size} bytes)\n"
+        f"removed 1 orphaned object(s), {old_size} bytes; kept 1 referenced, "
+        "1 younger than the grace period, 0 being stored\n"
+    )
+    assert _stored_keys(services) == {referenced, young}
+
+    # No grace at all: safe only while no upload is in flight, as here.
+    now = otaship(env, "gc", "--grace", "0")
+    assert now.stdout == (
+        f"removed {young} ({young_size} bytes)\n"
+        f"removed 1 orphaned object(s), {young_size} bytes; kept 1 referenced, "
+        "0 younger than the grace period, 0 being stored\n"
+    )
+    assert _stored_keys(services) == {referenced}
+    assert _download(client, group) == build_image("1.0.0")
+
+
+def test_otaship_gc_refuses_without_the_servers_database(tmp_path: Path) -> None:
+    # With no record to read, every object would look orphaned.
+    env = cli_env(tmp_path / "elsewhere")
+    result = otaship(env, "gc", check=False)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"otaship: error: no database at {(tmp_path / 'elsewhere' / 'otaship.db').resolve()}: "
+        "set OTASHIP_DATA_DIR or OTASHIP_DATABASE_URL as for serve\n"
+    )
+    assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "code", "message"),
+    [
+        (("gc", "--grace", "1h"), {}, 2, "argument --grace: must be a whole number of seconds, not '1h'"),
+        (("gc", "--grace", "-5"), {}, 2, "argument --grace: must be a whole number of seconds, not '-5'"),
+        (("gc",), {"OTASHIP_GC_GRACE": "10"}, 1, "otaship: error: OTASHIP_GC_GRACE must be at least 60, not 10"),
+        (("gc",), {"OTASHIP_GC_INTERVAL": "often"}, 1,
+         "otaship: error: OTASHIP_GC_INTERVAL must be a whole number, not 'often'"),
+    ],
+)
+def test_otaship_gc_names_a_bad_value(
+    tmp_path: Path, args: tuple[str, ...], extra: dict[str, str], code: int, message: str
+) -> None:
+    result = otaship(cli_env(tmp_path, **extra), *args, check=False)
+    assert result.returncode == code
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_the_sweep_settings_come_from_the_environment() -> None:
+    assert (Settings.from_env({}).gc_interval, Settings.from_env({}).gc_grace) == (3600, 3600)
+    custom = Settings.from_env({"OTASHIP_GC_INTERVAL": "0", "OTASHIP_GC_GRACE": "7200"})
+    assert (custom.gc_interval, custom.gc_grace) == (0, 7200)
