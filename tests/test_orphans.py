@@ -14,6 +14,7 @@ GRACES = (0.0, 60.0, 3600.0)
 # Seconds since the object was stored or refreshed, relative to the grace period.
 AGES: dict[str, Callable[[float], float]] = {
     "in the future": lambda grace: -30.0,
+    "unknown": lambda grace: float("-inf"),  # a storage that gave no time
     "just stored": lambda grace: 0.0,
     "just under the grace": lambda grace: grace - 0.001 if grace else 0.0,
     "exactly the grace": lambda grace: grace,

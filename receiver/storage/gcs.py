@@ -100,6 +100,13 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _modified(blob: gcs.Blob) -> float:
+    """When the object was stored or last refreshed; GCS always says, but an
+    object whose time is unknown must look young, never old enough to remove."""
+    when = blob.updated or blob.time_created
+    return when.timestamp() if when is not None else float("inf")
+
+
 def _raise_storage_error(action: str, exc: BaseException) -> NoReturn:
     raise StorageError(f"Cloud Storage {action} failed: {_reason(exc)}") from exc
 
@@ -257,7 +264,7 @@ class GCSStorage(Storage):
                 StoredObject(
                     key=blob.name[len(base):],
                     size=int(blob.size or 0),
-                    modified=blob.updated.timestamp() if blob.updated else 0.0,
+                    modified=_modified(blob),
                     version=f"{blob.generation}:{blob.metageneration}",
                 )
                 for blob in bucket.client.list_blobs(
