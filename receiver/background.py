@@ -1,4 +1,5 @@
-"""The receiver's background work: the MQTT link, triggers, reports and the rollout clock.
+"""The receiver's background work: the MQTT link, triggers, reports, the rollout
+clock and the orphan sweep.
 
 Started and stopped by the app's lifespan. With OTASHIP_MQTT_URL=none only the
 rollout clock runs: devices then find updates by polling `latest`.
@@ -17,6 +18,7 @@ from receiver.mqtt.reports import ReportIngester
 from receiver.mqtt.triggers import TriggerPublisher
 from receiver.rollout_runner import RolloutRunner
 from receiver.services import Services
+from receiver.sweep import OrphanSweeper
 from receiver.users import user_for_mqtt_login
 
 if TYPE_CHECKING:
@@ -37,6 +39,11 @@ class Background:
         self.runner = RolloutRunner(
             services.engine, notify=self.address is not None, tick=services.settings.rollout_tick,
             on_change=services.deployed, metrics=metrics,
+        )
+        settings = services.settings
+        self.sweeper: OrphanSweeper | None = (
+            OrphanSweeper(services, interval=settings.gc_interval, grace=settings.gc_grace)
+            if settings.gc_interval > 0 else None
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -70,6 +77,8 @@ class Background:
             self._tasks.append(asyncio.create_task(self.ingester.run(), name="otaship-reports"))
         self.services.on_deploy.append(self.runner.wake)
         self._tasks.append(asyncio.create_task(self.runner.run(), name="otaship-rollouts"))
+        if self.sweeper is not None:
+            self._tasks.append(asyncio.create_task(self.sweeper.run(), name="otaship-orphan-sweep"))
 
     async def stop(self) -> None:
         for task in self._tasks:

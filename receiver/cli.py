@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,6 +21,7 @@ from receiver.groups import GroupError, KNOWN_CHIPS, create_group, group_json, l
 from receiver.logs import redact, redact_unconfigured_logs
 from receiver.models import PLANS, Group, User
 from receiver.settings import Settings, SettingsError
+from receiver.storage import StorageError
 from receiver.users import (
     UserError,
     create_user,
@@ -147,6 +149,38 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
         engine.dispose()
 
 
+def cmd_gc(settings: Settings, args: argparse.Namespace) -> None:
+    from sqlalchemy.engine import make_url
+
+    from receiver.db import create_db_engine, ensure_schema
+    from receiver.storage import create_storage
+    from receiver.sweep import sweep_orphans
+
+    url = settings.resolved_database_url
+    parsed = make_url(url)
+    # An empty database references nothing: every object would look orphaned.
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
+        raise CommandError(
+            f"no database at {parsed.database}: set OTASHIP_DATA_DIR or OTASHIP_DATABASE_URL as for serve"
+        )
+    grace = settings.gc_grace if args.grace is None else args.grace
+    engine = create_db_engine(url)
+    storage = create_storage(settings.resolved_storage_url, cache_dir=settings.cache_dir)
+    try:
+        ensure_schema(engine)
+        result = sweep_orphans(storage=storage, engine=engine, grace=grace, dry_run=args.dry_run)
+    finally:
+        storage.close()
+        engine.dispose()
+    for obj in result.plan.remove if args.dry_run else result.removed:
+        print(f"{'would remove' if args.dry_run else 'removed'} {obj.key} ({obj.size} bytes)")
+    print(result.describe())
+    if result.failed:
+        raise CommandError(
+            "; ".join(f"could not remove {key}: {error}" for key, error in result.failed)
+        )
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -208,6 +242,12 @@ def _check_schema(settings: Settings) -> None:
         engine.dispose()
 
 
+def _seconds(raw: str) -> float:
+    if not raw.isascii() or not raw.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds, not {raw!r}")
+    return float(raw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otaship",
@@ -225,6 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", help="bring the database schema up to date (run before serve on PostgreSQL)"
     )
     migrate.set_defaults(run=cmd_migrate)
+
+    gc = commands.add_parser(
+        "gc", help="remove stored firmware objects that no record references",
+        description="Remove firmware objects that no OTA, deploy history or rollout references "
+        "and that are older than the grace period (OTASHIP_GC_GRACE).",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    gc.add_argument(
+        "--grace", type=_seconds, metavar="SECONDS",
+        help="override OTASHIP_GC_GRACE; below the servers' setting it is safe only while no upload runs",
+    )
+    gc.set_defaults(run=cmd_gc)
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         dest="verb", required=True, metavar="VERB"
@@ -278,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         args.run(settings, args)
-    except (CommandError, UserError, GroupError, DeviceError, SettingsError, SchemaError) as exc:
+    except (CommandError, UserError, GroupError, DeviceError, SettingsError, SchemaError, StorageError) as exc:
         print(redact(f"otaship: error: {exc}"), file=sys.stderr)
         return EXIT_ERROR
     except SQLAlchemyError as exc:

@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 
 from receiver.catalog import FirmwareCatalog
 from receiver.db import read_session, write_session
+from receiver.in_flight import ObjectsInFlight
 from receiver.settings import Settings
 from receiver.storage import Storage
 from receiver.ttl_map import TtlMap
@@ -33,6 +34,8 @@ class Services:
     listing_totals: TtlMap[str, int] = field(default_factory=lambda: TtlMap(1.0))
     # Called after anything that changes what devices should run.
     on_deploy: list[Callable[[], None]] = field(default_factory=list)
+    # Objects being stored whose records are not committed yet: the sweep keeps them.
+    objects_in_flight: ObjectsInFlight = field(default_factory=ObjectsInFlight)
 
     @staticmethod
     def of(conn: HTTPConnection) -> Services:

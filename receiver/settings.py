@@ -12,6 +12,12 @@ DEFAULT_RATE_LIMIT_READS = "200/second"
 DEFAULT_RATE_LIMIT_WRITES = "50/second"
 # Each bad API key costs a database lookup; an honest client sends few.
 DEFAULT_RATE_LIMIT_BAD_KEYS = "20/second"
+# The orphan sweep: how often `serve` runs it, and how old an unreferenced object
+# must be before it goes. A deploy must commit within half the grace period of
+# storing its object (receiver/sweep.py), so the grace period has a floor.
+DEFAULT_GC_INTERVAL = 3600
+DEFAULT_GC_GRACE = 3600
+MIN_GC_GRACE = 60
 
 
 class SettingsError(ValueError):
@@ -75,6 +81,8 @@ class Settings:
     rate_limit_reads: str | None = DEFAULT_RATE_LIMIT_READS
     rate_limit_writes: str | None = DEFAULT_RATE_LIMIT_WRITES
     rate_limit_bad_keys: str | None = DEFAULT_RATE_LIMIT_BAD_KEYS
+    gc_interval: float = DEFAULT_GC_INTERVAL
+    gc_grace: float = DEFAULT_GC_GRACE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -99,6 +107,8 @@ class Settings:
             rate_limit_reads=_rate(env, "OTASHIP_RATE_LIMIT_READS", DEFAULT_RATE_LIMIT_READS),
             rate_limit_writes=_rate(env, "OTASHIP_RATE_LIMIT_WRITES", DEFAULT_RATE_LIMIT_WRITES),
             rate_limit_bad_keys=_rate(env, "OTASHIP_RATE_LIMIT_BAD_KEYS", DEFAULT_RATE_LIMIT_BAD_KEYS),
+            gc_interval=_int(env, "OTASHIP_GC_INTERVAL", DEFAULT_GC_INTERVAL),
+            gc_grace=_int(env, "OTASHIP_GC_GRACE", DEFAULT_GC_GRACE, minimum=MIN_GC_GRACE),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -9,17 +9,24 @@ anonymous credentials.
 Compared with `gcp_storage_emulator.server.create_server`, this wires the same
 request handler and in-memory storage into our own HTTPServer so that tests can
 count requests, slow responses down, and stop the server to simulate an outage
-and start it again on the same port with the same objects.
+and start it again on the same port with the same objects. It also does two
+things GCS does and the package does not: it honours the generation and
+metageneration preconditions of an object DELETE or PATCH (412 when they do not
+hold), and a PATCH stamps the object's `updated` time.
 """
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from http.server import HTTPServer
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 from gcp_storage_emulator.handlers import buckets
@@ -27,6 +34,12 @@ from gcp_storage_emulator.server import RequestHandler
 from gcp_storage_emulator.storage import Storage as EmulatorStorage
 
 EMULATOR_BUCKET = "otaship-test"
+_OBJECT_PATH = re.compile(r"(?:/storage/v1)?/b/(?P<bucket>[-.\w]+)/o/(?P<name>.*[^/])")
+_PRECONDITIONS = {"ifGenerationMatch": "generation", "ifMetagenerationMatch": "metageneration"}
+
+
+def _timestamp(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class _RecordingHandler(RequestHandler):  # type: ignore[misc]  # untyped package
@@ -42,6 +55,44 @@ class _RecordingHandler(RequestHandler):  # type: ignore[misc]  # untyped packag
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the emulator logs every request at INFO; tests do not need it
+
+    def do_DELETE(self) -> None:
+        if not self._precondition_failed():
+            super().do_DELETE()
+
+    def do_PATCH(self) -> None:
+        if self._precondition_failed():
+            return
+        super().do_PATCH()
+        obj = self._object()
+        if obj is not None:
+            obj["updated"] = _timestamp(time.time())
+
+    def _object(self) -> dict[str, Any] | None:
+        match = _OBJECT_PATH.fullmatch(urlsplit(self.path).path)
+        if match is None:
+            return None
+        found: dict[str, Any] | None = self.emulator.objects(match["bucket"]).get(unquote(match["name"]))
+        return found
+
+    def _precondition_failed(self) -> bool:
+        """Answer 412, as GCS does, when the request's preconditions do not hold."""
+        query = parse_qs(urlsplit(self.path).query)
+        obj = self._object()
+        if obj is None:
+            return False  # the handler answers 404
+        for parameter, attribute in _PRECONDITIONS.items():
+            wanted = query.get(parameter)
+            if wanted and wanted[0] != str(obj[attribute]):
+                error = {"code": 412, "message": "At least one of the pre-conditions you specified did not hold."}
+                body = json.dumps({"error": error}).encode()
+                self.send_response(412)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return True
+        return False
 
 
 @dataclass
@@ -95,6 +146,19 @@ class GCSEmulator:
 
     def object_names(self) -> list[str]:
         return sorted(self._storage.objects.get(self.bucket, {}))
+
+    def objects(self, bucket: str) -> dict[str, dict[str, Any]]:
+        """The bucket's object resources by name, as the emulator keeps them."""
+        found: dict[str, dict[str, Any]] = self._storage.objects.get(bucket, {})
+        return found
+
+    def backdate(self, name: str, seconds: float) -> None:
+        """Make an object look stored (or last refreshed) `seconds` ago.
+
+        A test of the orphan sweep cannot wait an hour for an object to age.
+        """
+        obj = self.objects(self.bucket)[name]
+        obj["updated"] = obj["timeCreated"] = _timestamp(time.time() - seconds)
 
 
 @pytest.fixture

@@ -24,7 +24,15 @@ import pytest
 from google.api_core import exceptions as api_exceptions
 
 import receiver.storage.local as local_module
-from receiver.storage import ObjectNotFound, Storage, StorageError, create_storage, object_key
+from receiver.storage import (
+    FIRMWARE_PREFIX,
+    ObjectNotFound,
+    Storage,
+    StorageError,
+    StoredObject,
+    create_storage,
+    object_key,
+)
 from receiver.storage.gcs import GCSStorage
 from receiver.storage.local import LocalStorage
 
@@ -57,7 +65,9 @@ def _files_under(root: Path) -> list[str]:
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "local":
         root = tmp_path / "objects"
-        yield Backend(LocalStorage(root), lambda: _files_under(root))
+        # The lock file is the folder's own, like the folder itself.
+        lock = local_module.LOCK_NAME
+        yield Backend(LocalStorage(root), lambda: [f for f in _files_under(root) if f != lock])
         return
     emulator: GCSEmulator = request.getfixturevalue("gcs_emulator")
     cache = tmp_path / "cache"
@@ -246,6 +256,179 @@ def test_factory_picks_the_backend_by_scheme(tmp_path: Path) -> None:
     gcs = create_storage("gs://fleet-firmware/prod/ota", cache_dir=tmp_path / "cache")
     assert isinstance(gcs, GCSStorage)
     assert (gcs.bucket_name, gcs.prefix) == ("fleet-firmware", "prod/ota")
+
+
+# -- listing, refresh and conditional delete: what the orphan sweep uses ----------
+
+
+def _backdate(backend: Backend, key: str, seconds: float) -> None:
+    """Make an object look stored `seconds` ago; a test cannot wait an hour."""
+    storage = backend.storage
+    if isinstance(storage, LocalStorage):
+        then = time.time() - seconds
+        os.utime(storage.root / key, (then, then))
+    else:
+        assert backend.emulator is not None and isinstance(storage, GCSStorage)
+        backend.emulator.backdate(f"{storage.prefix}/{key}", seconds)
+
+
+def _listed(backend: Backend, key: str) -> StoredObject:
+    (found,) = [obj for obj in backend.storage.list_objects(FIRMWARE_PREFIX) if obj.key == key]
+    return found
+
+
+def test_list_objects_gives_each_object_with_its_size_and_age(backend: Backend, tmp_path: Path) -> None:
+    storage = backend.storage
+    assert storage.list_objects(FIRMWARE_PREFIX) == []
+    before = time.time()
+    small_key, small, _ = _image(tmp_path, 10 * KiB, "small.bin")
+    large_key, large, _ = _image(tmp_path, 300 * KiB, "large.bin")
+    storage.put(small_key, small)
+    storage.put(large_key, large)
+    storage.put("notes/readme.txt", small)  # not under the prefix
+    storage.local_path(small_key)  # cached, for GCS: the cache is no object
+    after = time.time()
+
+    listed = storage.list_objects(FIRMWARE_PREFIX)
+
+    assert sorted((obj.key, obj.size) for obj in listed) == sorted(
+        [(small_key, 10 * KiB), (large_key, 300 * KiB)]
+    )
+    for obj in listed:
+        assert before - 0.01 <= obj.modified <= after + 0.01
+    assert len({obj.version for obj in listed}) == 2
+    assert sorted(obj.key for obj in storage.list_objects("")) == sorted(
+        [small_key, large_key, "notes/readme.txt"]
+    )
+
+
+def test_a_linked_upload_is_as_old_as_its_store_not_its_bytes(backend: Backend, tmp_path: Path) -> None:
+    # The local backend hard-links the spool file, which keeps the upload's time.
+    key, source, _ = _image(tmp_path, 10 * KiB)
+    then = time.time() - 7200
+    os.utime(source, (then, then))
+    before = time.time()
+    backend.storage.put(key, source)
+    assert _listed(backend, key).modified >= before - 0.01
+
+
+def test_refresh_makes_an_object_young_again(backend: Backend, tmp_path: Path) -> None:
+    storage = backend.storage
+    key, source, data = _image(tmp_path, 10 * KiB)
+    storage.put(key, source)
+    _backdate(backend, key, 7200)
+    old = _listed(backend, key)
+    assert old.modified < time.time() - 7000
+
+    before = time.time()
+    assert storage.refresh(key) is True
+
+    new = _listed(backend, key)
+    assert new.modified >= before - 0.01
+    assert new.version != old.version
+    assert storage.local_path(key).read_bytes() == data
+    assert storage.refresh(object_key("2" * 64)) is False
+
+
+def test_delete_if_unchanged_removes_the_object_listed(backend: Backend, tmp_path: Path) -> None:
+    storage = backend.storage
+    key, source, _ = _image(tmp_path, 10 * KiB)
+    storage.put(key, source)
+    storage.local_path(key)  # cached, for GCS
+    listed = _listed(backend, key)
+
+    assert storage.delete_if_unchanged(listed) is True
+
+    assert not storage.exists(key)
+    assert backend.stored() == []
+    assert storage.delete_if_unchanged(listed) is False  # gone: another sweep's
+
+
+def test_delete_if_unchanged_keeps_an_object_refreshed_since_listed(
+    backend: Backend, tmp_path: Path
+) -> None:
+    storage = backend.storage
+    key, source, data = _image(tmp_path, 10 * KiB)
+    storage.put(key, source)
+    listed = _listed(backend, key)
+    assert storage.refresh(key)
+
+    assert storage.delete_if_unchanged(listed) is False
+
+    assert storage.local_path(key).read_bytes() == data
+
+
+def test_delete_if_unchanged_keeps_an_object_stored_again_since_listed(
+    backend: Backend, tmp_path: Path
+) -> None:
+    storage = backend.storage
+    key, source, data = _image(tmp_path, 10 * KiB)
+    storage.put(key, source)
+    listed = _listed(backend, key)
+    storage.delete(key)
+    storage.put(key, source)
+
+    assert storage.delete_if_unchanged(listed) is False
+
+    assert storage.local_path(key).read_bytes() == data
+
+
+def test_a_refresh_racing_a_delete_never_loses_a_refreshed_object(
+    backend: Backend, tmp_path: Path
+) -> None:
+    # Whichever comes first wins, and the outcome always says which: an object
+    # refreshed is never removed, and a refresh after the delete says so.
+    storage = backend.storage
+    key, source, _ = _image(tmp_path, 1 * KiB)
+    rounds = 150 if backend.emulator is None else 30
+
+    def refresh(barrier: threading.Barrier) -> bool:
+        barrier.wait()
+        return storage.refresh(key)
+
+    def delete(barrier: threading.Barrier, listed: StoredObject) -> bool:
+        barrier.wait()
+        return storage.delete_if_unchanged(listed)
+
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(rounds):
+            storage.put(key, source)
+            barrier = threading.Barrier(2)
+            refreshed = pool.submit(refresh, barrier)
+            deleted = pool.submit(delete, barrier, _listed(backend, key))
+            outcome = (refreshed.result(), deleted.result())
+            assert outcome in {(True, False), (False, True)}
+            assert storage.exists(key) is outcome[0]
+
+
+def test_the_listing_holds_no_temp_or_lock_files(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    storage = LocalStorage(root)
+    key, source, _ = _image(tmp_path, 1 * KiB)
+    storage.put(key, source)
+    storage.refresh(key)
+    (root / ".tmp" / "crashed.part").write_bytes(b"half")
+    (root / "firmware" / "sha256" / ".hidden").write_bytes(b"x")
+    assert (root / local_module.LOCK_NAME).exists()
+    assert [obj.key for obj in storage.list_objects("")] == [key]
+
+
+def test_gcs_delete_if_unchanged_is_conditional_at_gcs(gcs_emulator: GCSEmulator, tmp_path: Path) -> None:
+    # The check and the delete are one request: GCS itself refuses a changed object.
+    storage = GCSStorage(gcs_emulator.bucket, "otaship", tmp_path / "cache")
+    key, source, _ = _image(tmp_path, 10 * KiB)
+    storage.put(key, source)
+    (listed,) = storage.list_objects(FIRMWARE_PREFIX)
+    generation, metageneration = listed.version.split(":")
+    storage.refresh(key)
+
+    assert storage.delete_if_unchanged(listed) is False
+
+    deletes = [path for method, path in gcs_emulator.requests if method == "DELETE"]
+    assert len(deletes) == 1
+    assert f"ifGenerationMatch={generation}" in deletes[0]
+    assert f"ifMetagenerationMatch={metageneration}" in deletes[0]
+    storage.close()
 
 
 # -- local ---------------------------------------------------------------------
@@ -459,6 +642,7 @@ def test_gcs_outage_is_a_storage_error_within_seconds(
     storage = GCSStorage(gcs_emulator.bucket, "otaship", tmp_path / "cache")
     key, source, data = _image(tmp_path, 10 * KiB)
     storage.put(key, source)
+    (listed,) = storage.list_objects(FIRMWARE_PREFIX)
     new_key, new_source, _ = _image(tmp_path, 10 * KiB, "new.bin")
     gcs_emulator.stop()
 
@@ -468,6 +652,9 @@ def test_gcs_outage_is_a_storage_error_within_seconds(
             "put": lambda: storage.put(new_key, new_source),
             "check": storage.check,
             "exists": lambda: storage.exists(key),
+            "refresh": lambda: storage.refresh(key),
+            "list_objects": lambda: storage.list_objects(FIRMWARE_PREFIX),
+            "delete_if_unchanged": lambda: storage.delete_if_unchanged(listed),
             # Five devices want the uncached image: they share one failing download
             # instead of queueing for one retry deadline each.
             **{f"local_path{i}": (lambda: storage.local_path(key)) for i in range(5)},

@@ -18,6 +18,7 @@ from receiver.auth import authenticated_owner
 from receiver.deploy import DeployResult, StoredFirmware, VersionConflict, current_ota, deploy_firmware
 from receiver.groups import get_owned_group
 from receiver.ids import is_id, iso_utc, secret_matches_plain
+from receiver.in_flight import Hold, ObjectNotStored
 from receiver.metrics import Metrics
 from receiver.models import GroupOta, User
 from receiver.path_search import owned_paths_containing
@@ -307,34 +308,49 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
         app_version=image.app.version if image.app else None,
         idf_ver=image.app.idf_ver if image.app else None,
     )
-    try:
-        current = await services.run_db(lambda session: current_ota(session=session, group_id=group.id))
-        if current is None or current.version != version:
-            # Objects are immutable and content-addressed: writing one before the
-            # record means a record never points at an incomplete object, and a
-            # failed commit leaves only an unreferenced object behind.
-            await services.run_blocking(lambda: _store(services, firmware.object_key, file_path))
+
+    def store(hold: Hold) -> None:
+        hold.storing()
+        _store(services, firmware.object_key, file_path)
+
+    async def write_record(hold: Hold) -> tuple[bool, dict[str, Any]]:
+        # `hold.checked` runs inside the transaction, before it commits.
         if canary_id is None:
             result: DeployResult = await services.run_write(
-                lambda session: deploy_firmware(
+                lambda session: hold.checked(deploy_firmware(
                     session=session, group_id=group.id, version=version, firmware=firmware,
                     commit=commit, notify=services.notify,
-                )
+                ))
             )
-            body: dict[str, Any] = {"deployed": result.deployed, "ota": ota_json(result.ota)}
-            deployed = result.deployed
-        else:
-            assert policy is not None
-            rollout_policy = policy
-            staged = await services.run_write(
-                lambda session: _canary_body(
-                    deploy_with_canary(
-                        session=session, group_id=group.id, canary_id=canary_id, version=version,
-                        firmware=firmware, policy=rollout_policy, commit=commit, notify=services.notify,
-                    )
+            return result.deployed, {"deployed": result.deployed, "ota": ota_json(result.ota)}
+        assert policy is not None
+        rollout_policy = policy
+        return await services.run_write(
+            lambda session: _canary_body(hold.checked(
+                deploy_with_canary(
+                    session=session, group_id=group.id, canary_id=canary_id, version=version,
+                    firmware=firmware, policy=rollout_policy, commit=commit, notify=services.notify,
                 )
-            )
-            deployed, body = staged
+            ))
+        )
+
+    try:
+        with services.objects_in_flight.hold(
+            firmware.object_key, commit_within=services.settings.gc_grace / 2
+        ) as hold:
+            current = await services.run_db(lambda session: current_ota(session=session, group_id=group.id))
+            if current is None or current.version != version:
+                # Objects are immutable and content-addressed: writing one before the
+                # record means a record never points at an incomplete object, and a
+                # failed commit leaves only an unreferenced object behind.
+                await services.run_blocking(lambda: store(hold))
+            try:
+                deployed, body = await write_record(hold)
+            except ObjectNotStored:
+                # Another deploy moved the group off this version since `current`
+                # was read: this one deploys after all, and needs its object.
+                await services.run_blocking(lambda: store(hold))
+                deployed, body = await write_record(hold)
     except VersionConflict as exc:
         return _conflict(exc, version)
     except RolloutConflict as exc:
@@ -360,7 +376,9 @@ def _canary_body(staged: CanaryDeploy) -> tuple[bool, dict[str, Any]]:
 
 
 def _store(services: Services, key: str, source: Any) -> None:
-    if not services.storage.exists(key):
+    # An object already there may be an old orphan that a sweep is about to
+    # remove: refreshed, it counts as stored just now.
+    if not services.storage.refresh(key):
         services.storage.put(key, source)
 
 

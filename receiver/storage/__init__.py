@@ -4,9 +4,20 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from receiver.storage.base import ObjectNotFound, Storage, StorageError, object_key
+from receiver.storage.base import (
+    FIRMWARE_PREFIX,
+    ObjectNotFound,
+    Storage,
+    StorageError,
+    StoredObject,
+    is_firmware_key,
+    object_key,
+)
 
-__all__ = ["ObjectNotFound", "Storage", "StorageError", "create_storage", "object_key"]
+__all__ = [
+    "FIRMWARE_PREFIX", "ObjectNotFound", "Storage", "StorageError", "StoredObject",
+    "create_storage", "is_firmware_key", "object_key",
+]
 
 
 def create_storage(url: str, *, cache_dir: Path) -> Storage:

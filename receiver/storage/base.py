@@ -7,7 +7,14 @@ and a cached copy can never disagree about its bytes.
 from __future__ import annotations
 
 import abc
+import re
+from dataclasses import dataclass
 from pathlib import Path
+
+# Every object the receiver writes lives under this prefix; nothing else in the
+# bucket or folder is ever its to delete.
+FIRMWARE_PREFIX = "firmware/sha256/"
+_FIRMWARE_KEY = re.compile(r"firmware/sha256/[0-9a-f]{64}\.bin")
 
 
 class StorageError(Exception):
@@ -20,7 +27,25 @@ class ObjectNotFound(StorageError):
 
 def object_key(sha256: str) -> str:
     """Where the bytes of a firmware image live, whatever group deploys them."""
-    return f"firmware/sha256/{sha256}.bin"
+    return f"{FIRMWARE_PREFIX}{sha256}.bin"
+
+
+def is_firmware_key(key: str) -> bool:
+    """Whether `key` is one that `object_key` makes."""
+    return _FIRMWARE_KEY.fullmatch(key) is not None
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as a listing saw it."""
+
+    key: str
+    size: int
+    # When it was stored or last refreshed, in seconds since the epoch.
+    modified: float
+    # Changes whenever the object is stored again or refreshed; opaque, it only
+    # lets a delete make sure that it removes exactly what the listing saw.
+    version: str
 
 
 class Storage(abc.ABC):
@@ -52,6 +77,30 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object; a missing key is not an error."""
+
+    def refresh(self, key: str) -> bool:
+        """Make the object count as stored just now; False when there is none.
+
+        A deploy that finds its object already stored refreshes it, so that the
+        orphan sweep (which removes only objects older than its grace period)
+        cannot take it away while the deploy's record is being written. A
+        backend that cannot list its objects is never swept: there, whether the
+        object exists is all that matters.
+        """
+        return self.exists(key)
+
+    def list_objects(self, prefix: str) -> list[StoredObject]:
+        """Every complete object whose key starts with `prefix`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its objects")
+
+    def delete_if_unchanged(self, stored: StoredObject) -> bool:
+        """Remove the object only if it is still the version that was listed.
+
+        False when it is gone already or was stored again or refreshed since:
+        someone is using it. Atomic against `put` and `refresh`, in this
+        process and in any other.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot delete by version")
 
     @abc.abstractmethod
     def check(self) -> None:

@@ -30,7 +30,7 @@ from google.cloud import storage as gcs
 from google.cloud.storage import exceptions as gcs_exceptions
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from receiver.storage.base import ObjectNotFound, Storage, StorageError
+from receiver.storage.base import ObjectNotFound, Storage, StorageError, StoredObject
 from receiver.storage.local import validate_key
 
 MiB = 1024 * 1024
@@ -52,6 +52,8 @@ _UPLOAD_CHUNK_BYTES = 8 * MiB
 # opens it a moment after we return it, and only an *open* file survives unlink.
 EVICT_GRACE_SECONDS = 10.0
 _TMP_PREFIX = ".tmp-"
+# Custom metadata that `refresh` sets; its value is only there to be new.
+_REFRESHED_METADATA = "otaship-refreshed"
 _STALE_TMP_SECONDS = 3600.0
 # google-cloud-storage 3.x starts a background thread per bucket that calls
 # buckets.get (with the default 120 s retry) to decorate telemetry spans, and
@@ -96,6 +98,13 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, gcs_exceptions.DataCorruption):
         return "checksum mismatch"
     return type(exc).__name__
+
+
+def _modified(blob: gcs.Blob) -> float:
+    """When the object was stored or last refreshed; GCS always says, but an
+    object whose time is unknown must look young, never old enough to remove."""
+    when = blob.updated or blob.time_created
+    return when.timestamp() if when is not None else float("inf")
 
 
 def _raise_storage_error(action: str, exc: BaseException) -> NoReturn:
@@ -231,6 +240,58 @@ class GCSStorage(Storage):
         # harmless, a deleted key is one no record points to any more.
         with contextlib.suppress(FileNotFoundError):
             self._cache_path(name).unlink()
+
+    def refresh(self, key: str) -> bool:
+        name = self._object_name(key)
+        blob = self._gcs_bucket().blob(name)
+        # A metadata change is what gives an object a new `updated` time and
+        # metageneration without rewriting its bytes.
+        blob.metadata = {_REFRESHED_METADATA: str(time.time_ns())}
+        try:
+            blob.patch(timeout=self._timeout, retry=self._retry)
+        except api_exceptions.NotFound:
+            return False
+        except _VENDOR_ERRORS as exc:
+            _raise_storage_error("refresh", exc)
+        return True
+
+    def list_objects(self, prefix: str) -> list[StoredObject]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        bucket = self._gcs_bucket()
+        try:
+            # Paged; every page is a request, so the errors come while iterating.
+            return [
+                StoredObject(
+                    key=blob.name[len(base):],
+                    size=int(blob.size or 0),
+                    modified=_modified(blob),
+                    version=f"{blob.generation}:{blob.metageneration}",
+                )
+                for blob in bucket.client.list_blobs(
+                    bucket, prefix=base + prefix, timeout=self._timeout, retry=self._retry
+                )
+            ]
+        except _VENDOR_ERRORS as exc:
+            _raise_storage_error("listing", exc)
+
+    def delete_if_unchanged(self, stored: StoredObject) -> bool:
+        name = self._object_name(stored.key)
+        generation, _, metageneration = stored.version.partition(":")
+        try:
+            # The preconditions make GCS itself refuse the delete when the object
+            # was stored again (new generation) or refreshed (new metageneration)
+            # after the listing; they also make a retried delete safe.
+            self._gcs_bucket().blob(name).delete(
+                if_generation_match=int(generation), if_metageneration_match=int(metageneration),
+                timeout=self._timeout, retry=self._retry,
+            )
+        except (api_exceptions.NotFound, api_exceptions.PreconditionFailed):
+            return False
+        except _VENDOR_ERRORS as exc:
+            _raise_storage_error("delete", exc)
+        with contextlib.suppress(FileNotFoundError):
+            self._cache_path(name).unlink()
+        return True
 
     def check(self) -> None:
         try:

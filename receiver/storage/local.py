@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
+import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from receiver.storage.base import ObjectNotFound, Storage, StorageError
+from receiver.storage.base import ObjectNotFound, Storage, StorageError, StoredObject
 
 # Temp files live inside root so that os.replace never crosses a filesystem; the
 # leading dot keeps them out of the key space (validate_key rejects dot segments).
@@ -18,6 +21,11 @@ _TMP_SUFFIX = ".part"
 # Several workers may share root, so a fresh temp file is never ours to delete.
 _STALE_TMP_SECONDS = 3600.0
 _COPY_CHUNK = 1024 * 1024
+# Taken shared by whatever gives a key new bytes or a new age (put, refresh) and
+# exclusively by a delete that must first check the object is the one it listed.
+# POSIX has no "unlink if unchanged"; this lock makes the check and the unlink one
+# step for every process sharing root.
+LOCK_NAME = ".lock"
 _MAX_KEY_BYTES = 1024  # the GCS object name limit, so both backends accept the same keys
 
 
@@ -40,6 +48,11 @@ def validate_key(key: str) -> str:
         if not segment or segment.startswith("."):
             raise ValueError(f"object key {key!r} has an empty or dot segment")
     return key
+
+
+def _version(st: os.stat_result) -> str:
+    # A put publishes a new inode and a refresh sets a new mtime: either changes this.
+    return f"{st.st_ino}:{st.st_mtime_ns}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -145,14 +158,27 @@ class LocalStorage(Storage):
             raise
         return True
 
-    @staticmethod
-    def _publish(tmp: Path, path: Path) -> None:
+    @contextlib.contextmanager
+    def _locked(self, *, exclusive: bool) -> Iterator[None]:
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _publish(self, tmp: Path, path: Path) -> None:
         """Give a complete, synced temp file its key's name, durably."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Atomic: readers see no file or the complete one. Overwriting
-            # an existing key is harmless, the bytes are the same.
-            os.replace(tmp, path)
+            with self._locked(exclusive=False):
+                # The object's age starts now, not when its bytes were written
+                # (a linked spool file keeps the upload's time).
+                now = time.time_ns()
+                os.utime(tmp, ns=(now, now))
+                # Atomic: readers see no file or the complete one. Overwriting
+                # an existing key is harmless, the bytes are the same.
+                os.replace(tmp, path)
             _fsync_dir(path.parent)
         except OSError as exc:
             raise StorageError(f"cannot store object: {exc.strerror}") from exc
@@ -172,6 +198,66 @@ class LocalStorage(Storage):
             path.unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot delete object: {exc.strerror}") from exc
+
+    def refresh(self, key: str) -> bool:
+        path = self._path(key)
+        self._prepare()
+        try:
+            with self._locked(exclusive=False):
+                now = time.time_ns()
+                os.utime(path, ns=(now, now))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"cannot refresh object: {exc.strerror}") from exc
+        return True
+
+    def list_objects(self, prefix: str) -> list[StoredObject]:
+        if prefix:
+            validate_key(prefix.rstrip("/"))
+        # Walk only the folder the prefix names, not the whole root.
+        start = self.root / prefix.rpartition("/")[0]
+        if not start.is_dir():
+            return []
+
+        def fail(exc: OSError) -> None:
+            raise exc
+
+        found: list[StoredObject] = []
+        try:
+            for folder, subfolders, names in os.walk(start, onerror=fail):
+                # Dot names are the backend's own (temp files, the lock), never objects.
+                subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+                base = Path(folder).relative_to(self.root).as_posix()
+                for name in names:
+                    key = name if base == "." else f"{base}/{name}"
+                    if name.startswith(".") or not key.startswith(prefix):
+                        continue
+                    try:
+                        st = os.stat(os.path.join(folder, name), follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # deleted since the folder was read
+                    if stat.S_ISREG(st.st_mode):
+                        found.append(StoredObject(key, st.st_size, st.st_mtime_ns / 1e9, _version(st)))
+        except OSError as exc:
+            raise StorageError(f"cannot list objects: {exc.strerror}") from exc
+        return found
+
+    def delete_if_unchanged(self, stored: StoredObject) -> bool:
+        path = self._path(stored.key)
+        self._prepare()
+        try:
+            with self._locked(exclusive=True):
+                try:
+                    st = os.stat(path, follow_symlinks=False)
+                except FileNotFoundError:
+                    return False
+                if _version(st) != stored.version:
+                    return False
+                path.unlink()
+        except OSError as exc:
+            raise StorageError(f"cannot delete object: {exc.strerror}") from exc
+        return True
 
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():
