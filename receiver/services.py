@@ -15,6 +15,7 @@ from receiver.db import read_session, write_session
 from receiver.settings import Settings
 from receiver.storage import Storage
 from receiver.ttl_map import TtlMap
+from receiver.upload_slots import UploadSlots
 
 T = TypeVar("T")
 
@@ -33,6 +34,11 @@ class Services:
     listing_totals: TtlMap[str, int] = field(default_factory=lambda: TtlMap(1.0))
     # Called after anything that changes what devices should run.
     on_deploy: list[Callable[[], None]] = field(default_factory=list)
+    # Each owner's uploads in flight on this replica.
+    upload_slots: UploadSlots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.upload_slots = UploadSlots(self.settings.max_uploads_per_owner)
 
     @staticmethod
     def of(conn: HTTPConnection) -> Services:
