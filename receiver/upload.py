@@ -34,8 +34,6 @@ from receiver.spool import MAX_BACKLOG, SpoolWriter
 
 MAX_FIELD_BYTES = 4096
 MAX_PARTS = 32
-# A part's headers: a Content-Disposition and a Content-Type fit many times over.
-MAX_HEADER_BYTES = 8 * 1024
 # Multipart framing and the small text fields ride on top of the file itself.
 ENVELOPE_ALLOWANCE = 64 * 1024
 
@@ -133,15 +131,9 @@ class _FormCollector:
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.part.header_field += data[start:end]
-        self._check_header()
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self.part.header_value += data[start:end]
-        self._check_header()
-
-    def _check_header(self) -> None:
-        if len(self.part.header_field) + len(self.part.header_value) > MAX_HEADER_BYTES:
-            raise MalformedUpload(f"A part's header is too long (at most {MAX_HEADER_BYTES} bytes)")
 
     def on_header_end(self) -> None:
         if bytes(self.part.header_field).strip().lower() == b"content-disposition":
