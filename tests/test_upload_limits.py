@@ -291,3 +291,17 @@ def test_upload_slots_count_per_owner() -> None:
     with pytest.raises(RuntimeError), slots.hold("a"):
         raise RuntimeError("the upload failed")
     assert slots.in_flight("a") == 0
+
+
+def test_the_upload_limits_are_settings() -> None:
+    from receiver.settings import SettingsError
+
+    defaults = Settings.from_env({})
+    assert (defaults.upload_idle_timeout, defaults.upload_timeout, defaults.max_uploads_per_owner) == (30, 600, 8)
+    chosen = Settings.from_env({
+        "OTASHIP_UPLOAD_IDLE_TIMEOUT": "5", "OTASHIP_UPLOAD_TIMEOUT": "60", "OTASHIP_MAX_UPLOADS_PER_OWNER": "2",
+    })
+    assert (chosen.upload_idle_timeout, chosen.upload_timeout, chosen.max_uploads_per_owner) == (5, 60, 2)
+    for name in ("OTASHIP_UPLOAD_IDLE_TIMEOUT", "OTASHIP_UPLOAD_TIMEOUT", "OTASHIP_MAX_UPLOADS_PER_OWNER"):
+        with pytest.raises(SettingsError, match=f"^{name} must be at least 1, not 0$"):
+            Settings.from_env({name: "0"})

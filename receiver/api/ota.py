@@ -170,9 +170,9 @@ async def post_group_ota(request: Request) -> Response:
         return await _receive_and_deploy(request, services, owner)
 
 
-def _body_refused(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
+def _body_refused(status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
     """An answer before the body was read to its end: the connection cannot carry another request."""
-    response = message(status, text)
+    response = message(status, reason)
     response.headers.update({"Connection": "close", **(headers or {})})
     return response
 
