@@ -44,7 +44,7 @@ PROPERTY = settings(
 ROUTE_PROPERTY = settings(PROPERTY, max_examples=40)
 
 # Anything a query string or a form can carry, Unicode digits and control characters included.
-any_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=80)
+any_text = st.text(st.characters(codec="utf-8"), max_size=80)
 digits_and_tricks = st.text(
     st.sampled_from(list("0123456789 \t\r\n+-._eE\x00\x7f²³١٣\u00a0\uff11")), max_size=40
 )
@@ -157,8 +157,14 @@ identifier = st.one_of(
     st.tuples(st.text(alphabet=alphanumerics, max_size=5), st.sampled_from("abcXYZ-"),
               st.text(alphabet=alphanumerics, max_size=5)).map("".join),
 )
+
+
+def _semantic(core: tuple[str, str, str], pre: list[str], build: list[str]) -> str:
+    return ".".join(core) + (f"-{'.'.join(pre)}" if pre else "") + (f"+{'.'.join(build)}" if build else "")
+
+
 semantic_versions = st.builds(
-    lambda core, pre, build: ".".join(core) + (f"-{'.'.join(pre)}" if pre else "") + (f"+{'.'.join(build)}" if build else ""),
+    _semantic,
     st.tuples(numeric, numeric, numeric),
     st.lists(identifier, max_size=3),
     st.lists(st.text(alphabet=alphanumerics, min_size=1, max_size=8), max_size=2),
@@ -225,7 +231,7 @@ def request_of(chunks: list[bytes], content_type: str = multipart.CONTENT_TYPE) 
 
     scope = {"type": "http", "method": "POST", "path": "/v1/ota/group", "query_string": b"",
              "headers": [(b"content-type", content_type.encode())]}
-    return Request(scope, receive)  # type: ignore[arg-type]
+    return Request(scope, receive)
 
 
 def split(body: bytes, cuts: list[int]) -> list[bytes]:
@@ -253,7 +259,7 @@ def parse(chunks: list[bytes], spool: Path, max_file_bytes: int = 4096) -> tuple
 
 
 field_names = st.sampled_from(["group", "token", "version", "commit", "canary", "soak", "x"])
-field_values = st.text(st.characters(exclude_categories=("Cs",)), max_size=60).filter(
+field_values = st.text(st.characters(codec="utf-8"), max_size=60).filter(
     lambda v: multipart.BOUNDARY not in v
 )
 cut_lists = st.lists(st.integers(0, 8192), max_size=12)

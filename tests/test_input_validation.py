@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import func
 from sqlmodel import select
@@ -101,14 +102,17 @@ def test_listing_values_at_their_bounds_are_served(client: TestClient, setup: Se
 # --- POST /v1/ota/group ------------------------------------------------------------
 
 
-def post(client: TestClient, s: Setup, version: str = "1.1.0", *, rollout: bool = True, **fields: str) -> object:
-    data = {"group": s.group.id, "token": s.group.token, "version": version, **fields}
+def post(
+    client: TestClient, s: Setup, fields: dict[str, str] | None = None, *, version: str = "1.1.0", rollout: bool = True
+) -> httpx.Response:
+    data = {"group": s.group.id, "token": s.group.token, "version": version, **(fields or {})}
     if rollout:
         data.setdefault("canary", s.canary.id)
-    return client.post(
+    response: httpx.Response = client.post(
         "/v1/ota/group", headers=s.owner.headers, data=data,
         files={"firmware": ("firmware.bin", build_image(version))},
     )
+    return response
 
 
 @pytest.mark.parametrize(
@@ -144,9 +148,9 @@ def test_bad_fields_are_400_and_store_nothing(
     client: TestClient, services: Services, settings: Settings, setup: Setup,
     fields: dict[str, str], expected: str,
 ) -> None:
-    response = post(client, setup, **fields)
-    assert response.status_code == 400  # type: ignore[attr-defined]
-    assert response.json() == {"message": expected}  # type: ignore[attr-defined]
+    response = post(client, setup, fields)
+    assert response.status_code == 400
+    assert response.json() == {"message": expected}
     assert stored(services, settings) == (0, 0, 0, 0, 0)
 
 
@@ -160,30 +164,30 @@ def test_a_bad_canary_is_400_before_the_image_is_stored(
     canary: str, expected: str,
 ) -> None:
     other = fleet.group(setup.owner, name=canary, parent=setup.group if canary == "empty" else None)
-    response = post(client, setup, canary=other.id)
-    assert response.status_code == 400  # type: ignore[attr-defined]
-    assert response.json() == {"message": expected}  # type: ignore[attr-defined]
+    response = post(client, setup, {"canary": other.id})
+    assert response.status_code == 400
+    assert response.json() == {"message": expected}
     assert stored(services, settings) == (0, 0, 0, 0, 0)
 
 
 def test_a_commit_with_nul_is_refused_on_a_plain_deploy(
     client: TestClient, services: Services, settings: Settings, setup: Setup
 ) -> None:
-    response = post(client, setup, rollout=False, commit="4f2a9c1\x00")
-    assert response.status_code == 400  # type: ignore[attr-defined]
-    assert response.json() == {"message": "commit must not contain control characters"}  # type: ignore[attr-defined]
+    response = post(client, setup, {"commit": "4f2a9c1\x00"}, rollout=False)
+    assert response.status_code == 400
+    assert response.json() == {"message": "commit must not contain control characters"}
     assert stored(services, settings) == (0, 0, 0, 0, 0)
 
 
 def test_fields_at_their_bounds_start_a_rollout(
     client: TestClient, services: Services, settings: Settings, setup: Setup
 ) -> None:
-    response = post(
-        client, setup, canary_timeout="604800", soak="604800", error_threshold="1000000",
-        success_threshold="1e-05", auto_promote=" FALSE\n", commit="a" * 64,
-    )
-    assert response.status_code == 201, response.text  # type: ignore[attr-defined]
-    rollout_id = response.json()["rollout"]["id"]  # type: ignore[attr-defined]
+    response = post(client, setup, {
+        "canary_timeout": "604800", "soak": "604800", "error_threshold": "1000000",
+        "success_threshold": "1e-05", "auto_promote": " FALSE\n", "commit": "a" * 64,
+    })
+    assert response.status_code == 201, response.text
+    rollout_id = response.json()["rollout"]["id"]
     with read_session(services.engine) as session:
         rollout = session.get(Rollout, rollout_id)
         assert rollout is not None
@@ -208,8 +212,8 @@ def test_the_spec_order_holds_for_hostile_values(client: TestClient, fleet: Flee
         files={"firmware": ("firmware.bin", build_image("1.0.0"))},
     )
     assert (response.status_code, response.json()) == (400, {"message": "Group ID is not valid"})
-    response = post(client, s, token=s.group.token + "\x00", canary_timeout="²")
-    assert (response.status_code, response.json()) == (400, {"message": "Group token is not valid"})  # type: ignore[attr-defined]
+    response = post(client, s, {"token": s.group.token + "\x00", "canary_timeout": "²"})
+    assert (response.status_code, response.json()) == (400, {"message": "Group token is not valid"})
 
 
 # --- the rollouts API --------------------------------------------------------------
@@ -233,7 +237,7 @@ def test_rollout_queries_and_paths_refuse_control_characters(client: TestClient,
 
 
 def test_devices_takes_the_usual_words(client: TestClient, setup: Setup) -> None:
-    rollout_id = post(client, setup).json()["rollout"]["id"]  # type: ignore[attr-defined]
+    rollout_id = post(client, setup).json()["rollout"]["id"]
     for value, with_devices in (("false", False), ("0", False), ("No", False), ("off", False),
                                 ("true", True), ("1", True), ("", True)):
         body = client.get(f"/v1/rollouts/{rollout_id}?devices={value}", headers=setup.owner.headers).json()
@@ -241,7 +245,7 @@ def test_devices_takes_the_usual_words(client: TestClient, setup: Setup) -> None
 
 
 def test_a_spool_file_never_outlives_a_refused_post(settings: Settings, client: TestClient, setup: Setup) -> None:
-    post(client, setup, canary_timeout="²")
-    post(client, setup, commit="\x00")
+    post(client, setup, {"canary_timeout": "²"})
+    post(client, setup, {"commit": "\x00"})
     tmp_dir: Path = settings.tmp_dir
     assert list(tmp_dir.iterdir()) == []

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -147,6 +148,10 @@ def spool_files(spool: Path) -> int:
     return len(list(spool.glob("upload-*.part")))
 
 
+def spool_held(spool: Path, count: int) -> bool:
+    return spool_files(spool) == count
+
+
 def test_stalled_and_trickling_uploads_time_out_and_free_their_spool(
     receiver: tuple[ReceiverProcess, dict[str, Tenant], Path],
 ) -> None:
@@ -164,7 +169,7 @@ def test_stalled_and_trickling_uploads_time_out_and_free_their_spool(
         upload.send(head + image[:1024])
         uploads.append(upload)
         if opened <= CAP:
-            wait_until(lambda: spool_files(spool) == opened, 10, f"{opened} spool files")
+            wait_until(partial(spool_held, spool, opened), 10, f"{opened} spool files")
 
     # The trickle: never idle long enough for the idle timeout, so the deadline ends it.
     trickler = tenants["trickler"]
