@@ -17,7 +17,14 @@ from starlette.routing import Route
 from receiver import __version__
 from receiver.api.deploy_form import MAX_COMMIT_LENGTH, MAX_STAGE_SECONDS, MAX_TOLERATED_FAILURES
 from receiver.api.ota import (
-    DEFAULT_LIMIT, FREE_PLAN, LIST_ERROR, MAX_DRAW_LENGTH, MAX_LIMIT, MAX_OFFSET, MAX_SEARCH_LENGTH, UPLOAD_ERROR,
+    DEFAULT_LIMIT,
+    FREE_PLAN,
+    LIST_ERROR,
+    MAX_DRAW_LENGTH,
+    MAX_LIMIT,
+    MAX_OFFSET,
+    MAX_SEARCH_LENGTH,
+    UPLOAD_ERROR,
 )
 from receiver.api.responses import UNAUTHORIZED
 from receiver.api.rollouts import NOT_FOUND as NO_SUCH_ROLLOUT

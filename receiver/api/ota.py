@@ -16,8 +16,8 @@ from receiver.api.deploy_form import check_version, parse_options, parse_target
 from receiver.api.responses import UNAUTHORIZED, message, server_error
 from receiver.auth import authenticated_owner
 from receiver.deploy import DeployResult, StoredFirmware, VersionConflict, current_ota, deploy_firmware
-from receiver.groups import get_owned_group
 from receiver.fields import BadField, choice, text, whole_number
+from receiver.groups import get_owned_group
 from receiver.ids import iso_utc, secret_matches_plain
 from receiver.metrics import Metrics
 from receiver.models import GroupOta, User
