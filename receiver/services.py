@@ -16,6 +16,7 @@ from receiver.in_flight import ObjectsInFlight
 from receiver.settings import Settings
 from receiver.storage import Storage
 from receiver.ttl_map import TtlMap
+from receiver.upload_slots import UploadSlots
 
 T = TypeVar("T")
 
@@ -36,6 +37,11 @@ class Services:
     on_deploy: list[Callable[[], None]] = field(default_factory=list)
     # Objects being stored whose records are not committed yet: the sweep keeps them.
     objects_in_flight: ObjectsInFlight = field(default_factory=ObjectsInFlight)
+    # Each owner's uploads in flight on this replica.
+    upload_slots: UploadSlots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.upload_slots = UploadSlots(self.settings.max_uploads_per_owner)
 
     @staticmethod
     def of(conn: HTTPConnection) -> Services:

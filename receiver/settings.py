@@ -18,6 +18,11 @@ DEFAULT_RATE_LIMIT_BAD_KEYS = "20/second"
 DEFAULT_GC_INTERVAL = 3600
 DEFAULT_GC_GRACE = 3600
 MIN_GC_GRACE = 60
+# Uploads: seconds without a byte, seconds for the whole body, and how many one
+# owner may have in flight on a replica.
+DEFAULT_UPLOAD_IDLE_TIMEOUT = 30
+DEFAULT_UPLOAD_TIMEOUT = 600
+DEFAULT_MAX_UPLOADS_PER_OWNER = 8
 
 
 class SettingsError(ValueError):
@@ -75,6 +80,9 @@ class Settings:
     public_url: str | None = None
     rollout_tick: float = 1.0
     max_firmware_bytes: int = DEFAULT_MAX_FIRMWARE_BYTES
+    upload_idle_timeout: float = DEFAULT_UPLOAD_IDLE_TIMEOUT
+    upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT
+    max_uploads_per_owner: int = DEFAULT_MAX_UPLOADS_PER_OWNER
     log_level: str = "info"
     log_format: str = "text"
     # Per replica, in the `limits` package's notation; None turns a limit off.
@@ -101,6 +109,11 @@ class Settings:
             public_url=env.get("OTASHIP_PUBLIC_URL", "").strip() or None,
             max_firmware_bytes=_int(
                 env, "OTASHIP_MAX_FIRMWARE_BYTES", DEFAULT_MAX_FIRMWARE_BYTES, minimum=1
+            ),
+            upload_idle_timeout=_int(env, "OTASHIP_UPLOAD_IDLE_TIMEOUT", DEFAULT_UPLOAD_IDLE_TIMEOUT, minimum=1),
+            upload_timeout=_int(env, "OTASHIP_UPLOAD_TIMEOUT", DEFAULT_UPLOAD_TIMEOUT, minimum=1),
+            max_uploads_per_owner=_int(
+                env, "OTASHIP_MAX_UPLOADS_PER_OWNER", DEFAULT_MAX_UPLOADS_PER_OWNER, minimum=1
             ),
             log_level=env.get("OTASHIP_LOG_LEVEL", "").strip().lower() or "info",
             log_format=log_format,

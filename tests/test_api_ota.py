@@ -190,7 +190,11 @@ def test_a_firmware_over_the_limit_is_413_and_leaves_nothing(
     big = build_image("1.0.0") + b"\xff" * (3 * 1024 * 1024)
     response = post(client, owner, {"group": group.id, "token": group.token, "version": "1.0.0"}, big)
     assert response.status_code == 413
-    assert "larger than the limit of 2097152 bytes" in response.json()["message"]
+    # Its Content-Length tells before a byte is read: the body as a whole is too large.
+    assert response.json() == {
+        "message": "The request body is larger than the limit of 2162688 bytes: a firmware of at most "
+        "2097152 bytes (2.0 MiB) and 65536 bytes of form fields"
+    }
     assert list(settings.tmp_dir.iterdir()) == []  # type: ignore[attr-defined]
     assert client.get("/v1/ota/group", headers=owner.headers).json()["recordsTotal"] == 0
 
@@ -356,10 +360,10 @@ def test_draw_is_echoed_as_a_string(client: TestClient, fleet: Fleet) -> None:
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
-        ({"offset": "-1"}, "offset must be a non-negative whole number, not '-1'"),
-        ({"offset": "ten"}, "offset must be a non-negative whole number, not 'ten'"),
-        ({"limit": "-5"}, "limit must be a non-negative whole number, not '-5'"),
-        ({"limit": "1.5"}, "limit must be a non-negative whole number, not '1.5'"),
+        ({"offset": "-1"}, "offset must be a whole number from 0 to 1000000000, not '-1'"),
+        ({"offset": "ten"}, "offset must be a whole number from 0 to 1000000000, not 'ten'"),
+        ({"limit": "-5"}, "limit must be a whole number of 0 or more, not '-5'"),
+        ({"limit": "1.5"}, "limit must be a whole number of 0 or more, not '1.5'"),
         ({"order_dir": "sideways"}, "order_dir must be asc or desc, not 'sideways'"),
     ],
 )

@@ -6,6 +6,7 @@ document cannot use a keyword that would silently go unchecked.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -326,6 +327,15 @@ def drive(checked: Checked, fleet: Fleet, services: Services, storage: Switchabl
     storage.fail_put = True
     assert post(checked, owner, {**fields, "version": "1.0.2"}, build_image("1.0.2")).status_code == 500
     storage.fail_put = False
+    settings = services.settings
+    # A deadline no body can meet: the 408 of a body that takes too long.
+    services.settings = settings.with_overrides(upload_timeout=1e-9)
+    assert post(checked, owner, {**fields, "version": "1.0.3"}, build_image("1.0.3")).status_code == 408
+    services.settings = settings
+    with contextlib.ExitStack() as held:
+        for _ in range(services.upload_slots.per_owner):
+            held.enter_context(services.upload_slots.hold(owner.user.id))
+        assert post(checked, owner, {**fields, "version": "1.0.3"}, build_image("1.0.3")).status_code == 429
 
     assert checked("GET", "/v1/ota/group", "/v1/ota/group?draw=7", headers=owner.headers).status_code == 200
     checked("GET", "/v1/ota/group", "/v1/ota/group?offset=-1", headers=owner.headers)
@@ -371,12 +381,14 @@ def drive(checked: Checked, fleet: Fleet, services: Services, storage: Switchabl
         *((name, stage) for name in ("bench0", "bench1") for stage in ("canary", "fleet")), ("field", "fleet"),
     }
     checked("GET", one, f"/v1/rollouts/{rollout_id}?devices=false", headers=owner.headers)
+    checked("GET", one, f"/v1/rollouts/{rollout_id}?devices=maybe", headers=owner.headers)
     checked("GET", one, "/v1/rollouts/" + "0" * 24, headers=owner.headers)
     checked("GET", one, f"/v1/rollouts/{rollout_id}")
     assert checked("POST", abort, f"/v1/rollouts/{rollout_id}/abort", headers=owner.headers).status_code == 200
     assert checked("POST", abort, f"/v1/rollouts/{rollout_id}/abort", headers=owner.headers).status_code == 409
     for template in (promote, abort):
         checked("POST", template, template.replace("{rollout_id}", "0" * 24), headers=owner.headers)
+        checked("POST", template, template.replace("{rollout_id}", "%00"), headers=owner.headers)
         checked("POST", template, template.replace("{rollout_id}", rollout_id))
     listing = checked("GET", "/v1/rollouts", f"/v1/rollouts?group={fleet_group.id}", headers=owner.headers)
     assert [r["id"] for r in listing.json()["rollouts"]] == [rollout_id]

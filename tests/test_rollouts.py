@@ -347,9 +347,9 @@ def test_devices_already_on_the_version_count_as_succeeded(
         ({"success_threshold": "0"}, "success_threshold must be a number in (0, 1], not '0'"),
         ({"success_threshold": "1.5"}, "success_threshold must be a number in (0, 1], not '1.5'"),
         ({"success_threshold": "most"}, "success_threshold must be a number in (0, 1], not 'most'"),
-        ({"error_threshold": "-1"}, "error_threshold must be a non-negative whole number, not '-1'"),
-        ({"canary_timeout": "0"}, "canary_timeout must be a positive whole number, not '0'"),
-        ({"soak": "1h"}, "soak must be a non-negative whole number, not '1h'"),
+        ({"error_threshold": "-1"}, "error_threshold must be a whole number from 0 to 1000000, not '-1'"),
+        ({"canary_timeout": "0"}, "canary_timeout must be a whole number from 1 to 604800, not '0'"),
+        ({"soak": "1h"}, "soak must be a whole number from 0 to 604800, not '1h'"),
         ({"auto_promote": "maybe"}, "auto_promote must be true or false, not 'maybe'"),
     ],
 )

@@ -15,11 +15,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver import __version__
-from receiver.api.ota import DEFAULT_LIMIT, FREE_PLAN, LIST_ERROR, MAX_LIMIT, UPLOAD_ERROR
+from receiver.api.deploy_form import MAX_COMMIT_LENGTH, MAX_STAGE_SECONDS, MAX_TOLERATED_FAILURES
+from receiver.api.ota import (
+    DEFAULT_LIMIT,
+    FREE_PLAN,
+    LIST_ERROR,
+    MAX_DRAW_LENGTH,
+    MAX_LIMIT,
+    MAX_OFFSET,
+    MAX_SEARCH_LENGTH,
+    UPLOAD_ERROR,
+)
 from receiver.api.responses import UNAUTHORIZED
 from receiver.api.rollouts import NOT_FOUND as NO_SUCH_ROLLOUT
 from receiver.api.rollouts import READ_ERROR as ROLLOUT_READ_ERROR
 from receiver.rollout import STATES
+from receiver.upload import ENVELOPE_ALLOWANCE
 
 JSON = "application/json"
 ID_PATTERN = "^[0-9a-f]{24}$"
@@ -295,12 +306,13 @@ def _rate_limited(paths: dict[str, Any]) -> dict[str, Any]:
 def _group_ota_paths() -> dict[str, Any]:
     list_parameters = [
         {"name": "search_value", "in": "query", "description": "Case-insensitive substring of `path`; "
-         "`%` and `_` are plain characters", "schema": {"type": "string"}},
+         "`%` and `_` are plain characters", "schema": {"type": "string", "maxLength": MAX_SEARCH_LENGTH}},
         {"name": "offset", "in": "query", "description": "Records to skip",
-         "schema": {"type": "integer", "minimum": 0, "default": 0}},
+         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
         {"name": "limit", "in": "query", "description": f"Records to return; above {MAX_LIMIT} is "
          f"clamped to {MAX_LIMIT}", "schema": {"type": "integer", "minimum": 0, "default": DEFAULT_LIMIT}},
-        {"name": "draw", "in": "query", "description": "Echoed back", "schema": {"type": "string"}},
+        {"name": "draw", "in": "query", "description": "Echoed back",
+         "schema": {"type": "string", "maxLength": MAX_DRAW_LENGTH}},
         {"name": "order_dir", "in": "query", "description": "Order by last_updated",
          "schema": {"enum": ["asc", "desc"], "default": "desc"}},
     ]
@@ -314,16 +326,16 @@ def _group_ota_paths() -> dict[str, Any]:
             "group": {"type": "string", "pattern": ID_PATTERN, "description": "Group id"},
             "token": {"type": "string", "description": "The group's 16-character token"},
             "version": {"type": "string", "description": "Semantic version, e.g. 1.5.7"},
-            "commit": {"type": "string", "maxLength": 64, "description": "Source revision (GITHUB_SHA)"},
+            "commit": {"type": "string", "maxLength": MAX_COMMIT_LENGTH, "description": "Source revision (GITHUB_SHA)"},
             "canary": {"type": "string", "pattern": ID_PATTERN,
                        "description": "A subgroup of `group` with registered devices: makes this a rollout"},
-            "canary_timeout": {"type": "integer", "minimum": 1, "default": 1800,
+            "canary_timeout": {"type": "integer", "minimum": 1, "maximum": MAX_STAGE_SECONDS, "default": 1800,
                                "description": "Seconds for the canary stage, and again for the fleet stage"},
             "success_threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1.0,
                                   "description": "Fraction of the canary's devices that must succeed"},
-            "error_threshold": {"type": "integer", "minimum": 0, "default": 0,
+            "error_threshold": {"type": "integer", "minimum": 0, "maximum": MAX_TOLERATED_FAILURES, "default": 0,
                                 "description": "Canary devices allowed to fail"},
-            "soak": {"type": "integer", "minimum": 0, "default": 0,
+            "soak": {"type": "integer", "minimum": 0, "maximum": MAX_STAGE_SECONDS, "default": 0,
                      "description": "Seconds the canary must stay healthy before promotion"},
             "auto_promote": {"type": "boolean", "default": True,
                              "description": "false waits for POST /v1/rollouts/{rollout_id}/promote"},
@@ -340,8 +352,12 @@ def _group_ota_paths() -> dict[str, Any]:
                 "parameters": list_parameters,
                 "responses": {
                     "200": _json("The owner's OTA records.", "OtaList", spec=spec_list),
-                    "400": _message("A negative or non-numeric offset or limit, or another order_dir.",
-                                    "offset must be a non-negative whole number, not '-1'"),
+                    "400": _message(
+                        "A number that is not ASCII digits or is out of range, another order_dir, a "
+                        "control character in a value, or a value longer than its maximum.",
+                        f"offset must be a whole number from 0 to {MAX_OFFSET}, not '-1'",
+                        "search_value must not contain control characters",
+                    ),
                     "401": UNAUTHORIZED_RESPONSE,
                     "500": _server_error(LIST_ERROR),
                 },
@@ -353,8 +369,10 @@ def _group_ota_paths() -> dict[str, Any]:
                     "Stores firmware.bin and triggers the group's devices. Checks run in this "
                     "order and the first that fails answers: auth (401); mandatory fields and the "
                     "group id (400); plan (403); group exists and is owned (404); token, version, "
-                    "rollout fields and image (400); conflict (409). A body over the size limit is "
-                    "a 413 as soon as it is seen. Re-posting the deployed version with the same "
+                    "rollout fields and image (400); conflict (409). Every field is checked before "
+                    "anything is stored. A body over the size limit is a 413 as soon as it is seen; "
+                    "a body that stalls or takes too long is a 408; too many uploads of one owner "
+                    "at once are a 429 with Retry-After. Re-posting the deployed version with the same "
                     "bytes is a 201 that changes nothing (`deployed: false`). With `canary`, the "
                     "deploy starts a rollout: the canary subgroup gets the version first."
                 ),
@@ -386,6 +404,9 @@ def _group_ota_paths() -> dict[str, Any]:
                         "Version '1.2' is not valid: use semantic versioning, e.g. 1.5.7",
                         "Firmware is not a valid ESP application image: the file is empty",
                         "the canary subgroup has no registered devices",
+                        f"canary_timeout must be a whole number from 1 to {MAX_STAGE_SECONDS}, not '0'",
+                        "commit must not contain control characters",
+                        "Unexpected file part 'extra': only 'firmware' carries a file",
                     ),
                     "401": UNAUTHORIZED_RESPONSE,
                     "403": _message("The owner's plan does not include group OTA.", FREE_PLAN),
@@ -401,8 +422,26 @@ def _group_ota_paths() -> dict[str, Any]:
                             "version": "1.4.0", "sha256": "0" * 64, "commit": "4f2a9c1",
                         },
                     ),
-                    "413": _message("The firmware is larger than OTASHIP_MAX_FIRMWARE_BYTES.",
-                                    "Firmware is larger than the limit of 16777216 bytes (16.0 MiB)"),
+                    "408": _message(
+                        "No byte of the body for OTASHIP_UPLOAD_IDLE_TIMEOUT seconds, or the whole body "
+                        "not there within OTASHIP_UPLOAD_TIMEOUT seconds. Nothing was stored.",
+                        "The upload stalled: no bytes arrived for 30 seconds",
+                        "The upload took longer than 600 seconds in all",
+                    ),
+                    "413": _message(
+                        "The firmware is larger than OTASHIP_MAX_FIRMWARE_BYTES, or the whole body larger "
+                        f"than that plus {ENVELOPE_ALLOWANCE} bytes for the form fields.",
+                        "Firmware is larger than the limit of 16777216 bytes (16.0 MiB)",
+                    ),
+                    "429": {
+                        **_message(
+                            "The owner already has OTASHIP_MAX_UPLOADS_PER_OWNER uploads in flight on this "
+                            "replica. Retry after the seconds in Retry-After.",
+                            "Too many uploads in flight for this account (at most 8 at a time): try again shortly",
+                        ),
+                        "headers": {"Retry-After": {"required": True, "description": "Seconds to wait",
+                                                    "schema": {"type": "integer", "minimum": 1}}},
+                    },
                     "500": _server_error(UPLOAD_ERROR),
                 },
             },
@@ -509,6 +548,8 @@ def _rollout_paths() -> dict[str, Any]:
             "parameters": [rollout_id],
             "responses": {
                 "200": _json("The rollout afterwards, without its devices.", "Rollout"),
+                "400": _message("A control character in the rollout id.",
+                                "rollout_id must not contain control characters"),
                 "401": UNAUTHORIZED_RESPONSE,
                 "404": not_found,
                 "409": _message("The rollout is not in a state that allows this.", conflict),
@@ -527,7 +568,8 @@ def _rollout_paths() -> dict[str, Any]:
                                 "schema": {"type": "string", "pattern": ID_PATTERN}}],
                 "responses": {
                     "200": _json("The group's rollouts, without their devices.", "RolloutList"),
-                    "400": _message("No group parameter.", "group is a mandatory parameter"),
+                    "400": _message("No group parameter, or one with a control character.",
+                                    "group is a mandatory parameter", "group must not contain control characters"),
                     "401": UNAUTHORIZED_RESPONSE,
                     "404": _message("No such group, or another owner's.", "No such group"),
                     "500": _server_error(ROLLOUT_READ_ERROR),
@@ -547,6 +589,8 @@ def _rollout_paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json("The rollout.", "Rollout"),
+                    "400": _message("A control character in the rollout id, or a devices value that is not "
+                                    "true or false.", "devices must be true or false, not 'maybe'"),
                     "401": UNAUTHORIZED_RESPONSE,
                     "404": not_found,
                     "500": _server_error(ROLLOUT_READ_ERROR),

@@ -5,7 +5,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import semver
 from sqlalchemy import func
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
@@ -13,20 +12,22 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from receiver.api.deploy_form import check_version, parse_options, parse_target
 from receiver.api.responses import UNAUTHORIZED, message, server_error
 from receiver.auth import authenticated_owner
 from receiver.deploy import DeployResult, StoredFirmware, VersionConflict, current_ota, deploy_firmware
+from receiver.fields import BadField, choice, text, whole_number
 from receiver.groups import get_owned_group
-from receiver.ids import is_id, iso_utc, secret_matches_plain
+from receiver.ids import iso_utc, secret_matches_plain
 from receiver.in_flight import Hold, ObjectNotStored
 from receiver.metrics import Metrics
 from receiver.models import GroupOta, User
 from receiver.path_search import owned_paths_containing
-from receiver.rollout import Policy, PolicyError, validate_policy
-from receiver.rollouts import CanaryDeploy, RolloutConflict, RolloutError, deploy_with_canary
+from receiver.rollout import PolicyError
+from receiver.rollouts import CanaryDeploy, RolloutConflict, RolloutError, deploy_with_canary, validate_canary
 from receiver.services import Services
 from receiver.storage import StorageError, object_key
-from receiver.upload import MalformedUpload, Upload, UploadTooLarge, receive_upload
+from receiver.upload import MalformedUpload, Upload, UploadTimedOut, UploadTooLarge, receive_upload
 
 log = logging.getLogger("otaship.api")
 
@@ -35,8 +36,14 @@ UPLOAD_ERROR = "Error when uploading firmware file"
 FREE_PLAN = "Group OTA update is not available in free model. Please upgrade your account."
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
-MAX_VERSION_LENGTH = 64
-MANDATORY_FIELDS = ("group", "token", "version")
+# Far past any owner's number of groups, and within a 32-bit integer.
+MAX_OFFSET = 1_000_000_000
+# A path is 62 characters: a longer search cannot match.
+MAX_SEARCH_LENGTH = 256
+MAX_DRAW_LENGTH = 64
+# Stalled uploads free their slots within the idle timeout; a retry after this
+# many seconds usually finds one.
+UPLOADS_RETRY_AFTER = 5
 
 
 def ota_json(ota: GroupOta) -> dict[str, Any]:
@@ -62,10 +69,6 @@ def ota_json(ota: GroupOta) -> dict[str, Any]:
 # --- GET /v1/ota/group ---------------------------------------------------------
 
 
-class BadQuery(ValueError):
-    pass
-
-
 @dataclass(frozen=True)
 class ListQuery:
     search: str
@@ -75,28 +78,21 @@ class ListQuery:
     draw: str
 
 
-def _non_negative(request: Request, name: str, default: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    raw = raw.strip()
-    if not raw.isdigit():
-        raise BadQuery(f"{name} must be a non-negative whole number, not {raw!r}")
-    return int(raw)
-
-
 def parse_list_query(request: Request) -> ListQuery:
-    offset = _non_negative(request, "offset", 0)
-    limit = min(_non_negative(request, "limit", DEFAULT_LIMIT), MAX_LIMIT)
-    order_dir = (request.query_params.get("order_dir") or "desc").strip().lower()
-    if order_dir not in ("asc", "desc"):
-        raise BadQuery(f"order_dir must be asc or desc, not {order_dir!r}")
+    """The listing's query parameters; BadField names the first bad one."""
+    query = request.query_params
+    offset = whole_number(query.get("offset"), name="offset", default=0, minimum=0, maximum=MAX_OFFSET)
+    # The spec clamps a larger limit rather than refusing it.
+    limit = whole_number(
+        query.get("limit"), name="limit", default=DEFAULT_LIMIT, minimum=0, maximum=MAX_LIMIT, clamp=True
+    )
+    order_dir = choice(query.get("order_dir"), name="order_dir", choices=("asc", "desc"), default="desc")
     return ListQuery(
-        search=request.query_params.get("search_value") or "",
+        search=text(query.get("search_value"), name="search_value", max_length=MAX_SEARCH_LENGTH),
         offset=offset,
         limit=limit,
         descending=order_dir == "desc",
-        draw=request.query_params.get("draw") or "",
+        draw=text(query.get("draw"), name="draw", max_length=MAX_DRAW_LENGTH),
     )
 
 
@@ -133,7 +129,7 @@ async def get_group_otas(request: Request) -> Response:
         return message(401, UNAUTHORIZED)
     try:
         query = parse_list_query(request)
-    except BadQuery as exc:
+    except BadField as exc:
         return message(400, str(exc))
     services = Services.of(request)
     try:
@@ -159,82 +155,48 @@ async def get_group_otas(request: Request) -> Response:
 # --- POST /v1/ota/group --------------------------------------------------------
 
 
-def valid_version(version: str) -> bool:
-    return len(version) <= MAX_VERSION_LENGTH and semver.Version.is_valid(version)
-
-
-def _field_error(upload: Upload) -> str | None:
-    for name in MANDATORY_FIELDS:
-        if not upload.fields.get(name, "").strip():
-            return f"{name} is a mandatory field"
-    if not is_id(upload.fields["group"].strip()):
-        return "Group ID is not valid"
-    if upload.file_path is None:
-        return "No file uploaded"
-    return None
-
-
-ROLLOUT_FIELDS = ("canary_timeout", "success_threshold", "error_threshold", "soak", "auto_promote")
-TRUE_WORDS = ("true", "1", "yes", "on")
-FALSE_WORDS = ("false", "0", "no", "off")
-
-
-def _whole(fields: dict[str, str], name: str, default: int, *, positive: bool) -> int:
-    raw = fields.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or (positive and int(raw) == 0):
-        kind = "a positive" if positive else "a non-negative"
-        raise PolicyError(f"{name} must be {kind} whole number, not {raw[:32]!r}")
-    return int(raw)
-
-
-def parse_policy(fields: dict[str, str]) -> Policy:
-    """The rollout fields of a POST; they only mean something with `canary`."""
-    raw_threshold = fields.get("success_threshold", "").strip()
-    try:
-        threshold = float(raw_threshold) if raw_threshold else 1.0
-    except ValueError:
-        raise PolicyError(f"success_threshold must be a number in (0, 1], not {raw_threshold[:32]!r}") from None
-    if not (0 < threshold <= 1):
-        raise PolicyError(f"success_threshold must be a number in (0, 1], not {raw_threshold[:32]!r}")
-    raw_auto = fields.get("auto_promote", "").strip().lower()
-    if raw_auto and raw_auto not in TRUE_WORDS + FALSE_WORDS:
-        raise PolicyError(f"auto_promote must be true or false, not {raw_auto[:32]!r}")
-    return validate_policy(
-        Policy(
-            success_threshold=threshold,
-            error_threshold=_whole(fields, "error_threshold", 0, positive=False),
-            canary_timeout=_whole(fields, "canary_timeout", 1800, positive=True),
-            soak=_whole(fields, "soak", 0, positive=False),
-            auto_promote=raw_auto not in FALSE_WORDS,
-        )
-    )
-
-
 async def post_group_ota(request: Request) -> Response:
     owner = await authenticated_owner(request)
     if owner is None:
         return message(401, UNAUTHORIZED)
     services = Services.of(request)
+    with services.upload_slots.hold(owner.id) as held:
+        if not held:
+            return _body_refused(
+                429,
+                f"Too many uploads in flight for this account (at most {services.upload_slots.per_owner} "
+                "at a time): try again shortly",
+                headers={"Retry-After": str(UPLOADS_RETRY_AFTER)},
+            )
+        return await _receive_and_deploy(request, services, owner)
+
+
+def _body_refused(status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
+    """An answer before the body was read to its end: the connection cannot carry another request."""
+    response = message(status, reason)
+    response.headers.update({"Connection": "close", **(headers or {})})
+    return response
+
+
+async def _receive_and_deploy(request: Request, services: Services, owner: User) -> Response:
     settings = services.settings
     try:
         upload = await receive_upload(
             request, spool_dir=settings.tmp_dir, max_file_bytes=settings.max_firmware_bytes,
             flush_to_disk=services.storage.keeps_source_blocks,
+            idle_timeout=settings.upload_idle_timeout, total_timeout=settings.upload_timeout,
         )
     except ClientDisconnect:
         # The client went away mid-upload: nothing was stored, nobody to answer.
         log.info("a firmware upload was abandoned by its client")
         return message(400, "The upload was interrupted")
     except UploadTooLarge as exc:
-        return message(
-            413,
-            f"Firmware is larger than the limit of {exc.limit} bytes "
-            f"({exc.limit / (1024 * 1024):.1f} MiB)",
-        )
+        return _body_refused(413, str(exc))
+    except UploadTimedOut as exc:
+        log.info("a firmware upload timed out: %s", exc)
+        return _body_refused(408, str(exc))
     except MalformedUpload as exc:
-        return message(400, str(exc))
+        return _body_refused(400, str(exc))
     except OSError as exc:
         return server_error(UPLOAD_ERROR, exc)
     Metrics.of(request).upload_bytes.inc(upload.file_size)
@@ -247,13 +209,11 @@ async def post_group_ota(request: Request) -> Response:
 async def _deploy_upload(request: Request, services: Services, owner: User, upload: Upload) -> Response:
     from receiver.firmware import InvalidFirmware, inspect_firmware
 
-    problem = _field_error(upload)
-    if problem is not None:
-        return message(400, problem)
-    group_id = upload.fields["group"].strip()
-    token = upload.fields["token"].strip()
-    version = upload.fields["version"].strip()
-    commit = upload.fields.get("commit", "").strip()[:64] or None
+    try:
+        target = parse_target(upload.fields, has_file=upload.file_path is not None)
+    except BadField as exc:
+        return message(400, str(exc))
+    group_id, token, version = target.group_id, target.token, target.version
 
     if owner.plan == "free":
         return message(403, FREE_PLAN)
@@ -268,25 +228,22 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
         return message(404, "No such group")
     if not secret_matches_plain(token, group.token):
         return message(400, "Group token is not valid")
-    if not valid_version(version):
-        return message(
-            400,
-            f"Version {version[:MAX_VERSION_LENGTH]!r} is not valid: use semantic versioning, e.g. 1.5.7",
-        )
-
-    canary_id = upload.fields.get("canary", "").strip() or None
-    policy: Policy | None = None
-    if canary_id is None:
-        stray = [name for name in ROLLOUT_FIELDS if upload.fields.get(name, "").strip()]
-        if stray:
-            return message(400, f"{stray[0]} only applies to a rollout: add a canary subgroup")
-    else:
-        if not is_id(canary_id):
-            return message(400, "Canary ID is not valid")
+    try:
+        check_version(version)
+        options = parse_options(upload.fields)
+    except (BadField, PolicyError) as exc:
+        return message(400, str(exc))
+    commit, canary_id, policy = options.commit, options.canary_id, options.policy
+    if canary_id is not None:
+        # Checked again when the rollout starts; here so that a bad canary
+        # stores nothing.
+        canary = canary_id
         try:
-            policy = parse_policy(upload.fields)
-        except PolicyError as exc:
+            await services.run_db(lambda session: validate_canary(session=session, group=group, canary_id=canary))
+        except RolloutError as exc:
             return message(400, str(exc))
+        except SQLAlchemyError as exc:
+            return server_error(UPLOAD_ERROR, exc)
 
     assert upload.file_path is not None
     file_path = upload.file_path

@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from receiver.api.responses import UNAUTHORIZED, message, server_error
 from receiver.auth import authenticated_owner
+from receiver.fields import BadField, flag, text
 from receiver.groups import get_owned_group
 from receiver.ids import is_id
 from receiver.metrics import Metrics
@@ -21,18 +22,24 @@ from receiver.services import Services
 NOT_FOUND = "No such rollout"
 READ_ERROR = "Error when getting rollouts"
 LIST_LIMIT = 100
+# Room for an id (24 characters) and then some: anything longer is no id at all.
+MAX_ID_LENGTH = 64
 
 
-def _wants_devices(request: Request) -> bool:
-    return request.query_params.get("devices", "true").lower() not in ("0", "false", "no")
+def _rollout_id(request: Request) -> str:
+    # Anything but an id is a 404 further on; only what no id could hold is refused here.
+    return text(request.path_params["rollout_id"], name="rollout_id", max_length=MAX_ID_LENGTH)
 
 
 async def get_rollout(request: Request) -> Response:
     owner = await authenticated_owner(request)
     if owner is None:
         return message(401, UNAUTHORIZED)
-    rollout_id = request.path_params["rollout_id"]
-    with_devices = _wants_devices(request)
+    try:
+        rollout_id = _rollout_id(request)
+        with_devices = flag(request.query_params.get("devices"), name="devices", default=True)
+    except BadField as exc:
+        return message(400, str(exc))
 
     def read(session: Session) -> dict[str, Any] | None:
         rollout = session.get(Rollout, rollout_id) if is_id(rollout_id) else None
@@ -51,7 +58,10 @@ async def list_rollouts(request: Request) -> Response:
     owner = await authenticated_owner(request)
     if owner is None:
         return message(401, UNAUTHORIZED)
-    group_id = request.query_params.get("group", "").strip()
+    try:
+        group_id = text(request.query_params.get("group"), name="group", max_length=MAX_ID_LENGTH)
+    except BadField as exc:
+        return message(400, str(exc))
     if not group_id:
         return message(400, "group is a mandatory parameter")
 
@@ -79,7 +89,10 @@ async def _change(request: Request, action: str) -> Response:
     owner = await authenticated_owner(request)
     if owner is None:
         return message(401, UNAUTHORIZED)
-    rollout_id = request.path_params["rollout_id"]
+    try:
+        rollout_id = _rollout_id(request)
+    except BadField as exc:
+        return message(400, str(exc))
     if not is_id(rollout_id):
         return message(404, NOT_FOUND)
     services = Services.of(request)

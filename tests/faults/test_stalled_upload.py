@@ -1,0 +1,244 @@
+"""Stalled and trickling uploads against a real `otaship serve`, over real sockets.
+
+One owner opens 50 uploads that stop 1 KiB into the firmware, a second one
+trickles 5 bytes a second, and a third deploys meanwhile. Every upload gets
+its answer (429 above the owner's cap, 408 once stalled or past the
+deadline), the server closes each of those connections, the third owner's
+deploy goes through, and the spool folder ends empty.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import httpx
+import pytest
+
+from receiver.db import create_db_engine, ensure_schema, write_session
+from receiver.groups import create_group
+from receiver.users import create_user
+from tests import multipart
+from tests.esp_image import build_image
+from tests.receiver_process import ReceiverProcess, cli_env
+
+IDLE_TIMEOUT = 2
+UPLOAD_TIMEOUT = 6
+CAP = 4
+STALLED = 50
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class RawUpload:
+    """A POST written by hand with chunked transfer encoding, to stop wherever we like."""
+
+    url: str
+    api_key: str
+    sock: socket.socket = field(init=False)
+
+    def __post_init__(self) -> None:
+        host, port = self.url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.sock.sendall(
+            (
+                "POST /v1/ota/group HTTP/1.1\r\n"
+                f"Host: {host}\r\n"
+                f"Authorization: Bearer {self.api_key}\r\n"
+                f"Content-Type: {multipart.CONTENT_TYPE}\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+        )
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+    def answer(self, timeout: float) -> Answer:
+        self.sock.settimeout(timeout)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise AssertionError(f"the server closed the connection without an answer: {data!r}")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        while len(body) < int(headers.get("content-length", "0")):
+            body += self.sock.recv(65536)
+        return Answer(int(status_line.split()[1]), headers, body)
+
+    def closed_by_server(self, timeout: float) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Tenant:
+    api_key: str
+    group_id: str
+    token: str
+
+    def fields(self, version: str) -> dict[str, str]:
+        return {"group": self.group_id, "token": self.token, "version": version}
+
+
+def tenants_in(database_url: str, names: tuple[str, ...]) -> dict[str, Tenant]:
+    """Owners and their groups, written straight into the server's database (as the CLI would)."""
+    engine = create_db_engine(database_url)
+    try:
+        ensure_schema(engine)
+        tenants = {}
+        for name in names:
+            with write_session(engine) as session:
+                created = create_user(session=session, email=f"{name}@example.com", plan="pro")
+                group = create_group(session=session, owner=created.user, name=name)
+                tenants[name] = Tenant(created.api_key, group.id, group.token)
+        return tenants
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[tuple[ReceiverProcess, dict[str, Tenant], Path]]:
+    env = cli_env(
+        tmp_path / "data",
+        OTASHIP_UPLOAD_IDLE_TIMEOUT=str(IDLE_TIMEOUT),
+        OTASHIP_UPLOAD_TIMEOUT=str(UPLOAD_TIMEOUT),
+        OTASHIP_MAX_UPLOADS_PER_OWNER=str(CAP),
+        OTASHIP_LOG_LEVEL="warning",
+    )
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    tenants = tenants_in(f"sqlite:///{data_dir / 'otaship.db'}", ("staller", "trickler", "bystander"))
+    process = ReceiverProcess(env).start()
+    try:
+        yield process, tenants, tmp_path / "data" / "tmp"
+    finally:
+        process.stop()
+
+
+def spool_files(spool: Path) -> int:
+    return len(list(spool.glob("upload-*.part")))
+
+
+def spool_held(spool: Path, count: int) -> bool:
+    return spool_files(spool) == count
+
+
+def test_stalled_and_trickling_uploads_time_out_and_free_their_spool(
+    receiver: tuple[ReceiverProcess, dict[str, Tenant], Path],
+) -> None:
+    process, tenants, spool = receiver
+    image = build_image("1.0.0")
+    staller = tenants["staller"]
+    head = b"".join(multipart.field_part(k, v) for k, v in staller.fields("1.0.0").items()) + multipart.file_head()
+
+    # The owner's first uploads each take a slot and a spool file, then stop sending.
+    uploads = []
+    sent_at = []
+    for opened in range(1, STALLED + 1):
+        upload = RawUpload(process.url, staller.api_key)
+        sent_at.append(time.monotonic())
+        upload.send(head + image[:1024])
+        uploads.append(upload)
+        if opened <= CAP:
+            wait_until(partial(spool_held, spool, opened), 10, f"{opened} spool files")
+
+    # The trickle: never idle long enough for the idle timeout, so the deadline ends it.
+    trickler = tenants["trickler"]
+    trickle_head = (
+        b"".join(multipart.field_part(k, v) for k, v in trickler.fields("1.0.0").items()) + multipart.file_head()
+    )
+    trickle_started = time.monotonic()
+    trickle = RawUpload(process.url, trickler.api_key)
+    trickle.send(trickle_head)
+    stop = threading.Event()
+
+    def drip() -> None:
+        # 5 bytes a second, a byte at a time: far inside the idle timeout, even on a busy machine.
+        for start in range(len(image)):
+            if stop.wait(0.2):
+                return
+            try:
+                trickle.send(image[start:start + 1])
+            except OSError:
+                return
+
+    dripping = threading.Thread(target=drip, daemon=True)
+    dripping.start()
+
+    try:
+        # Above the cap: refused at once, before the body, with a hint when to come back.
+        for upload in uploads[CAP:]:
+            answer = upload.answer(timeout=5)
+            assert answer.status == 429, answer
+            assert answer.headers["retry-after"] == "5"
+            assert answer.headers["connection"] == "close"
+            assert upload.closed_by_server(timeout=5)
+        wait_until(lambda: spool_files(spool) == CAP + 1, 10, "the trickle's spool file")
+
+        # Another owner deploys as usual meanwhile.
+        bystander = tenants["bystander"]
+        response = httpx.post(
+            f"{process.url}/v1/ota/group", headers={"Authorization": f"Bearer {bystander.api_key}"},
+            data=bystander.fields("1.0.0"), files={"firmware": ("firmware.bin", image)}, timeout=10,
+        )
+        assert response.status_code == 201, response.text
+
+        # The stalled ones: a 408 once no byte came for the idle timeout.
+        for upload, since in zip(uploads[:CAP], sent_at, strict=False):
+            answer = upload.answer(timeout=IDLE_TIMEOUT + 10)
+            assert time.monotonic() - since >= IDLE_TIMEOUT
+            assert answer.status == 408, answer
+            assert answer.body == (
+                b'{"message":"The upload stalled: no bytes arrived for %d seconds"}' % IDLE_TIMEOUT
+            )
+            assert answer.headers["connection"] == "close"
+            assert upload.closed_by_server(timeout=5)
+
+        answer = trickle.answer(timeout=UPLOAD_TIMEOUT + 10)
+        assert answer.status == 408, answer
+        assert answer.body == b'{"message":"The upload took longer than %d seconds in all"}' % UPLOAD_TIMEOUT
+        assert time.monotonic() - trickle_started >= UPLOAD_TIMEOUT
+        assert trickle.closed_by_server(timeout=5)
+    finally:
+        stop.set()
+        dripping.join()
+        for upload in [*uploads, trickle]:
+            upload.close()
+
+    assert spool_files(spool) == 0
+    assert list(spool.iterdir()) == []
+    # The slots were given back: the owner deploys as usual.
+    response = httpx.post(
+        f"{process.url}/v1/ota/group", headers={"Authorization": f"Bearer {staller.api_key}"},
+        data=staller.fields("1.0.0"), files={"firmware": ("firmware.bin", image)}, timeout=10,
+    )
+    assert response.status_code == 201, response.text
