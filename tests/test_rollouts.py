@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from receiver.db import read_session, write_session
 from receiver.ids import utcnow
-from receiver.models import Device, Group, TriggerMessage
+from receiver.models import Deployment, Device, Group, TriggerMessage
 from receiver.mqtt.reports import ReportIngester
 from receiver.rollouts import active_rollout_states, evaluate
 from receiver.services import Services
@@ -130,7 +130,7 @@ def test_a_healthy_canary_is_promoted_and_the_fleet_completes(
     assert state["state"] == "canary"
     assert state["stages"][0] | {"started_at": None, "ended_at": None} == {
         "name": "canary", "group": s.canary.id, "state": "running", "targeted": 2, "succeeded": 0,
-        "failed": 0, "timed_out": 0, "pending": 2, "started_at": None, "ended_at": None,
+        "failed": 0, "timed_out": 0, "stopped": 0, "pending": 2, "started_at": None, "ended_at": None,
     }
 
     succeed(services, s, s.canary_devices[:1])
@@ -295,7 +295,13 @@ def test_a_new_deploy_supersedes_a_rollout_in_progress(client: TestClient, servi
     second = post_rollout(client, s, "1.2.0").json()["rollout"]["id"]
     old = rollout(client, s, first)
     assert old["state"] == "aborted"
-    assert old["reason"] == f"superseded by rollout {second} of version 1.2.0"
+    with read_session(services.engine) as session:
+        canary_deploy = session.exec(select(Deployment).where(col(Deployment.rollout_id) == second)).one()
+    assert old["reason"] == (
+        f"superseded by deployment {canary_deploy.id} of 1.2.0 to group {s.canary.id} (rollout {second})"
+    )
+    # Its canary devices had not finished: stopped, not timed out.
+    assert {d["outcome"] for d in old["devices"]} == {"stopped"}
     assert rollout(client, s, second)["state"] == "canary"
     listed = client.get("/v1/rollouts", params={"group": s.group.id}, headers=s.owner.headers).json()
     assert [r["id"] for r in listed["rollouts"]] == [second, first]

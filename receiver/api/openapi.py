@@ -19,7 +19,7 @@ from receiver.api.ota import DEFAULT_LIMIT, FREE_PLAN, LIST_ERROR, MAX_LIMIT, UP
 from receiver.api.responses import UNAUTHORIZED
 from receiver.api.rollouts import NOT_FOUND as NO_SUCH_ROLLOUT
 from receiver.api.rollouts import READ_ERROR as ROLLOUT_READ_ERROR
-from receiver.rollout import STATES
+from receiver.rollout import OUTCOMES, STATES
 
 JSON = "application/json"
 ID_PATTERN = "^[0-9a-f]{24}$"
@@ -164,7 +164,7 @@ SCHEMAS: dict[str, Any] = {
     "RolloutStage": {
         "type": "object",
         "required": [
-            "name", "group", "state", "targeted", "succeeded", "failed", "timed_out", "pending",
+            "name", "group", "state", "targeted", "succeeded", "failed", "timed_out", "stopped", "pending",
             "started_at", "ended_at",
         ],
         "properties": {
@@ -174,7 +174,11 @@ SCHEMAS: dict[str, Any] = {
             "targeted": {"type": "integer", "minimum": 0},
             "succeeded": {"type": "integer", "minimum": 0},
             "failed": {"type": "integer", "minimum": 0},
-            "timed_out": {"type": "integer", "minimum": 0},
+            "timed_out": {"type": "integer", "minimum": 0,
+                          "description": "Devices that had not finished when the stage's time ran out"},
+            "stopped": {"type": "integer", "minimum": 0,
+                        "description": "Devices that had not finished when the stage ended early "
+                                       "(a halt, an abort, a promotion); not failures"},
             "pending": {"type": "integer", "minimum": 0},
             "started_at": NULLABLE_TIMESTAMP,
             "ended_at": NULLABLE_TIMESTAMP,
@@ -189,7 +193,7 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "group": {"type": "string", "pattern": ID_PATTERN},
             "stage": {"enum": ["canary", "fleet"]},
-            "outcome": {"enum": ["pending", "succeeded", "failed", "timed_out"]},
+            "outcome": {"enum": list(OUTCOMES)},
             "fw_version": {**NULLABLE_STRING, "description": "The last version the device reported"},
             "code": {"type": ["integer", "null"], "description": "Its last update-response code"},
         },
@@ -478,7 +482,7 @@ def _rollout_paths() -> dict[str, Any]:
     rollout_id = {"name": "rollout_id", "in": "path", "required": True, "schema": {"type": "string"}}
     not_found = _message("No such rollout, or another owner's.", NO_SUCH_ROLLOUT)
 
-    def change(action: str, summary: str, conflict: str) -> dict[str, Any]:
+    def change(action: str, summary: str, *conflicts: str, conflict_description: str | None = None) -> dict[str, Any]:
         return {
             "tags": ["Rollouts"],
             "summary": summary,
@@ -489,7 +493,7 @@ def _rollout_paths() -> dict[str, Any]:
                 "200": _json("The rollout afterwards, without its devices.", "Rollout"),
                 "401": UNAUTHORIZED_RESPONSE,
                 "404": not_found,
-                "409": _message("The rollout is not in a state that allows this.", conflict),
+                "409": _message(conflict_description or "The rollout is not in a state that allows this.", *conflicts),
                 "500": _server_error("Error when changing the rollout"),
             },
         }
@@ -535,6 +539,12 @@ def _rollout_paths() -> dict[str, Any]:
             "post": change(
                 "promote", "Start the fleet stage of a canary held by auto_promote=false",
                 "the canary has not reached its success threshold: 1 of 2 succeeded, 2 needed",
+                "the rollout was aborted: the group no longer runs what it ran when the rollout started "
+                "(deployment 5e21f24346211e2d8e0bdf3c of 1.3.0); it now runs 1.4.1: not promoting over it",
+                conflict_description=(
+                    "The rollout is not in a state that allows this; or the group no longer runs what it "
+                    "ran when the rollout started, and the rollout was aborted rather than deploy over it."
+                ),
             )
         },
         "/v1/rollouts/{rollout_id}/abort": {
