@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver import __version__
-from receiver.api.ota import DEFAULT_LIMIT, FREE_PLAN, LIST_ERROR, MAX_LIMIT, UPLOAD_ERROR
+from receiver.api.ota import DEFAULT_LIMIT, DEPLOYED, FREE_PLAN, LIST_ERROR, MAX_LIMIT, UPLOAD_ERROR
 from receiver.api.responses import UNAUTHORIZED
 from receiver.api.rollouts import NOT_FOUND as NO_SUCH_ROLLOUT
 from receiver.api.rollouts import READ_ERROR as ROLLOUT_READ_ERROR
@@ -137,7 +137,15 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["message", "deployed"],
         "properties": {
-            "message": {"const": "Firmware successfully deployed"},
+            "message": {
+                "type": "string",
+                "pattern": f"^{DEPLOYED}( to canary subgroup [0-9a-f]{{24}} of group [0-9a-f]{{24}}; .+)?$",
+                "description": (
+                    f"{DEPLOYED!r}, the spec's message. With `canary`, while the rollout is in its "
+                    "canary stage, it goes on to say that the image went to the canary subgroup of the "
+                    "group, and when the whole group gets it"
+                ),
+            },
             "deployed": {
                 "type": "boolean",
                 "description": "false when this version and these bytes were already deployed: nothing changed",
@@ -194,7 +202,10 @@ SCHEMAS: dict[str, Any] = {
             "group": {"type": "string", "pattern": ID_PATTERN},
             "stage": {"enum": ["canary", "fleet"]},
             "outcome": {"enum": list(OUTCOMES)},
-            "fw_version": {**NULLABLE_STRING, "description": "The last version the device reported"},
+            "fw_version": {
+                **NULLABLE_STRING,
+                "description": "The last version the device reported; still recorded for a day after the rollout ends",
+            },
             "code": {"type": ["integer", "null"], "description": "Its last update-response code"},
         },
         "additionalProperties": False,
@@ -338,7 +349,9 @@ def _group_ota_paths() -> dict[str, Any]:
                     "rollout fields and image (400); conflict (409). A body over the size limit is "
                     "a 413 as soon as it is seen. Re-posting the deployed version with the same "
                     "bytes is a 201 that changes nothing (`deployed: false`). With `canary`, the "
-                    "deploy starts a rollout: the canary subgroup gets the version first."
+                    "deploy starts a rollout: the canary subgroup gets the version first. A deploy "
+                    "that changes what a running rollout's groups run (the group, any group below "
+                    "it, or an ancestor) ends that rollout as aborted, naming the deploy."
                 ),
                 "operationId": "deployGroupOta",
                 "security": AUTH,
@@ -355,7 +368,9 @@ def _group_ota_paths() -> dict[str, Any]:
                     "201": _json(
                         "Deployed (or already deployed with these bytes).", "Deployed",
                         deploy={"message": "Firmware successfully deployed", "deployed": True, "ota": OTA_EXAMPLE},
-                        rollout={"message": "Firmware successfully deployed", "deployed": True,
+                        rollout={"message": f"{DEPLOYED} to canary subgroup 5e1dce30005a9652dbf0f7fd of group "
+                                            "5e1b76bc4315b70eb242567a; the whole group gets it once the canary is healthy",
+                                 "deployed": True,
                                  "ota": {**OTA_EXAMPLE, "group": "5e1dce30005a9652dbf0f7fd"},
                                  "rollout": {"id": "5e21f24346211e2d8e0bdf3b", "state": "canary"}},
                     ),
