@@ -114,6 +114,14 @@ def running_firmware(*, session: Session, group: Group) -> Running | None:
     return Running(deployment_id=deployment_id, sha256=found.sha256, version=found.version)
 
 
+def runs_own_ota(*, session: Session, group: Group, ota: GroupOta) -> bool:
+    """Whether the group's devices run its own OTA record, rather than a newer
+    deploy to an ancestor."""
+    parents = _family(session=session, group=group, subtree=[])
+    running = _effective(session=session, parents=parents, groups=[group])[group.id]
+    return running is not None and running.ota_id == ota.id
+
+
 def deploy_firmware(
     *,
     session: Session,
@@ -136,14 +144,17 @@ def deploy_firmware(
     lock_tree(session=session, group_id=group_id)
     group = session.exec(select(Group).where(Group.id == group_id).with_for_update()).one()
     current = current_ota(session=session, group_id=group.id)
-    if current is not None and current.version == version:
-        if current.sha256 == firmware.sha256:
-            return DeployResult(ota=current, deployed=False, triggered=[])
-        raise VersionConflict(current)
-
     subtree = descendants(session=session, group=group)
     parents = _family(session=session, group=group, subtree=subtree)
     before = _effective(session=session, parents=parents, groups=[group, *subtree])
+    if current is not None and current.version == version:
+        if current.sha256 != firmware.sha256:
+            raise VersionConflict(current)
+        running = before[group.id]
+        if running is not None and running.ota_id == current.id:
+            return DeployResult(ota=current, deployed=False, triggered=[])
+        # The group's own record holds this image, but a newer deploy to an
+        # ancestor is what its devices run: deploy it again, so it is.
 
     now = utcnow()
     if current is None:

@@ -14,7 +14,15 @@ from typing import Any
 from sqlalchemy import ColumnElement, func
 from sqlmodel import Session, col, select
 
-from receiver.deploy import DeployResult, StoredFirmware, VersionConflict, deploy_firmware, running_firmware
+from receiver.deploy import (
+    DeployResult,
+    StoredFirmware,
+    VersionConflict,
+    current_ota,
+    deploy_firmware,
+    running_firmware,
+    runs_own_ota,
+)
 from receiver.groups import ancestors, descendants, lock_tree
 from receiver.ids import iso_utc, utcnow
 from receiver.models import Deployment, Device, Group, Rollout, RolloutDevice
@@ -447,15 +455,15 @@ def deploy_with_canary(
     notify: bool,
 ) -> CanaryDeploy:
     """Start a rollout, or recognise the re-post of one (a CI re-run) and change nothing."""
-    from receiver.deploy import current_ota
-
     lock_tree(session=session, group_id=group_id)
     group = session.exec(select(Group).where(col(Group.id) == group_id).with_for_update()).one()
     fleet_ota = current_ota(session=session, group_id=group.id)
     if fleet_ota is not None and fleet_ota.version == version:
         if fleet_ota.sha256 != firmware.sha256:
             raise VersionConflict(fleet_ota)
-        return CanaryDeploy(newest_rollout(session=session, group_id=group.id, version=version), False, fleet_ota)
+        if runs_own_ota(session=session, group=group, ota=fleet_ota):
+            return CanaryDeploy(newest_rollout(session=session, group_id=group.id, version=version), False, fleet_ota)
+        # A newer deploy to an ancestor overrode it: roll it out again.
     newest = newest_rollout(session=session, group_id=group.id, version=version)
     if newest is not None and newest.sha256 == firmware.sha256 and newest.state in ACTIVE_STATES:
         canary_ota = current_ota(session=session, group_id=newest.canary_group_id)

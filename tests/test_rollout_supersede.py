@@ -327,3 +327,51 @@ def test_a_rollout_whose_start_was_not_recorded_is_promoted_unchecked(
     promoted = client.post(f"/v1/rollouts/{rollout_id}/promote", headers=t.owner.headers)
     assert promoted.status_code == 200
     assert promoted.json()["state"] == "fleet"
+
+
+def test_rolling_out_a_superseded_version_again_reaches_the_canary(
+    client: TestClient, services: Services, tree: Tree
+) -> None:
+    """The canary's own record still holds the image, but the fleet's newer
+    deploy is what it runs: posting the version again must deploy it again,
+    not answer 201 for a canary that never gets it."""
+    t = tree
+    first = start(client, t, "1.8.0")
+    deploy(client, t, "fleet", "1.7.0")
+    assert get_rollout(client, t, first)["state"] == "aborted"
+    assert latest(client, t.groups["canary"]) == "1.7.0"
+
+    again = deploy(client, t, "fleet", "1.8.0", canary="canary", auto_promote="false")
+    assert again["deployed"] is True
+    assert again["rollout"]["id"] != first and again["rollout"]["state"] == "canary"
+    assert latest(client, t.groups["canary"]) == latest(client, t.groups["bench"]) == "1.8.0"
+    assert latest(client, t.groups["fleet"]) == "1.7.0"
+    canary_deploy = last_deployment(services, t.groups["canary"])
+    assert (canary_deploy.version, canary_deploy.rollout_id) == ("1.8.0", again["rollout"]["id"])
+
+
+def test_a_plain_redeploy_of_what_an_ancestor_overrode_takes_effect_again(
+    client: TestClient, services: Services, tree: Tree
+) -> None:
+    t = tree
+    deploy(client, t, "canary", "1.5.0")
+    deploy(client, t, "fleet", "1.6.0")
+    assert latest(client, t.groups["canary"]) == "1.6.0"
+    again = deploy(client, t, "canary", "1.5.0")
+    assert (again["deployed"], again["ota"]["__v"]) == (True, 1)
+    assert latest(client, t.groups["canary"]) == "1.5.0"
+    # Now it is what the canary runs: posting it once more changes nothing.
+    assert deploy(client, t, "canary", "1.5.0")["deployed"] is False
+
+
+def test_a_rollout_of_what_an_ancestor_overrode_starts_again(
+    client: TestClient, services: Services, tree: Tree
+) -> None:
+    t = tree
+    deploy(client, t, "fleet", "1.8.0")
+    deploy(client, t, "top", "1.9.0")
+    assert latest(client, t.groups["fleet"]) == "1.9.0"
+    staged = deploy(client, t, "fleet", "1.8.0", canary="canary")
+    assert staged["deployed"] is True and staged["rollout"]["state"] == "canary"
+    assert latest(client, t.groups["canary"]) == "1.8.0"
+    assert latest(client, t.groups["fleet"]) == "1.9.0"

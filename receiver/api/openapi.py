@@ -348,7 +348,8 @@ def _group_ota_paths() -> dict[str, Any]:
                     "group id (400); plan (403); group exists and is owned (404); token, version, "
                     "rollout fields and image (400); conflict (409). A body over the size limit is "
                     "a 413 as soon as it is seen. Re-posting the deployed version with the same "
-                    "bytes is a 201 that changes nothing (`deployed: false`). With `canary`, the "
+                    "bytes is a 201 that changes nothing (`deployed: false`), unless a newer deploy "
+                    "to an ancestor group overrode it, when it is deployed again. With `canary`, the "
                     "deploy starts a rollout: the canary subgroup gets the version first. A deploy "
                     "that changes what a running rollout's groups run (the group, any group below "
                     "it, or an ancestor) ends that rollout as aborted, naming the deploy."
@@ -369,7 +370,8 @@ def _group_ota_paths() -> dict[str, Any]:
                         "Deployed (or already deployed with these bytes).", "Deployed",
                         deploy={"message": "Firmware successfully deployed", "deployed": True, "ota": OTA_EXAMPLE},
                         rollout={"message": f"{DEPLOYED} to canary subgroup 5e1dce30005a9652dbf0f7fd of group "
-                                            "5e1b76bc4315b70eb242567a; the whole group gets it once the canary is healthy",
+                                            "5e1b76bc4315b70eb242567a; the whole group gets it once the canary "
+                                            "is healthy",
                                  "deployed": True,
                                  "ota": {**OTA_EXAMPLE, "group": "5e1dce30005a9652dbf0f7fd"},
                                  "rollout": {"id": "5e21f24346211e2d8e0bdf3b", "state": "canary"}},
