@@ -230,7 +230,8 @@ def test_a_closed_stage_only_records_what_its_devices_run(outcome: str) -> None:
 
 
 def test_a_stage_is_open_only_while_its_state_runs() -> None:
-    open_pairs = {(state, stage) for state in STATES for stage in (STAGE_CANARY, STAGE_FLEET) if stage_is_open(state, stage)}
+    stages = (STAGE_CANARY, STAGE_FLEET)
+    open_pairs = {(state, stage) for state in STATES for stage in stages if stage_is_open(state, stage)}
     assert open_pairs == {("canary", STAGE_CANARY), ("fleet", STAGE_FLEET)}
 
 
