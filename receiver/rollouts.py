@@ -104,16 +104,6 @@ def _target(session: Session, rollout: Rollout, stage: str, groups: list[Group])
         )
 
 
-def active_rollouts(*, session: Session, group_id: str) -> list[Rollout]:
-    return list(
-        session.exec(
-            select(Rollout)
-            .where(col(Rollout.group_id) == group_id, col(Rollout.state).in_(ACTIVE_STATES))
-            .with_for_update()
-        )
-    )
-
-
 def supersede(*, session: Session, group_ids: list[str], reason: str, keep: str) -> list[str]:
     """End every rollout in progress on these groups (as fleet or canary), but
     `keep`, as aborted."""
