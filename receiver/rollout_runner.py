@@ -65,9 +65,20 @@ class RolloutRunner:
     async def run(self) -> None:
         while True:
             try:
-                changed = await anyio.to_thread.run_sync(self.evaluate_all)
+                changed = await self._pass()
                 if changed and self.on_change is not None:
                     self.on_change()
             except Exception:
                 log.exception("rollout evaluation failed")
             await sleep_until_woken(self._wake, self.tick)
+
+    async def _pass(self) -> bool:
+        """One evaluate_all in a worker thread. A cancel (the receiver stopping)
+        waits for the pass in flight: the thread cannot be stopped, and left
+        running it could promote a rollout after the receiver has shut down."""
+        work = asyncio.ensure_future(anyio.to_thread.run_sync(self.evaluate_all))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await asyncio.wait({work})
+            raise
