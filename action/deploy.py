@@ -244,7 +244,15 @@ def deploy(
     if isinstance(rollout, dict) and rollout.get("id"):
         report.rollout = rollout
         report.rollout_state = str(rollout.get("state", ""))
-    if report.deployed:
+    if report.deployed and report.rollout is not None and report.rollout_state == "canary":
+        # The image is on the canary subgroup only; the group follows when it is healthy.
+        then = "when the rollout is promoted" if inputs.rollout.auto_promote is False else "once the canary is healthy"
+        workflow.notice(
+            f"{report.version} deployed to canary subgroup {inputs.rollout.canary} of group {inputs.group} "
+            f"(rollout {report.rollout_id}); the whole group gets it {then}",
+            title="Deployed to the canary",
+        )
+    elif report.deployed:
         workflow.notice(f"{report.version} deployed to group {inputs.group}", title="Deployed")
     else:
         note = f"{report.version} was already deployed to group {inputs.group} with these bytes; nothing was redeployed"

@@ -14,7 +14,10 @@ from typing import Any
 TERMINAL_STATES = frozenset({"complete", "halted", "aborted"})
 FAILED_STATES = frozenset({"halted", "aborted"})
 FAILED_OUTCOMES = frozenset({"failed", "timed_out"})
-# How many failed devices an error annotation names; the summary has them all.
+# A device whose stage ended before it finished (a halt on other devices'
+# failures, an abort) was stopped, or is still pending: it did not fail.
+UNFINISHED_OUTCOMES = frozenset({"stopped", "pending"})
+# How many devices of each kind an error annotation names; the summary has them all.
 DEVICES_IN_MESSAGE = 10
 
 Rollout = Mapping[str, Any]
@@ -45,19 +48,37 @@ def progress_line(rollout: Rollout) -> str:
     stage = current_stage(rollout)
     if stage is None:
         return f"rollout {rollout.get('id', '?')}: {state}"
-    return (
+    line = (
         f"rollout {rollout.get('id', '?')}: {state}, {stage.get('name')} stage "
         f"{stage.get('succeeded', 0)}/{stage.get('targeted', 0)} succeeded, "
         f"{stage.get('failed', 0)} failed, {stage.get('pending', 0)} pending"
     )
+    for key, label in (("timed_out", "timed out"), ("stopped", "stopped before finishing")):
+        if stage.get(key):
+            line += f", {stage[key]} {label}"
+    return line
 
 
-def failed_devices(rollout: Rollout) -> list[Mapping[str, Any]]:
+def devices_with(rollout: Rollout, outcomes: frozenset[str]) -> list[Mapping[str, Any]]:
     return [
         device
         for device in rollout.get("devices") or []
-        if isinstance(device, Mapping) and device.get("outcome") in FAILED_OUTCOMES
+        if isinstance(device, Mapping) and device.get("outcome") in outcomes
     ]
+
+
+def failed_devices(rollout: Rollout) -> list[Mapping[str, Any]]:
+    return devices_with(rollout, FAILED_OUTCOMES)
+
+
+def unfinished_devices(rollout: Rollout) -> list[Mapping[str, Any]]:
+    return devices_with(rollout, UNFINISHED_OUTCOMES)
+
+
+def name_devices(devices: list[Mapping[str, Any]]) -> str:
+    named = ", ".join(describe_device(device) for device in devices[:DEVICES_IN_MESSAGE])
+    more = len(devices) - DEVICES_IN_MESSAGE
+    return named + (f" and {more} more" if more > 0 else "")
 
 
 def describe_device(device: Mapping[str, Any]) -> str:
@@ -84,11 +105,12 @@ def failure_message(result: FollowResult, timeout: float) -> str | None:
         head = f"rollout {rollout_id} {rollout.get('state')}" + (f": {reason}" if reason else "")
     else:
         return None
-    devices = failed_devices(rollout)
-    if devices:
-        named = ", ".join(describe_device(device) for device in devices[:DEVICES_IN_MESSAGE])
-        more = len(devices) - DEVICES_IN_MESSAGE
-        head += f". Failed devices: {named}" + (f" and {more} more" if more > 0 else "")
+    failed = failed_devices(rollout)
+    if failed:
+        head += f". Failed devices: {name_devices(failed)}"
+    unfinished = unfinished_devices(rollout) if not result.timed_out else []
+    if unfinished:
+        head += f". Not finished (the rollout ended first; not failures): {name_devices(unfinished)}"
     return head
 
 

@@ -10,11 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from action.follow import FAILED_OUTCOMES
+from action.follow import FAILED_OUTCOMES, TERMINAL_STATES, UNFINISHED_OUTCOMES
 
 # A fleet can have thousands of devices; the summary shows the interesting ones.
 MAX_DEVICE_ROWS = 50
-OUTCOME_ORDER = {"failed": 0, "timed_out": 1, "pending": 2, "succeeded": 3}
+# Failures first, then the devices that did not finish, then the rest.
+OUTCOME_ORDER = {"failed": 0, "timed_out": 1, "stopped": 2, "pending": 3, "succeeded": 4}
 
 
 @dataclass
@@ -117,7 +118,7 @@ def render_rollout(rollout: Mapping[str, Any], state: str) -> list[str]:
     stages = [stage for stage in rollout.get("stages") or [] if isinstance(stage, Mapping)]
     if stages:
         lines += table(
-            ["Stage", "Group", "State", "Targeted", "Succeeded", "Failed", "Pending"],
+            ["Stage", "Group", "State", "Targeted", "Succeeded", "Failed", "Timed out", "Stopped", "Pending"],
             [
                 [
                     s.get("name"),
@@ -126,6 +127,9 @@ def render_rollout(rollout: Mapping[str, Any], state: str) -> list[str]:
                     s.get("targeted"),
                     s.get("succeeded"),
                     s.get("failed"),
+                    # A receiver older than these counts sends neither.
+                    s.get("timed_out", 0),
+                    s.get("stopped", 0),
                     s.get("pending"),
                 ]
                 for s in stages
@@ -139,7 +143,13 @@ def render_rollout(rollout: Mapping[str, Any], state: str) -> list[str]:
             key=lambda d: (OUTCOME_ORDER.get(str(d.get("outcome")), 9), str(d.get("name") or d.get("id"))),
         )
         failed = sum(1 for device in devices if device.get("outcome") in FAILED_OUTCOMES)
-        lines += [f"#### Device outcomes ({len(devices)} devices, {failed} failed)", ""]
+        heading = f"{len(devices)} devices, {failed} failed"
+        if rollout.get("state") in TERMINAL_STATES:
+            # Listed apart from the failures: the rollout ended before they finished.
+            unfinished = sum(1 for device in devices if device.get("outcome") in UNFINISHED_OUTCOMES)
+            if unfinished:
+                heading += f", {unfinished} not finished"
+        lines += [f"#### Device outcomes ({heading})", ""]
         lines += table(
             ["Device", "Stage", "Outcome", "Firmware", "Code"],
             [

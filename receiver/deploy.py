@@ -8,9 +8,11 @@ from datetime import timedelta
 from sqlmodel import Session, select
 
 from receiver.effective import resolve_effective
-from receiver.groups import ancestors, descendants
+from receiver.groups import ancestors, descendants, lock_tree
 from receiver.ids import utcnow
 from receiver.models import Deployment, Group, GroupOta, TriggerMessage, User
+from receiver.rollout import Running
+from receiver.supersede import supersede_rollouts
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,20 @@ def current_ota(*, session: Session, group_id: str) -> GroupOta | None:
     return session.exec(select(GroupOta).where(GroupOta.group_id == group_id)).first()
 
 
-def _effective_versions(*, session: Session, group: Group, subtree: list[Group]) -> dict[str, str | None]:
-    chain = ancestors(session=session, group=group)
-    members = [*chain, group, *subtree]
-    parents = {g.id: g.parent_id for g in members}
+@dataclass(frozen=True)
+class _Effective:
+    """A copy of what a group's effective GroupOta said: the record is updated
+    in place by a deploy, so comparing before and after needs the values."""
+
+    ota_id: str
+    revision: int
+    version: str
+    sha256: str
+
+
+def _effective(
+    *, session: Session, parents: dict[str, str | None], groups: list[Group]
+) -> dict[str, _Effective | None]:
     otas = {
         ota.group_id: ota
         for ota in session.exec(
@@ -72,9 +84,42 @@ def _effective_versions(*, session: Session, group: Group, subtree: list[Group])
     }
     resolved = resolve_effective(parents, otas)
     return {
-        g.id: (ota.version if (ota := resolved[g.id]) is not None else None)
-        for g in (group, *subtree)
+        g.id: (
+            _Effective(ota.id, ota.revision, ota.version, ota.sha256)
+            if (ota := resolved[g.id]) is not None else None
+        )
+        for g in groups
     }
+
+
+def _version(effective: _Effective | None) -> str | None:
+    return effective.version if effective is not None else None
+
+
+def _family(*, session: Session, group: Group, subtree: list[Group]) -> dict[str, str | None]:
+    """Parent of each of the group's ancestors, the group and its descendants."""
+    return {g.id: g.parent_id for g in (*ancestors(session=session, group=group), group, *subtree)}
+
+
+def running_firmware(*, session: Session, group: Group) -> Running | None:
+    """What the group's devices should run now (its effective OTA), and the
+    deploy that put it there; None when the group has no firmware."""
+    parents = _family(session=session, group=group, subtree=[])
+    found = _effective(session=session, parents=parents, groups=[group])[group.id]
+    if found is None:
+        return None
+    deployment_id = session.exec(
+        select(Deployment.id).where(Deployment.ota_id == found.ota_id, Deployment.revision == found.revision)
+    ).first()
+    return Running(deployment_id=deployment_id, sha256=found.sha256, version=found.version)
+
+
+def runs_own_ota(*, session: Session, group: Group, ota: GroupOta) -> bool:
+    """Whether the group's devices run its own OTA record, rather than a newer
+    deploy to an ancestor."""
+    parents = _family(session=session, group=group, subtree=[])
+    running = _effective(session=session, parents=parents, groups=[group])[group.id]
+    return running is not None and running.ota_id == ota.id
 
 
 def deploy_firmware(
@@ -89,19 +134,27 @@ def deploy_firmware(
 ) -> DeployResult:
     """Record a deploy inside the caller's write transaction.
 
-    The group row is locked first (FOR UPDATE on PostgreSQL; SQLite's write
-    transaction already holds the database lock), so concurrent deploys to one
-    group serialise and `__v` counts each of them exactly once.
+    The group's tree, then the group row, are locked first (FOR UPDATE on
+    PostgreSQL; SQLite's write transaction already holds the database lock), so
+    concurrent deploys serialise and `__v` counts each of them exactly once.
+    A deploy that changes what a running rollout's groups run ends that
+    rollout (see receiver.supersede); `rollout_id` names the rollout this
+    deploy belongs to, which it never ends.
     """
+    lock_tree(session=session, group_id=group_id)
     group = session.exec(select(Group).where(Group.id == group_id).with_for_update()).one()
     current = current_ota(session=session, group_id=group.id)
-    if current is not None and current.version == version:
-        if current.sha256 == firmware.sha256:
-            return DeployResult(ota=current, deployed=False, triggered=[])
-        raise VersionConflict(current)
-
     subtree = descendants(session=session, group=group)
-    before = _effective_versions(session=session, group=group, subtree=subtree)
+    parents = _family(session=session, group=group, subtree=subtree)
+    before = _effective(session=session, parents=parents, groups=[group, *subtree])
+    if current is not None and current.version == version:
+        if current.sha256 != firmware.sha256:
+            raise VersionConflict(current)
+        running = before[group.id]
+        if running is not None and running.ota_id == current.id:
+            return DeployResult(ota=current, deployed=False, triggered=[])
+        # The group's own record holds this image, but a newer deploy to an
+        # ancestor is what its devices run: deploy it again, so it is.
 
     now = utcnow()
     if current is None:
@@ -138,10 +191,14 @@ def deploy_firmware(
     session.add(deployment)
     session.flush()
 
-    after = _effective_versions(session=session, group=group, subtree=subtree)
+    after = _effective(session=session, parents=parents, groups=[group, *subtree])
+    supersede_rollouts(
+        session=session, deployment=deployment, parents=parents,
+        changed={g for g, effective in after.items() if effective != before[g]},
+    )
     triggered = [(group.id, version)]
     triggered += [
-        (g.id, v) for g in subtree if (v := after[g.id]) is not None and v != before[g.id]
+        (g.id, v) for g in subtree if (v := _version(after[g.id])) is not None and v != _version(before[g.id])
     ]
     if notify:
         owner = session.get(User, group.owner_id)

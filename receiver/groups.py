@@ -63,6 +63,29 @@ def ancestors(*, session: Session, group: Group) -> list[Group]:
     return chain
 
 
+def lock_tree(*, session: Session, group_id: str, skip_locked: bool = False) -> bool:
+    """Lock the root of the tree `group_id` belongs to; False if it is busy
+    (with `skip_locked`) or the group does not exist.
+
+    A deploy changes what its group's ancestors' and descendants' rollouts
+    run, and a promotion is a deploy made under a rollout's lock, so deploys,
+    promotions, aborts and rollout evaluations lock rows of several groups and
+    rollouts of one tree. Each takes this lock first (FOR UPDATE on PostgreSQL;
+    SQLite's write transaction already holds the database lock): the work on one
+    tree then runs one at a time and can never deadlock, and other trees are
+    not held up. A group's parent never changes, so the root is found unlocked.
+    """
+    group = session.get(Group, group_id)
+    if group is None:
+        return False
+    chain = ancestors(session=session, group=group)
+    root_id = chain[-1].id if chain else group.id
+    locked = session.exec(
+        select(Group.id).where(Group.id == root_id).with_for_update(skip_locked=skip_locked)
+    ).first()
+    return locked is not None
+
+
 def descendants(*, session: Session, group: Group) -> list[Group]:
     """Every subgroup below `group`, breadth first."""
     found: list[Group] = []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import Index, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 from receiver.ids import new_id, utcnow
@@ -163,7 +163,15 @@ class Rollout(SQLModel, table=True):
     # When the canary first reached its success threshold; the soak runs from here.
     canary_healthy_at: datetime | None = Field(default=None)
     fleet_started_at: datetime | None = Field(default=None)
-    ended_at: datetime | None = Field(default=None)
+    # Indexed: device reports are still recorded for a while after the end.
+    ended_at: datetime | None = Field(default=None, index=True)
+    # What the group ran (its effective OTA) when the rollout started: a
+    # promotion deploys only over that. The deployment and sha256 are None
+    # when it ran nothing; `baseline_recorded` is False for a rollout started
+    # before otaship recorded it, which is promoted unchecked.
+    baseline_recorded: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    baseline_deployment_id: str | None = Field(default=None, max_length=24)
+    baseline_sha256: str | None = Field(default=None, max_length=64)
 
 
 class RolloutDevice(SQLModel, table=True):

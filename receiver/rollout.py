@@ -9,6 +9,7 @@ answer from the same database.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -21,11 +22,19 @@ ABORTED = "aborted"
 ACTIVE_STATES = (CANARY, FLEET)
 STATES = (CANARY, FLEET, COMPLETE, HALTED, ABORTED)
 
+# Stages, named after the states that run them.
+STAGE_CANARY = CANARY
+STAGE_FLEET = FLEET
+
 # Per-device outcomes.
 PENDING = "pending"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 TIMED_OUT = "timed_out"
+# The stage ended before the device finished, with time still left (a halt on
+# other devices' failures, an abort, a promotion on a threshold below 1).
+STOPPED = "stopped"
+OUTCOMES = (PENDING, SUCCEEDED, FAILED, TIMED_OUT, STOPPED)
 
 # IoTaaP OS update-response codes.
 CODE_TRIGGER_RECEIVED = 200
@@ -82,7 +91,7 @@ def after_status(
 ) -> DeviceProgress:
     """A status report: success on the deployed version; failure when the device
     comes back (rebooted) on another version after announcing its update."""
-    if progress.outcome in (SUCCEEDED, TIMED_OUT):
+    if progress.outcome in (SUCCEEDED, TIMED_OUT, STOPPED):
         return replace(progress, fw_version=fw_version)
     if fw_version == deployed:
         return replace(progress, outcome=SUCCEEDED, fw_version=fw_version)
@@ -101,7 +110,7 @@ def after_status(
 
 
 def after_response(progress: DeviceProgress, *, code: int, last_uptime: float | None) -> DeviceProgress:
-    if progress.outcome in (SUCCEEDED, TIMED_OUT):
+    if progress.outcome in (SUCCEEDED, TIMED_OUT, STOPPED):
         return replace(progress, code=code)
     if code == CODE_ERROR:
         return replace(progress, outcome=FAILED, code=code)
@@ -110,8 +119,36 @@ def after_response(progress: DeviceProgress, *, code: int, last_uptime: float | 
     return replace(progress, code=code)
 
 
-def at_stage_end(progress: DeviceProgress) -> DeviceProgress:
-    return replace(progress, outcome=TIMED_OUT) if progress.outcome == PENDING else progress
+def at_stage_end(progress: DeviceProgress, *, time_ran_out: bool) -> DeviceProgress:
+    """A device that had not finished when its stage ended: it timed out only if
+    the stage's time really ran out; otherwise it was stopped."""
+    if progress.outcome != PENDING:
+        return progress
+    return replace(progress, outcome=TIMED_OUT if time_ran_out else STOPPED)
+
+
+def after_stage_closed(
+    progress: DeviceProgress, *, fw_version: str | None = None, code: int | None = None
+) -> DeviceProgress:
+    """A report for a device whose stage has ended: its outcome stays what the
+    stage decided, but what it runs (and last answered) is still recorded, so
+    the rollout shows where the fleet really stands after a halt or abort."""
+    if fw_version is not None:
+        progress = replace(progress, fw_version=fw_version)
+    if code is not None:
+        progress = replace(progress, code=code)
+    return progress
+
+
+def stage_is_open(state: str, stage: str) -> bool:
+    """Whether a rollout in `state` is still deciding the outcomes of `stage`
+    (its stages are named after the states that run them)."""
+    return state == stage
+
+
+def stage_time_ran_out(policy: Policy, *, started_at: datetime, now: datetime) -> bool:
+    """Each stage has `canary_timeout` seconds."""
+    return now >= started_at + timedelta(seconds=policy.canary_timeout)
 
 
 # --- stages -------------------------------------------------------------------
@@ -123,10 +160,11 @@ class Counts:
     succeeded: int = 0
     failed: int = 0
     timed_out: int = 0
+    stopped: int = 0
 
     @property
     def pending(self) -> int:
-        return self.targeted - self.succeeded - self.failed - self.timed_out
+        return self.targeted - self.succeeded - self.failed - self.timed_out - self.stopped
 
     @classmethod
     def of(cls, outcomes: list[str]) -> Counts:
@@ -135,6 +173,7 @@ class Counts:
             succeeded=outcomes.count(SUCCEEDED),
             failed=outcomes.count(FAILED),
             timed_out=outcomes.count(TIMED_OUT),
+            stopped=outcomes.count(STOPPED),
         )
 
 
@@ -184,7 +223,7 @@ def decide_canary(
             f"{failures} failed, {needed} of {counts.targeted} needed",
             healthy_at,
         )
-    if now >= started_at + timedelta(seconds=policy.canary_timeout):
+    if stage_time_ran_out(policy, started_at=started_at, now=now):
         return Decision(
             HALT,
             f"canary timed out after {policy.canary_timeout} s: {counts.succeeded} of "
@@ -197,7 +236,68 @@ def decide_canary(
 def decide_fleet(policy: Policy, counts: Counts, *, now: datetime, started_at: datetime) -> Decision:
     if counts.pending == 0:
         return Decision(FINISH, f"all {counts.targeted} device(s) reported")
-    if now >= started_at + timedelta(seconds=policy.canary_timeout):
+    if stage_time_ran_out(policy, started_at=started_at, now=now):
         return Decision(FINISH, f"fleet stage timed out with {counts.pending} device(s) pending")
     return Decision(WAIT)
 
+
+
+# --- supersede and the promotion check ---------------------------------------
+
+
+def supersedes(rollout_group: str, changed: Iterable[str], parents: Mapping[str, str | None]) -> bool:
+    """Whether a deploy that changed the effective firmware of the `changed`
+    groups supersedes a rollout of `rollout_group`.
+
+    The rollout's stages cover its group and every group below it (the canary
+    is one of those), so it is superseded when a changed group is its group or
+    lies below it. `parents` maps each group to its parent, as far up as needed.
+    """
+    for group in changed:
+        seen: set[str] = set()
+        current: str | None = group
+        while current is not None and current not in seen:
+            if current == rollout_group:
+                return True
+            seen.add(current)
+            current = parents.get(current)
+    return False
+
+
+def superseded_reason(deployment_id: str, version: str, group_id: str, rollout_id: str | None) -> str:
+    reason = f"superseded by deployment {deployment_id} of {version} to group {group_id}"
+    return reason + (f" (rollout {rollout_id})" if rollout_id else "")
+
+
+@dataclass(frozen=True)
+class Running:
+    """A group's effective firmware: the deploy it came from, and its bytes.
+
+    `deployment_id` is None when no deploy record matches (the OTA was written
+    some other way); `version` is for messages only."""
+
+    deployment_id: str | None
+    sha256: str
+    version: str
+
+    @property
+    def identity(self) -> tuple[str | None, str]:
+        return (self.deployment_id, self.sha256)
+
+
+def promotion_refusal(started_over: Running | None, now_running: Running | None) -> str | None:
+    """Why a promotion must not deploy, or None when the group still runs what
+    it ran when the rollout started: a promotion never overwrites a newer OTA."""
+    before = started_over.identity if started_over is not None else None
+    after = now_running.identity if now_running is not None else None
+    if before == after:
+        return None
+    was = (
+        "no firmware" if started_over is None
+        else f"deployment {started_over.deployment_id} of {started_over.version}"
+    )
+    runs = "has no firmware" if now_running is None else f"runs {now_running.version}"
+    return (
+        f"the group no longer runs what it ran when the rollout started ({was}); "
+        f"it now {runs}: not promoting over it"
+    )

@@ -12,12 +12,10 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
 
 from receiver.db import read_session, write_session
-from receiver.models import Rollout
 from receiver.rollout import CANARY, FLEET
-from receiver.rollouts import active_rollout_states, evaluate
+from receiver.rollouts import active_rollout_states, evaluate, lock_rollout
 from receiver.wakeup import sleep_until_woken
 
 if TYPE_CHECKING:
@@ -49,16 +47,13 @@ class RolloutRunner:
         for rollout_id, _ in active:
             try:
                 with write_session(self.engine) as session:
-                    # The state as it is under the row lock that evaluate takes too:
+                    # The state as it is under the locks that evaluate takes too:
                     # another replica may have moved the rollout since the read above,
                     # and a promotion must be counted once, by whoever made it.
-                    before = session.exec(
-                        select(Rollout.state)
-                        .where(col(Rollout.id) == rollout_id)
-                        .with_for_update(skip_locked=True)
-                    ).first()
-                    if before is None:
+                    locked = lock_rollout(session, rollout_id, skip_locked=True)
+                    if locked is None:
                         continue
+                    before = locked.state
                     state = evaluate(session=session, rollout_id=rollout_id, notify=self.notify)
                 changed = changed or (state is not None and state != before)
                 if before == CANARY and state == FLEET and self.metrics is not None:
@@ -70,9 +65,20 @@ class RolloutRunner:
     async def run(self) -> None:
         while True:
             try:
-                changed = await anyio.to_thread.run_sync(self.evaluate_all)
+                changed = await self._pass()
                 if changed and self.on_change is not None:
                     self.on_change()
             except Exception:
                 log.exception("rollout evaluation failed")
             await sleep_until_woken(self._wake, self.tick)
+
+    async def _pass(self) -> bool:
+        """One evaluate_all in a worker thread. A cancel (the receiver stopping)
+        waits for the pass in flight: the thread cannot be stopped, and left
+        running it could promote a rollout after the receiver has shut down."""
+        work = asyncio.ensure_future(anyio.to_thread.run_sync(self.evaluate_all))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await asyncio.wait({work})
+            raise

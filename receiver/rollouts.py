@@ -2,22 +2,30 @@
 
 The decisions themselves are the pure functions in `receiver.rollout`; this
 module loads the facts, applies the decision and stores the result, always
-under a lock on the rollout row, so two replicas never promote one rollout
-twice.
+under a lock on the rollout row (taken after its tree's lock, see
+`receiver.groups.lock_tree`), so two replicas never promote one rollout twice.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import ColumnElement, func
 from sqlmodel import Session, col, select
 
-from receiver.deploy import DeployResult, StoredFirmware, VersionConflict, deploy_firmware
-from receiver.groups import ancestors, descendants
+from receiver.deploy import (
+    DeployResult,
+    StoredFirmware,
+    VersionConflict,
+    current_ota,
+    deploy_firmware,
+    running_firmware,
+    runs_own_ota,
+)
+from receiver.groups import ancestors, descendants, lock_tree
 from receiver.ids import iso_utc, utcnow
-from receiver.models import Device, Group, Rollout, RolloutDevice
+from receiver.models import Deployment, Device, Group, Rollout, RolloutDevice
 from receiver.rollout import (
     ABORTED,
     ACTIVE_STATES,
@@ -29,18 +37,19 @@ from receiver.rollout import (
     HALT,
     HALTED,
     PROMOTE,
+    STAGE_CANARY,
+    STAGE_FLEET,
     Counts,
     Policy,
-    at_stage_end,
+    Running,
     decide_canary,
     decide_fleet,
     initial_progress,
+    promotion_refusal,
     required_successes,
-    DeviceProgress,
+    stage_time_ran_out,
 )
-
-STAGE_CANARY = "canary"
-STAGE_FLEET = "fleet"
+from receiver.rollout_end import close_stage, end_rollout
 
 
 class RolloutError(ValueError):
@@ -95,38 +104,24 @@ def _target(session: Session, rollout: Rollout, stage: str, groups: list[Group])
         )
 
 
-def active_rollouts(*, session: Session, group_id: str) -> list[Rollout]:
-    return list(
-        session.exec(
-            select(Rollout)
-            .where(col(Rollout.group_id) == group_id, col(Rollout.state).in_(ACTIVE_STATES))
-            .with_for_update()
-        )
-    )
-
-
-def supersede(*, session: Session, group_ids: list[str], reason: str) -> list[str]:
-    """End every rollout in progress on these groups (as fleet or canary) as aborted."""
+def supersede(*, session: Session, group_ids: list[str], reason: str, keep: str) -> list[str]:
+    """End every rollout in progress on these groups (as fleet or canary), but
+    `keep`, as aborted."""
     rows = session.exec(
         select(Rollout)
         .where(
             col(Rollout.state).in_(ACTIVE_STATES),
+            col(Rollout.id) != keep,
             (col(Rollout.group_id).in_(group_ids)) | (col(Rollout.canary_group_id).in_(group_ids)),
         )
+        .order_by(col(Rollout.id))
         .with_for_update()
+        .execution_options(populate_existing=True)
     ).all()
     now = utcnow()
     for rollout in rows:
-        _end(rollout, ABORTED, reason, now)
-        session.add(rollout)
+        end_rollout(session, rollout, ABORTED, reason, now)
     return [r.id for r in rows]
-
-
-def _end(rollout: Rollout, state: str, reason: str | None, now: datetime) -> None:
-    rollout.state = state
-    rollout.reason = reason
-    rollout.ended_at = now
-    rollout.updated_at = now
 
 
 def newest_rollout(*, session: Session, group_id: str, version: str | None = None) -> Rollout | None:
@@ -153,8 +148,11 @@ def start_rollout(
     commit: str | None,
     notify: bool,
 ) -> Started:
-    """Deploy to the canary subgroup only, and record the rollout (one transaction)."""
+    """Deploy to the canary subgroup only, and record the rollout (one transaction).
+
+    The caller holds the group's tree lock."""
     now = utcnow()
+    baseline = running_firmware(session=session, group=group)
     rollout = Rollout(
         owner_id=group.owner_id, group_id=group.id, canary_group_id=canary.id, version=version,
         object_key=firmware.object_key, sha256=firmware.sha256, md5=firmware.md5, size=firmware.size,
@@ -162,17 +160,22 @@ def start_rollout(
         idf_ver=firmware.idf_ver, commit=commit, canary_timeout=policy.canary_timeout,
         success_threshold=policy.success_threshold, error_threshold=policy.error_threshold,
         soak=policy.soak, auto_promote=policy.auto_promote, state=CANARY,
-        created_at=now, updated_at=now, canary_started_at=now,
-    )
-    supersede(
-        session=session, group_ids=[group.id, canary.id],
-        reason=f"superseded by rollout {rollout.id} of version {version}",
+        created_at=now, updated_at=now, canary_started_at=now, baseline_recorded=True,
+        baseline_deployment_id=baseline.deployment_id if baseline else None,
+        baseline_sha256=baseline.sha256 if baseline else None,
     )
     session.add(rollout)
     session.flush()
+    # The canary deploy supersedes the rollouts whose groups it changes
+    # (receiver.supersede); one rollout per group at a time ends any other
+    # left on this group or canary, such as when the canary already ran this.
     result = deploy_firmware(
         session=session, group_id=canary.id, version=version, firmware=firmware,
         commit=commit, rollout_id=rollout.id, notify=notify,
+    )
+    supersede(
+        session=session, group_ids=[group.id, canary.id], keep=rollout.id,
+        reason=f"superseded by rollout {rollout.id} of version {version}",
     )
     _target(session, rollout, STAGE_CANARY, [canary, *descendants(session=session, group=canary)])
     session.flush()
@@ -188,25 +191,64 @@ def stage_counts(*, session: Session, rollout_id: str, stage: str) -> Counts:
     return Counts.of(list(outcomes))
 
 
-def _lock(session: Session, rollout_id: str, *, skip_locked: bool) -> Rollout | None:
+def lock_rollout(session: Session, rollout_id: str, *, skip_locked: bool) -> Rollout | None:
+    """The rollout under its row lock, taken after its tree's lock; None when it
+    does not exist, or (with `skip_locked`) when another transaction holds either."""
+    group_id = session.exec(select(Rollout.group_id).where(col(Rollout.id) == rollout_id)).first()
+    if group_id is None or not lock_tree(session=session, group_id=group_id, skip_locked=skip_locked):
+        return None
     return session.exec(
-        select(Rollout).where(col(Rollout.id) == rollout_id).with_for_update(skip_locked=skip_locked)
+        select(Rollout)
+        .where(col(Rollout.id) == rollout_id)
+        .with_for_update(skip_locked=skip_locked)
+        .execution_options(populate_existing=True)
     ).first()
 
 
-def promote(*, session: Session, rollout: Rollout, notify: bool, reason: str | None = None) -> None:
-    """Deploy the rollout's stored image to the whole group: no re-upload."""
-    now = utcnow()
+def _started_over(session: Session, rollout: Rollout) -> Running | None:
+    """What the group ran when the rollout started, as recorded then."""
+    if rollout.baseline_sha256 is None:
+        return None
+    version = session.exec(
+        select(Deployment.version).where(col(Deployment.id) == rollout.baseline_deployment_id)
+    ).first()
+    return Running(rollout.baseline_deployment_id, rollout.baseline_sha256, version or "an unrecorded version")
+
+
+def promotion_blocked(*, session: Session, rollout: Rollout, group: Group) -> str | None:
+    """Why the rollout must not be promoted over what the group runs now; None
+    when the group still runs what it ran at the start (or that was not recorded)."""
+    if not rollout.baseline_recorded:
+        return None
+    return promotion_refusal(_started_over(session, rollout), running_firmware(session=session, group=group))
+
+
+def promote(
+    *, session: Session, rollout: Rollout, notify: bool, reason: str | None = None, now: datetime | None = None
+) -> None:
+    """Close the canary stage and deploy the rollout's stored image to the whole
+    group (no re-upload). The caller holds the rollout's lock.
+
+    Never over firmware newer than the rollout: when the group no longer runs
+    what it ran at the start, the rollout ends aborted instead."""
+    now = now or utcnow()
     group = session.get(Group, rollout.group_id)
     assert group is not None
+    refusal = promotion_blocked(session=session, rollout=rollout, group=group)
+    if refusal is not None:
+        end_rollout(session, rollout, ABORTED, refusal, now)
+        return
+    close_stage(
+        session, rollout.id, STAGE_CANARY, now=now,
+        time_ran_out=stage_time_ran_out(policy_of(rollout), started_at=rollout.canary_started_at, now=now),
+    )
     try:
         deploy_firmware(
             session=session, group_id=group.id, version=rollout.version, firmware=firmware_of(rollout),
             commit=rollout.commit, rollout_id=rollout.id, notify=notify,
         )
     except VersionConflict as exc:
-        _end(rollout, HALTED, f"the group already runs {exc.version} with other bytes", now)
-        session.add(rollout)
+        end_rollout(session, rollout, HALTED, f"the group already runs {exc.version} with other bytes", now)
         return
     rollout.state = FLEET
     rollout.reason = reason
@@ -219,7 +261,7 @@ def promote(*, session: Session, rollout: Rollout, notify: bool, reason: str | N
 
 def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime | None = None) -> str | None:
     """Apply the next decision to one rollout; its state afterwards (None if busy elsewhere)."""
-    rollout = _lock(session, rollout_id, skip_locked=True)
+    rollout = lock_rollout(session, rollout_id, skip_locked=True)
     if rollout is None:
         return None
     if rollout.state not in ACTIVE_STATES:
@@ -235,11 +277,12 @@ def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime |
             rollout.canary_healthy_at = decision.healthy_at
             rollout.updated_at = now
         if decision.action == PROMOTE:
-            _close_stage(session, rollout.id, STAGE_CANARY)
-            promote(session=session, rollout=rollout, notify=notify, reason=decision.reason)
+            promote(session=session, rollout=rollout, notify=notify, reason=decision.reason, now=now)
         elif decision.action == HALT:
-            _close_stage(session, rollout.id, STAGE_CANARY)
-            _end(rollout, HALTED, decision.reason, now)
+            end_rollout(
+                session, rollout, HALTED, decision.reason, now,
+                time_ran_out=stage_time_ran_out(policy, started_at=rollout.canary_started_at, now=now),
+            )
         elif decision.action == AWAIT_PROMOTION and rollout.reason != decision.reason:
             rollout.reason = decision.reason
             rollout.updated_at = now
@@ -248,27 +291,18 @@ def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime |
         counts = stage_counts(session=session, rollout_id=rollout.id, stage=STAGE_FLEET)
         decision = decide_fleet(policy, counts, now=now, started_at=rollout.fleet_started_at)
         if decision.action == FINISH:
-            _close_stage(session, rollout.id, STAGE_FLEET)
-            _end(rollout, COMPLETE, decision.reason, now)
+            end_rollout(
+                session, rollout, COMPLETE, decision.reason, now,
+                time_ran_out=stage_time_ran_out(policy, started_at=rollout.fleet_started_at, now=now),
+            )
     session.add(rollout)
     return rollout.state
 
 
-def _close_stage(session: Session, rollout_id: str, stage: str) -> None:
-    for row in session.exec(
-        select(RolloutDevice).where(
-            col(RolloutDevice.rollout_id) == rollout_id, col(RolloutDevice.stage) == stage,
-        )
-    ):
-        progress = at_stage_end(DeviceProgress(outcome=row.outcome))
-        if progress.outcome != row.outcome:
-            row.outcome = progress.outcome
-            row.updated_at = utcnow()
-            session.add(row)
-
-
 def manual_promote(*, session: Session, rollout_id: str, owner_id: str, notify: bool) -> Rollout:
-    rollout = _lock(session, rollout_id, skip_locked=False)
+    """Promote a held canary; the rollout afterwards, `aborted` when the group
+    no longer runs what it ran at the start (see `promote`)."""
+    rollout = lock_rollout(session, rollout_id, skip_locked=False)
     if rollout is None or rollout.owner_id != owner_id:
         raise LookupError(rollout_id)
     if rollout.state != CANARY:
@@ -280,20 +314,30 @@ def manual_promote(*, session: Session, rollout_id: str, owner_id: str, notify: 
             f"the canary has not reached its success threshold: {counts.succeeded} of "
             f"{counts.targeted} succeeded, {needed} needed"
         )
-    _close_stage(session, rollout.id, STAGE_CANARY)
     promote(session=session, rollout=rollout, notify=notify, reason="promoted by request")
     return rollout
 
 
 def abort(*, session: Session, rollout_id: str, owner_id: str) -> Rollout:
-    rollout = _lock(session, rollout_id, skip_locked=False)
+    rollout = lock_rollout(session, rollout_id, skip_locked=False)
     if rollout is None or rollout.owner_id != owner_id:
         raise LookupError(rollout_id)
     if rollout.state not in ACTIVE_STATES:
         raise RolloutError(f"the rollout has already ended: {rollout.state}")
-    _end(rollout, ABORTED, "aborted by request", utcnow())
-    session.add(rollout)
+    end_rollout(session, rollout, ABORTED, "aborted by request", utcnow())
     return rollout
+
+
+# Device reports keep being recorded for a rollout this long after it ended:
+# after a halt or an abort, its devices go on updating (or back), and the
+# rollout shows where each one really is. Bounded, so that a device's reports
+# do not look up and rewrite its rows in every rollout it was ever part of.
+FOLLOW_AFTER_END = timedelta(hours=24)
+
+
+def followed_by_reports(now: datetime) -> ColumnElement[bool]:
+    """Rollouts whose devices' reports are recorded: running, or recently ended."""
+    return col(Rollout.state).in_(ACTIVE_STATES) | (col(Rollout.ended_at) >= now - FOLLOW_AFTER_END)
 
 
 def active_rollout_states(*, session: Session) -> list[tuple[str, str]]:
@@ -321,7 +365,7 @@ def rollout_json(*, session: Session, rollout: Rollout, with_devices: bool = Tru
         return {
             "name": name, "group": group_id, "state": state,
             "targeted": counts.targeted, "succeeded": counts.succeeded, "failed": counts.failed,
-            "timed_out": counts.timed_out, "pending": counts.pending,
+            "timed_out": counts.timed_out, "stopped": counts.stopped, "pending": counts.pending,
             "started_at": iso_utc(started), "ended_at": iso_utc(ended),
         }
 
@@ -401,14 +445,15 @@ def deploy_with_canary(
     notify: bool,
 ) -> CanaryDeploy:
     """Start a rollout, or recognise the re-post of one (a CI re-run) and change nothing."""
-    from receiver.deploy import current_ota
-
+    lock_tree(session=session, group_id=group_id)
     group = session.exec(select(Group).where(col(Group.id) == group_id).with_for_update()).one()
     fleet_ota = current_ota(session=session, group_id=group.id)
     if fleet_ota is not None and fleet_ota.version == version:
         if fleet_ota.sha256 != firmware.sha256:
             raise VersionConflict(fleet_ota)
-        return CanaryDeploy(newest_rollout(session=session, group_id=group.id, version=version), False, fleet_ota)
+        if runs_own_ota(session=session, group=group, ota=fleet_ota):
+            return CanaryDeploy(newest_rollout(session=session, group_id=group.id, version=version), False, fleet_ota)
+        # A newer deploy to an ancestor overrode it: roll it out again.
     newest = newest_rollout(session=session, group_id=group.id, version=version)
     if newest is not None and newest.sha256 == firmware.sha256 and newest.state in ACTIVE_STATES:
         canary_ota = current_ota(session=session, group_id=newest.canary_group_id)

@@ -80,6 +80,27 @@ def test_failure_message_names_the_failed_devices() -> None:
     assert failure_message(FollowResult(rollout("complete"), timed_out=False), 60) is None
 
 
+def test_devices_that_did_not_finish_are_not_named_as_failed() -> None:
+    """A halt on one failure stops the devices that were still updating: they
+    are named apart, as not finished, not as failures."""
+    devices = [
+        {"id": "d1", "name": "kitchen", "outcome": "failed", "fw_version": "0.9.0", "code": 203},
+        {"id": "d2", "name": "hall", "outcome": "stopped", "fw_version": "0.9.0", "code": 201},
+        {"id": "d3", "name": "attic", "outcome": "pending", "fw_version": None, "code": None},
+    ]
+    halted = rollout("halted", (3, 0, 1, 0), devices=devices, reason="1 canary device(s) failed")
+    halted["stages"][0]["stopped"] = 2
+    message = failure_message(FollowResult(halted, timed_out=False), 60)
+    assert message == (
+        "rollout r1 halted: 1 canary device(s) failed. Failed devices: kitchen (failed, running 0.9.0, code 203). "
+        "Not finished (the rollout ended first; not failures): hall (stopped, running 0.9.0, code 201), "
+        "attic (pending)"
+    )
+    assert progress_line(halted) == (
+        "rollout r1: halted, canary stage 0/3 succeeded, 1 failed, 0 pending, 2 stopped before finishing"
+    )
+
+
 def test_many_failed_devices_are_cut_short_in_the_message() -> None:
     devices = [{"id": f"d{i}", "name": f"n{i}", "outcome": "failed"} for i in range(25)]
     message = failure_message(FollowResult(rollout("aborted", devices=devices), timed_out=False), 1) or ""

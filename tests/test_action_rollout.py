@@ -186,7 +186,12 @@ def test_a_canary_rollout_followed_to_complete(
     ):
         assert f'name="{field}"\r\n\r\n{value}\r\n'.encode() in post
     assert f"### Rollout `{ROLLOUT}`: complete" in result.summary
-    assert f"| fleet | {GROUP} | done | 6 | 6 | 0 | 0 |" in result.summary
+    assert f"| fleet | {GROUP} | done | 6 | 6 | 0 | 0 | 0 | 0 |" in result.summary.splitlines()
+    # The image went to the canary first, and the notice says so.
+    assert (
+        f"::notice title=Deployed to the canary::1.5.0 deployed to canary subgroup {CANARY} of group {GROUP} "
+        f"(rollout {ROLLOUT}); the whole group gets it once the canary is healthy"
+    ) in result.log.splitlines()
 
 
 def test_a_halted_canary_fails_the_job_naming_the_devices(
@@ -268,6 +273,26 @@ def test_without_wait_the_state_at_upload_is_reported(
     assert result.code == exit_codes.OK, result.log
     assert result.outputs["rollout-state"] == "canary" and result.outputs["rollout-id"] == ROLLOUT
     assert [method for method, *_ in server.requests] == ["POST"]
+
+
+def test_a_held_canary_and_a_plain_deploy_say_where_the_image_went(
+    tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]
+) -> None:
+    held = serve({"POST": [created("canary")]})
+    result = run_cli(
+        tmp_path, held.url, "deploy", "--firmware", str(image), "--canary", CANARY,
+        "--auto-promote", "false", "--wait", "false",
+    )
+    assert result.code == exit_codes.OK, result.log
+    assert (
+        f"::notice title=Deployed to the canary::1.5.0 deployed to canary subgroup {CANARY} of group {GROUP} "
+        f"(rollout {ROLLOUT}); the whole group gets it when the rollout is promoted"
+    ) in result.log.splitlines()
+
+    plain = serve({"POST": [(201, {"message": "Firmware successfully deployed", "deployed": True}, {})]})
+    result = run_cli(tmp_path, plain.url, "deploy", "--firmware", str(image))
+    assert result.code == exit_codes.OK, result.log
+    assert f"::notice title=Deployed::1.5.0 deployed to group {GROUP}" in result.log.splitlines()
 
 
 def test_a_rerun_follows_the_rollout_of_the_version_already_deployed(

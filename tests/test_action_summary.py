@@ -101,7 +101,7 @@ def test_a_failed_rollout_summary_has_stages_and_failed_devices_first() -> None:
     assert text.startswith("## ❌ otaship: `1.4.0` failed")
     assert "**What failed:** rollout halted: canary failed" in text
     assert f"### Rollout `{'r' * 24}`: halted" in text and "Reason: canary failed" in text
-    assert f"| canary | {'c' * 24} | halted | 3 | 1 | 2 | 0 |" in text
+    assert f"| canary | {'c' * 24} | halted | 3 | 1 | 2 | 0 | 0 | 0 |" in text.splitlines()
     assert "#### Device outcomes (3 devices, 2 failed)" in text
     rows = [line for line in text.splitlines() if line.startswith(("| ok-dev", "| bad", "| d3"))]
     assert rows == [
@@ -135,3 +135,33 @@ def test_a_big_fleet_is_cut_to_the_interesting_rows() -> None:
 def test_cells_cannot_break_the_table() -> None:
     assert cell("a|b\nc") == "a\\|b c"
     assert cell(None) == ""
+
+
+def test_devices_that_did_not_finish_are_counted_and_listed_apart_from_failures() -> None:
+    rollout = {
+        **ROLLOUT,
+        "stages": [
+            {
+                "name": "canary", "group": "c" * 24, "state": "failed", "targeted": 4, "succeeded": 1,
+                "failed": 1, "timed_out": 0, "stopped": 2, "pending": 0,
+            }
+        ],
+        "devices": [
+            {"id": "d1", "stage": "canary", "outcome": "succeeded", "fw_version": "1.4.0", "code": 201},
+            {"id": "d2", "stage": "canary", "outcome": "stopped", "fw_version": "1.3.0", "code": 201},
+            {"id": "d3", "stage": "canary", "outcome": "failed", "fw_version": "1.3.0", "code": 203},
+            {"id": "d4", "stage": "canary", "outcome": "stopped", "fw_version": "1.4.0", "code": 201},
+        ],
+    }
+    text = render_summary(report(rollout=rollout, rollout_state="halted", failure="rollout halted"))
+    lines = text.splitlines()
+    assert "| Stage | Group | State | Targeted | Succeeded | Failed | Timed out | Stopped | Pending |" in lines
+    assert f"| canary | {'c' * 24} | failed | 4 | 1 | 1 | 0 | 2 | 0 |" in lines
+    assert "#### Device outcomes (4 devices, 1 failed, 2 not finished)" in lines
+    rows = [line for line in lines if line.startswith("| d")]
+    assert rows == [
+        "| d3 | canary | failed | 1.3.0 | 203 |",
+        "| d2 | canary | stopped | 1.3.0 | 201 |",
+        "| d4 | canary | stopped | 1.4.0 | 201 |",
+        "| d1 | canary | succeeded | 1.4.0 | 201 |",
+    ]

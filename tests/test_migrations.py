@@ -116,10 +116,22 @@ def expected_search_objects(url: str) -> set[str]:
 
 
 def create_all(url: str) -> None:
-    """What otaship did before it had migrations."""
+    """The current models' tables, made without migrations."""
     engine = create_db_engine(url)
     try:
         SQLModel.metadata.create_all(engine)
+    finally:
+        engine.dispose()
+
+
+def create_all_before_migrations(url: str) -> None:
+    """What otaship's `create_all` made before it had migrations: the tables of
+    revision 0001 (which names everything as create_all did), with no history."""
+    engine = create_db_engine(url)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), BASELINE_REVISION)
+            connection.execute(text("DROP TABLE alembic_version"))
     finally:
         engine.dispose()
 
@@ -191,7 +203,7 @@ def test_two_processes_migrating_at_once_take_turns(new_database: NewDatabase) -
 
 def test_a_database_made_by_create_all_is_adopted(new_database: NewDatabase) -> None:
     url = new_database()
-    create_all(url)
+    create_all_before_migrations(url)
     engine = create_db_engine(url)
     try:
         with engine.begin() as connection:
@@ -216,7 +228,7 @@ def test_a_database_made_by_create_all_is_adopted(new_database: NewDatabase) -> 
 
 def test_tables_without_history_that_differ_are_not_stamped(new_database: NewDatabase) -> None:
     url = new_database()
-    create_all(url)
+    create_all_before_migrations(url)
     engine = create_db_engine(url)
     try:
         with engine.begin() as connection:
@@ -424,3 +436,50 @@ def test_migrate_creates_pg_trgm_where_the_role_may(limited_role_database: tuple
     assert search_objects(url) == {"ix_group_otas_path_trgm"}
     with superuser.connect() as conn:
         assert conn.execute(text("SELECT extname FROM pg_extension WHERE extname = 'pg_trgm'")).scalar() == "pg_trgm"
+
+
+def test_0003_records_rollout_baselines_and_keeps_older_rollouts_unchecked(new_database: NewDatabase) -> None:
+    """Up to 0002, a rollout in progress; up to 0003, down again, and up."""
+    url = new_database()
+    engine = create_db_engine(url)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0002")
+            now = "2026-01-01 00:00:00+00:00"
+            connection.execute(
+                text("INSERT INTO users (id, email, plan, mqtt_user, mqtt_password_hash, created_at) "
+                     "VALUES ('u', 'u@example.com', 'pro', 'mu', 'h', :now)"), {"now": now},
+            )
+            connection.execute(
+                text("INSERT INTO groups (id, owner_id, name, token, created_at) VALUES "
+                     "('g', 'u', 'fleet', 't', :now), ('c', 'u', 'canary', 't', :now)"), {"now": now},
+            )
+            connection.execute(
+                text("INSERT INTO rollouts (id, owner_id, group_id, canary_group_id, version, object_key, sha256, "
+                     "md5, size, canary_timeout, success_threshold, error_threshold, soak, auto_promote, state, "
+                     "created_at, updated_at, canary_started_at) VALUES ('r', 'u', 'g', 'c', '1.0.0', 'k', 's', "
+                     "'m', 1, 60, 1.0, 0, 0, true, 'canary', :now, :now, :now)"), {"now": now},
+            )
+        assert migrate(engine) == MigrationResult(before="0002", after=head_revision())
+        columns = "SELECT baseline_recorded, baseline_deployment_id, baseline_sha256 FROM rollouts"
+        with engine.connect() as connection:
+            assert connection.execute(text(columns)).one() == (False, None, None)
+        assert schema_diff(url) == []
+
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0002")
+        rollout_columns = {c["name"] for c in inspect(engine).get_columns("rollouts")}
+        assert not {"baseline_recorded", "baseline_deployment_id", "baseline_sha256"} & rollout_columns
+        assert "ix_rollouts_ended_at" not in {i["name"] for i in inspect(engine).get_indexes("rollouts")}
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT id, state FROM rollouts")).one() == ("r", "canary")
+
+        assert migrate(engine).after == head_revision()
+        with engine.connect() as connection:
+            assert connection.execute(text(columns)).one() == (False, None, None)
+    finally:
+        engine.dispose()
+    assert schema_diff(url) == []
+    new = new_database()
+    create_all(new)
+    assert schema_of(url) == schema_of(new)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,8 +12,14 @@ from receiver.rollout import (
     FAILED,
     FINISH,
     HALT,
+    OUTCOMES,
     PENDING,
     PROMOTE,
+    RESPONSE_CODES,
+    STAGE_CANARY,
+    STAGE_FLEET,
+    STATES,
+    STOPPED,
     SUCCEEDED,
     TIMED_OUT,
     WAIT,
@@ -20,13 +27,20 @@ from receiver.rollout import (
     DeviceProgress,
     Policy,
     PolicyError,
+    Running,
     after_response,
+    after_stage_closed,
     after_status,
     at_stage_end,
     decide_canary,
     decide_fleet,
     initial_progress,
+    promotion_refusal,
     required_successes,
+    stage_is_open,
+    stage_time_ran_out,
+    superseded_reason,
+    supersedes,
     validate_policy,
 )
 
@@ -187,7 +201,125 @@ def test_success_is_final_and_a_late_success_counts() -> None:
     assert after_status(failed, fw_version="1.1.0", uptime=1, deployed="1.1.0").outcome == SUCCEEDED
 
 
-def test_pending_devices_time_out_at_the_end_of_a_stage() -> None:
-    assert at_stage_end(DeviceProgress(outcome=PENDING)).outcome == TIMED_OUT
-    for outcome in (SUCCEEDED, FAILED, TIMED_OUT):
-        assert at_stage_end(DeviceProgress(outcome=outcome)).outcome == outcome
+def test_pending_devices_time_out_only_when_the_stage_ran_out_of_time() -> None:
+    assert at_stage_end(DeviceProgress(outcome=PENDING), time_ran_out=True).outcome == TIMED_OUT
+    assert at_stage_end(DeviceProgress(outcome=PENDING), time_ran_out=False).outcome == STOPPED
+    for outcome, ran_out in itertools.product((SUCCEEDED, FAILED, TIMED_OUT, STOPPED), (True, False)):
+        assert at_stage_end(DeviceProgress(outcome=outcome), time_ran_out=ran_out).outcome == outcome
+
+
+def test_stopped_is_final_while_the_stage_runs() -> None:
+    stopped = DeviceProgress(outcome=STOPPED, fw_version="1.0.0")
+    assert after_status(stopped, fw_version="1.1.0", uptime=1, deployed="1.1.0") == replace(
+        stopped, fw_version="1.1.0"
+    )
+    assert after_response(stopped, code=203, last_uptime=None) == replace(stopped, code=203)
+
+
+@pytest.mark.parametrize("outcome", OUTCOMES)
+def test_a_closed_stage_only_records_what_its_devices_run(outcome: str) -> None:
+    """After a halt, an abort or a promotion, every report still says where the
+    device is, and no report changes the outcome the stage ended with."""
+    for started, uptime_at_start in itertools.product((False, True), (None, 50.0)):
+        before = DeviceProgress(outcome, started, uptime_at_start, "1.0.0", 200)
+        for version in ("1.0.0", "1.1.0", "0.9.0"):
+            after = after_stage_closed(before, fw_version=version)
+            assert after == replace(before, fw_version=version)
+        for code in RESPONSE_CODES:
+            assert after_stage_closed(before, code=code) == replace(before, code=code)
+
+
+def test_a_stage_is_open_only_while_its_state_runs() -> None:
+    stages = (STAGE_CANARY, STAGE_FLEET)
+    open_pairs = {(state, stage) for state in STATES for stage in stages if stage_is_open(state, stage)}
+    assert open_pairs == {("canary", STAGE_CANARY), ("fleet", STAGE_FLEET)}
+
+
+@pytest.mark.parametrize(("seconds", "ran_out"), [(0, False), (1, False), (119.999, False), (120, True), (500, True)])
+def test_a_stage_runs_out_of_time_at_its_timeout(seconds: float, ran_out: bool) -> None:
+    assert stage_time_ran_out(Policy(canary_timeout=120), started_at=T0, now=later(seconds)) is ran_out
+
+
+def test_counts_keep_stopped_apart_from_failures_and_pending() -> None:
+    counts = Counts.of([SUCCEEDED, FAILED, TIMED_OUT, STOPPED, STOPPED, PENDING])
+    assert (counts.targeted, counts.succeeded, counts.failed, counts.timed_out, counts.stopped, counts.pending) == (
+        6, 1, 1, 1, 2, 1
+    )
+
+
+def test_a_halt_before_the_timeout_stops_the_unfinished_canary_devices() -> None:
+    """The issue's halt: canary_timeout=120, one failure after 1 s; the others
+    still had 119 s and must not count as timed out."""
+    policy = Policy(canary_timeout=120)
+    decision = decide_canary(policy, Counts(5, 0, 1, 0), now=later(1), started_at=T0, healthy_at=None)
+    assert decision.action == HALT
+    ran_out = stage_time_ran_out(policy, started_at=T0, now=later(1))
+    outcomes = [at_stage_end(DeviceProgress(outcome=o), time_ran_out=ran_out).outcome for o in [FAILED] + [PENDING] * 4]
+    assert Counts.of(outcomes) == Counts(targeted=5, failed=1, stopped=4)
+
+
+# A forest of groups, as group -> parent: two trees and a lone group.
+FOREST: dict[str, str | None] = {
+    "root": None, "fleet": "root", "canary": "fleet", "bench": "canary", "rest": "fleet",
+    "sibling": "root", "cousin": "sibling", "other": None, "lone": None,
+}
+
+
+def below_or_is(group: str, top: str) -> bool:
+    """A second, plain statement: walk up from `group` looking for `top`."""
+    chain = [group]
+    while (parent := FOREST[chain[-1]]) is not None:
+        chain.append(parent)
+    return top in chain
+
+
+def test_supersedes_exactly_the_rollouts_whose_groups_a_deploy_changed() -> None:
+    groups = sorted(FOREST)
+    for rollout_group in groups:
+        for size in range(3):
+            for changed in itertools.combinations(groups, size):
+                expected = any(below_or_is(group, rollout_group) for group in changed)
+                assert supersedes(rollout_group, changed, FOREST) is expected, (rollout_group, changed)
+
+
+def test_supersedes_survives_a_cycle_and_an_unknown_parent() -> None:
+    assert supersedes("b", ["a"], {"a": "b", "b": "a"}) is True
+    assert supersedes("c", ["a"], {"a": "b", "b": "a"}) is False
+    assert supersedes("x", ["a"], {"a": "missing"}) is False
+
+
+def test_the_supersede_reason_names_the_deploy() -> None:
+    assert superseded_reason("d1", "1.7.0", "g1", None) == "superseded by deployment d1 of 1.7.0 to group g1"
+    assert superseded_reason("d2", "1.9.0", "c1", "r1") == (
+        "superseded by deployment d2 of 1.9.0 to group c1 (rollout r1)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("started_over", "now_running", "reason"),
+    [
+        (None, None, None),
+        (Running("d1", "a" * 64, "1.6.0"), Running("d1", "a" * 64, "1.6.0"), None),
+        # The version is for messages only: the deploy and the bytes decide.
+        (Running("d1", "a" * 64, "1.6.0"), Running("d1", "a" * 64, "?"), None),
+        (Running("d1", "a" * 64, "1.6.0"), Running("d2", "b" * 64, "1.7.0"),
+         "the group no longer runs what it ran when the rollout started (deployment d1 of 1.6.0); "
+         "it now runs 1.7.0: not promoting over it"),
+        (Running("d1", "a" * 64, "1.6.0"), Running("d1", "b" * 64, "1.6.0"),
+         "the group no longer runs what it ran when the rollout started (deployment d1 of 1.6.0); "
+         "it now runs 1.6.0: not promoting over it"),
+        (Running("d1", "a" * 64, "1.6.0"), Running(None, "a" * 64, "1.6.0"),
+         "the group no longer runs what it ran when the rollout started (deployment d1 of 1.6.0); "
+         "it now runs 1.6.0: not promoting over it"),
+        (None, Running("d2", "b" * 64, "1.7.0"),
+         "the group no longer runs what it ran when the rollout started (no firmware); "
+         "it now runs 1.7.0: not promoting over it"),
+        (Running("d1", "a" * 64, "1.6.0"), None,
+         "the group no longer runs what it ran when the rollout started (deployment d1 of 1.6.0); "
+         "it now has no firmware: not promoting over it"),
+    ],
+)
+def test_a_promotion_is_refused_when_the_group_runs_something_else(
+    started_over: Running | None, now_running: Running | None, reason: str | None
+) -> None:
+    assert promotion_refusal(started_over, now_running) == reason

@@ -17,9 +17,9 @@ from starlette.testclient import TestClient
 
 from receiver.db import read_session, write_session
 from receiver.ids import utcnow
-from receiver.models import Device, Group, TriggerMessage
+from receiver.models import Deployment, Device, Group, Rollout, TriggerMessage
 from receiver.mqtt.reports import ReportIngester
-from receiver.rollouts import active_rollout_states, evaluate
+from receiver.rollouts import FOLLOW_AFTER_END, active_rollout_states, evaluate
 from receiver.services import Services
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
@@ -115,7 +115,10 @@ def test_a_healthy_canary_is_promoted_and_the_fleet_completes(
     response = post_rollout(client, s)
     assert response.status_code == 201, response.text
     body = response.json()
-    assert body["message"] == "Firmware successfully deployed"
+    assert body["message"] == (
+        f"Firmware successfully deployed to canary subgroup {s.canary.id} of group {s.group.id}; "
+        "the whole group gets it once the canary is healthy"
+    )
     assert body["rollout"]["state"] == "canary"
     rollout_id = body["rollout"]["id"]
 
@@ -130,7 +133,7 @@ def test_a_healthy_canary_is_promoted_and_the_fleet_completes(
     assert state["state"] == "canary"
     assert state["stages"][0] | {"started_at": None, "ended_at": None} == {
         "name": "canary", "group": s.canary.id, "state": "running", "targeted": 2, "succeeded": 0,
-        "failed": 0, "timed_out": 0, "pending": 2, "started_at": None, "ended_at": None,
+        "failed": 0, "timed_out": 0, "stopped": 0, "pending": 2, "started_at": None, "ended_at": None,
     }
 
     succeed(services, s, s.canary_devices[:1])
@@ -218,6 +221,97 @@ def test_the_canary_times_out_short_of_its_threshold(
     assert {d["outcome"] for d in state["devices"]} == {"succeeded", "timed_out"}
 
 
+def test_a_halt_before_the_timeout_stops_the_unfinished_devices(
+    client: TestClient, services: Services, setup: Setup
+) -> None:
+    """With canary_timeout=120, a halt after a second used to count the devices
+    that still had 119 s as timed_out."""
+    s = setup
+    rollout_id = post_rollout(client, s, canary_timeout="120").json()["rollout"]["id"]
+    report(services, s, s.canary_devices[0], "update-response", {"code": 203})
+    tick(services, after=1)
+    state = rollout(client, s, rollout_id)
+    assert state["state"] == "halted"
+    canary = state["stages"][0]
+    assert (canary["failed"], canary["timed_out"], canary["stopped"], canary["pending"]) == (1, 0, 1, 0)
+    assert {d["id"]: d["outcome"] for d in state["devices"]} == {
+        s.canary_devices[0].id: "failed", s.canary_devices[1].id: "stopped",
+    }
+
+
+def test_what_devices_run_is_still_recorded_after_a_halt(
+    client: TestClient, services: Services, setup: Setup
+) -> None:
+    s = setup
+    rollout_id = post_rollout(client, s).json()["rollout"]["id"]
+    failing, late = s.canary_devices
+    report(services, s, failing, "update-response", {"code": 203})
+    report(services, s, late, "update-response", {"code": 201})
+    tick(services)
+    assert rollout(client, s, rollout_id)["state"] == "halted"
+
+    # The late one finishes its update anyway; the failed one is put back by hand.
+    report(services, s, late, "status", {"fw_version": "1.1.0", "uptime": 1})
+    report(services, s, failing, "update-response", {"code": 202})
+    report(services, s, failing, "status", {"fw_version": "1.0.1", "uptime": 1})
+    devices = {d["id"]: d for d in rollout(client, s, rollout_id)["devices"]}
+    assert (devices[late.id]["outcome"], devices[late.id]["fw_version"], devices[late.id]["code"]) == (
+        "stopped", "1.1.0", 201
+    )
+    assert (devices[failing.id]["outcome"], devices[failing.id]["fw_version"], devices[failing.id]["code"]) == (
+        "failed", "1.0.1", 202
+    )
+    counts = rollout(client, s, rollout_id)["stages"][0]
+    assert (counts["succeeded"], counts["failed"], counts["stopped"]) == (0, 1, 1)
+
+
+def test_reports_are_recorded_for_a_day_after_a_rollout_ends(
+    client: TestClient, services: Services, setup: Setup
+) -> None:
+    s = setup
+    rollout_id = post_rollout(client, s).json()["rollout"]["id"]
+    assert client.post(f"/v1/rollouts/{rollout_id}/abort", headers=s.owner.headers).status_code == 200
+    device = s.canary_devices[0]
+    report(services, s, device, "status", {"fw_version": "1.0.5", "uptime": 1})
+    assert {d["id"]: d["fw_version"] for d in rollout(client, s, rollout_id)["devices"]}[device.id] == "1.0.5"
+
+    with write_session(services.engine) as session:
+        ended = session.get(Rollout, rollout_id)
+        assert ended is not None and ended.ended_at is not None
+        ended.ended_at -= FOLLOW_AFTER_END + timedelta(seconds=1)
+        session.add(ended)
+    report(services, s, device, "status", {"fw_version": "1.0.6", "uptime": 2})
+    with read_session(services.engine) as session:
+        stored = session.get(Device, device.id)
+    assert stored is not None and stored.firmware_version == "1.0.6"  # the report was taken in
+    assert {d["id"]: d["fw_version"] for d in rollout(client, s, rollout_id)["devices"]}[device.id] == "1.0.5"
+
+
+def test_an_abort_stops_the_unfinished_devices(client: TestClient, services: Services, setup: Setup) -> None:
+    s = setup
+    rollout_id = post_rollout(client, s).json()["rollout"]["id"]
+    succeed(services, s, s.canary_devices[:1])
+    aborted = client.post(f"/v1/rollouts/{rollout_id}/abort", headers=s.owner.headers)
+    assert aborted.status_code == 200
+    canary = aborted.json()["stages"][0]
+    assert (canary["succeeded"], canary["stopped"], canary["pending"], canary["timed_out"]) == (1, 1, 0, 0)
+
+
+def test_a_promotion_short_of_every_device_stops_the_others_in_the_canary(
+    client: TestClient, services: Services, setup: Setup
+) -> None:
+    s = setup
+    rollout_id = post_rollout(client, s, success_threshold="0.5").json()["rollout"]["id"]
+    succeed(services, s, s.canary_devices[:1])
+    tick(services)
+    state = rollout(client, s, rollout_id)
+    assert state["state"] == "fleet"
+    canary, fleet_stage = state["stages"]
+    assert (canary["succeeded"], canary["stopped"], canary["timed_out"]) == (1, 1, 0)
+    # The fleet stage follows it on.
+    assert (fleet_stage["targeted"], fleet_stage["succeeded"], fleet_stage["pending"]) == (6, 1, 5)
+
+
 def test_a_threshold_below_one_and_tolerated_errors(client: TestClient, services: Services, setup: Setup) -> None:
     s = setup
     rollout_id = post_rollout(client, s, success_threshold="0.5", error_threshold="1").json()["rollout"]["id"]
@@ -295,10 +389,29 @@ def test_a_new_deploy_supersedes_a_rollout_in_progress(client: TestClient, servi
     second = post_rollout(client, s, "1.2.0").json()["rollout"]["id"]
     old = rollout(client, s, first)
     assert old["state"] == "aborted"
-    assert old["reason"] == f"superseded by rollout {second} of version 1.2.0"
+    with read_session(services.engine) as session:
+        canary_deploy = session.exec(select(Deployment).where(col(Deployment.rollout_id) == second)).one()
+    assert old["reason"] == (
+        f"superseded by deployment {canary_deploy.id} of 1.2.0 to group {s.canary.id} (rollout {second})"
+    )
+    # Its canary devices had not finished: stopped, not timed out.
+    assert {d["outcome"] for d in old["devices"]} == {"stopped"}
     assert rollout(client, s, second)["state"] == "canary"
     listed = client.get("/v1/rollouts", params={"group": s.group.id}, headers=s.owner.headers).json()
     assert [r["id"] for r in listed["rollouts"]] == [second, first]
+
+
+def test_a_held_canary_says_where_the_image_went_and_what_it_waits_for(
+    client: TestClient, services: Services, setup: Setup
+) -> None:
+    s = setup
+    body = post_rollout(client, s, auto_promote="false").json()
+    rollout_id = body["rollout"]["id"]
+    assert body["message"] == (
+        f"Firmware successfully deployed to canary subgroup {s.canary.id} of group {s.group.id}; "
+        f"the whole group gets it when rollout {rollout_id} is promoted"
+    )
+    assert body["ota"]["group"] == s.canary.id
 
 
 def test_reposting_a_rollout_is_idempotent(client: TestClient, services: Services, setup: Setup) -> None:
@@ -308,6 +421,7 @@ def test_reposting_a_rollout_is_idempotent(client: TestClient, services: Service
     assert again.status_code == 201
     assert again.json()["deployed"] is False
     assert again.json()["rollout"] == first["rollout"]
+    assert again.json()["message"] == first["message"]
     other_bytes = post_rollout(client, s, seed=9)
     assert other_bytes.status_code == 409
     assert "bump the version" in other_bytes.json()["message"]

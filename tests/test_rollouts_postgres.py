@@ -1,17 +1,23 @@
-"""On PostgreSQL, two receivers evaluating one rollout promote it exactly once."""
+"""On PostgreSQL: two receivers evaluating one rollout promote it exactly once, and a
+deploy racing a promotion neither deadlocks nor loses the newer firmware."""
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlmodel import col, select
 from starlette.testclient import TestClient
 
 from receiver.app import build_services, create_app
-from receiver.db import read_session
-from receiver.models import Deployment, Rollout, TriggerMessage
+from receiver.db import read_session, write_session
+from receiver.deploy import StoredFirmware, deploy_firmware, running_firmware
+from receiver.models import Deployment, Group, Rollout, TriggerMessage
 from receiver.mqtt.reports import ReportIngester
+from receiver.rollout import Policy
 from receiver.rollout_runner import RolloutRunner
+from receiver.rollouts import RolloutError, deploy_with_canary, manual_promote
 from receiver.settings import Settings
 from tests.conftest import Fleet
 from tests.esp_image import build_image
@@ -71,3 +77,82 @@ def test_two_receivers_promote_a_rollout_once(postgres_url: str, tmp_path: Path)
     finally:
         for services in (first, second):
             services.engine.dispose()
+
+
+def test_a_deploy_racing_a_promotion_never_deadlocks_and_the_newer_firmware_stays(
+    postgres_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """A plain deploy to the fleet and the promotion of its rollout, at the same
+    moment, many times: whichever goes first, the rollout ends aborted and the
+    fleet keeps the plain deploy. Neither transaction fails (a deadlock would)."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=postgres_url, mqtt_url="none")
+    services = build_services(settings)
+    try:
+        fleet = Fleet(services)
+        owner = fleet.owner()
+        group = fleet.group(owner, name="fleet")
+        canary = fleet.group(owner, name="canary", parent=group)
+        devices = [fleet.device(canary, name=f"c{i}", firmware_version="0.0.1") for i in range(2)]
+        fleet.device(group, name="f0", firmware_version="0.0.1")
+        runner = RolloutRunner(services.engine, notify=True)
+
+        def image(version: str) -> StoredFirmware:
+            digest = hashlib.sha256(version.encode()).hexdigest()
+            return StoredFirmware(object_key=f"objects/{digest}", sha256=digest, md5="0" * 32, size=1)
+
+        for round_ in range(8):
+            by_request = round_ % 2 == 0
+            staged, plain = f"3.{round_}.0", f"2.{round_}.0"
+            with write_session(services.engine) as session:
+                started = deploy_with_canary(
+                    session=session, group_id=group.id, canary_id=canary.id, version=staged,
+                    firmware=image(staged), policy=Policy(auto_promote=not by_request), commit=None, notify=True,
+                )
+                assert started.rollout is not None
+                rollout_id = started.rollout.id
+            ReportIngester(services.engine).ingest_messages(
+                (f"/{owner.user.mqtt_user}/devices/{d.id}/status", f'{{"fw_version": "{staged}"}}'.encode())
+                for d in devices
+            )
+            barrier = threading.Barrier(2)
+            errors: list[BaseException] = []
+
+            def deploy_plain() -> None:
+                barrier.wait()
+                with write_session(services.engine) as session:
+                    deploy_firmware(session=session, group_id=group.id, version=plain, firmware=image(plain))
+
+            def promote_it() -> None:
+                barrier.wait()
+                if not by_request:
+                    runner.evaluate_all()
+                    return
+                try:
+                    with write_session(services.engine) as session:
+                        manual_promote(session=session, rollout_id=rollout_id, owner_id=owner.user.id, notify=True)
+                except RolloutError:
+                    pass  # the plain deploy went first and ended the rollout: a clean refusal
+
+            def guarded(work: Callable[[], None]) -> Callable[[], None]:
+                def run() -> None:
+                    try:
+                        work()
+                    except BaseException as exc:  # noqa: BLE001  (asserted below)
+                        errors.append(exc)
+                return run
+
+            threads = [threading.Thread(target=guarded(w)) for w in (deploy_plain, promote_it)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert errors == []
+            with read_session(services.engine) as session:
+                rollout = session.get(Rollout, rollout_id)
+                group_row = session.get(Group, group.id)
+                assert group_row is not None
+                running = running_firmware(session=session, group=group_row)
+            assert rollout is not None and rollout.state == "aborted", (round_, rollout)
+            assert running is not None and running.version == plain, round_
+    finally:
+        services.engine.dispose()

@@ -18,6 +18,7 @@ from receiver import __version__
 from receiver.api.deploy_form import MAX_COMMIT_LENGTH, MAX_STAGE_SECONDS, MAX_TOLERATED_FAILURES
 from receiver.api.ota import (
     DEFAULT_LIMIT,
+    DEPLOYED,
     FREE_PLAN,
     LIST_ERROR,
     MAX_DRAW_LENGTH,
@@ -29,7 +30,7 @@ from receiver.api.ota import (
 from receiver.api.responses import UNAUTHORIZED
 from receiver.api.rollouts import NOT_FOUND as NO_SUCH_ROLLOUT
 from receiver.api.rollouts import READ_ERROR as ROLLOUT_READ_ERROR
-from receiver.rollout import STATES
+from receiver.rollout import OUTCOMES, STATES
 from receiver.upload import ENVELOPE_ALLOWANCE
 
 JSON = "application/json"
@@ -148,7 +149,15 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["message", "deployed"],
         "properties": {
-            "message": {"const": "Firmware successfully deployed"},
+            "message": {
+                "type": "string",
+                "pattern": f"^{DEPLOYED}( to canary subgroup [0-9a-f]{{24}} of group [0-9a-f]{{24}}; .+)?$",
+                "description": (
+                    f"{DEPLOYED!r}, the spec's message. With `canary`, while the rollout is in its "
+                    "canary stage, it goes on to say that the image went to the canary subgroup of the "
+                    "group, and when the whole group gets it"
+                ),
+            },
             "deployed": {
                 "type": "boolean",
                 "description": "false when this version and these bytes were already deployed: nothing changed",
@@ -175,7 +184,7 @@ SCHEMAS: dict[str, Any] = {
     "RolloutStage": {
         "type": "object",
         "required": [
-            "name", "group", "state", "targeted", "succeeded", "failed", "timed_out", "pending",
+            "name", "group", "state", "targeted", "succeeded", "failed", "timed_out", "stopped", "pending",
             "started_at", "ended_at",
         ],
         "properties": {
@@ -185,7 +194,11 @@ SCHEMAS: dict[str, Any] = {
             "targeted": {"type": "integer", "minimum": 0},
             "succeeded": {"type": "integer", "minimum": 0},
             "failed": {"type": "integer", "minimum": 0},
-            "timed_out": {"type": "integer", "minimum": 0},
+            "timed_out": {"type": "integer", "minimum": 0,
+                          "description": "Devices that had not finished when the stage's time ran out"},
+            "stopped": {"type": "integer", "minimum": 0,
+                        "description": "Devices that had not finished when the stage ended early "
+                                       "(a halt, an abort, a promotion); not failures"},
             "pending": {"type": "integer", "minimum": 0},
             "started_at": NULLABLE_TIMESTAMP,
             "ended_at": NULLABLE_TIMESTAMP,
@@ -200,8 +213,11 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "group": {"type": "string", "pattern": ID_PATTERN},
             "stage": {"enum": ["canary", "fleet"]},
-            "outcome": {"enum": ["pending", "succeeded", "failed", "timed_out"]},
-            "fw_version": {**NULLABLE_STRING, "description": "The last version the device reported"},
+            "outcome": {"enum": list(OUTCOMES)},
+            "fw_version": {
+                **NULLABLE_STRING,
+                "description": "The last version the device reported; still recorded for a day after the rollout ends",
+            },
             "code": {"type": ["integer", "null"], "description": "Its last update-response code"},
         },
         "additionalProperties": False,
@@ -373,8 +389,11 @@ def _group_ota_paths() -> dict[str, Any]:
                     "anything is stored. A body over the size limit is a 413 as soon as it is seen; "
                     "a body that stalls or takes too long is a 408; too many uploads of one owner "
                     "at once are a 429 with Retry-After. Re-posting the deployed version with the same "
-                    "bytes is a 201 that changes nothing (`deployed: false`). With `canary`, the "
-                    "deploy starts a rollout: the canary subgroup gets the version first."
+                    "bytes is a 201 that changes nothing (`deployed: false`), unless a newer deploy "
+                    "to an ancestor group overrode it, when it is deployed again. With `canary`, the "
+                    "deploy starts a rollout: the canary subgroup gets the version first. A deploy "
+                    "that changes what a running rollout's groups run (the group, any group below "
+                    "it, or an ancestor) ends that rollout as aborted, naming the deploy."
                 ),
                 "operationId": "deployGroupOta",
                 "security": AUTH,
@@ -391,7 +410,10 @@ def _group_ota_paths() -> dict[str, Any]:
                     "201": _json(
                         "Deployed (or already deployed with these bytes).", "Deployed",
                         deploy={"message": "Firmware successfully deployed", "deployed": True, "ota": OTA_EXAMPLE},
-                        rollout={"message": "Firmware successfully deployed", "deployed": True,
+                        rollout={"message": f"{DEPLOYED} to canary subgroup 5e1dce30005a9652dbf0f7fd of group "
+                                            "5e1b76bc4315b70eb242567a; the whole group gets it once the canary "
+                                            "is healthy",
+                                 "deployed": True,
                                  "ota": {**OTA_EXAMPLE, "group": "5e1dce30005a9652dbf0f7fd"},
                                  "rollout": {"id": "5e21f24346211e2d8e0bdf3b", "state": "canary"}},
                     ),
@@ -539,7 +561,7 @@ def _rollout_paths() -> dict[str, Any]:
     rollout_id = {"name": "rollout_id", "in": "path", "required": True, "schema": {"type": "string"}}
     not_found = _message("No such rollout, or another owner's.", NO_SUCH_ROLLOUT)
 
-    def change(action: str, summary: str, conflict: str) -> dict[str, Any]:
+    def change(action: str, summary: str, *conflicts: str, conflict_description: str | None = None) -> dict[str, Any]:
         return {
             "tags": ["Rollouts"],
             "summary": summary,
@@ -552,7 +574,7 @@ def _rollout_paths() -> dict[str, Any]:
                                 "rollout_id must not contain control characters"),
                 "401": UNAUTHORIZED_RESPONSE,
                 "404": not_found,
-                "409": _message("The rollout is not in a state that allows this.", conflict),
+                "409": _message(conflict_description or "The rollout is not in a state that allows this.", *conflicts),
                 "500": _server_error("Error when changing the rollout"),
             },
         }
@@ -601,6 +623,12 @@ def _rollout_paths() -> dict[str, Any]:
             "post": change(
                 "promote", "Start the fleet stage of a canary held by auto_promote=false",
                 "the canary has not reached its success threshold: 1 of 2 succeeded, 2 needed",
+                "the rollout was aborted: the group no longer runs what it ran when the rollout started "
+                "(deployment 5e21f24346211e2d8e0bdf3c of 1.3.0); it now runs 1.4.1: not promoting over it",
+                conflict_description=(
+                    "The rollout is not in a state that allows this; or the group no longer runs what it "
+                    "ran when the rollout started, and the rollout was aborted rather than deploy over it."
+                ),
             )
         },
         "/v1/rollouts/{rollout_id}/abort": {

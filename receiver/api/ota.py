@@ -21,9 +21,9 @@ from receiver.groups import get_owned_group
 from receiver.ids import iso_utc, secret_matches_plain
 from receiver.in_flight import Hold, ObjectNotStored
 from receiver.metrics import Metrics
-from receiver.models import GroupOta, User
+from receiver.models import GroupOta, Rollout, User
 from receiver.path_search import owned_paths_containing
-from receiver.rollout import PolicyError
+from receiver.rollout import CANARY, PolicyError
 from receiver.rollouts import CanaryDeploy, RolloutConflict, RolloutError, deploy_with_canary, validate_canary
 from receiver.services import Services
 from receiver.storage import StorageError, object_key
@@ -33,6 +33,8 @@ log = logging.getLogger("otaship.api")
 
 LIST_ERROR = "Error when getting group OTA's."
 UPLOAD_ERROR = "Error when uploading firmware file"
+# The spec's answer to a deploy.
+DEPLOYED = "Firmware successfully deployed"
 FREE_PLAN = "Group OTA update is not available in free model. Please upgrade your account."
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
@@ -320,11 +322,26 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
     if deployed:
         services.deployed()
         Metrics.of(request).deploys.labels("plain" if canary_id is None else "canary").inc()
-    return JSONResponse({"message": "Firmware successfully deployed", **body}, status_code=201)
+    text = body.pop("message", DEPLOYED)
+    return JSONResponse({"message": text, **body}, status_code=201)
+
+
+def canary_message(rollout: Rollout) -> str:
+    """Where a rollout's image went: to the canary subgroup only, not the group."""
+    then = (
+        "once the canary is healthy" if rollout.auto_promote
+        else f"when rollout {rollout.id} is promoted"
+    )
+    return (
+        f"{DEPLOYED} to canary subgroup {rollout.canary_group_id} of group {rollout.group_id}; "
+        f"the whole group gets it {then}"
+    )
 
 
 def _canary_body(staged: CanaryDeploy) -> tuple[bool, dict[str, Any]]:
     body: dict[str, Any] = {"deployed": staged.deployed}
+    if staged.rollout is not None and staged.rollout.state == CANARY:
+        body["message"] = canary_message(staged.rollout)
     if staged.ota is not None:
         body["ota"] = ota_json(staged.ota)
     if staged.rollout is not None:

@@ -16,6 +16,7 @@ from receiver.groups import get_owned_group
 from receiver.ids import is_id
 from receiver.metrics import Metrics
 from receiver.models import Rollout
+from receiver.rollout import ABORTED
 from receiver.rollouts import RolloutError, abort, manual_promote, rollout_json
 from receiver.services import Services
 
@@ -116,6 +117,10 @@ async def _change(request: Request, action: str) -> Response:
     except SQLAlchemyError as exc:
         return server_error("Error when changing the rollout", exc)
     services.deployed()
+    if action == "promote" and body["state"] == ABORTED:
+        # Committed: the group runs something newer than the rollout, which
+        # ended rather than overwrite it.
+        return message(409, f"the rollout was aborted: {body['reason']}")
     if action == "promote" and body["state"] == "fleet":
         Metrics.of(request).deploys.labels("promotion").inc()
     return JSONResponse(body)

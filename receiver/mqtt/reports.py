@@ -26,7 +26,15 @@ from sqlmodel import Session, col, select
 from receiver.db import write_session
 from receiver.ids import utcnow
 from receiver.models import Device, Rollout, RolloutDevice, User
-from receiver.rollout import ACTIVE_STATES, RESPONSE_CODES, DeviceProgress, after_response, after_status
+from receiver.rollout import (
+    RESPONSE_CODES,
+    DeviceProgress,
+    after_response,
+    after_stage_closed,
+    after_status,
+    stage_is_open,
+)
+from receiver.rollouts import followed_by_reports
 
 if TYPE_CHECKING:
     from receiver.metrics import Metrics
@@ -252,30 +260,34 @@ class ReportIngester:
     def _apply_to_rollouts(
         self, session: Session, reports: list[Report], uptimes: dict[str, float | None]
     ) -> None:
-        # Most of the time no rollout is running: one probe of the state index
-        # then spares looking up every reporting device among rollout devices.
-        if session.exec(select(Rollout.id).where(col(Rollout.state).in_(ACTIVE_STATES)).limit(1)).first() is None:
+        now = utcnow()
+        followed = followed_by_reports(now)
+        # Most of the time no rollout is running or just ended: one probe of
+        # the state and ended_at indexes then spares looking up every reporting
+        # device among rollout devices.
+        if session.exec(select(Rollout.id).where(followed).limit(1)).first() is None:
             return
         device_ids = sorted({r.device_id for r in reports})
-        rows: dict[str, list[tuple[RolloutDevice, str]]] = {}
+        rows: dict[str, list[tuple[RolloutDevice, str, str]]] = {}
         for chunk in _chunks(device_ids):
-            for row, version in session.exec(
-                select(RolloutDevice, Rollout.version)
+            for row, version, state in session.exec(
+                select(RolloutDevice, Rollout.version, Rollout.state)
                 .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
-                .where(col(RolloutDevice.device_id).in_(chunk), col(Rollout.state).in_(ACTIVE_STATES))
+                .where(col(RolloutDevice.device_id).in_(chunk), followed)
             ):
-                rows.setdefault(row.device_id, []).append((row, version))
+                rows.setdefault(row.device_id, []).append((row, version, state))
         if not rows:
             return
-        now = utcnow()
         for report in reports:
             if report.kind == STATUS:
                 uptimes[report.device_id] = report.uptime
-            for row, deployed in rows.get(report.device_id, ()):
+            for row, deployed, state in rows.get(report.device_id, ()):
                 before = DeviceProgress(
                     row.outcome, row.started_update, row.uptime_at_start, row.fw_version, row.code
                 )
-                if report.kind == STATUS:
+                if not stage_is_open(state, row.stage):
+                    after = after_stage_closed(before, fw_version=report.fw_version, code=report.code)
+                elif report.kind == STATUS:
                     assert report.fw_version is not None
                     after = after_status(before, fw_version=report.fw_version, uptime=report.uptime, deployed=deployed)
                 else:
