@@ -20,8 +20,7 @@ WORKDIR /src
 # than README.md, which pyproject.toml names as the long description) does not
 # invalidate the install layer.
 COPY pyproject.toml README.md ./
-COPY receiver/ receiver/
-COPY action/ action/
+COPY src/ src/
 # Every dependency ships a manylinux wheel, so the slim image needs no compiler.
 # pip compiles the .pyc files here: at run time the venv is read-only to the
 # service user, who could not write them.

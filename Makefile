@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install install-test bench clean
+.PHONY: run test check install install-test install-check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,22 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-check: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test,check]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-check: $(VENV)/.installed-check
 
 run: install
 	$(BIN)/otaship serve
+
+# Lint and types over the package, the tests and the benchmarks (pyproject.toml
+# configures both).
+check: install-check
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -62,7 +62,7 @@ class _FileSink:
         if self.is_file:
             path = self.folder / f"{secrets.token_hex(8)}.bin"
             self.paths.append(path)
-            self.sink = open(path, "wb")
+            self.sink = open(path, "wb")  # noqa: SIM115  (open for the whole upload)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.sink is not None:

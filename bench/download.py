@@ -10,7 +10,7 @@ from __future__ import annotations
 import httpx
 
 from bench import servers, wrk
-from bench.context import MiB, Context, image, mib
+from bench.context import Context, MiB, image, mib
 from bench.fleet import create_owner, deploy
 from bench.results import Figure, Goal, Row
 from bench.system import PeakGrowth, memory

@@ -86,12 +86,12 @@ def _insert(engine: Engine, table: Any, rows: Iterable[dict[str, Any]]) -> None:
 def insert_devices(
     env: dict[str, str], owner: Owner, group: GroupRef, device_ids: list[str], firmware_version: str
 ) -> None:
-    from receiver.models import Device
+    from otaship.receiver.db.models import Device
 
     now = datetime.now(UTC)
     engine = engine_for(env)
     try:
-        _insert(engine, Device.__table__, (
+        _insert(engine, Device.__table__, (  # type: ignore[attr-defined]  # made by SQLModel at run time
             {"id": device_id, "owner_id": owner.id, "group_id": group.id, "name": device_id,
              "firmware_version": firmware_version, "last_seen": None, "last_code": None, "created_at": now}
             for device_id in device_ids
@@ -102,7 +102,7 @@ def insert_devices(
 
 def insert_groups_with_otas(env: dict[str, str], owner: Owner, count: int) -> list[GroupRef]:
     """`count` groups of the owner, each with a deployed OTA record (what the listing shows)."""
-    from receiver.models import Group, GroupOta
+    from otaship.receiver.db.models import Group, GroupOta
 
     start = datetime.now(UTC) - timedelta(days=30)
     groups = [GroupRef(secrets.token_hex(12), secrets.token_urlsafe(12)[:16]) for _ in range(count)]
@@ -110,12 +110,12 @@ def insert_groups_with_otas(env: dict[str, str], owner: Owner, count: int) -> li
     md5 = hashlib.md5(b"bench").hexdigest()
     engine = engine_for(env)
     try:
-        _insert(engine, Group.__table__, (
+        _insert(engine, Group.__table__, (  # type: ignore[attr-defined]  # made by SQLModel at run time
             {"id": g.id, "owner_id": owner.id, "name": f"group-{n:06d}", "token": g.token,
              "parent_id": None, "chip": None, "created_at": start}
             for n, g in enumerate(groups)
         ))
-        _insert(engine, GroupOta.__table__, (
+        _insert(engine, GroupOta.__table__, (  # type: ignore[attr-defined]  # made by SQLModel at run time
             {"id": secrets.token_hex(12), "group_id": g.id, "owner_id": owner.id,
              "version": f"1.0.{n % 1000}", "path": f"ota/group/{g.id}{g.token}/firmware.bin",
              "object_key": f"firmware/sha256/{sha}.bin", "sha256": sha, "md5": md5, "size": 1_000_000,

@@ -1,6 +1,6 @@
 """6. Tag to fleet: from the POST of a new version until every device reports running it.
 
-1,000 simulated IoTaaP OS devices (`receiver.simulate.simulate()`, in this
+1,000 simulated IoTaaP OS devices (`otaship.simulator.cli.simulate()`, in this
 process) against Mosquitto and the receiver: 990 in the fleet group and 10 in
 its canary subgroup. Without a canary the POST goes to the fleet group and
 reaches the subgroup too; with one, the canary updates first and the receiver
@@ -108,7 +108,7 @@ async def _rollout(
     ctx: Context, server: str, mqtt_url: str, fleet: Fleet, current: str, new: str, with_canary: bool,
     *, seed: int, receiver_pid: int,
 ) -> Rollout:
-    from receiver.simulate import FleetProgress, SimulationConfig, simulate
+    from otaship.simulator.cli import FleetProgress, SimulationConfig, simulate
 
     parts = [(fleet.group, fleet.group_devices), (fleet.canary, fleet.canary_devices)]
     starts: dict[str, float] = {}
@@ -153,7 +153,7 @@ async def _rollout(
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
     ends = []
-    for (group, ids), summary in zip(parts, summaries):
+    for (group, ids), summary in zip(parts, summaries, strict=False):
         if not summary.reached_until_version or summary.last_on_target_seconds is None:
             raise RuntimeError(f"only {summary.on_target} of {len(ids)} devices reached {new}")
         ends.append(starts[group.id] + summary.last_on_target_seconds)

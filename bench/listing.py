@@ -49,10 +49,10 @@ def run(ctx: Context) -> list[Row]:
             big, little = measured[large][kind], measured[small][kind]
             rows.append(Row(
                 NAME, f"5. listing {backend}, {kind}: p50 at {large:,} groups",
-                Figure.of([l.p50_ms for l in big], "ms"), Figure.of([l.p50_ms for l in little], "ms"),
+                Figure.of([run.p50_ms for run in big], "ms"), Figure.of([run.p50_ms for run in little], "ms"),
                 f"p50 at {small:,}", Goal("<=", 2.0),
-                [f"p99 {statistics.median(l.p99_ms for l in big):.1f} ms at {large:,} vs "
-                 f"{statistics.median(l.p99_ms for l in little):.1f} ms at {small:,}; "
+                [f"p99 {statistics.median(run.p99_ms for run in big):.1f} ms at {large:,} vs "
+                 f"{statistics.median(run.p99_ms for run in little):.1f} ms at {small:,}; "
                  f"{ctx.scale.listing_requests} sequential requests per repetition; "
                  + ("offsets 0-990 step 10, limit=10" if kind == "page"
                     else "search_value = 8 characters of one group's id, limit=10")],

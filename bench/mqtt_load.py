@@ -119,8 +119,9 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
 def count(host: str, port: int, user: str, expect: int, timeout: float) -> dict[str, float]:
     """A bare paho subscriber (MQTT 5, QoS 1, the receiver's topics) counting messages."""
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-count-{time.monotonic_ns()}",
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-count-{time.monotonic_ns()}",
                          protocol=mqtt.MQTTv5)
     state = {"count": 0, "first": 0.0, "last": 0.0}
 

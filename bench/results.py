@@ -80,7 +80,7 @@ class Row:
 
     @property
     def ratio(self) -> float:
-        pairs = list(zip(self.figure.values, self.baseline.values))
+        pairs = list(zip(self.figure.values, self.baseline.values, strict=False))
         if self.paired and len(self.figure.values) == len(self.baseline.values) and all(b for _, b in pairs):
             return statistics.median(f / b for f, b in pairs)
         base = self.baseline.median

@@ -16,7 +16,7 @@ from bench.system import mosquitto_binary, nginx_binary
 from tests.services import free_port, port_open, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
-OTASHIP = [sys.executable, "-m", "receiver.cli"]
+OTASHIP = [sys.executable, "-m", "otaship.receiver.cli"]
 
 
 class ServerFailed(RuntimeError):
@@ -54,14 +54,14 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, attempts: int = 3) -> Server:
-        for attempt in range(attempts):
+        for _ in range(attempts):
             self.port = free_port()
             if self._start_once():
                 return self
         raise ServerFailed(f"{self.name} did not start; its log:\n{self.log_tail()}")
 
     def _start_once(self) -> bool:
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115  (open while the server runs)
         argv, env = self._command(self.port), {**self.env}
         if isinstance(argv, tuple):
             argv, extra = argv
@@ -142,7 +142,7 @@ def otaship_json(env: dict[str, str], *args: str) -> Any:
 # being the first one's id.
 _BATCH = """
 import contextlib, io, json, sys
-from receiver.cli import main
+from otaship.receiver.cli import main
 results = []
 for argv in json.loads(sys.argv[1]):
     argv = [arg.format(*results) for arg in argv]
@@ -176,7 +176,7 @@ def has_migrate() -> bool:
     """Whether this receiver has `otaship migrate` (Alembic schema for PostgreSQL)."""
     import argparse
 
-    from receiver.cli import build_parser
+    from otaship.receiver.cli import build_parser
 
     return any(
         "migrate" in action.choices

@@ -164,7 +164,7 @@ def _baseline_rep(ctx: Context, owner: Owner, rep: int, devices: int, per_device
                 raise RuntimeError(f"the paho subscriber did not start: {counter.stderr.read() if counter.stderr else ''}")
             publisher = _publisher(broker.port, owner.mqtt_user, devices, per_device, f"1.{rep}.0", f"2.{rep}.0")
             sent = _publisher_result(publisher, timeout)
-            out, err = counter.communicate(timeout=timeout + 10)
+            out, _err = counter.communicate(timeout=timeout + 10)
         finally:
             if counter.poll() is None:
                 counter.kill()

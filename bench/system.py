@@ -110,11 +110,8 @@ class PeakGrowth:
 
     def __exit__(self, *exc: object) -> None:
         after = memory(self.pid)
-        if self.idle is not None:
-            start = self.idle
-        else:
-            # Without a reset, the peak before the stretch bounds what we can tell.
-            start = self.before.rss if self.reset else self.before.peak
+        # Without a reset, the peak before the stretch bounds what we can tell.
+        start = self.idle if self.idle is not None else self.before.rss if self.reset else self.before.peak
         self.bytes = max(0, after.peak - start)
 
 

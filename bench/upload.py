@@ -16,7 +16,7 @@ import time
 from urllib.parse import urlsplit
 
 from bench import servers
-from bench.context import MiB, Context, image, mib
+from bench.context import Context, MiB, image, mib
 from bench.fleet import GroupRef, Owner, create_owner
 from bench.results import Figure, Goal, Row
 from bench.system import PeakGrowth, memory
@@ -42,7 +42,7 @@ def multipart(fields: dict[str, str], firmware: bytes) -> tuple[bytes, str]:
 def post(url: str, body: bytes, content_type: str, headers: dict[str, str]) -> tuple[float, int, bytes]:
     """POST on a fresh connection; seconds from the first byte to the whole answer."""
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=300)
     try:
         started = time.perf_counter()
         conn.request("POST", parts.path, body=body,

@@ -52,7 +52,7 @@ def run(url: str, *, connections: int, seconds: float, threads: int = 2, work_di
     argv = [binary, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
             "--timeout", "30s", "-s", str(script), url]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
-    line = next((l for l in result.stdout.splitlines() if l.startswith("WRK-JSON ")), None)
+    line = next((out for out in result.stdout.splitlines() if out.startswith("WRK-JSON ")), None)
     if result.returncode != 0 or line is None:
         raise LoadFailed(f"wrk failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
     data = json.loads(line.removeprefix("WRK-JSON "))

@@ -140,6 +140,14 @@ def python_stand_in(folder: Path, pip_log: Path, pio: Path) -> Path:
         f'exec {shlex.quote(sys.executable)} "$@"\n'
     )
     script.chmod(0o755)
+    # setup-python puts its scripts folder on PATH, so the console scripts that the
+    # recorded `pip install` would have made are there too: this interpreter's.
+    deploy = folder / "otaship-deploy"
+    deploy.write_text(
+        "#!/bin/sh\n"
+        f'exec {shlex.quote(sys.executable)} -P -c "from otaship.action.__main__ import main; raise SystemExit(main())" "$@"\n'
+    )
+    deploy.chmod(0o755)
     return folder
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from receiver.app import build_services, create_app
-from receiver.db import write_session
-from receiver.devices import create_device
-from receiver.groups import create_group
-from receiver.models import Device, Group, User
-from receiver.services import Services
-from receiver.settings import Settings
-from receiver.users import create_user
+from otaship.receiver.app import build_services, create_app
+from otaship.receiver.db.devices import create_device
+from otaship.receiver.db.engine import write_session
+from otaship.receiver.db.groups import create_group
+from otaship.receiver.db.models import Device, Group, User
+from otaship.receiver.db.users import create_user
+from otaship.receiver.services import Services
+from otaship.receiver.settings import Settings
 from tests.postgres import (  # noqa: F401  (fixtures)
     empty_postgres_url,
     new_postgres_url,

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.esp_image import build_image
 from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
@@ -80,7 +81,7 @@ class MqttObserver:
         self._events: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         self._subscribed = threading.Event()
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"observer-{secrets.token_hex(6)}",
+            CallbackAPIVersion.VERSION2, client_id=f"observer-{secrets.token_hex(6)}",
             protocol=mqtt.MQTTv311,
         )
         self.client.username_pw_set(self.mqtt_user, password)

@@ -176,7 +176,7 @@ def _make_elf(build_dir: Path, chip: str, drom: bytes, code: bytes, *, has_app_d
     drom_addr = rom.DROM_MAP_START + 0x20
     # esptool puts the first flash segment's data right after the headers
     # (file offset 0x20), so a page offset of 0x20 maps it without padding.
-    assert (_IMAGE_HEADER + _SEGMENT_HEADER) == drom_addr % _MMU_PAGE
+    assert drom_addr % _MMU_PAGE == (_IMAGE_HEADER + _SEGMENT_HEADER)
 
     # elf2image moves `.flash.appdesc` to the front and patches the ELF's
     # SHA-256 into it; a descriptor-less DROM must not carry that name.

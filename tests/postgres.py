@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import SQLModel
 
-from receiver.db import migrate
+from otaship.receiver.db.engine import migrate
 from tests.services import POSTGRES, require
 
 SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432"

@@ -16,7 +16,7 @@ import httpx
 
 from tests.services import free_port, stop_process
 
-OTASHIP = [sys.executable, "-m", "receiver.cli"]
+OTASHIP = [sys.executable, "-m", "otaship.receiver.cli"]
 
 
 def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -68,7 +68,7 @@ class ReceiverProcess:
     def _start(self, timeout: float) -> ReceiverProcess:
         # A file, not a pipe: nobody reads a pipe while the server runs, and a
         # full one (64 KiB of access log) would block the server.
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  (open while the server runs)
         self.process = subprocess.Popen(
             [*OTASHIP, "serve"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
             preexec_fn=self._limit_files if self.max_file_bytes is not None else None,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from action.build import (
+from otaship.action.build import (
     BuildConfigError,
     ProjectConfig,
     ProjectEnv,
@@ -154,5 +154,5 @@ def test_no_app_image_fails_listing_what_is_there(tmp_path: Path) -> None:
 
 
 def test_a_missing_build_folder_points_at_the_build_dir_settings(tmp_path: Path) -> None:
-    with pytest.raises(BuildConfigError, match="does not exist.*PLATFORMIO_BUILD_DIR"):
+    with pytest.raises(BuildConfigError, match=r"does not exist.*PLATFORMIO_BUILD_DIR"):
         find_firmware(tmp_path / "nope", {})

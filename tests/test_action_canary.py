@@ -11,9 +11,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from action import exit_codes
-from action.__main__ import main
-from receiver.simulate import FleetSummary, simulate
+from otaship.action import exit_codes
+from otaship.action.__main__ import main
+from otaship.simulator.cli import FleetSummary, simulate
 from tests.esp_image import write_image
 from tests.test_fleet_mqtt import Tenant, embedded  # noqa: F401  (the fixture)
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from action.client import (
+from otaship.action.client import (
     Deployment,
     ReceiverClient,
     ReceiverRejected,
@@ -27,7 +27,7 @@ from action.client import (
     RolloutRequest,
     build_deploy_request,
 )
-from action.retry import RetryPolicy
+from otaship.action.retry import RetryPolicy
 
 Reply = tuple[int, Any, dict[str, str]]
 

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from action import exit_codes
-from action.__main__ import main
+from otaship.action import exit_codes
+from otaship.action.__main__ import main
 from tests.esp_image import write_image
 from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
 

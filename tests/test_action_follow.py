@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from action.follow import FollowResult, failure_message, follow_rollout, progress_line
+from otaship.action.follow import FollowResult, failure_message, follow_rollout, progress_line
 
 
 def rollout(

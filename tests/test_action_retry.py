@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from action.retry import RetryPolicy, is_retryable_status, parse_retry_after
+from otaship.action.retry import RetryPolicy, is_retryable_status, parse_retry_after
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504, 599])

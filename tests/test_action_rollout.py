@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from action import exit_codes
-from action.__main__ import main
+from otaship.action import exit_codes
+from otaship.action.__main__ import main
 from tests.action_runner import parse_file_commands
 from tests.esp_image import write_image
 from tests.test_action_client import Reply, ScriptedServer

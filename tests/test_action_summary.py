@@ -1,6 +1,13 @@
 from __future__ import annotations
 
-from action.summary import MAX_DEVICE_ROWS, DeployReport, build_outputs, cell, deploy_outputs, render_summary
+from otaship.action.summary import (
+    MAX_DEVICE_ROWS,
+    DeployReport,
+    build_outputs,
+    cell,
+    deploy_outputs,
+    render_summary,
+)
 
 
 def report(**changes: object) -> DeployReport:

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from action.version import GitRef, VersionError, app_version_mismatch, git_ref_from_environ, resolve_version
+from otaship.action.version import (
+    GitRef,
+    VersionError,
+    app_version_mismatch,
+    git_ref_from_environ,
+    resolve_version,
+)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from action.workflow import Workflow, escape_data, escape_property, format_command, format_output
+from otaship.action.workflow import Workflow, escape_data, escape_property, format_command, format_output
 
 
 def parse_output_file(text: str) -> dict[str, str]:

@@ -4,10 +4,13 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from otaship.receiver.db.models import Group
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
 
@@ -16,18 +19,20 @@ ISO_MS_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def post(client: TestClient, owner: Owner | None, data: dict[str, str], firmware: bytes | None = None,
-         filename: str = "firmware.bin") -> object:
+         filename: str = "firmware.bin") -> httpx.Response:
     files = {"firmware": (filename, firmware, "application/octet-stream")} if firmware is not None else None
-    return client.post(
+    response: httpx.Response = client.post(
         "/v1/ota/group", data=data, files=files, headers=owner.headers if owner else {}
     )
+    return response
 
 
-def deploy(client: TestClient, owner: Owner, group: object, version: str, **image_args: object) -> dict:
-    image = build_image(version, **image_args)  # type: ignore[arg-type]
-    response = post(client, owner, {"group": group.id, "token": group.token, "version": version}, image)  # type: ignore[attr-defined]
-    assert response.status_code == 201, response.text  # type: ignore[attr-defined]
-    return response.json()  # type: ignore[attr-defined,no-any-return]
+def deploy(client: TestClient, owner: Owner, group: Group, version: str, **image_args: Any) -> dict[str, Any]:
+    image = build_image(version, **image_args)
+    response = post(client, owner, {"group": group.id, "token": group.token, "version": version}, image)
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
 
 
 # --- auth -------------------------------------------------------------------------
@@ -45,8 +50,8 @@ def test_requests_without_a_valid_key_are_unauthorized(client: TestClient, heade
 
 
 def test_a_rotated_key_stops_working(client: TestClient, fleet: Fleet) -> None:
-    from receiver.db import write_session
-    from receiver.users import issue_api_key
+    from otaship.receiver.db.engine import write_session
+    from otaship.receiver.db.users import issue_api_key
 
     owner = fleet.owner()
     assert client.get("/v1/ota/group", headers=owner.headers).status_code == 200
@@ -59,8 +64,8 @@ def test_a_rotated_key_stops_working(client: TestClient, fleet: Fleet) -> None:
 def test_api_keys_are_stored_hashed(client: TestClient, fleet: Fleet) -> None:
     from sqlmodel import select
 
-    from receiver.db import read_session
-    from receiver.models import ApiKey, User
+    from otaship.receiver.db.engine import read_session
+    from otaship.receiver.db.models import ApiKey, User
 
     owner = fleet.owner()
     with read_session(fleet.services.engine) as session:
@@ -290,7 +295,7 @@ def test_the_same_version_with_other_bytes_is_409(client: TestClient, fleet: Fle
 
 
 @pytest.fixture
-def many(client: TestClient, fleet: Fleet) -> tuple[Owner, list[dict]]:
+def many(client: TestClient, fleet: Fleet) -> tuple[Owner, list[dict[str, Any]]]:
     owner = fleet.owner()
     otas = []
     for number in range(25):
@@ -302,7 +307,7 @@ def many(client: TestClient, fleet: Fleet) -> tuple[Owner, list[dict]]:
     return owner, otas
 
 
-def test_listing_pages_newest_first_by_default(client: TestClient, many: tuple[Owner, list[dict]]) -> None:
+def test_listing_pages_newest_first_by_default(client: TestClient, many: tuple[Owner, list[dict[str, Any]]]) -> None:
     owner, otas = many
     newest_first = [o["_id"] for o in reversed(otas)]
     page = client.get("/v1/ota/group", headers=owner.headers).json()
@@ -317,7 +322,7 @@ def test_listing_pages_newest_first_by_default(client: TestClient, many: tuple[O
 
 
 def test_search_is_a_case_insensitive_substring_of_path(
-    client: TestClient, many: tuple[Owner, list[dict]]
+    client: TestClient, many: tuple[Owner, list[dict[str, Any]]]
 ) -> None:
     owner, otas = many
     target = otas[7]
@@ -331,7 +336,7 @@ def test_search_is_a_case_insensitive_substring_of_path(
 
 
 @pytest.mark.parametrize("wildcard", ["%", "_", "ota/group/%", "firmware_bin"])
-def test_like_wildcards_are_literal(client: TestClient, many: tuple[Owner, list[dict]], wildcard: str) -> None:
+def test_like_wildcards_are_literal(client: TestClient, many: tuple[Owner, list[dict[str, Any]]], wildcard: str) -> None:
     owner, _ = many
     page = client.get("/v1/ota/group", headers=owner.headers, params={"search_value": wildcard}).json()
     assert page["recordsFiltered"] == 0
@@ -339,7 +344,7 @@ def test_like_wildcards_are_literal(client: TestClient, many: tuple[Owner, list[
 
 
 def test_limit_is_clamped_to_100(client: TestClient, fleet: Fleet) -> None:
-    from receiver.api.ota import MAX_LIMIT
+    from otaship.receiver.http.management.ota import MAX_LIMIT
 
     owner = fleet.owner()
     image_group = fleet.group(owner)

@@ -12,12 +12,12 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import select
 from starlette.testclient import TestClient
 
-from receiver.app import create_app
-from receiver.db import read_session
-from receiver.models import Deployment, GroupOta
-from receiver.services import Services
-from receiver.settings import Settings
-from receiver.storage import StorageError
+from otaship.receiver.app import create_app
+from otaship.receiver.db.engine import read_session
+from otaship.receiver.db.models import Deployment, GroupOta
+from otaship.receiver.services import Services
+from otaship.receiver.settings import Settings
+from otaship.receiver.storage import StorageError
 from tests.conftest import Fleet
 from tests.esp_image import build_image
 from tests.test_api_ota import deploy, post

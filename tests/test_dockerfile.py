@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import httpx
 
-from receiver.settings import Settings
+from otaship.receiver.settings import Settings
 from tests.services import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,8 +90,8 @@ def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
             args[name] = default
         elif keyword == "FROM":
             words = _expand(rest, args).split()
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base=words[0], name=name))
+            stage = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base=words[0], name=stage))
         else:
             assert stages, f"{keyword} before the first FROM"
             stages[-1].instructions.append(Instruction(keyword, rest))
@@ -187,7 +187,7 @@ def test_configuration_is_only_otaship_variables_and_valid() -> None:
     assert {name for name in env if not name.startswith("OTASHIP_")} <= allowed
     settings = Settings.from_env(env)  # the image's own values parse
     assert settings.port == 8080
-    from receiver.mqtt.link import parse_mqtt_url
+    from otaship.receiver.mqtt.link import parse_mqtt_url
 
     parse_mqtt_url(settings.mqtt_url)
     # No secrets baked in.
@@ -219,11 +219,11 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest() -> None:
         for source in sources:
             assert (REPO / source).exists(), source
             assert not _ignored(source.rstrip("/"), patterns), source
-    for dropped in (".git", ".venv", "tests/test_dockerfile.py", "receiver/__pycache__/app.cpython-311.pyc",
+    for dropped in (".git", ".venv", "tests/test_dockerfile.py", "src/otaship/receiver/__pycache__/app.cpython-311.pyc",
                     "otaship-data/otaship.db", ".env"):
         assert _ignored(dropped, patterns), dropped
     # Every source file of the package reaches the build.
-    for path in (REPO / "receiver").rglob("*.py"):
+    for path in (REPO / "src").rglob("*.py"):
         if "__pycache__" not in path.parts:
             assert not _ignored(str(path.relative_to(REPO)), patterns), path
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from receiver.effective import effective_ota, resolve_effective
+from otaship.receiver.targeting.effective import effective_ota, resolve_effective
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -24,7 +24,7 @@ def at(name: str, seconds: int) -> Ota:
 
 def test_no_ota_anywhere_is_none() -> None:
     assert effective_ota([]) is None
-    assert effective_ota([None, None]) is None
+    assert effective_ota([None, None]) is None  # type: ignore[type-var]  # no OTA at any level
 
 
 @pytest.mark.parametrize("times", list(itertools.product([None, 1, 2, 3], repeat=3)))

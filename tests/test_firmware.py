@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from esptool.bin_image import ELFSection, ESP8266ROMFirmwareImage, ESP32FirmwareImage, ImageSegment
+from esptool.bin_image import ELFSection, ESP32FirmwareImage, ESP8266ROMFirmwareImage, ImageSegment
 from esptool.loader import ESPLoader
+from esptool.targets import CHIP_DEFS
 
-from receiver import firmware
-from receiver.firmware import SUPPORTED_CHIPS, AppDescriptor, InvalidFirmware, inspect_firmware
-from receiver.image_tally import ImageFacts, ImageTally, fold_xor
+from otaship.firmware import image as firmware
+from otaship.firmware.image import SUPPORTED_CHIPS, AppDescriptor, InvalidFirmware, inspect_firmware
+from otaship.receiver.intake.tally import ImageFacts, ImageTally, fold_xor
 from tests.esp_image import app_descriptor, build_image, write_image
 
 INVALID = "Firmware is not a valid ESP application image"
@@ -39,7 +40,8 @@ def reseal(data: bytes | bytearray) -> bytes:
 def code_offset(data: bytes) -> int:
     """File offset of the code segment's data (segment 1) in a built image."""
     image = ESP32FirmwareImage(io.BytesIO(data))
-    return image.segments[1].file_offs + 8
+    offset: int = image.segments[1].file_offs
+    return offset + 8
 
 
 def tallied(data: bytes, chunk: int = 1000) -> ImageFacts:
@@ -277,7 +279,7 @@ def test_builder_is_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     builds = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        monkeypatch.setattr(esp_image.tempfile, "gettempdir", lambda name=name: str(tmp_path / name))
+        monkeypatch.setattr("tempfile.gettempdir", lambda name=name: str(tmp_path / name))
         esp_image._build_cached.cache_clear()
         builds.append(build_image("9.9.9", seed=42))
     esp_image._build_cached.cache_clear()
@@ -380,7 +382,7 @@ def test_fold_xor() -> None:
 
 
 def _parsed_both_ways(data: bytes, chip: str) -> tuple[dict[str, object], dict[str, object]]:
-    image_class = firmware.CHIP_DEFS[chip].BOOTLOADER_IMAGE
+    image_class = CHIP_DEFS[chip].BOOTLOADER_IMAGE
     view = memoryview(data)
 
     def described(image: ESP32FirmwareImage) -> dict[str, object]:

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from receiver.simulate import FleetSummary, SimulationConfig, simulate
+from otaship.simulator.cli import FleetSummary, SimulationConfig, simulate
 from tests.esp_image import build_image
 from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
 from tests.services import MOSQUITTO, free_port, port_open, require
@@ -270,7 +270,7 @@ def test_a_trigger_published_while_the_broker_is_down_arrives_after_it_returns(
         received: list[bytes] = []
         start()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher")
-        client.on_message = lambda c, u, m: received.append(m.payload)
+        client.on_message = lambda c, u, m: received.append(bytes(m.payload))
         client.connect("127.0.0.1", port)
         client.subscribe(f"/{t.mqtt_user}/groups/{group['id']}/update-trigger", qos=1)
         client.loop_start()
@@ -292,7 +292,7 @@ def test_a_rollout_survives_a_receiver_restart(mosquitto: Tenant) -> None:
     canary_ids = t.devices(canary, 2, "1.0.0", "canary")
     rest_ids = t.devices(fleet, 2, "1.0.0", "rest")
     body = t.deploy(fleet, "1.1.0", canary=canary["id"])
-    rollout_id = body["rollout"]["id"]
+    rollout_id: str = body["rollout"]["id"]
     t.receiver.stop()  # killed in the canary stage
     t.receiver.start()
     assert t.rollout(rollout_id)["state"] == "canary"

@@ -20,13 +20,13 @@ from sqlmodel import select
 from starlette.requests import ClientDisconnect
 from starlette.testclient import TestClient
 
-from receiver.app import create_app
-from receiver.db import read_session
-from receiver.models import Deployment, GroupOta
-from receiver.services import Services
-from receiver.settings import Settings
-from receiver.storage import object_key
-from receiver.storage.gcs import GCSStorage
+from otaship.receiver.app import create_app
+from otaship.receiver.db.engine import read_session
+from otaship.receiver.db.models import Deployment, GroupOta
+from otaship.receiver.services import Services
+from otaship.receiver.settings import Settings
+from otaship.receiver.storage import object_key
+from otaship.receiver.storage.gcs import GCSStorage
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
 from tests.test_api_ota import deploy, post
@@ -262,8 +262,8 @@ def test_a_gcs_outage_during_a_deploy_is_a_quick_500_and_changes_nothing(
                     build_image("1.1.0"))
     elapsed = time.monotonic() - started
 
-    assert response.status_code == 500  # type: ignore[attr-defined]
-    body = response.json()  # type: ignore[attr-defined]
+    assert response.status_code == 500
+    body = response.json()
     assert body["message"] == UPLOAD_ERROR
     assert body["error"].startswith("StorageError: Cloud Storage")
     assert "cannot connect" in body["error"]
@@ -325,16 +325,16 @@ def test_gcs_failing_in_the_middle_of_an_upload_leaves_no_record(
     big = build_image("1.1.0", code_size=9 * MiB)  # two chunks of a resumable upload
     assert gcs_emulator._httpd is not None
     # The dropped connections are the point; the emulator need not print them.
-    gcs_emulator._httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]
+    gcs_emulator._httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]  # silence the server on purpose
     # The first 8 MiB chunk is stored; the request with the rest never gets an answer.
     failing = gcs_emulator.requests = _FailingFrom("PUT", "upload_id=", nth=2)
 
     response = post(client, owner, {"group": group.id, "token": group.token, "version": "1.1.0"}, big)
     gcs_emulator.requests = list(failing)  # the network is back
 
-    assert response.status_code == 500, response.text  # type: ignore[attr-defined]
-    assert response.json()["message"] == UPLOAD_ERROR  # type: ignore[attr-defined]
-    assert "Cloud Storage upload failed" in response.json()["error"]  # type: ignore[attr-defined]
+    assert response.status_code == 500, response.text
+    assert response.json()["message"] == UPLOAD_ERROR
+    assert "Cloud Storage upload failed" in response.json()["error"]
     assert gcs_emulator.count("PUT", "upload_id=") >= 2
     assert _records(services) == ([("1.0.0", 0)], 1)
     assert list(services.settings.tmp_dir.iterdir()) == []

@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import create_engine
 from starlette.testclient import TestClient
 
-from receiver.api.health import Readiness
-from receiver.app import build_services, create_app
-from receiver.catalog import FirmwareCatalog
-from receiver.services import Services
-from receiver.settings import Settings
-from receiver.storage import Storage, StorageError
+from otaship.receiver.app import build_services, create_app
+from otaship.receiver.http.health import Readiness
+from otaship.receiver.services import Services
+from otaship.receiver.settings import Settings
+from otaship.receiver.storage import Storage, StorageError
+from otaship.receiver.targeting.catalog import FirmwareCatalog
 from tests.services import free_port
 
 

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
-from receiver.api.deploy_form import (
+from otaship.receiver.http.fields import BadField, choice, flag, fraction, has_control, text, whole_number
+from otaship.receiver.http.management.deploy_form import (
     MAX_STAGE_SECONDS,
     MAX_TOLERATED_FAILURES,
     ROLLOUT_FIELDS,
@@ -28,9 +29,14 @@ from receiver.api.deploy_form import (
     parse_target,
     valid_version,
 )
-from receiver.fields import BadField, choice, flag, fraction, has_control, text, whole_number
-from receiver.rollout import PolicyError
-from receiver.upload import MalformedUpload, Upload, UploadTimedOut, UploadTooLarge, receive_upload
+from otaship.receiver.intake.multipart import (
+    MalformedUpload,
+    Upload,
+    UploadTimedOut,
+    UploadTooLarge,
+    receive_upload,
+)
+from otaship.receiver.rollouts.policy import PolicyError
 from tests import multipart
 from tests.conftest import Fleet, Owner
 
@@ -320,7 +326,7 @@ def test_any_body_in_any_chunks_is_parsed_or_refused_and_leaves_no_spool(
 ) -> None:
     outcome = parse(split(body, cuts), spool)
     if isinstance(outcome, tuple):
-        fields, data = outcome
+        _fields, data = outcome
         assert data is None or len(data) <= 4096
 
 

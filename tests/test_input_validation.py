@@ -11,10 +11,10 @@ from sqlalchemy import func
 from sqlmodel import select
 from starlette.testclient import TestClient
 
-from receiver.db import read_session
-from receiver.models import Deployment, Group, GroupOta, Rollout, TriggerMessage
-from receiver.services import Services
-from receiver.settings import Settings
+from otaship.receiver.db.engine import read_session
+from otaship.receiver.db.models import Deployment, Group, GroupOta, Rollout, TriggerMessage
+from otaship.receiver.services import Services
+from otaship.receiver.settings import Settings
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
 

@@ -161,7 +161,7 @@ def test_no_secret_reaches_any_line_at_debug_level(
                 "OTASHIP_RECEIVER_URL": url, "OTASHIP_API_KEY": user["api_key"],
                 "OTASHIP_GROUP": fleet["id"], "OTASHIP_GROUP_TOKEN": fleet["token"],
             }
-            day.run("otaship-deploy", [sys.executable, "-m", "action", "deploy", "--firmware", str(image),
+            day.run("otaship-deploy", [sys.executable, "-m", "otaship.action", "deploy", "--firmware", str(image),
                                        "--version", "1.0.0", "--wait", "false"], deploy_env)
             conflict = http.post(
                 "/v1/ota/group", headers=key,

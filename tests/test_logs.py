@@ -15,15 +15,15 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from receiver.app import create_app
-from receiver.logs import configure_logging, redact
-from receiver.services import Services
-from receiver.settings import Settings
-from receiver.storage import Storage, StorageError
+from otaship.receiver.app import create_app
+from otaship.receiver.logs import configure_logging, redact
+from otaship.receiver.services import Services
+from otaship.receiver.settings import Settings
+from otaship.receiver.storage import Storage, StorageError
 from tests.conftest import Fleet, Owner
+from tests.esp_image import build_image
 from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
 from tests.services import free_port
-from tests.esp_image import build_image
 from tests.test_api_ota import deploy, post
 
 DOWNLOAD_ROUTE = "/v1/ota/group/download/{credentials}"
@@ -101,7 +101,7 @@ def test_json_lines_from_real_requests_carry_no_secret(
 ) -> None:
     stream = capture(settings, "json")
     with TestClient(create_app(settings, services=services), raise_server_exceptions=False) as client:
-        owner, group, secrets = traffic(client, fleet, services)
+        _owner, group, secrets = traffic(client, fleet, services)
     output = stream.getvalue()
     for secret in secrets:
         assert secret not in output
@@ -283,11 +283,11 @@ def test_the_cli_redacts_what_python_logs_for_it_unconfigured(tmp_path: Path) ->
     errors reach stderr through Python's last-resort handler, redacted."""
     script = (
         "import logging, sys\n"
-        "from receiver.cli import main\n"
+        "from otaship.receiver.cli import main\n"
         "assert main(['user', 'list']) == 0\n"
-        "logging.getLogger('receiver.simulate').error(\n"
+        "logging.getLogger('otaship.simulator.cli').error(\n"
         "    'simulation failed: GET http://h/v1/ota/group/download/5e1b76bc4315b70eb242567aAATluvfLURijoH9d')\n"
-        "logging.getLogger('receiver.simulate').info('info lines stay quiet osk_abcdefgh')\n"
+        "logging.getLogger('otaship.simulator.cli').info('info lines stay quiet osk_abcdefgh')\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], env=cli_env(tmp_path / "data"), capture_output=True, text=True,

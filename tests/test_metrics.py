@@ -15,14 +15,14 @@ from sqlalchemy import create_engine
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.testclient import TestClient
 
-from receiver import rollout_runner
-from receiver.app import create_app
-from receiver.catalog import FirmwareCatalog
-from receiver.metrics import Metrics, ObserveRequests
-from receiver.mqtt.reports import ReportIngester
-from receiver.rollout_runner import RolloutRunner
-from receiver.services import Services
-from receiver.settings import Settings
+from otaship.receiver.app import create_app
+from otaship.receiver.metrics import Metrics, ObserveRequests
+from otaship.receiver.mqtt.reports import ReportIngester
+from otaship.receiver.rollouts import clock as rollout_runner
+from otaship.receiver.rollouts.clock import RolloutRunner
+from otaship.receiver.services import Services
+from otaship.receiver.settings import Settings
+from otaship.receiver.targeting.catalog import FirmwareCatalog
 from tests.conftest import Fleet
 from tests.esp_image import build_image
 from tests.services import free_port
@@ -110,7 +110,7 @@ def test_each_app_counts_in_its_own_registry(settings: Settings, services: Servi
     second.get("/healthz")
     assert sample(first, "otaship_http_requests_total", method="GET", route="/healthz", status="200") == 2
     assert sample(second, "otaship_http_requests_total", method="GET", route="/healthz", status="200") == 1
-    global_names = {name for name in prometheus_client.REGISTRY._names_to_collectors}  # noqa: SLF001
+    global_names = set(prometheus_client.REGISTRY._names_to_collectors)
     assert not any(name.startswith("otaship") for name in global_names)
 
 

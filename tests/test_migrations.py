@@ -20,8 +20,8 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import SQLModel
 
-from receiver.app import build_services
-from receiver.db import (
+from otaship.receiver.app import build_services
+from otaship.receiver.db.engine import (
     BASELINE_REVISION,
     MigrationResult,
     SchemaError,
@@ -33,14 +33,15 @@ from receiver.db import (
     migrate,
     schema_status,
 )
-from receiver.migrations.render import include_name, render_item
-from receiver.path_search import is_search_object
-from receiver.settings import Settings
+from otaship.receiver.db.migrations.render import include_name, render_item
+from otaship.receiver.db.path_search import is_search_object
+from otaship.receiver.settings import Settings
 from tests.postgres import ADMIN_URL, SERVER_URL
 from tests.receiver_process import ReceiverProcess, cli_env, otaship, otaship_json
 
 NewDatabase = Callable[[], str]
 ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = "otaship/receiver/db/migrations"
 
 
 def schema_diff(url: str) -> list[Any]:
@@ -186,7 +187,7 @@ def test_two_processes_migrating_at_once_take_turns(new_database: NewDatabase) -
         barrier.wait()
         try:
             results.append(migrate(engine))
-        except BaseException as exc:  # noqa: BLE001  (reported below)
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(e,)) for e in engines]
@@ -259,7 +260,7 @@ def test_a_revision_from_a_newer_otaship_is_refused(new_database: NewDatabase) -
 
 
 def test_autogenerate_writes_plain_sqlalchemy_types() -> None:
-    """A new revision imports nothing from sqlmodel (see receiver/migrations/render.py)."""
+    """A new revision imports nothing from sqlmodel (see src/otaship/receiver/db/migrations/render.py)."""
     engine = create_engine("sqlite://")
     try:
         with engine.connect() as connection:
@@ -314,7 +315,7 @@ def test_serve_refuses_an_out_of_date_postgres_until_migrate(empty_postgres_url:
     receiver = ReceiverProcess(env)
 
     refused = subprocess.run(
-        [sys.executable, "-m", "receiver.cli", "serve"], env=receiver.env,
+        [sys.executable, "-m", "otaship.receiver.cli", "serve"], env=receiver.env,
         capture_output=True, text=True, timeout=60,
     )
     assert refused.returncode == 1
@@ -353,8 +354,7 @@ def test_the_migrations_ship_in_the_package(tmp_path: Path) -> None:
     # A copy: building in place would leave build/ and metadata in the working tree.
     source = tmp_path / "source"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for name in ("receiver", "action"):
-        shutil.copytree(ROOT / name, source / name, ignore=ignore)
+    shutil.copytree(ROOT / "src", source / "src", ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     subprocess.run(
@@ -365,13 +365,13 @@ def test_the_migrations_ship_in_the_package(tmp_path: Path) -> None:
     def files(root: Path) -> set[str]:
         return {
             path.relative_to(root).as_posix()
-            for path in (root / "receiver" / "migrations").rglob("*")
+            for path in (root / MIGRATIONS).rglob("*")
             if path.is_file() and "__pycache__" not in path.parts
         }
 
-    shipped = files(ROOT)
-    assert {"receiver/migrations/env.py", "receiver/migrations/script.py.mako"} <= shipped
-    assert any(name.startswith("receiver/migrations/versions/0001_") for name in shipped)
+    shipped = files(ROOT / "src")
+    assert {f"{MIGRATIONS}/env.py", f"{MIGRATIONS}/script.py.mako"} <= shipped
+    assert any(name.startswith(f"{MIGRATIONS}/versions/0001_") for name in shipped)
     assert files(tmp_path / "lib") == shipped
 
 

@@ -20,7 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from receiver.mqtt.broker import BrokerPortInUse, EmbeddedBroker, owner_may_use
+from otaship.receiver.mqtt.broker import BrokerPortInUse, EmbeddedBroker, owner_may_use
 from tests.services import MOSQUITTO, require
 
 HOST = "127.0.0.1"

@@ -7,10 +7,10 @@ import httpx
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from receiver.app import create_app
-from receiver.services import Services
-from receiver.settings import Settings
-from receiver.storage import Storage, StorageError
+from otaship.receiver.app import create_app
+from otaship.receiver.services import Services
+from otaship.receiver.settings import Settings
+from otaship.receiver.storage import Storage, StorageError
 from tests.conftest import Fleet
 from tests.esp_image import build_image
 from tests.test_api_ota import deploy, post
@@ -63,17 +63,17 @@ def test_every_route_and_error_answers_nosniff(settings: Settings, services: Ser
         deploy(client, owner, group, "1.0.0")
         staged = post(client, owner, {"group": group.id, "token": group.token, "version": "1.1.0",
                                       "canary": canary.id, "auto_promote": "false"}, build_image("1.1.0"))
-        assert staged.status_code == 201  # type: ignore[attr-defined]
-        assert_nosniff(staged)  # type: ignore[arg-type]
+        assert staged.status_code == 201
+        assert_nosniff(staged)
         params = {
             "group_id": group.id,
             "credentials": f"{group.id}{group.token}",
-            "rollout_id": staged.json()["rollout"]["id"],  # type: ignore[attr-defined]
+            "rollout_id": staged.json()["rollout"]["id"],
         }
         statuses: set[int] = set()
 
         def check(method: str, url: str, **kwargs: object) -> httpx.Response:
-            response = client.request(method, url, **kwargs)  # type: ignore[arg-type]
+            response: httpx.Response = client.request(method, url, **kwargs)  # type: ignore[arg-type]
             assert_nosniff(response)
             statuses.add(response.status_code)
             return response

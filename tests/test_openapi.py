@@ -19,12 +19,12 @@ from sqlalchemy import create_engine
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from receiver.app import create_app
-from receiver.catalog import FirmwareCatalog
-from receiver.mqtt.reports import ReportIngester
-from receiver.services import Services
-from receiver.settings import Settings
-from receiver.storage import Storage, StorageError
+from otaship.receiver.app import create_app
+from otaship.receiver.mqtt.reports import ReportIngester
+from otaship.receiver.services import Services
+from otaship.receiver.settings import Settings
+from otaship.receiver.storage import Storage, StorageError
+from otaship.receiver.targeting.catalog import FirmwareCatalog
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
 

@@ -23,17 +23,17 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 from starlette.testclient import TestClient
 
-from receiver.app import build_services, create_app
-from receiver.db import read_session, write_session
-from receiver.deploy import StoredFirmware, deploy_firmware
-from receiver.ids import new_id
-from receiver.models import Group, Rollout
-from receiver.services import Services
-from receiver.settings import Settings
-from receiver.storage import FIRMWARE_PREFIX, StorageError, object_key
-from receiver.storage.gcs import GCSStorage
-from receiver.storage.local import LocalStorage
-from receiver.sweep import OrphanSweeper, SweepResult, referenced_keys, sweep_orphans
+from otaship.receiver.app import build_services, create_app
+from otaship.receiver.db.engine import read_session, write_session
+from otaship.receiver.db.models import Group, Rollout
+from otaship.receiver.gc.sweep import OrphanSweeper, SweepResult, referenced_keys, sweep_orphans
+from otaship.receiver.ids import new_id
+from otaship.receiver.intake.deploy import StoredFirmware, deploy_firmware
+from otaship.receiver.services import Services
+from otaship.receiver.settings import Settings
+from otaship.receiver.storage import FIRMWARE_PREFIX, StorageError, object_key
+from otaship.receiver.storage.gcs import GCSStorage
+from otaship.receiver.storage.local import LocalStorage
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
 from tests.receiver_process import cli_env, otaship
@@ -143,7 +143,7 @@ def test_a_sweep_removes_old_orphans_and_keeps_every_referenced_object(
         client, owner, {"group": group.id, "token": group.token, "version": "1.2.0", "canary": canary.id},
         build_image("1.2.0"),
     )
-    assert rollout.status_code == 201, rollout.text  # type: ignore[attr-defined]
+    assert rollout.status_code == 201, rollout.text
     only_in_rollout = _store(services, tmp_path, build_image("1.3.0"))
     _copy_rollout(services, only_in_rollout)
     referenced = {_key(build_image(v)) for v in ("1.0.0", "1.1.0", "1.2.0")} | {only_in_rollout}
@@ -326,7 +326,7 @@ def test_an_upload_waiting_to_commit_keeps_its_object(
         with _deploys_held(services, group):
             posted = _post_in_background(pool, client, owner, group, "1.0.0", image)
             _wait_for(
-                lambda: services.storage.exists(key) and key in services.objects_in_flight.keys(),
+                lambda: services.storage.exists(key) and key in services.objects_in_flight.keys(),  # noqa: SIM118  (a method, not a dict)
                 "the upload to store its object and wait for its transaction",
             )
             # This process's sweep, even with no grace at all, knows the key is in flight.

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from receiver.orphans import SweepPlan, plan_sweep
-from receiver.storage import StoredObject, object_key
+from otaship.receiver.gc.plan import SweepPlan, plan_sweep
+from otaship.receiver.storage import StoredObject, object_key
 
 NOW = 1_700_000_000.0
 GRACES = (0.0, 60.0, 3600.0)

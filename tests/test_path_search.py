@@ -1,4 +1,4 @@
-"""The listing's path search through its trigram index (receiver/path_search.py):
+"""The listing's path search through its trigram index (otaship/receiver/db/path_search.py):
 the same answers as a plain substring test, on both backends and both of
 SQLite's routes, and an index the databases really use."""
 from __future__ import annotations
@@ -15,17 +15,24 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from starlette.testclient import TestClient
 
-from receiver.db import SchemaError, alembic_config, create_db_engine, head_revision, migrate, write_session
-from receiver.ids import new_group_token
-from receiver.models import Group, GroupOta
-from receiver.path_search import (
+from otaship.receiver.db.engine import (
+    SchemaError,
+    alembic_config,
+    create_db_engine,
+    head_revision,
+    migrate,
+    write_session,
+)
+from otaship.receiver.db.models import Group, GroupOta
+from otaship.receiver.db.path_search import (
     MAX_INDEXED_MATCHES,
     escape_like,
     fts_phrase,
     index_pays,
     owned_paths_containing,
 )
-from receiver.services import Services
+from otaship.receiver.ids import new_group_token
+from otaship.receiver.services import Services
 from tests.conftest import Fleet, Owner
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -135,7 +142,7 @@ def test_search_pages_through_the_matches(
     owner, otas = searchable
     want = expected(otas, "feedface")
     for order, ids in (("desc", want), ("asc", list(reversed(want)))):
-        seen = []
+        seen: list[str] = []
         for offset in range(0, len(want) + 10, 10):
             body = client.get(
                 "/v1/ota/group", headers=owner.headers,

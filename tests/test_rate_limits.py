@@ -10,12 +10,12 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from action import exit_codes
-from action.__main__ import main as otaship_deploy
-from receiver.app import create_app
-from receiver.rate_limits import describe, retry_after
-from receiver.services import Services
-from receiver.settings import (
+from otaship.action import exit_codes
+from otaship.action.__main__ import main as otaship_deploy
+from otaship.receiver.app import create_app
+from otaship.receiver.http.rate_limits import describe, retry_after
+from otaship.receiver.services import Services
+from otaship.receiver.settings import (
     DEFAULT_RATE_LIMIT_BAD_KEYS,
     DEFAULT_RATE_LIMIT_READS,
     DEFAULT_RATE_LIMIT_WRITES,
@@ -87,9 +87,9 @@ def test_a_key_recovers_after_the_window(settings: Settings, services: Services,
 def test_one_key_flooding_does_not_limit_another_key_or_tenant(
     settings: Settings, services: Services, fleet: Fleet
 ) -> None:
-    from receiver.db import write_session
-    from receiver.models import User
-    from receiver.users import issue_api_key
+    from otaship.receiver.db.engine import write_session
+    from otaship.receiver.db.models import User
+    from otaship.receiver.db.users import issue_api_key
 
     flooder, neighbour = fleet.owner(), fleet.owner()
     with write_session(services.engine) as session:
@@ -158,7 +158,7 @@ def test_all_limits_off_leaves_the_routes_unwrapped(settings: Settings, services
     off = settings.with_overrides(rate_limit_reads=None, rate_limit_writes=None, rate_limit_bad_keys=None)
     app = create_app(off, services=services)
     # The same Route objects as the modules define: no per-request cost at all.
-    from receiver.api import ota, rollouts
+    from otaship.receiver.http.management import ota, rollouts
 
     assert all(any(route is r for r in app.routes) for route in [*ota.routes, *rollouts.routes])
     with TestClient(app) as client:
@@ -180,7 +180,7 @@ def test_all_limits_off_leaves_the_routes_unwrapped(settings: Settings, services
 )
 def test_rate_limit_settings(raw: str | None, expected: tuple[str | None, ...]) -> None:
     names = ("OTASHIP_RATE_LIMIT_READS", "OTASHIP_RATE_LIMIT_WRITES", "OTASHIP_RATE_LIMIT_BAD_KEYS")
-    settings = Settings.from_env({} if raw is None else {name: raw for name in names})
+    settings = Settings.from_env({} if raw is None else dict.fromkeys(names, raw))
     assert (settings.rate_limit_reads, settings.rate_limit_writes, settings.rate_limit_bad_keys) == expected
 
 

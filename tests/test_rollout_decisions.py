@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from receiver.rollout import (
+from otaship.receiver.rollouts.policy import (
     AWAIT_PROMOTION,
     FAILED,
     FINISH,

@@ -7,7 +7,7 @@ import threading
 import pytest
 from sqlalchemy import create_engine
 
-from receiver.rollout_runner import RolloutRunner
+from otaship.receiver.rollouts.clock import RolloutRunner
 
 
 class HeldPass(RolloutRunner):

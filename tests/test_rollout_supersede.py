@@ -21,10 +21,10 @@ import pytest
 from sqlmodel import col, select
 from starlette.testclient import TestClient
 
-from receiver.db import read_session, write_session
-from receiver.models import Deployment, Device, Group, GroupOta, Rollout
-from receiver.mqtt.reports import ReportIngester
-from receiver.services import Services
+from otaship.receiver.db.engine import read_session, write_session
+from otaship.receiver.db.models import Deployment, Device, Group, GroupOta, Rollout
+from otaship.receiver.mqtt.reports import ReportIngester
+from otaship.receiver.services import Services
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
 from tests.test_rollouts import tick
@@ -88,7 +88,8 @@ def get_rollout(client: TestClient, t: Tree, rollout_id: str) -> Any:
 
 
 def latest(client: TestClient, group: Group) -> str | None:
-    return client.get(f"/v1/ota/group/latest/{group.id}").json().get("ver")
+    ver: str | None = client.get(f"/v1/ota/group/latest/{group.id}").json().get("ver")
+    return ver
 
 
 def last_deployment(services: Services, group: Group) -> Deployment:

@@ -15,12 +15,12 @@ import pytest
 from sqlmodel import col, select
 from starlette.testclient import TestClient
 
-from receiver.db import read_session, write_session
-from receiver.ids import utcnow
-from receiver.models import Deployment, Device, Group, Rollout, TriggerMessage
-from receiver.mqtt.reports import ReportIngester
-from receiver.rollouts import FOLLOW_AFTER_END, active_rollout_states, evaluate
-from receiver.services import Services
+from otaship.receiver.db.engine import read_session, write_session
+from otaship.receiver.db.models import Deployment, Device, Group, Rollout, TriggerMessage
+from otaship.receiver.ids import utcnow
+from otaship.receiver.mqtt.reports import ReportIngester
+from otaship.receiver.rollouts.store import FOLLOW_AFTER_END, active_rollout_states, evaluate
+from otaship.receiver.services import Services
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
 
@@ -48,7 +48,7 @@ def setup(fleet: Fleet, services: Services) -> Setup:
     return Setup(owner, group, canary, rest, canary_devices, fleet_devices)
 
 
-def post_rollout(client: TestClient, s: Setup, version: str = "1.1.0", seed: int = 0, **fields: str) -> Any:
+def post_rollout(client: TestClient, s: Setup, version: str = "1.1.0", seed: int = 0, **fields: Any) -> Any:
     data = {"group": s.group.id, "token": s.group.token, "version": version, "canary": s.canary.id, **fields}
     return client.post(
         "/v1/ota/group", headers=s.owner.headers, data=data,
@@ -94,7 +94,8 @@ def rollout(client: TestClient, s: Setup, rollout_id: str) -> Any:
 
 
 def latest(client: TestClient, group: Group) -> str | None:
-    return client.get(f"/v1/ota/group/latest/{group.id}").json().get("ver")
+    ver: str | None = client.get(f"/v1/ota/group/latest/{group.id}").json().get("ver")
+    return ver
 
 
 def trigger_topics(services: Services) -> list[tuple[str, str]]:
@@ -467,7 +468,7 @@ def test_devices_already_on_the_version_count_as_succeeded(
         ({"auto_promote": "maybe"}, "auto_promote must be true or false, not 'maybe'"),
     ],
 )
-def test_bad_rollout_fields_are_400(client: TestClient, setup: Setup, fields: dict[str, str], message: str) -> None:
+def test_bad_rollout_fields_are_400(client: TestClient, setup: Setup, fields: dict[str, Any], message: str) -> None:
     response = post_rollout(client, setup, **fields)
     assert response.status_code == 400
     assert response.json() == {"message": message}

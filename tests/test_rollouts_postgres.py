@@ -10,15 +10,15 @@ from pathlib import Path
 from sqlmodel import col, select
 from starlette.testclient import TestClient
 
-from receiver.app import build_services, create_app
-from receiver.db import read_session, write_session
-from receiver.deploy import StoredFirmware, deploy_firmware, running_firmware
-from receiver.models import Deployment, Group, Rollout, TriggerMessage
-from receiver.mqtt.reports import ReportIngester
-from receiver.rollout import Policy
-from receiver.rollout_runner import RolloutRunner
-from receiver.rollouts import RolloutError, deploy_with_canary, manual_promote
-from receiver.settings import Settings
+from otaship.receiver.app import build_services, create_app
+from otaship.receiver.db.engine import read_session, write_session
+from otaship.receiver.db.models import Deployment, Group, Rollout, TriggerMessage
+from otaship.receiver.intake.deploy import StoredFirmware, deploy_firmware, running_firmware
+from otaship.receiver.mqtt.reports import ReportIngester
+from otaship.receiver.rollouts.clock import RolloutRunner
+from otaship.receiver.rollouts.policy import Policy
+from otaship.receiver.rollouts.store import RolloutError, deploy_with_canary, manual_promote
+from otaship.receiver.settings import Settings
 from tests.conftest import Fleet
 from tests.esp_image import build_image
 from tests.postgres import postgres_url  # noqa: F401  (the fixture)
@@ -137,7 +137,7 @@ def test_a_deploy_racing_a_promotion_never_deadlocks_and_the_newer_firmware_stay
                 def run() -> None:
                     try:
                         work()
-                    except BaseException as exc:  # noqa: BLE001  (asserted below)
+                    except BaseException as exc:
                         errors.append(exc)
                 return run
 

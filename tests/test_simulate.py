@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from receiver.settings import Settings
-from receiver.simulate import (
+from otaship.receiver.settings import Settings
+from otaship.simulator.cli import (
     FleetProgress,
     FleetSummary,
     SimulationConfig,
@@ -80,7 +80,7 @@ async def run_fleets(
 ) -> list[FleetSummary]:
     """Start the fleets, trigger the groups once every device has booted, stop once `done()`."""
     stops = [asyncio.Event() for _ in configs]
-    tasks = [asyncio.create_task(simulate(c, stop=s)) for c, s in zip(configs, stops)]
+    tasks = [asyncio.create_task(simulate(c, stop=s)) for c, s in zip(configs, stops, strict=False)]
     ids = [d for c in configs for d in c.resolved_device_ids()]
     try:
         await wait_until(lambda: observer.booted(ids), timeout, watch=tasks)
@@ -321,7 +321,7 @@ def test_downloads_are_verified_and_redirects_not_followed(observer: MqttObserve
                 fleet(server.url, observer, Group(variant, "token"), 2, variant, version="1.0.0")
                 for variant in variants
             ]
-            ids = {v: c.resolved_device_ids() for v, c in zip(variants, configs)}
+            ids = {v: c.resolved_device_ids() for v, c in zip(variants, configs, strict=False)}
 
             def answered() -> bool:
                 return all(observer.statuses_after(d, 201) for d in ids["good"]) and all(
@@ -332,7 +332,7 @@ def test_downloads_are_verified_and_redirects_not_followed(observer: MqttObserve
             return summaries, server.paths
 
     summaries, paths = asyncio.run(scenario())
-    by_variant = dict(zip(variants, summaries))
+    by_variant = dict(zip(variants, summaries, strict=False))
     assert by_variant["good"].updated == 2 and by_variant["good"].versions == {"2.0.0": 2}
     for variant in variants[1:]:
         summary = by_variant[variant]
@@ -423,7 +423,7 @@ def test_command_registers_devices_and_prints_a_json_summary(
         try:
             args.run(settings, args)
             outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001  (SystemExit too: reported below)
+        except BaseException as exc:
             outcome.append(exc)
 
     # The command calls asyncio.run itself, as `otaship simulate` does.

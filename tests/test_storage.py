@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from google.api_core import exceptions as api_exceptions
 
-import receiver.storage.local as local_module
-from receiver.storage import (
+import otaship.receiver.storage.local as local_module
+from otaship.receiver.storage import (
     FIRMWARE_PREFIX,
     ObjectNotFound,
     Storage,
@@ -33,8 +33,8 @@ from receiver.storage import (
     create_storage,
     object_key,
 )
-from receiver.storage.gcs import GCSStorage
-from receiver.storage.local import LocalStorage
+from otaship.receiver.storage.gcs import GCSStorage
+from otaship.receiver.storage.local import LocalStorage
 
 if TYPE_CHECKING:
     # Imported by pytest_plugins below, so that pytest rewrites its asserts.
@@ -184,7 +184,7 @@ def test_source_failing_mid_read_leaves_nothing(
     failing_source(source, int(1.5 * MiB))
     # The local backend would hard-link and never read: make it copy, as it
     # does when the spool folder is on another filesystem.
-    monkeypatch.setattr(local_module.os, "link", _cross_device_link)
+    monkeypatch.setattr("os.link", _cross_device_link)
 
     with pytest.raises(OSError, match="Input/output error"):
         backend.storage.put(key, source)
@@ -210,7 +210,7 @@ def test_local_put_links_the_source_instead_of_copying(tmp_path: Path) -> None:
 
 
 def test_local_put_copies_when_it_cannot_link(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local_module.os, "link", _cross_device_link)
+    monkeypatch.setattr("os.link", _cross_device_link)
     storage = LocalStorage(tmp_path / "objects")
     key, source, data = _image(tmp_path, 300 * KiB)
     storage.put(key, source)
@@ -613,7 +613,7 @@ def test_gcs_existing_object_is_a_successful_put(
 
 def test_gcs_check_missing_bucket(gcs_emulator: GCSEmulator, tmp_path: Path) -> None:
     storage = GCSStorage("no-such-bucket", "", tmp_path / "cache")
-    with pytest.raises(StorageError, match="no-such-bucket.*does not exist"):
+    with pytest.raises(StorageError, match=r"no-such-bucket.*does not exist"):
         storage.check()
 
 

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from receiver.app import create_app
-from receiver.services import Services
-from receiver.settings import Settings
-from receiver.upload import ENVELOPE_ALLOWANCE, MAX_FIELD_BYTES
-from receiver.upload_slots import UploadSlots
+from otaship.receiver.app import create_app
+from otaship.receiver.intake.multipart import ENVELOPE_ALLOWANCE, MAX_FIELD_BYTES
+from otaship.receiver.intake.slots import UploadSlots
+from otaship.receiver.services import Services
+from otaship.receiver.settings import Settings
 from tests import multipart
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
@@ -294,7 +294,7 @@ def test_upload_slots_count_per_owner() -> None:
 
 
 def test_the_upload_limits_are_settings() -> None:
-    from receiver.settings import SettingsError
+    from otaship.receiver.settings import SettingsError
 
     defaults = Settings.from_env({})
     assert (defaults.upload_idle_timeout, defaults.upload_timeout, defaults.max_uploads_per_owner) == (30, 600, 8)

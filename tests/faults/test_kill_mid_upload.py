@@ -27,9 +27,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from receiver.db import create_db_engine, read_session, write_session
-from receiver.models import Group
-from receiver.storage import object_key
+from otaship.receiver.db.engine import create_db_engine, read_session, write_session
+from otaship.receiver.db.models import Group
+from otaship.receiver.storage import object_key
 from tests.esp_image import build_image
 from tests.receiver_process import ReceiverProcess, cli_env, otaship, otaship_json
 

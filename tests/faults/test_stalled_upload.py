@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from receiver.db import create_db_engine, ensure_schema, write_session
-from receiver.groups import create_group
-from receiver.users import create_user
+from otaship.receiver.db.engine import create_db_engine, ensure_schema, write_session
+from otaship.receiver.db.groups import create_group
+from otaship.receiver.db.users import create_user
 from tests import multipart
 from tests.esp_image import build_image
 from tests.receiver_process import ReceiverProcess, cli_env

@@ -1,1 +1,0 @@
-"""Alembic migrations of the receiver's schema, run by `receiver.db.migrate`."""

@@ -1,0 +1,171 @@
+"""The job summary and the step outputs, rendered from what a run did.
+
+Rendered on failure too, so the summary says what was deployed and what failed
+without anyone opening the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from otaship.action.follow import FAILED_OUTCOMES, TERMINAL_STATES, UNFINISHED_OUTCOMES
+
+# A fleet can have thousands of devices; the summary shows the interesting ones.
+MAX_DEVICE_ROWS = 50
+# Failures first, then the devices that did not finish, then the rest.
+OUTCOME_ORDER = {"failed": 0, "timed_out": 1, "stopped": 2, "pending": 3, "succeeded": 4}
+
+
+@dataclass
+class DeployReport:
+    """Everything the summary and the outputs are made from; filled as the run goes."""
+
+    version: str = ""
+    group: str = ""
+    commit: str = ""
+    environment: str = ""
+    firmware_path: str = ""
+    size: int | None = None
+    sha256: str = ""
+    chip: str = ""
+    ota: Mapping[str, Any] | None = None
+    deployed: bool | None = None
+    rollout: Mapping[str, Any] | None = None
+    rollout_state: str = ""
+    failure: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rollout_id(self) -> str:
+        return str(self.rollout.get("id", "")) if self.rollout else ""
+
+
+def build_outputs(report: DeployReport) -> dict[str, str]:
+    return {
+        "version": report.version,
+        "firmware-path": report.firmware_path,
+        "sha256": report.sha256,
+        "size": "" if report.size is None else str(report.size),
+    }
+
+
+def deploy_outputs(report: DeployReport) -> dict[str, str]:
+    return {**build_outputs(report), "rollout-id": report.rollout_id, "rollout-state": report.rollout_state}
+
+
+def cell(value: object) -> str:
+    """A value made safe for one Markdown table cell."""
+    text = "" if value is None else str(value)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def table(header: list[str], rows: list[list[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return lines
+
+
+def headline(report: DeployReport) -> str:
+    what = f"`{report.version}`" if report.version else "firmware"
+    if report.failure:
+        return f"## ❌ otaship: {what} failed"
+    if report.rollout_state == "complete":
+        return f"## ✅ otaship: {what} rolled out"
+    if report.deployed is False:
+        return f"## ✅ otaship: {what} already deployed"
+    if report.deployed:
+        return f"## ✅ otaship: {what} deployed"
+    return f"## ✅ otaship: {what} built"
+
+
+def render_summary(report: DeployReport) -> str:
+    lines = [headline(report), ""]
+    if report.failure:
+        lines += ["**What failed:** " + cell(report.failure), ""]
+    lines += [f"> ⚠️ {cell(note)}" for note in report.notes]
+    if report.notes:
+        lines.append("")
+    facts: list[list[object]] = []
+    for label, value in (
+        ("Version", report.version),
+        ("Group", report.group),
+        ("Commit", report.commit),
+        ("PlatformIO env", report.environment),
+        ("Image", report.firmware_path),
+        ("Chip", report.chip),
+        ("Size", f"{report.size:,} bytes" if report.size is not None else ""),
+        ("SHA-256", f"`{report.sha256}`" if report.sha256 else ""),
+    ):
+        if value:
+            facts.append([label, value])
+    if report.ota:
+        facts.append(["OTA record", f"{report.ota.get('_id', '')} (revision {report.ota.get('__v', '')})"])
+    if report.deployed is not None:
+        facts.append(["Deployed", "yes" if report.deployed else "no, this version was already deployed"])
+    lines += table(["", ""], facts)
+    if report.rollout:
+        lines += ["", *render_rollout(report.rollout, report.rollout_state)]
+    return "\n".join(lines) + "\n"
+
+
+def render_rollout(rollout: Mapping[str, Any], state: str) -> list[str]:
+    shown_state = state or str(rollout.get("state", ""))
+    lines = [f"### Rollout `{cell(rollout.get('id', ''))}`: {cell(shown_state)}", ""]
+    if rollout.get("reason"):
+        lines += [f"Reason: {cell(rollout['reason'])}", ""]
+    stages = [stage for stage in rollout.get("stages") or [] if isinstance(stage, Mapping)]
+    if stages:
+        lines += table(
+            ["Stage", "Group", "State", "Targeted", "Succeeded", "Failed", "Timed out", "Stopped", "Pending"],
+            [
+                [
+                    s.get("name"),
+                    s.get("group"),
+                    s.get("state"),
+                    s.get("targeted"),
+                    s.get("succeeded"),
+                    s.get("failed"),
+                    # A receiver older than these counts sends neither.
+                    s.get("timed_out", 0),
+                    s.get("stopped", 0),
+                    s.get("pending"),
+                ]
+                for s in stages
+            ],
+        )
+        lines.append("")
+    devices = [device for device in rollout.get("devices") or [] if isinstance(device, Mapping)]
+    if devices:
+        ordered = sorted(
+            devices,
+            key=lambda d: (OUTCOME_ORDER.get(str(d.get("outcome")), 9), str(d.get("name") or d.get("id"))),
+        )
+        failed = sum(1 for device in devices if device.get("outcome") in FAILED_OUTCOMES)
+        heading = f"{len(devices)} devices, {failed} failed"
+        if rollout.get("state") in TERMINAL_STATES:
+            # Listed apart from the failures: the rollout ended before they finished.
+            unfinished = sum(1 for device in devices if device.get("outcome") in UNFINISHED_OUTCOMES)
+            if unfinished:
+                heading += f", {unfinished} not finished"
+        lines += [f"#### Device outcomes ({heading})", ""]
+        lines += table(
+            ["Device", "Stage", "Outcome", "Firmware", "Code"],
+            [
+                [
+                    d.get("name") or d.get("id"),
+                    d.get("stage"),
+                    d.get("outcome"),
+                    d.get("fw_version"),
+                    d.get("code"),
+                ]
+                for d in ordered[:MAX_DEVICE_ROWS]
+            ],
+        )
+        if len(ordered) > MAX_DEVICE_ROWS:
+            lines += [
+                "",
+                f"…and {len(ordered) - MAX_DEVICE_ROWS} more (see GET /v1/rollouts/{cell(rollout.get('id', ''))}).",
+            ]
+    return lines

@@ -1,0 +1,1 @@
+"""otaship receiver: the IoTaaP Group OTA API, device endpoints and rollouts."""

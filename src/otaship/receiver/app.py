@@ -1,0 +1,111 @@
+"""create_app(settings): the receiver's routes, error handling and lifespan."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from sqlalchemy.engine import Engine
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from otaship.receiver.background import Background
+from otaship.receiver.db.engine import create_db_engine, ensure_schema
+from otaship.receiver.http import device_api as devices
+from otaship.receiver.http import health, openapi
+from otaship.receiver.http.management import ota, rollouts
+from otaship.receiver.http.nosniff import HEADERS as NOSNIFF
+from otaship.receiver.http.nosniff import NoSniff
+from otaship.receiver.http.rate_limits import RateLimits, limited
+from otaship.receiver.http.responses import message
+from otaship.receiver.intake.multipart import spool_dir_ready
+from otaship.receiver.logs import configure_logging, redact
+from otaship.receiver.metrics import Metrics, ObserveRequests
+from otaship.receiver.metrics import routes as metrics_routes
+from otaship.receiver.services import Services
+from otaship.receiver.settings import Settings
+from otaship.receiver.storage import create_storage
+from otaship.receiver.targeting.catalog import FirmwareCatalog
+
+log = logging.getLogger("otaship")
+
+
+def build_services(settings: Settings) -> Services:
+    engine = create_db_engine(settings.resolved_database_url)
+    # SQLite migrates itself; a shared database must have been migrated already.
+    ensure_schema(engine)
+    storage = create_storage(settings.resolved_storage_url, cache_dir=settings.cache_dir)
+    return Services(
+        settings=settings, engine=engine, storage=storage, catalog=FirmwareCatalog(engine)
+    )
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        owned = services is None
+        built = services if services is not None else build_services(settings)
+        spool_dir_ready(settings.tmp_dir)
+        app.state.services = built
+        background = Background(built, metrics=metrics)
+        app.state.background = background
+        try:
+            await background.start()
+        except BaseException:
+            await background.stop()
+            raise
+        try:
+            yield
+        finally:
+            await background.stop()
+            if owned:
+                built.storage.close()
+                built.engine.dispose()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        text = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, exc.detail)
+        response = message(exc.status_code, text)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        # The download path carries the group token.
+        log.error("unhandled error on %s %s", request.method, redact(request.url.path), exc_info=exc)
+        return JSONResponse({"message": "Internal server error"}, status_code=500, headers=NOSNIFF)
+
+    metrics = Metrics()
+    app = Starlette(
+        routes=[
+            # The device routes first: every device of a fleet hits them at once.
+            # The management API alone is rate limited, per API key.
+            *devices.routes, *limited([*ota.routes, *rollouts.routes], RateLimits.from_settings(settings)),
+            *health.routes, *metrics_routes, *openapi.routes,
+        ],
+        middleware=[Middleware(NoSniff), Middleware(ObserveRequests, metrics=metrics)],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: unexpected_error},
+    )
+    app.state.metrics = metrics
+
+    def engine() -> Engine | None:
+        running: Services | None = getattr(app.state, "services", None)
+        return running.engine if running is not None else None
+
+    metrics.watch_rollouts(engine)
+    if services is not None:
+        app.state.services = services
+    return app
+
+
+def app_from_env() -> Starlette:
+    """For `uvicorn --factory otaship.receiver.app:app_from_env`: logs as `otaship serve` does."""
+    settings = Settings.from_env()
+    configure_logging(settings)
+    return create_app(settings)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the receiver's schema, run by `otaship.receiver.db.engine.migrate`."""

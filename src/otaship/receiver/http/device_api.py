@@ -1,0 +1,86 @@
+"""Device endpoints, wire-compatible with the IoTaaP OS ESP32 library.
+
+Devices call these after a trigger, all at once, so they answer from the
+in-memory catalog and never read the database per request.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from otaship.receiver.http.responses import message, server_error
+from otaship.receiver.ids import TOKEN_LENGTH, secret_matches_plain
+from otaship.receiver.services import Services
+from otaship.receiver.storage import ObjectNotFound, StorageError
+
+ID_LENGTH = 24
+
+
+async def latest(request: Request) -> Response:
+    services = Services.of(request)
+    entry = await services.catalog.lookup(request.path_params["group_id"])
+    if entry is None:
+        return message(404, "No such group")
+    if entry.firmware is None:
+        return message(404, "No firmware for this group")
+    return Response(entry.firmware.latest_body, media_type="application/json")
+
+
+async def download(request: Request) -> Response:
+    credentials: str = request.path_params["credentials"]
+    # The id and the token are joined with no separator: 24 + 16 characters.
+    if len(credentials) != ID_LENGTH + TOKEN_LENGTH:
+        return message(404, "Not found")
+    group_id, token = credentials[:ID_LENGTH], credentials[ID_LENGTH:]
+    services = Services.of(request)
+    entry = await services.catalog.lookup(group_id)
+    # One answer for an unknown group, a wrong token and no firmware, so the
+    # endpoint tells nothing to somebody guessing.
+    if entry is None or not secret_matches_plain(token, entry.token) or entry.firmware is None:
+        return message(404, "Not found")
+    firmware = entry.firmware
+    try:
+        path, stat = await services.run_blocking(lambda: _stat_local(services, firmware.object_key))
+    except ObjectNotFound as exc:
+        return server_error("Firmware file is missing from storage", exc)
+    except (StorageError, OSError) as exc:
+        return server_error("Error when reading firmware file", exc)
+    # The object is immutable: its sha256 is a strong validator for Range/If-Range.
+    # With stat_result given, FileResponse does not stat the file again; it opens
+    # it right after this returns.
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        stat_result=stat,
+        headers={
+            "x-MD5": firmware.md5,
+            "etag": f'"{firmware.sha256}"',
+            "cache-control": "no-cache",
+        },
+    )
+
+
+def _stat_local(services: Services, key: str) -> tuple[Path, os.stat_result]:
+    """A local copy of the object, checked to be still there.
+
+    A caching backend may evict the file between handing out its path and our
+    opening it: it keeps a path it just handed out for a grace window, but a
+    request held up longer than that (a starved thread pool) can still lose it.
+    Asking again fetches it anew.
+    """
+    path = services.storage.local_path(key)
+    try:
+        return path, os.stat(path)
+    except FileNotFoundError:
+        path = services.storage.local_path(key)
+        return path, os.stat(path)
+
+
+routes = [
+    Route("/v1/ota/group/latest/{group_id}", latest, methods=["GET"]),
+    Route("/v1/ota/group/download/{credentials}", download, methods=["GET", "HEAD"]),
+]

@@ -1,0 +1,391 @@
+"""The IoTaaP Group OTA API: list and deploy (spec/group-ota-api.md)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from otaship.receiver.db.groups import get_owned_group
+from otaship.receiver.db.models import GroupOta, Rollout, User
+from otaship.receiver.db.path_search import owned_paths_containing
+from otaship.receiver.http.auth import authenticated_owner
+from otaship.receiver.http.fields import BadField, choice, text, whole_number
+from otaship.receiver.http.management.deploy_form import check_version, parse_options, parse_target
+from otaship.receiver.http.responses import UNAUTHORIZED, message, server_error
+from otaship.receiver.ids import iso_utc, secret_matches_plain
+from otaship.receiver.intake.deploy import (
+    DeployResult,
+    StoredFirmware,
+    VersionConflict,
+    current_ota,
+    deploy_firmware,
+)
+from otaship.receiver.intake.in_flight import Hold, ObjectNotStored
+from otaship.receiver.intake.multipart import (
+    MalformedUpload,
+    Upload,
+    UploadTimedOut,
+    UploadTooLarge,
+    receive_upload,
+)
+from otaship.receiver.metrics import Metrics
+from otaship.receiver.rollouts.policy import CANARY, PolicyError
+from otaship.receiver.rollouts.store import (
+    CanaryDeploy,
+    RolloutConflict,
+    RolloutError,
+    deploy_with_canary,
+    validate_canary,
+)
+from otaship.receiver.services import Services
+from otaship.receiver.storage import StorageError, object_key
+
+log = logging.getLogger("otaship.api")
+
+LIST_ERROR = "Error when getting group OTA's."
+UPLOAD_ERROR = "Error when uploading firmware file"
+# The spec's answer to a deploy.
+DEPLOYED = "Firmware successfully deployed"
+FREE_PLAN = "Group OTA update is not available in free model. Please upgrade your account."
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 100
+# Far past any owner's number of groups, and within a 32-bit integer.
+MAX_OFFSET = 1_000_000_000
+# A path is 62 characters: a longer search cannot match.
+MAX_SEARCH_LENGTH = 256
+MAX_DRAW_LENGTH = 64
+# Stalled uploads free their slots within the idle timeout; a retry after this
+# many seconds usually finds one.
+UPLOADS_RETRY_AFTER = 5
+
+
+def ota_json(ota: GroupOta) -> dict[str, Any]:
+    return {
+        "_id": ota.id,
+        "group": ota.group_id,
+        "__v": ota.revision,
+        "last_updated": iso_utc(ota.last_updated),
+        "owner": ota.owner_id,
+        "path": ota.path,
+        "version": ota.version,
+        "sha256": ota.sha256,
+        "md5": ota.md5,
+        "size": ota.size,
+        "chip": ota.chip,
+        "project_name": ota.project_name,
+        "app_version": ota.app_version,
+        "idf_ver": ota.idf_ver,
+        "commit": ota.commit,
+    }
+
+
+# --- GET /v1/ota/group ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    search: str
+    offset: int
+    limit: int
+    descending: bool
+    draw: str
+
+
+def parse_list_query(request: Request) -> ListQuery:
+    """The listing's query parameters; BadField names the first bad one."""
+    query = request.query_params
+    offset = whole_number(query.get("offset"), name="offset", default=0, minimum=0, maximum=MAX_OFFSET)
+    # The spec clamps a larger limit rather than refusing it.
+    limit = whole_number(
+        query.get("limit"), name="limit", default=DEFAULT_LIMIT, minimum=0, maximum=MAX_LIMIT, clamp=True
+    )
+    order_dir = choice(query.get("order_dir"), name="order_dir", choices=("asc", "desc"), default="desc")
+    return ListQuery(
+        search=text(query.get("search_value"), name="search_value", max_length=MAX_SEARCH_LENGTH),
+        offset=offset,
+        limit=limit,
+        descending=order_dir == "desc",
+        draw=text(query.get("draw"), name="draw", max_length=MAX_DRAW_LENGTH),
+    )
+
+
+def list_otas(
+    *, session: Session, owner_id: str, query: ListQuery, known_total: int | None = None
+) -> tuple[list[GroupOta], int, int]:
+    owned = col(GroupOta.owner_id) == owner_id
+    total = (
+        known_total
+        if known_total is not None
+        else session.exec(select(func.count()).select_from(GroupOta).where(owned)).one()
+    )
+    filters = (
+        owned_paths_containing(session, owner_id=owner_id, search=query.search, owner_rows=total)
+        if query.search
+        else [owned]
+    )
+    filtered = (
+        total
+        if not query.search
+        else session.exec(select(func.count()).select_from(GroupOta).where(*filters)).one()
+    )
+    order = col(GroupOta.last_updated).desc() if query.descending else col(GroupOta.last_updated).asc()
+    tiebreak = col(GroupOta.id).desc() if query.descending else col(GroupOta.id).asc()
+    rows = session.exec(
+        select(GroupOta).where(*filters).order_by(order, tiebreak).offset(query.offset).limit(query.limit)
+    ).all()
+    return list(rows), total, filtered
+
+
+async def get_group_otas(request: Request) -> Response:
+    owner = await authenticated_owner(request)
+    if owner is None:
+        return message(401, UNAUTHORIZED)
+    try:
+        query = parse_list_query(request)
+    except BadField as exc:
+        return message(400, str(exc))
+    services = Services.of(request)
+    try:
+        rows, total, filtered = await services.run_db(
+            lambda session: list_otas(
+                session=session, owner_id=owner.id, query=query,
+                known_total=services.listing_totals.get(owner.id),
+            )
+        )
+    except SQLAlchemyError as exc:
+        return server_error(LIST_ERROR, exc)
+    services.listing_totals.put(owner.id, total)
+    return JSONResponse(
+        {
+            "otas": [ota_json(ota) for ota in rows],
+            "recordsTotal": total,
+            "recordsFiltered": filtered,
+            "draw": query.draw,
+        }
+    )
+
+
+# --- POST /v1/ota/group --------------------------------------------------------
+
+
+async def post_group_ota(request: Request) -> Response:
+    owner = await authenticated_owner(request)
+    if owner is None:
+        return message(401, UNAUTHORIZED)
+    services = Services.of(request)
+    with services.upload_slots.hold(owner.id) as held:
+        if not held:
+            return _body_refused(
+                429,
+                f"Too many uploads in flight for this account (at most {services.upload_slots.per_owner} "
+                "at a time): try again shortly",
+                headers={"Retry-After": str(UPLOADS_RETRY_AFTER)},
+            )
+        return await _receive_and_deploy(request, services, owner)
+
+
+def _body_refused(status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
+    """An answer before the body was read to its end: the connection cannot carry another request."""
+    response = message(status, reason)
+    response.headers.update({"Connection": "close", **(headers or {})})
+    return response
+
+
+async def _receive_and_deploy(request: Request, services: Services, owner: User) -> Response:
+    settings = services.settings
+    try:
+        upload = await receive_upload(
+            request, spool_dir=settings.tmp_dir, max_file_bytes=settings.max_firmware_bytes,
+            flush_to_disk=services.storage.keeps_source_blocks,
+            idle_timeout=settings.upload_idle_timeout, total_timeout=settings.upload_timeout,
+        )
+    except ClientDisconnect:
+        # The client went away mid-upload: nothing was stored, nobody to answer.
+        log.info("a firmware upload was abandoned by its client")
+        return message(400, "The upload was interrupted")
+    except UploadTooLarge as exc:
+        return _body_refused(413, str(exc))
+    except UploadTimedOut as exc:
+        log.info("a firmware upload timed out: %s", exc)
+        return _body_refused(408, str(exc))
+    except MalformedUpload as exc:
+        return _body_refused(400, str(exc))
+    except OSError as exc:
+        return server_error(UPLOAD_ERROR, exc)
+    Metrics.of(request).upload_bytes.inc(upload.file_size)
+    try:
+        return await _deploy_upload(request, services, owner, upload)
+    finally:
+        upload.discard()
+
+
+async def _deploy_upload(request: Request, services: Services, owner: User, upload: Upload) -> Response:
+    from otaship.firmware.image import InvalidFirmware, inspect_firmware
+
+    try:
+        target = parse_target(upload.fields, has_file=upload.file_path is not None)
+    except BadField as exc:
+        return message(400, str(exc))
+    group_id, token, version = target.group_id, target.token, target.version
+
+    if owner.plan == "free":
+        return message(403, FREE_PLAN)
+
+    try:
+        group = await services.run_db(
+            lambda session: get_owned_group(session=session, owner_id=owner.id, group_id=group_id)
+        )
+    except SQLAlchemyError as exc:
+        return server_error(UPLOAD_ERROR, exc)
+    if group is None:
+        return message(404, "No such group")
+    if not secret_matches_plain(token, group.token):
+        return message(400, "Group token is not valid")
+    try:
+        check_version(version)
+        options = parse_options(upload.fields)
+    except (BadField, PolicyError) as exc:
+        return message(400, str(exc))
+    commit, canary_id, policy = options.commit, options.canary_id, options.policy
+    if canary_id is not None:
+        # Checked again when the rollout starts; here so that a bad canary
+        # stores nothing.
+        canary = canary_id
+        try:
+            await services.run_db(lambda session: validate_canary(session=session, group=group, canary_id=canary))
+        except RolloutError as exc:
+            return message(400, str(exc))
+        except SQLAlchemyError as exc:
+            return server_error(UPLOAD_ERROR, exc)
+
+    assert upload.file_path is not None
+    file_path = upload.file_path
+    facts = upload.facts
+    try:
+        image = await services.run_blocking(
+            lambda: inspect_firmware(file_path, expected_chip=group.chip, facts=facts)
+        )
+    except InvalidFirmware as exc:
+        return message(400, str(exc))
+
+    firmware = StoredFirmware(
+        object_key=object_key(image.sha256),
+        sha256=image.sha256,
+        md5=image.md5,
+        size=image.size,
+        chip=image.chip,
+        project_name=image.app.project_name if image.app else None,
+        app_version=image.app.version if image.app else None,
+        idf_ver=image.app.idf_ver if image.app else None,
+    )
+
+    def store(hold: Hold) -> None:
+        hold.storing()
+        _store(services, firmware.object_key, file_path)
+
+    async def write_record(hold: Hold) -> tuple[bool, dict[str, Any]]:
+        # `hold.checked` runs inside the transaction, before it commits.
+        if canary_id is None:
+            result: DeployResult = await services.run_write(
+                lambda session: hold.checked(deploy_firmware(
+                    session=session, group_id=group.id, version=version, firmware=firmware,
+                    commit=commit, notify=services.notify,
+                ))
+            )
+            return result.deployed, {"deployed": result.deployed, "ota": ota_json(result.ota)}
+        assert policy is not None
+        rollout_policy = policy
+        return await services.run_write(
+            lambda session: _canary_body(hold.checked(
+                deploy_with_canary(
+                    session=session, group_id=group.id, canary_id=canary_id, version=version,
+                    firmware=firmware, policy=rollout_policy, commit=commit, notify=services.notify,
+                )
+            ))
+        )
+
+    try:
+        with services.objects_in_flight.hold(
+            firmware.object_key, commit_within=services.settings.gc_grace / 2
+        ) as hold:
+            current = await services.run_db(lambda session: current_ota(session=session, group_id=group.id))
+            if current is None or current.version != version:
+                # Objects are immutable and content-addressed: writing one before the
+                # record means a record never points at an incomplete object, and a
+                # failed commit leaves only an unreferenced object behind.
+                await services.run_blocking(lambda: store(hold))
+            try:
+                deployed, body = await write_record(hold)
+            except ObjectNotStored:
+                # Another deploy moved the group off this version since `current`
+                # was read: this one deploys after all, and needs its object.
+                await services.run_blocking(lambda: store(hold))
+                deployed, body = await write_record(hold)
+    except VersionConflict as exc:
+        return _conflict(exc, version)
+    except RolloutConflict as exc:
+        return message(409, str(exc), version=version)
+    except RolloutError as exc:
+        return message(400, str(exc))
+    except (StorageError, SQLAlchemyError, OSError) as exc:
+        return server_error(UPLOAD_ERROR, exc)
+
+    if deployed:
+        services.deployed()
+        Metrics.of(request).deploys.labels("plain" if canary_id is None else "canary").inc()
+    text = body.pop("message", DEPLOYED)
+    return JSONResponse({"message": text, **body}, status_code=201)
+
+
+def canary_message(rollout: Rollout) -> str:
+    """Where a rollout's image went: to the canary subgroup only, not the group."""
+    then = (
+        "once the canary is healthy" if rollout.auto_promote
+        else f"when rollout {rollout.id} is promoted"
+    )
+    return (
+        f"{DEPLOYED} to canary subgroup {rollout.canary_group_id} of group {rollout.group_id}; "
+        f"the whole group gets it {then}"
+    )
+
+
+def _canary_body(staged: CanaryDeploy) -> tuple[bool, dict[str, Any]]:
+    body: dict[str, Any] = {"deployed": staged.deployed}
+    if staged.rollout is not None and staged.rollout.state == CANARY:
+        body["message"] = canary_message(staged.rollout)
+    if staged.ota is not None:
+        body["ota"] = ota_json(staged.ota)
+    if staged.rollout is not None:
+        body["rollout"] = {"id": staged.rollout.id, "state": staged.rollout.state}
+    return staged.deployed, body
+
+
+def _store(services: Services, key: str, source: Any) -> None:
+    # An object already there may be an old orphan that a sweep is about to
+    # remove: refreshed, it counts as stored just now.
+    if not services.storage.refresh(key):
+        services.storage.put(key, source)
+
+
+def _conflict(current: VersionConflict, version: str) -> Response:
+    return message(
+        409,
+        f"Version {version} is already deployed to this group with different firmware. "
+        "Devices compare version strings and would never fetch it: bump the version.",
+        version=current.version,
+        sha256=current.sha256,
+        commit=current.commit,
+    )
+
+
+routes = [
+    Route("/v1/ota/group", get_group_otas, methods=["GET"]),
+    Route("/v1/ota/group", post_group_ota, methods=["POST"]),
+]

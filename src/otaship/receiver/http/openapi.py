@@ -1,0 +1,737 @@
+"""GET /openapi.json: the receiver's public routes, written out by hand.
+
+Hand-written rather than generated from docstrings, so that it can say what
+matters to a client: the spec's exact messages, the order of the POST checks,
+the device headers. The messages come from the modules that send them, and
+tests/test_openapi.py validates real responses against these schemas and
+checks that the document and the router list the same routes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from otaship import __version__
+from otaship.receiver.http.management.deploy_form import (
+    MAX_COMMIT_LENGTH,
+    MAX_STAGE_SECONDS,
+    MAX_TOLERATED_FAILURES,
+)
+from otaship.receiver.http.management.ota import (
+    DEFAULT_LIMIT,
+    DEPLOYED,
+    FREE_PLAN,
+    LIST_ERROR,
+    MAX_DRAW_LENGTH,
+    MAX_LIMIT,
+    MAX_OFFSET,
+    MAX_SEARCH_LENGTH,
+    UPLOAD_ERROR,
+)
+from otaship.receiver.http.management.rollouts import NOT_FOUND as NO_SUCH_ROLLOUT
+from otaship.receiver.http.management.rollouts import READ_ERROR as ROLLOUT_READ_ERROR
+from otaship.receiver.http.responses import UNAUTHORIZED
+from otaship.receiver.intake.multipart import ENVELOPE_ALLOWANCE
+from otaship.receiver.rollouts.policy import OUTCOMES, STATES
+
+JSON = "application/json"
+ID_PATTERN = "^[0-9a-f]{24}$"
+NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
+TIMESTAMP = {"type": "string", "format": "date-time", "description": "ISO 8601 UTC with milliseconds"}
+NULLABLE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(description: str, schema: str, **examples: Any) -> dict[str, Any]:
+    content: dict[str, Any] = {"schema": _ref(schema)}
+    if examples:
+        content["examples"] = {name: {"value": value} for name, value in examples.items()}
+    return {"description": description, "content": {JSON: content}}
+
+
+def _message(description: str, *texts: str) -> dict[str, Any]:
+    return _json(
+        description, "Message", **{f"example{i + 1}": {"message": t} for i, t in enumerate(texts)}
+    )
+
+
+def _server_error(text: str) -> dict[str, Any]:
+    return _json(
+        "Storage or the database failed. `error` is a short cause, never a stack trace. A "
+        "failure outside the operation itself (reading the API key) answers "
+        "`Internal server error` with no `error`.",
+        "ServerError",
+        spec={"message": text, "error": "StorageError: bucket is not reachable"},
+        other={"message": "Internal server error"},
+    )
+
+
+# The spec's example record, with the fields otaship adds.
+OTA_EXAMPLE: dict[str, Any] = {
+    "_id": "5e1bc21cdfa10030ab7ea212", "group": "5e1b76bc4315b70eb242567a", "__v": 0,
+    "last_updated": "2020-01-17T17:38:59.983Z", "owner": "5e10fc5e77ba18070312e171",
+    "path": "ota/group/5e1b76bc4315b70eb242567aAATluvfLURijoH9d/firmware.bin", "version": "1.2.7",
+    "sha256": "9f" * 32, "md5": "c4" * 16, "size": 183296, "chip": "esp32",
+    "project_name": "thermostat", "app_version": "1.2.7", "idf_ver": "v4.4.7", "commit": None,
+}
+UNAUTHORIZED_RESPONSE = _message("No API key, or not a valid one.", UNAUTHORIZED)
+AUTH: list[dict[str, list[str]]] = [{"apiKey": []}]
+
+
+SCHEMAS: dict[str, Any] = {
+    "Message": {
+        "type": "object",
+        "required": ["message"],
+        "properties": {"message": {"type": "string"}},
+        "additionalProperties": False,
+    },
+    "ServerError": {
+        "type": "object",
+        "required": ["message"],
+        "properties": {
+            "message": {"type": "string"},
+            "error": {"type": "string", "description": "The cause in one line: type and message"},
+        },
+        "additionalProperties": False,
+    },
+    "Conflict": {
+        "type": "object",
+        "description": "A version already deployed (or rolling out, or halted) with other bytes.",
+        "required": ["message", "version"],
+        "properties": {
+            "message": {"type": "string"},
+            "version": {"type": "string", "description": "The version deployed now"},
+            "sha256": {"type": "string", "description": "Its image's SHA-256"},
+            "commit": {**NULLABLE_STRING, "description": "Its source revision, if the deploy sent one"},
+        },
+        "additionalProperties": False,
+    },
+    "Ota": {
+        "type": "object",
+        "description": "A group's OTA record, updated in place at each deploy.",
+        "required": [
+            "_id", "group", "__v", "last_updated", "owner", "path", "version", "sha256", "md5",
+            "size", "chip", "project_name", "app_version", "idf_ver", "commit",
+        ],
+        "properties": {
+            "_id": {"type": "string", "pattern": ID_PATTERN},
+            "group": {"type": "string", "pattern": ID_PATTERN},
+            "__v": {"type": "integer", "minimum": 0, "description": "0 after the first deploy, +1 for each later one"},
+            "last_updated": TIMESTAMP,
+            "owner": {"type": "string", "pattern": ID_PATTERN},
+            "path": {"type": "string", "description": "ota/group/<group id><group token>/firmware.bin"},
+            "version": {"type": "string"},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "md5": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "size": {"type": "integer", "minimum": 1},
+            "chip": {**NULLABLE_STRING, "description": "esp32, esp32s3, … as read from the image"},
+            "project_name": {**NULLABLE_STRING, "description": "From the image's esp_app_desc_t"},
+            "app_version": {**NULLABLE_STRING, "description": "From the image's esp_app_desc_t"},
+            "idf_ver": {**NULLABLE_STRING, "description": "From the image's esp_app_desc_t"},
+            "commit": NULLABLE_STRING,
+        },
+        "additionalProperties": False,
+    },
+    "OtaList": {
+        "type": "object",
+        "required": ["otas", "recordsTotal", "recordsFiltered", "draw"],
+        "properties": {
+            "otas": {"type": "array", "items": _ref("Ota")},
+            "recordsTotal": {"type": "integer", "minimum": 0, "description": "The owner's OTA records"},
+            "recordsFiltered": {"type": "integer", "minimum": 0, "description": "Those matching search_value"},
+            "draw": {"type": "string", "description": "The request's draw, echoed"},
+        },
+        "additionalProperties": False,
+    },
+    "Deployed": {
+        "type": "object",
+        "required": ["message", "deployed"],
+        "properties": {
+            "message": {
+                "type": "string",
+                "pattern": f"^{DEPLOYED}( to canary subgroup [0-9a-f]{{24}} of group [0-9a-f]{{24}}; .+)?$",
+                "description": (
+                    f"{DEPLOYED!r}, the spec's message. With `canary`, while the rollout is in its "
+                    "canary stage, it goes on to say that the image went to the canary subgroup of the "
+                    "group, and when the whole group gets it"
+                ),
+            },
+            "deployed": {
+                "type": "boolean",
+                "description": "false when this version and these bytes were already deployed: nothing changed",
+            },
+            "ota": {**_ref("Ota"), "description": "The group's record (the canary's, for a rollout)"},
+            "rollout": {
+                "type": "object",
+                "required": ["id", "state"],
+                "properties": {
+                    "id": {"type": "string", "pattern": ID_PATTERN},
+                    "state": {"enum": list(STATES)},
+                },
+                "additionalProperties": False,
+            },
+        },
+        "additionalProperties": False,
+    },
+    "Latest": {
+        "type": "object",
+        "required": ["ver"],
+        "properties": {"ver": {"type": "string", "description": "The group's effective firmware version"}},
+        "additionalProperties": False,
+    },
+    "RolloutStage": {
+        "type": "object",
+        "required": [
+            "name", "group", "state", "targeted", "succeeded", "failed", "timed_out", "stopped", "pending",
+            "started_at", "ended_at",
+        ],
+        "properties": {
+            "name": {"enum": ["canary", "fleet"]},
+            "group": {"type": "string", "pattern": ID_PATTERN},
+            "state": {"enum": ["pending", "running", "passed", "failed", "complete", "halted", "aborted", "skipped"]},
+            "targeted": {"type": "integer", "minimum": 0},
+            "succeeded": {"type": "integer", "minimum": 0},
+            "failed": {"type": "integer", "minimum": 0},
+            "timed_out": {"type": "integer", "minimum": 0,
+                          "description": "Devices that had not finished when the stage's time ran out"},
+            "stopped": {"type": "integer", "minimum": 0,
+                        "description": "Devices that had not finished when the stage ended early "
+                                       "(a halt, an abort, a promotion); not failures"},
+            "pending": {"type": "integer", "minimum": 0},
+            "started_at": NULLABLE_TIMESTAMP,
+            "ended_at": NULLABLE_TIMESTAMP,
+        },
+        "additionalProperties": False,
+    },
+    "RolloutDevice": {
+        "type": "object",
+        "required": ["id", "name", "group", "stage", "outcome", "fw_version", "code"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "group": {"type": "string", "pattern": ID_PATTERN},
+            "stage": {"enum": ["canary", "fleet"]},
+            "outcome": {"enum": list(OUTCOMES)},
+            "fw_version": {
+                **NULLABLE_STRING,
+                "description": "The last version the device reported; still recorded for a day after the rollout ends",
+            },
+            "code": {"type": ["integer", "null"], "description": "Its last update-response code"},
+        },
+        "additionalProperties": False,
+    },
+    "Rollout": {
+        "type": "object",
+        "required": [
+            "id", "group", "canary", "version", "sha256", "commit", "state", "reason", "policy",
+            "created_at", "updated_at", "ended_at", "stages",
+        ],
+        "properties": {
+            "id": {"type": "string", "pattern": ID_PATTERN},
+            "group": {"type": "string", "pattern": ID_PATTERN},
+            "canary": {"type": "string", "pattern": ID_PATTERN},
+            "version": {"type": "string"},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "commit": NULLABLE_STRING,
+            "state": {"enum": list(STATES)},
+            "reason": {**NULLABLE_STRING, "description": "Why it is in this state"},
+            "policy": {
+                "type": "object",
+                "required": ["canary_timeout", "success_threshold", "error_threshold", "soak", "auto_promote"],
+                "properties": {
+                    "canary_timeout": {"type": "integer", "minimum": 1},
+                    "success_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                    "error_threshold": {"type": "integer", "minimum": 0},
+                    "soak": {"type": "integer", "minimum": 0},
+                    "auto_promote": {"type": "boolean"},
+                },
+                "additionalProperties": False,
+            },
+            "created_at": TIMESTAMP,
+            "updated_at": TIMESTAMP,
+            "ended_at": NULLABLE_TIMESTAMP,
+            "stages": {"type": "array", "items": _ref("RolloutStage")},
+            "devices": {
+                "type": "array",
+                "items": _ref("RolloutDevice"),
+                "description": "Every targeted device; left out with devices=false and in lists",
+            },
+        },
+        "additionalProperties": False,
+    },
+    "RolloutList": {
+        "type": "object",
+        "required": ["rollouts"],
+        "properties": {"rollouts": {"type": "array", "items": _ref("Rollout")}},
+        "additionalProperties": False,
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"const": "ok"}},
+        "additionalProperties": False,
+    },
+    "Readiness": {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"enum": ["ready", "unavailable"]},
+            "checks": {
+                "type": "object",
+                "description": "Each dependency: `ok`, `not configured` (MQTT with "
+                "OTASHIP_MQTT_URL=none) or a short reason it failed",
+                "required": ["database", "storage", "mqtt"],
+                "properties": {
+                    "database": {"type": "string"},
+                    "storage": {"type": "string"},
+                    "mqtt": {"type": "string"},
+                },
+                "additionalProperties": False,
+            },
+            "failed": {"type": "array", "items": {"enum": ["database", "storage", "mqtt"]}},
+        },
+        "additionalProperties": False,
+    },
+}
+
+
+RATE_LIMITED: dict[str, Any] = {
+    **_message(
+        "Over a rate limit of this replica: the API key's reads or writes, or requests with a "
+        "missing or bad key from the client's address. The message names the limit.",
+        "Rate limit exceeded: at most 200 reads per second per API key. Retry after 1 s.",
+    ),
+    "headers": {
+        "Retry-After": {"required": True, "description": "Whole seconds to wait before retrying",
+                        "schema": {"type": "integer", "minimum": 1}},
+    },
+}
+
+
+def _rate_limited(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation that takes an API key may answer 429."""
+    for item in paths.values():
+        for operation in item.values():
+            if operation.get("security") == AUTH:
+                operation["responses"].setdefault("429", RATE_LIMITED)
+    return paths
+
+
+def _group_ota_paths() -> dict[str, Any]:
+    list_parameters = [
+        {"name": "search_value", "in": "query", "description": "Case-insensitive substring of `path`; "
+         "`%` and `_` are plain characters", "schema": {"type": "string", "maxLength": MAX_SEARCH_LENGTH}},
+        {"name": "offset", "in": "query", "description": "Records to skip",
+         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
+        {"name": "limit", "in": "query", "description": f"Records to return; above {MAX_LIMIT} is "
+         f"clamped to {MAX_LIMIT}", "schema": {"type": "integer", "minimum": 0, "default": DEFAULT_LIMIT}},
+        {"name": "draw", "in": "query", "description": "Echoed back",
+         "schema": {"type": "string", "maxLength": MAX_DRAW_LENGTH}},
+        {"name": "order_dir", "in": "query", "description": "Order by last_updated",
+         "schema": {"enum": ["asc", "desc"], "default": "desc"}},
+    ]
+    spec_list = {"otas": [OTA_EXAMPLE], "recordsTotal": 1, "recordsFiltered": 1, "draw": "warp"}
+    form = {
+        "type": "object",
+        "required": ["firmware", "group", "token", "version"],
+        "properties": {
+            "firmware": {"type": "string", "contentMediaType": "application/octet-stream",
+                         "description": "firmware.bin, an ESP application image (checked with esptool)"},
+            "group": {"type": "string", "pattern": ID_PATTERN, "description": "Group id"},
+            "token": {"type": "string", "description": "The group's 16-character token"},
+            "version": {"type": "string", "description": "Semantic version, e.g. 1.5.7"},
+            "commit": {"type": "string", "maxLength": MAX_COMMIT_LENGTH, "description": "Source revision (GITHUB_SHA)"},
+            "canary": {"type": "string", "pattern": ID_PATTERN,
+                       "description": "A subgroup of `group` with registered devices: makes this a rollout"},
+            "canary_timeout": {"type": "integer", "minimum": 1, "maximum": MAX_STAGE_SECONDS, "default": 1800,
+                               "description": "Seconds for the canary stage, and again for the fleet stage"},
+            "success_threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1.0,
+                                  "description": "Fraction of the canary's devices that must succeed"},
+            "error_threshold": {"type": "integer", "minimum": 0, "maximum": MAX_TOLERATED_FAILURES, "default": 0,
+                                "description": "Canary devices allowed to fail"},
+            "soak": {"type": "integer", "minimum": 0, "maximum": MAX_STAGE_SECONDS, "default": 0,
+                     "description": "Seconds the canary must stay healthy before promotion"},
+            "auto_promote": {"type": "boolean", "default": True,
+                             "description": "false waits for POST /v1/rollouts/{rollout_id}/promote"},
+        },
+    }
+    return {
+        "/v1/ota/group": {
+            "get": {
+                "tags": ["Group OTA"],
+                "summary": "Get all OTA updates",
+                "description": "The last OTA record of each of the owner's groups.",
+                "operationId": "listGroupOtas",
+                "security": AUTH,
+                "parameters": list_parameters,
+                "responses": {
+                    "200": _json("The owner's OTA records.", "OtaList", spec=spec_list),
+                    "400": _message(
+                        "A number that is not ASCII digits or is out of range, another order_dir, a "
+                        "control character in a value, or a value longer than its maximum.",
+                        f"offset must be a whole number from 0 to {MAX_OFFSET}, not '-1'",
+                        "search_value must not contain control characters",
+                    ),
+                    "401": UNAUTHORIZED_RESPONSE,
+                    "500": _server_error(LIST_ERROR),
+                },
+            },
+            "post": {
+                "tags": ["Group OTA"],
+                "summary": "Make a new OTA update",
+                "description": (
+                    "Stores firmware.bin and triggers the group's devices. Checks run in this "
+                    "order and the first that fails answers: auth (401); mandatory fields and the "
+                    "group id (400); plan (403); group exists and is owned (404); token, version, "
+                    "rollout fields and image (400); conflict (409). Every field is checked before "
+                    "anything is stored. A body over the size limit is a 413 as soon as it is seen; "
+                    "a body that stalls or takes too long is a 408; too many uploads of one owner "
+                    "at once are a 429 with Retry-After. Re-posting the deployed version with the same "
+                    "bytes is a 201 that changes nothing (`deployed: false`), unless a newer deploy "
+                    "to an ancestor group overrode it, when it is deployed again. With `canary`, the "
+                    "deploy starts a rollout: the canary subgroup gets the version first. A deploy "
+                    "that changes what a running rollout's groups run (the group, any group below "
+                    "it, or an ancestor) ends that rollout as aborted, naming the deploy."
+                ),
+                "operationId": "deployGroupOta",
+                "security": AUTH,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": form,
+                            "encoding": {"firmware": {"contentType": "application/octet-stream"}},
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _json(
+                        "Deployed (or already deployed with these bytes).", "Deployed",
+                        deploy={"message": "Firmware successfully deployed", "deployed": True, "ota": OTA_EXAMPLE},
+                        rollout={"message": f"{DEPLOYED} to canary subgroup 5e1dce30005a9652dbf0f7fd of group "
+                                            "5e1b76bc4315b70eb242567a; the whole group gets it once the canary "
+                                            "is healthy",
+                                 "deployed": True,
+                                 "ota": {**OTA_EXAMPLE, "group": "5e1dce30005a9652dbf0f7fd"},
+                                 "rollout": {"id": "5e21f24346211e2d8e0bdf3b", "state": "canary"}},
+                    ),
+                    "400": _message(
+                        "A missing field, a bad group id, no file, a wrong token, a version that is "
+                        "not semver, a bad rollout field, or a file that is not an ESP application "
+                        "image for the group's chip.",
+                        "version is a mandatory field", "Group ID is not valid", "No file uploaded",
+                        "Group token is not valid",
+                        "Version '1.2' is not valid: use semantic versioning, e.g. 1.5.7",
+                        "Firmware is not a valid ESP application image: the file is empty",
+                        "the canary subgroup has no registered devices",
+                        f"canary_timeout must be a whole number from 1 to {MAX_STAGE_SECONDS}, not '0'",
+                        "commit must not contain control characters",
+                        "Unexpected file part 'extra': only 'firmware' carries a file",
+                    ),
+                    "401": UNAUTHORIZED_RESPONSE,
+                    "403": _message("The owner's plan does not include group OTA.", FREE_PLAN),
+                    "404": _message("No such group, or another owner's.", "No such group"),
+                    "409": _json(
+                        "This version is already deployed (or rolling out, or was halted) with other "
+                        "bytes: devices compare version strings, so bump the version.",
+                        "Conflict",
+                        conflict={
+                            "message": "Version 1.4.0 is already deployed to this group with different "
+                            "firmware. Devices compare version strings and would never fetch it: bump "
+                            "the version.",
+                            "version": "1.4.0", "sha256": "0" * 64, "commit": "4f2a9c1",
+                        },
+                    ),
+                    "408": _message(
+                        "No byte of the body for OTASHIP_UPLOAD_IDLE_TIMEOUT seconds, or the whole body "
+                        "not there within OTASHIP_UPLOAD_TIMEOUT seconds. Nothing was stored.",
+                        "The upload stalled: no bytes arrived for 30 seconds",
+                        "The upload took longer than 600 seconds in all",
+                    ),
+                    "413": _message(
+                        "The firmware is larger than OTASHIP_MAX_FIRMWARE_BYTES, or the whole body larger "
+                        f"than that plus {ENVELOPE_ALLOWANCE} bytes for the form fields.",
+                        "Firmware is larger than the limit of 16777216 bytes (16.0 MiB)",
+                    ),
+                    "429": {
+                        **_message(
+                            "The owner already has OTASHIP_MAX_UPLOADS_PER_OWNER uploads in flight on this "
+                            "replica. Retry after the seconds in Retry-After.",
+                            "Too many uploads in flight for this account (at most 8 at a time): try again shortly",
+                        ),
+                        "headers": {"Retry-After": {"required": True, "description": "Seconds to wait",
+                                                    "schema": {"type": "integer", "minimum": 1}}},
+                    },
+                    "500": _server_error(UPLOAD_ERROR),
+                },
+            },
+        }
+    }
+
+
+def _device_paths() -> dict[str, Any]:
+    group_id = {"name": "group_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    credentials = {
+        "name": "credentials", "in": "path", "required": True,
+        "description": "The group id and the group token joined with no separator (24 + 16 characters)",
+        "schema": {"type": "string"},
+    }
+    image_headers = {
+        "Content-Length": {"required": True, "schema": {"type": "integer"}},
+        "x-MD5": {"required": True, "description": "Hex MD5 of the whole image; Arduino's HTTPUpdate checks it",
+                  "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}},
+        "ETag": {"required": True, "description": "The image's SHA-256, quoted; a strong validator for If-Range",
+                 "schema": {"type": "string"}},
+        "Accept-Ranges": {"required": True, "schema": {"const": "bytes"}},
+    }
+    not_found = _message("Unknown group, wrong token, or no firmware: one answer for all three.",
+                         "Not found")
+    range_header = {
+        "name": "Range", "in": "header", "required": False,
+        "description": "bytes=START-END; several ranges answer multipart/byteranges",
+        "schema": {"type": "string"},
+    }
+    octets = "application/octet-stream"
+    binary = {octets: {"schema": {"type": "string", "contentMediaType": octets}}}
+    download: dict[str, Any] = {
+        "tags": ["Devices"],
+        "security": [],
+        "parameters": [credentials, range_header],
+        "responses": {
+            "200": {"description": "The image. Devices do not follow redirects, so the receiver streams it.",
+                    "headers": image_headers, "content": binary},
+            "206": {
+                "description": "The requested range.",
+                "headers": {**image_headers, "Content-Range": {
+                    "description": "bytes START-END/SIZE, for a single range (each part of a "
+                    "multipart/byteranges answer carries its own)",
+                    "schema": {"type": "string"},
+                }},
+                "content": {
+                    **binary,
+                    "multipart/byteranges": {"schema": {"type": "string"}},
+                },
+            },
+            "404": not_found,
+            "416": {
+                "description": "The range is outside the image; no body.",
+                "headers": {"Content-Range": {"required": True, "description": "bytes */<size>",
+                                              "schema": {"type": "string"}}},
+            },
+            "500": _server_error("Error when reading firmware file"),
+        },
+    }
+    return {
+        "/v1/ota/group/latest/{group_id}": {
+            "get": {
+                "tags": ["Devices"],
+                "summary": "The version a device of the group should run",
+                "description": "The group's effective firmware: the most recently deployed OTA of "
+                "the group or any of its ancestors. No authentication; answered from memory.",
+                "operationId": "latestVersion",
+                "security": [],
+                "parameters": [group_id],
+                "responses": {
+                    "200": _json("The effective version.", "Latest", example={"ver": "1.4.0"}),
+                    "404": _message("No such group, or nothing deployed to it or its ancestors.",
+                                    "No such group", "No firmware for this group"),
+                    "500": _json("The database failed while the group was not cached.", "ServerError",
+                                 example={"message": "Internal server error"}),
+                },
+            }
+        },
+        "/v1/ota/group/download/{credentials}": {
+            "get": {**download, "summary": "Download the group's firmware image", "operationId": "downloadFirmware"},
+            "head": {
+                **download,
+                "summary": "The image's headers without its bytes",
+                "operationId": "downloadFirmwareHead",
+                "responses": {
+                    code: {k: v for k, v in response.items() if k != "content"}
+                    for code, response in download["responses"].items()
+                },
+            },
+        },
+    }
+
+
+def _rollout_paths() -> dict[str, Any]:
+    rollout_id = {"name": "rollout_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    not_found = _message("No such rollout, or another owner's.", NO_SUCH_ROLLOUT)
+
+    def change(action: str, summary: str, *conflicts: str, conflict_description: str | None = None) -> dict[str, Any]:
+        return {
+            "tags": ["Rollouts"],
+            "summary": summary,
+            "operationId": f"{action}Rollout",
+            "security": AUTH,
+            "parameters": [rollout_id],
+            "responses": {
+                "200": _json("The rollout afterwards, without its devices.", "Rollout"),
+                "400": _message("A control character in the rollout id.",
+                                "rollout_id must not contain control characters"),
+                "401": UNAUTHORIZED_RESPONSE,
+                "404": not_found,
+                "409": _message(conflict_description or "The rollout is not in a state that allows this.", *conflicts),
+                "500": _server_error("Error when changing the rollout"),
+            },
+        }
+
+    return {
+        "/v1/rollouts": {
+            "get": {
+                "tags": ["Rollouts"],
+                "summary": "A group's rollouts, newest first (at most 100)",
+                "operationId": "listRollouts",
+                "security": AUTH,
+                "parameters": [{"name": "group", "in": "query", "required": True,
+                                "schema": {"type": "string", "pattern": ID_PATTERN}}],
+                "responses": {
+                    "200": _json("The group's rollouts, without their devices.", "RolloutList"),
+                    "400": _message("No group parameter, or one with a control character.",
+                                    "group is a mandatory parameter", "group must not contain control characters"),
+                    "401": UNAUTHORIZED_RESPONSE,
+                    "404": _message("No such group, or another owner's.", "No such group"),
+                    "500": _server_error(ROLLOUT_READ_ERROR),
+                },
+            }
+        },
+        "/v1/rollouts/{rollout_id}": {
+            "get": {
+                "tags": ["Rollouts"],
+                "summary": "A rollout's state, its stages' counts and each targeted device's outcome",
+                "operationId": "getRollout",
+                "security": AUTH,
+                "parameters": [
+                    rollout_id,
+                    {"name": "devices", "in": "query", "description": "false leaves the devices out",
+                     "schema": {"type": "boolean", "default": True}},
+                ],
+                "responses": {
+                    "200": _json("The rollout.", "Rollout"),
+                    "400": _message("A control character in the rollout id, or a devices value that is not "
+                                    "true or false.", "devices must be true or false, not 'maybe'"),
+                    "401": UNAUTHORIZED_RESPONSE,
+                    "404": not_found,
+                    "500": _server_error(ROLLOUT_READ_ERROR),
+                },
+            }
+        },
+        "/v1/rollouts/{rollout_id}/promote": {
+            "post": change(
+                "promote", "Start the fleet stage of a canary held by auto_promote=false",
+                "the canary has not reached its success threshold: 1 of 2 succeeded, 2 needed",
+                "the rollout was aborted: the group no longer runs what it ran when the rollout started "
+                "(deployment 5e21f24346211e2d8e0bdf3c of 1.3.0); it now runs 1.4.1: not promoting over it",
+                conflict_description=(
+                    "The rollout is not in a state that allows this; or the group no longer runs what it "
+                    "ran when the rollout started, and the rollout was aborted rather than deploy over it."
+                ),
+            )
+        },
+        "/v1/rollouts/{rollout_id}/abort": {
+            "post": change("abort", "Stop a rollout in progress", "the rollout has already ended: complete")
+        },
+    }
+
+
+def _operations_paths() -> dict[str, Any]:
+    return {
+        "/healthz": {
+            "get": {
+                "tags": ["Operations"],
+                "summary": "Liveness: the process answers (checks no dependency)",
+                "operationId": "healthz",
+                "security": [],
+                "responses": {"200": _json("Alive.", "Health", example={"status": "ok"})},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "tags": ["Operations"],
+                "summary": "Readiness: the database, the firmware storage and the MQTT link",
+                "description": "Each check has a short timeout; a 503 names what failed.",
+                "operationId": "readyz",
+                "security": [],
+                "responses": {
+                    "200": _json("Ready to serve.", "Readiness", example={
+                        "status": "ready", "checks": {"database": "ok", "storage": "ok", "mqtt": "ok"},
+                    }),
+                    "503": _json("A dependency failed.", "Readiness", example={
+                        "status": "unavailable", "failed": ["mqtt"],
+                        "checks": {"database": "ok", "storage": "ok",
+                                   "mqtt": "not connected to the broker at 10.0.0.5:1883"},
+                    }),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "tags": ["Operations"],
+                "summary": "Prometheus metrics of this replica",
+                "operationId": "metrics",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "tags": ["Operations"],
+                "summary": "This document",
+                "operationId": "openapi",
+                "security": [],
+                "responses": {
+                    "200": {"description": "OpenAPI 3.1.", "content": {JSON: {"schema": {"type": "object"}}}}
+                },
+            }
+        },
+    }
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "otaship receiver",
+            "version": __version__,
+            "description": "The IoTaaP Group OTA API, the device endpoints the IoTaaP OS ESP32 "
+            "library calls, staged rollouts, and operations endpoints.",
+        },
+        "tags": [
+            {"name": "Group OTA", "description": "The IoTaaP Group OTA API (spec/group-ota-api.md)"},
+            {"name": "Devices", "description": "Called by devices; no API key"},
+            {"name": "Rollouts", "description": "Canary first, then the whole group"},
+            {"name": "Operations", "description": "Probes, metrics and this document"},
+        ],
+        "security": AUTH,
+        "paths": _rate_limited(
+            {**_group_ota_paths(), **_device_paths(), **_rollout_paths(), **_operations_paths()}
+        ),
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <api key>"}
+            },
+        },
+    }
+
+
+_DOCUMENT = document()
+
+
+async def openapi_json(request: Request) -> Response:
+    return JSONResponse(_DOCUMENT)
+
+
+routes = [Route("/openapi.json", openapi_json, methods=["GET"])]

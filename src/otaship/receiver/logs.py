@@ -1,0 +1,152 @@
+"""Logging: one configuration for the receiver and uvicorn, text or JSON lines, no secrets.
+
+`configure_logging(settings)` is the only place that touches handlers. Every
+line goes through `redact`, whoever logged it (our code, uvicorn, amqtt, an
+exception's text): group tokens ride in the download URL, API keys in the
+Authorization header, and passwords in broker and database URLs, so a log
+line must never be trusted to have left them out.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from otaship.receiver.settings import Settings, SettingsError
+
+ACCESS_LOGGER = "otaship.access"
+REDACTED = "[redacted]"
+
+# The token follows the 24-hex group id in the download URL, /v1/ota/group/download/<id><token>
+# (not in its route template, /v1/ota/group/download/{credentials}), and in the
+# IoTaaP storage path that the API shows, ota/group/<id><token>/firmware.bin.
+_DOWNLOAD_TOKEN = re.compile(r"(/v1/ota/group/download/[0-9A-Fa-f]{0,24})[^\s/?#\"'\\{]+")
+_STORAGE_PATH_TOKEN = re.compile(r"(ota/group/[0-9A-Fa-f]{24})[A-Za-z0-9]+(?=/)")
+# The same pair on any other route, where a client put it by mistake
+# (`latest/<id><token>`): a whole path segment of 24 hex and 16 token characters.
+_ID_TOKEN_SEGMENT = re.compile(r"(?<=/)([0-9A-Fa-f]{24})[A-Za-z0-9]{16}(?![A-Za-z0-9])")
+# Credentials are long; "basic checks" in a sentence is left alone.
+_AUTH_HEADER = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=\-]{8,}")
+_API_KEY = re.compile(r"\bosk_[A-Za-z0-9_\-]+")
+# Capabilities in query strings, such as a GCS resumable upload's upload_id in an error.
+_QUERY_SECRET = re.compile(
+    r"(?i)\b(upload_id|access_token|token|api_key|password|secret|signature|X-Goog-Signature)=[^&\s\"'\\]+"
+)
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@\"'\\]*:)[^\s@/\"'\\]+@")
+
+LEVELS = {"critical": 50, "error": 40, "warning": 30, "info": 20, "debug": 10, "trace": 5}
+
+# Attributes every LogRecord has; anything else on a record came in through `extra`.
+_RECORD_ATTRIBUTES = frozenset(
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__
+) | {"message", "asctime", "color_message", "taskName"}
+
+# Marks the handler configure_logging installed, so calling it again replaces it.
+_OURS = "_otaship_handler"
+
+
+def redact(text: str) -> str:
+    """`text` with group tokens, API keys and URL passwords replaced by [redacted]."""
+    text = _DOWNLOAD_TOKEN.sub(rf"\1{REDACTED}", text)
+    text = _STORAGE_PATH_TOKEN.sub(rf"\1{REDACTED}", text)
+    text = _ID_TOKEN_SEGMENT.sub(rf"\1{REDACTED}", text)
+    text = _AUTH_HEADER.sub(rf"\1\2{REDACTED}", text)
+    text = _API_KEY.sub(f"osk_{REDACTED}", text)
+    text = _QUERY_SECRET.sub(rf"\1={REDACTED}", text)
+    return _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, then the record's extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        # Redacting the serialised line also reaches nested extras; the patterns
+        # stop at quotes and backslashes, so the JSON stays valid.
+        return redact(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+class _RedactedLastResort(logging.StreamHandler):  # type: ignore[type-arg]
+    """Python's handler of last resort (warnings and errors, bare, to stderr), redacted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setLevel(logging.WARNING)
+
+    @property
+    def stream(self) -> IO[str]:
+        # Looked up at each line, as logging's own last resort does, so that
+        # a replaced sys.stderr is honoured.
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: IO[str]) -> None:
+        pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def redact_unconfigured_logs() -> None:
+    """The admin commands and `simulate` configure no logging, so Python writes
+    their warnings and errors through `logging.lastResort`: redact those too."""
+    logging.lastResort = _RedactedLastResort()
+
+
+def log_level(settings: Settings) -> int:
+    try:
+        return LEVELS[settings.log_level]
+    except KeyError:
+        raise SettingsError(
+            f"OTASHIP_LOG_LEVEL must be one of {', '.join(LEVELS)}, not {settings.log_level!r}"
+        ) from None
+
+
+def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> logging.Handler:
+    """Send every logger, uvicorn's included, to one handler in OTASHIP_LOG_FORMAT."""
+    level = log_level(settings)
+    logging.addLevelName(LEVELS["trace"], "TRACE")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    setattr(handler, _OURS, True)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _OURS, False)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(level)
+    # The receiver writes its own access line (route, status, duration, token
+    # redacted); uvicorn's would repeat it with the raw URL. This also covers
+    # `uvicorn --factory otaship.receiver.app:app_from_env`, which keeps its access log on.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
+    return handler

@@ -1,0 +1,166 @@
+"""The receiver's own MQTT connection (paho-mqtt), to the embedded or an external broker.
+
+paho runs its network loop in its own thread and reconnects by itself; the
+rest of the receiver only asks whether the link is up, publishes, and gets
+messages through `on_message` (called in paho's thread).
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger("otaship.mqtt")
+
+# Reports published while the receiver restarts wait in the broker this long.
+SESSION_EXPIRY_SECONDS = 24 * 3600
+SHARED_GROUP = "otaship"
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    scheme: str  # "embedded", "mqtt" or "mqtts"
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.scheme == "embedded"
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "mqtts"
+
+    def describe(self) -> str:
+        """For logs: never the password."""
+        who = f"{self.username}@" if self.username else ""
+        return f"{self.scheme}://{who}{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str) -> BrokerAddress | None:
+    """`embedded://HOST:PORT`, `mqtt[s]://user:pass@host:port`, or `none` (None)."""
+    if url.strip().lower() == "none":
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme not in ("embedded", "mqtt", "mqtts"):
+        raise ValueError(
+            f"OTASHIP_MQTT_URL must be embedded://HOST:PORT, mqtt://…, mqtts://… or none, not {parsed.scheme!r}"
+        )
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ValueError("OTASHIP_MQTT_URL has an invalid port") from None
+    return BrokerAddress(
+        scheme=parsed.scheme,
+        host=parsed.hostname or "127.0.0.1",
+        port=port or (8883 if parsed.scheme == "mqtts" else 1883),
+        username=unquote(parsed.username) if parsed.username else None,
+        password=unquote(parsed.password) if parsed.password else None,
+    )
+
+
+def report_filters(shared: bool) -> list[str]:
+    filters = ["/+/devices/+/update-response", "/+/devices/+/status"]
+    # Topic filters start with "/", hence the double slash after the share name.
+    return [f"$share/{SHARED_GROUP}/{f}" for f in filters] if shared else filters
+
+
+class MqttLink:
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        client_id: str,
+        on_message: Callable[[str, bytes], None],
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.address = address
+        self.on_message = on_message
+        # MQTT 5 (shared subscriptions, session expiry) on external brokers; the
+        # embedded amqtt broker speaks 3.1.1 only and lives and dies with us.
+        self.mqtt5 = not address.embedded
+        self.persistent = not address.embedded
+        self._connected = threading.Event()
+        self._filters = report_filters(shared=self.mqtt5)
+        if self.mqtt5:
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+            )
+        else:
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                clean_session=True,
+            )
+        user = username if username is not None else address.username
+        secret = password if password is not None else address.password
+        if user is not None:
+            self.client.username_pw_set(user, secret)
+        if address.tls:
+            self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def start(self) -> None:
+        properties = None
+        if self.mqtt5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho's own signature is untyped
+            properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+            self.client.connect_async(
+                self.address.host, self.address.port, keepalive=30,
+                clean_start=not self.persistent, properties=properties,
+            )
+        else:
+            self.client.connect_async(self.address.host, self.address.port, keepalive=30)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+            self._connected.clear()
+
+    def publish(self, topic: str, payload: bytes | str) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=1)
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, properties: object) -> None:
+        if getattr(reason, "is_failure", False):
+            log.warning("MQTT broker %s refused the connection: %s", self.address.describe(), reason)
+            return
+        log.info("connected to MQTT broker %s", self.address.describe())
+        client.subscribe([(f, 1) for f in self._filters])
+        self._connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, properties: object) -> None:
+        if self._connected.is_set():
+            log.warning("lost the MQTT broker %s (%s); reconnecting", self.address.describe(), reason)
+        self._connected.clear()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        try:
+            self.on_message(message.topic, bytes(message.payload))
+        except Exception:
+            # Nothing a device sends may stop the subscriber.
+            log.exception("dropped an MQTT message on %s", message.topic)

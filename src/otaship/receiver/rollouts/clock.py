@@ -1,0 +1,84 @@
+"""The rollout clock: re-evaluates every rollout in progress once a tick.
+
+Timeouts and soaks run on timestamps stored with the rollout, so a receiver
+that restarts (or another replica) picks up exactly where the last one was.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio.to_thread
+from sqlalchemy.engine import Engine
+
+from otaship.receiver.db.engine import read_session, write_session
+from otaship.receiver.rollouts.policy import CANARY, FLEET
+from otaship.receiver.rollouts.store import active_rollout_states, evaluate, lock_rollout
+from otaship.receiver.wakeup import sleep_until_woken
+
+if TYPE_CHECKING:
+    from otaship.receiver.metrics import Metrics
+
+log = logging.getLogger("otaship.rollouts")
+
+
+class RolloutRunner:
+    def __init__(
+        self, engine: Engine, *, notify: bool, tick: float = 1.0, on_change: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.notify = notify
+        self.tick = tick
+        self.on_change = on_change
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def evaluate_all(self) -> bool:
+        """One pass over the rollouts in progress; True if any changed state."""
+        with read_session(self.engine) as session:
+            active = active_rollout_states(session=session)
+        changed = False
+        for rollout_id, _ in active:
+            try:
+                with write_session(self.engine) as session:
+                    # The state as it is under the locks that evaluate takes too:
+                    # another replica may have moved the rollout since the read above,
+                    # and a promotion must be counted once, by whoever made it.
+                    locked = lock_rollout(session, rollout_id, skip_locked=True)
+                    if locked is None:
+                        continue
+                    before = locked.state
+                    state = evaluate(session=session, rollout_id=rollout_id, notify=self.notify)
+                changed = changed or (state is not None and state != before)
+                if before == CANARY and state == FLEET and self.metrics is not None:
+                    self.metrics.deploys.labels("promotion").inc()
+            except Exception:
+                log.exception("could not evaluate rollout %s; trying again next tick", rollout_id)
+        return changed
+
+    async def run(self) -> None:
+        while True:
+            try:
+                changed = await self._pass()
+                if changed and self.on_change is not None:
+                    self.on_change()
+            except Exception:
+                log.exception("rollout evaluation failed")
+            await sleep_until_woken(self._wake, self.tick)
+
+    async def _pass(self) -> bool:
+        """One evaluate_all in a worker thread. A cancel (the receiver stopping)
+        waits for the pass in flight: the thread cannot be stopped, and left
+        running it could promote a rollout after the receiver has shut down."""
+        work = asyncio.ensure_future(anyio.to_thread.run_sync(self.evaluate_all))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await asyncio.wait({work})
+            raise

@@ -1,0 +1,77 @@
+"""The receiver's long-lived parts, built once by the app's lifespan."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio.to_thread
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from starlette.requests import HTTPConnection
+
+from otaship.receiver.db.engine import read_session, write_session
+from otaship.receiver.intake.in_flight import ObjectsInFlight
+from otaship.receiver.intake.slots import UploadSlots
+from otaship.receiver.settings import Settings
+from otaship.receiver.storage import Storage
+from otaship.receiver.targeting.catalog import FirmwareCatalog
+from otaship.receiver.ttl_map import TtlMap
+
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    storage: Storage
+    catalog: FirmwareCatalog
+    # Whether deploys write triggers (MQTT is not `none`).
+    notify: bool = False
+    # Each owner's number of OTAs for the listing's recordsTotal: counting 100k
+    # rows per page request is the listing's main cost. Another replica's
+    # deploy shows within the TTL; this replica's at once.
+    listing_totals: TtlMap[str, int] = field(default_factory=lambda: TtlMap(1.0))
+    # Called after anything that changes what devices should run.
+    on_deploy: list[Callable[[], None]] = field(default_factory=list)
+    # Objects being stored whose records are not committed yet: the sweep keeps them.
+    objects_in_flight: ObjectsInFlight = field(default_factory=ObjectsInFlight)
+    # Each owner's uploads in flight on this replica.
+    upload_slots: UploadSlots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.upload_slots = UploadSlots(self.settings.max_uploads_per_owner)
+
+    @staticmethod
+    def of(conn: HTTPConnection) -> Services:
+        services: Services = conn.app.state.services
+        return services
+
+    async def run_db(self, work: Callable[[Session], T]) -> T:
+        """Run blocking database work off the event loop, in a read session."""
+
+        def call() -> T:
+            with read_session(self.engine) as session:
+                return work(session)
+
+        return await anyio.to_thread.run_sync(call)
+
+    async def run_write(self, work: Callable[[Session], T]) -> T:
+        """Run blocking work in one write transaction, committed when it returns."""
+
+        def call() -> T:
+            with write_session(self.engine) as session:
+                return work(session)
+
+        return await anyio.to_thread.run_sync(call)
+
+    def deployed(self) -> None:
+        """Something was deployed: forget cached answers and publish triggers now."""
+        self.catalog.invalidate()
+        self.listing_totals.clear()
+        for callback in self.on_deploy:
+            callback()
+
+    async def run_blocking(self, work: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(work)

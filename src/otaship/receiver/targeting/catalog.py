@@ -1,0 +1,124 @@
+"""What devices ask for, answered from memory.
+
+Every device of a fleet checks `latest` at once after a trigger, so the answer
+must not cost a database round trip per request. Entries live for `ttl`
+seconds: a deploy on another replica, or a group the CLI just created, is seen
+within that time; a deploy on this replica invalidates at once. Concurrent
+misses for one group share a single database read.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from functools import cached_property
+
+import anyio.to_thread
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from otaship.receiver.db.engine import read_session
+from otaship.receiver.db.models import Group, GroupOta
+from otaship.receiver.ids import is_id
+from otaship.receiver.targeting.effective import resolve_effective
+
+DEFAULT_TTL = 0.5
+MAX_ENTRIES = 200_000
+
+
+@dataclass(frozen=True)
+class ServedFirmware:
+    version: str
+    object_key: str
+    sha256: str
+    md5: str
+    size: int
+
+    @cached_property
+    def latest_body(self) -> bytes:
+        """The `latest` answer, serialised once per deploy rather than per device."""
+        return json.dumps({"ver": self.version}, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class GroupEntry:
+    group_id: str
+    token: str
+    firmware: ServedFirmware | None
+
+
+def load_entry(engine: Engine, group_id: str) -> GroupEntry | None:
+    """Read a group and its effective firmware (blocking)."""
+    with read_session(engine) as session:
+        group = session.get(Group, group_id)
+        if group is None:
+            return None
+        parents: dict[str, str | None] = {group.id: group.parent_id}
+        current = group.parent_id
+        while current is not None and current not in parents:
+            parent = session.get(Group, current)
+            if parent is None:
+                break
+            parents[parent.id] = parent.parent_id
+            current = parent.parent_id
+        otas = {
+            ota.group_id: ota
+            for ota in session.exec(
+                select(GroupOta).where(GroupOta.group_id.in_(list(parents)))  # type: ignore[attr-defined]
+            )
+        }
+        ota = resolve_effective(parents, otas)[group.id]
+        firmware = (
+            None
+            if ota is None
+            else ServedFirmware(ota.version, ota.object_key, ota.sha256, ota.md5, ota.size)
+        )
+        return GroupEntry(group.id, group.token, firmware)
+
+
+class FirmwareCatalog:
+    def __init__(self, engine: Engine, *, ttl: float = DEFAULT_TTL) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, GroupEntry | None]] = {}
+        self._loading: dict[str, asyncio.Future[GroupEntry | None]] = {}
+
+    async def lookup(self, group_id: str) -> GroupEntry | None:
+        if not is_id(group_id):
+            return None
+        now = time.monotonic()
+        cached = self._entries.get(group_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        pending = self._loading.get(group_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[GroupEntry | None] = asyncio.get_running_loop().create_future()
+        self._loading[group_id] = future
+        try:
+            entry = await anyio.to_thread.run_sync(load_entry, self.engine, group_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            # Mark it retrieved: the waiters (if any) get it; nobody else must.
+            future.exception()
+            raise
+        else:
+            future.set_result(entry)
+            if len(self._entries) >= MAX_ENTRIES:
+                self._evict(now)
+            self._entries[group_id] = (time.monotonic() + self.ttl, entry)
+            return entry
+        finally:
+            del self._loading[group_id]
+
+    def invalidate(self) -> None:
+        """Forget everything: a deploy can change any subgroup's answer."""
+        self._entries.clear()
+
+    def _evict(self, now: float) -> None:
+        expired = [key for key, (deadline, _) in self._entries.items() if deadline <= now]
+        for key in expired:
+            del self._entries[key]
+        if len(self._entries) >= MAX_ENTRIES:
+            self._entries.clear()
