@@ -1,7 +1,7 @@
 """Owners, groups and devices for the benchmarks: through the otaship CLI, or in bulk through Core.
 
 The CLI is what an operator uses; 100,000 rows go straight into the receiver's
-tables with SQLAlchemy Core inserts (DESIGN.md: SQLModel add_all is 13x slower).
+tables with SQLAlchemy Core inserts (SQLModel's add_all measured 13x slower).
 """
 from __future__ import annotations
 

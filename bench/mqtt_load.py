@@ -3,7 +3,8 @@
 The publisher writes pre-encoded MQTT 3.1.1 PUBLISH packets on one socket, so
 its own cost is small next to any subscriber's: what is measured is the
 subscriber, not the load generator. It caps unacknowledged QoS 1 messages
-(DESIGN.md: 16-bit packet ids lose messages silently past 65,535 in flight).
+(paho numbers them with 16-bit ids: past 65,535 in flight, messages are lost
+silently).
 
     python -m bench.mqtt_load publish --port P --user U --prefix D --devices N --messages M \
         --version V --final F

@@ -1,6 +1,6 @@
 """A fleet of simulated IoTaaP OS devices in one process: a user feature and our load generator.
 
-Each simulated device speaks the device protocol of DESIGN.md the way the IoTaaP
+Each simulated device speaks the device protocol (docs/device-protocol.md) the way the IoTaaP
 OS ESP32 library does: it logs in to MQTT with its owner's credentials, reports
 its status, answers an update trigger with 200, checks `latest`, answers 202 or
 201, downloads and verifies the image (no redirects, `Content-Length`, `x-MD5`,
@@ -34,7 +34,7 @@ Limits that keep a big fleet honest:
 - connection attempts (TCP + CONNACK + SUBACK) are capped, so 1,000 devices do
   not overflow the broker's listen backlog at boot or after a mass reboot;
 - unacknowledged QoS 1 publishes are capped fleet-wide (paho numbers them with
-  16-bit ids; DESIGN.md measured silent loss past 65,535 in flight);
+  16-bit ids, and past 65,535 in flight messages are lost silently);
 - all HTTP goes through one `httpx.AsyncClient` with a connection limit, and
   each download is streamed into an MD5, so 1,000 devices downloading a 1.5 MiB
   image never hold 1,000 images in memory (about 80 MiB RSS for 1,000 devices).
@@ -78,7 +78,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Update-response codes of the IoTaaP OS library (DESIGN.md, "Reports").
+# Update-response codes of the IoTaaP OS library (docs/device-protocol.md, "Reports").
 CODE_TRIGGER_RECEIVED = 200
 CODE_UPDATE_STARTING = 201
 CODE_ALREADY_CURRENT = 202

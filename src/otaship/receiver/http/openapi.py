@@ -709,7 +709,7 @@ def document() -> dict[str, Any]:
             "library calls, staged rollouts, and operations endpoints.",
         },
         "tags": [
-            {"name": "Group OTA", "description": "The IoTaaP Group OTA API (spec/group-ota-api.md)"},
+            {"name": "Group OTA", "description": "The IoTaaP Group OTA API (docs/api.md)"},
             {"name": "Devices", "description": "Called by devices; no API key"},
             {"name": "Rollouts", "description": "Canary first, then the whole group"},
             {"name": "Operations", "description": "Probes, metrics and this document"},

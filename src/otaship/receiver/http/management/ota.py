@@ -1,4 +1,4 @@
-"""The IoTaaP Group OTA API: list and deploy (spec/group-ota-api.md)."""
+"""The IoTaaP Group OTA API: list and deploy (docs/api.md)."""
 from __future__ import annotations
 
 import logging
