@@ -6,7 +6,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from receiver.logs import redact
+from receiver.logs import short_error
 
 log = logging.getLogger("otaship.api")
 
@@ -23,12 +23,6 @@ def server_error(text: str, exc: BaseException) -> JSONResponse:
     The cause goes to the client as well as the log, so it is redacted here:
     a storage error can quote the IoTaaP path with the group token in it.
     """
-    short = _short(exc)
+    short = short_error(exc)
     log.error("%s: %s", text, short, exc_info=exc)
     return message(500, text, error=short)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    name = type(exc).__name__
-    return redact(f"{name}: {text}" if text else name)[:200]
