@@ -1,6 +1,7 @@
 """Device reports: status and update-response messages, taken in by the batch.
 
-paho hands messages over from its own thread; they are parsed there (cheap),
+paho hands messages over from its own thread; they are checked there (cheap,
+receiver/mqtt/report_payload.py: a malformed one never joins a batch),
 queued, and written in batches: one transaction per batch, not per message.
 Devices send status every few seconds, so a device row is written only when
 its version or code changed, or its last_seen is getting stale. Every report
@@ -9,12 +10,11 @@ still counts for a rollout in progress.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -24,10 +24,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from receiver.db import write_session
+from receiver.fields import quoted
 from receiver.ids import utcnow
 from receiver.models import Device, Rollout, RolloutDevice, User
+from receiver.mqtt.report_payload import RESPONSE, STATUS, BadReport, Report, parse_report
 from receiver.rollout import (
-    RESPONSE_CODES,
     DeviceProgress,
     after_response,
     after_stage_closed,
@@ -41,57 +42,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("otaship.reports")
 
-STATUS = "status"
-RESPONSE = "update-response"
+__all__ = ["RESPONSE", "STATUS", "BadReport", "Report", "ReportIngester", "parse_report"]
+
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
 MAX_QUEUE = 200_000
-MAX_VERSION_LENGTH = 64
 CHUNK = 500
 # Reports worth a transaction of their own without waiting.
 FULL_BATCH = 2000
-
-
-@dataclass(frozen=True)
-class Report:
-    mqtt_user: str
-    device_id: str
-    kind: str  # STATUS or RESPONSE
-    fw_version: str | None = None
-    uptime: float | None = None
-    code: int | None = None
-    at: datetime = field(default_factory=utcnow)
-
-
-class BadReport(ValueError):
-    pass
-
-
-def parse_report(topic: str, payload: bytes) -> Report:
-    """Validate one message; anything malformed is a BadReport, never a crash."""
-    parts = topic.split("/")
-    if len(parts) != 5 or parts[0] != "" or parts[2] != "devices" or parts[4] not in (STATUS, RESPONSE):
-        raise BadReport(f"not a report topic: {topic!r}")
-    mqtt_user, device_id, kind = parts[1], parts[3], parts[4]
-    if not mqtt_user or not device_id or len(device_id) > 64:
-        raise BadReport("empty user or device id")
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadReport(f"malformed JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadReport("payload is not a JSON object")
-    if kind == RESPONSE:
-        code = body.get("code")
-        if type(code) is not int or code not in RESPONSE_CODES:
-            raise BadReport(f"code must be one of {RESPONSE_CODES}, not {code!r}")
-        return Report(mqtt_user, device_id, kind, code=code)
-    version = body.get("fw_version")
-    if not isinstance(version, str) or not version or len(version) > MAX_VERSION_LENGTH:
-        raise BadReport(f"fw_version must be a non-empty string, not {version!r}")
-    uptime = body.get("uptime")
-    if isinstance(uptime, bool) or not isinstance(uptime, int | float) or uptime < 0:
-        uptime = None
-    return Report(mqtt_user, device_id, kind, fw_version=version, uptime=uptime)
 
 
 @dataclass
@@ -126,7 +83,8 @@ class ReportIngester:
         except BadReport as exc:
             self.dropped += 1
             self._count(topic.rsplit("/", 1)[-1], "dropped")
-            log.debug("dropped a report on %s: %s", topic, exc)
+            # The topic names the owner's MQTT user and the device: no secret.
+            log.info("dropped a report on %s: %s", quoted(topic[:200]), exc)
             return
         with self._lock:
             if len(self._queue) >= MAX_QUEUE:
