@@ -351,3 +351,14 @@ def write_session(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def database_reachable(engine: Engine) -> bool:
+    """Whether a trivial statement goes through now: tells a database that is
+    away from one that refused a statement of ours."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception:  # noqa: BLE001  (any failure to get there means away)
+        return False
+    return True
