@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from receiver.answer_errors import INTERNAL_ERROR, AnswerErrors
 from receiver.api import devices, health, openapi, ota, rollouts
 from receiver.api.responses import message
 from receiver.background import Background
@@ -74,9 +75,9 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         return response
 
     async def unexpected_error(request: Request, exc: Exception) -> Response:
-        # The download path carries the group token.
+        # Only a middleware outside AnswerErrors gets here; the connection then closes.
         log.error("unhandled error on %s %s", request.method, redact(request.url.path), exc_info=exc)
-        return JSONResponse({"message": "Internal server error"}, status_code=500, headers=NOSNIFF)
+        return JSONResponse({"message": INTERNAL_ERROR}, status_code=500, headers=NOSNIFF)
 
     metrics = Metrics()
     app = Starlette(
@@ -86,7 +87,9 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             *devices.routes, *limited([*ota.routes, *rollouts.routes], RateLimits.from_settings(settings)),
             *health.routes, *metrics_routes, *openapi.routes,
         ],
-        middleware=[Middleware(NoSniff), Middleware(ObserveRequests, metrics=metrics)],
+        middleware=[
+            Middleware(NoSniff), Middleware(ObserveRequests, metrics=metrics), Middleware(AnswerErrors),
+        ],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},
     )

@@ -20,6 +20,7 @@ from receiver.users import create_user
 from tests.postgres import (  # noqa: F401  (fixtures)
     empty_postgres_url,
     new_postgres_url,
+    own_postgres_database,
     postgres_database,
     postgres_url,
 )

@@ -19,6 +19,9 @@ from sqlalchemy import create_engine
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from receiver.api.ota import LIST_ERROR, UPLOAD_ERROR
+from receiver.api.rollouts import CHANGE_ERROR
+from receiver.api.rollouts import READ_ERROR as ROLLOUT_READ_ERROR
 from receiver.app import create_app
 from receiver.catalog import FirmwareCatalog
 from receiver.mqtt.reports import ReportIngester
@@ -280,12 +283,27 @@ def test_real_answers_match_the_document(
         with TestClient(create_app(settings, services=broken), raise_server_exceptions=False) as down:
             failing = Checked(down, document)
             key = {"Authorization": "Bearer osk_any"}
-            failing("GET", "/v1/ota/group", headers=key)
-            failing("GET", "/v1/ota/group/latest/{group_id}", "/v1/ota/group/latest/" + "a" * 24)
-            failing("GET", "/v1/rollouts", "/v1/rollouts?group=" + "a" * 24, headers=key)
-            failing("GET", "/v1/rollouts/{rollout_id}", "/v1/rollouts/" + "a" * 24, headers=key)
-            failing("POST", "/v1/rollouts/{rollout_id}/promote", f"/v1/rollouts/{'a' * 24}/promote", headers=key)
-            failing("POST", "/v1/rollouts/{rollout_id}/abort", f"/v1/rollouts/{'a' * 24}/abort", headers=key)
+            rollout = "a" * 24
+            # Looking up the API key fails first: each route's own 500 from the spec, with the cause.
+            for (method, template, url), text in {
+                ("GET", "/v1/ota/group", None): LIST_ERROR,
+                ("POST", "/v1/ota/group", None): UPLOAD_ERROR,
+                ("GET", "/v1/rollouts", "/v1/rollouts?group=" + "a" * 24): ROLLOUT_READ_ERROR,
+                ("GET", "/v1/rollouts/{rollout_id}", f"/v1/rollouts/{rollout}"): ROLLOUT_READ_ERROR,
+                ("POST", "/v1/rollouts/{rollout_id}/promote", f"/v1/rollouts/{rollout}/promote"): CHANGE_ERROR,
+                ("POST", "/v1/rollouts/{rollout_id}/abort", f"/v1/rollouts/{rollout}/abort"): CHANGE_ERROR,
+            }.items():
+                answer = failing(method, template, url, headers=key)
+                assert answer.status_code == 500
+                assert answer.json() == {"message": text, "error": answer.json()["error"]}
+                assert answer.json()["error"].startswith("OperationalError: ")
+            # Devices: a group this replica never read, with the database away.
+            answer = failing("GET", "/v1/ota/group/latest/{group_id}", "/v1/ota/group/latest/" + "a" * 24)
+            assert (answer.status_code, answer.headers["retry-after"]) == (503, "5")
+            download = "/v1/ota/group/download/{credentials}"
+            for method in ("GET", "HEAD"):
+                answer = failing(method, download, f"/v1/ota/group/download/{'a' * 24}{'b' * 16}")
+                assert answer.status_code == 503
         engine.dispose()
 
         # Over the rate limits: the 429s. Any key counts against its own limit.

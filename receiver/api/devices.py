@@ -1,7 +1,9 @@
 """Device endpoints, wire-compatible with the IoTaaP OS ESP32 library.
 
 Devices call these after a trigger, all at once, so they answer from the
-in-memory catalog and never read the database per request.
+in-memory catalog and never read the database per request. While the database
+is down they answer from what the catalog last read; a group this replica has
+never read gets a 503 with Retry-After.
 """
 from __future__ import annotations
 
@@ -13,16 +15,31 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from receiver.api.responses import message, server_error
+from receiver.catalog import DatabaseUnavailable
 from receiver.ids import TOKEN_LENGTH, secret_matches_plain
 from receiver.services import Services
 from receiver.storage import ObjectNotFound, StorageError
 
 ID_LENGTH = 24
+UNAVAILABLE = "The group cannot be looked up right now: try again shortly"
+# Seconds a device waits before asking again for a group the receiver could not look up.
+RETRY_AFTER = 5
+
+
+def _unavailable() -> Response:
+    # No cause in the answer: these routes take no credentials, and a database
+    # error names hosts and ports. The catalog logged it.
+    response = message(503, UNAVAILABLE)
+    response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
 
 
 async def latest(request: Request) -> Response:
     services = Services.of(request)
-    entry = await services.catalog.lookup(request.path_params["group_id"])
+    try:
+        entry = await services.catalog.lookup(request.path_params["group_id"])
+    except DatabaseUnavailable:
+        return _unavailable()
     if entry is None:
         return message(404, "No such group")
     if entry.firmware is None:
@@ -37,7 +54,10 @@ async def download(request: Request) -> Response:
         return message(404, "Not found")
     group_id, token = credentials[:ID_LENGTH], credentials[ID_LENGTH:]
     services = Services.of(request)
-    entry = await services.catalog.lookup(group_id)
+    try:
+        entry = await services.catalog.lookup(group_id)
+    except DatabaseUnavailable:
+        return _unavailable()
     # One answer for an unknown group, a wrong token and no firmware, so the
     # endpoint tells nothing to somebody guessing.
     if entry is None or not secret_matches_plain(token, entry.token) or entry.firmware is None:

@@ -27,6 +27,7 @@ from receiver.api.ota import (
     MAX_SEARCH_LENGTH,
     UPLOAD_ERROR,
 )
+from receiver.api.devices import UNAVAILABLE as DEVICE_UNAVAILABLE
 from receiver.api.responses import UNAUTHORIZED
 from receiver.api.rollouts import NOT_FOUND as NO_SUCH_ROLLOUT
 from receiver.api.rollouts import READ_ERROR as ROLLOUT_READ_ERROR
@@ -59,9 +60,9 @@ def _message(description: str, *texts: str) -> dict[str, Any]:
 
 def _server_error(text: str) -> dict[str, Any]:
     return _json(
-        "Storage or the database failed. `error` is a short cause, never a stack trace. A "
-        "failure outside the operation itself (reading the API key) answers "
-        "`Internal server error` with no `error`.",
+        "Storage or the database failed (looking up the API key included: an outage answers "
+        "this, never a dropped connection). `error` is a short cause, never a stack trace. Any "
+        "other unexpected failure answers `Internal server error` with no `error`.",
         "ServerError",
         spec={"message": text, "error": "StorageError: bucket is not reachable"},
         other={"message": "Internal server error"},
@@ -471,6 +472,19 @@ def _group_ota_paths() -> dict[str, Any]:
     }
 
 
+UNAVAILABLE_RESPONSE: dict[str, Any] = {
+    **_message(
+        "The database failed, and this replica has never read the group. Groups it has read are "
+        "answered from memory while the database is down: devices notice no outage.",
+        DEVICE_UNAVAILABLE,
+    ),
+    "headers": {
+        "Retry-After": {"required": True, "description": "Seconds to wait before asking again",
+                        "schema": {"type": "integer", "minimum": 1}},
+    },
+}
+
+
 def _device_paths() -> dict[str, Any]:
     group_id = {"name": "group_id", "in": "path", "required": True, "schema": {"type": "string"}}
     credentials = {
@@ -521,6 +535,7 @@ def _device_paths() -> dict[str, Any]:
                                               "schema": {"type": "string"}}},
             },
             "500": _server_error("Error when reading firmware file"),
+            "503": UNAVAILABLE_RESPONSE,
         },
     }
     return {
@@ -537,8 +552,7 @@ def _device_paths() -> dict[str, Any]:
                     "200": _json("The effective version.", "Latest", example={"ver": "1.4.0"}),
                     "404": _message("No such group, or nothing deployed to it or its ancestors.",
                                     "No such group", "No firmware for this group"),
-                    "500": _json("The database failed while the group was not cached.", "ServerError",
-                                 example={"message": "Internal server error"}),
+                    "503": UNAVAILABLE_RESPONSE,
                 },
             }
         },

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.api.deploy_form import check_version, parse_options, parse_target
-from receiver.api.responses import UNAUTHORIZED, message, server_error
+from receiver.api.responses import UNAUTHORIZED, database_errors, message, server_error
 from receiver.auth import authenticated_owner
 from receiver.deploy import DeployResult, StoredFirmware, VersionConflict, current_ota, deploy_firmware
 from receiver.fields import BadField, choice, text, whole_number
@@ -125,6 +125,7 @@ def list_otas(
     return list(rows), total, filtered
 
 
+@database_errors(LIST_ERROR)
 async def get_group_otas(request: Request) -> Response:
     owner = await authenticated_owner(request)
     if owner is None:
@@ -157,6 +158,7 @@ async def get_group_otas(request: Request) -> Response:
 # --- POST /v1/ota/group --------------------------------------------------------
 
 
+@database_errors(UPLOAD_ERROR, unread_body=True)
 async def post_group_ota(request: Request) -> Response:
     owner = await authenticated_owner(request)
     if owner is None:
