@@ -26,6 +26,19 @@ from tests.postgres import (  # noqa: F401  (fixtures)
 )
 
 
+# Lines a test module wants shown at the end of the run (pytest captures what
+# fixtures print); see pytest_terminal_summary below.
+SUMMARY = pytest.StashKey[list[str]]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    lines = config.stash.get(SUMMARY, [])
+    if lines:
+        terminalreporter.section("summary")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 @dataclass
 class Owner:
     user: User

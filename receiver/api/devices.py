@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, MalformedRangeHeader, Response
 from starlette.routing import Route
 
 from receiver.api.responses import message, server_error
@@ -32,6 +32,24 @@ def _unavailable() -> Response:
     response = message(503, UNAVAILABLE)
     response.headers["Retry-After"] = str(RETRY_AFTER)
     return response
+
+
+class FirmwareResponse(FileResponse):
+    """The image, whole when the Range header is one it cannot serve.
+
+    Starlette answers a range in another unit, or a malformed one, with a
+    plain-text 400; RFC 9110 says to ignore a unit the server does not know,
+    and allows ignoring an invalid range: the whole image is always a right
+    answer. A range past the end is still a 416.
+    """
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader:
+            # No ranges: FileResponse serves the whole file.
+            return []
 
 
 async def latest(request: Request) -> Response:
@@ -72,7 +90,7 @@ async def download(request: Request) -> Response:
     # The object is immutable: its sha256 is a strong validator for Range/If-Range.
     # With stat_result given, FileResponse does not stat the file again; it opens
     # it right after this returns.
-    return FileResponse(
+    return FirmwareResponse(
         path,
         media_type="application/octet-stream",
         stat_result=stat,
