@@ -1,10 +1,13 @@
 # Two commands for a fresh machine: `make run` and `make test`.
 # Each installs what it needs into .venv from this project's own files.
+# `make check` lints and type-checks; `make fuzz` runs the schemathesis fuzzer of
+# `make test` with thousands of cases (FUZZ_EXAMPLES per operation); `make bench`
+# the benchmarks.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check install install-test install-check bench clean
+.PHONY: run test check fuzz install install-test install-check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +41,12 @@ check: install-check
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# tests/test_fuzz.py runs 30 cases per operation inside `make test`; this runs
+# it alone with FUZZ_EXAMPLES per operation, the same fixed seed.
+FUZZ_EXAMPLES ?= 400
+fuzz: install-test
+	OTASHIP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
 
 # The benchmark suite (bench/): never part of `make test`. It needs the test
 # extras (real ESP32 images, the services helpers) and installs Debian's wrk and

@@ -20,9 +20,22 @@ from otaship.receiver.settings import Settings
 from tests.postgres import (  # noqa: F401  (fixtures)
     empty_postgres_url,
     new_postgres_url,
+    own_postgres_database,
     postgres_database,
     postgres_url,
 )
+
+# Lines a test module wants shown at the end of the run (pytest captures what
+# fixtures print); see pytest_terminal_summary below.
+SUMMARY = pytest.StashKey[list[str]]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    lines = config.stash.get(SUMMARY, [])
+    if lines:
+        terminalreporter.section("summary")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @dataclass

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 from sqlmodel import SQLModel
 
 from otaship.receiver.db.engine import migrate
@@ -124,3 +125,67 @@ def postgres_url(postgres_database: Schemas) -> Iterator[str]:
     schema = postgres_database.take_migrated()
     yield postgres_database.url(schema)
     postgres_database.give_back(schema)
+
+
+class OwnDatabase:
+    """A whole PostgreSQL database for one test, migrated, dropped afterwards.
+
+    For fault tests that terminate every backend of their database: a schema in
+    the session's shared database would take other tests' connections down too.
+    """
+
+    def __init__(self) -> None:
+        self.name = f"otaship_fault_{secrets.token_hex(6)}"
+        self.url = f"{SERVER_URL}/{self.name}"
+        self._admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", pool_size=1)
+
+    def url_via(self, host: str, port: int) -> str:
+        """The database's URL through another address (a proxy in front of the server)."""
+        return f"postgresql+psycopg://postgres@{host}:{port}/{self.name}"
+
+    def create(self) -> OwnDatabase:
+        with self._admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+        database = create_engine(self.url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        with database.connect() as conn:
+            conn.execute(text("CREATE EXTENSION pg_trgm SCHEMA public"))
+        database.dispose()
+        migrate(self.url)
+        return self
+
+    def terminate_backends(self) -> int:
+        """End every session on this database (and only this one); how many there were."""
+        with self._admin.connect() as conn:
+            ended = conn.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": self.name},
+            ).scalar_one()
+        return int(ended)
+
+    def waiting_on_locks(self) -> int:
+        """Sessions on this database waiting for a lock another one holds."""
+        with self._admin.connect() as conn:
+            waiting = conn.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name AND wait_event_type = 'Lock'"),
+                {"name": self.name},
+            ).scalar_one()
+        return int(waiting)
+
+    def drop(self) -> None:
+        with self._admin.connect() as conn:
+            # FORCE: a receiver killed mid-test may have left sessions behind.
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self._admin.dispose()
+
+
+@pytest.fixture
+def own_postgres_database() -> Iterator[OwnDatabase]:
+    require("PostgreSQL", POSTGRES)
+    database = OwnDatabase().create()
+    try:
+        yield database
+    finally:
+        database.drop()

@@ -95,6 +95,22 @@ def test_range_requests(client: TestClient, fleet: Fleet) -> None:
     assert beyond.status_code == 416
 
 
+def test_a_range_it_cannot_serve_gets_the_whole_image(client: TestClient, fleet: Fleet) -> None:
+    owner = fleet.owner()
+    group = fleet.group(owner)
+    image = build_image("2.0.0")
+    deploy(client, owner, group, "2.0.0")
+    url = f"/v1/ota/group/download/{group.id}{group.token}"
+    # Another unit, no unit, no range at all, an end before the start, not numbers.
+    for unusable in ("items=0-9", "0-9", "bytes=", "bytes=5-1", "bytes=a-b"):
+        for method in ("GET", "HEAD"):
+            response = client.request(method, url, headers={"Range": unusable})
+            assert response.status_code == 200, (unusable, method, response.text)
+            assert response.headers["content-length"] == str(len(image))
+            assert "content-range" not in response.headers
+            assert response.content == (image if method == "GET" else b"")
+
+
 def test_download_refuses_wrong_credentials_alike(client: TestClient, fleet: Fleet) -> None:
     owner = fleet.owner()
     group = fleet.group(owner)

@@ -35,6 +35,8 @@ class BrokerThread:
 
     def __init__(self, port: int = 0, **options: Any) -> None:
         self.auth_threads: list[threading.Thread] = []
+        # The credential store (the database) failing for everyone, as in an outage.
+        self.store_down = False
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -42,7 +44,7 @@ class BrokerThread:
 
     def _authenticate(self, username: str, password: str) -> bool:
         self.auth_threads.append(threading.current_thread())
-        if username == "broken-db":
+        if username == "broken-db" or self.store_down:
             raise RuntimeError(f"connection lost while running a query with {password!r}")
         return USERS.get(username) == password
 
@@ -362,6 +364,32 @@ def test_credential_store_failure_refuses_without_logging_the_password(
     assert client.connect() == "Not authorized"
     assert "Could not check the MQTT credentials of 'broken-db'" in caplog.text
     assert "hunter2-secret" not in caplog.text
+
+
+def test_during_a_credential_store_outage_only_logins_that_worked_before_get_in(
+    running: BrokerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    def login(username: str, password: str) -> ReasonCode:
+        client = Client(running.port, username, password)
+        try:
+            return client.connect()
+        finally:
+            client.close()
+
+    assert login("alice", USERS["alice"]) == "Success"
+    assert login("alice", "wrong") == "Not authorized"
+    running.store_down = True
+    assert login("alice", USERS["alice"]) == "Success"
+    assert login("alice", "wrong") == "Not authorized"
+    assert login("alice", USERS["bob"]) == "Not authorized"
+    # Never seen to log in: nothing to go by.
+    assert login("bob", USERS["bob"]) == "Not authorized"
+    assert "accepted the login that worked before" in caplog.text
+    assert USERS["alice"] not in caplog.text
+    running.store_down = False
+    assert login("bob", USERS["bob"]) == "Success"
+    running.store_down = True
+    assert login("bob", USERS["bob"]) == "Success"
 
 
 def test_binary_and_large_payloads_within_the_limit_are_delivered(clients: Callable[..., Client]) -> None:

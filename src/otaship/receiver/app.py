@@ -16,6 +16,7 @@ from otaship.receiver.background import Background
 from otaship.receiver.db.engine import create_db_engine, ensure_schema
 from otaship.receiver.http import device_api as devices
 from otaship.receiver.http import health, openapi
+from otaship.receiver.http.answer_errors import INTERNAL_ERROR, AnswerErrors
 from otaship.receiver.http.management import ota, rollouts
 from otaship.receiver.http.nosniff import HEADERS as NOSNIFF
 from otaship.receiver.http.nosniff import NoSniff
@@ -76,9 +77,9 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         return response
 
     async def unexpected_error(request: Request, exc: Exception) -> Response:
-        # The download path carries the group token.
+        # Only a middleware outside AnswerErrors gets here; the connection then closes.
         log.error("unhandled error on %s %s", request.method, redact(request.url.path), exc_info=exc)
-        return JSONResponse({"message": "Internal server error"}, status_code=500, headers=NOSNIFF)
+        return JSONResponse({"message": INTERNAL_ERROR}, status_code=500, headers=NOSNIFF)
 
     metrics = Metrics()
     app = Starlette(
@@ -88,7 +89,9 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             *devices.routes, *limited([*ota.routes, *rollouts.routes], RateLimits.from_settings(settings)),
             *health.routes, *metrics_routes, *openapi.routes,
         ],
-        middleware=[Middleware(NoSniff), Middleware(ObserveRequests, metrics=metrics)],
+        middleware=[
+            Middleware(NoSniff), Middleware(ObserveRequests, metrics=metrics), Middleware(AnswerErrors),
+        ],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},
     )

@@ -48,6 +48,13 @@ _RECORD_ATTRIBUTES = frozenset(
 _OURS = "_otaship_handler"
 
 
+def short_error(exc: BaseException) -> str:
+    """An exception as a log line or an API answer may show it: its type and
+    first line, redacted. A database error's later lines quote the statement."""
+    first = next(iter(str(exc).strip().splitlines()), "")
+    return redact(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)[:200]
+
+
 def redact(text: str) -> str:
     """`text` with group tokens, API keys and URL passwords replaced by [redacted]."""
     text = _DOWNLOAD_TOKEN.sub(rf"\1{REDACTED}", text)

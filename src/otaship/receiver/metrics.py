@@ -45,6 +45,10 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 
 DEPLOY_KINDS = ("plain", "canary", "promotion")
 REPORT_KINDS = ("status", "update-response", "unknown")
+# Why a device report was not stored: malformed (checked before it is queued),
+# for an unknown device or another owner's, over the queue's bound, or refused
+# by the database on its own (its batch's other reports were stored).
+DROP_REASONS = ("invalid", "not_owned", "queue_full", "store_failed")
 # Device checks answer in well under a millisecond; uploads can take many seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # Any other method a client makes up is counted as "other": labels must stay few.
@@ -71,9 +75,13 @@ class Metrics:
             registry=self.registry,
         )
         self.reports = Counter(
-            "otaship_device_reports", "Device reports by kind and result: dropped ones were "
-            "malformed, from an unknown device, or from another owner's MQTT user",
+            "otaship_device_reports", "Device reports by kind and result: dropped ones were not "
+            "stored (otaship_device_reports_dropped says why)",
             ["kind", "result"], registry=self.registry,
+        )
+        self.report_drops = Counter(
+            "otaship_device_reports_dropped", "Device reports not stored, by reason: invalid, "
+            "not_owned, queue_full or store_failed", ["reason"], registry=self.registry,
         )
         # Known series start at 0, so a rate() sees the first event.
         for kind in DEPLOY_KINDS:
@@ -82,6 +90,8 @@ class Metrics:
             for result in ("accepted", "dropped"):
                 self.reports.labels(kind, result)
         self.reports.labels("unknown", "dropped")
+        for reason in DROP_REASONS:
+            self.report_drops.labels(reason)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -97,6 +107,9 @@ class Metrics:
 
     def report(self, kind: str, result: str, count: int = 1) -> None:
         self.reports.labels(kind if kind in REPORT_KINDS else "unknown", result).inc(count)
+
+    def report_dropped(self, reason: str, count: int = 1) -> None:
+        self.report_drops.labels(reason).inc(count)
 
 
 class RequestStats(Collector):

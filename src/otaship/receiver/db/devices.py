@@ -8,7 +8,8 @@ from sqlmodel import Session, select
 from otaship.receiver.db.models import Device, Group
 
 # Device ids travel inside MQTT topics: no wildcards, separators or spaces.
-_DEVICE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+DEVICE_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,64}"
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 
 
 class DeviceError(ValueError):

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, SQLModel, create_engine
 
 from otaship.receiver.db import models  # noqa: F401  (registers the tables)
@@ -38,6 +40,13 @@ if TYPE_CHECKING:
 _IMMEDIATE = "otaship_immediate"
 # How long a SQLite statement waits for another connection's write lock.
 SQLITE_BUSY_TIMEOUT_S = 30
+# A database server that refuses, drops or never answers connections must fail
+# a request within seconds, not hold it (and a worker thread) for minutes:
+# connecting gives up after CONNECT_TIMEOUT_S (unless the URL sets
+# connect_timeout), and a request waits at most POOL_TIMEOUT_S for a pooled
+# connection when every one is busy.
+CONNECT_TIMEOUT_S = 5
+POOL_TIMEOUT_S = 10
 
 
 def create_db_engine(url: str) -> Engine:
@@ -52,9 +61,13 @@ def create_db_engine(url: str) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
+    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_S}
     # hide_parameters: statement values (tokens, hashes) never reach a log line.
+    # pool_pre_ping: a connection the server ended (a restart, a failover, an
+    # administrator's pg_terminate_backend) is replaced before it is handed out.
     return create_engine(
-        url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=POOL_TIMEOUT_S,
+        connect_args=connect_args, hide_parameters=True,
     )
 
 
@@ -351,3 +364,23 @@ def write_session(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def database_reachable(engine: Engine) -> bool:
+    """Whether a trivial statement goes through now: tells a database that is
+    away from one that refused a statement of ours."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether an error says the database could not be reached or used (refused,
+    dropped, timed out, out of connections), rather than that it refused a
+    statement: what decides a warning without a traceback over an error with one."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | PoolTimeout)

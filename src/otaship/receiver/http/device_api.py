@@ -1,7 +1,9 @@
 """Device endpoints, wire-compatible with the IoTaaP OS ESP32 library.
 
 Devices call these after a trigger, all at once, so they answer from the
-in-memory catalog and never read the database per request.
+in-memory catalog and never read the database per request. While the database
+is down they answer from what the catalog last read; a group this replica has
+never read gets a 503 with Retry-After.
 """
 from __future__ import annotations
 
@@ -9,20 +11,53 @@ import os
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, MalformedRangeHeader, Response
 from starlette.routing import Route
 
 from otaship.receiver.http.responses import message, server_error
 from otaship.receiver.ids import TOKEN_LENGTH, secret_matches_plain
 from otaship.receiver.services import Services
 from otaship.receiver.storage import ObjectNotFound, StorageError
+from otaship.receiver.targeting.catalog import DatabaseUnavailable
 
 ID_LENGTH = 24
+UNAVAILABLE = "The group cannot be looked up right now: try again shortly"
+# Seconds a device waits before asking again for a group the receiver could not look up.
+RETRY_AFTER = 5
+
+
+def _unavailable() -> Response:
+    # No cause in the answer: these routes take no credentials, and a database
+    # error names hosts and ports. The catalog logged it.
+    response = message(503, UNAVAILABLE)
+    response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
+
+
+class FirmwareResponse(FileResponse):
+    """The image, whole when the Range header is one it cannot serve.
+
+    Starlette answers a range in another unit, or a malformed one, with a
+    plain-text 400; RFC 9110 says to ignore a unit the server does not know,
+    and allows ignoring an invalid range: the whole image is always a right
+    answer. A range past the end is still a 416.
+    """
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader:
+            # No ranges: FileResponse serves the whole file.
+            return []
 
 
 async def latest(request: Request) -> Response:
     services = Services.of(request)
-    entry = await services.catalog.lookup(request.path_params["group_id"])
+    try:
+        entry = await services.catalog.lookup(request.path_params["group_id"])
+    except DatabaseUnavailable:
+        return _unavailable()
     if entry is None:
         return message(404, "No such group")
     if entry.firmware is None:
@@ -37,7 +72,10 @@ async def download(request: Request) -> Response:
         return message(404, "Not found")
     group_id, token = credentials[:ID_LENGTH], credentials[ID_LENGTH:]
     services = Services.of(request)
-    entry = await services.catalog.lookup(group_id)
+    try:
+        entry = await services.catalog.lookup(group_id)
+    except DatabaseUnavailable:
+        return _unavailable()
     # One answer for an unknown group, a wrong token and no firmware, so the
     # endpoint tells nothing to somebody guessing.
     if entry is None or not secret_matches_plain(token, entry.token) or entry.firmware is None:
@@ -52,7 +90,7 @@ async def download(request: Request) -> Response:
     # The object is immutable: its sha256 is a strong validator for Range/If-Range.
     # With stat_result given, FileResponse does not stat the file again; it opens
     # it right after this returns.
-    return FileResponse(
+    return FirmwareResponse(
         path,
         media_type="application/octet-stream",
         stat_result=stat,

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from otaship.receiver.logs import redact
+from otaship.receiver.logs import redact, short_error
 from otaship.receiver.mqtt.link import parse_mqtt_url
 from otaship.receiver.storage import StorageError
 
@@ -58,7 +58,7 @@ class Readiness:
         except StorageError as exc:
             outcome = redact(str(exc))[:200]
         except Exception as exc:
-            outcome = _short(exc)
+            outcome = short_error(exc)
         self.record(name, outcome)
         return outcome
 
@@ -105,13 +105,6 @@ def _in_thread(name: str, work: Callable[[], None]) -> Future[None]:
     # A daemon thread: a hung check must not hold up the process's exit.
     threading.Thread(target=run, name=f"otaship-readyz-{name}", daemon=True).start()
     return future
-
-
-def _short(exc: BaseException) -> str:
-    """The exception's type and first line: a database error's full text can
-    quote the statement, and its URL can carry a password."""
-    first = next(iter(str(exc).strip().splitlines()), "")
-    return redact(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)[:200]
 
 
 def readiness_of(request: Request) -> Readiness:

@@ -15,10 +15,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from otaship import __version__
+from otaship.receiver.http.device_api import UNAVAILABLE as DEVICE_UNAVAILABLE
 from otaship.receiver.http.management.deploy_form import (
     MAX_COMMIT_LENGTH,
     MAX_STAGE_SECONDS,
     MAX_TOLERATED_FAILURES,
+    MAX_VERSION_LENGTH,
 )
 from otaship.receiver.http.management.ota import (
     DEFAULT_LIMIT,
@@ -31,14 +33,27 @@ from otaship.receiver.http.management.ota import (
     MAX_SEARCH_LENGTH,
     UPLOAD_ERROR,
 )
+from otaship.receiver.http.management.rollouts import MAX_ID_LENGTH
 from otaship.receiver.http.management.rollouts import NOT_FOUND as NO_SUCH_ROLLOUT
 from otaship.receiver.http.management.rollouts import READ_ERROR as ROLLOUT_READ_ERROR
 from otaship.receiver.http.responses import UNAUTHORIZED
+from otaship.receiver.ids import TOKEN_LENGTH
 from otaship.receiver.intake.multipart import ENVELOPE_ALLOWANCE
 from otaship.receiver.rollouts.policy import OUTCOMES, STATES
 
 JSON = "application/json"
 ID_PATTERN = "^[0-9a-f]{24}$"
+TOKEN_PATTERN = f"^[A-Za-z0-9]{{{TOKEN_LENGTH}}}$"
+CREDENTIALS_PATTERN = f"^[0-9a-f]{{24}}[A-Za-z0-9]{{{TOKEN_LENGTH}}}$"
+# Every text value is refused with a control character in it (receiver/fields.py).
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+# semver.org's expression, with ASCII digits as the semver package reads them.
+_NUMBER = "(0|[1-9][0-9]*)"
+_PRERELEASE = "(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)"
+SEMVER_PATTERN = (
+    rf"^{_NUMBER}\.{_NUMBER}\.{_NUMBER}(-{_PRERELEASE}(\.{_PRERELEASE})*)?"
+    r"(\+[0-9a-zA-Z-]+(\.[0-9a-zA-Z-]+)*)?$"
+)
 NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
 TIMESTAMP = {"type": "string", "format": "date-time", "description": "ISO 8601 UTC with milliseconds"}
 NULLABLE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
@@ -63,9 +78,9 @@ def _message(description: str, *texts: str) -> dict[str, Any]:
 
 def _server_error(text: str) -> dict[str, Any]:
     return _json(
-        "Storage or the database failed. `error` is a short cause, never a stack trace. A "
-        "failure outside the operation itself (reading the API key) answers "
-        "`Internal server error` with no `error`.",
+        "Storage or the database failed (looking up the API key included: an outage answers "
+        "this, never a dropped connection). `error` is a short cause, never a stack trace. Any "
+        "other unexpected failure answers `Internal server error` with no `error`.",
         "ServerError",
         spec={"message": text, "error": "StorageError: bucket is not reachable"},
         other={"message": "Internal server error"},
@@ -323,16 +338,21 @@ def _rate_limited(paths: dict[str, Any]) -> dict[str, Any]:
     return paths
 
 
+# A rollout field without `canary` is refused.
+WITH_CANARY = "; with `canary` only"
+
+
 def _group_ota_paths() -> dict[str, Any]:
     list_parameters = [
         {"name": "search_value", "in": "query", "description": "Case-insensitive substring of `path`; "
-         "`%` and `_` are plain characters", "schema": {"type": "string", "maxLength": MAX_SEARCH_LENGTH}},
+         "`%` and `_` are plain characters",
+         "schema": {"type": "string", "maxLength": MAX_SEARCH_LENGTH, "pattern": NO_CONTROL_PATTERN}},
         {"name": "offset", "in": "query", "description": "Records to skip",
          "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
         {"name": "limit", "in": "query", "description": f"Records to return; above {MAX_LIMIT} is "
          f"clamped to {MAX_LIMIT}", "schema": {"type": "integer", "minimum": 0, "default": DEFAULT_LIMIT}},
         {"name": "draw", "in": "query", "description": "Echoed back",
-         "schema": {"type": "string", "maxLength": MAX_DRAW_LENGTH}},
+         "schema": {"type": "string", "maxLength": MAX_DRAW_LENGTH, "pattern": NO_CONTROL_PATTERN}},
         {"name": "order_dir", "in": "query", "description": "Order by last_updated",
          "schema": {"enum": ["asc", "desc"], "default": "desc"}},
     ]
@@ -344,21 +364,24 @@ def _group_ota_paths() -> dict[str, Any]:
             "firmware": {"type": "string", "contentMediaType": "application/octet-stream",
                          "description": "firmware.bin, an ESP application image (checked with esptool)"},
             "group": {"type": "string", "pattern": ID_PATTERN, "description": "Group id"},
-            "token": {"type": "string", "description": "The group's 16-character token"},
-            "version": {"type": "string", "description": "Semantic version, e.g. 1.5.7"},
-            "commit": {"type": "string", "maxLength": MAX_COMMIT_LENGTH, "description": "Source revision (GITHUB_SHA)"},
+            "token": {"type": "string", "pattern": TOKEN_PATTERN, "description": "The group's 16-character token"},
+            "version": {"type": "string", "pattern": SEMVER_PATTERN, "maxLength": MAX_VERSION_LENGTH,
+                        "description": "Semantic version, e.g. 1.5.7"},
+            "commit": {"type": "string", "maxLength": MAX_COMMIT_LENGTH, "pattern": NO_CONTROL_PATTERN,
+                       "description": "Source revision (GITHUB_SHA)"},
             "canary": {"type": "string", "pattern": ID_PATTERN,
                        "description": "A subgroup of `group` with registered devices: makes this a rollout"},
             "canary_timeout": {"type": "integer", "minimum": 1, "maximum": MAX_STAGE_SECONDS, "default": 1800,
-                               "description": "Seconds for the canary stage, and again for the fleet stage"},
+                               "description": "Seconds for the canary stage, and again for the fleet stage"
+                                              f"{WITH_CANARY}"},
             "success_threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1.0,
-                                  "description": "Fraction of the canary's devices that must succeed"},
+                                  "description": f"Fraction of the canary's devices that must succeed{WITH_CANARY}"},
             "error_threshold": {"type": "integer", "minimum": 0, "maximum": MAX_TOLERATED_FAILURES, "default": 0,
-                                "description": "Canary devices allowed to fail"},
+                                "description": f"Canary devices allowed to fail{WITH_CANARY}"},
             "soak": {"type": "integer", "minimum": 0, "maximum": MAX_STAGE_SECONDS, "default": 0,
-                     "description": "Seconds the canary must stay healthy before promotion"},
+                     "description": f"Seconds the canary must stay healthy before promotion{WITH_CANARY}"},
             "auto_promote": {"type": "boolean", "default": True,
-                             "description": "false waits for POST /v1/rollouts/{rollout_id}/promote"},
+                             "description": f"false waits for POST /v1/rollouts/{{rollout_id}}/promote{WITH_CANARY}"},
         },
     }
     return {
@@ -423,7 +446,8 @@ def _group_ota_paths() -> dict[str, Any]:
                     ),
                     "400": _message(
                         "A missing field, a bad group id, no file, a wrong token, a version that is "
-                        "not semver, a bad rollout field, or a file that is not an ESP application "
+                        "not semver, a bad rollout field or one sent without `canary`, a canary that "
+                        "is not a subgroup of the group, or a file that is not an ESP application "
                         "image for the group's chip.",
                         "version is a mandatory field", "Group ID is not valid", "No file uploaded",
                         "Group token is not valid",
@@ -475,12 +499,25 @@ def _group_ota_paths() -> dict[str, Any]:
     }
 
 
+UNAVAILABLE_RESPONSE: dict[str, Any] = {
+    **_message(
+        "The database failed, and this replica has never read the group. Groups it has read are "
+        "answered from memory while the database is down: devices notice no outage.",
+        DEVICE_UNAVAILABLE,
+    ),
+    "headers": {
+        "Retry-After": {"required": True, "description": "Seconds to wait before asking again",
+                        "schema": {"type": "integer", "minimum": 1}},
+    },
+}
+
+
 def _device_paths() -> dict[str, Any]:
-    group_id = {"name": "group_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    group_id = {"name": "group_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": ID_PATTERN}}
     credentials = {
         "name": "credentials", "in": "path", "required": True,
         "description": "The group id and the group token joined with no separator (24 + 16 characters)",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": CREDENTIALS_PATTERN},
     }
     image_headers = {
         "Content-Length": {"required": True, "schema": {"type": "integer"}},
@@ -525,6 +562,7 @@ def _device_paths() -> dict[str, Any]:
                                               "schema": {"type": "string"}}},
             },
             "500": _server_error("Error when reading firmware file"),
+            "503": UNAVAILABLE_RESPONSE,
         },
     }
     return {
@@ -541,8 +579,7 @@ def _device_paths() -> dict[str, Any]:
                     "200": _json("The effective version.", "Latest", example={"ver": "1.4.0"}),
                     "404": _message("No such group, or nothing deployed to it or its ancestors.",
                                     "No such group", "No firmware for this group"),
-                    "500": _json("The database failed while the group was not cached.", "ServerError",
-                                 example={"message": "Internal server error"}),
+                    "503": UNAVAILABLE_RESPONSE,
                 },
             }
         },
@@ -562,7 +599,8 @@ def _device_paths() -> dict[str, Any]:
 
 
 def _rollout_paths() -> dict[str, Any]:
-    rollout_id = {"name": "rollout_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    rollout_id = {"name": "rollout_id", "in": "path", "required": True,
+                  "schema": {"type": "string", "pattern": ID_PATTERN}}
     not_found = _message("No such rollout, or another owner's.", NO_SUCH_ROLLOUT)
 
     def change(action: str, summary: str, *conflicts: str, conflict_description: str | None = None) -> dict[str, Any]:
@@ -574,7 +612,7 @@ def _rollout_paths() -> dict[str, Any]:
             "parameters": [rollout_id],
             "responses": {
                 "200": _json("The rollout afterwards, without its devices.", "Rollout"),
-                "400": _message("A control character in the rollout id.",
+                "400": _message(f"A control character in the rollout id, or one over {MAX_ID_LENGTH} characters.",
                                 "rollout_id must not contain control characters"),
                 "401": UNAUTHORIZED_RESPONSE,
                 "404": not_found,
@@ -594,7 +632,8 @@ def _rollout_paths() -> dict[str, Any]:
                                 "schema": {"type": "string", "pattern": ID_PATTERN}}],
                 "responses": {
                     "200": _json("The group's rollouts, without their devices.", "RolloutList"),
-                    "400": _message("No group parameter, or one with a control character.",
+                    "400": _message("No group parameter, or one with a control character or over "
+                                    f"{MAX_ID_LENGTH} characters.",
                                     "group is a mandatory parameter", "group must not contain control characters"),
                     "401": UNAUTHORIZED_RESPONSE,
                     "404": _message("No such group, or another owner's.", "No such group"),
@@ -615,8 +654,9 @@ def _rollout_paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json("The rollout.", "Rollout"),
-                    "400": _message("A control character in the rollout id, or a devices value that is not "
-                                    "true or false.", "devices must be true or false, not 'maybe'"),
+                    "400": _message(f"A control character in the rollout id or one over {MAX_ID_LENGTH} "
+                                    "characters, or a devices value that is not true or false.",
+                                    "devices must be true or false, not 'maybe'"),
                     "401": UNAUTHORIZED_RESPONSE,
                     "404": not_found,
                     "500": _server_error(ROLLOUT_READ_ERROR),

@@ -1,16 +1,23 @@
 """The JSON shapes every route answers with."""
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-from otaship.receiver.logs import redact
+from otaship.receiver.db.engine import database_unavailable
+from otaship.receiver.logs import short_error
 
 log = logging.getLogger("otaship.api")
 
 UNAUTHORIZED = "Unauthorized"
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def message(status: int, text: str, **extra: Any) -> JSONResponse:
@@ -23,12 +30,35 @@ def server_error(text: str, exc: BaseException) -> JSONResponse:
     The cause goes to the client as well as the log, so it is redacted here:
     a storage error can quote the IoTaaP path with the group token in it.
     """
-    short = _short(exc)
-    log.error("%s: %s", text, short, exc_info=exc)
+    short = short_error(exc)
+    if database_unavailable(exc):
+        # Every request says so during an outage: the cause is the news, not a traceback.
+        log.warning("%s: %s", text, short)
+    else:
+        log.error("%s: %s", text, short, exc_info=exc)
     return message(500, text, error=short)
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    name = type(exc).__name__
-    return redact(f"{name}: {text}" if text else name)[:200]
+def database_errors(text: str, *, unread_body: bool = False) -> Callable[[Endpoint], Endpoint]:
+    """A management route whose every database failure, the API key's lookup
+    included, answers the spec's 500 for the route (`text`) with `error`.
+
+    `unread_body`: the failure can come before the request body was read (an
+    upload's API key is looked up first), so the connection cannot carry
+    another request and is closed after the answer, as for any early refusal.
+    """
+
+    def decorate(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def answer(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except SQLAlchemyError as exc:
+                response = server_error(text, exc)
+                if unread_body:
+                    response.headers["Connection"] = "close"
+                return response
+
+        return answer
+
+    return decorate

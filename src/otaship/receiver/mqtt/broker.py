@@ -35,6 +35,8 @@ from amqtt.mqtt.connect import ConnectPacket
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
+from otaship.receiver.mqtt.remembered_logins import RememberedLogins
+
 logger = logging.getLogger(__name__)
 
 # Device messages are small JSON documents and firmware travels over HTTP, so 256 KiB
@@ -110,6 +112,7 @@ class _Gatekeeper:
         self._internal_username = internal_username
         self._internal_password = internal_password
         self._connected: dict[str, tuple[str, int]] = {}  # client id: owner, open connections
+        self._remembered = RememberedLogins()
         self._persistent: dict[str, str] = {}  # client id: owner
 
     async def login(self, connect: ConnectPacket) -> str | None:
@@ -159,18 +162,26 @@ class _Gatekeeper:
             return False
         try:
             # The callable reads a database: keep it off the event loop.
-            return bool(await asyncio.to_thread(self._authenticate, username, password))
+            valid = bool(await asyncio.to_thread(self._authenticate, username, password))
         except Exception as exc:
-            # A broken credential store must refuse the device, not kill the broker.
+            # A broken credential store must not kill the broker. A login that
+            # worked before still does (see remembered_logins); others are refused.
+            remembered = self._remembered.recall(username, password)
             # No traceback: a database error can quote the query's parameters.
             detail = str(exc).replace(password, "<password>") if password else str(exc)
-            logger.error(
-                "Could not check the MQTT credentials of %r: %s: %s",
+            detail = next(iter(detail.strip().splitlines()), "")
+            logger.log(
+                logging.WARNING if remembered else logging.ERROR,
+                "Could not check the MQTT credentials of %r: %s: %s; %s",
                 username,
                 type(exc).__name__,
                 detail,
+                "accepted the login that worked before" if remembered else "refused",
             )
-            return False
+            return remembered
+        if valid:
+            self._remembered.learn(username, password)
+        return valid
 
     def permits(self, session: Session, topic: str) -> bool:
         return bool(session.username) and self._may_use(session.username, topic)

@@ -1,20 +1,25 @@
 """Device reports: status and update-response messages, taken in by the batch.
 
-paho hands messages over from its own thread; they are parsed there (cheap),
-queued, and written in batches: one transaction per batch, not per message.
-Devices send status every few seconds, so a device row is written only when
-its version or code changed, or its last_seen is getting stale. Every report
-still counts for a rollout in progress.
+paho hands messages over from its own thread; they are checked there (cheap,
+receiver/mqtt/report_payload.py), queued, and written in batches: one
+transaction per batch, not per message. Devices send status every few seconds,
+so a device row is written only when its version or code changed, or its
+last_seen is getting stale. Every report still counts for a rollout in progress.
+
+A batch mixes every owner's reports, so one bad report must not cost the others
+theirs. Malformed ones never enter the queue. A batch the database refuses
+anyway is stored again in halves, down to the single report it refuses, which
+alone is dropped. While the database cannot be reached at all, batches go back
+to the front of the queue and wait for it.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -23,11 +28,14 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from otaship.receiver.db.engine import write_session
+from otaship.receiver.db.engine import database_reachable, write_session
 from otaship.receiver.db.models import Device, Rollout, RolloutDevice, User
+from otaship.receiver.http.fields import quoted
 from otaship.receiver.ids import utcnow
+from otaship.receiver.logs import short_error
+from otaship.receiver.mqtt.report_payload import RESPONSE, STATUS, BadReport, Report, parse_report
+from otaship.receiver.outage import OutageLog
 from otaship.receiver.rollouts.policy import (
-    RESPONSE_CODES,
     DeviceProgress,
     after_response,
     after_stage_closed,
@@ -41,57 +49,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("otaship.reports")
 
-STATUS = "status"
-RESPONSE = "update-response"
+__all__ = ["RESPONSE", "STATUS", "BadReport", "Report", "ReportIngester", "parse_report"]
+
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
 MAX_QUEUE = 200_000
-MAX_VERSION_LENGTH = 64
 CHUNK = 500
 # Reports worth a transaction of their own without waiting.
 FULL_BATCH = 2000
+# Seconds between attempts while the database cannot be reached.
+RETRY_INTERVAL = 1.0
+
+INVALID = "invalid"
+NOT_OWNED = "not_owned"
+QUEUE_FULL = "queue_full"
+STORE_FAILED = "store_failed"
 
 
-@dataclass(frozen=True)
-class Report:
-    mqtt_user: str
-    device_id: str
-    kind: str  # STATUS or RESPONSE
-    fw_version: str | None = None
-    uptime: float | None = None
-    code: int | None = None
-    at: datetime = field(default_factory=utcnow)
-
-
-class BadReport(ValueError):
-    pass
-
-
-def parse_report(topic: str, payload: bytes) -> Report:
-    """Validate one message; anything malformed is a BadReport, never a crash."""
-    parts = topic.split("/")
-    if len(parts) != 5 or parts[0] != "" or parts[2] != "devices" or parts[4] not in (STATUS, RESPONSE):
-        raise BadReport(f"not a report topic: {topic!r}")
-    mqtt_user, device_id, kind = parts[1], parts[3], parts[4]
-    if not mqtt_user or not device_id or len(device_id) > 64:
-        raise BadReport("empty user or device id")
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadReport(f"malformed JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadReport("payload is not a JSON object")
-    if kind == RESPONSE:
-        code = body.get("code")
-        if type(code) is not int or code not in RESPONSE_CODES:
-            raise BadReport(f"code must be one of {RESPONSE_CODES}, not {code!r}")
-        return Report(mqtt_user, device_id, kind, code=code)
-    version = body.get("fw_version")
-    if not isinstance(version, str) or not version or len(version) > MAX_VERSION_LENGTH:
-        raise BadReport(f"fw_version must be a non-empty string, not {version!r}")
-    uptime = body.get("uptime")
-    if isinstance(uptime, bool) or not isinstance(uptime, int | float) or uptime < 0:
-        uptime = None
-    return Report(mqtt_user, device_id, kind, fw_version=version, uptime=uptime)
+def split_on_failure(part: list[Report], database_up: bool) -> list[list[Report]] | None:
+    """What to store next after `part` failed: its halves, [] to drop its one
+    report, or None to keep it all for when the database is back."""
+    if not database_up:
+        return None
+    if len(part) == 1:
+        return []
+    middle = len(part) // 2
+    return [part[:middle], part[middle:]]
 
 
 @dataclass
@@ -118,23 +100,31 @@ class ReportIngester:
         self.dropped = 0
         self.writes = 0
         self._idle = asyncio.Event()
+        self._outage = OutageLog(log, "device reports wait in memory")
 
     def submit(self, topic: str, payload: bytes) -> None:
         """Called from paho's thread for every report message."""
         try:
             report = parse_report(topic, payload)
         except BadReport as exc:
-            self.dropped += 1
-            self._count(topic.rsplit("/", 1)[-1], "dropped")
-            log.debug("dropped a report on %s: %s", topic, exc)
+            kind = topic.rsplit("/", 1)[-1]
+            self._drop(INVALID, kind if kind in (STATUS, RESPONSE) else "unknown")
+            # The topic names the owner's MQTT user and the device: no secret.
+            log.info("dropped a report on %s: %s", quoted(topic[:200]), exc)
             return
         with self._lock:
-            if len(self._queue) >= MAX_QUEUE:
-                self.dropped += 1
-                self._count(report.kind, "dropped")
-                log.warning("report queue full; dropping a report from %s", report.device_id)
-                return
-            self._queue.append(report)
+            full = len(self._queue) >= MAX_QUEUE
+            if not full:
+                self._queue.append(report)
+        if full:
+            self._drop(QUEUE_FULL, report.kind)
+            log.warning("report queue full; dropping a report from %s", report.device_id)
+
+    def _drop(self, reason: str, kind: str, count: int = 1) -> None:
+        self.dropped += count
+        self._count(kind, "dropped", count)
+        if self.metrics is not None and count:
+            self.metrics.report_dropped(reason, count)
 
     def _count(self, kind: str, result: str, count: int = 1) -> None:
         if self.metrics is not None and count:
@@ -146,18 +136,27 @@ class ReportIngester:
             self._queue.clear()
         return batch
 
+    def _put_back(self, reports: list[Report]) -> None:
+        """Reports the database could not take, back at the front of the queue, in order.
+
+        Over the bound, the newest go, as `submit` drops the newest when full.
+        """
+        with self._lock:
+            self._queue.extendleft(reversed(reports))
+            lost = [self._queue.pop() for _ in range(len(self._queue) - MAX_QUEUE)]
+        for report in lost:
+            self._drop(QUEUE_FULL, report.kind)
+        if lost:
+            log.warning("report queue full while the database is unavailable; dropped %d report(s)", len(lost))
+
     async def run(self) -> None:
         while True:
             batch = self._take()
             if batch:
-                try:
-                    await anyio.to_thread.run_sync(self.ingest, batch)
-                except Exception:
-                    # The batch is lost, but the next status (a few seconds
-                    # away) carries the same facts; the subscriber goes on.
-                    log.exception("could not store %d report(s)", len(batch))
-                    self._devices.clear()
-                if len(batch) < FULL_BATCH:
+                stored = await anyio.to_thread.run_sync(self.store, batch)
+                if not stored:
+                    await asyncio.sleep(RETRY_INTERVAL)
+                elif len(batch) < FULL_BATCH:
                     # A transaction costs about as much as a few hundred reports
                     # in it: under load, let the next batch fill up for a moment.
                     await asyncio.sleep(self.flush_interval)
@@ -177,45 +176,82 @@ class ReportIngester:
 
     # --- blocking part, in a worker thread ----------------------------------------
 
-    def ingest_messages(self, messages: Iterable[tuple[str, bytes]]) -> None:
-        """Parse and store raw (topic, payload) pairs at once (blocking)."""
+    def ingest_messages(self, messages: Iterable[tuple[str, bytes]]) -> bool:
+        """Parse and store raw (topic, payload) pairs at once (blocking); see `store`."""
         for topic, payload in messages:
             self.submit(topic, payload)
-        self.ingest(self._take())
+        return self.store(self._take())
+
+    def store(self, batch: list[Report]) -> bool:
+        """Store a batch; False when the database could not be reached and the
+        reports not yet stored went back to the queue.
+
+        A failing batch is stored again in halves, so that the reports the
+        database takes are stored and the one it refuses is dropped alone: a
+        few more transactions, only when something failed.
+        """
+        parts = [batch]
+        while parts:
+            part = parts.pop(0)
+            try:
+                self.ingest(part)
+            except Exception as exc:
+                # What was applied in memory for these devices never reached the database.
+                for report in part:
+                    self._devices.pop(report.device_id, None)
+                halves = split_on_failure(part, database_reachable(self.engine))
+                if halves is None:
+                    self._outage.failed(exc)
+                    self._put_back([r for p in (part, *parts) for r in p])
+                    return False
+                if not halves:
+                    self._refused(part[0], exc)
+                parts[:0] = halves
+        self._outage.recovered()
+        return True
+
+    def _refused(self, report: Report, exc: BaseException) -> None:
+        self._drop(STORE_FAILED, report.kind)
+        log.warning(
+            "dropped a %s report of device %s: the database refused it (%s)",
+            report.kind, report.device_id, short_error(exc),
+        )
 
     def ingest(self, batch: list[Report]) -> None:
+        """Store a batch in one transaction (blocking); raises if the transaction fails."""
         with write_session(self.engine) as session:
             self._load(session, batch)
             accepted = [r for r in batch if self._owns(r)]
-            self.dropped += len(batch) - len(accepted)
-            self.accepted += len(accepted)
-            if self.metrics is not None:
-                for kind in (STATUS, RESPONSE):
-                    taken = sum(1 for r in accepted if r.kind == kind)
-                    self._count(kind, "accepted", taken)
-                    self._count(kind, "dropped", sum(1 for r in batch if r.kind == kind) - taken)
-            if not accepted:
-                return
-            # Uptimes as they were before this batch: a 201 is judged against the
-            # uptime the device had just before it, not after a later reboot.
-            uptimes = {r.device_id: self._devices[r.device_id].uptime for r in accepted}
-            changed = self._apply_to_devices(accepted)
-            if changed:
-                session.connection().execute(
-                    update(Device)
-                    .where(col(Device.id) == bindparam("device_id"))
-                    .values(
-                        firmware_version=bindparam("fw"),
-                        last_code=bindparam("code"),
-                        last_seen=bindparam("seen"),
-                    ),
-                    [
-                        {"device_id": d, "fw": k.fw_version, "code": k.last_code, "seen": k.last_seen}
-                        for d, k in changed.items()
-                    ],
-                )
-                self.writes += len(changed)
-            self._apply_to_rollouts(session, accepted, uptimes)
+            changed: dict[str, _Known] = {}
+            if accepted:
+                # Uptimes as they were before this batch: a 201 is judged against the
+                # uptime the device had just before it, not after a later reboot.
+                uptimes = {r.device_id: self._devices[r.device_id].uptime for r in accepted}
+                changed = self._apply_to_devices(accepted)
+                if changed:
+                    session.connection().execute(
+                        update(Device)
+                        .where(col(Device.id) == bindparam("device_id"))
+                        .values(
+                            firmware_version=bindparam("fw"),
+                            last_code=bindparam("code"),
+                            last_seen=bindparam("seen"),
+                        ),
+                        [
+                            {"device_id": d, "fw": k.fw_version, "code": k.last_code, "seen": k.last_seen}
+                            for d, k in changed.items()
+                        ],
+                    )
+                self._apply_to_rollouts(session, accepted, uptimes)
+        # Counted once committed: a batch that failed is counted when it is stored again.
+        self.writes += len(changed)
+        self.accepted += len(accepted)
+        for kind in (STATUS, RESPONSE):
+            taken = sum(1 for r in accepted if r.kind == kind)
+            self._count(kind, "accepted", taken)
+            refused = sum(1 for r in batch if r.kind == kind) - taken
+            if refused:
+                self._drop(NOT_OWNED, kind, refused)
 
     def _load(self, session: Session, batch: Iterable[Report]) -> None:
         users = {r.mqtt_user for r in batch} - self._owners.keys()

@@ -20,10 +20,11 @@ from sqlalchemy import or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from otaship.receiver.db.engine import write_session
+from otaship.receiver.db.engine import database_unavailable, write_session
 from otaship.receiver.db.models import TriggerMessage
 from otaship.receiver.ids import utcnow
 from otaship.receiver.mqtt.link import MqttLink
+from otaship.receiver.outage import OutageLog
 from otaship.receiver.wakeup import sleep_until_woken
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class TriggerPublisher:
         self.published = 0
         self._wake = asyncio.Event()
         self._inflight: dict[int, mqtt.MQTTMessageInfo] = {}
+        self._outage = OutageLog(log, "triggers wait in the outbox")
 
     def wake(self) -> None:
         """Publish now rather than at the next idle tick (call from the event loop)."""
@@ -56,8 +58,12 @@ class TriggerPublisher:
         while True:
             try:
                 busy = await anyio.to_thread.run_sync(self.publish_pending)
-            except Exception:
-                log.exception("trigger publishing failed; retrying")
+                self._outage.recovered()
+            except Exception as exc:
+                if database_unavailable(exc):
+                    self._outage.failed(exc)
+                else:
+                    log.exception("trigger publishing failed; retrying")
                 busy = False
             if busy:
                 continue

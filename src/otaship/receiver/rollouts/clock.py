@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import anyio.to_thread
 from sqlalchemy.engine import Engine
 
-from otaship.receiver.db.engine import read_session, write_session
+from otaship.receiver.db.engine import database_unavailable, read_session, write_session
+from otaship.receiver.outage import OutageLog
 from otaship.receiver.rollouts.policy import CANARY, FLEET
 from otaship.receiver.rollouts.store import active_rollout_states, evaluate, lock_rollout
 from otaship.receiver.wakeup import sleep_until_woken
@@ -35,6 +36,8 @@ class RolloutRunner:
         self.tick = tick
         self.on_change = on_change
         self._wake = asyncio.Event()
+        # Timeouts and soaks are stored timestamps: the first tick after an outage catches up.
+        self._outage = OutageLog(log, "the rollout clock tries again every tick")
 
     def wake(self) -> None:
         self._wake.set()
@@ -58,7 +61,9 @@ class RolloutRunner:
                 changed = changed or (state is not None and state != before)
                 if before == CANARY and state == FLEET and self.metrics is not None:
                     self.metrics.deploys.labels("promotion").inc()
-            except Exception:
+            except Exception as exc:
+                if database_unavailable(exc):
+                    raise  # the others would fail alike: the pass ends, the next tick tries again
                 log.exception("could not evaluate rollout %s; trying again next tick", rollout_id)
         return changed
 
@@ -66,10 +71,14 @@ class RolloutRunner:
         while True:
             try:
                 changed = await self._pass()
+                self._outage.recovered()
                 if changed and self.on_change is not None:
                     self.on_change()
-            except Exception:
-                log.exception("rollout evaluation failed")
+            except Exception as exc:
+                if database_unavailable(exc):
+                    self._outage.failed(exc)
+                else:
+                    log.exception("rollout evaluation failed")
             await sleep_until_woken(self._wake, self.tick)
 
     async def _pass(self) -> bool:

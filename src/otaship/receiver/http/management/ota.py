@@ -18,7 +18,7 @@ from otaship.receiver.db.path_search import owned_paths_containing
 from otaship.receiver.http.auth import authenticated_owner
 from otaship.receiver.http.fields import BadField, choice, text, whole_number
 from otaship.receiver.http.management.deploy_form import check_version, parse_options, parse_target
-from otaship.receiver.http.responses import UNAUTHORIZED, message, server_error
+from otaship.receiver.http.responses import UNAUTHORIZED, database_errors, message, server_error
 from otaship.receiver.ids import iso_utc, secret_matches_plain
 from otaship.receiver.intake.deploy import (
     DeployResult,
@@ -143,6 +143,7 @@ def list_otas(
     return list(rows), total, filtered
 
 
+@database_errors(LIST_ERROR)
 async def get_group_otas(request: Request) -> Response:
     owner = await authenticated_owner(request)
     if owner is None:
@@ -175,6 +176,7 @@ async def get_group_otas(request: Request) -> Response:
 # --- POST /v1/ota/group --------------------------------------------------------
 
 
+@database_errors(UPLOAD_ERROR, unread_body=True)
 async def post_group_ota(request: Request) -> Response:
     owner = await authenticated_owner(request)
     if owner is None:

@@ -13,7 +13,7 @@ from otaship.receiver.db.groups import get_owned_group
 from otaship.receiver.db.models import Rollout
 from otaship.receiver.http.auth import authenticated_owner
 from otaship.receiver.http.fields import BadField, flag, text
-from otaship.receiver.http.responses import UNAUTHORIZED, message, server_error
+from otaship.receiver.http.responses import UNAUTHORIZED, database_errors, message, server_error
 from otaship.receiver.ids import is_id
 from otaship.receiver.metrics import Metrics
 from otaship.receiver.rollouts.policy import ABORTED
@@ -22,6 +22,7 @@ from otaship.receiver.services import Services
 
 NOT_FOUND = "No such rollout"
 READ_ERROR = "Error when getting rollouts"
+CHANGE_ERROR = "Error when changing the rollout"
 LIST_LIMIT = 100
 # Room for an id (24 characters) and then some: anything longer is no id at all.
 MAX_ID_LENGTH = 64
@@ -32,6 +33,7 @@ def _rollout_id(request: Request) -> str:
     return text(request.path_params["rollout_id"], name="rollout_id", max_length=MAX_ID_LENGTH)
 
 
+@database_errors(READ_ERROR)
 async def get_rollout(request: Request) -> Response:
     owner = await authenticated_owner(request)
     if owner is None:
@@ -55,6 +57,7 @@ async def get_rollout(request: Request) -> Response:
     return message(404, NOT_FOUND) if body is None else JSONResponse(body)
 
 
+@database_errors(READ_ERROR)
 async def list_rollouts(request: Request) -> Response:
     owner = await authenticated_owner(request)
     if owner is None:
@@ -115,7 +118,7 @@ async def _change(request: Request, action: str) -> Response:
     except RolloutError as exc:
         return message(409, str(exc))
     except SQLAlchemyError as exc:
-        return server_error("Error when changing the rollout", exc)
+        return server_error(CHANGE_ERROR, exc)
     services.deployed()
     if action == "promote" and body["state"] == ABORTED:
         # Committed: the group runs something newer than the rollout, which
@@ -126,10 +129,12 @@ async def _change(request: Request, action: str) -> Response:
     return JSONResponse(body)
 
 
+@database_errors(CHANGE_ERROR)
 async def promote_rollout(request: Request) -> Response:
     return await _change(request, "promote")
 
 
+@database_errors(CHANGE_ERROR)
 async def abort_rollout(request: Request) -> Response:
     return await _change(request, "abort")
 
