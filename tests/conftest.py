@@ -24,6 +24,9 @@ from tests.postgres import (  # noqa: F401  (fixtures)
     postgres_url,
 )
 
+# The action's and the fleet's: receivers with an owner, the deploy CLI as a step.
+pytest_plugins = ["tests.action_fixtures"]
+
 
 @dataclass
 class Owner:

@@ -148,137 +148,122 @@ class SectionedCommand(click.Command):
                 formatter.write_dl(rows)
 
 
-def build_options(command: F) -> F:
-    section = "Build"
-    for option in reversed(
-        [
-            env_option(
-                "--version",
-                "OTASHIP_VERSION",
-                "version to deploy; default: the tag (GITHUB_REF_NAME or CI_COMMIT_TAG), leading v stripped",
-                section=section,
-            ),
-            env_option("--project-dir", "OTASHIP_PROJECT_DIR", "PlatformIO project folder", section=section, default="."),
-            env_option(
-                "--environment",
-                "OTASHIP_ENVIRONMENT",
-                "PlatformIO env; default: the single default_envs or the only env",
-                section=section,
-            ),
-            env_option(
-                "--firmware", "OTASHIP_FIRMWARE", "a prebuilt image to deploy instead of building", section=section
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
+def stacked(*options: Callable[[F], F]) -> Callable[[F], F]:
+    """The options as one decorator, listed in this order in the help."""
+
+    def decorate(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
-def receiver_options(command: F) -> F:
-    section = "Receiver"
-    command = env_option(
+build_options = stacked(
+    env_option(
+        "--version",
+        "OTASHIP_VERSION",
+        "version to deploy; default: the tag (GITHUB_REF_NAME or CI_COMMIT_TAG), leading v stripped",
+        section="Build",
+    ),
+    env_option("--project-dir", "OTASHIP_PROJECT_DIR", "PlatformIO project folder", section="Build", default="."),
+    env_option(
+        "--environment",
+        "OTASHIP_ENVIRONMENT",
+        "PlatformIO env; default: the single default_envs or the only env",
+        section="Build",
+    ),
+    env_option("--firmware", "OTASHIP_FIRMWARE", "a prebuilt image to deploy instead of building", section="Build"),
+)
+
+receiver_options = stacked(
+    env_option("--receiver-url", "OTASHIP_RECEIVER_URL", "receiver base URL", section="Receiver", callback=receiver_url),
+    env_option(
         "--api-key",
         "OTASHIP_API_KEY",
         "API key of the group's owner; prefer the variable to the flag",
-        section=section,
-    )(command)
-    return env_option(
-        "--receiver-url", "OTASHIP_RECEIVER_URL", "receiver base URL", section=section, callback=receiver_url
-    )(command)
+        section="Receiver",
+    ),
+)
 
-
-def follow_options(command: F) -> F:
-    section = "Following the rollout"
-    command = env_option(
-        "--poll-interval",
-        "OTASHIP_POLL_INTERVAL",
-        "seconds between rollout polls",
-        section=section,
-        type=SECONDS,
-        default="5",
-    )(command)
-    return env_option(
+follow_options = stacked(
+    env_option(
         "--timeout",
         "OTASHIP_TIMEOUT",
         "seconds to follow the rollout",
-        section=section,
+        section="Following the rollout",
         type=SECONDS,
         default="3600",
-    )(command)
+    ),
+    env_option(
+        "--poll-interval",
+        "OTASHIP_POLL_INTERVAL",
+        "seconds between rollout polls",
+        section="Following the rollout",
+        type=SECONDS,
+        default="5",
+    ),
+)
 
-
-def target_options(command: F) -> F:
-    section = "Target and rollout"
-    for option in reversed(
-        [
-            env_option("--group", "OTASHIP_GROUP", "group id (24 hex)", section=section),
-            env_option(
-                "--group-token",
-                "OTASHIP_GROUP_TOKEN",
-                "group token; prefer the variable to the flag",
-                section=section,
-            ),
-            env_option(
-                "--commit",
-                "OTASHIP_COMMIT",
-                "source revision stored with the OTA; default GITHUB_SHA or CI_COMMIT_SHA",
-                section=section,
-                fallbacks=("GITHUB_SHA", "CI_COMMIT_SHA"),
-            ),
-            env_option(
-                "--canary",
-                "OTASHIP_CANARY",
-                "canary subgroup id: deploy there first, then the whole group",
-                section=section,
-            ),
-            env_option(
-                "--canary-timeout",
-                "OTASHIP_CANARY_TIMEOUT",
-                "seconds the canary (and the fleet) stage may take",
-                section=section,
-                type=click.IntRange(min=1),
-            ),
-            env_option(
-                "--success-threshold",
-                "OTASHIP_SUCCESS_THRESHOLD",
-                "fraction (0-1] of canary devices that must succeed",
-                section=section,
-                type=FRACTION,
-                callback=not_nan,
-            ),
-            env_option(
-                "--error-threshold",
-                "OTASHIP_ERROR_THRESHOLD",
-                "number of failed canary devices tolerated",
-                section=section,
-                type=click.IntRange(min=0),
-            ),
-            env_option(
-                "--soak",
-                "OTASHIP_SOAK",
-                "seconds the canary must stay healthy before promotion",
-                section=section,
-                type=click.IntRange(min=0),
-            ),
-            env_option(
-                "--auto-promote",
-                "OTASHIP_AUTO_PROMOTE",
-                "promote to the fleet automatically (true/false)",
-                section=section,
-                callback=switch,
-            ),
-            env_option(
-                "--wait",
-                "OTASHIP_WAIT",
-                "follow the rollout to its end (true/false)",
-                section=section,
-                callback=switch,
-                default="true",
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
+TARGET = "Target and rollout"
+target_options = stacked(
+    env_option("--group", "OTASHIP_GROUP", "group id (24 hex)", section=TARGET),
+    env_option("--group-token", "OTASHIP_GROUP_TOKEN", "group token; prefer the variable to the flag", section=TARGET),
+    env_option(
+        "--commit",
+        "OTASHIP_COMMIT",
+        "source revision stored with the OTA; default GITHUB_SHA or CI_COMMIT_SHA",
+        section=TARGET,
+        fallbacks=("GITHUB_SHA", "CI_COMMIT_SHA"),
+    ),
+    env_option(
+        "--canary", "OTASHIP_CANARY", "canary subgroup id: deploy there first, then the whole group", section=TARGET
+    ),
+    env_option(
+        "--canary-timeout",
+        "OTASHIP_CANARY_TIMEOUT",
+        "seconds the canary (and the fleet) stage may take",
+        section=TARGET,
+        type=click.IntRange(min=1),
+    ),
+    env_option(
+        "--success-threshold",
+        "OTASHIP_SUCCESS_THRESHOLD",
+        "fraction (0-1] of canary devices that must succeed",
+        section=TARGET,
+        type=FRACTION,
+        callback=not_nan,
+    ),
+    env_option(
+        "--error-threshold",
+        "OTASHIP_ERROR_THRESHOLD",
+        "number of failed canary devices tolerated",
+        section=TARGET,
+        type=click.IntRange(min=0),
+    ),
+    env_option(
+        "--soak",
+        "OTASHIP_SOAK",
+        "seconds the canary must stay healthy before promotion",
+        section=TARGET,
+        type=click.IntRange(min=0),
+    ),
+    env_option(
+        "--auto-promote",
+        "OTASHIP_AUTO_PROMOTE",
+        "promote to the fleet automatically (true/false)",
+        section=TARGET,
+        callback=switch,
+    ),
+    env_option(
+        "--wait",
+        "OTASHIP_WAIT",
+        "follow the rollout to its end (true/false)",
+        section=TARGET,
+        callback=switch,
+        default="true",
+    ),
+)
 
 
 def require(ctx: click.Context, needed: Sequence[tuple[str, str, str]]) -> None:
