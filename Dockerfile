@@ -23,9 +23,10 @@ COPY pyproject.toml README.md ./
 COPY src/ src/
 # Every dependency ships a manylinux wheel, so the slim image needs no compiler.
 # pip compiles the .pyc files here: at run time the venv is read-only to the
-# service user, who could not write them.
+# service user, who could not write them. The receiver is the package's
+# `receiver` extra (the plain package is the action alone).
 RUN python -m venv "$VIRTUAL_ENV" \
- && "$VIRTUAL_ENV/bin/pip" install .
+ && "$VIRTUAL_ENV/bin/pip" install '.[receiver]'
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/otaship/bin:$PATH \

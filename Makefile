@@ -13,9 +13,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# The stamps re-install whenever pyproject.toml changes.
+# The stamps re-install whenever pyproject.toml changes. `make run` needs the
+# receiver extra; the test extra pulls it in too.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[receiver]'
 	touch $@
 
 $(VENV)/.installed-test: $(BIN)/python pyproject.toml

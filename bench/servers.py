@@ -174,15 +174,9 @@ def otaship_batch(env: dict[str, str], *commands: Sequence[str]) -> list[Any]:
 @functools.lru_cache(maxsize=1)
 def has_migrate() -> bool:
     """Whether this receiver has `otaship migrate` (Alembic schema for PostgreSQL)."""
-    import argparse
+    from otaship.receiver.cli import cli
 
-    from otaship.receiver.cli import build_parser
-
-    return any(
-        "migrate" in action.choices
-        for action in build_parser()._actions
-        if isinstance(action, argparse._SubParsersAction)
-    )
+    return "migrate" in cli.commands
 
 
 def receiver(env: dict[str, str], log_dir: Path) -> Server:

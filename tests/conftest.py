@@ -25,6 +25,9 @@ from tests.postgres import (  # noqa: F401  (fixtures)
     postgres_url,
 )
 
+# The action's and the fleet's: receivers with an owner, the deploy CLI as a step.
+pytest_plugins = ["tests.action_fixtures"]
+
 # Lines a test module wants shown at the end of the run (pytest captures what
 # fixtures print); see pytest_terminal_summary below.
 SUMMARY = pytest.StashKey[list[str]]()

@@ -1,20 +1,15 @@
 """The receiver client: streaming upload, retries, and error messages.
 
-The HTTP server here is a scripted stand-in on a real socket: it answers each
-request from a list, so the tests can make the network fail in ways a healthy
-receiver never does (503s, 429s, dropped connections).
+The HTTP server is the scripted stand-in of tests/action_fixtures.py, on a real
+socket: it answers each request from a list, so the tests can make the network
+fail in ways a healthy receiver never does (503s, 429s, dropped connections).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import random
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -28,76 +23,7 @@ from otaship.action.client import (
     build_deploy_request,
 )
 from otaship.action.retry import RetryPolicy
-
-Reply = tuple[int, Any, dict[str, str]]
-
-
-class ScriptedServer(ThreadingHTTPServer):
-    """Answers each request with the next scripted reply for its method; the last one repeats."""
-
-    daemon_threads = True
-
-    def __init__(self, replies: dict[str, list[Reply]]) -> None:
-        super().__init__(("127.0.0.1", 0), ScriptedHandler)
-        self.replies = replies
-        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def next_reply(self, method: str) -> Reply:
-        with self.lock:
-            script = self.replies[method]
-            return script.pop(0) if len(script) > 1 else script[0]
-
-
-class ScriptedHandler(BaseHTTPRequestHandler):
-    server: ScriptedServer
-
-    def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
-        pass
-
-    def _answer(self, method: str) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
-        self.server.requests.append((method, self.path, dict(self.headers), body))
-        status, payload, headers = self.server.next_reply(method)
-        if status == 0:  # drop the connection without an answer
-            self.close_connection = True
-            self.connection.close()
-            return
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._answer("GET")
-
-    def do_POST(self) -> None:
-        self._answer("POST")
-
-
-@pytest.fixture
-def scripted() -> Iterator[ScriptedServer]:
-    servers: list[ScriptedServer] = []
-
-    def start(replies: dict[str, list[Reply]]) -> ScriptedServer:
-        server = ScriptedServer(replies)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start  # type: ignore[misc]
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
+from tests.action_fixtures import Reply, Scripted
 
 DEPLOYMENT = Deployment(
     group="a" * 24, token="t" * 16, version="1.2.3", commit="abc123",
@@ -184,7 +110,7 @@ def test_form_fields_leave_out_what_is_unset() -> None:
     }
 
 
-def test_a_503_is_retried_and_every_attempt_sends_the_whole_image(scripted: Any, firmware: Path) -> None:
+def test_a_503_is_retried_and_every_attempt_sends_the_whole_image(scripted: Scripted, firmware: Path) -> None:
     server = scripted(
         {"POST": [(503, {"message": "busy"}, {}), (502, b"<html>bad gateway</html>", {}), CREATED]}
     )
@@ -205,7 +131,7 @@ def test_a_503_is_retried_and_every_attempt_sends_the_whole_image(scripted: Any,
     assert "502 (<html>bad gateway</html>)" in messages[1]
 
 
-def test_429_honours_retry_after(scripted: Any, firmware: Path) -> None:
+def test_429_honours_retry_after(scripted: Scripted, firmware: Path) -> None:
     server = scripted({"POST": [(429, {"message": "slow down"}, {"Retry-After": "3"}), CREATED]})
     sleeps: list[float] = []
     with client(server.url, sleeps) as receiver:
@@ -213,7 +139,7 @@ def test_429_honours_retry_after(scripted: Any, firmware: Path) -> None:
     assert sleeps[0] >= 3
 
 
-def test_retries_give_up_with_the_last_answer(scripted: Any, firmware: Path) -> None:
+def test_retries_give_up_with_the_last_answer(scripted: Scripted, firmware: Path) -> None:
     server = scripted(
         {"POST": [(500, {"message": "Error when uploading firmware file", "error": "disk full"}, {})]}
     )
@@ -230,7 +156,7 @@ def test_retries_give_up_with_the_last_answer(scripted: Any, firmware: Path) -> 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 413])
 def test_other_4xx_are_not_retried_and_keep_the_receiver_message(
-    scripted: Any, firmware: Path, status: int
+    scripted: Scripted, firmware: Path, status: int
 ) -> None:
     server = scripted({"POST": [(status, {"message": f"nope {status}", "commit": "x"}, {})]})
     sleeps: list[float] = []
@@ -244,7 +170,7 @@ def test_other_4xx_are_not_retried_and_keep_the_receiver_message(
     assert len(server.requests) == 1 and sleeps == []
 
 
-def test_a_dropped_connection_is_retried(scripted: Any, firmware: Path) -> None:
+def test_a_dropped_connection_is_retried(scripted: Scripted, firmware: Path) -> None:
     server = scripted({"POST": [(0, b"", {}), CREATED]})
     sleeps: list[float] = []
     with client(server.url, sleeps) as receiver:
@@ -267,7 +193,7 @@ def test_an_unreachable_receiver_fails_after_the_retries(firmware: Path) -> None
     assert len(sleeps) == 1
 
 
-def test_rollouts_are_read_under_a_path_prefix(scripted: Any) -> None:
+def test_rollouts_are_read_under_a_path_prefix(scripted: Scripted) -> None:
     server = scripted({"GET": [(200, {"rollouts": [{"id": "r2"}, {"id": "r1"}, "junk"]}, {})]})
     with ReceiverClient(server.url + "/otaship/", "k") as receiver:
         assert [r["id"] for r in receiver.rollouts("g1")] == ["r2", "r1"]

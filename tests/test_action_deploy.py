@@ -1,7 +1,8 @@
 """`otaship-deploy deploy` against a real receiver (`otaship serve` in a subprocess).
 
-The receiver runs on its embedded defaults (SQLite and a local folder in a temp
-dir, MQTT off); users and groups come from the `otaship` CLI. The one test
+The receiver (the `tenant` of tests/action_fixtures.py) runs on its embedded
+defaults (SQLite and a local folder in a temp dir, MQTT off); users and groups
+come from the `otaship` CLI. The one test
 double is a small HTTP proxy that answers 503 to the first requests and then
 forwards to the receiver: a network that fails for a while, which a healthy
 receiver cannot be made to do.
@@ -12,86 +13,50 @@ from __future__ import annotations
 import io
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from otaship.action import exit_codes
 from otaship.action.__main__ import main
+from tests.action_fixtures import DeployStep, StepRun, Tenant, receiver_env
 from tests.esp_image import write_image
-from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
+from tests.receiver_process import otaship_json
 
 COMMIT = "1111111111111111111111111111111111111111"
 OTHER_COMMIT = "2222222222222222222222222222222222222222"
 
 
-@dataclass
-class Receiver:
-    process: ReceiverProcess
-    env: dict[str, str]
+@dataclass(frozen=True)
+class Credentials:
     api_key: str
     group: str
     token: str
-    free_key: str
-    free_group: str
-    free_token: str
-
-    @property
-    def url(self) -> str:
-        return self.process.url
-
-    def group_otas(self, group: str) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.url}/v1/ota/group", headers={"Authorization": f"Bearer {self.api_key}"})
-        response.raise_for_status()
-        return [ota for ota in response.json()["otas"] if ota["group"] == group]
-
-    def new_group(self, name: str) -> tuple[str, str]:
-        group = otaship_json(self.env, "group", "create", name, "--owner", "pro@example.com")
-        return group["id"], group["token"]
 
 
 @pytest.fixture(scope="module")
-def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
-    env = cli_env(tmp_path_factory.mktemp("receiver"))
-    process = ReceiverProcess(env).start()
-    try:
-        pro = otaship_json(env, "user", "create", "pro@example.com", "--plan", "pro")
-        group = otaship_json(env, "group", "create", "fleet", "--owner", "pro@example.com")
-        free = otaship_json(env, "user", "create", "free@example.com")
-        free_group = otaship_json(env, "group", "create", "hobby", "--owner", "free@example.com")
-        yield Receiver(
-            process,
-            env,
-            pro["api_key"],
-            group["id"],
-            group["token"],
-            free["api_key"],
-            free_group["id"],
-            free_group["token"],
-        )
-    finally:
-        popen = process.process
-        process.stop()
-        # stop() reads the log but leaves the pipe open; close it so no ResourceWarning leaks.
-        if popen is not None and popen.stdout is not None:
-            popen.stdout.close()
+def pro(tenant: Tenant) -> Credentials:
+    group = tenant.group("fleet")
+    return Credentials(tenant.api_key, group["id"], group["token"])
 
 
-@dataclass
-class Result:
-    code: int
-    log: str
-    outputs: str
-    summary: str
+@pytest.fixture(scope="module")
+def free(tenant: Tenant) -> Credentials:
+    user = otaship_json(tenant.env, "user", "create", "free@example.com")
+    group = otaship_json(tenant.env, "group", "create", "hobby", "--owner", "free@example.com")
+    return Credentials(user["api_key"], group["id"], group["token"])
+
+
+def new_group(tenant: Tenant, name: str) -> tuple[str, str]:
+    group = tenant.group(name)
+    return group["id"], group["token"]
 
 
 def deploy(
-    tmp_path: Path,
+    deploy_step: DeployStep,
     url: str,
     api_key: str,
     group: str,
@@ -100,41 +65,27 @@ def deploy(
     version: str,
     commit: str = COMMIT,
     *extra: str,
-) -> Result:
-    out = io.StringIO()
-    output_file, summary_file = tmp_path / "output", tmp_path / "summary"
-    output_file.write_text("")
-    summary_file.write_text("")
-    environ = {
-        "GITHUB_ACTIONS": "true",
-        "GITHUB_OUTPUT": str(output_file),
-        "GITHUB_STEP_SUMMARY": str(summary_file),
-        "GITHUB_SHA": commit,
-        "OTASHIP_RECEIVER_URL": url,
-        "OTASHIP_API_KEY": api_key,
-        "OTASHIP_GROUP": group,
-        "OTASHIP_GROUP_TOKEN": token,
-    }
-    code = main(["deploy", "--firmware", str(image), "--version", version, *extra], environ, out)
-    return Result(code, out.getvalue(), output_file.read_text(), summary_file.read_text())
+) -> StepRun:
+    env = {"GITHUB_SHA": commit, **receiver_env(url, api_key, group, token)}
+    return deploy_step("deploy", "--firmware", str(image), "--version", version, *extra, env=env)
 
 
-def test_upload_then_an_idempotent_rerun(tmp_path: Path, receiver: Receiver) -> None:
-    group, token = receiver.new_group("rerun")
+def test_upload_then_an_idempotent_rerun(tmp_path: Path, tenant: Tenant, deploy_step: DeployStep) -> None:
+    group, token = new_group(tenant, "rerun")
     image = write_image(tmp_path / "fw.bin", "3.0.0", seed=30)
-    first = deploy(tmp_path, receiver.url, receiver.api_key, group, token, image, "v3.0.0")
+    first = deploy(deploy_step, tenant.url, tenant.api_key, group, token, image, "v3.0.0")
     assert first.code == exit_codes.OK, first.log
     assert "::notice title=Deployed::3.0.0 deployed" in first.log
     assert "| Deployed | yes |" in first.summary
-    [ota] = receiver.group_otas(group)
+    [ota] = tenant.otas(group)
     assert (ota["version"], ota["__v"]) == ("3.0.0", 0)
 
-    again = deploy(tmp_path, receiver.url, receiver.api_key, group, token, image, "3.0.0")
+    again = deploy(deploy_step, tenant.url, tenant.api_key, group, token, image, "3.0.0")
     assert again.code == exit_codes.OK, again.log
     assert (
         "nothing was redeployed" in again.log and "## ✅ otaship: `3.0.0` already deployed" in again.summary
     )
-    assert [ota["__v"] for ota in receiver.group_otas(group)] == [0]
+    assert [ota["__v"] for ota in tenant.otas(group)] == [0]
 
 
 @pytest.mark.parametrize(
@@ -148,10 +99,11 @@ def test_upload_then_an_idempotent_rerun(tmp_path: Path, receiver: Receiver) -> 
     ],
 )
 def test_a_4xx_is_a_configuration_error_with_the_receiver_message(
-    tmp_path: Path, receiver: Receiver, case: str, expected: str
+    tmp_path: Path, tenant: Tenant, pro: Credentials, free: Credentials, deploy_step: DeployStep,
+    case: str, expected: str,
 ) -> None:
     image = write_image(tmp_path / "fw.bin", "1.0.0")
-    key, group, token = receiver.api_key, receiver.group, receiver.token
+    key, group, token = tenant.api_key, pro.group, pro.token
     if case == "bad token":
         token = "x" * 16
     elif case == "bad key":
@@ -161,8 +113,8 @@ def test_a_4xx_is_a_configuration_error_with_the_receiver_message(
     elif case == "bad group id":
         group = "not-hex"
     elif case == "free plan":
-        key, group, token = receiver.free_key, receiver.free_group, receiver.free_token
-    result = deploy(tmp_path, receiver.url, key, group, token, image, "1.0.0")
+        key, group, token = free.api_key, free.group, free.token
+    result = deploy(deploy_step, tenant.url, key, group, token, image, "1.0.0")
     assert result.code == exit_codes.BAD_INPUT
     assert "::error title=Receiver rejected the deploy::the receiver answered " + expected in result.log
     assert "## ❌ otaship: `1.0.0` failed" in result.summary
@@ -174,17 +126,17 @@ def test_a_4xx_is_a_configuration_error_with_the_receiver_message(
 
 
 def test_a_409_from_the_same_commit_is_a_rerun_and_from_another_is_a_moved_tag(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, tenant: Tenant, deploy_step: DeployStep
 ) -> None:
-    group, token = receiver.new_group("conflict")
+    group, token = new_group(tenant, "conflict")
     first = write_image(tmp_path / "a.bin", "1.1.0", seed=1)
     rebuilt = write_image(tmp_path / "b.bin", "1.1.0", seed=2)  # a rebuild embeds another date: other bytes
     assert (
-        deploy(tmp_path, receiver.url, receiver.api_key, group, token, first, "1.1.0", COMMIT).code
+        deploy(deploy_step, tenant.url, tenant.api_key, group, token, first, "1.1.0", COMMIT).code
         == exit_codes.OK
     )
 
-    rerun = deploy(tmp_path, receiver.url, receiver.api_key, group, token, rebuilt, "1.1.0", COMMIT)
+    rerun = deploy(deploy_step, tenant.url, tenant.api_key, group, token, rebuilt, "1.1.0", COMMIT)
     assert rerun.code == exit_codes.OK, rerun.log
     assert (
         "::warning title=Already deployed::version 1.1.0 is already deployed from this commit (111111111111)"
@@ -192,21 +144,23 @@ def test_a_409_from_the_same_commit_is_a_rerun_and_from_another_is_a_moved_tag(
     )
     assert "not redeployed" in rerun.summary
 
-    moved = deploy(tmp_path, receiver.url, receiver.api_key, group, token, rebuilt, "1.1.0", OTHER_COMMIT)
+    moved = deploy(deploy_step, tenant.url, tenant.api_key, group, token, rebuilt, "1.1.0", OTHER_COMMIT)
     assert moved.code == exit_codes.DEPLOY_FAILED
     assert (
         "::error title=Version already deployed::version 1.1.0 is already deployed to this group from commit 111111111111"
         in moved.log
     )
     assert "bump the version (for example to v1.1.1)" in moved.log
-    [ota] = receiver.group_otas(group)
+    [ota] = tenant.otas(group)
     assert ota["__v"] == 0  # neither attempt replaced the deployed image
 
 
-def test_an_invalid_image_is_refused_before_uploading(tmp_path: Path, receiver: Receiver) -> None:
+def test_an_invalid_image_is_refused_before_uploading(
+    tmp_path: Path, tenant: Tenant, pro: Credentials, deploy_step: DeployStep
+) -> None:
     junk = tmp_path / "firmware.bin"
     junk.write_bytes(b"\x00" * 4096)
-    result = deploy(tmp_path, receiver.url, receiver.api_key, receiver.group, receiver.token, junk, "1.0.0")
+    result = deploy(deploy_step, tenant.url, tenant.api_key, pro.group, pro.token, junk, "1.0.0")
     assert result.code == exit_codes.BAD_INPUT
     assert "::error title=Invalid image::" in result.log and "deploying" not in result.log
 
@@ -264,13 +218,15 @@ class FlakyHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = _forward
 
 
-def test_a_5xx_is_retried_until_the_receiver_answers(tmp_path: Path, receiver: Receiver) -> None:
-    group, token = receiver.new_group("flaky")
-    proxy = FlakyProxy(receiver.url, failures=2)
+def test_a_5xx_is_retried_until_the_receiver_answers(
+    tmp_path: Path, tenant: Tenant, deploy_step: DeployStep
+) -> None:
+    group, token = new_group(tenant, "flaky")
+    proxy = FlakyProxy(tenant.url, failures=2)
     threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     try:
         image = write_image(tmp_path / "fw.bin", "4.0.0", seed=40)
-        result = deploy(tmp_path, proxy.url, receiver.api_key, group, token, image, "4.0.0")
+        result = deploy(deploy_step, proxy.url, tenant.api_key, group, token, image, "4.0.0")
     finally:
         proxy.shutdown()
         proxy.server_close()
@@ -282,16 +238,16 @@ def test_a_5xx_is_retried_until_the_receiver_answers(tmp_path: Path, receiver: R
         == 2
     )
     assert proxy.seen == 3
-    assert [ota["version"] for ota in receiver.group_otas(group)] == ["4.0.0"]
+    assert [ota["version"] for ota in tenant.otas(group)] == ["4.0.0"]
 
 
-def test_deploy_builds_the_project_itself_outside_github(tmp_path: Path, receiver: Receiver) -> None:
+def test_deploy_builds_the_project_itself_outside_github(tmp_path: Path, tenant: Tenant) -> None:
     """The GitLab CI / laptop path: no --firmware, no GITHUB_* files, a plain log.
 
     `pio` is the stand-in from tests/fake_pio: PlatformIO cannot download its
     toolchains here. It writes a real esptool-built image.
     """
-    group, token = receiver.new_group("gitlab")
+    group, token = new_group(tenant, "gitlab")
     project = tmp_path / "project"
     project.mkdir()
     (project / "platformio.ini").write_text(
@@ -303,10 +259,7 @@ def test_deploy_builds_the_project_itself_outside_github(tmp_path: Path, receive
         "FAKE_PIO_PYTHON": sys.executable,
         "CI_COMMIT_TAG": "v5.0.0",
         "CI_COMMIT_SHA": COMMIT,
-        "OTASHIP_RECEIVER_URL": receiver.url,
-        "OTASHIP_API_KEY": receiver.api_key,
-        "OTASHIP_GROUP": group,
-        "OTASHIP_GROUP_TOKEN": token,
+        **receiver_env(tenant.url, tenant.api_key, group, token),
         "OTASHIP_PROJECT_DIR": str(project),
     }
     code = main(["deploy"], environ, out)
@@ -314,8 +267,8 @@ def test_deploy_builds_the_project_itself_outside_github(tmp_path: Path, receive
     assert code == exit_codes.OK, log
     assert "::" not in log  # no workflow commands outside GitHub Actions
     assert "--- PlatformIO build (board)" in log and "notice: Deployed: 5.0.0 deployed" in log
-    assert receiver.api_key not in log
-    [ota] = receiver.group_otas(group)
+    assert tenant.api_key not in log
+    [ota] = tenant.otas(group)
     assert (ota["version"], ota["commit"]) == ("5.0.0", COMMIT)
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from otaship.action.follow import FollowResult, failure_message, follow_rollout, progress_line
+from tests.action_fixtures import stage_json
 
 
 def rollout(
@@ -13,23 +15,9 @@ def rollout(
     fleet: tuple[int, int, int, int] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    def stage(name: str, counts: tuple[int, int, int, int], stage_state: str) -> dict[str, Any]:
-        targeted, succeeded, failed, pending = counts
-        return {
-            "name": name,
-            "group": name + "-g",
-            "state": stage_state,
-            "targeted": targeted,
-            "succeeded": succeeded,
-            "failed": failed,
-            "pending": pending,
-            "started_at": "2024-01-01T00:00:00Z",
-            "ended_at": None,
-        }
-
-    stages = [stage("canary", canary, "running" if state == "canary" else "done")]
+    stages = [stage_json("canary", "canary-g", canary, "running" if state == "canary" else "done")]
     if fleet is not None:
-        stages.append(stage("fleet", fleet, "running"))
+        stages.append(stage_json("fleet", "fleet-g", fleet, "running"))
     return {
         "id": "r1",
         "group": "g",
@@ -125,6 +113,12 @@ class Script:
         self.sleeps.append(seconds)
         self.now += seconds
 
+    def follow(self, timeout: float, report: Callable[[str], None] = lambda line: None) -> FollowResult:
+        """Follow this rollout every 5 s on this clock."""
+        return follow_rollout(
+            self.fetch, timeout=timeout, interval=5, report=report, clock=lambda: self.now, sleep=self.sleep
+        )
+
 
 def test_following_prints_one_line_per_change_and_ends_on_complete() -> None:
     script = Script(
@@ -137,14 +131,7 @@ def test_following_prints_one_line_per_change_and_ends_on_complete() -> None:
         ]
     )
     lines: list[str] = []
-    result = follow_rollout(
-        script.fetch,
-        timeout=100,
-        interval=5,
-        report=lines.append,
-        clock=lambda: script.now,
-        sleep=script.sleep,
-    )
+    result = script.follow(100, lines.append)
     assert not result.timed_out and result.state == "complete"
     assert len(lines) == 4  # the repeated first state printed once
     assert script.polls == 5 and script.sleeps == [5, 5, 5, 5]
@@ -152,26 +139,12 @@ def test_following_prints_one_line_per_change_and_ends_on_complete() -> None:
 
 def test_following_stops_at_the_timeout() -> None:
     script = Script([rollout("canary", (2, 0, 0, 2))])
-    result = follow_rollout(
-        script.fetch,
-        timeout=12,
-        interval=5,
-        report=lambda line: None,
-        clock=lambda: script.now,
-        sleep=script.sleep,
-    )
+    result = script.follow(12)
     assert result.timed_out and result.state == "timeout"
     assert script.sleeps == [5, 5, 2]  # never sleeps past the deadline
 
 
 def test_a_halt_ends_following_at_once() -> None:
     script = Script([rollout("halted", (2, 0, 2, 0))])
-    result = follow_rollout(
-        script.fetch,
-        timeout=100,
-        interval=5,
-        report=lambda line: None,
-        clock=lambda: script.now,
-        sleep=script.sleep,
-    )
+    result = script.follow(100)
     assert result.state == "halted" and script.sleeps == []

@@ -9,20 +9,14 @@ that work.
 
 from __future__ import annotations
 
-import io
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from otaship.action import exit_codes
-from otaship.action.__main__ import main
-from tests.action_runner import parse_file_commands
+from tests.action_fixtures import DeployStep, Reply, Scripted, StepRun, receiver_env, stage_json
 from tests.esp_image import write_image
-from tests.test_action_client import Reply, ScriptedServer
 
 GROUP, CANARY, ROLLOUT, COMMIT = "a" * 24, "c" * 24, "f" * 24, "3" * 40
 
@@ -35,23 +29,9 @@ def rollout(
     reason: str | None = None,
     version: str = "1.5.0",
 ) -> dict[str, Any]:
-    def stage(name: str, group: str, counts: tuple[int, int, int, int], stage_state: str) -> dict[str, Any]:
-        targeted, succeeded, failed, pending = counts
-        return {
-            "name": name,
-            "group": group,
-            "state": stage_state,
-            "targeted": targeted,
-            "succeeded": succeeded,
-            "failed": failed,
-            "pending": pending,
-            "started_at": "2024-01-01T00:00:00Z",
-            "ended_at": None,
-        }
-
-    stages = [stage("canary", CANARY, canary, "running" if state == "canary" else "done")]
+    stages = [stage_json("canary", CANARY, canary, "running" if state == "canary" else "done")]
     if fleet is not None:
-        stages.append(stage("fleet", GROUP, fleet, "running" if state == "fleet" else "done"))
+        stages.append(stage_json("fleet", GROUP, fleet, "running" if state == "fleet" else "done"))
     return {
         "id": ROLLOUT,
         "group": GROUP,
@@ -79,28 +59,15 @@ def created(state: str = "canary", deployed: bool = True) -> Reply:
     )
 
 
-@dataclass
-class Run:
-    code: int
-    log: str
-    outputs: dict[str, str]
-    summary: str
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[dict[str, list[Reply]]], ScriptedServer]]:
-    servers: list[ScriptedServer] = []
-
-    def start(replies: dict[str, list[Reply]]) -> ScriptedServer:
-        server = ScriptedServer(replies)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+def run_cli(deploy_step: DeployStep, url: str, *args: str) -> StepRun:
+    env = {
+        "GITHUB_SHA": COMMIT,
+        "GITHUB_REF_TYPE": "tag",
+        "GITHUB_REF_NAME": "v1.5.0",
+        **receiver_env(url, "osk_key", GROUP, "t" * 16),
+        "OTASHIP_POLL_INTERVAL": "0.01",
+    }
+    return deploy_step(*args, env=env)
 
 
 @pytest.fixture
@@ -108,32 +75,10 @@ def image(tmp_path: Path) -> Path:
     return write_image(tmp_path / "firmware.bin", "1.5.0", seed=15)
 
 
-def run_cli(tmp_path: Path, url: str, *args: str) -> Run:
-    out = io.StringIO()
-    output_file, summary_file = tmp_path / "output", tmp_path / "summary"
-    output_file.write_text("")
-    summary_file.write_text("")
-    environ = {
-        "GITHUB_ACTIONS": "true",
-        "GITHUB_OUTPUT": str(output_file),
-        "GITHUB_STEP_SUMMARY": str(summary_file),
-        "GITHUB_SHA": COMMIT,
-        "GITHUB_REF_TYPE": "tag",
-        "GITHUB_REF_NAME": "v1.5.0",
-        "OTASHIP_RECEIVER_URL": url,
-        "OTASHIP_API_KEY": "osk_key",
-        "OTASHIP_GROUP": GROUP,
-        "OTASHIP_GROUP_TOKEN": "t" * 16,
-        "OTASHIP_POLL_INTERVAL": "0.01",
-    }
-    code = main(list(args), environ, out)
-    return Run(code, out.getvalue(), parse_file_commands(output_file.read_text()), summary_file.read_text())
-
-
 def test_a_canary_rollout_followed_to_complete(
-    tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]
+    deploy_step: DeployStep, image: Path, scripted: Scripted
 ) -> None:
-    server = serve(
+    server = scripted(
         {
             "POST": [created()],
             "GET": [
@@ -149,7 +94,7 @@ def test_a_canary_rollout_followed_to_complete(
         }
     )
     result = run_cli(
-        tmp_path,
+        deploy_step,
         server.url,
         "deploy",
         "--firmware",
@@ -195,7 +140,7 @@ def test_a_canary_rollout_followed_to_complete(
 
 
 def test_a_halted_canary_fails_the_job_naming_the_devices(
-    tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]
+    deploy_step: DeployStep, image: Path, scripted: Scripted
 ) -> None:
     devices = [
         {
@@ -217,7 +162,7 @@ def test_a_halted_canary_fails_the_job_naming_the_devices(
             "code": 201,
         },
     ]
-    server = serve(
+    server = scripted(
         {
             "POST": [created()],
             "GET": [
@@ -226,7 +171,7 @@ def test_a_halted_canary_fails_the_job_naming_the_devices(
             ],
         }
     )
-    result = run_cli(tmp_path, server.url, "deploy", "--firmware", str(image), "--canary", CANARY)
+    result = run_cli(deploy_step, server.url, "deploy", "--firmware", str(image), "--canary", CANARY)
     assert result.code == exit_codes.ROLLOUT_FAILED
     assert (
         f"::error title=Rollout halted::rollout {ROLLOUT} halted: 1 canary device failed. "
@@ -238,24 +183,24 @@ def test_a_halted_canary_fails_the_job_naming_the_devices(
 
 
 def test_an_aborted_rollout_fails_the_job(
-    tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]
+    deploy_step: DeployStep, image: Path, scripted: Scripted
 ) -> None:
-    server = serve(
+    server = scripted(
         {
             "POST": [created()],
             "GET": [(200, rollout("aborted", (2, 0, 0, 2), reason="aborted by operator"), {})],
         }
     )
-    result = run_cli(tmp_path, server.url, "deploy", "--firmware", str(image), "--canary", CANARY)
+    result = run_cli(deploy_step, server.url, "deploy", "--firmware", str(image), "--canary", CANARY)
     assert result.code == exit_codes.ROLLOUT_FAILED and "aborted by operator" in result.log
 
 
 def test_following_runs_out_of_time(
-    tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]
+    deploy_step: DeployStep, image: Path, scripted: Scripted
 ) -> None:
-    server = serve({"POST": [created()], "GET": [(200, rollout("canary", (3, 1, 0, 2)), {})]})
+    server = scripted({"POST": [created()], "GET": [(200, rollout("canary", (3, 1, 0, 2)), {})]})
     result = run_cli(
-        tmp_path, server.url, "deploy", "--firmware", str(image), "--canary", CANARY, "--timeout", "0.2"
+        deploy_step, server.url, "deploy", "--firmware", str(image), "--canary", CANARY, "--timeout", "0.2"
     )
     assert result.code == exit_codes.FOLLOW_TIMEOUT
     assert result.outputs["rollout-state"] == "timeout" and result.outputs["rollout-id"] == ROLLOUT
@@ -264,11 +209,11 @@ def test_following_runs_out_of_time(
 
 
 def test_without_wait_the_state_at_upload_is_reported(
-    tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]
+    deploy_step: DeployStep, image: Path, scripted: Scripted
 ) -> None:
-    server = serve({"POST": [created("canary")], "GET": [(500, {"message": "should not be called"}, {})]})
+    server = scripted({"POST": [created("canary")], "GET": [(500, {"message": "should not be called"}, {})]})
     result = run_cli(
-        tmp_path, server.url, "deploy", "--firmware", str(image), "--canary", CANARY, "--wait", "false"
+        deploy_step, server.url, "deploy", "--firmware", str(image), "--canary", CANARY, "--wait", "false"
     )
     assert result.code == exit_codes.OK, result.log
     assert result.outputs["rollout-state"] == "canary" and result.outputs["rollout-id"] == ROLLOUT
@@ -276,11 +221,11 @@ def test_without_wait_the_state_at_upload_is_reported(
 
 
 def test_a_held_canary_and_a_plain_deploy_say_where_the_image_went(
-    tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]
+    deploy_step: DeployStep, image: Path, scripted: Scripted
 ) -> None:
-    held = serve({"POST": [created("canary")]})
+    held = scripted({"POST": [created("canary")]})
     result = run_cli(
-        tmp_path, held.url, "deploy", "--firmware", str(image), "--canary", CANARY,
+        deploy_step, held.url, "deploy", "--firmware", str(image), "--canary", CANARY,
         "--auto-promote", "false", "--wait", "false",
     )
     assert result.code == exit_codes.OK, result.log
@@ -289,14 +234,14 @@ def test_a_held_canary_and_a_plain_deploy_say_where_the_image_went(
         f"(rollout {ROLLOUT}); the whole group gets it when the rollout is promoted"
     ) in result.log.splitlines()
 
-    plain = serve({"POST": [(201, {"message": "Firmware successfully deployed", "deployed": True}, {})]})
-    result = run_cli(tmp_path, plain.url, "deploy", "--firmware", str(image))
+    plain = scripted({"POST": [(201, {"message": "Firmware successfully deployed", "deployed": True}, {})]})
+    result = run_cli(deploy_step, plain.url, "deploy", "--firmware", str(image))
     assert result.code == exit_codes.OK, result.log
     assert f"::notice title=Deployed::1.5.0 deployed to group {GROUP}" in result.log.splitlines()
 
 
 def test_a_rerun_follows_the_rollout_of_the_version_already_deployed(
-    tmp_path: Path, image: Path, serve: Callable[..., ScriptedServer]
+    deploy_step: DeployStep, image: Path, scripted: Scripted
 ) -> None:
     conflict: Reply = (
         409,
@@ -309,7 +254,7 @@ def test_a_rerun_follows_the_rollout_of_the_version_already_deployed(
         {},
     )
     older = {**rollout("complete", (1, 1, 0, 0), (1, 1, 0, 0), version="1.4.0"), "id": "e" * 24}
-    server = serve(
+    server = scripted(
         {
             "POST": [conflict],
             "GET": [
@@ -319,7 +264,7 @@ def test_a_rerun_follows_the_rollout_of_the_version_already_deployed(
             ],
         }
     )
-    result = run_cli(tmp_path, server.url, "deploy", "--firmware", str(image), "--canary", CANARY)
+    result = run_cli(deploy_step, server.url, "deploy", "--firmware", str(image), "--canary", CANARY)
     assert result.code == exit_codes.OK, result.log
     assert "::warning title=Already deployed::" in result.log
     assert f"following the existing rollout {ROLLOUT} of 1.5.0" in result.log
@@ -327,8 +272,8 @@ def test_a_rerun_follows_the_rollout_of_the_version_already_deployed(
     assert server.requests[1][1] == f"/v1/rollouts?group={GROUP}"
 
 
-def test_the_follow_command_follows_any_rollout(tmp_path: Path, serve: Callable[..., ScriptedServer]) -> None:
-    server = serve(
+def test_the_follow_command_follows_any_rollout(deploy_step: DeployStep, scripted: Scripted) -> None:
+    server = scripted(
         {
             "GET": [
                 (200, rollout("fleet", (2, 2, 0, 0), (4, 2, 0, 2)), {}),
@@ -336,11 +281,11 @@ def test_the_follow_command_follows_any_rollout(tmp_path: Path, serve: Callable[
             ]
         }
     )
-    result = run_cli(tmp_path, server.url, "follow", ROLLOUT)
+    result = run_cli(deploy_step, server.url, "follow", ROLLOUT)
     assert result.code == exit_codes.OK, result.log
     assert result.outputs == {"rollout-id": ROLLOUT, "rollout-state": "complete"}
     assert "## ✅ otaship: `1.5.0` rolled out" in result.summary
 
-    missing = serve({"GET": [(404, {"message": "No such rollout"}, {})]})
-    result = run_cli(tmp_path, missing.url, "follow", "0" * 24)
+    missing = scripted({"GET": [(404, {"message": "No such rollout"}, {})]})
+    result = run_cli(deploy_step, missing.url, "follow", "0" * 24)
     assert result.code == exit_codes.DEPLOY_FAILED and "No such rollout" in result.log

@@ -6,30 +6,7 @@ from pathlib import Path
 import pytest
 
 from otaship.action.workflow import Workflow, escape_data, escape_property, format_command, format_output
-
-
-def parse_output_file(text: str) -> dict[str, str]:
-    """Read $GITHUB_OUTPUT the way the runner does: `name=value` or `name<<DELIM` … `DELIM`."""
-    outputs: dict[str, str] = {}
-    lines = text.split("\n")
-    index = 0
-    while index < len(lines):
-        line = lines[index]
-        index += 1
-        if not line:
-            continue
-        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
-            name, delimiter = line.split("<<", 1)
-            value_lines = []
-            while lines[index] != delimiter:
-                value_lines.append(lines[index])
-                index += 1
-            index += 1
-            outputs[name] = "\n".join(value_lines)
-        else:
-            name, value = line.split("=", 1)
-            outputs[name] = value
-    return outputs
+from tests.action_runner import parse_file_commands
 
 
 def test_command_data_and_properties_are_escaped() -> None:
@@ -42,7 +19,7 @@ def test_command_data_and_properties_are_escaped() -> None:
 @pytest.mark.parametrize("value", ["", "1.2.3", "two\nlines", "ghadelimiter_x\n<<EOF\n", "a=b"])
 def test_outputs_survive_any_value(value: str) -> None:
     text = format_output("name", value) + format_output("after", "ok")
-    assert parse_output_file(text) == {"name": value, "after": "ok"}
+    assert parse_file_commands(text) == {"name": value, "after": "ok"}
 
 
 def test_an_output_name_must_be_one_line() -> None:
@@ -78,7 +55,7 @@ def test_on_a_github_runner_commands_are_printed(tmp_path: Path) -> None:
         "::error title=Build failed::it broke",
         "::warning::careful",
     ]
-    assert parse_output_file((tmp_path / "out").read_text()) == {"version": "1.0.0", "sha256": "ab"}
+    assert parse_file_commands((tmp_path / "out").read_text()) == {"version": "1.0.0", "sha256": "ab"}
     assert (tmp_path / "sum").read_text() == "# hi\n"
 
 

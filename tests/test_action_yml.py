@@ -13,18 +13,16 @@ import hashlib
 import json
 import re
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
+from tests.action_fixtures import Tenant
 from tests.action_runner import ActionRun, parse_file_commands, python_stand_in, run_action
 from tests.esp_image import write_image
-from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
 
 REPO = Path(__file__).resolve().parents[1]
 ACTION_YML = REPO / "action.yml"
@@ -124,14 +122,19 @@ def test_the_runner_emulation_reads_both_file_command_forms() -> None:
 
 @dataclass
 class Target:
-    receiver: ReceiverProcess
-    api_key: str
+    """The receiver (its owner's key) and the group the action deploys to."""
+
+    tenant: Tenant
     group: str
     token: str
 
+    @property
+    def api_key(self) -> str:
+        return self.tenant.api_key
+
     def inputs(self, **extra: str) -> dict[str, str]:
         return {
-            "receiver-url": self.receiver.url,
+            "receiver-url": self.tenant.url,
             "api-key": self.api_key,
             "group": self.group,
             "group-token": self.token,
@@ -139,28 +142,13 @@ class Target:
         }
 
     def otas(self) -> list[dict[str, Any]]:
-        response = httpx.get(
-            f"{self.receiver.url}/v1/ota/group", headers={"Authorization": f"Bearer {self.api_key}"}
-        )
-        response.raise_for_status()
-        otas: list[dict[str, Any]] = response.json()["otas"]
-        return otas
+        return self.tenant.otas(self.group)
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    env = cli_env(tmp_path_factory.mktemp("receiver"))
-    receiver = ReceiverProcess(env).start()
-    try:
-        user = otaship_json(env, "user", "create", "firmware-team@example.com", "--plan", "pro")
-        group = otaship_json(env, "group", "create", "fleet", "--owner", "firmware-team@example.com")
-        yield Target(receiver, user["api_key"], group["id"], group["token"])
-    finally:
-        popen = receiver.process
-        receiver.stop()
-        # stop() reads the log but leaves the pipe open; close it so no ResourceWarning leaks.
-        if popen is not None and popen.stdout is not None:
-            popen.stdout.close()
+def target(tenant: Tenant) -> Target:
+    group = tenant.group("fleet")
+    return Target(tenant, group["id"], group["token"])
 
 
 @dataclass

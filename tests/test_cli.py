@@ -8,7 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from otaship.receiver.cli import cli
 from tests.esp_image import build_image
 from tests.receiver_process import ReceiverProcess, cli_env, otaship, otaship_json
 
@@ -78,6 +80,34 @@ def test_a_parent_of_another_owner_is_refused(env: dict[str, str]) -> None:
     result = otaship(env, "group", "create", "x", "--owner", "eve@example.com", "--parent", adas["id"], check=False)
     assert result.returncode == 1
     assert "owned by eve@example.com" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "Missing command."),
+        (("user",), "Missing command."),
+        (("user", "create"), "Missing argument 'EMAIL'."),
+        (("user", "create", "ada@example.com", "--plan", "gold"), "Invalid value for '--plan': 'gold' is not one of 'free', 'pro'."),
+        (("group", "create", "fleet"), "Missing option '--owner'."),
+        (("group", "create", "fleet", "--owner", "ada@example.com", "--chip", "esp8266"),
+         "Invalid value for '--chip': 'esp8266' is not one of"),
+        (("serve", "--port", "http"), "Invalid value for '--port': 'http' is not a valid integer."),
+        # Digits only, as always: no sign, blank or underscore.
+        (("gc", "--grace", "+5"), "argument --grace: must be a whole number of seconds, not '+5'"),
+        (("gc", "--grace", " 5"), "argument --grace: must be a whole number of seconds, not ' 5'"),
+        (("gc", "--grace", "1_0"), "argument --grace: must be a whole number of seconds, not '1_0'"),
+        (("device", "list", "--colour"), "No such option '--colour'."),
+    ],
+)
+def test_usage_errors_exit_2_naming_what_is_wrong(
+    env: dict[str, str], args: tuple[str, ...], message: str
+) -> None:
+    result = CliRunner().invoke(cli, args, env=env, prog_name="otaship")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("Usage: otaship")
+    assert result.stderr.splitlines()[-1].startswith(f"Error: {message}")
 
 
 @pytest.fixture

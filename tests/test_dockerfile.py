@@ -154,6 +154,13 @@ def test_two_stages_on_one_slim_python_base() -> None:
         assert sources == [dest], "a venv is not relocatable"
 
 
+def test_the_builder_installs_the_receiver_extra() -> None:
+    # The plain package is the action alone: without the extra there is no `serve`.
+    words = [word for run in BUILDER.all("RUN") for word in shlex.split(run)]
+    assert ".[receiver]" in words
+    assert "." not in words
+
+
 def test_runs_as_a_created_user_that_is_not_root() -> None:
     user = FINAL.last("USER")
     assert user is not None

@@ -16,7 +16,7 @@ from esptool.targets import CHIP_DEFS
 
 from otaship.firmware import image as firmware
 from otaship.firmware.image import SUPPORTED_CHIPS, AppDescriptor, InvalidFirmware, inspect_firmware
-from otaship.receiver.intake.tally import ImageFacts, ImageTally, fold_xor
+from otaship.firmware.tally import ImageFacts, ImageTally, fold_xor
 from tests.esp_image import app_descriptor, build_image, write_image
 
 INVALID = "Firmware is not a valid ESP application image"

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,87 +20,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from otaship.simulator.cli import FleetSummary, SimulationConfig, simulate
-from tests.esp_image import build_image
-from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
-from tests.services import MOSQUITTO, free_port, port_open, require
+from tests.action_fixtures import Tenant, make_tenant
+from tests.services import free_port, port_open, require
 
 TERMINAL = ("complete", "halted", "aborted")
-
-
-@dataclass
-class Tenant:
-    env: dict[str, str]
-    receiver: ReceiverProcess
-    api_key: str
-    mqtt_user: str
-    mqtt_password: str
-    broker: str  # host:port devices connect to
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
-
-    def group(self, name: str, parent: dict[str, Any] | None = None) -> dict[str, Any]:
-        args = ["group", "create", name, "--owner", "ops@example.com"]
-        if parent is not None:
-            args += ["--parent", parent["id"]]
-        return otaship_json(self.env, *args)  # type: ignore[no-any-return]
-
-    def devices(self, group: dict[str, Any], count: int, version: str, prefix: str) -> list[str]:
-        ids = [f"{prefix}-{n}" for n in range(count)]
-        for device_id in ids:
-            otaship_json(self.env, "device", "create", device_id, "--group", group["id"],
-                         "--firmware-version", version, "--id", device_id)
-        return ids
-
-    def sim(self, group: dict[str, Any], ids: list[str], version: str, **extra: Any) -> SimulationConfig:
-        return SimulationConfig(
-            server=self.receiver.url,
-            mqtt_url=f"mqtt://{self.mqtt_user}:{self.mqtt_password}@{self.broker}",
-            group_id=group["id"], token=group["token"], devices=len(ids), device_ids=ids,
-            version=version, status_interval=1.0, reboot_delay=(0.05, 0.2), **extra,
-        )
-
-    def deploy(self, group: dict[str, Any], version: str, **fields: str) -> dict[str, Any]:
-        response = httpx.post(
-            f"{self.receiver.url}/v1/ota/group", headers=self.headers,
-            data={"group": group["id"], "token": group["token"], "version": version, **fields},
-            files={"firmware": ("firmware.bin", build_image(version))}, timeout=30,
-        )
-        assert response.status_code == 201, response.text
-        return response.json()  # type: ignore[no-any-return]
-
-    def rollout(self, rollout_id: str) -> dict[str, Any]:
-        return httpx.get(f"{self.receiver.url}/v1/rollouts/{rollout_id}", headers=self.headers, timeout=10).json()  # type: ignore[no-any-return]
-
-    def versions(self) -> dict[str, str]:
-        return {d["id"]: d["firmware_version"] for d in otaship_json(self.env, "device", "list")}
-
-    def latest(self, group: dict[str, Any]) -> str | None:
-        return httpx.get(f"{self.receiver.url}/v1/ota/group/latest/{group['id']}", timeout=10).json().get("ver")  # type: ignore[no-any-return]
-
-
-def make_tenant(tmp_path: Path, mqtt_url: str, broker: str) -> Tenant:
-    env = cli_env(tmp_path / "data", OTASHIP_MQTT_URL=mqtt_url)
-    user = otaship_json(env, "user", "create", "ops@example.com", "--plan", "pro")
-    receiver = ReceiverProcess(env).start()
-    return Tenant(env, receiver, user["api_key"], user["mqtt_user"], user["mqtt_password"], broker)
-
-
-@pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[Tenant]:
-    port = free_port()
-    tenant = make_tenant(tmp_path, f"embedded://127.0.0.1:{port}", f"127.0.0.1:{port}")
-    yield tenant
-    tenant.receiver.stop()
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Tenant]:
-    require("Mosquitto", MOSQUITTO)
-    tenant = make_tenant(tmp_path, "mqtt://127.0.0.1:1883", "127.0.0.1:1883")
-    yield tenant
-    tenant.receiver.stop()
 
 
 async def run_fleets(
@@ -262,7 +184,7 @@ def test_a_trigger_published_while_the_broker_is_down_arrives_after_it_returns(
     tmp_path: Path, own_mosquitto: tuple[int, Any]
 ) -> None:
     port, (start, stop) = own_mosquitto
-    t = make_tenant(tmp_path, f"mqtt://127.0.0.1:{port}", f"127.0.0.1:{port}")
+    t = make_tenant(tmp_path / "data", f"mqtt://127.0.0.1:{port}", f"127.0.0.1:{port}")
     try:
         group = t.group("fleet")
         stop()

@@ -1,7 +1,6 @@
 """The device simulator against real parts: the Mosquitto broker and `otaship serve`."""
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import hashlib
@@ -14,20 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 
+from otaship.receiver.cli import cli
 from otaship.receiver.settings import Settings
 from otaship.simulator.cli import (
     FleetProgress,
     FleetSummary,
     SimulationConfig,
     SimulationError,
-    add_parser,
     config_from_args,
     default_device_ids,
     failing_devices,
     parse_mqtt_url,
     register_devices,
     simulate,
+    simulate_command,
 )
 from tests import services
 from tests.device_fleet import Group, MqttObserver, ReceiverWithFirmware, wait_until
@@ -178,17 +179,14 @@ def test_until_version_already_reached_ends_at_once(
 
 def test_the_command_exits_1_when_the_duration_ends_before_the_version(
     receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    args = parser().parse_args([
+    exited = otaship(receiver.env, [
         "simulate", "--group", released.id, "--token", released.token, "--mqtt-url", observer.mqtt_url,
         "--server", receiver.url, "--devices", "2", "--id-prefix", f"{observer.mqtt_user}-short",
         "--until-version", "9.9.9", "--duration", "1",
     ])
-    with pytest.raises(SystemExit) as exited:
-        args.run(Settings.from_env(receiver.env), args)
-    assert exited.value.code == 1
-    out, _ = capsys.readouterr()
+    assert exited.exit_code == 1
+    out = exited.stdout
     assert "reached 9.9.9" in out and "not triggered" in out
 
 
@@ -381,62 +379,57 @@ def test_bad_configurations_are_refused(change: dict[str, Any]) -> None:
         asyncio.run(simulate(config))
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="otaship")
-    add_parser(root.add_subparsers(dest="command", required=True))
-    return root
+def otaship(env: dict[str, str], argv: list[str]) -> Result:
+    """`otaship ARGV` in this process, with `env` as its whole OTASHIP_* configuration."""
+    unset: dict[str, str | None] = {name: None for name in os.environ if name.startswith("OTASHIP_")}
+    return CliRunner().invoke(cli, argv, env={**unset, **env})
+
+
+SIMULATE = ["--group", "g1", "--token", "t1", "--mqtt-url", "mqtt://u:p@h:1", "--server", "http://s"]
 
 
 def test_parser_maps_options_to_the_config() -> None:
-    args = parser().parse_args([
-        "simulate", "--group", "g1", "--token", "t1", "--mqtt-url", "mqtt://u:p@h:1",
+    params = simulate_command.make_context("simulate", [
+        "--group", "g1", "--token", "t1", "--mqtt-url", "mqtt://u:p@h:1",
         "--server", "http://s", "--devices", "7", "--version", "1.2.3", "--fail-rate", "0.5",
         "--status-interval", "2", "--id-prefix", "lab", "--until-version", "2.0.0", "--seed", "9",
-    ])
-    config = config_from_args(args)
+    ]).params
+    config = config_from_args(params)
     assert (config.group_id, config.token, config.devices, config.version, config.fail_rate) == (
         "g1", "t1", 7, "1.2.3", 0.5,
     )
     assert (config.status_interval, config.until_version, config.duration, config.seed) == (2.0, "2.0.0", None, 9)
     assert config.resolved_device_ids()[0] == "lab-00001"
-    assert callable(args.run) and not args.register and not args.json
+    assert callable(simulate_command.callback) and not params["register"] and not params["json"]
     for bad in (["--fail-rate", "2"], ["--devices", "0"], ["--duration", "soon"]):
-        with pytest.raises(SystemExit):
-            parser().parse_args(["simulate", "--group", "g", "--token", "t", "--mqtt-url", "mqtt://u@h",
-                                 "--server", "http://s", *bad])
+        result = CliRunner().invoke(cli, ["simulate", *SIMULATE, *bad])
+        assert result.exit_code == 2, result.output
+        assert f"Invalid value for '{bad[0]}'" in result.stderr
 
 
 def test_command_registers_devices_and_prints_a_json_summary(
     receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     prefix = f"{observer.mqtt_user}-cli"
     argv = ["simulate", "--group", released.id, "--token", released.token, "--mqtt-url", observer.mqtt_url,
             "--server", receiver.url, "--devices", "3", "--version", "1.0.0", "--register",
             "--id-prefix", prefix, "--until-version", "2.0.0", "--json"]
-    args = parser().parse_args(argv)
     settings = Settings.from_env(receiver.env)
     ids = default_device_ids(released.id, 3, prefix)
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            args.run(settings, args)
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
+    outcome: list[Result] = []
 
     # The command calls asyncio.run itself, as `otaship simulate` does.
-    worker = threading.Thread(target=run)
+    worker = threading.Thread(target=lambda: outcome.append(otaship(receiver.env, argv)))
     worker.start()
     deadline = time.monotonic() + 15
     while not observer.booted(ids) and time.monotonic() < deadline:
         time.sleep(0.05)
     observer.trigger(released.id, "2.0.0")
     worker.join(20)
-    assert outcome == [None]
+    [result] = outcome
+    assert (result.exit_code, result.exception) == (0, None), result.output
 
-    out, err = capsys.readouterr()
+    out, err = result.stdout, result.stderr
     summary = json.loads(out)
     assert (summary["updated"], summary["versions"], summary["reached_until_version"]) == (3, {"2.0.0": 3}, True)
     assert "registered 3 devices (0 already there)" in err
@@ -444,7 +437,8 @@ def test_command_registers_devices_and_prints_a_json_summary(
     assert all(registered[d]["firmware_version"] == "1.0.0" for d in ids)
 
     # Registering again skips them.
-    assert register_devices(settings, config_from_args(args)) == (0, 3)
+    params = simulate_command.make_context("simulate", argv[1:]).params
+    assert register_devices(settings, config_from_args(params)) == (0, 3)
 
 
 def test_registering_against_another_database_says_so(tmp_path: Path, released: Group) -> None:

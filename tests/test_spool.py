@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from otaship.firmware.tally import ImageTally
 from otaship.receiver.intake.spool import FLUSH_EVERY, SpoolWriter
-from otaship.receiver.intake.tally import ImageTally
 
 
 def spool_threads() -> list[threading.Thread]:

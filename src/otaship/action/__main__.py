@@ -7,358 +7,450 @@ values count as unset, since an unset action input arrives as "".
 
 from __future__ import annotations
 
-import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit
+
+import click
 
 from otaship.action import exit_codes
 from otaship.action.workflow import Workflow
 
 PROG = "otaship-deploy"
-EXIT_CODES_HELP = """exit codes:
+# "\b" keeps click from rewrapping the table.
+EXIT_CODES_HELP = """\b
+exit codes:
   0  deployed (and, when following, the rollout completed)
   1  the build, the upload or the receiver failed
   2  bad input or configuration (version, project, image, credentials, group)
   3  the rollout halted or was aborted
   4  the rollout was still running when --timeout ran out
 """
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as an annotation, with exit code 2."""
+@dataclass(frozen=True)
+class Job:
+    """What a run reads besides its options: the job's environment, and where it reports."""
 
-    workflow: Workflow | None = None
+    environ: Mapping[str, str]
+    workflow: Workflow
 
-    def error(self, message: str) -> NoReturn:
-        if self.workflow is not None and self.workflow.annotations:
-            self.workflow.error(message, title=f"{PROG} usage")
-        self.print_usage(sys.stderr)
-        self.exit(exit_codes.BAD_INPUT, f"{self.prog}: error: {message}\n")
-
-
-def positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], stdout: TextIO | None = None) -> Job:
+        return cls(environ, Workflow.from_environ(environ, stdout))
 
 
-def seconds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
+# -- values ------------------------------------------------------------------------
+# Checks beyond a type's own are option callbacks: each gets the converted value
+# (None when the option is unset) and raises click.BadParameter naming it.
+
+TRUE_WORDS = ("true", "yes", "1", "on")
+FALSE_WORDS = ("false", "no", "0", "off")
+SWITCH_WORDS = click.Choice([*TRUE_WORDS, *FALSE_WORDS], case_sensitive=False)
 
 
-def positive_seconds(text: str) -> int:
-    value = seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
+def switch(ctx: click.Context, param: click.Parameter, value: str | None) -> bool | None:
+    """true/yes/1/on or false/no/0/off, in any case: what a workflow input holds."""
+    if value is None:
+        return None
+    return str(SWITCH_WORDS.convert(value.strip(), param, ctx)).lower() in TRUE_WORDS
 
 
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number between 0 and 1") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} must be more than 0 and at most 1 (a fraction of the canary)"
-        )
-    return value
-
-
-def count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of devices") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
-
-
-def boolean(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in {"true", "yes", "1", "on"}:
-        return True
-    if lowered in {"false", "no", "0", "off"}:
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
-
-
-def receiver_url(text: str) -> str:
-    parts = urlsplit(text.strip())
+def receiver_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value.strip())
     if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL such as https://ota.example.com")
-    return text.strip()
+        raise click.BadParameter(f"{value!r} is not an http(s) URL such as https://ota.example.com", ctx, param)
+    return value.strip()
 
 
-def build_parser(environ: Mapping[str, str], workflow: Workflow | None = None) -> Parser:
-    def env(name: str, *fallbacks: str) -> str | None:
-        for key in (name, *fallbacks):
-            value = environ.get(key, "").strip()
+def not_nan(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # NaN compares false with both bounds, so a range alone lets it through.
+    if value is not None and math.isnan(value):
+        raise click.BadParameter("nan is not a number", ctx, param)
+    return value
+
+
+SECONDS = click.FloatRange(min=0, min_open=True)
+FRACTION = click.FloatRange(min=0, max=1, min_open=True)
+
+
+# -- options -------------------------------------------------------------------------
+
+
+class EnvOption(click.Option):
+    """An option that falls back to the job's environment variables, the first set one.
+
+    The environment is the one `main` was given, not always os.environ, and a
+    value of blanks counts as unset. `section` heads the option in the help.
+    """
+
+    def __init__(self, *args: Any, section: str = "Options", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+    def resolve_envvar_value(self, ctx: click.Context) -> str | None:
+        job = ctx.find_object(Job)
+        environ = job.environ if job is not None else os.environ
+        names = [self.envvar] if isinstance(self.envvar, str) else list(self.envvar or ())
+        for name in names:
+            value = environ.get(name, "").strip()
             if value:
                 return value
         return None
 
-    def option(
-        group: argparse._ActionsContainer,
-        flag: str,
-        var: str,
-        help_text: str,
-        *,
-        type: Callable[[str], Any] = str,
-        default: str | None = None,
-        fallbacks: Sequence[str] = (),
-    ) -> None:
-        # A string default goes through `type` too, so a bad variable fails like a bad flag.
-        value = env(var, *fallbacks) or default
-        group.add_argument(
-            flag,
-            default=value,
-            type=type,
-            metavar=var.removeprefix("OTASHIP_"),
-            help=f"{help_text} (env {var})",
-        )
 
-    parser = Parser(
-        prog=PROG,
-        description="Build a PlatformIO project, deploy its image to an otaship receiver, follow the rollout.",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def env_option(
+    flag: str,
+    var: str,
+    help_text: str,
+    *,
+    section: str,
+    type: click.ParamType[Any] | None = None,
+    callback: Callable[[click.Context, click.Parameter, Any], Any] | None = None,
+    default: str | None = None,
+    fallbacks: Sequence[str] = (),
+) -> Callable[[F], F]:
+    return click.option(
+        flag,
+        cls=EnvOption,
+        section=section,
+        envvar=[var, *fallbacks],
+        show_envvar=True,
+        metavar=var.removeprefix("OTASHIP_"),
+        type=type,
+        callback=callback,
+        default=default,
+        help=help_text,
     )
-    parser.workflow = workflow
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    def add_command(name: str, help_text: str) -> Parser:
-        command: Parser = commands.add_parser(
-            name, help=help_text, epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
-        )
-        command.workflow = workflow
+
+class SectionedCommand(click.Command):
+    """Its help lists the options under their sections (build, receiver...)."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "section", "Options"), []).append(record)
+        for title, rows in sections.items():
+            with formatter.section(title):
+                formatter.write_dl(rows)
+
+
+def stacked(*options: Callable[[F], F]) -> Callable[[F], F]:
+    """The options as one decorator, listed in this order in the help."""
+
+    def decorate(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
         return command
 
-    def add_build_options(command: argparse.ArgumentParser) -> None:
-        group = command.add_argument_group("build")
-        option(
-            group,
-            "--version",
-            "OTASHIP_VERSION",
-            "version to deploy; default: the tag (GITHUB_REF_NAME or CI_COMMIT_TAG), leading v stripped",
-        )
-        option(group, "--project-dir", "OTASHIP_PROJECT_DIR", "PlatformIO project folder", default=".")
-        option(
-            group,
-            "--environment",
-            "OTASHIP_ENVIRONMENT",
-            "PlatformIO env; default: the single default_envs or the only env",
-        )
-        option(group, "--firmware", "OTASHIP_FIRMWARE", "a prebuilt image to deploy instead of building")
+    return decorate
 
-    def add_receiver_options(command: argparse.ArgumentParser) -> None:
-        group = command.add_argument_group("receiver")
-        option(group, "--receiver-url", "OTASHIP_RECEIVER_URL", "receiver base URL", type=receiver_url)
-        option(
-            group,
-            "--api-key",
-            "OTASHIP_API_KEY",
-            "API key of the group's owner; prefer the variable to the flag",
-        )
 
-    def add_follow_options(command: argparse.ArgumentParser) -> None:
-        group = command.add_argument_group("following the rollout")
-        option(
-            group,
-            "--timeout",
-            "OTASHIP_TIMEOUT",
-            "seconds to follow the rollout",
-            type=positive_number,
-            default="3600",
-        )
-        option(
-            group,
-            "--poll-interval",
-            "OTASHIP_POLL_INTERVAL",
-            "seconds between rollout polls",
-            type=positive_number,
-            default="5",
-        )
+build_options = stacked(
+    env_option(
+        "--version",
+        "OTASHIP_VERSION",
+        "version to deploy; default: the tag (GITHUB_REF_NAME or CI_COMMIT_TAG), leading v stripped",
+        section="Build",
+    ),
+    env_option("--project-dir", "OTASHIP_PROJECT_DIR", "PlatformIO project folder", section="Build", default="."),
+    env_option(
+        "--environment",
+        "OTASHIP_ENVIRONMENT",
+        "PlatformIO env; default: the single default_envs or the only env",
+        section="Build",
+    ),
+    env_option("--firmware", "OTASHIP_FIRMWARE", "a prebuilt image to deploy instead of building", section="Build"),
+)
 
-    version = add_command("version", "print the version this run would deploy")
-    option(version, "--version", "OTASHIP_VERSION", "explicit version; default: the tag")
+receiver_options = stacked(
+    env_option("--receiver-url", "OTASHIP_RECEIVER_URL", "receiver base URL", section="Receiver", callback=receiver_url),
+    env_option(
+        "--api-key",
+        "OTASHIP_API_KEY",
+        "API key of the group's owner; prefer the variable to the flag",
+        section="Receiver",
+    ),
+)
 
-    build = add_command(
-        "build", "build the project and check the image (writes version, firmware-path, sha256, size)"
-    )
-    add_build_options(build)
+follow_options = stacked(
+    env_option(
+        "--timeout",
+        "OTASHIP_TIMEOUT",
+        "seconds to follow the rollout",
+        section="Following the rollout",
+        type=SECONDS,
+        default="3600",
+    ),
+    env_option(
+        "--poll-interval",
+        "OTASHIP_POLL_INTERVAL",
+        "seconds between rollout polls",
+        section="Following the rollout",
+        type=SECONDS,
+        default="5",
+    ),
+)
 
-    deploy = add_command("deploy", "build (unless --firmware), check, upload and follow the rollout")
-    add_build_options(deploy)
-    add_receiver_options(deploy)
-    target = deploy.add_argument_group("target and rollout")
-    option(target, "--group", "OTASHIP_GROUP", "group id (24 hex)")
-    option(target, "--group-token", "OTASHIP_GROUP_TOKEN", "group token; prefer the variable to the flag")
-    option(
-        target,
+TARGET = "Target and rollout"
+target_options = stacked(
+    env_option("--group", "OTASHIP_GROUP", "group id (24 hex)", section=TARGET),
+    env_option("--group-token", "OTASHIP_GROUP_TOKEN", "group token; prefer the variable to the flag", section=TARGET),
+    env_option(
         "--commit",
         "OTASHIP_COMMIT",
         "source revision stored with the OTA; default GITHUB_SHA or CI_COMMIT_SHA",
+        section=TARGET,
         fallbacks=("GITHUB_SHA", "CI_COMMIT_SHA"),
-    )
-    option(
-        target, "--canary", "OTASHIP_CANARY", "canary subgroup id: deploy there first, then the whole group"
-    )
-    option(
-        target,
+    ),
+    env_option(
+        "--canary", "OTASHIP_CANARY", "canary subgroup id: deploy there first, then the whole group", section=TARGET
+    ),
+    env_option(
         "--canary-timeout",
         "OTASHIP_CANARY_TIMEOUT",
         "seconds the canary (and the fleet) stage may take",
-        type=positive_seconds,
-    )
-    option(
-        target,
+        section=TARGET,
+        type=click.IntRange(min=1),
+    ),
+    env_option(
         "--success-threshold",
         "OTASHIP_SUCCESS_THRESHOLD",
         "fraction (0-1] of canary devices that must succeed",
-        type=fraction,
-    )
-    option(
-        target,
+        section=TARGET,
+        type=FRACTION,
+        callback=not_nan,
+    ),
+    env_option(
         "--error-threshold",
         "OTASHIP_ERROR_THRESHOLD",
         "number of failed canary devices tolerated",
-        type=count,
-    )
-    option(
-        target,
+        section=TARGET,
+        type=click.IntRange(min=0),
+    ),
+    env_option(
         "--soak",
         "OTASHIP_SOAK",
         "seconds the canary must stay healthy before promotion",
-        type=seconds,
-    )
-    option(
-        target,
+        section=TARGET,
+        type=click.IntRange(min=0),
+    ),
+    env_option(
         "--auto-promote",
         "OTASHIP_AUTO_PROMOTE",
         "promote to the fleet automatically (true/false)",
-        type=boolean,
-    )
-    option(
-        target,
+        section=TARGET,
+        callback=switch,
+    ),
+    env_option(
         "--wait",
         "OTASHIP_WAIT",
         "follow the rollout to its end (true/false)",
-        type=boolean,
+        section=TARGET,
+        callback=switch,
         default="true",
-    )
-    add_follow_options(deploy)
-
-    follow = add_command("follow", "follow an existing rollout to its end")
-    follow.add_argument("rollout_id", metavar="ROLLOUT_ID")
-    add_receiver_options(follow)
-    add_follow_options(follow)
-    return parser
+    ),
+)
 
 
-def require(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, names: Sequence[tuple[str, str, str]]
-) -> None:
+def require(ctx: click.Context, needed: Sequence[tuple[str, str, str]]) -> None:
     missing = [
         f"{label} (input {name}, --{name}, {var})"
-        for label, name, var in names
-        if not getattr(args, name.replace("-", "_"))
+        for label, name, var in needed
+        if not ctx.params.get(name.replace("-", "_"))
     ]
     if missing:
-        parser.error("missing " + "; ".join(missing))
+        raise click.UsageError("missing " + "; ".join(missing), ctx)
+
+
+RECEIVER_NEEDED = [
+    ("receiver URL", "receiver-url", "OTASHIP_RECEIVER_URL"),
+    ("API key", "api-key", "OTASHIP_API_KEY"),
+]
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+@click.group(
+    name=PROG,
+    context_settings=CONTEXT_SETTINGS,
+    no_args_is_help=False,
+    help="Build a PlatformIO project, deploy its image to an otaship receiver, follow the rollout.",
+    epilog=EXIT_CODES_HELP,
+)
+# Not --version: on build, deploy and version that is the firmware's version.
+@click.version_option(
+    None, "-V", "--package-version", package_name="otaship", prog_name=PROG, help="Show otaship's version and exit."
+)
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    if ctx.obj is None:  # invoked as a click command rather than through main()
+        ctx.obj = Job.from_environ(os.environ)
+
+
+@cli.command("version", cls=SectionedCommand, epilog=EXIT_CODES_HELP, help="print the version this run would deploy")
+@env_option("--version", "OTASHIP_VERSION", "explicit version; default: the tag", section="Options")
+@click.pass_obj
+def version_command(job: Job, version: str | None) -> int:
+    from otaship.action.version import VersionError, git_ref_from_environ, resolve_version
+
+    try:
+        print(resolve_version(version, git_ref_from_environ(job.environ)), file=job.workflow.stdout)
+    except VersionError as exc:
+        job.workflow.error(str(exc), title="No valid version")
+        return exit_codes.BAD_INPUT
+    return exit_codes.OK
+
+
+@cli.command(
+    "build",
+    cls=SectionedCommand,
+    epilog=EXIT_CODES_HELP,
+    help="build the project and check the image (writes version, firmware-path, sha256, size)",
+)
+@build_options
+@click.pass_obj
+def build_command(
+    job: Job, version: str | None, project_dir: str, environment: str | None, firmware: str | None
+) -> int:
+    # Imported here so that `--help` does not load httpx, semver or esptool.
+    from otaship.action import deploy
+
+    inputs = deploy.BuildInputs(Path(project_dir), environment, Path(firmware) if firmware else None, version)
+    return deploy.run_build_command(inputs, job.workflow, job.environ)
+
+
+@cli.command(
+    "deploy",
+    cls=SectionedCommand,
+    epilog=EXIT_CODES_HELP,
+    help="build (unless --firmware), check, upload and follow the rollout",
+)
+@build_options
+@receiver_options
+@target_options
+@follow_options
+@click.pass_context
+def deploy_command(
+    ctx: click.Context,
+    version: str | None,
+    project_dir: str,
+    environment: str | None,
+    firmware: str | None,
+    receiver_url: str | None,
+    api_key: str | None,
+    group: str | None,
+    group_token: str | None,
+    commit: str | None,
+    canary: str | None,
+    canary_timeout: int | None,
+    success_threshold: float | None,
+    error_threshold: int | None,
+    soak: int | None,
+    auto_promote: bool | None,
+    wait: bool,
+    timeout: float,
+    poll_interval: float,
+) -> int:
+    from otaship.action import deploy
+    from otaship.action.client import RolloutRequest
+
+    job = ctx.find_object(Job)
+    assert job is not None
+    # Masked before a usage error could echo them.
+    job.workflow.mask(api_key)
+    job.workflow.mask(group_token)
+    require(
+        ctx,
+        [
+            *RECEIVER_NEEDED,
+            ("group id", "group", "OTASHIP_GROUP"),
+            ("group token", "group-token", "OTASHIP_GROUP_TOKEN"),
+        ],
+    )
+    assert receiver_url and api_key and group and group_token
+    inputs = deploy.DeployInputs(
+        build=deploy.BuildInputs(Path(project_dir), environment, Path(firmware) if firmware else None, version),
+        receiver=deploy.ReceiverInputs(receiver_url, api_key),
+        group=group,
+        token=group_token,
+        commit=commit,
+        rollout=RolloutRequest(
+            canary=canary,
+            canary_timeout=canary_timeout,
+            success_threshold=success_threshold,
+            error_threshold=error_threshold,
+            soak=soak,
+            auto_promote=auto_promote,
+        ),
+        wait=wait,
+        timeout=timeout,
+        poll_interval=poll_interval,
+    )
+    return deploy.run_deploy_command(inputs, job.workflow, job.environ)
+
+
+@cli.command("follow", cls=SectionedCommand, epilog=EXIT_CODES_HELP, help="follow an existing rollout to its end")
+@click.argument("rollout_id", metavar="ROLLOUT_ID")
+@receiver_options
+@follow_options
+@click.pass_context
+def follow_command(
+    ctx: click.Context,
+    rollout_id: str,
+    receiver_url: str | None,
+    api_key: str | None,
+    timeout: float,
+    poll_interval: float,
+) -> int:
+    from otaship.action import deploy
+
+    job = ctx.find_object(Job)
+    assert job is not None
+    require(ctx, RECEIVER_NEEDED)
+    assert receiver_url and api_key
+    receiver = deploy.ReceiverInputs(receiver_url, api_key)
+    return deploy.run_follow_command(rollout_id, receiver, timeout, poll_interval, job.workflow)
 
 
 def main(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None, stdout: TextIO | None = None
 ) -> int:
-    environ = os.environ if environ is None else environ
-    workflow = Workflow.from_environ(environ, stdout)
-    parser = build_parser(environ, workflow)
-    args = parser.parse_args(argv)
-
-    # Imported here so that `--help` does not load httpx, semver or esptool.
-    from otaship.action import deploy
-    from otaship.action.client import RolloutRequest
-
-    def build_inputs() -> deploy.BuildInputs:
-        return deploy.BuildInputs(
-            project_dir=Path(args.project_dir),
-            environment=args.environment,
-            firmware=Path(args.firmware) if args.firmware else None,
-            version=args.version,
+    """Run one command; its exit code. A usage error raises SystemExit(2), as argparse's did."""
+    job = Job.from_environ(os.environ if environ is None else environ, stdout)
+    try:
+        code = cli.main(
+            args=None if argv is None else list(argv), prog_name=PROG, standalone_mode=False, obj=job
         )
-
-    if args.command == "version":
-        from otaship.action.version import VersionError, git_ref_from_environ, resolve_version
-
-        try:
-            print(resolve_version(args.version, git_ref_from_environ(environ)), file=workflow.stdout)
-        except VersionError as exc:
-            workflow.error(str(exc), title="No valid version")
-            return exit_codes.BAD_INPUT
-        return exit_codes.OK
-    if args.command == "build":
-        return deploy.run_build_command(build_inputs(), workflow, environ)
-    if args.command == "follow":
-        require(
-            parser,
-            args,
-            [
-                ("receiver URL", "receiver-url", "OTASHIP_RECEIVER_URL"),
-                ("API key", "api-key", "OTASHIP_API_KEY"),
-            ],
-        )
-        receiver = deploy.ReceiverInputs(args.receiver_url, args.api_key)
-        return deploy.run_follow_command(
-            args.rollout_id, receiver, args.timeout, args.poll_interval, workflow
-        )
-    # Masked before a usage error could echo them.
-    workflow.mask(args.api_key)
-    workflow.mask(args.group_token)
-    require(
-        parser,
-        args,
-        [
-            ("receiver URL", "receiver-url", "OTASHIP_RECEIVER_URL"),
-            ("API key", "api-key", "OTASHIP_API_KEY"),
-            ("group id", "group", "OTASHIP_GROUP"),
-            ("group token", "group-token", "OTASHIP_GROUP_TOKEN"),
-        ],
-    )
-    inputs = deploy.DeployInputs(
-        build=build_inputs(),
-        receiver=deploy.ReceiverInputs(args.receiver_url, args.api_key),
-        group=args.group,
-        token=args.group_token,
-        commit=args.commit,
-        rollout=RolloutRequest(
-            canary=args.canary,
-            canary_timeout=args.canary_timeout,
-            success_threshold=args.success_threshold,
-            error_threshold=args.error_threshold,
-            soak=args.soak,
-            auto_promote=args.auto_promote,
-        ),
-        wait=args.wait,
-        timeout=args.timeout,
-        poll_interval=args.poll_interval,
-    )
-    return deploy.run_deploy_command(inputs, workflow, environ)
+    except click.UsageError as exc:
+        if job.workflow.annotations:
+            job.workflow.error(exc.format_message(), title=f"{PROG} usage")
+        exc.show()
+        raise SystemExit(exit_codes.BAD_INPUT) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.Abort as exc:
+        # Outside standalone mode click turns Ctrl-C into Abort: end as Python does.
+        if isinstance(exc.__cause__, KeyboardInterrupt | EOFError):
+            raise exc.__cause__ from None
+        raise
+    # --help and --package-version return no code of their own.
+    return code if isinstance(code, int) else exit_codes.OK
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ in esptool, both for speed and memory on 16 MiB uploads:
   the image is never held in memory twice;
 - the XOR checksum is computed with big-integer XOR (C speed) rather than
   esptool's per-byte Python loop, or taken from the XOR of the whole file that
-  an upload computed while it streamed in (otaship/receiver/intake/tally.py).
+  an upload computed while it streamed in (otaship/firmware/tally.py).
 
 The module is shared by the receiver and the action, and prints nothing.
 """
@@ -34,7 +34,7 @@ from esptool.logger import EspLog, TemplateLogger, log
 from esptool.targets import CHIP_DEFS
 from esptool.util import FatalError
 
-from otaship.receiver.intake.tally import ImageFacts, fold_xor
+from otaship.firmware.tally import ImageFacts, fold_xor
 
 logger = logging.getLogger(__name__)
 

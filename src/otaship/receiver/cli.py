@@ -1,17 +1,24 @@
 """otaship: the receiver's command line (serve, migrate, and the admin verbs).
 
 Each `create` prints exactly one JSON object on stdout, for scripts. Errors are
-one line on stderr and a non-zero exit.
+one line on stderr and a non-zero exit: 1 when the command failed, 2 for a
+usage error.
+
+The receiver's settings come from OTASHIP_* variables through
+`Settings.from_env`, with its own checks and messages; an option such as
+`serve --port` only overrides one of them, so it does not read the variable
+itself.
 """
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Concatenate, ParamSpec
 
+import click
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
@@ -28,16 +35,68 @@ from otaship.receiver.db.users import (
     user_json,
 )
 from otaship.receiver.logs import redact, redact_unconfigured_logs
-from otaship.receiver.settings import Settings, SettingsError
+from otaship.receiver.settings import DEFAULT_GC_GRACE, Settings, SettingsError
 from otaship.receiver.storage import StorageError
+from otaship.simulator.cli import simulate_command
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
+# The receiver's own errors: what went wrong is the message, for the operator.
+OPERATOR_ERRORS = (UserError, GroupError, DeviceError, SettingsError, SchemaError, StorageError)
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "show_default": True}
 
-class CommandError(Exception):
-    """A one-line message for the operator."""
+P = ParamSpec("P")
+
+
+class CommandError(click.ClickException):
+    """A one-line message for the operator on stderr, secrets redacted; exit 1."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, *, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(redact(f"otaship: {self.kind}: {self.message}"), file=file, err=file is None)
+
+
+class WholeSeconds(click.IntRange):
+    """Digits only, as `otaship gc --grace` has always taken them: no sign, blank or `_`."""
+
+    def __init__(self) -> None:
+        super().__init__(min=0)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+            name = "/".join(param.opts) if param is not None else "value"
+            # Worded as before the move to click, for the scripts that match it.
+            raise click.UsageError(f"argument {name}: must be a whole number of seconds, not {value!r}", ctx)
+        return super().convert(value, param, ctx)
+
+
+class Otaship(click.Group):
+    """The root group: the receiver's errors below it become one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OPERATOR_ERRORS as exc:
+            raise CommandError(str(exc)) from exc
+        except SQLAlchemyError as exc:
+            raise CommandError(str(exc).splitlines()[0], kind="database error") from exc
+
+
+def with_settings(command: Callable[Concatenate[Settings, P], None]) -> Callable[P, None]:
+    """Call `command` with the settings, read when it runs, after its options parsed."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        command(Settings.from_env(), *args, **kwargs)
+
+    return run
 
 
 def _print(obj: Any) -> None:
@@ -63,54 +122,6 @@ def _owner(session: Session, email: str) -> User:
     return user
 
 
-def cmd_user_create(settings: Settings, args: argparse.Namespace) -> None:
-    def work(session: Session) -> dict[str, Any]:
-        created = create_user(session=session, email=args.email, plan=args.plan)
-        return {
-            **user_json(created.user),
-            "api_key": created.api_key,
-            "mqtt_password": created.mqtt_password,
-        }
-
-    _print(_write(settings, work))
-
-
-def cmd_user_key(settings: Settings, args: argparse.Namespace) -> None:
-    def work(session: Session) -> dict[str, Any]:
-        user = _owner(session, args.email)
-        key = issue_api_key(session=session, user=user, revoke_existing=not args.keep)
-        return {"id": user.id, "email": user.email, "api_key": key}
-
-    _print(_write(settings, work))
-
-
-def cmd_user_list(settings: Settings, args: argparse.Namespace) -> None:
-    _print(_write(settings, lambda session: [user_json(u) for u in list_users(session=session)]))
-
-
-def cmd_group_create(settings: Settings, args: argparse.Namespace) -> None:
-    def work(session: Session) -> dict[str, Any]:
-        owner = _owner(session, args.owner)
-        group = create_group(
-            session=session, owner=owner, name=args.name, parent_id=args.parent, chip=args.chip
-        )
-        return group_json(group, owner)
-
-    _print(_write(settings, work))
-
-
-def cmd_group_list(settings: Settings, args: argparse.Namespace) -> None:
-    def work(session: Session) -> list[dict[str, Any]]:
-        owner = _owner(session, args.owner) if args.owner else None
-        owners = {u.id: u for u in list_users(session=session)}
-        return [
-            group_json(g, owners.get(g.owner_id))
-            for g in list_groups(session=session, owner_id=owner.id if owner else None)
-        ]
-
-    _print(_write(settings, work))
-
-
 def _group(session: Session, group_id: str) -> Group:
     group = session.get(Group, group_id)
     if group is None:
@@ -118,76 +129,30 @@ def _group(session: Session, group_id: str) -> Group:
     return group
 
 
-def cmd_device_create(settings: Settings, args: argparse.Namespace) -> None:
-    def work(session: Session) -> dict[str, Any]:
-        group = _group(session, args.group)
-        device = create_device(
-            session=session, group=group, name=args.name,
-            firmware_version=args.firmware_version, device_id=args.id,
-        )
-        return device_json(device)
-
-    _print(_write(settings, work))
-
-
-def cmd_device_list(settings: Settings, args: argparse.Namespace) -> None:
-    def work(session: Session) -> list[dict[str, Any]]:
-        if args.group:
-            _group(session, args.group)
-        return [device_json(d) for d in list_devices(session=session, group_id=args.group)]
-
-    _print(_write(settings, work))
+@click.group(
+    cls=Otaship,
+    name="otaship",
+    context_settings=CONTEXT_SETTINGS,
+    no_args_is_help=False,
+    help="otaship receiver: IoTaaP Group OTA API, device endpoints and staged rollouts.",
+    epilog="Configuration comes from OTASHIP_* environment variables (see the README).",
+)
+@click.version_option(package_name="otaship", prog_name="otaship", help="Show otaship's version and exit.")
+def cli() -> None:
+    redact_unconfigured_logs()
 
 
-def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
-    from otaship.receiver.db.engine import create_db_engine, migrate
-
-    engine = create_db_engine(settings.resolved_database_url)
-    try:
-        print(migrate(engine).describe())
-    finally:
-        engine.dispose()
-
-
-def cmd_gc(settings: Settings, args: argparse.Namespace) -> None:
-    from sqlalchemy.engine import make_url
-
-    from otaship.receiver.db.engine import create_db_engine, ensure_schema
-    from otaship.receiver.gc.sweep import sweep_orphans
-    from otaship.receiver.storage import create_storage
-
-    url = settings.resolved_database_url
-    parsed = make_url(url)
-    # An empty database references nothing: every object would look orphaned.
-    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
-        raise CommandError(
-            f"no database at {parsed.database}: set OTASHIP_DATA_DIR or OTASHIP_DATABASE_URL as for serve"
-        )
-    grace = settings.gc_grace if args.grace is None else args.grace
-    engine = create_db_engine(url)
-    storage = create_storage(settings.resolved_storage_url, cache_dir=settings.cache_dir)
-    try:
-        ensure_schema(engine)
-        result = sweep_orphans(storage=storage, engine=engine, grace=grace, dry_run=args.dry_run)
-    finally:
-        storage.close()
-        engine.dispose()
-    for obj in result.plan.remove if args.dry_run else result.removed:
-        print(f"{'would remove' if args.dry_run else 'removed'} {obj.key} ({obj.size} bytes)")
-    print(result.describe())
-    if result.failed:
-        raise CommandError(
-            "; ".join(f"could not remove {key}: {error}" for key, error in result.failed)
-        )
-
-
-def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+@cli.command(help="run the receiver")
+@click.option("--host", help="address to bind", show_default="OTASHIP_HOST, else 127.0.0.1")
+@click.option("--port", type=int, help="port to bind", show_default="OTASHIP_PORT, else 8080")
+@with_settings
+def serve(settings: Settings, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from otaship.receiver.app import create_app
 
     settings = settings.with_overrides(
-        host=args.host or settings.host, port=args.port if args.port is not None else settings.port
+        host=host or settings.host, port=port if port is not None else settings.port
     )
     _check_embedded_broker_port(settings)
     _check_schema(settings)
@@ -201,6 +166,179 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         create_app(settings), host=settings.host, port=settings.port,
         log_level=settings.log_level, log_config=None, access_log=False, proxy_headers=True,
     )
+
+
+@cli.command(help="bring the database schema up to date (run before serve on PostgreSQL)")
+@with_settings
+def migrate(settings: Settings) -> None:
+    from otaship.receiver.db.engine import create_db_engine
+    from otaship.receiver.db.engine import migrate as migrate_schema
+
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        print(migrate_schema(engine).describe())
+    finally:
+        engine.dispose()
+
+
+@cli.command(
+    short_help="remove stored firmware objects that no record references",
+    help="Remove firmware objects that no OTA, deploy history or rollout references "
+    "and that are older than the grace period (OTASHIP_GC_GRACE).",
+)
+@click.option("--dry-run", is_flag=True, help="list what would be removed; remove nothing")
+@click.option(
+    "--grace",
+    type=WholeSeconds(),
+    metavar="SECONDS",
+    show_default=f"OTASHIP_GC_GRACE, else {DEFAULT_GC_GRACE}",
+    help="override OTASHIP_GC_GRACE; below the servers' setting it is safe only while no upload runs",
+)
+@with_settings
+def gc(settings: Settings, dry_run: bool, grace: int | None) -> None:
+    from sqlalchemy.engine import make_url
+
+    from otaship.receiver.db.engine import create_db_engine, ensure_schema
+    from otaship.receiver.gc.sweep import sweep_orphans
+    from otaship.receiver.storage import create_storage
+
+    url = settings.resolved_database_url
+    parsed = make_url(url)
+    # An empty database references nothing: every object would look orphaned.
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
+        raise CommandError(
+            f"no database at {parsed.database}: set OTASHIP_DATA_DIR or OTASHIP_DATABASE_URL as for serve"
+        )
+    grace_seconds = settings.gc_grace if grace is None else grace
+    engine = create_db_engine(url)
+    storage = create_storage(settings.resolved_storage_url, cache_dir=settings.cache_dir)
+    try:
+        ensure_schema(engine)
+        result = sweep_orphans(storage=storage, engine=engine, grace=grace_seconds, dry_run=dry_run)
+    finally:
+        storage.close()
+        engine.dispose()
+    for obj in result.plan.remove if dry_run else result.removed:
+        print(f"{'would remove' if dry_run else 'removed'} {obj.key} ({obj.size} bytes)")
+    print(result.describe())
+    if result.failed:
+        raise CommandError(
+            "; ".join(f"could not remove {key}: {error}" for key, error in result.failed)
+        )
+
+
+@cli.group(help="manage users", no_args_is_help=False)
+def user() -> None:
+    pass
+
+
+@user.command("create", help="create a user; prints its API key and MQTT password once")
+@click.argument("email")
+@click.option("--plan", type=click.Choice(PLANS), default="free", help="what the user may do: pro runs group OTA")
+@with_settings
+def user_create(settings: Settings, email: str, plan: str) -> None:
+    def work(session: Session) -> dict[str, Any]:
+        created = create_user(session=session, email=email, plan=plan)
+        return {
+            **user_json(created.user),
+            "api_key": created.api_key,
+            "mqtt_password": created.mqtt_password,
+        }
+
+    _print(_write(settings, work))
+
+
+@user.command("key", help="issue a new API key (revokes the old ones unless --keep)")
+@click.argument("email")
+@click.option("--keep", is_flag=True, help="keep existing keys valid")
+@with_settings
+def user_key(settings: Settings, email: str, keep: bool) -> None:
+    def work(session: Session) -> dict[str, Any]:
+        owner = _owner(session, email)
+        key = issue_api_key(session=session, user=owner, revoke_existing=not keep)
+        return {"id": owner.id, "email": owner.email, "api_key": key}
+
+    _print(_write(settings, work))
+
+
+@user.command("list", help="list users")
+@with_settings
+def user_list(settings: Settings) -> None:
+    _print(_write(settings, lambda session: [user_json(u) for u in list_users(session=session)]))
+
+
+@cli.group(help="manage groups", no_args_is_help=False)
+def group() -> None:
+    pass
+
+
+@group.command("create", help="create a group (or a subgroup with --parent)")
+@click.argument("name")
+@click.option("--owner", required=True, metavar="EMAIL", help="the email of the user who owns the group")
+@click.option("--parent", metavar="GROUP_ID", help="make a subgroup of this group (a canary, say)")
+@click.option("--chip", type=click.Choice(KNOWN_CHIPS), help="the chip its images must be built for")
+@with_settings
+def group_create(settings: Settings, name: str, owner: str, parent: str | None, chip: str | None) -> None:
+    def work(session: Session) -> dict[str, Any]:
+        owner_user = _owner(session, owner)
+        created = create_group(session=session, owner=owner_user, name=name, parent_id=parent, chip=chip)
+        return group_json(created, owner_user)
+
+    _print(_write(settings, work))
+
+
+@group.command("list", help="list groups")
+@click.option("--owner", metavar="EMAIL", help="only this user's groups")
+@with_settings
+def group_list(settings: Settings, owner: str | None) -> None:
+    def work(session: Session) -> list[dict[str, Any]]:
+        owner_user = _owner(session, owner) if owner else None
+        owners = {u.id: u for u in list_users(session=session)}
+        return [
+            group_json(g, owners.get(g.owner_id))
+            for g in list_groups(session=session, owner_id=owner_user.id if owner_user else None)
+        ]
+
+    _print(_write(settings, work))
+
+
+@cli.group(help="manage devices", no_args_is_help=False)
+def device() -> None:
+    pass
+
+
+@device.command("create", help="register a device in a group")
+@click.argument("name")
+@click.option("--group", "group_id", required=True, metavar="GROUP_ID", help="the group the device belongs to")
+@click.option("--firmware-version", metavar="X", help="the version it runs now")
+@click.option("--id", "device_id", metavar="DEVICE_ID", show_default="generated", help="the id the device uses")
+@with_settings
+def device_create(
+    settings: Settings, name: str, group_id: str, firmware_version: str | None, device_id: str | None
+) -> None:
+    def work(session: Session) -> dict[str, Any]:
+        created = create_device(
+            session=session, group=_group(session, group_id), name=name,
+            firmware_version=firmware_version, device_id=device_id,
+        )
+        return device_json(created)
+
+    _print(_write(settings, work))
+
+
+@device.command("list", help="list devices")
+@click.option("--group", "group_id", metavar="GROUP_ID", help="only this group's devices")
+@with_settings
+def device_list(settings: Settings, group_id: str | None) -> None:
+    def work(session: Session) -> list[dict[str, Any]]:
+        if group_id:
+            _group(session, group_id)
+        return [device_json(d) for d in list_devices(session=session, group_id=group_id)]
+
+    _print(_write(settings, work))
+
+
+cli.add_command(simulate_command)
 
 
 def _check_embedded_broker_port(settings: Settings) -> None:
@@ -242,101 +380,13 @@ def _check_schema(settings: Settings) -> None:
         engine.dispose()
 
 
-def _seconds(raw: str) -> float:
-    if not raw.isascii() or not raw.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a whole number of seconds, not {raw!r}")
-    return float(raw)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="otaship",
-        description="otaship receiver: IoTaaP Group OTA API, device endpoints and staged rollouts.",
-        epilog="Configuration comes from OTASHIP_* environment variables (see the README).",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    serve = commands.add_parser("serve", help="run the receiver")
-    serve.add_argument("--host", help="address to bind (default: OTASHIP_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default: OTASHIP_PORT or 8080)")
-    serve.set_defaults(run=cmd_serve)
-
-    migrate = commands.add_parser(
-        "migrate", help="bring the database schema up to date (run before serve on PostgreSQL)"
-    )
-    migrate.set_defaults(run=cmd_migrate)
-
-    gc = commands.add_parser(
-        "gc", help="remove stored firmware objects that no record references",
-        description="Remove firmware objects that no OTA, deploy history or rollout references "
-        "and that are older than the grace period (OTASHIP_GC_GRACE).",
-    )
-    gc.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
-    gc.add_argument(
-        "--grace", type=_seconds, metavar="SECONDS",
-        help="override OTASHIP_GC_GRACE; below the servers' setting it is safe only while no upload runs",
-    )
-    gc.set_defaults(run=cmd_gc)
-
-    user = commands.add_parser("user", help="manage users").add_subparsers(
-        dest="verb", required=True, metavar="VERB"
-    )
-    p = user.add_parser("create", help="create a user; prints its API key and MQTT password once")
-    p.add_argument("email")
-    p.add_argument("--plan", choices=PLANS, default="free")
-    p.set_defaults(run=cmd_user_create)
-    p = user.add_parser("key", help="issue a new API key (revokes the old ones unless --keep)")
-    p.add_argument("email")
-    p.add_argument("--keep", action="store_true", help="keep existing keys valid")
-    p.set_defaults(run=cmd_user_key)
-    p = user.add_parser("list", help="list users")
-    p.set_defaults(run=cmd_user_list)
-
-    group = commands.add_parser("group", help="manage groups").add_subparsers(
-        dest="verb", required=True, metavar="VERB"
-    )
-    p = group.add_parser("create", help="create a group (or a subgroup with --parent)")
-    p.add_argument("name")
-    p.add_argument("--owner", required=True, metavar="EMAIL")
-    p.add_argument("--parent", metavar="GROUP_ID")
-    p.add_argument("--chip", choices=KNOWN_CHIPS)
-    p.set_defaults(run=cmd_group_create)
-    p = group.add_parser("list", help="list groups")
-    p.add_argument("--owner", metavar="EMAIL")
-    p.set_defaults(run=cmd_group_list)
-
-    device = commands.add_parser("device", help="manage devices").add_subparsers(
-        dest="verb", required=True, metavar="VERB"
-    )
-    p = device.add_parser("create", help="register a device in a group")
-    p.add_argument("name")
-    p.add_argument("--group", required=True, metavar="GROUP_ID")
-    p.add_argument("--firmware-version", metavar="X")
-    p.add_argument("--id", metavar="DEVICE_ID", help="the id the device uses (default: generated)")
-    p.set_defaults(run=cmd_device_create)
-    p = device.add_parser("list", help="list devices")
-    p.add_argument("--group", metavar="GROUP_ID")
-    p.set_defaults(run=cmd_device_list)
-
-    from otaship.simulator import cli as simulate
-
-    simulate.add_parser(commands)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    redact_unconfigured_logs()
+    """Run one command; the exit code it would end the process with."""
     try:
-        settings = Settings.from_env()
-        args.run(settings, args)
-    except (CommandError, UserError, GroupError, DeviceError, SettingsError, SchemaError, StorageError) as exc:
-        print(redact(f"otaship: error: {exc}"), file=sys.stderr)
-        return EXIT_ERROR
-    except SQLAlchemyError as exc:
-        print(redact(f"otaship: database error: {str(exc).splitlines()[0]}"), file=sys.stderr)
-        return EXIT_ERROR
-    return EXIT_OK
+        cli.main(args=None if argv is None else list(argv), prog_name="otaship")
+    except SystemExit as exc:
+        # Click ends every run, even a successful one, with SystemExit.
+        return exc.code if isinstance(exc.code, int) else EXIT_OK if exc.code is None else EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ a big simulation. 8 to 16 connections already keep a local receiver busy on a
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import contextlib
@@ -63,12 +62,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+import click
 import httpx
 
 if TYPE_CHECKING:
@@ -1099,79 +1099,51 @@ def register_devices(settings: Settings, config: SimulationConfig) -> tuple[int,
 # -- command line ----------------------------------------------------------------
 
 
-def _fail_rate(value: str) -> float:
-    try:
-        rate = float(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from exc
-    if not 0.0 <= rate <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
-    return rate
+@click.command(
+    "simulate",
+    short_help="run simulated IoTaaP OS devices (a test fleet, or a load generator)",
+    help=(
+        "Run N simulated IoTaaP OS devices in one process. Each logs in to MQTT with the "
+        "owner's credentials, reports its status, and on an update trigger checks latest, "
+        "downloads and verifies the image, and reboots into the new version."
+    ),
+)
+@click.option("--group", required=True, metavar="ID", help="the group the devices belong to")
+@click.option("--token", required=True, help="the group's token (used to download)")
+@click.option("--mqtt-url", required=True, metavar="URL",
+              help="mqtt://MQTT_USER:MQTT_PASSWORD@HOST:PORT (or mqtts://) with the owner's credentials")
+@click.option("--server", required=True, metavar="URL", help="the receiver, e.g. http://127.0.0.1:8080")
+@click.option("--devices", type=click.IntRange(min=1), default=10, metavar="N", help="how many devices")
+@click.option("--version", default="0.0.0", metavar="X", help="the version the devices run at start")
+@click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, metavar="F",
+              help="share of devices that come back on their old version after an update")
+@click.option("--register", is_flag=True,
+              help="create the devices in the receiver's database first (OTASHIP_* settings)")
+@click.option("--status-interval", type=click.FloatRange(min=0), default=5.0, metavar="S",
+              help="seconds between status reports (0: on boot only)")
+@click.option("--id-prefix", metavar="P", show_default="sim-<group[:8]>",
+              help="device ids are P-00001, P-00002...")
+@click.option("--until-version", metavar="V", help="stop when every device runs V (exit 1 if the run stops before)")
+@click.option("--duration", type=click.FloatRange(min=0), metavar="S",
+              help="stop after S seconds (with --until-version: whichever comes first)")
+@click.option("--seed", type=int, default=0, help="fixes which devices fail")
+@click.option("--http-connections", type=click.IntRange(min=1), default=16, metavar="N",
+              help="concurrent HTTP connections to the receiver")
+@click.option("--json", is_flag=True, help="print the summary as one JSON object")
+def simulate_command(**params: Any) -> None:
+    """`otaship simulate`; its options' values are `params`, by option name."""
+    from otaship.receiver.settings import Settings
+
+    run_command(Settings.from_env(), params)
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from exc
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return number
-
-
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from exc
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return number
-
-
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `simulate` to the otaship command line."""
-    p = subparsers.add_parser(
-        "simulate",
-        help="run simulated IoTaaP OS devices (a test fleet, or a load generator)",
-        description=(
-            "Run N simulated IoTaaP OS devices in one process. Each logs in to MQTT with the "
-            "owner's credentials, reports its status, and on an update trigger checks latest, "
-            "downloads and verifies the image, and reboots into the new version."
-        ),
-    )
-    p.add_argument("--group", required=True, metavar="ID", help="the group the devices belong to")
-    p.add_argument("--token", required=True, help="the group's token (used to download)")
-    p.add_argument("--mqtt-url", required=True, metavar="URL",
-                   help="mqtt://MQTT_USER:MQTT_PASSWORD@HOST:PORT (or mqtts://) with the owner's credentials")
-    p.add_argument("--server", required=True, metavar="URL", help="the receiver, e.g. http://127.0.0.1:8080")
-    p.add_argument("--devices", type=_positive_int, default=10, metavar="N", help="how many devices (default 10)")
-    p.add_argument("--version", default="0.0.0", metavar="X", help="the version the devices run at start")
-    p.add_argument("--fail-rate", type=_fail_rate, default=0.0, metavar="F",
-                   help="share of devices that come back on their old version after an update (0-1)")
-    p.add_argument("--register", action="store_true",
-                   help="create the devices in the receiver's database first (OTASHIP_* settings)")
-    p.add_argument("--status-interval", type=_seconds, default=5.0, metavar="S",
-                   help="seconds between status reports (default 5; 0: on boot only)")
-    p.add_argument("--id-prefix", metavar="P", help="device ids are P-00001, P-00002... (default sim-<group[:8]>)")
-    p.add_argument("--until-version", metavar="V",
-                   help="stop when every device runs V (exit 1 if the run stops before)")
-    p.add_argument("--duration", type=_seconds, metavar="S",
-                   help="stop after S seconds (with --until-version: whichever comes first)")
-    p.add_argument("--seed", type=int, default=0, help="fixes which devices fail (default 0)")
-    p.add_argument("--http-connections", type=_positive_int, default=16, metavar="N",
-                   help="concurrent HTTP connections to the receiver (default 16)")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.set_defaults(run=run_command)
-
-
-def config_from_args(args: argparse.Namespace) -> SimulationConfig:
+def config_from_args(params: Mapping[str, Any]) -> SimulationConfig:
     return SimulationConfig(
-        server=args.server, mqtt_url=args.mqtt_url, group_id=args.group, token=args.token,
-        devices=args.devices, version=args.version, fail_rate=args.fail_rate,
-        status_interval=args.status_interval, id_prefix=args.id_prefix,
-        until_version=args.until_version, duration=args.duration or None, seed=args.seed,
-        http_connections=args.http_connections,
+        server=params["server"], mqtt_url=params["mqtt_url"], group_id=params["group"], token=params["token"],
+        devices=params["devices"], version=params["version"], fail_rate=params["fail_rate"],
+        status_interval=params["status_interval"], id_prefix=params["id_prefix"],
+        until_version=params["until_version"], duration=params["duration"] or None, seed=params["seed"],
+        http_connections=params["http_connections"],
     )
 
 
@@ -1229,12 +1201,12 @@ async def _run_until_signal(config: SimulationConfig, progress: ProgressLine) ->
         progress.close(last[0] if last else None)
 
 
-def run_command(settings: Settings, args: argparse.Namespace) -> None:
+def run_command(settings: Settings, params: Mapping[str, Any]) -> None:
     """`otaship simulate`: exits 1 when --until-version was not reached, 2 on bad input."""
     try:
-        config = config_from_args(args)
+        config = config_from_args(params)
         config.check()
-        if args.register:
+        if params["register"]:
             created, existing = register_devices(settings, config)
             print(f"registered {created} devices ({existing} already there)", file=sys.stderr)
         summary = asyncio.run(_run_until_signal(config, ProgressLine(sys.stderr)))
@@ -1244,7 +1216,7 @@ def run_command(settings: Settings, args: argparse.Namespace) -> None:
         # The message can quote the MQTT URL, password and all.
         print(redact(f"otaship: error: {exc}"), file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from exc
-    if args.json:
+    if params["json"]:
         print(json.dumps(summary.to_json()))
     else:
         print(summary.table())
@@ -1254,17 +1226,10 @@ def run_command(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `simulate` on its own (`python -m otaship.simulator.cli ...`), before it is wired into otaship."""
-    from otaship.receiver.settings import Settings
+    """Run `simulate` on its own (`python -m otaship.simulator.cli ...`): `otaship simulate ...`."""
+    from otaship.receiver.cli import main as otaship_main
 
-    parser = argparse.ArgumentParser(prog="otaship")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["simulate", *(sys.argv[1:] if argv is None else argv)])
-    from otaship.receiver.logs import redact_unconfigured_logs
-
-    redact_unconfigured_logs()
-    args.run(Settings.from_env(), args)
-    return EXIT_OK
+    return otaship_main(["simulate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
 
+from otaship.firmware.tally import ImageFacts
 from otaship.receiver.http.fields import quoted
 from otaship.receiver.intake.spool import MAX_BACKLOG, SpoolWriter
-from otaship.receiver.intake.tally import ImageFacts
 
 MAX_FIELD_BYTES = 4096
 MAX_PARTS = 32

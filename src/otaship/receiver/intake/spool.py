@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from otaship.receiver.intake.tally import ImageFacts, ImageTally
+from otaship.firmware.tally import ImageFacts, ImageTally
 
 log = logging.getLogger("otaship.upload")
 

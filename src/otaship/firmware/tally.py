@@ -7,6 +7,10 @@ where a byte sits, so the XOR of the whole file is kept, and validation takes
 out the few header bytes once it knows the layout. SHA-256 runs 32 bytes
 behind the stream: an ESP-IDF image ends with the SHA-256 of everything before
 those 32 bytes, so both that digest and the file's come from one hash.
+
+The receiver's upload spool does the tallying; it lives here, beside the image
+check that takes the facts, so that the action (which checks whole files)
+never imports the receiver.
 """
 from __future__ import annotations
 
