@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
-from otaship.receiver.http.fields import BadField, choice, flag, fraction, has_control, text, whole_number
+from otaship.receiver.fields import BadField, choice, flag, fraction, has_control, text, whole_number
 from otaship.receiver.http.management.deploy_form import (
     MAX_STAGE_SECONDS,
     MAX_TOLERATED_FAILURES,

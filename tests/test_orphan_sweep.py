@@ -28,7 +28,7 @@ from otaship.receiver.db.engine import read_session, write_session
 from otaship.receiver.db.models import Group, Rollout
 from otaship.receiver.gc.sweep import OrphanSweeper, SweepResult, referenced_keys, sweep_orphans
 from otaship.receiver.ids import new_id
-from otaship.receiver.intake.deploy import StoredFirmware, deploy_firmware
+from otaship.receiver.rollouts.deploy import StoredFirmware, deploy_firmware
 from otaship.receiver.services import Services
 from otaship.receiver.settings import Settings
 from otaship.receiver.storage import FIRMWARE_PREFIX, StorageError, object_key

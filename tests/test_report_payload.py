@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from otaship.receiver.http.fields import has_control
+from otaship.receiver.fields import has_control
 from otaship.receiver.mqtt.report_payload import (
     MAX_PAYLOAD_BYTES,
     MAX_UPTIME,

@@ -13,9 +13,9 @@ from starlette.testclient import TestClient
 from otaship.receiver.app import build_services, create_app
 from otaship.receiver.db.engine import read_session, write_session
 from otaship.receiver.db.models import Deployment, Group, Rollout, TriggerMessage
-from otaship.receiver.intake.deploy import StoredFirmware, deploy_firmware, running_firmware
 from otaship.receiver.mqtt.reports import ReportIngester
 from otaship.receiver.rollouts.clock import RolloutRunner
+from otaship.receiver.rollouts.deploy import StoredFirmware, deploy_firmware, running_firmware
 from otaship.receiver.rollouts.policy import Policy
 from otaship.receiver.rollouts.store import RolloutError, deploy_with_canary, manual_promote
 from otaship.receiver.settings import Settings

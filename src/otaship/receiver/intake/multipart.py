@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
 
 from otaship.firmware.tally import ImageFacts
-from otaship.receiver.http.fields import quoted
+from otaship.receiver.fields import quoted
 from otaship.receiver.intake.spool import MAX_BACKLOG, SpoolWriter
 
 MAX_FIELD_BYTES = 4096

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from otaship.receiver.db.devices import DEVICE_ID_PATTERN
-from otaship.receiver.http.fields import has_control, quoted
+from otaship.receiver.fields import has_control, quoted
 from otaship.receiver.ids import utcnow
 from otaship.receiver.rollouts.policy import RESPONSE_CODES
 

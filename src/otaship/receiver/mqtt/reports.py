@@ -30,7 +30,7 @@ from sqlmodel import Session, col, select
 
 from otaship.receiver.db.engine import database_reachable, write_session
 from otaship.receiver.db.models import Device, Rollout, RolloutDevice, User
-from otaship.receiver.http.fields import quoted
+from otaship.receiver.fields import quoted
 from otaship.receiver.ids import utcnow
 from otaship.receiver.logs import short_error
 from otaship.receiver.mqtt.report_payload import RESPONSE, STATUS, BadReport, Report, parse_report

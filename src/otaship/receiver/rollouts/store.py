@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from otaship.receiver.db.groups import ancestors, descendants, lock_tree
 from otaship.receiver.db.models import Deployment, Device, Group, Rollout, RolloutDevice
 from otaship.receiver.ids import iso_utc, utcnow
-from otaship.receiver.intake.deploy import (
+from otaship.receiver.rollouts.deploy import (
     DeployResult,
     StoredFirmware,
     VersionConflict,

@@ -1,6 +1,6 @@
 """The supersede rule: a deploy ends every running rollout whose stages it changes.
 
-Every deploy passes through `otaship.receiver.intake.deploy.deploy_firmware`, which calls
+Every deploy passes through `otaship.receiver.rollouts.deploy.deploy_firmware`, which calls
 this once the new OTA is written: a plain POST, a rollout's canary deploy and a
 promotion alike. A rollout's own deploys never end it.
 """

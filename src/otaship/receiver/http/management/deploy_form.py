@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import semver
 
-from otaship.receiver.http.fields import TRIMMED, BadField, fraction, text, whole_number
-from otaship.receiver.http.fields import flag as parse_flag
+from otaship.receiver.fields import TRIMMED, BadField, fraction, text, whole_number
+from otaship.receiver.fields import flag as parse_flag
 from otaship.receiver.ids import is_id
 from otaship.receiver.rollouts.policy import Policy, validate_policy
 

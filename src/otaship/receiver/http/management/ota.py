@@ -15,18 +15,11 @@ from starlette.routing import Route
 from otaship.receiver.db.groups import get_owned_group
 from otaship.receiver.db.models import GroupOta, Rollout, User
 from otaship.receiver.db.path_search import owned_paths_containing
+from otaship.receiver.fields import BadField, choice, text, whole_number
 from otaship.receiver.http.auth import authenticated_owner
-from otaship.receiver.http.fields import BadField, choice, text, whole_number
 from otaship.receiver.http.management.deploy_form import check_version, parse_options, parse_target
 from otaship.receiver.http.responses import UNAUTHORIZED, database_errors, message, server_error
 from otaship.receiver.ids import iso_utc, secret_matches_plain
-from otaship.receiver.intake.deploy import (
-    DeployResult,
-    StoredFirmware,
-    VersionConflict,
-    current_ota,
-    deploy_firmware,
-)
 from otaship.receiver.intake.in_flight import Hold, ObjectNotStored
 from otaship.receiver.intake.multipart import (
     MalformedUpload,
@@ -36,6 +29,13 @@ from otaship.receiver.intake.multipart import (
     receive_upload,
 )
 from otaship.receiver.metrics import Metrics
+from otaship.receiver.rollouts.deploy import (
+    DeployResult,
+    StoredFirmware,
+    VersionConflict,
+    current_ota,
+    deploy_firmware,
+)
 from otaship.receiver.rollouts.policy import CANARY, PolicyError
 from otaship.receiver.rollouts.store import (
     CanaryDeploy,

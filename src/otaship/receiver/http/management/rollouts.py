@@ -11,8 +11,8 @@ from starlette.routing import Route
 
 from otaship.receiver.db.groups import get_owned_group
 from otaship.receiver.db.models import Rollout
+from otaship.receiver.fields import BadField, flag, text
 from otaship.receiver.http.auth import authenticated_owner
-from otaship.receiver.http.fields import BadField, flag, text
 from otaship.receiver.http.responses import UNAUTHORIZED, database_errors, message, server_error
 from otaship.receiver.ids import is_id
 from otaship.receiver.metrics import Metrics
