@@ -13,7 +13,7 @@ from typing import Any
 
 from otaship.action import exit_codes
 from otaship.action.__main__ import main
-from otaship.simulator.cli import FleetSummary, simulate
+from otaship.simulator.fleet import FleetSummary, simulate
 from tests.esp_image import write_image
 from tests.test_fleet_mqtt import Tenant, embedded  # noqa: F401  (the fixture)
 

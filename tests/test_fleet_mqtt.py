@@ -20,7 +20,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from otaship.simulator.cli import FleetSummary, SimulationConfig, simulate
+from otaship.simulator.config import SimulationConfig
+from otaship.simulator.fleet import FleetSummary, simulate
 from tests.esp_image import build_image
 from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
 from tests.services import MOSQUITTO, free_port, port_open, require

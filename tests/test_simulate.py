@@ -16,19 +16,15 @@ from typing import Any
 import pytest
 
 from otaship.receiver.settings import Settings
-from otaship.simulator.cli import (
-    FleetProgress,
-    FleetSummary,
+from otaship.simulator.cli import add_parser, config_from_args
+from otaship.simulator.config import (
     SimulationConfig,
     SimulationError,
-    add_parser,
-    config_from_args,
+    broker_address,
     default_device_ids,
     failing_devices,
-    parse_mqtt_url,
-    register_devices,
-    simulate,
 )
+from otaship.simulator.fleet import FleetProgress, FleetSummary, register_devices, simulate
 from tests import services
 from tests.device_fleet import Group, MqttObserver, ReceiverWithFirmware, wait_until
 from tests.esp_image import build_image
@@ -346,16 +342,16 @@ def test_downloads_are_verified_and_redirects_not_followed(observer: MqttObserve
 
 
 def test_mqtt_urls() -> None:
-    plain = parse_mqtt_url("mqtt://owner%40x:p%3Ass@broker.example:1884")
+    plain = broker_address("mqtt://owner%40x:p%3Ass@broker.example:1884")
     assert (plain.host, plain.port, plain.tls, plain.username, plain.password) == (
         "broker.example", 1884, False, "owner@x", "p:ss",
     )
-    tls = parse_mqtt_url("mqtts://owner:pw@broker.example")
+    tls = broker_address("mqtts://owner:pw@broker.example")
     assert (tls.port, tls.tls) == (8883, True)
-    assert parse_mqtt_url("mqtt://owner@h").port == 1883
+    assert broker_address("mqtt://owner@h").port == 1883
     for bad in ("http://u:p@h", "mqtt://h:1883", "mqtt://u:p@h:notaport"):
         with pytest.raises(SimulationError):
-            parse_mqtt_url(bad)
+            broker_address(bad)
 
 
 def test_device_ids_and_failures_are_deterministic() -> None:
