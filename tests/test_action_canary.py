@@ -13,9 +13,9 @@ from typing import Any
 
 from otaship.action import exit_codes
 from otaship.action.__main__ import main
-from otaship.simulator.fleet import FleetSummary, simulate
+from otaship.simulator.fleet import FleetSummary
 from tests.esp_image import write_image
-from tests.test_fleet_mqtt import Tenant, embedded  # noqa: F401  (the fixture)
+from tests.test_fleet_mqtt import Tenant, embedded, with_fleets  # noqa: F401  (the fixture)
 
 COMMIT = "3333333333333333333333333333333333333333"
 
@@ -55,14 +55,7 @@ def run_job(t: Tenant, tmp_path: Path, group: dict[str, Any], canary: dict[str, 
 
 
 async def with_devices(t: Tenant, configs: list[Any], job: Any) -> tuple[Any, list[FleetSummary]]:
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(simulate(c, stop=stop)) for c in configs]
-    try:
-        await asyncio.sleep(2)
-        result = await asyncio.to_thread(job)
-    finally:
-        stop.set()
-    return result, list(await asyncio.gather(*tasks))
+    return await with_fleets(t, configs, lambda: asyncio.to_thread(job))
 
 
 def test_the_job_follows_a_healthy_canary_to_complete(embedded: Tenant, tmp_path: Path) -> None:  # noqa: F811

@@ -222,19 +222,27 @@ def test_start_and_stop_repeatedly_leaks_no_threads_or_sockets(
     config = fleet(receiver.url, observer, released, 40, "restart", version="1.0.0")
     threads, fds = threading.active_count(), open_fds()
 
-    async def run_once(stop_after: float | None) -> FleetSummary:
+    async def run_once(online: bool) -> FleetSummary:
         stop = asyncio.Event()
         progress: list[FleetProgress] = []
-        run = asyncio.create_task(simulate(config, stop=stop, on_progress=progress.append))
-        if stop_after is None:
-            await wait_until(lambda: bool(progress) and progress[-1].online == 40, 15, watch=[run])
-        else:
-            await asyncio.sleep(stop_after)  # stopped while devices are still connecting
-        stop.set()
-        return await asyncio.wait_for(run, 10)
 
-    for stop_after in (None, 0.01, None):
-        asyncio.run(run_once(stop_after))
+        def note(update: FleetProgress) -> None:
+            progress.append(update)
+            if not online:
+                # At its first report, while the devices are still connecting.
+                stop.set()
+
+        run = asyncio.create_task(simulate(config, stop=stop, on_progress=note))
+        if online:
+            await wait_until(lambda: bool(progress) and progress[-1].online == 40, 15, watch=[run])
+            stop.set()
+        summary = await asyncio.wait_for(run, 10)
+        if not online:
+            assert progress[0].online == 0
+        return summary
+
+    for online in (True, False, True):
+        asyncio.run(run_once(online))
         assert (threading.active_count(), open_fds()) == (threads, fds)
 
 
