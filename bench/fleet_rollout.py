@@ -1,6 +1,6 @@
 """6. Tag to fleet: from the POST of a new version until every device reports running it.
 
-1,000 simulated IoTaaP OS devices (`otaship.simulator.cli.simulate()`, in this
+1,000 simulated IoTaaP OS devices (`otaship.simulator.fleet.simulate()`, in this
 process) against Mosquitto and the receiver: 990 in the fleet group and 10 in
 its canary subgroup. Without a canary the POST goes to the fleet group and
 reaches the subgroup too; with one, the canary updates first and the receiver
@@ -108,7 +108,8 @@ async def _rollout(
     ctx: Context, server: str, mqtt_url: str, fleet: Fleet, current: str, new: str, with_canary: bool,
     *, seed: int, receiver_pid: int,
 ) -> Rollout:
-    from otaship.simulator.cli import FleetProgress, SimulationConfig, simulate
+    from otaship.simulator.config import SimulationConfig
+    from otaship.simulator.fleet import FleetProgress, simulate
 
     parts = [(fleet.group, fleet.group_devices), (fleet.canary, fleet.canary_devices)]
     starts: dict[str, float] = {}

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from otaship.action.__main__ import main
-from otaship.simulator.cli import SimulationConfig
+from otaship.simulator.config import SimulationConfig
 from tests.action_runner import parse_file_commands
 from tests.esp_image import build_image
 from tests.receiver_process import ReceiverProcess, cli_env, otaship_json

@@ -13,7 +13,8 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from otaship.protocol import RESPONSE, STATUS, parse_report_topic, report_filters, trigger_topic
+from otaship.simulator.config import SimulationConfig
+from otaship.simulator.fleet import FleetProgress, FleetSummary, simulate
 from tests.esp_image import build_image
 from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
 
@@ -104,30 +108,30 @@ class MqttObserver:
         self.client.loop_stop()
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
-        client.subscribe([(f"/{self.mqtt_user}/devices/+/status", 1),
-                          (f"/{self.mqtt_user}/devices/+/update-response", 1)])
+        client.subscribe([(f, 1) for f in report_filters(mqtt_user=self.mqtt_user)])
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        _, _, _, device_id, kind = message.topic.split("/")
+        report = parse_report_topic(message.topic)
+        assert report is not None, message.topic
         with self._lock:
-            self._events[device_id].append((kind, json.loads(message.payload)))
+            self._events[report.device_id].append((report.kind, json.loads(message.payload)))
 
     def events(self, device_id: str) -> list[tuple[str, dict[str, Any]]]:
         with self._lock:
             return list(self._events[device_id])
 
     def codes(self, device_id: str) -> list[int]:
-        return [payload["code"] for kind, payload in self.events(device_id) if kind == "update-response"]
+        return [payload["code"] for kind, payload in self.events(device_id) if kind == RESPONSE]
 
     def statuses(self, device_id: str) -> list[dict[str, Any]]:
-        return [payload for kind, payload in self.events(device_id) if kind == "status"]
+        return [payload for kind, payload in self.events(device_id) if kind == STATUS]
 
     def statuses_after(self, device_id: str, code: int) -> list[dict[str, Any]]:
         """Status reports that arrived after the device's first answer `code`."""
         events = self.events(device_id)
         for position, (kind, payload) in enumerate(events):
-            if kind == "update-response" and payload["code"] == code:
-                return [p for k, p in events[position + 1:] if k == "status"]
+            if kind == RESPONSE and payload["code"] == code:
+                return [p for k, p in events[position + 1:] if k == STATUS]
         return []
 
     def booted(self, device_ids: list[str]) -> bool:
@@ -135,9 +139,7 @@ class MqttObserver:
 
     def trigger(self, group_id: str, version: str = "") -> None:
         """Publish an update trigger the way the receiver does."""
-        info = self.client.publish(
-            f"/{self.mqtt_user}/groups/{group_id}/update-trigger", json.dumps({"version": version}), qos=1
-        )
+        info = self.client.publish(trigger_topic(self.mqtt_user, group_id), json.dumps({"version": version}), qos=1)
         info.wait_for_publish(10)
 
 
@@ -154,3 +156,42 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(0.05)
+
+
+class Fleets:
+    """Simulations running side by side in this event loop, each one's latest progress at hand.
+
+    Made inside the loop; `finish()` stops them all and returns their summaries.
+    """
+
+    # Seconds between progress reports: how quickly a wait on them notices.
+    PROGRESS_INTERVAL = 0.1
+
+    def __init__(self, configs: list[SimulationConfig]) -> None:
+        self.stop = asyncio.Event()
+        self.progress: list[FleetProgress | None] = [None] * len(configs)
+        self.tasks = [
+            asyncio.create_task(simulate(
+                replace(config, progress_interval=self.PROGRESS_INTERVAL), stop=self.stop,
+                on_progress=partial(self._note, index),
+            ))
+            for index, config in enumerate(configs)
+        ]
+
+    def _note(self, index: int, progress: FleetProgress) -> None:
+        self.progress[index] = progress
+
+    def every(self, condition: Callable[[FleetProgress], bool], fleets: slice = slice(None)) -> bool:
+        """Whether every fleet (of `fleets`) has reported, and its latest report meets `condition`."""
+        return all(p is not None and condition(p) for p in self.progress[fleets])
+
+    async def wait(self, condition: Callable[[], bool], timeout: float) -> None:
+        await wait_until(condition, timeout, watch=self.tasks)
+
+    async def online(self, timeout: float) -> None:
+        """Until every device is connected, subscribed to its trigger, and has reported its status."""
+        await self.wait(lambda: self.every(lambda p: p.online == p.devices), timeout)
+
+    async def finish(self) -> list[FleetSummary]:
+        self.stop.set()
+        return list(await asyncio.gather(*self.tasks))

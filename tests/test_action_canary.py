@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from otaship.action import exit_codes
-from otaship.simulator.cli import FleetSummary, simulate
+from otaship.simulator.fleet import FleetSummary
 from tests.action_fixtures import DeployStep, StepRun, Tenant, receiver_env
 from tests.esp_image import write_image
+from tests.test_fleet_mqtt import with_fleets
 
 COMMIT = "3333333333333333333333333333333333333333"
 
@@ -52,14 +53,7 @@ def run_job(t: Tenant, deploy_step: DeployStep, tmp_path: Path, fleet: Fleet, **
 
 
 async def with_devices(t: Tenant, configs: list[Any], job: Any) -> tuple[Any, list[FleetSummary]]:
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(simulate(c, stop=stop)) for c in configs]
-    try:
-        await asyncio.sleep(2)
-        result = await asyncio.to_thread(job)
-    finally:
-        stop.set()
-    return result, list(await asyncio.gather(*tasks))
+    return await with_fleets(t, configs, lambda: asyncio.to_thread(job))
 
 
 def test_the_job_follows_a_healthy_canary_to_complete(

@@ -194,7 +194,7 @@ def test_configuration_is_only_otaship_variables_and_valid() -> None:
     assert {name for name in env if not name.startswith("OTASHIP_")} <= allowed
     settings = Settings.from_env(env)  # the image's own values parse
     assert settings.port == 8080
-    from otaship.receiver.mqtt.link import parse_mqtt_url
+    from otaship.protocol import parse_mqtt_url
 
     parse_mqtt_url(settings.mqtt_url)
     # No secrets baked in.

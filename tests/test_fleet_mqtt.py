@@ -10,32 +10,73 @@ import asyncio
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from otaship.simulator.cli import FleetSummary, SimulationConfig, simulate
+from otaship.protocol import trigger_topic
+from otaship.simulator.config import SimulationConfig
+from otaship.simulator.fleet import FleetSummary
 from tests.action_fixtures import Tenant, make_tenant
+from tests.device_fleet import Fleets, MqttObserver
 from tests.services import free_port, port_open, require
 
 TERMINAL = ("complete", "halted", "aborted")
+T = TypeVar("T")
+
+
+async def with_fleets(
+    tenant: Tenant, configs: list[SimulationConfig], body: Callable[[], Awaitable[T]], *, timeout: float = 60
+) -> tuple[T, list[FleetSummary]]:
+    """Bring the devices online, await `body()`, let what it set off settle, and stop the devices.
+
+    Before `body()`, every device has reported an uptime of a second or more:
+    the receiver tells that a device rebooted by its uptime going down, which
+    from 0 it cannot. Settled means: a trigger the receiver publishes afterwards
+    (a deploy to a group of its own, watched by one more simulated device) has
+    reached that device, and no device is in the middle of an update. Whatever
+    the receiver published before, by mistake or not, went out before that
+    trigger, so the devices it was for have had it too.
+    """
+    sentinel = await asyncio.to_thread(tenant.group, "sentinel")
+    host, port = tenant.broker.rsplit(":", 1)
+    observer = MqttObserver(tenant.mqtt_user, password=tenant.mqtt_password, host=host, port=int(port))
+    await asyncio.to_thread(observer.start)
+    ids = [d for config in configs for d in config.resolved_device_ids()]
+
+    def up_a_second() -> bool:
+        return all((statuses := observer.statuses(d)) and statuses[-1]["uptime"] >= 1 for d in ids)
+
+    fleets = Fleets([*configs, tenant.sim(sentinel, ["sentinel"], "0.0.0")])
+    try:
+        await fleets.online(timeout)
+        await fleets.wait(up_a_second, timeout)
+        result = await body()
+        await asyncio.to_thread(tenant.deploy, sentinel, "0.0.1")
+        await fleets.wait(
+            lambda: fleets.every(lambda p: p.triggered == 1, slice(-1, None))
+            and fleets.every(lambda p: p.updating == 0, slice(None, -1)),
+            timeout,
+        )
+    finally:
+        summaries = await fleets.finish()
+        observer.stop()
+    return result, summaries[:-1]
 
 
 async def run_fleets(
-    tenant: Tenant, configs: list[SimulationConfig], act: Any, *, timeout: float = 60, settle: float = 1.5
+    tenant: Tenant, configs: list[SimulationConfig], act: Any, *, timeout: float = 60
 ) -> tuple[Any, list[FleetSummary]]:
     """Bring the devices online, run `act()` (in a thread), and stop the devices
     once the rollout it returns has ended (or, for a plain deploy, once `act`'s
-    result says so through `done()`)."""
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(simulate(config, stop=stop)) for config in configs]
-    try:
-        await asyncio.sleep(2)  # online and subscribed
+    result says so through `done()`) and everything has settled (`with_fleets`)."""
+
+    async def until_done() -> Any:
         result = await asyncio.to_thread(act)
         rollout_id, done = result if isinstance(result, tuple) else (result, None)
         deadline = time.monotonic() + timeout
@@ -50,10 +91,9 @@ async def run_fleets(
                         break
                 elif done is not None and await asyncio.to_thread(done):
                     break
-        await asyncio.sleep(settle)  # the last reports land; anything sent by mistake arrives
-    finally:
-        stop.set()
-    return rollout_id, list(await asyncio.gather(*tasks))
+        return rollout_id
+
+    return await with_fleets(tenant, configs, until_done, timeout=timeout)
 
 
 def test_a_healthy_canary_reaches_the_whole_fleet(embedded: Tenant) -> None:
@@ -90,7 +130,6 @@ def test_a_failing_canary_halts_and_the_fleet_is_never_triggered(embedded: Tenan
     rollout_id, (canary_summary, rest_summary) = asyncio.run(
         run_fleets(
             t, fleets, lambda: t.deploy(fleet, "1.1.0", canary=canary["id"], canary_timeout="60")["rollout"]["id"],
-            settle=2.5,
         )
     )
     state = t.rollout(rollout_id)
@@ -186,22 +225,29 @@ def test_a_trigger_published_while_the_broker_is_down_arrives_after_it_returns(
     port, (start, stop) = own_mosquitto
     t = make_tenant(tmp_path / "data", f"mqtt://127.0.0.1:{port}", f"127.0.0.1:{port}")
     try:
-        group = t.group("fleet")
+        group, later = t.group("fleet"), t.group("later")
         stop()
         t.deploy(group, "3.0.0")  # the broker is down: the trigger waits in the outbox
         received: list[bytes] = []
+        received_later: list[bytes] = []
         start()
+        topic, later_topic = trigger_topic(t.mqtt_user, group["id"]), trigger_topic(t.mqtt_user, later["id"])
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher")
-        client.on_message = lambda c, u, m: received.append(bytes(m.payload))
+        client.on_message = lambda c, u, m: (received if m.topic == topic else received_later).append(bytes(m.payload))
         client.connect("127.0.0.1", port)
-        client.subscribe(f"/{t.mqtt_user}/groups/{group['id']}/update-trigger", qos=1)
+        client.subscribe([(topic, 1), (later_topic, 1)])
         client.loop_start()
         deadline = time.monotonic() + 30
         while not received and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(1)
+        # A second trigger from the receiver, after the first: a repeat of the
+        # first would have arrived before it.
+        t.deploy(later, "3.0.1")
+        while not received_later and time.monotonic() < deadline:
+            time.sleep(0.1)
         client.loop_stop()
         client.disconnect()
+        assert received_later == [b'{"version": "3.0.1"}']
         assert received == [b'{"version": "3.0.0"}']
     finally:
         t.receiver.stop()
@@ -227,7 +273,7 @@ def test_a_rollout_survives_a_receiver_restart(mosquitto: Tenant) -> None:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="operator")
         client.connect("127.0.0.1", 1883)
         client.loop_start()
-        client.publish(f"/{t.mqtt_user}/groups/{canary['id']}/update-trigger", "{}", qos=1).wait_for_publish(5)
+        client.publish(trigger_topic(t.mqtt_user, canary["id"]), "{}", qos=1).wait_for_publish(5)
         client.loop_stop()
         client.disconnect()
         return rollout_id

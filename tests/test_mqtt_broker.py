@@ -25,8 +25,6 @@ from tests.services import MOSQUITTO, require
 
 HOST = "127.0.0.1"
 TIMEOUT = 5.0
-# How long to wait for a message that must not arrive; a delivered one takes ~1 ms.
-QUIET = 0.3
 USERS = {"alice": "alice-secret", "bob": "bob-secret"}
 
 
@@ -138,8 +136,10 @@ class Client:
         return self.messages.get(timeout=TIMEOUT)
 
     def assert_no_message(self) -> None:
+        """Nothing else arrived: call it once a marker published after the unwanted
+        message has arrived, since the broker delivers in order."""
         with pytest.raises(queue.Empty):
-            message = self.messages.get(timeout=QUIET)
+            message = self.messages.get_nowait()
             pytest.fail(f"unexpected message on {message.topic}")
 
     def close(self) -> None:
@@ -417,6 +417,9 @@ def test_oversized_publish_drops_only_that_client(clients: Callable[..., Client]
 
     assert flooder.disconnected.wait(TIMEOUT)
     flooder.close()
+    # Published after the flooder was dropped: the oversized one would have come first.
+    clients(**owner("alice")).publish("/alice/devices/d1/status", b"marker")
+    assert app.next_message().payload == b"marker"
     app.assert_no_message()
     other = clients(**owner("alice"))
     other.publish("/alice/devices/d2/status", b"broker still fine")
@@ -512,7 +515,11 @@ def test_stop_closes_a_connection_that_never_logged_in() -> None:
     runner = BrokerThread(connect_timeout=60)
     runner.run(runner.broker.start())
     with socket.create_connection((HOST, runner.port), timeout=TIMEOUT) as sock:
-        time.sleep(0.1)  # let the broker accept it
+        # Until the broker serves it: a connection it has not accepted yet proves nothing.
+        deadline = time.monotonic() + TIMEOUT
+        while not runner.broker._connections:
+            assert time.monotonic() < deadline, "the broker never took the connection"
+            time.sleep(0.01)
         started = time.monotonic()
         runner.close()  # also checks that no task is left behind
         assert time.monotonic() - started < 1

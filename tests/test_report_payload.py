@@ -16,18 +16,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from otaship.protocol import RESPONSE, RESPONSE_CODES, STATUS
 from otaship.receiver.fields import has_control
 from otaship.receiver.mqtt.report_payload import (
     MAX_PAYLOAD_BYTES,
     MAX_UPTIME,
     MAX_VERSION_LENGTH,
-    RESPONSE,
-    STATUS,
     BadReport,
     Report,
     parse_report,
 )
-from otaship.receiver.rollouts.policy import RESPONSE_CODES
 
 PROPERTY = settings(max_examples=300, derandomize=True, deadline=None, database=None)
 

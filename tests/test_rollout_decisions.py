@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from otaship.protocol import RESPONSE_CODES
 from otaship.receiver.rollouts.policy import (
     AWAIT_PROMOTION,
     FAILED,
@@ -15,7 +16,6 @@ from otaship.receiver.rollouts.policy import (
     OUTCOMES,
     PENDING,
     PROMOTE,
-    RESPONSE_CODES,
     STAGE_CANARY,
     STAGE_FLEET,
     STATES,

@@ -17,19 +17,15 @@ from click.testing import CliRunner, Result
 
 from otaship.receiver.cli import cli
 from otaship.receiver.settings import Settings
-from otaship.simulator.cli import (
-    FleetProgress,
-    FleetSummary,
+from otaship.simulator.cli import config_from_args, simulate_command
+from otaship.simulator.config import (
     SimulationConfig,
     SimulationError,
-    config_from_args,
+    broker_address,
     default_device_ids,
     failing_devices,
-    parse_mqtt_url,
-    register_devices,
-    simulate,
-    simulate_command,
 )
+from otaship.simulator.fleet import FleetProgress, FleetSummary, register_devices, simulate
 from tests import services
 from tests.device_fleet import Group, MqttObserver, ReceiverWithFirmware, wait_until
 from tests.esp_image import build_image
@@ -224,19 +220,27 @@ def test_start_and_stop_repeatedly_leaks_no_threads_or_sockets(
     config = fleet(receiver.url, observer, released, 40, "restart", version="1.0.0")
     threads, fds = threading.active_count(), open_fds()
 
-    async def run_once(stop_after: float | None) -> FleetSummary:
+    async def run_once(online: bool) -> FleetSummary:
         stop = asyncio.Event()
         progress: list[FleetProgress] = []
-        run = asyncio.create_task(simulate(config, stop=stop, on_progress=progress.append))
-        if stop_after is None:
-            await wait_until(lambda: bool(progress) and progress[-1].online == 40, 15, watch=[run])
-        else:
-            await asyncio.sleep(stop_after)  # stopped while devices are still connecting
-        stop.set()
-        return await asyncio.wait_for(run, 10)
 
-    for stop_after in (None, 0.01, None):
-        asyncio.run(run_once(stop_after))
+        def note(update: FleetProgress) -> None:
+            progress.append(update)
+            if not online:
+                # At its first report, while the devices are still connecting.
+                stop.set()
+
+        run = asyncio.create_task(simulate(config, stop=stop, on_progress=note))
+        if online:
+            await wait_until(lambda: bool(progress) and progress[-1].online == 40, 15, watch=[run])
+            stop.set()
+        summary = await asyncio.wait_for(run, 10)
+        if not online:
+            assert progress[0].online == 0
+        return summary
+
+    for online in (True, False, True):
+        asyncio.run(run_once(online))
         assert (threading.active_count(), open_fds()) == (threads, fds)
 
 
@@ -344,16 +348,16 @@ def test_downloads_are_verified_and_redirects_not_followed(observer: MqttObserve
 
 
 def test_mqtt_urls() -> None:
-    plain = parse_mqtt_url("mqtt://owner%40x:p%3Ass@broker.example:1884")
+    plain = broker_address("mqtt://owner%40x:p%3Ass@broker.example:1884")
     assert (plain.host, plain.port, plain.tls, plain.username, plain.password) == (
         "broker.example", 1884, False, "owner@x", "p:ss",
     )
-    tls = parse_mqtt_url("mqtts://owner:pw@broker.example")
+    tls = broker_address("mqtts://owner:pw@broker.example")
     assert (tls.port, tls.tls) == (8883, True)
-    assert parse_mqtt_url("mqtt://owner@h").port == 1883
+    assert broker_address("mqtt://owner@h").port == 1883
     for bad in ("http://u:p@h", "mqtt://h:1883", "mqtt://u:p@h:notaport"):
         with pytest.raises(SimulationError):
-            parse_mqtt_url(bad)
+            broker_address(bad)
 
 
 def test_device_ids_and_failures_are_deterministic() -> None:

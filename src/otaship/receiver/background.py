@@ -12,10 +12,11 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
+from otaship.protocol import parse_mqtt_url
 from otaship.receiver.db.engine import read_session
 from otaship.receiver.db.users import user_for_mqtt_login
 from otaship.receiver.gc.sweep import OrphanSweeper
-from otaship.receiver.mqtt.link import MqttLink, parse_mqtt_url
+from otaship.receiver.mqtt.link import MqttLink
 from otaship.receiver.mqtt.reports import ReportIngester
 from otaship.receiver.mqtt.triggers import TriggerPublisher
 from otaship.receiver.rollouts.clock import RolloutRunner

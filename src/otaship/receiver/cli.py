@@ -346,8 +346,8 @@ def _check_embedded_broker_port(settings: Settings) -> None:
     import errno
     import socket
 
+    from otaship.protocol import parse_mqtt_url
     from otaship.receiver.mqtt.broker import BrokerPortInUse
-    from otaship.receiver.mqtt.link import parse_mqtt_url
 
     try:
         address = parse_mqtt_url(settings.mqtt_url)

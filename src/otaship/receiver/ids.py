@@ -8,9 +8,11 @@ import secrets
 import string
 from datetime import UTC, datetime
 
+from otaship.protocol import GROUP_TOKEN_LENGTH
+
 _HEX24 = re.compile(r"[0-9a-f]{24}")
 _TOKEN_ALPHABET = string.ascii_letters + string.digits
-TOKEN_LENGTH = 16
+TOKEN_LENGTH = GROUP_TOKEN_LENGTH
 
 
 def new_id() -> str:

@@ -35,6 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from otaship import protocol
 from otaship.receiver.logs import ACCESS_LOGGER, redact
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ log = logging.getLogger("otaship.metrics")
 access_log = logging.getLogger(ACCESS_LOGGER)
 
 DEPLOY_KINDS = ("plain", "canary", "promotion")
-REPORT_KINDS = ("status", "update-response", "unknown")
+REPORT_KINDS = (*protocol.REPORT_KINDS, "unknown")
 # Why a device report was not stored: malformed (checked before it is queued),
 # for an unknown device or another owner's, over the queue's bound, or refused
 # by the database on its own (its batch's other reports were stored).
@@ -86,7 +87,7 @@ class Metrics:
         # Known series start at 0, so a rate() sees the first event.
         for kind in DEPLOY_KINDS:
             self.deploys.labels(kind)
-        for kind in ("status", "update-response"):
+        for kind in protocol.REPORT_KINDS:
             for result in ("accepted", "dropped"):
                 self.reports.labels(kind, result)
         self.reports.labels("unknown", "dropped")

@@ -14,13 +14,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, MalformedRangeHeader, Response
 from starlette.routing import Route
 
+from otaship.protocol import DOWNLOAD_ROUTE, LATEST_ROUTE, split_credentials
 from otaship.receiver.http.responses import message, server_error
-from otaship.receiver.ids import TOKEN_LENGTH, secret_matches_plain
+from otaship.receiver.ids import secret_matches_plain
 from otaship.receiver.services import Services
 from otaship.receiver.storage import ObjectNotFound, StorageError
 from otaship.receiver.targeting.catalog import DatabaseUnavailable
 
-ID_LENGTH = 24
 UNAVAILABLE = "The group cannot be looked up right now: try again shortly"
 # Seconds a device waits before asking again for a group the receiver could not look up.
 RETRY_AFTER = 5
@@ -66,11 +66,10 @@ async def latest(request: Request) -> Response:
 
 
 async def download(request: Request) -> Response:
-    credentials: str = request.path_params["credentials"]
-    # The id and the token are joined with no separator: 24 + 16 characters.
-    if len(credentials) != ID_LENGTH + TOKEN_LENGTH:
+    credentials = split_credentials(request.path_params["credentials"])
+    if credentials is None:
         return message(404, "Not found")
-    group_id, token = credentials[:ID_LENGTH], credentials[ID_LENGTH:]
+    group_id, token = credentials
     services = Services.of(request)
     try:
         entry = await services.catalog.lookup(group_id)
@@ -119,6 +118,6 @@ def _stat_local(services: Services, key: str) -> tuple[Path, os.stat_result]:
 
 
 routes = [
-    Route("/v1/ota/group/latest/{group_id}", latest, methods=["GET"]),
-    Route("/v1/ota/group/download/{credentials}", download, methods=["GET", "HEAD"]),
+    Route(LATEST_ROUTE, latest, methods=["GET"]),
+    Route(DOWNLOAD_ROUTE, download, methods=["GET", "HEAD"]),
 ]

@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from otaship.protocol import parse_mqtt_url
 from otaship.receiver.logs import redact, short_error
-from otaship.receiver.mqtt.link import parse_mqtt_url
 from otaship.receiver.storage import StorageError
 
 log = logging.getLogger("otaship.health")

@@ -35,6 +35,7 @@ from amqtt.mqtt.connect import ConnectPacket
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
+from otaship.protocol import TOPIC_UNSAFE, owner_prefix, usable_in_topic
 from otaship.receiver.mqtt.remembered_logins import RememberedLogins
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,6 @@ _LISTENER = "default"
 _STOP_GRACE_SECONDS = 5.0
 # Seconds a new connection has to send its CONNECT packet.
 DEFAULT_CONNECT_TIMEOUT = 10.0
-# A user name holding one of these could widen "/<user>/" into someone else's topics.
-_UNSAFE_IN_USERNAME = frozenset("/+#\x00")
 _CONNECT = 1
 _PUBLISH = 3
 # MQTT 3.1.1 CONNACK "not authorized", what amqtt and Mosquitto send on a bad login.
@@ -79,9 +78,10 @@ def owner_may_use(username: str, topic: str) -> bool:
     prefix (``/alice/#``) but not in it, so ``#``, ``/+/...`` and ``/bob/#`` are
     refused to alice.
     """
-    if not username or not _UNSAFE_IN_USERNAME.isdisjoint(username):
+    # A user name holding a separator or wildcard could widen "/<user>/" into someone else's topics.
+    if not usable_in_topic(username):
         return False
-    return topic.startswith(f"/{username}/")
+    return topic.startswith(owner_prefix(username))
 
 
 def _same_secret(given: str, expected: str) -> bool:
@@ -158,7 +158,7 @@ class _Gatekeeper:
     async def _credentials_valid(self, username: str, password: str) -> bool:
         if _same_secret(username, self._internal_username):
             return _same_secret(password, self._internal_password)
-        if not _UNSAFE_IN_USERNAME.isdisjoint(username):
+        if not TOPIC_UNSAFE.isdisjoint(username):
             return False
         try:
             # The callable reads a database: keep it off the event loop.

@@ -10,69 +10,18 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from otaship.protocol import BrokerAddress, report_filters
+
 log = logging.getLogger("otaship.mqtt")
 
 # Reports published while the receiver restarts wait in the broker this long.
 SESSION_EXPIRY_SECONDS = 24 * 3600
-SHARED_GROUP = "otaship"
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    scheme: str  # "embedded", "mqtt" or "mqtts"
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-
-    @property
-    def embedded(self) -> bool:
-        return self.scheme == "embedded"
-
-    @property
-    def tls(self) -> bool:
-        return self.scheme == "mqtts"
-
-    def describe(self) -> str:
-        """For logs: never the password."""
-        who = f"{self.username}@" if self.username else ""
-        return f"{self.scheme}://{who}{self.host}:{self.port}"
-
-
-def parse_mqtt_url(url: str) -> BrokerAddress | None:
-    """`embedded://HOST:PORT`, `mqtt[s]://user:pass@host:port`, or `none` (None)."""
-    if url.strip().lower() == "none":
-        return None
-    parsed = urlparse(url)
-    if parsed.scheme not in ("embedded", "mqtt", "mqtts"):
-        raise ValueError(
-            f"OTASHIP_MQTT_URL must be embedded://HOST:PORT, mqtt://…, mqtts://… or none, not {parsed.scheme!r}"
-        )
-    try:
-        port = parsed.port
-    except ValueError:
-        raise ValueError("OTASHIP_MQTT_URL has an invalid port") from None
-    return BrokerAddress(
-        scheme=parsed.scheme,
-        host=parsed.hostname or "127.0.0.1",
-        port=port or (8883 if parsed.scheme == "mqtts" else 1883),
-        username=unquote(parsed.username) if parsed.username else None,
-        password=unquote(parsed.password) if parsed.password else None,
-    )
-
-
-def report_filters(shared: bool) -> list[str]:
-    filters = ["/+/devices/+/update-response", "/+/devices/+/status"]
-    # Topic filters start with "/", hence the double slash after the share name.
-    return [f"$share/{SHARED_GROUP}/{f}" for f in filters] if shared else filters
 
 
 class MqttLink:

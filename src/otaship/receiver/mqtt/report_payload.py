@@ -16,14 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from otaship.protocol import RESPONSE, RESPONSE_CODES, parse_report_topic
 from otaship.receiver.db.devices import DEVICE_ID_PATTERN
 from otaship.receiver.fields import has_control, quoted
 from otaship.receiver.ids import utcnow
-from otaship.receiver.rollouts.policy import RESPONSE_CODES
 
-STATUS = "status"
-RESPONSE = "update-response"
-KINDS = (STATUS, RESPONSE)
 # IoTaaP OS sends a few short fields; anything this large is not a report.
 MAX_PAYLOAD_BYTES = 4096
 MAX_VERSION_LENGTH = 64
@@ -73,13 +70,12 @@ def parse_report(topic: str, payload: bytes) -> Report:
 
 
 def _parse_topic(topic: str) -> tuple[str, str, str]:
-    parts = topic.split("/")
-    if len(parts) != 5 or parts[0] != "" or parts[2] != "devices" or parts[4] not in KINDS:
+    parsed = parse_report_topic(topic)
+    if parsed is None:
         raise BadReport(f"not a report topic: {quoted(topic)}")
-    mqtt_user, device_id = parts[1], parts[3]
-    if not _NAME.fullmatch(mqtt_user) or not _NAME.fullmatch(device_id):
+    if not _NAME.fullmatch(parsed.mqtt_user) or not _NAME.fullmatch(parsed.device_id):
         raise BadReport(f"not a user and device id in the topic: {quoted(topic)}")
-    return mqtt_user, device_id, parts[4]
+    return parsed.mqtt_user, parsed.device_id, parsed.kind
 
 
 def _parse_body(payload: bytes) -> dict[str, Any]:

@@ -28,12 +28,13 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from otaship.protocol import RESPONSE, STATUS
 from otaship.receiver.db.engine import database_reachable, write_session
 from otaship.receiver.db.models import Device, Rollout, RolloutDevice, User
 from otaship.receiver.fields import quoted
 from otaship.receiver.ids import utcnow
 from otaship.receiver.logs import short_error
-from otaship.receiver.mqtt.report_payload import RESPONSE, STATUS, BadReport, Report, parse_report
+from otaship.receiver.mqtt.report_payload import BadReport, Report, parse_report
 from otaship.receiver.outage import OutageLog
 from otaship.receiver.rollouts.policy import (
     DeviceProgress,

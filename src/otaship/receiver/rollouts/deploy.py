@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from sqlmodel import Session, select
 
+from otaship.protocol import trigger_topic
 from otaship.receiver.db.groups import ancestors, descendants, lock_tree
 from otaship.receiver.db.models import Deployment, Group, GroupOta, TriggerMessage, User
 from otaship.receiver.ids import utcnow
@@ -214,7 +215,3 @@ def deploy_firmware(
         )
         session.flush()
     return DeployResult(ota=ota, deployed=True, triggered=triggered)
-
-
-def trigger_topic(mqtt_user: str, group_id: str) -> str:
-    return f"/{mqtt_user}/groups/{group_id}/update-trigger"

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from otaship.protocol import ResponseCode
+
 # Rollout states.
 CANARY = "canary"
 FLEET = "fleet"
@@ -35,13 +37,6 @@ TIMED_OUT = "timed_out"
 # other devices' failures, an abort, a promotion on a threshold below 1).
 STOPPED = "stopped"
 OUTCOMES = (PENDING, SUCCEEDED, FAILED, TIMED_OUT, STOPPED)
-
-# IoTaaP OS update-response codes.
-CODE_TRIGGER_RECEIVED = 200
-CODE_UPDATE_STARTING = 201
-CODE_ALREADY_CURRENT = 202
-CODE_ERROR = 203
-RESPONSE_CODES = (200, 201, 202, 203)
 
 
 @dataclass(frozen=True)
@@ -112,9 +107,9 @@ def after_status(
 def after_response(progress: DeviceProgress, *, code: int, last_uptime: float | None) -> DeviceProgress:
     if progress.outcome in (SUCCEEDED, TIMED_OUT, STOPPED):
         return replace(progress, code=code)
-    if code == CODE_ERROR:
+    if code == ResponseCode.ERROR:
         return replace(progress, outcome=FAILED, code=code)
-    if code == CODE_UPDATE_STARTING and progress.outcome == PENDING:
+    if code == ResponseCode.UPDATE_STARTING and progress.outcome == PENDING:
         return replace(progress, started_update=True, uptime_at_start=last_uptime, code=code)
     return replace(progress, code=code)
 
