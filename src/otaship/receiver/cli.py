@@ -22,6 +22,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
+from otaship.firmware.cli import firmware as firmware_group
 from otaship.receiver.db.devices import DeviceError, create_device, device_json, list_devices
 from otaship.receiver.db.engine import SchemaError
 from otaship.receiver.db.groups import KNOWN_CHIPS, GroupError, create_group, group_json, list_groups
@@ -339,6 +340,7 @@ def device_list(settings: Settings, group_id: str | None) -> None:
 
 
 cli.add_command(simulate_command)
+cli.add_command(firmware_group)
 
 
 def _check_embedded_broker_port(settings: Settings) -> None:
