@@ -33,6 +33,7 @@ from otaship.receiver.db.users import (
     get_user_by_email,
     issue_api_key,
     list_users,
+    set_plan,
     user_json,
 )
 from otaship.receiver.logs import redact, redact_unconfigured_logs
@@ -258,6 +259,17 @@ def user_key(settings: Settings, email: str, keep: bool) -> None:
         owner = _owner(session, email)
         key = issue_api_key(session=session, user=owner, revoke_existing=not keep)
         return {"id": owner.id, "email": owner.email, "api_key": key}
+
+    _print(_write(settings, work))
+
+
+@user.command("plan", help="change a user's plan (pro runs group OTA); takes effect at once")
+@click.argument("email")
+@click.argument("plan", type=click.Choice(PLANS))
+@with_settings
+def user_plan(settings: Settings, email: str, plan: str) -> None:
+    def work(session: Session) -> dict[str, object]:
+        return user_json(set_plan(session=session, user=_owner(session, email), plan=plan))
 
     _print(_write(settings, work))
 
