@@ -9,10 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
+from starlette.testclient import TestClient
 
 from otaship.receiver.cli import cli
+from otaship.receiver.settings import Settings
+from tests.conftest import Fleet
 from tests.esp_image import build_image
 from tests.receiver_process import ReceiverProcess, cli_env, otaship, otaship_json
+from tests.test_api_ota import FREE_PLAN
 
 
 @pytest.fixture
@@ -63,6 +67,7 @@ def test_group_and_device_create(env: dict[str, str]) -> None:
          f"no group {'0' * 24} owned by ada@example.com"),
         (("device", "create", "d", "--group", "0" * 24), f"no group {'0' * 24}"),
         (("user", "key", "nobody@example.com"), "no user with email nobody@example.com"),
+        (("user", "plan", "nobody@example.com", "pro"), "no user with email nobody@example.com"),
     ],
 )
 def test_errors_are_one_line_and_non_zero(env: dict[str, str], args: tuple[str, ...], message: str) -> None:
@@ -71,6 +76,45 @@ def test_errors_are_one_line_and_non_zero(env: dict[str, str], args: tuple[str, 
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == f"otaship: error: {message}\n"
+
+
+def test_user_plan_changes_the_plan_in_one_line(env: dict[str, str]) -> None:
+    created = otaship_json(env, "user", "create", "ada@example.com")
+    result = otaship(env, "user", "plan", "ADA@example.com", "pro")
+    assert result.stderr == ""
+    assert result.stdout == (
+        f'{{"id": "{created["id"]}", "email": "ada@example.com", "plan": "pro", '
+        f'"mqtt_user": "{created["mqtt_user"]}"}}\n'
+    )
+    assert [u["plan"] for u in otaship_json(env, "user", "list")] == ["pro"]
+    otaship(env, "user", "plan", "ada@example.com", "free")
+    assert [u["plan"] for u in otaship_json(env, "user", "list")] == ["free"]
+
+
+def test_a_free_user_moved_to_pro_may_deploy_at_once(
+    client: TestClient, fleet: Fleet, settings: Settings
+) -> None:
+    owner = fleet.owner(plan="free")
+    group = fleet.group(owner)
+
+    def deploy() -> httpx.Response:
+        response: httpx.Response = client.post(
+            "/v1/ota/group", headers=owner.headers,
+            data={"group": group.id, "token": group.token, "version": "1.0.0"},
+            files={"firmware": ("firmware.bin", build_image("1.0.0"), "application/octet-stream")},
+        )
+        return response
+
+    refused = deploy()
+    assert refused.status_code == 403
+    assert refused.json() == {"message": FREE_PLAN}
+    env = {"OTASHIP_DATABASE_URL": settings.resolved_database_url, "OTASHIP_DATA_DIR": str(settings.data_dir)}
+    result = CliRunner().invoke(cli, ["user", "plan", owner.user.email, "pro"], env=env, prog_name="otaship")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("\n") == 1 and '"plan": "pro"' in result.stdout
+    accepted = deploy()
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["deployed"] is True
 
 
 def test_a_parent_of_another_owner_is_refused(env: dict[str, str]) -> None:
@@ -98,6 +142,8 @@ def test_a_parent_of_another_owner_is_refused(env: dict[str, str]) -> None:
         (("gc", "--grace", " 5"), "argument --grace: must be a whole number of seconds, not ' 5'"),
         (("gc", "--grace", "1_0"), "argument --grace: must be a whole number of seconds, not '1_0'"),
         (("device", "list", "--colour"), "No such option '--colour'."),
+        (("user", "plan", "ada@example.com", "gold"), "Invalid value for '{free|pro}': 'gold' is not one of 'free', 'pro'."),
+        (("user", "plan"), "Missing argument 'EMAIL'."),
     ],
 )
 def test_usage_errors_exit_2_naming_what_is_wrong(

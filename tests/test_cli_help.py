@@ -45,7 +45,8 @@ def test_the_walk_finds_the_commands() -> None:
     assert {
         "otaship", "otaship serve", "otaship gc", "otaship user create", "otaship user key",
         "otaship group create", "otaship group list", "otaship device create", "otaship device list",
-        "otaship simulate", "otaship-deploy", "otaship-deploy version", "otaship-deploy build",
+        "otaship simulate", "otaship firmware example", "otaship firmware inspect",
+        "otaship-deploy", "otaship-deploy version", "otaship-deploy build",
         "otaship-deploy deploy", "otaship-deploy follow",
     } <= paths
 

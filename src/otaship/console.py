@@ -3,6 +3,7 @@
 `pip install otaship` brings only what the action needs; the receiver's packages
 come with the `receiver` extra. Without them, importing the receiver's command
 line fails on the first one missing, and that is said as one line, not a traceback.
+`otaship firmware` needs none of them, so it is run before the receiver is looked for.
 """
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ INSTALL = "pip install 'otaship[receiver]'"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["firmware"]:
+        from otaship.firmware.cli import main as firmware_main
+
+        return firmware_main(args[1:])
     try:
         from otaship.receiver.cli import main as receiver_main
     except ModuleNotFoundError as exc:
@@ -26,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
-    return receiver_main(argv)
+    return receiver_main(args)
 
 
 if __name__ == "__main__":

@@ -78,12 +78,22 @@ class AppDescriptor:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """One segment of the image: where it loads, its length, and what memory that address is."""
+
+    addr: int
+    length: int
+    memory: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class FirmwareImage:
     chip: str
     size: int
     sha256: str
     md5: str
     app: AppDescriptor | None
+    segments: tuple[Segment, ...] = ()
 
 
 def inspect_firmware(
@@ -130,7 +140,8 @@ def _inspect(
             raise ValueError(f"the facts are of a {facts.size}-byte file, this one has {len(view)} bytes")
         image = _load_image(view, reader, chip, facts)
         return FirmwareImage(
-            chip=chip, size=len(view), sha256=facts.sha256, md5=facts.md5, app=_app_descriptor(image)
+            chip=chip, size=len(view), sha256=facts.sha256, md5=facts.md5, app=_app_descriptor(image),
+            segments=_segments(image),
         )
 
     # MD5 runs on a second core while esptool parses and the checksum and
@@ -141,7 +152,9 @@ def _inspect(
         image = _load_image(view, reader, chip)
         app = _app_descriptor(image)
         sha256 = hashlib.sha256(view).hexdigest()
-        return FirmwareImage(chip=chip, size=len(view), sha256=sha256, md5=md5.result(), app=app)
+        return FirmwareImage(
+            chip=chip, size=len(view), sha256=sha256, md5=md5.result(), app=app, segments=_segments(image)
+        )
 
 
 def _md5_hex(view: memoryview) -> str:
@@ -320,6 +333,13 @@ def _check_trailing_bytes(view: memoryview, end: int) -> None:
                 f"{_INVALID}: {size - end} unexpected bytes after the end of the image at offset "
                 f"0x{end:X}; is this a merged flash image? Upload the application .bin only"
             )
+
+
+def _segments(image: ESP32FirmwareImage) -> tuple[Segment, ...]:
+    return tuple(
+        Segment(addr=segment.addr, length=len(segment.data), memory=tuple(segment.get_memory_type(image)))
+        for segment in image.segments
+    )
 
 
 def _app_descriptor(image: ESP32FirmwareImage) -> AppDescriptor | None:

@@ -22,6 +22,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
+from otaship.firmware.cli import firmware as firmware_group
 from otaship.receiver.db.devices import DeviceError, create_device, device_json, list_devices
 from otaship.receiver.db.engine import SchemaError
 from otaship.receiver.db.groups import KNOWN_CHIPS, GroupError, create_group, group_json, list_groups
@@ -32,6 +33,7 @@ from otaship.receiver.db.users import (
     get_user_by_email,
     issue_api_key,
     list_users,
+    set_plan,
     user_json,
 )
 from otaship.receiver.logs import redact, redact_unconfigured_logs
@@ -261,6 +263,17 @@ def user_key(settings: Settings, email: str, keep: bool) -> None:
     _print(_write(settings, work))
 
 
+@user.command("plan", help="change a user's plan (pro runs group OTA); takes effect at once")
+@click.argument("email")
+@click.argument("plan", type=click.Choice(PLANS))
+@with_settings
+def user_plan(settings: Settings, email: str, plan: str) -> None:
+    def work(session: Session) -> dict[str, object]:
+        return user_json(set_plan(session=session, user=_owner(session, email), plan=plan))
+
+    _print(_write(settings, work))
+
+
 @user.command("list", help="list users")
 @with_settings
 def user_list(settings: Settings) -> None:
@@ -339,6 +352,7 @@ def device_list(settings: Settings, group_id: str | None) -> None:
 
 
 cli.add_command(simulate_command)
+cli.add_command(firmware_group)
 
 
 def _check_embedded_broker_port(settings: Settings) -> None:

@@ -40,6 +40,16 @@ def create_user(*, session: Session, email: str, plan: str = "free") -> NewUser:
     return NewUser(user=user, api_key=api_key, mqtt_password=mqtt_password)
 
 
+def set_plan(*, session: Session, user: User, plan: str) -> User:
+    """Move `user` to `plan`; the next request made with any of its keys sees it."""
+    if plan not in PLANS:
+        raise UserError(f"unknown plan {plan!r}: use one of {', '.join(PLANS)}")
+    user.plan = plan
+    session.add(user)
+    session.flush()
+    return user
+
+
 def get_user_by_email(*, session: Session, email: str) -> User | None:
     return session.exec(
         select(User).where(func.lower(User.email) == email.strip().lower())
