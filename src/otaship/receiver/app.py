@@ -10,18 +10,18 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from otaship.receiver.background import Background
 from otaship.receiver.db.engine import create_db_engine, ensure_schema
 from otaship.receiver.http import device_api as devices
-from otaship.receiver.http import health, openapi
+from otaship.receiver.http import health, openapi, wire
 from otaship.receiver.http.answer_errors import INTERNAL_ERROR, AnswerErrors
 from otaship.receiver.http.management import ota, rollouts
 from otaship.receiver.http.nosniff import HEADERS as NOSNIFF
 from otaship.receiver.http.nosniff import NoSniff
 from otaship.receiver.http.rate_limits import RateLimits, limited
-from otaship.receiver.http.responses import message
+from otaship.receiver.http.responses import answer, message
 from otaship.receiver.intake.multipart import spool_dir_ready
 from otaship.receiver.logs import configure_logging, redact
 from otaship.receiver.metrics import Metrics, ObserveRequests
@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         # Only a middleware outside AnswerErrors gets here; the connection then closes.
         log.error("unhandled error on %s %s", request.method, redact(request.url.path), exc_info=exc)
-        return JSONResponse({"message": INTERNAL_ERROR}, status_code=500, headers=NOSNIFF)
+        return answer(wire.Message(message=INTERNAL_ERROR), 500, headers=NOSNIFF)
 
     metrics = Metrics()
     app = Starlette(

@@ -63,5 +63,7 @@ def iso_utc(moment: datetime | None) -> str | None:
 
 
 def secret_matches_plain(given: str, expected: str) -> bool:
-    """Constant-time equality for secrets kept in clear (group tokens)."""
+    """Constant-time equality for secrets kept in clear (group tokens, the
+    broker's internal login). Compared as UTF-8: compare_digest takes only
+    ASCII str, and a client may send any text."""
     return hmac.compare_digest(given.encode(), expected.encode())

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from otaship.receiver.http import responses
 from otaship.receiver.logs import redact
 
 log = logging.getLogger("otaship")
@@ -48,4 +48,4 @@ class AnswerErrors:
                 raise
             # The download path carries the group token.
             log.error("unhandled error on %s %s", scope["method"], redact(scope["path"]), exc_info=exc)
-            await JSONResponse({"message": INTERNAL_ERROR}, status_code=500)(scope, receive, send)
+            await responses.message(500, INTERNAL_ERROR)(scope, receive, send)

@@ -12,14 +12,15 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
 
 from sqlalchemy import text
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from otaship.protocol import parse_mqtt_url
+from otaship.receiver.http import wire
+from otaship.receiver.http.responses import answer
 from otaship.receiver.logs import redact, short_error
 from otaship.receiver.storage import StorageError
 
@@ -115,7 +116,7 @@ def readiness_of(request: Request) -> Readiness:
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return answer(wire.Health(status="ok"))
 
 
 async def readyz(request: Request) -> Response:
@@ -136,10 +137,11 @@ async def readyz(request: Request) -> Response:
         checks = {"database": database, "storage": stored, "mqtt": _mqtt(request, services.settings.mqtt_url)}
         readiness.record("mqtt", checks["mqtt"])
     failed = [name for name, outcome in checks.items() if outcome not in PASSING]
-    body: dict[str, Any] = {"status": "unavailable" if failed else "ready", "checks": checks}
-    if failed:
-        body["failed"] = failed
-    return JSONResponse(body, status_code=503 if failed else 200)
+    body = wire.Readiness(
+        status="unavailable" if failed else "ready", checks=wire.ReadinessChecks(**checks),
+        **wire.given(failed=failed or None),
+    )
+    return answer(body, 503 if failed else 200)
 
 
 def _mqtt(request: Request, mqtt_url: str) -> str:

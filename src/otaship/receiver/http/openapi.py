@@ -1,10 +1,11 @@
 """GET /openapi.json: the receiver's public routes, written out by hand.
 
-Hand-written rather than generated from docstrings, so that it can say what
-matters to a client: the spec's exact messages, the order of the POST checks,
-the device headers. The messages come from the modules that send them, and
-tests/test_openapi.py validates real responses against these schemas and
-checks that the document and the router list the same routes.
+The paths are hand-written rather than generated from docstrings, so that they
+can say what matters to a client: the spec's exact messages, the order of the
+POST checks, the device headers. The messages come from the modules that send
+them. The bodies' schemas are generated from the models the routes answer with
+(otaship.receiver.http.wire). tests/test_openapi.py validates real responses
+against the document and checks that it and the router list the same routes.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from otaship.receiver.http.management.deploy_form import (
 )
 from otaship.receiver.http.management.ota import (
     DEFAULT_LIMIT,
-    DEPLOYED,
     FREE_PLAN,
     LIST_ERROR,
     MAX_DRAW_LENGTH,
@@ -37,12 +37,11 @@ from otaship.receiver.http.management.rollouts import MAX_ID_LENGTH
 from otaship.receiver.http.management.rollouts import NOT_FOUND as NO_SUCH_ROLLOUT
 from otaship.receiver.http.management.rollouts import READ_ERROR as ROLLOUT_READ_ERROR
 from otaship.receiver.http.responses import UNAUTHORIZED
+from otaship.receiver.http.wire import DEPLOYED, ID_PATTERN, components
 from otaship.receiver.ids import TOKEN_LENGTH
 from otaship.receiver.intake.multipart import ENVELOPE_ALLOWANCE
-from otaship.receiver.rollouts.policy import OUTCOMES, STATES
 
 JSON = "application/json"
-ID_PATTERN = "^[0-9a-f]{24}$"
 TOKEN_PATTERN = f"^[A-Za-z0-9]{{{TOKEN_LENGTH}}}$"
 CREDENTIALS_PATTERN = f"^[0-9a-f]{{24}}[A-Za-z0-9]{{{TOKEN_LENGTH}}}$"
 # Every text value is refused with a control character in it (receiver/fields.py).
@@ -54,9 +53,6 @@ SEMVER_PATTERN = (
     rf"^{_NUMBER}\.{_NUMBER}\.{_NUMBER}(-{_PRERELEASE}(\.{_PRERELEASE})*)?"
     r"(\+[0-9a-zA-Z-]+(\.[0-9a-zA-Z-]+)*)?$"
 )
-NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
-TIMESTAMP = {"type": "string", "format": "date-time", "description": "ISO 8601 UTC with milliseconds"}
-NULLABLE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -97,223 +93,6 @@ OTA_EXAMPLE: dict[str, Any] = {
 }
 UNAUTHORIZED_RESPONSE = _message("No API key, or not a valid one.", UNAUTHORIZED)
 AUTH: list[dict[str, list[str]]] = [{"apiKey": []}]
-
-
-SCHEMAS: dict[str, Any] = {
-    "Message": {
-        "type": "object",
-        "required": ["message"],
-        "properties": {"message": {"type": "string"}},
-        "additionalProperties": False,
-    },
-    "ServerError": {
-        "type": "object",
-        "required": ["message"],
-        "properties": {
-            "message": {"type": "string"},
-            "error": {"type": "string", "description": "The cause in one line: type and message"},
-        },
-        "additionalProperties": False,
-    },
-    "Conflict": {
-        "type": "object",
-        "description": "A version already deployed (or rolling out, or halted) with other bytes.",
-        "required": ["message", "version"],
-        "properties": {
-            "message": {"type": "string"},
-            "version": {"type": "string", "description": "The version deployed now"},
-            "sha256": {"type": "string", "description": "Its image's SHA-256"},
-            "commit": {**NULLABLE_STRING, "description": "Its source revision, if the deploy sent one"},
-        },
-        "additionalProperties": False,
-    },
-    "Ota": {
-        "type": "object",
-        "description": "A group's OTA record, updated in place at each deploy.",
-        "required": [
-            "_id", "group", "__v", "last_updated", "owner", "path", "version", "sha256", "md5",
-            "size", "chip", "project_name", "app_version", "idf_ver", "commit",
-        ],
-        "properties": {
-            "_id": {"type": "string", "pattern": ID_PATTERN},
-            "group": {"type": "string", "pattern": ID_PATTERN},
-            "__v": {"type": "integer", "minimum": 0, "description": "0 after the first deploy, +1 for each later one"},
-            "last_updated": TIMESTAMP,
-            "owner": {"type": "string", "pattern": ID_PATTERN},
-            "path": {"type": "string", "description": "ota/group/<group id><group token>/firmware.bin"},
-            "version": {"type": "string"},
-            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-            "md5": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-            "size": {"type": "integer", "minimum": 1},
-            "chip": {**NULLABLE_STRING, "description": "esp32, esp32s3, … as read from the image"},
-            "project_name": {**NULLABLE_STRING, "description": "From the image's esp_app_desc_t"},
-            "app_version": {**NULLABLE_STRING, "description": "From the image's esp_app_desc_t"},
-            "idf_ver": {**NULLABLE_STRING, "description": "From the image's esp_app_desc_t"},
-            "commit": NULLABLE_STRING,
-        },
-        "additionalProperties": False,
-    },
-    "OtaList": {
-        "type": "object",
-        "required": ["otas", "recordsTotal", "recordsFiltered", "draw"],
-        "properties": {
-            "otas": {"type": "array", "items": _ref("Ota")},
-            "recordsTotal": {"type": "integer", "minimum": 0, "description": "The owner's OTA records"},
-            "recordsFiltered": {"type": "integer", "minimum": 0, "description": "Those matching search_value"},
-            "draw": {"type": "string", "description": "The request's draw, echoed"},
-        },
-        "additionalProperties": False,
-    },
-    "Deployed": {
-        "type": "object",
-        "required": ["message", "deployed"],
-        "properties": {
-            "message": {
-                "type": "string",
-                "pattern": f"^{DEPLOYED}( to canary subgroup [0-9a-f]{{24}} of group [0-9a-f]{{24}}; .+)?$",
-                "description": (
-                    f"{DEPLOYED!r}, the spec's message. With `canary`, while the rollout is in its "
-                    "canary stage, it goes on to say that the image went to the canary subgroup of the "
-                    "group, and when the whole group gets it"
-                ),
-            },
-            "deployed": {
-                "type": "boolean",
-                "description": "false when this version and these bytes were already deployed: nothing changed",
-            },
-            "ota": {**_ref("Ota"), "description": "The group's record (the canary's, for a rollout)"},
-            "rollout": {
-                "type": "object",
-                "required": ["id", "state"],
-                "properties": {
-                    "id": {"type": "string", "pattern": ID_PATTERN},
-                    "state": {"enum": list(STATES)},
-                },
-                "additionalProperties": False,
-            },
-        },
-        "additionalProperties": False,
-    },
-    "Latest": {
-        "type": "object",
-        "required": ["ver"],
-        "properties": {"ver": {"type": "string", "description": "The group's effective firmware version"}},
-        "additionalProperties": False,
-    },
-    "RolloutStage": {
-        "type": "object",
-        "required": [
-            "name", "group", "state", "targeted", "succeeded", "failed", "timed_out", "stopped", "pending",
-            "started_at", "ended_at",
-        ],
-        "properties": {
-            "name": {"enum": ["canary", "fleet"]},
-            "group": {"type": "string", "pattern": ID_PATTERN},
-            "state": {"enum": ["pending", "running", "passed", "failed", "complete", "halted", "aborted", "skipped"]},
-            "targeted": {"type": "integer", "minimum": 0},
-            "succeeded": {"type": "integer", "minimum": 0},
-            "failed": {"type": "integer", "minimum": 0},
-            "timed_out": {"type": "integer", "minimum": 0,
-                          "description": "Devices that had not finished when the stage's time ran out"},
-            "stopped": {"type": "integer", "minimum": 0,
-                        "description": "Devices that had not finished when the stage ended early "
-                                       "(a halt, an abort, a promotion); not failures"},
-            "pending": {"type": "integer", "minimum": 0},
-            "started_at": NULLABLE_TIMESTAMP,
-            "ended_at": NULLABLE_TIMESTAMP,
-        },
-        "additionalProperties": False,
-    },
-    "RolloutDevice": {
-        "type": "object",
-        "required": ["id", "name", "group", "stage", "outcome", "fw_version", "code"],
-        "properties": {
-            "id": {"type": "string"},
-            "name": {"type": "string"},
-            "group": {"type": "string", "pattern": ID_PATTERN},
-            "stage": {"enum": ["canary", "fleet"]},
-            "outcome": {"enum": list(OUTCOMES)},
-            "fw_version": {
-                **NULLABLE_STRING,
-                "description": "The last version the device reported; still recorded for a day after the rollout ends",
-            },
-            "code": {"type": ["integer", "null"], "description": "Its last update-response code"},
-        },
-        "additionalProperties": False,
-    },
-    "Rollout": {
-        "type": "object",
-        "required": [
-            "id", "group", "canary", "version", "sha256", "commit", "state", "reason", "policy",
-            "created_at", "updated_at", "ended_at", "stages",
-        ],
-        "properties": {
-            "id": {"type": "string", "pattern": ID_PATTERN},
-            "group": {"type": "string", "pattern": ID_PATTERN},
-            "canary": {"type": "string", "pattern": ID_PATTERN},
-            "version": {"type": "string"},
-            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-            "commit": NULLABLE_STRING,
-            "state": {"enum": list(STATES)},
-            "reason": {**NULLABLE_STRING, "description": "Why it is in this state"},
-            "policy": {
-                "type": "object",
-                "required": ["canary_timeout", "success_threshold", "error_threshold", "soak", "auto_promote"],
-                "properties": {
-                    "canary_timeout": {"type": "integer", "minimum": 1},
-                    "success_threshold": {"type": "number", "minimum": 0, "maximum": 1},
-                    "error_threshold": {"type": "integer", "minimum": 0},
-                    "soak": {"type": "integer", "minimum": 0},
-                    "auto_promote": {"type": "boolean"},
-                },
-                "additionalProperties": False,
-            },
-            "created_at": TIMESTAMP,
-            "updated_at": TIMESTAMP,
-            "ended_at": NULLABLE_TIMESTAMP,
-            "stages": {"type": "array", "items": _ref("RolloutStage")},
-            "devices": {
-                "type": "array",
-                "items": _ref("RolloutDevice"),
-                "description": "Every targeted device; left out with devices=false and in lists",
-            },
-        },
-        "additionalProperties": False,
-    },
-    "RolloutList": {
-        "type": "object",
-        "required": ["rollouts"],
-        "properties": {"rollouts": {"type": "array", "items": _ref("Rollout")}},
-        "additionalProperties": False,
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {"status": {"const": "ok"}},
-        "additionalProperties": False,
-    },
-    "Readiness": {
-        "type": "object",
-        "required": ["status", "checks"],
-        "properties": {
-            "status": {"enum": ["ready", "unavailable"]},
-            "checks": {
-                "type": "object",
-                "description": "Each dependency: `ok`, `not configured` (MQTT with "
-                "OTASHIP_MQTT_URL=none) or a short reason it failed",
-                "required": ["database", "storage", "mqtt"],
-                "properties": {
-                    "database": {"type": "string"},
-                    "storage": {"type": "string"},
-                    "mqtt": {"type": "string"},
-                },
-                "additionalProperties": False,
-            },
-            "failed": {"type": "array", "items": {"enum": ["database", "storage", "mqtt"]}},
-        },
-        "additionalProperties": False,
-    },
-}
 
 
 RATE_LIMITED: dict[str, Any] = {
@@ -759,7 +538,7 @@ def document() -> dict[str, Any]:
             {**_group_ota_paths(), **_device_paths(), **_rollout_paths(), **_operations_paths()}
         ),
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": components(),
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <api key>"}
             },

@@ -21,6 +21,7 @@ the routes handed to `limited`.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import secrets
@@ -31,11 +32,11 @@ from dataclasses import dataclass
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
-from starlette.middleware import Middleware
-from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from otaship.receiver.http import wire
+from otaship.receiver.http.responses import answer
 from otaship.receiver.settings import Settings
 from otaship.receiver.ttl_map import TtlMap
 
@@ -145,9 +146,8 @@ class LimitRequests:
         address = client[0] if client else "unknown"
         refusal = self.limits.admit(scope["method"], digest, address)
         if refusal is not None:
-            response = JSONResponse(
-                {"message": refusal.message}, status_code=429,
-                headers={"Retry-After": str(refusal.retry_after)},
+            response = answer(
+                wire.Message(message=refusal.message), 429, headers={"Retry-After": str(refusal.retry_after)}
             )
             await response(scope, receive, send)
             return
@@ -165,18 +165,16 @@ class LimitRequests:
 
 
 def limited(routes: Sequence[BaseRoute], limits: RateLimits | None) -> list[BaseRoute]:
-    """Copies of `routes` behind the limits. The route lists are module-level
-    and shared by every app built in a process, so they are not changed."""
+    """Copies of `routes` behind the limits, outside whatever the route already
+    wraps its endpoint in (the API key's check, which tells the limits whether
+    a key is good). The route lists are module-level and shared by every app
+    built in a process, so they are not changed."""
     if limits is None:
         return list(routes)
     wrapped: list[BaseRoute] = []
     for route in routes:
         assert isinstance(route, Route), route
-        wrapped.append(
-            Route(
-                route.path, route.endpoint, methods=route.methods, name=route.name,
-                include_in_schema=route.include_in_schema,
-                middleware=[Middleware(LimitRequests, limits=limits)],
-            )
-        )
+        behind = copy.copy(route)
+        behind.app = LimitRequests(route.app, limits)
+        wrapped.append(behind)
     return wrapped

@@ -1,16 +1,16 @@
-"""The JSON shapes every route answers with."""
+"""Answers: a wire model as a JSON response, and the answers every route shares."""
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from otaship.receiver.db.engine import database_unavailable
+from otaship.receiver.http.wire import Message, ServerError, Wire
 from otaship.receiver.logs import short_error
 
 log = logging.getLogger("otaship.api")
@@ -20,8 +20,12 @@ UNAUTHORIZED = "Unauthorized"
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def message(status: int, text: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"message": text, **extra}, status_code=status)
+def answer(body: Wire, status: int = 200, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body.wire(), status_code=status, headers=headers)
+
+
+def message(status: int, text: str) -> JSONResponse:
+    return answer(Message(message=text), status)
 
 
 def server_error(text: str, exc: BaseException) -> JSONResponse:
@@ -36,29 +40,23 @@ def server_error(text: str, exc: BaseException) -> JSONResponse:
         log.warning("%s: %s", text, short)
     else:
         log.error("%s: %s", text, short, exc_info=exc)
-    return message(500, text, error=short)
+    return answer(ServerError(message=text, error=short), 500)
 
 
-def database_errors(text: str, *, unread_body: bool = False) -> Callable[[Endpoint], Endpoint]:
-    """A management route whose every database failure, the API key's lookup
-    included, answers the spec's 500 for the route (`text`) with `error`.
+def database_errors(text: str) -> Callable[[Endpoint], Endpoint]:
+    """An endpoint whose every database failure answers the route's 500 (`text`) with `error`.
 
-    `unread_body`: the failure can come before the request body was read (an
-    upload's API key is looked up first), so the connection cannot carry
-    another request and is closed after the answer, as for any early refusal.
+    The handlers let SQLAlchemyError go: this is the one place that maps it.
     """
 
     def decorate(endpoint: Endpoint) -> Endpoint:
         @functools.wraps(endpoint)
-        async def answer(request: Request) -> Response:
+        async def answered(request: Request) -> Response:
             try:
                 return await endpoint(request)
             except SQLAlchemyError as exc:
-                response = server_error(text, exc)
-                if unread_body:
-                    response.headers["Connection"] = "close"
-                return response
+                return server_error(text, exc)
 
-        return answer
+        return answered
 
     return decorate

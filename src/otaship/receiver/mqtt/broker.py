@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import hmac
 import logging
 import secrets
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from otaship.protocol import TOPIC_UNSAFE, owner_prefix, usable_in_topic
+from otaship.receiver.ids import secret_matches_plain
 from otaship.receiver.mqtt.remembered_logins import RememberedLogins
 
 logger = logging.getLogger(__name__)
@@ -82,11 +82,6 @@ def owner_may_use(username: str, topic: str) -> bool:
     if not usable_in_topic(username):
         return False
     return topic.startswith(owner_prefix(username))
-
-
-def _same_secret(given: str, expected: str) -> bool:
-    # compare_digest only takes ASCII str, and a device may send any UTF-8.
-    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 class _Gatekeeper:
@@ -156,8 +151,8 @@ class _Gatekeeper:
             del self._connected[client_id]
 
     async def _credentials_valid(self, username: str, password: str) -> bool:
-        if _same_secret(username, self._internal_username):
-            return _same_secret(password, self._internal_password)
+        if secret_matches_plain(username, self._internal_username):
+            return secret_matches_plain(password, self._internal_password)
         if not TOPIC_UNSAFE.isdisjoint(username):
             return False
         try:

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from otaship.receiver.db.groups import ancestors, descendants, lock_tree
 from otaship.receiver.db.models import Deployment, Device, Group, Rollout, RolloutDevice
-from otaship.receiver.ids import iso_utc, utcnow
+from otaship.receiver.ids import utcnow
 from otaship.receiver.rollouts.deploy import (
     DeployResult,
     StoredFirmware,
@@ -347,75 +347,6 @@ def active_rollout_states(*, session: Session) -> list[tuple[str, str]]:
             select(Rollout.id, Rollout.state).where(col(Rollout.state).in_(ACTIVE_STATES))
         )
     ]
-
-
-def rollout_json(*, session: Session, rollout: Rollout, with_devices: bool = True) -> dict[str, Any]:
-    rows = session.exec(
-        select(RolloutDevice, Device.name)
-        .join(Device, col(Device.id) == col(RolloutDevice.device_id))
-        .where(col(RolloutDevice.rollout_id) == rollout.id)
-        .order_by(col(RolloutDevice.stage), col(RolloutDevice.device_id))
-    ).all()
-    by_stage: dict[str, list[str]] = {STAGE_CANARY: [], STAGE_FLEET: []}
-    for row, _ in rows:
-        by_stage[row.stage].append(row.outcome)
-
-    def stage(name: str, group_id: str, started: datetime | None, ended: datetime | None, state: str) -> dict[str, Any]:
-        counts = Counts.of(by_stage[name])
-        return {
-            "name": name, "group": group_id, "state": state,
-            "targeted": counts.targeted, "succeeded": counts.succeeded, "failed": counts.failed,
-            "timed_out": counts.timed_out, "stopped": counts.stopped, "pending": counts.pending,
-            "started_at": iso_utc(started), "ended_at": iso_utc(ended),
-        }
-
-    canary_state = {
-        CANARY: "running", FLEET: "passed", COMPLETE: "passed", HALTED: "failed", ABORTED: "aborted",
-    }[rollout.state]
-    if rollout.state == ABORTED and rollout.fleet_started_at is not None:
-        canary_state = "passed"
-    fleet_state = (
-        "pending" if rollout.fleet_started_at is None and rollout.state in ACTIVE_STATES
-        else "skipped" if rollout.fleet_started_at is None
-        else {FLEET: "running", COMPLETE: "complete", ABORTED: "aborted", HALTED: "halted"}.get(rollout.state, rollout.state)
-    )
-    body: dict[str, Any] = {
-        "id": rollout.id,
-        "group": rollout.group_id,
-        "canary": rollout.canary_group_id,
-        "version": rollout.version,
-        "sha256": rollout.sha256,
-        "commit": rollout.commit,
-        "state": rollout.state,
-        "reason": rollout.reason,
-        "policy": {
-            "canary_timeout": rollout.canary_timeout, "success_threshold": rollout.success_threshold,
-            "error_threshold": rollout.error_threshold, "soak": rollout.soak,
-            "auto_promote": rollout.auto_promote,
-        },
-        "created_at": iso_utc(rollout.created_at),
-        "updated_at": iso_utc(rollout.updated_at),
-        "ended_at": iso_utc(rollout.ended_at),
-        "stages": [
-            stage(
-                STAGE_CANARY, rollout.canary_group_id, rollout.canary_started_at,
-                rollout.fleet_started_at or rollout.ended_at, canary_state,
-            ),
-            stage(
-                STAGE_FLEET, rollout.group_id, rollout.fleet_started_at,
-                rollout.ended_at if rollout.fleet_started_at else None, fleet_state,
-            ),
-        ],
-    }
-    if with_devices:
-        body["devices"] = [
-            {
-                "id": row.device_id, "name": name, "group": row.group_id, "stage": row.stage,
-                "outcome": row.outcome, "fw_version": row.fw_version, "code": row.code,
-            }
-            for row, name in rows
-        ]
-    return body
 
 
 def count_by_state(*, session: Session) -> dict[str, int]:

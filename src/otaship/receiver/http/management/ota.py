@@ -6,20 +6,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func
-from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
 
 from otaship.receiver.db.groups import get_owned_group
 from otaship.receiver.db.models import GroupOta, Rollout, User
 from otaship.receiver.db.path_search import owned_paths_containing
 from otaship.receiver.fields import BadField, choice, text, whole_number
-from otaship.receiver.http.auth import authenticated_owner
+from otaship.receiver.http import wire
+from otaship.receiver.http.auth import owner_of
 from otaship.receiver.http.management.deploy_form import check_version, parse_options, parse_target
-from otaship.receiver.http.responses import UNAUTHORIZED, database_errors, message, server_error
-from otaship.receiver.ids import iso_utc, secret_matches_plain
+from otaship.receiver.http.management.route import owner_route
+from otaship.receiver.http.responses import answer, message, server_error
+from otaship.receiver.http.views import ota_view
+from otaship.receiver.http.wire import DEPLOYED
+from otaship.receiver.ids import secret_matches_plain
 from otaship.receiver.intake.in_flight import Hold, ObjectNotStored
 from otaship.receiver.intake.multipart import (
     MalformedUpload,
@@ -51,8 +53,6 @@ log = logging.getLogger("otaship.api")
 
 LIST_ERROR = "Error when getting group OTA's."
 UPLOAD_ERROR = "Error when uploading firmware file"
-# The spec's answer to a deploy.
-DEPLOYED = "Firmware successfully deployed"
 FREE_PLAN = "Group OTA update is not available in free model. Please upgrade your account."
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
@@ -64,26 +64,6 @@ MAX_DRAW_LENGTH = 64
 # Stalled uploads free their slots within the idle timeout; a retry after this
 # many seconds usually finds one.
 UPLOADS_RETRY_AFTER = 5
-
-
-def ota_json(ota: GroupOta) -> dict[str, Any]:
-    return {
-        "_id": ota.id,
-        "group": ota.group_id,
-        "__v": ota.revision,
-        "last_updated": iso_utc(ota.last_updated),
-        "owner": ota.owner_id,
-        "path": ota.path,
-        "version": ota.version,
-        "sha256": ota.sha256,
-        "md5": ota.md5,
-        "size": ota.size,
-        "chip": ota.chip,
-        "project_name": ota.project_name,
-        "app_version": ota.app_version,
-        "idf_ver": ota.idf_ver,
-        "commit": ota.commit,
-    }
 
 
 # --- GET /v1/ota/group ---------------------------------------------------------
@@ -143,44 +123,32 @@ def list_otas(
     return list(rows), total, filtered
 
 
-@database_errors(LIST_ERROR)
 async def get_group_otas(request: Request) -> Response:
-    owner = await authenticated_owner(request)
-    if owner is None:
-        return message(401, UNAUTHORIZED)
+    owner_id = owner_of(request).id
     try:
         query = parse_list_query(request)
     except BadField as exc:
         return message(400, str(exc))
     services = Services.of(request)
-    try:
-        rows, total, filtered = await services.run_db(
-            lambda session: list_otas(
-                session=session, owner_id=owner.id, query=query,
-                known_total=services.listing_totals.get(owner.id),
-            )
+    rows, total, filtered = await services.run_db(
+        lambda session: list_otas(
+            session=session, owner_id=owner_id, query=query,
+            known_total=services.listing_totals.get(owner_id),
         )
-    except SQLAlchemyError as exc:
-        return server_error(LIST_ERROR, exc)
-    services.listing_totals.put(owner.id, total)
-    return JSONResponse(
-        {
-            "otas": [ota_json(ota) for ota in rows],
-            "recordsTotal": total,
-            "recordsFiltered": filtered,
-            "draw": query.draw,
-        }
+    )
+    services.listing_totals.put(owner_id, total)
+    return answer(
+        wire.OtaList(
+            otas=[ota_view(ota) for ota in rows], recordsTotal=total, recordsFiltered=filtered, draw=query.draw
+        )
     )
 
 
 # --- POST /v1/ota/group --------------------------------------------------------
 
 
-@database_errors(UPLOAD_ERROR, unread_body=True)
 async def post_group_ota(request: Request) -> Response:
-    owner = await authenticated_owner(request)
-    if owner is None:
-        return message(401, UNAUTHORIZED)
+    owner = owner_of(request)
     services = Services.of(request)
     with services.upload_slots.hold(owner.id) as held:
         if not held:
@@ -240,12 +208,9 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
     if owner.plan == "free":
         return message(403, FREE_PLAN)
 
-    try:
-        group = await services.run_db(
-            lambda session: get_owned_group(session=session, owner_id=owner.id, group_id=group_id)
-        )
-    except SQLAlchemyError as exc:
-        return server_error(UPLOAD_ERROR, exc)
+    group = await services.run_db(
+        lambda session: get_owned_group(session=session, owner_id=owner.id, group_id=group_id)
+    )
     if group is None:
         return message(404, "No such group")
     if not secret_matches_plain(token, group.token):
@@ -264,8 +229,6 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
             await services.run_db(lambda session: validate_canary(session=session, group=group, canary_id=canary))
         except RolloutError as exc:
             return message(400, str(exc))
-        except SQLAlchemyError as exc:
-            return server_error(UPLOAD_ERROR, exc)
 
     assert upload.file_path is not None
     file_path = upload.file_path
@@ -292,7 +255,7 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
         hold.storing()
         _store(services, firmware.object_key, file_path)
 
-    async def write_record(hold: Hold) -> tuple[bool, dict[str, Any]]:
+    async def write_record(hold: Hold) -> tuple[bool, wire.Deployed]:
         # `hold.checked` runs inside the transaction, before it commits.
         if canary_id is None:
             result: DeployResult = await services.run_write(
@@ -301,7 +264,8 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
                     commit=commit, notify=services.notify,
                 ))
             )
-            return result.deployed, {"deployed": result.deployed, "ota": ota_json(result.ota)}
+            deployed = wire.Deployed(message=DEPLOYED, deployed=result.deployed, ota=ota_view(result.ota))
+            return result.deployed, deployed
         assert policy is not None
         rollout_policy = policy
         return await services.run_write(
@@ -333,17 +297,16 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
     except VersionConflict as exc:
         return _conflict(exc, version)
     except RolloutConflict as exc:
-        return message(409, str(exc), version=version)
+        return answer(wire.Conflict(message=str(exc), version=version), 409)
     except RolloutError as exc:
         return message(400, str(exc))
-    except (StorageError, SQLAlchemyError, OSError) as exc:
+    except (StorageError, OSError) as exc:
         return server_error(UPLOAD_ERROR, exc)
 
     if deployed:
         services.deployed()
         Metrics.of(request).deploys.labels("plain" if canary_id is None else "canary").inc()
-    text = body.pop("message", DEPLOYED)
-    return JSONResponse({"message": text, **body}, status_code=201)
+    return answer(body, 201)
 
 
 def canary_message(rollout: Rollout) -> str:
@@ -358,15 +321,16 @@ def canary_message(rollout: Rollout) -> str:
     )
 
 
-def _canary_body(staged: CanaryDeploy) -> tuple[bool, dict[str, Any]]:
-    body: dict[str, Any] = {"deployed": staged.deployed}
-    if staged.rollout is not None and staged.rollout.state == CANARY:
-        body["message"] = canary_message(staged.rollout)
-    if staged.ota is not None:
-        body["ota"] = ota_json(staged.ota)
-    if staged.rollout is not None:
-        body["rollout"] = {"id": staged.rollout.id, "state": staged.rollout.state}
-    return staged.deployed, body
+def _canary_body(staged: CanaryDeploy) -> tuple[bool, wire.Deployed]:
+    rollout = staged.rollout
+    return staged.deployed, wire.Deployed(
+        message=canary_message(rollout) if rollout is not None and rollout.state == CANARY else DEPLOYED,
+        deployed=staged.deployed,
+        **wire.given(
+            ota=ota_view(staged.ota) if staged.ota is not None else None,
+            rollout=wire.DeployedRollout(id=rollout.id, state=rollout.state) if rollout is not None else None,
+        ),
+    )
 
 
 def _store(services: Services, key: str, source: Any) -> None:
@@ -377,17 +341,20 @@ def _store(services: Services, key: str, source: Any) -> None:
 
 
 def _conflict(current: VersionConflict, version: str) -> Response:
-    return message(
+    return answer(
+        wire.Conflict(
+            message=f"Version {version} is already deployed to this group with different firmware. "
+            "Devices compare version strings and would never fetch it: bump the version.",
+            version=current.version,
+            sha256=current.sha256,
+            commit=current.commit,
+        ),
         409,
-        f"Version {version} is already deployed to this group with different firmware. "
-        "Devices compare version strings and would never fetch it: bump the version.",
-        version=current.version,
-        sha256=current.sha256,
-        commit=current.commit,
     )
 
 
 routes = [
-    Route("/v1/ota/group", get_group_otas, methods=["GET"]),
-    Route("/v1/ota/group", post_group_ota, methods=["POST"]),
+    owner_route("/v1/ota/group", get_group_otas, "GET", failure=LIST_ERROR),
+    # The key is looked up before the body is read.
+    owner_route("/v1/ota/group", post_group_ota, "POST", failure=UPLOAD_ERROR, unread_body=True),
 ]
