@@ -82,14 +82,14 @@ def test_every_module_the_map_names_exists() -> None:
         words = re.findall(r"[\w/]+\.py|\b\w+/", line)
         for position, word in enumerate(words):
             leading = position == 0 and line.lstrip().startswith(word)
-            if leading and word.endswith("/"):
+            if leading and word.endswith("/") and indent <= 4:
                 package = Path(*package.parts[: indent // 2]) / word.rstrip("/")
                 assert (SRC / package).is_dir(), f"docs/architecture.md names {package}/, which does not exist"
             elif word.endswith(".py"):
                 base = Path(*package.parts[: indent // 2]) if leading else package
                 assert (SRC / base / word).is_file(), f"docs/architecture.md names {base / word}, which does not exist"
-            else:
-                continue
+            elif word.endswith("/"):
+                assert (SRC / package / word).is_dir(), f"docs/architecture.md names {package / word}"
             named += 1
     assert named > 30
 
