@@ -38,6 +38,7 @@ run: install
 # configures both).
 check: install-check
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 test: install-test

@@ -5,6 +5,7 @@ the same machine, their ratio, and the goal; each figure is the median of the
 repetitions with its min and max. Results go to bench/results/latest.json and
 latest.md (or --output).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,11 @@ NOTE = (
 
 
 def run_suite(
-    names: Sequence[str], scale: Scale, *, work_dir: Path, log: Callable[[str], None] = print,
+    names: Sequence[str],
+    scale: Scale,
+    *,
+    work_dir: Path,
+    log: Callable[[str], None] = print,
 ) -> tuple[list[Row], list[Failure]]:
     rows: list[Row] = []
     failures: list[Failure] = []
@@ -83,16 +88,32 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description="otaship benchmarks, each next to a baseline measured in the same run.",
     )
-    parser.add_argument("--only", action="append", metavar="NAME", default=[],
-                        help=f"run only these (repeatable, or comma-separated): {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        default=[],
+        help=f"run only these (repeatable, or comma-separated): {', '.join(BENCHMARKS)}",
+    )
     sizes = parser.add_mutually_exclusive_group()
-    sizes.add_argument("--quick", action="store_const", const="quick", dest="scale",
-                       help="scaled-down sizes and 3 s loads (a few minutes)")
+    sizes.add_argument(
+        "--quick",
+        action="store_const",
+        const="quick",
+        dest="scale",
+        help="scaled-down sizes and 3 s loads (a few minutes)",
+    )
     sizes.add_argument("--scale", choices=sorted(SCALES), help="full (default), quick, or tiny (smoke)")
-    parser.add_argument("--repetitions", type=int, metavar="N",
-                        help="repetitions per figure (default 3; 1 at --scale tiny)")
-    parser.add_argument("--output", type=Path, default=RESULTS, metavar="DIR",
-                        help=f"where latest.json and latest.md go (default {RESULTS})")
+    parser.add_argument(
+        "--repetitions", type=int, metavar="N", help="repetitions per figure (default 3; 1 at --scale tiny)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS,
+        metavar="DIR",
+        help=f"where latest.json and latest.md go (default {RESULTS})",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, data)")
     return parser
 
@@ -102,8 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [n.strip() for item in args.only for n in item.split(",") if n.strip()] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
-        print(f"bench: unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}",
-              file=sys.stderr)
+        print(
+            f"bench: unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     scale = SCALES[args.scale or "full"]
     if args.repetitions is not None:

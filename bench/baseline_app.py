@@ -9,6 +9,7 @@
 
 Served with `uvicorn --factory bench.baseline_app:create_app --workers 1`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -96,12 +97,18 @@ def create_app() -> Starlette:
     async def upload(request: Request) -> Response:
         _, params = parse_options_header(request.headers["content-type"])
         sink = _FileSink(upload_dir, diligent=request.url.path == "/upload-hashed")
-        parser = MultipartParser(params[b"boundary"], {
-            "on_part_begin": sink.on_part_begin, "on_header_field": sink.on_header_field,
-            "on_header_value": sink.on_header_value, "on_header_end": sink.on_header_end,
-            "on_headers_finished": sink.on_headers_finished, "on_part_data": sink.on_part_data,
-            "on_part_end": sink.on_part_end,
-        })
+        parser = MultipartParser(
+            params[b"boundary"],
+            {
+                "on_part_begin": sink.on_part_begin,
+                "on_header_field": sink.on_header_field,
+                "on_header_value": sink.on_header_value,
+                "on_header_end": sink.on_header_end,
+                "on_headers_finished": sink.on_headers_finished,
+                "on_part_data": sink.on_part_data,
+                "on_part_end": sink.on_part_end,
+            },
+        )
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
@@ -109,9 +116,11 @@ def create_app() -> Starlette:
             path.unlink(missing_ok=True)
         return JSONResponse({"message": "stored", "size": sink.size}, status_code=201)
 
-    return Starlette(routes=[
-        Route("/json", constant_json),
-        Route("/upload-hashed", upload, methods=["POST"]),
-        Route("/file", file, methods=["GET", "HEAD"]),
-        Route("/upload", upload, methods=["POST"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/json", constant_json),
+            Route("/upload-hashed", upload, methods=["POST"]),
+            Route("/file", file, methods=["GET", "HEAD"]),
+            Route("/upload", upload, methods=["POST"]),
+        ]
+    )

@@ -4,6 +4,7 @@ wrk (64 connections) on `GET /v1/ota/group/latest/<id>` against the receiver,
 and on a bare Starlette route returning a constant JSON, both under uvicorn
 with one worker. Goal: at least 0.8 of the baseline's requests per second.
 """
+
 from __future__ import annotations
 
 import httpx
@@ -34,8 +35,9 @@ def run(ctx: Context) -> list[Row]:
 
         def load(url: str, pid: int, cpu: list[float]) -> wrk.LoadResult:
             before = cpu_seconds(pid)
-            result = wrk.run(url, connections=scale.check_connections, seconds=scale.load_seconds,
-                             work_dir=ctx.work_dir)
+            result = wrk.run(
+                url, connections=scale.check_connections, seconds=scale.load_seconds, work_dir=ctx.work_dir
+            )
             if result.errors:
                 raise RuntimeError(f"{result.errors} failed requests on {url}")
             cpu.append(result.requests / max(cpu_seconds(pid) - before, 1e-6))
@@ -52,17 +54,31 @@ def run(ctx: Context) -> list[Row]:
         f"{scale.check_connections} connections, {scale.load_seconds:g} s per repetition, wrk -t2; "
         f"latency p50/p99 {_latency(ours)} (otaship) vs {_latency(theirs)} (baseline)",
     ]
-    return [Row(
-        NAME, "1. check burst: GET latest (req/s)",
-        Figure.of([r.requests_per_second for r in ours], "req/s"),
-        Figure.of([r.requests_per_second for r in theirs], "req/s"),
-        "bare Starlette JSON", Goal(">=", 0.8), notes, paired=True,
-    ), Row(
-        NAME, "1. check burst: requests per server CPU-second",
-        Figure.of(our_cpu, "req/CPU-s"), Figure.of(their_cpu, "req/CPU-s"), "bare Starlette JSON", None,
-        ["the same load counted against the server's own CPU time (/proc/<pid>/stat): "
-         "less sensitive than req/s to other processes taking the cores"], paired=True,
-    )]
+    return [
+        Row(
+            NAME,
+            "1. check burst: GET latest (req/s)",
+            Figure.of([r.requests_per_second for r in ours], "req/s"),
+            Figure.of([r.requests_per_second for r in theirs], "req/s"),
+            "bare Starlette JSON",
+            Goal(">=", 0.8),
+            notes,
+            paired=True,
+        ),
+        Row(
+            NAME,
+            "1. check burst: requests per server CPU-second",
+            Figure.of(our_cpu, "req/CPU-s"),
+            Figure.of(their_cpu, "req/CPU-s"),
+            "bare Starlette JSON",
+            None,
+            [
+                "the same load counted against the server's own CPU time (/proc/<pid>/stat): "
+                "less sensitive than req/s to other processes taking the cores"
+            ],
+            paired=True,
+        ),
+    ]
 
 
 def _latency(results: list[wrk.LoadResult]) -> str:

@@ -1,4 +1,5 @@
 """What every benchmark gets: the sizes to run at, a work folder, and real ESP32 images."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,27 +31,58 @@ class Scale:
 
 SCALES = {
     "full": Scale(
-        name="full", repetitions=3, load_seconds=10, check_connections=64, download_connections=200,
+        name="full",
+        repetitions=3,
+        load_seconds=10,
+        check_connections=64,
+        download_connections=200,
         # The receiver refuses images over 16 MiB (its default limit), so the
         # "16 MiB" upload is the largest real image that fits: 16 MiB - 512 B.
-        download_image=int(1.5 * MiB), upload_images=(4 * MiB, 16 * MiB),
-        status_devices=1000, status_messages=100, listing_sizes=(1_000, 100_000), listing_requests=300,
-        fleet_devices=1000, canary_devices=10, fleet_image=int(1.5 * MiB),
+        download_image=int(1.5 * MiB),
+        upload_images=(4 * MiB, 16 * MiB),
+        status_devices=1000,
+        status_messages=100,
+        listing_sizes=(1_000, 100_000),
+        listing_requests=300,
+        fleet_devices=1000,
+        canary_devices=10,
+        fleet_image=int(1.5 * MiB),
     ),
     "quick": Scale(
-        name="quick", repetitions=3, load_seconds=3, check_connections=64, download_connections=200,
-        download_image=int(1.5 * MiB), upload_images=(4 * MiB, 16 * MiB),
-        status_devices=500, status_messages=40, listing_sizes=(1_000, 20_000), listing_requests=100,
-        fleet_devices=200, canary_devices=10, fleet_image=256 * 1024,
+        name="quick",
+        repetitions=3,
+        load_seconds=3,
+        check_connections=64,
+        download_connections=200,
+        download_image=int(1.5 * MiB),
+        upload_images=(4 * MiB, 16 * MiB),
+        status_devices=500,
+        status_messages=40,
+        listing_sizes=(1_000, 20_000),
+        listing_requests=100,
+        fleet_devices=200,
+        canary_devices=10,
+        fleet_image=256 * 1024,
     ),
     # For the smoke test: every benchmark runs, in seconds, and its figures mean nothing.
     "tiny": Scale(
-        name="tiny", repetitions=1, load_seconds=1, check_connections=4, download_connections=4,
-        download_image=64 * 1024, upload_images=(128 * 1024,),
+        name="tiny",
+        repetitions=1,
+        load_seconds=1,
+        check_connections=4,
+        download_connections=4,
+        download_image=64 * 1024,
+        upload_images=(128 * 1024,),
         # Enough status messages that each subscriber uses a few clock ticks of
         # CPU (10 ms each in /proc/<pid>/stat): with fewer, the per-CPU figure is 0/0.
-        status_devices=10, status_messages=300, listing_sizes=(20, 200), listing_requests=10,
-        fleet_devices=6, canary_devices=2, fleet_image=16 * 1024, warmup=False,
+        status_devices=10,
+        status_messages=300,
+        listing_sizes=(20, 200),
+        listing_requests=10,
+        fleet_devices=6,
+        canary_devices=2,
+        fleet_image=16 * 1024,
+        warmup=False,
     ),
 }
 

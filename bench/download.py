@@ -5,6 +5,7 @@ the same file, and on nginx serving it statically. Goals: at least 0.9 of the
 bare Starlette throughput, and flat memory (the receiver's peak RSS grows no
 more than the bare FileResponse's, plus one image).
 """
+
 from __future__ import annotations
 
 import httpx
@@ -66,21 +67,46 @@ def run(ctx: Context) -> list[Row]:
     common = f"{label}, {scale.load_seconds:g} s per repetition, wrk -t2"
     footprint = Figure.of([g / MiB for g in growth["otaship"]], "MiB")
     return [
-        Row(NAME, "2. download: throughput vs bare FileResponse", throughput("otaship"),
-            throughput("starlette"), "bare Starlette FileResponse", Goal(">=", 0.9), [common], paired=True),
-        Row(NAME, "2. download: throughput vs nginx", throughput("otaship"), throughput("nginx"),
-            "nginx static (1 worker, sendfile)", None, [common], paired=True),
-        Row(NAME, "2. download: server peak RSS growth", footprint,
+        Row(
+            NAME,
+            "2. download: throughput vs bare FileResponse",
+            throughput("otaship"),
+            throughput("starlette"),
+            "bare Starlette FileResponse",
+            Goal(">=", 0.9),
+            [common],
+            paired=True,
+        ),
+        Row(
+            NAME,
+            "2. download: throughput vs nginx",
+            throughput("otaship"),
+            throughput("nginx"),
+            "nginx static (1 worker, sendfile)",
+            None,
+            [common],
+            paired=True,
+        ),
+        Row(
+            NAME,
+            "2. download: server peak RSS growth",
+            footprint,
             Figure.of([(g + len(firmware)) / MiB for g in growth["starlette"]], "MiB"),
-            "bare FileResponse's growth + 1 image", Goal("<=", 1.0),
-            ["flat: the receiver's peak RSS above its idle RSS stays within a bare FileResponse's "
-             "under the same load, plus one image"], paired=True),
+            "bare FileResponse's growth + 1 image",
+            Goal("<=", 1.0),
+            [
+                "flat: the receiver's peak RSS above its idle RSS stays within a bare FileResponse's "
+                "under the same load, plus one image"
+            ],
+            paired=True,
+        ),
     ]
 
 
 def _load(ctx: Context, url: str) -> wrk.LoadResult:
-    result = wrk.run(url, connections=ctx.scale.download_connections, seconds=ctx.scale.load_seconds,
-                     work_dir=ctx.work_dir)
+    result = wrk.run(
+        url, connections=ctx.scale.download_connections, seconds=ctx.scale.load_seconds, work_dir=ctx.work_dir
+    )
     if result.errors:
         raise RuntimeError(f"{result.errors} failed downloads from {url}")
     return result

@@ -3,6 +3,7 @@
 The CLI is what an operator uses; 100,000 rows go straight into the receiver's
 tables with SQLAlchemy Core inserts (SQLModel's add_all measured 13x slower).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,7 +43,10 @@ class GroupRef:
 
 
 def database_url(env: dict[str, str]) -> str:
-    return env.get("OTASHIP_DATABASE_URL") or f"sqlite:///{Path(env['OTASHIP_DATA_DIR']).resolve() / 'otaship.db'}"
+    return (
+        env.get("OTASHIP_DATABASE_URL")
+        or f"sqlite:///{Path(env['OTASHIP_DATA_DIR']).resolve() / 'otaship.db'}"
+    )
 
 
 def engine_for(env: dict[str, str]) -> Engine:
@@ -50,8 +54,11 @@ def engine_for(env: dict[str, str]) -> Engine:
 
 
 def create_owner(
-    env: dict[str, str], groups: Sequence[tuple[str, int | None]] = (), email: str = "bench@example.com",
-    *, migrate: bool = False,
+    env: dict[str, str],
+    groups: Sequence[tuple[str, int | None]] = (),
+    email: str = "bench@example.com",
+    *,
+    migrate: bool = False,
 ) -> tuple[Owner, list[GroupRef]]:
     """A pro owner and its groups, with `otaship user create` and `otaship group create`.
 
@@ -66,7 +73,7 @@ def create_owner(
         if parent is not None:
             command += ["--parent", f"{{{parent + offset}[id]}}"]
         commands.append(command)
-    user, *created = otaship_batch(env, *commands)[offset - 1:]
+    user, *created = otaship_batch(env, *commands)[offset - 1 :]
     owner = Owner(user["id"], email, user["api_key"], user["mqtt_user"], user["mqtt_password"])
     return owner, [GroupRef(g["id"], g["token"]) for g in created]
 
@@ -91,11 +98,23 @@ def insert_devices(
     now = datetime.now(UTC)
     engine = engine_for(env)
     try:
-        _insert(engine, Device.__table__, (  # type: ignore[attr-defined]  # made by SQLModel at run time
-            {"id": device_id, "owner_id": owner.id, "group_id": group.id, "name": device_id,
-             "firmware_version": firmware_version, "last_seen": None, "last_code": None, "created_at": now}
-            for device_id in device_ids
-        ))
+        _insert(
+            engine,
+            Device.__table__,
+            (  # type: ignore[attr-defined]  # made by SQLModel at run time
+                {
+                    "id": device_id,
+                    "owner_id": owner.id,
+                    "group_id": group.id,
+                    "name": device_id,
+                    "firmware_version": firmware_version,
+                    "last_seen": None,
+                    "last_code": None,
+                    "created_at": now,
+                }
+                for device_id in device_ids
+            ),
+        )
     finally:
         engine.dispose()
 
@@ -110,33 +129,68 @@ def insert_groups_with_otas(env: dict[str, str], owner: Owner, count: int) -> li
     md5 = hashlib.md5(b"bench").hexdigest()
     engine = engine_for(env)
     try:
-        _insert(engine, Group.__table__, (  # type: ignore[attr-defined]  # made by SQLModel at run time
-            {"id": g.id, "owner_id": owner.id, "name": f"group-{n:06d}", "token": g.token,
-             "parent_id": None, "chip": None, "created_at": start}
-            for n, g in enumerate(groups)
-        ))
-        _insert(engine, GroupOta.__table__, (  # type: ignore[attr-defined]  # made by SQLModel at run time
-            {"id": secrets.token_hex(12), "group_id": g.id, "owner_id": owner.id,
-             "version": f"1.0.{n % 1000}", "path": f"ota/group/{g.id}{g.token}/firmware.bin",
-             "object_key": f"firmware/sha256/{sha}.bin", "sha256": sha, "md5": md5, "size": 1_000_000,
-             "chip": "esp32", "project_name": "bench", "app_version": f"1.0.{n % 1000}",
-             "idf_ver": "v5.1.2", "commit": None, "revision": 0,
-             "last_updated": start + timedelta(seconds=n)}
-            for n, g in enumerate(groups)
-        ))
+        _insert(
+            engine,
+            Group.__table__,
+            (  # type: ignore[attr-defined]  # made by SQLModel at run time
+                {
+                    "id": g.id,
+                    "owner_id": owner.id,
+                    "name": f"group-{n:06d}",
+                    "token": g.token,
+                    "parent_id": None,
+                    "chip": None,
+                    "created_at": start,
+                }
+                for n, g in enumerate(groups)
+            ),
+        )
+        _insert(
+            engine,
+            GroupOta.__table__,
+            (  # type: ignore[attr-defined]  # made by SQLModel at run time
+                {
+                    "id": secrets.token_hex(12),
+                    "group_id": g.id,
+                    "owner_id": owner.id,
+                    "version": f"1.0.{n % 1000}",
+                    "path": f"ota/group/{g.id}{g.token}/firmware.bin",
+                    "object_key": f"firmware/sha256/{sha}.bin",
+                    "sha256": sha,
+                    "md5": md5,
+                    "size": 1_000_000,
+                    "chip": "esp32",
+                    "project_name": "bench",
+                    "app_version": f"1.0.{n % 1000}",
+                    "idf_ver": "v5.1.2",
+                    "commit": None,
+                    "revision": 0,
+                    "last_updated": start + timedelta(seconds=n),
+                }
+                for n, g in enumerate(groups)
+            ),
+        )
     finally:
         engine.dispose()
     return groups
 
 
 def deploy(
-    url: str, owner: Owner, group: GroupRef, version: str, image: bytes, *,
-    fields: dict[str, str] | None = None, timeout: float = 120,
+    url: str,
+    owner: Owner,
+    group: GroupRef,
+    version: str,
+    image: bytes,
+    *,
+    fields: dict[str, str] | None = None,
+    timeout: float = 120,
 ) -> dict[str, Any]:
     response = httpx.post(
-        f"{url}/v1/ota/group", headers=owner.headers,
+        f"{url}/v1/ota/group",
+        headers=owner.headers,
         data={"group": group.id, "token": group.token, "version": version, **(fields or {})},
-        files={"firmware": ("firmware.bin", image, "application/octet-stream")}, timeout=timeout,
+        files={"firmware": ("firmware.bin", image, "application/octet-stream")},
+        timeout=timeout,
     )
     if response.status_code != 201:
         raise RuntimeError(f"deploy of {version} answered {response.status_code}: {response.text}")

@@ -7,6 +7,7 @@ reaches the subgroup too; with one, the canary updates first and the receiver
 promotes the rollout to the whole group once all 10 succeeded. Reported next
 to the anchor: AWS IoT Jobs rolls out at most 1,000 devices a minute.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,7 +56,9 @@ def run(ctx: Context) -> list[Row]:
     env = servers.receiver_env(folder / "data")
     owner, (group, canary) = create_owner(env, [("fleet", None), ("canary", 0)])
     fleet = Fleet(
-        owner, group, canary,
+        owner,
+        group,
+        canary,
         [f"fl-{n:05d}" for n in range(scale.fleet_devices - scale.canary_devices)],
         [f"ca-{n:05d}" for n in range(scale.canary_devices)],
     )
@@ -72,41 +75,74 @@ def run(ctx: Context) -> list[Row]:
             for rep in range(ctx.repetitions):
                 for with_canary in (False, True):
                     new = f"5.0.{2 * rep + int(with_canary) + 1}"
-                    result = asyncio.run(_rollout(
-                        ctx, receiver.url, mqtt_url, fleet, current, new, with_canary, seed=rep,
-                        receiver_pid=receiver.pid,
-                    ))
+                    result = asyncio.run(
+                        _rollout(
+                            ctx,
+                            receiver.url,
+                            mqtt_url,
+                            fleet,
+                            current,
+                            new,
+                            with_canary,
+                            seed=rep,
+                            receiver_pid=receiver.pid,
+                        )
+                    )
                     (staged if with_canary else plain).append(result)
                     current = new
 
     devices = scale.fleet_devices
     anchor = Figure.constant(ANCHOR_PER_MINUTE, "devices/min")
-    common = (f"{devices} simulated devices ({scale.canary_devices} in the canary subgroup), "
-              f"image {mib(scale.fleet_image)}, private Mosquitto, status every 5 s")
+    common = (
+        f"{devices} simulated devices ({scale.canary_devices} in the canary subgroup), "
+        f"image {mib(scale.fleet_image)}, private Mosquitto, status every 5 s"
+    )
 
     def seconds(results: list[Rollout]) -> str:
         values = sorted(r.seconds for r in results)
         busy = max(results, key=lambda r: r.seconds)
-        return (f"POST → all {devices} on the new version: {values[len(values) // 2]:.1f} s median "
-                f"({', '.join(f'{v:.1f}' for v in values)} s); in the slowest, the receiver used "
-                f"{busy.receiver_cpu / busy.seconds:.0%} of a core and the simulated fleet "
-                f"{busy.simulator_cpu / busy.seconds:.0%}")
+        return (
+            f"POST → all {devices} on the new version: {values[len(values) // 2]:.1f} s median "
+            f"({', '.join(f'{v:.1f}' for v in values)} s); in the slowest, the receiver used "
+            f"{busy.receiver_cpu / busy.seconds:.0%} of a core and the simulated fleet "
+            f"{busy.simulator_cpu / busy.seconds:.0%}"
+        )
 
     rollout_done = [r.rollout_seconds for r in staged if r.rollout_seconds is not None]
     return [
-        Row(NAME, "6. tag to fleet, no canary (devices/min)", Figure.of([r.per_minute for r in plain], "devices/min"),
-            anchor, "AWS IoT Jobs anchor (not measured)", None, [common, seconds(plain)]),
-        Row(NAME, f"6. tag to fleet, canary of {scale.canary_devices} (devices/min)",
+        Row(
+            NAME,
+            "6. tag to fleet, no canary (devices/min)",
+            Figure.of([r.per_minute for r in plain], "devices/min"),
+            anchor,
+            "AWS IoT Jobs anchor (not measured)",
+            None,
+            [common, seconds(plain)],
+        ),
+        Row(
+            NAME,
+            f"6. tag to fleet, canary of {scale.canary_devices} (devices/min)",
             Figure.of([r.per_minute for r in staged], "devices/min"),
-            anchor, "AWS IoT Jobs anchor (not measured)", None,
+            anchor,
+            "AWS IoT Jobs anchor (not measured)",
+            None,
             [common, seconds(staged)]
-            + ([f"rollout state complete after {max(rollout_done):.1f} s at most"] if rollout_done else [])),
+            + ([f"rollout state complete after {max(rollout_done):.1f} s at most"] if rollout_done else []),
+        ),
     ]
 
 
 async def _rollout(
-    ctx: Context, server: str, mqtt_url: str, fleet: Fleet, current: str, new: str, with_canary: bool,
-    *, seed: int, receiver_pid: int,
+    ctx: Context,
+    server: str,
+    mqtt_url: str,
+    fleet: Fleet,
+    current: str,
+    new: str,
+    with_canary: bool,
+    *,
+    seed: int,
+    receiver_pid: int,
 ) -> Rollout:
     from otaship.simulator.config import SimulationConfig
     from otaship.simulator.fleet import FleetProgress, simulate
@@ -119,29 +155,49 @@ async def _rollout(
         def on_progress(progress: FleetProgress) -> None:
             starts[group_id] = time.monotonic() - progress.elapsed
             online[group_id] = progress.online == count
+
         return on_progress
 
     stop = asyncio.Event()
     tasks = []
     for group, ids in parts:
         config = SimulationConfig(
-            server=server, mqtt_url=mqtt_url, group_id=group.id, token=group.token, devices=len(ids),
-            device_ids=ids, version=current, until_version=new, status_interval=5.0, seed=seed,
+            server=server,
+            mqtt_url=mqtt_url,
+            group_id=group.id,
+            token=group.token,
+            devices=len(ids),
+            device_ids=ids,
+            version=current,
+            until_version=new,
+            status_interval=5.0,
+            seed=seed,
             http_connections=64,
         )
-        tasks.append(asyncio.create_task(simulate(config, stop=stop, on_progress=watcher(group.id, len(ids)))))
+        tasks.append(
+            asyncio.create_task(simulate(config, stop=stop, on_progress=watcher(group.id, len(ids))))
+        )
     try:
         await _until(lambda: len(online) == len(parts) and all(online.values()), tasks, timeout=180)
         firmware = image(new, ctx.scale.fleet_image)
         fields = {"group": fleet.group.id, "token": fleet.group.token, "version": new}
         if with_canary:
-            fields.update({"canary": fleet.canary.id, "canary_timeout": "600",
-                           "success_threshold": "1", "error_threshold": "0"})
+            fields.update(
+                {
+                    "canary": fleet.canary.id,
+                    "canary_timeout": "600",
+                    "success_threshold": "1",
+                    "error_threshold": "0",
+                }
+            )
         async with httpx.AsyncClient(base_url=server, headers=fleet.owner.headers, timeout=120) as client:
             posted = time.monotonic()
             cpu = (cpu_seconds(receiver_pid), cpu_seconds(os.getpid()))
-            answer = await client.post("/v1/ota/group", data=fields,
-                                       files={"firmware": ("firmware.bin", firmware, "application/octet-stream")})
+            answer = await client.post(
+                "/v1/ota/group",
+                data=fields,
+                files={"firmware": ("firmware.bin", firmware, "application/octet-stream")},
+            )
             if answer.status_code != 201:
                 raise RuntimeError(f"deploy of {new} answered {answer.status_code}: {answer.text[:300]}")
             rollout_id = (answer.json().get("rollout") or {}).get("id")

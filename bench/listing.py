@@ -6,6 +6,7 @@ and searching (`search_value` = a piece of one group's id, which matches that
 group's `path`). Goal: the p50 at 100k at most twice the p50 at 1k (indexed,
 no full scan per request). Both p50 and p99 are reported.
 """
+
 from __future__ import annotations
 
 import random
@@ -47,16 +48,26 @@ def run(ctx: Context) -> list[Row]:
         measured = {size: _measure(ctx, backend, size) for size in (small, large)}
         for kind in KINDS:
             big, little = measured[large][kind], measured[small][kind]
-            rows.append(Row(
-                NAME, f"5. listing {backend}, {kind}: p50 at {large:,} groups",
-                Figure.of([run.p50_ms for run in big], "ms"), Figure.of([run.p50_ms for run in little], "ms"),
-                f"p50 at {small:,}", Goal("<=", 2.0),
-                [f"p99 {statistics.median(run.p99_ms for run in big):.1f} ms at {large:,} vs "
-                 f"{statistics.median(run.p99_ms for run in little):.1f} ms at {small:,}; "
-                 f"{ctx.scale.listing_requests} sequential requests per repetition; "
-                 + ("offsets 0-990 step 10, limit=10" if kind == "page"
-                    else "search_value = 8 characters of one group's id, limit=10")],
-            ))
+            rows.append(
+                Row(
+                    NAME,
+                    f"5. listing {backend}, {kind}: p50 at {large:,} groups",
+                    Figure.of([run.p50_ms for run in big], "ms"),
+                    Figure.of([run.p50_ms for run in little], "ms"),
+                    f"p50 at {small:,}",
+                    Goal("<=", 2.0),
+                    [
+                        f"p99 {statistics.median(run.p99_ms for run in big):.1f} ms at {large:,} vs "
+                        f"{statistics.median(run.p99_ms for run in little):.1f} ms at {small:,}; "
+                        f"{ctx.scale.listing_requests} sequential requests per repetition; "
+                        + (
+                            "offsets 0-990 step 10, limit=10"
+                            if kind == "page"
+                            else "search_value = 8 characters of one group's id, limit=10"
+                        )
+                    ],
+                )
+            )
     if "postgresql" not in backends:
         rows_note = "PostgreSQL is not listening on 127.0.0.1:5432: its rows are missing"
         rows[-1].notes.append(rows_note)
@@ -97,9 +108,10 @@ def _measure(ctx: Context, backend: str, size: int) -> dict[str, list[Latencies]
             with analyze.connect() as conn:
                 conn.execute(text("VACUUM ANALYZE"))
             analyze.dispose()
-        with servers.receiver(env, ctx.log_dir) as receiver, httpx.Client(
-            base_url=receiver.url, headers=owner.headers, timeout=60
-        ) as client:
+        with (
+            servers.receiver(env, ctx.log_dir) as receiver,
+            httpx.Client(base_url=receiver.url, headers=owner.headers, timeout=60) as client,
+        ):
             _check(client, size)
             rng = random.Random(size)
             # Warm the connection pools, the statement caches and the page cache.
@@ -115,11 +127,17 @@ def _measure(ctx: Context, backend: str, size: int) -> dict[str, list[Latencies]
 def _check(client: httpx.Client, size: int) -> None:
     answer = client.get("/v1/ota/group", params={"limit": 10, "draw": "1"})
     body = answer.json()
-    if answer.status_code != 200 or body.get("recordsTotal") != size or len(body.get("otas", [])) != min(10, size):
+    if (
+        answer.status_code != 200
+        or body.get("recordsTotal") != size
+        or len(body.get("otas", [])) != min(10, size)
+    ):
         raise RuntimeError(f"the listing is not what was inserted: {answer.status_code} {answer.text[:300]}")
 
 
-def _series(client: httpx.Client, kind: str, groups: list[GroupRef], rng: random.Random, count: int) -> Latencies:
+def _series(
+    client: httpx.Client, kind: str, groups: list[GroupRef], rng: random.Random, count: int
+) -> Latencies:
     pages = min(PAGES, max(1, len(groups) // 10))
     timings = []
     for _ in range(count):
@@ -128,7 +146,7 @@ def _series(client: httpx.Client, kind: str, groups: list[GroupRef], rng: random
         else:
             group = rng.choice(groups)
             start = rng.randrange(0, 24 - 8)
-            params = {"limit": "10", "offset": "0", "search_value": group.id[start:start + 8]}
+            params = {"limit": "10", "offset": "0", "search_value": group.id[start : start + 8]}
         started = time.perf_counter()
         answer = client.get("/v1/ota/group", params=params)
         timings.append(time.perf_counter() - started)

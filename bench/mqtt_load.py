@@ -10,6 +10,7 @@ silently).
         --version V --final F
     python -m bench.mqtt_load count --port P --user U --expect N   # the baseline subscriber
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,13 +62,17 @@ def status_messages(
     for k in range(per_device):
         fw = final if k == per_device - 1 else version
         for device_id in device_ids:
-            payload = json.dumps({"battery": 3.9, "uptime": 60 + 5 * k, "core_version": "1.0.0",
-                                  "fw_version": fw}, separators=(",", ":")).encode()
+            payload = json.dumps(
+                {"battery": 3.9, "uptime": 60 + 5 * k, "core_version": "1.0.0", "fw_version": fw},
+                separators=(",", ":"),
+            ).encode()
             messages.append((f"/{user}/devices/{device_id}/status", payload))
     return messages
 
 
-def publish(host: str, port: int, messages: Iterable[tuple[str, bytes]], *, window: int = WINDOW) -> dict[str, float]:
+def publish(
+    host: str, port: int, messages: Iterable[tuple[str, bytes]], *, window: int = WINDOW
+) -> dict[str, float]:
     """Publish at QoS 1 with at most `window` unacknowledged; returns monotonic timestamps."""
     packets = [publish_packet(topic, payload, n % 65535 + 1) for n, (topic, payload) in enumerate(messages)]
     with socket.create_connection((host, port), timeout=60) as sock:
@@ -82,7 +87,7 @@ def publish(host: str, port: int, messages: Iterable[tuple[str, bytes]], *, wind
         while acked < len(packets):
             room = min(len(packets) - sent, window - (sent - acked), SEND_BATCH)
             if room > 0:
-                sock.sendall(b"".join(packets[sent:sent + room]))
+                sock.sendall(b"".join(packets[sent : sent + room]))
                 sent += room
                 sock.setblocking(False)
                 try:
@@ -101,7 +106,7 @@ def publish(host: str, port: int, messages: Iterable[tuple[str, bytes]], *, wind
             # Only PUBACKs (4 bytes: 0x40 0x02 id id) come back to a client that subscribes to nothing.
             whole = len(pending) // 4
             acked += whole
-            pending = pending[whole * 4:]
+            pending = pending[whole * 4 :]
         finished = time.monotonic()
         sock.sendall(b"\xe0\x00")  # DISCONNECT
     return {"started": started, "finished": finished, "messages": len(packets)}
@@ -122,8 +127,9 @@ def count(host: str, port: int, user: str, expect: int, timeout: float) -> dict[
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-count-{time.monotonic_ns()}",
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"bench-count-{time.monotonic_ns()}", protocol=mqtt.MQTTv5
+    )
     state = {"count": 0, "first": 0.0, "last": 0.0}
 
     def on_connect(c: mqtt.Client, *_: object) -> None:
@@ -171,8 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args(argv)
     if args.command == "publish":
-        result = publish(args.host, args.port,
-                         status_messages(args.user, device_ids(args.prefix, args.devices), args.messages, args.version, args.final))
+        result = publish(
+            args.host,
+            args.port,
+            status_messages(
+                args.user, device_ids(args.prefix, args.devices), args.messages, args.version, args.final
+            ),
+        )
     else:
         result = count(args.host, args.port, args.user, args.expect, args.timeout)
     print(json.dumps(result), flush=True)

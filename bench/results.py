@@ -1,4 +1,5 @@
 """Figures, rows and the one table: median of the repetitions with min and max, and the ratio."""
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,10 @@ class Figure:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "unit": self.unit, "median": self.median, "min": self.low, "max": self.high,
+            "unit": self.unit,
+            "median": self.median,
+            "min": self.low,
+            "max": self.high,
             "values": list(self.values),
         }
 
@@ -92,12 +96,16 @@ class Row:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "benchmark": self.benchmark, "label": self.label,
+            "benchmark": self.benchmark,
+            "label": self.label,
             "otaship": self.figure.to_json(),
             "baseline": {"label": self.baseline_label, **self.baseline.to_json()},
-            "ratio": self.ratio, "ratio_of": "median of paired ratios" if self.paired else "ratio of medians",
+            "ratio": self.ratio,
+            "ratio_of": "median of paired ratios" if self.paired else "ratio of medians",
             "goal": None if self.goal is None else {"op": self.goal.op, "bound": self.goal.bound},
-            "met": self.met, "notes": self.notes, **({"extra": self.extra} if self.extra else {}),
+            "met": self.met,
+            "notes": self.notes,
+            **({"extra": self.extra} if self.extra else {}),
         }
 
 
@@ -129,10 +137,16 @@ def table_rows(rows: Sequence[Row], failures: Sequence[Failure]) -> list[tuple[s
     lines: list[tuple[str, ...]] = []
     for row in rows:
         met = {True: "yes", False: "NO", None: "-"}[row.met]
-        lines.append((
-            row.label, row.figure.text(), f"{row.baseline_label}: {row.baseline.text()}",
-            f"{row.ratio:.2f}×", row.goal.text() if row.goal else "-", met,
-        ))
+        lines.append(
+            (
+                row.label,
+                row.figure.text(),
+                f"{row.baseline_label}: {row.baseline.text()}",
+                f"{row.ratio:.2f}×",
+                row.goal.text() if row.goal else "-",
+                met,
+            )
+        )
     for failure in failures:
         lines.append((failure.benchmark, f"did not run: {failure.reason}", "", "", "", "NO"))
     return lines
@@ -151,8 +165,10 @@ def render_text(rows: Sequence[Row], failures: Sequence[Failure]) -> str:
 
 def render_markdown(rows: Sequence[Row], failures: Sequence[Failure], meta: dict[str, Any]) -> str:
     out = ["# otaship benchmarks: latest run", ""]
-    out.append(f"- when: {meta['finished']} ({meta['elapsed_s']:.0f} s), scale `{meta['scale']}`, "
-               f"{meta['repetitions']} repetitions per figure")
+    out.append(
+        f"- when: {meta['finished']} ({meta['elapsed_s']:.0f} s), scale `{meta['scale']}`, "
+        f"{meta['repetitions']} repetitions per figure"
+    )
     out.append(f"- machine: {meta['machine']}")
     out.append(f"- note: {meta['note']}")
     out.append("")

@@ -1,4 +1,5 @@
 """Servers the benchmarks start as subprocesses on free loopback ports, and stop again."""
+
 from __future__ import annotations
 
 import functools
@@ -32,8 +33,13 @@ class Server:
     """
 
     def __init__(
-        self, name: str, command: Any, *, env: dict[str, str] | None = None,
-        log_dir: Path, startup: float = 30.0,
+        self,
+        name: str,
+        command: Any,
+        *,
+        env: dict[str, str] | None = None,
+        log_dir: Path,
+        startup: float = 30.0,
     ) -> None:
         self.name = name
         self._command = command
@@ -110,17 +116,19 @@ class Server:
 
 def receiver_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTASHIP_")}
-    env.update({
-        "OTASHIP_DATA_DIR": str(data_dir),
-        "OTASHIP_MQTT_URL": "none",
-        # Access lines at info level would cost the receiver a log write per request;
-        # the baselines run at the same level.
-        "OTASHIP_LOG_LEVEL": "warning",
-        # A client id of its own: the default (otaship-<hostname>) would take over
-        # the session of any other receiver on the same broker.
-        "OTASHIP_MQTT_CLIENT_ID": f"otaship-bench-{secrets.token_hex(4)}",
-        **extra,
-    })
+    env.update(
+        {
+            "OTASHIP_DATA_DIR": str(data_dir),
+            "OTASHIP_MQTT_URL": "none",
+            # Access lines at info level would cost the receiver a log write per request;
+            # the baselines run at the same level.
+            "OTASHIP_LOG_LEVEL": "warning",
+            # A client id of its own: the default (otaship-<hostname>) would take over
+            # the session of any other receiver on the same broker.
+            "OTASHIP_MQTT_CLIENT_ID": f"otaship-bench-{secrets.token_hex(4)}",
+            **extra,
+        }
+    )
     return env
 
 
@@ -163,7 +171,11 @@ def otaship_batch(env: dict[str, str], *commands: Sequence[str]) -> list[Any]:
     """Run `otaship` admin commands in order, in one process (an interpreter start costs ~1 s)."""
     result = subprocess.run(
         [sys.executable, "-c", _BATCH, json.dumps([list(c) for c in commands])],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if result.returncode != 0:
         raise ServerFailed(f"otaship commands failed: {result.stderr.strip()[-500:]}")
@@ -182,8 +194,11 @@ def has_migrate() -> bool:
 def receiver(env: dict[str, str], log_dir: Path) -> Server:
     """`otaship serve`: uvicorn with one worker, in one process (its pid is the server's)."""
     return Server(
-        "receiver", lambda port: ([*OTASHIP, "serve"], {"OTASHIP_PORT": str(port)}),
-        env=env, log_dir=log_dir, startup=60,
+        "receiver",
+        lambda port: ([*OTASHIP, "serve"], {"OTASHIP_PORT": str(port)}),
+        env=env,
+        log_dir=log_dir,
+        startup=60,
     )
 
 
@@ -196,10 +211,23 @@ def baseline(log_dir: Path, *, file: Path | None = None, upload_dir: Path | None
         env["BENCH_UPLOAD_DIR"] = str(upload_dir)
     return Server(
         "starlette",
-        lambda port: [sys.executable, "-m", "uvicorn", "--factory", "bench.baseline_app:create_app",
-                      "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                      "--log-level", "warning"],
-        env=env, log_dir=log_dir,
+        lambda port: [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "bench.baseline_app:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        log_dir=log_dir,
     )
 
 

@@ -9,6 +9,7 @@ until it counted every message. Goal: at least half the baseline's rate.
 Each repetition gets a fresh private broker (bench/servers.py says why), so
 no persistent session or queued message of one run reaches the next.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,12 +47,34 @@ class Intake:
         return self.messages / self.cpu_seconds if self.cpu_seconds > 0 else float("nan")
 
 
-def _publisher(port: int, user: str, devices: int, messages: int, version: str, final: str) -> subprocess.Popen[str]:
+def _publisher(
+    port: int, user: str, devices: int, messages: int, version: str, final: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.mqtt_load", "publish", "--port", str(port), "--user", user,
-         "--prefix", PREFIX, "--devices", str(devices), "--messages", str(messages),
-         "--version", version, "--final", final],
-        cwd=servers.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bench.mqtt_load",
+            "publish",
+            "--port",
+            str(port),
+            "--user",
+            user,
+            "--prefix",
+            PREFIX,
+            "--devices",
+            str(devices),
+            "--messages",
+            str(messages),
+            "--version",
+            version,
+            "--final",
+            final,
+        ],
+        cwd=servers.ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -85,19 +108,38 @@ def run(ctx: Context) -> list[Row]:
         "otaship: until every device's new version is in the database; baseline: until the last message is counted",
     ]
     return [
-        Row(NAME, "4. status ingestion (msg/s)", Figure.of([i.rate for i in ours], "msg/s"),
-            Figure.of([i.rate for i in theirs], "msg/s"), "bare paho subscriber", Goal(">=", 0.5), notes, paired=True),
-        Row(NAME, "4. devices one core sustains (1 status / 5 s)",
+        Row(
+            NAME,
+            "4. status ingestion (msg/s)",
+            Figure.of([i.rate for i in ours], "msg/s"),
+            Figure.of([i.rate for i in theirs], "msg/s"),
+            "bare paho subscriber",
+            Goal(">=", 0.5),
+            notes,
+            paired=True,
+        ),
+        Row(
+            NAME,
+            "4. devices one core sustains (1 status / 5 s)",
             Figure.of([i.rate_per_cpu_second * STATUS_INTERVAL for i in ours], "devices"),
             Figure.of([i.rate_per_cpu_second * STATUS_INTERVAL for i in theirs], "devices"),
-            "bare paho subscriber", None,
-            ["messages per CPU-second of the subscribing process (from /proc/<pid>/stat) × 5 s"], paired=True),
+            "bare paho subscriber",
+            None,
+            ["messages per CPU-second of the subscribing process (from /proc/<pid>/stat) × 5 s"],
+            paired=True,
+        ),
     ]
 
 
 def _receiver_rep(
-    ctx: Context, env: dict[str, str], owner: Owner, group: GroupRef, rep: int,
-    devices: int, per_device: int, timeout: float,
+    ctx: Context,
+    env: dict[str, str],
+    owner: Owner,
+    group: GroupRef,
+    rep: int,
+    devices: int,
+    per_device: int,
+    timeout: float,
 ) -> Intake:
     version, final = f"1.{rep}.0", f"2.{rep}.0"
     with servers.mosquitto(ctx.log_dir) as broker:
@@ -133,11 +175,15 @@ def _wait_subscribed(engine: object, port: int, owner: Owner, rep: int, *, timeo
 
 def _count(engine: object, version: str) -> int:
     with engine.connect() as conn:  # type: ignore[attr-defined]
-        value = conn.execute(text("SELECT count(*) FROM devices WHERE firmware_version = :v"), {"v": version}).scalar()
+        value = conn.execute(
+            text("SELECT count(*) FROM devices WHERE firmware_version = :v"), {"v": version}
+        ).scalar()
     return int(value or 0)
 
 
-def _wait_stored(engine: object, final: str, devices: int, timeout: float, publisher: subprocess.Popen[str]) -> float:
+def _wait_stored(
+    engine: object, final: str, devices: int, timeout: float, publisher: subprocess.Popen[str]
+) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _count(engine, final) >= devices:
@@ -150,19 +196,40 @@ def _wait_stored(engine: object, final: str, devices: int, timeout: float, publi
     )
 
 
-def _baseline_rep(ctx: Context, owner: Owner, rep: int, devices: int, per_device: int, timeout: float) -> Intake:
+def _baseline_rep(
+    ctx: Context, owner: Owner, rep: int, devices: int, per_device: int, timeout: float
+) -> Intake:
     total = devices * per_device
     with servers.mosquitto(ctx.log_dir) as broker:
         counter = subprocess.Popen(
-            [sys.executable, "-m", "bench.mqtt_load", "count", "--port", str(broker.port),
-             "--user", owner.mqtt_user, "--expect", str(total), "--timeout", str(timeout)],
-            cwd=servers.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "bench.mqtt_load",
+                "count",
+                "--port",
+                str(broker.port),
+                "--user",
+                owner.mqtt_user,
+                "--expect",
+                str(total),
+                "--timeout",
+                str(timeout),
+            ],
+            cwd=servers.ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             assert counter.stdout is not None
             if counter.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"the paho subscriber did not start: {counter.stderr.read() if counter.stderr else ''}")
-            publisher = _publisher(broker.port, owner.mqtt_user, devices, per_device, f"1.{rep}.0", f"2.{rep}.0")
+                raise RuntimeError(
+                    f"the paho subscriber did not start: {counter.stderr.read() if counter.stderr else ''}"
+                )
+            publisher = _publisher(
+                broker.port, owner.mqtt_user, devices, per_device, f"1.{rep}.0", f"2.{rep}.0"
+            )
             sent = _publisher_result(publisher, timeout)
             out, _err = counter.communicate(timeout=timeout + 10)
         finally:

@@ -1,4 +1,5 @@
 """The machine under the benchmarks: tools it needs, free ports, and what a process uses."""
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ wall time, and the server's peak RSS growth at most twice the image size. A
 second baseline also hashes (SHA-256, MD5) and syncs the file, the least any
 OTA receiver must do, for a sense of what is left of the first ratio.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -45,8 +46,12 @@ def post(url: str, body: bytes, content_type: str, headers: dict[str, str]) -> t
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=300)
     try:
         started = time.perf_counter()
-        conn.request("POST", parts.path, body=body,
-                     headers={**headers, "Content-Type": content_type, "Content-Length": str(len(body))})
+        conn.request(
+            "POST",
+            parts.path,
+            body=body,
+            headers={**headers, "Content-Type": content_type, "Content-Length": str(len(body))},
+        )
         response = conn.getresponse()
         answer = response.read()
         return time.perf_counter() - started, response.status, answer
@@ -73,7 +78,9 @@ def run(ctx: Context) -> list[Row]:
     return rows
 
 
-def _deploy(receiver: servers.Server, owner: Owner, group: GroupRef, firmware: bytes, version: str = "0.0.1") -> float:
+def _deploy(
+    receiver: servers.Server, owner: Owner, group: GroupRef, firmware: bytes, version: str = "0.0.1"
+) -> float:
     body, content_type = multipart({"group": group.id, "token": group.token, "version": version}, firmware)
     seconds, status, answer = post(f"{receiver.url}/v1/ota/group", body, content_type, owner.headers)
     if status != 201:
@@ -82,8 +89,14 @@ def _deploy(receiver: servers.Server, owner: Owner, group: GroupRef, firmware: b
 
 
 def _measure(
-    ctx: Context, receiver: servers.Server, bare: servers.Server, owner: Owner, group: GroupRef,
-    index: int, size: int, idle: tuple[int, int],
+    ctx: Context,
+    receiver: servers.Server,
+    bare: servers.Server,
+    owner: Owner,
+    group: GroupRef,
+    index: int,
+    size: int,
+    idle: tuple[int, int],
 ) -> list[Row]:
     ours: list[float] = []
     theirs: list[float] = []
@@ -96,7 +109,9 @@ def _measure(
         version = f"3.{index}.{rep}"
         firmware = image(version, size)
         length = len(firmware)
-        body, content_type = multipart({"group": group.id, "token": group.token, "version": version}, firmware)
+        body, content_type = multipart(
+            {"group": group.id, "token": group.token, "version": version}, firmware
+        )
         with PeakGrowth(receiver.pid, idle[0]) as peak:
             seconds, status, answer = post(f"{receiver.url}/v1/ota/group", body, content_type, owner.headers)
         if status != 201 or json.loads(answer).get("deployed") is False:
@@ -115,20 +130,43 @@ def _measure(
         diligent.append(seconds)
     name = mib(length)
     return [
-        Row(NAME, f"3. upload {name}: POST to 201 (s)", Figure.of(ours, "s"), Figure.of(theirs, "s"),
-            "bare Starlette streaming to disk", Goal("<=", 1.5),
-            [f"image of {length:,} bytes (the receiver's limit is 16 MiB = 16,777,216 bytes); "
-             f"otaship {length / MiB / min(ours):.0f} MiB/s at best, baseline {length / MiB / min(theirs):.0f} MiB/s"],
-            paired=True),
-        Row(NAME, f"3. upload {name}: POST to 201 vs a route that also hashes and syncs",
-            Figure.of(ours, "s"), Figure.of(diligent, "s"),
-            "bare Starlette streaming to disk + SHA-256 + MD5 + fsync, inline", None,
-            ["what any OTA receiver owes its devices (x-MD5, an integrity hash, bytes on disk "
-             "before the 201), done the plain way; otaship also validates the image with esptool "
-             "and commits the deploy"],
-            paired=True),
-        Row(NAME, f"3. upload {name}: server peak RSS growth", Figure.of([g / MiB for g in our_growth], "MiB"),
-            Figure.constant(length / MiB, "MiB"), "image size", Goal("<=", 2.0),
-            [f"peak RSS above the idle server's; the bare Starlette route grew by "
-             f"{max(their_growth) / MiB:.2f} MiB at most"]),
+        Row(
+            NAME,
+            f"3. upload {name}: POST to 201 (s)",
+            Figure.of(ours, "s"),
+            Figure.of(theirs, "s"),
+            "bare Starlette streaming to disk",
+            Goal("<=", 1.5),
+            [
+                f"image of {length:,} bytes (the receiver's limit is 16 MiB = 16,777,216 bytes); "
+                f"otaship {length / MiB / min(ours):.0f} MiB/s at best, baseline {length / MiB / min(theirs):.0f} MiB/s"
+            ],
+            paired=True,
+        ),
+        Row(
+            NAME,
+            f"3. upload {name}: POST to 201 vs a route that also hashes and syncs",
+            Figure.of(ours, "s"),
+            Figure.of(diligent, "s"),
+            "bare Starlette streaming to disk + SHA-256 + MD5 + fsync, inline",
+            None,
+            [
+                "what any OTA receiver owes its devices (x-MD5, an integrity hash, bytes on disk "
+                "before the 201), done the plain way; otaship also validates the image with esptool "
+                "and commits the deploy"
+            ],
+            paired=True,
+        ),
+        Row(
+            NAME,
+            f"3. upload {name}: server peak RSS growth",
+            Figure.of([g / MiB for g in our_growth], "MiB"),
+            Figure.constant(length / MiB, "MiB"),
+            "image size",
+            Goal("<=", 2.0),
+            [
+                f"peak RSS above the idle server's; the bare Starlette route grew by "
+                f"{max(their_growth) / MiB:.2f} MiB at most"
+            ],
+        ),
     ]

@@ -1,4 +1,5 @@
 """wrk (Debian's) as the load generator: a second process, its summary read as JSON."""
+
 from __future__ import annotations
 
 import json
@@ -49,15 +50,30 @@ def run(url: str, *, connections: int, seconds: float, threads: int = 2, work_di
     script = work_dir / "wrk-report.lua"
     script.write_text(_REPORT)
     threads = max(1, min(threads, connections))
-    argv = [binary, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            "--timeout", "30s", "-s", str(script), url]
+    argv = [
+        binary,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        url,
+    ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
     line = next((out for out in result.stdout.splitlines() if out.startswith("WRK-JSON ")), None)
     if result.returncode != 0 or line is None:
-        raise LoadFailed(f"wrk failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
+        raise LoadFailed(
+            f"wrk failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
+        )
     data = json.loads(line.removeprefix("WRK-JSON "))
     errors = data["connect"] + data["read"] + data["write"] + data["status"] + data["timeout"]
     return LoadResult(
-        requests=data["requests"], bytes=data["bytes"], seconds=data["duration_us"] / 1e6,
-        errors=errors, p50_ms=data["p50_us"] / 1000, p99_ms=data["p99_us"] / 1000,
+        requests=data["requests"],
+        bytes=data["bytes"],
+        seconds=data["duration_us"] / 1e6,
+        errors=errors,
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
     )

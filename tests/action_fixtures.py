@@ -11,6 +11,7 @@
 
 conftest.py registers this module as a plugin.
 """
+
 from __future__ import annotations
 
 import io
@@ -63,23 +64,41 @@ class Tenant:
     def devices(self, group: dict[str, Any], count: int, version: str, prefix: str) -> list[str]:
         ids = [f"{prefix}-{n}" for n in range(count)]
         for device_id in ids:
-            otaship_json(self.env, "device", "create", device_id, "--group", group["id"],
-                         "--firmware-version", version, "--id", device_id)
+            otaship_json(
+                self.env,
+                "device",
+                "create",
+                device_id,
+                "--group",
+                group["id"],
+                "--firmware-version",
+                version,
+                "--id",
+                device_id,
+            )
         return ids
 
     def sim(self, group: dict[str, Any], ids: list[str], version: str, **extra: Any) -> SimulationConfig:
         return SimulationConfig(
             server=self.receiver.url,
             mqtt_url=f"mqtt://{self.mqtt_user}:{self.mqtt_password}@{self.broker}",
-            group_id=group["id"], token=group["token"], devices=len(ids), device_ids=ids,
-            version=version, status_interval=1.0, reboot_delay=(0.05, 0.2), **extra,
+            group_id=group["id"],
+            token=group["token"],
+            devices=len(ids),
+            device_ids=ids,
+            version=version,
+            status_interval=1.0,
+            reboot_delay=(0.05, 0.2),
+            **extra,
         )
 
     def deploy(self, group: dict[str, Any], version: str, **fields: str) -> dict[str, Any]:
         response = httpx.post(
-            f"{self.receiver.url}/v1/ota/group", headers=self.headers,
+            f"{self.receiver.url}/v1/ota/group",
+            headers=self.headers,
             data={"group": group["id"], "token": group["token"], "version": version, **fields},
-            files={"firmware": ("firmware.bin", build_image(version))}, timeout=30,
+            files={"firmware": ("firmware.bin", build_image(version))},
+            timeout=30,
         )
         assert response.status_code == 201, response.text
         return response.json()  # type: ignore[no-any-return]
@@ -92,13 +111,17 @@ class Tenant:
         return [ota for ota in response.json()["otas"] if ota["group"] == group_id]
 
     def rollout(self, rollout_id: str) -> dict[str, Any]:
-        return httpx.get(f"{self.receiver.url}/v1/rollouts/{rollout_id}", headers=self.headers, timeout=10).json()  # type: ignore[no-any-return]
+        return httpx.get(
+            f"{self.receiver.url}/v1/rollouts/{rollout_id}", headers=self.headers, timeout=10
+        ).json()  # type: ignore[no-any-return]
 
     def versions(self) -> dict[str, str]:
         return {d["id"]: d["firmware_version"] for d in otaship_json(self.env, "device", "list")}
 
     def latest(self, group: dict[str, Any]) -> str | None:
-        return httpx.get(f"{self.receiver.url}/v1/ota/group/latest/{group['id']}", timeout=10).json().get("ver")  # type: ignore[no-any-return]
+        return (
+            httpx.get(f"{self.receiver.url}/v1/ota/group/latest/{group['id']}", timeout=10).json().get("ver")
+        )  # type: ignore[no-any-return]
 
 
 def make_tenant(data_dir: Path, mqtt_url: str = "none", broker: str = "") -> Tenant:
@@ -165,7 +188,9 @@ def deploy_step(tmp_path: Path) -> DeployStep:
             **env,
         }
         code = main(list(args), environ, out)
-        return StepRun(code, out.getvalue(), parse_file_commands(output_file.read_text()), summary_file.read_text())
+        return StepRun(
+            code, out.getvalue(), parse_file_commands(output_file.read_text()), summary_file.read_text()
+        )
 
     return run
 

@@ -1,4 +1,5 @@
 """Shared fixtures: a real receiver app on real backends, and ways to populate it."""
+
 from __future__ import annotations
 
 import itertools
@@ -72,8 +73,11 @@ class Fleet:
             owner_user = session.get(User, owner.user.id)
             assert owner_user is not None
             return create_group(
-                session=session, owner=owner_user, name=name,
-                parent_id=parent.id if parent else None, chip=chip,
+                session=session,
+                owner=owner_user,
+                name=name,
+                parent_id=parent.id if parent else None,
+                chip=chip,
             )
 
     def device(self, group: Group, *, name: str = "dev", firmware_version: str | None = None) -> Device:

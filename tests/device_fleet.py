@@ -4,6 +4,7 @@ The receiver is `otaship serve` in a subprocess (MQTT disabled there: the test
 publishes triggers itself). The observer is an ordinary paho subscriber on the
 real broker that records every report the devices publish, in order.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -57,7 +58,8 @@ class ReceiverWithFirmware:
             f"{self.url}/v1/ota/group",
             headers={"Authorization": f"Bearer {self.user['api_key']}"},
             data={"group": group.id, "token": group.token, "version": version},
-            files={"firmware": ("firmware.bin", image)}, timeout=30,
+            files={"firmware": ("firmware.bin", image)},
+            timeout=30,
         )
         assert response.status_code == 201, response.text
         return image
@@ -85,7 +87,8 @@ class MqttObserver:
         self._events: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         self._subscribed = threading.Event()
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"observer-{secrets.token_hex(6)}",
+            CallbackAPIVersion.VERSION2,
+            client_id=f"observer-{secrets.token_hex(6)}",
             protocol=mqtt.MQTTv311,
         )
         self.client.username_pw_set(self.mqtt_user, password)
@@ -131,7 +134,7 @@ class MqttObserver:
         events = self.events(device_id)
         for position, (kind, payload) in enumerate(events):
             if kind == RESPONSE and payload["code"] == code:
-                return [p for k, p in events[position + 1:] if k == STATUS]
+                return [p for k, p in events[position + 1 :] if k == STATUS]
         return []
 
     def booted(self, device_ids: list[str]) -> bool:
@@ -139,7 +142,9 @@ class MqttObserver:
 
     def trigger(self, group_id: str, version: str = "") -> None:
         """Publish an update trigger the way the receiver does."""
-        info = self.client.publish(trigger_topic(self.mqtt_user, group_id), json.dumps({"version": version}), qos=1)
+        info = self.client.publish(
+            trigger_topic(self.mqtt_user, group_id), json.dumps({"version": version}), qos=1
+        )
         info.wait_for_publish(10)
 
 
@@ -171,10 +176,13 @@ class Fleets:
         self.stop = asyncio.Event()
         self.progress: list[FleetProgress | None] = [None] * len(configs)
         self.tasks = [
-            asyncio.create_task(simulate(
-                replace(config, progress_interval=self.PROGRESS_INTERVAL), stop=self.stop,
-                on_progress=partial(self._note, index),
-            ))
+            asyncio.create_task(
+                simulate(
+                    replace(config, progress_interval=self.PROGRESS_INTERVAL),
+                    stop=self.stop,
+                    on_progress=partial(self._note, index),
+                )
+            )
             for index, config in enumerate(configs)
         ]
 

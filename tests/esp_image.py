@@ -91,9 +91,7 @@ def write_image(path: Path, version: str = "1.0.0", **kwargs: Any) -> Path:
     return path
 
 
-def app_descriptor(
-    version: str, *, project_name: str = "otaship-test", idf_ver: str = "v5.1.2"
-) -> bytes:
+def app_descriptor(version: str, *, project_name: str = "otaship-test", idf_ver: str = "v5.1.2") -> bytes:
     """The 256-byte `esp_app_desc_t`, with the ELF SHA-256 left zero for esptool to fill."""
     return struct.pack(
         APP_DESC_FORMAT,
@@ -161,9 +159,22 @@ def _build_cached(
         elf = _make_elf(build_dir, chip, drom, code, has_app_desc=app_desc)
         image = build_dir / "app.bin"
         subprocess.run(
-            [sys.executable, "-m", "esptool", "--chip", chip, "elf2image",
-             "--flash-size", "4MB", "--output", image.name, elf.name],
-            cwd=build_dir, check=True, capture_output=True,
+            [
+                sys.executable,
+                "-m",
+                "esptool",
+                "--chip",
+                chip,
+                "elf2image",
+                "--flash-size",
+                "4MB",
+                "--output",
+                image.name,
+                elf.name,
+            ],
+            cwd=build_dir,
+            check=True,
+            capture_output=True,
         )
         data = image.read_bytes()
         os.replace(image, cached)
@@ -184,10 +195,19 @@ def _make_elf(build_dir: Path, chip: str, drom: bytes, code: bytes, *, has_app_d
     (build_dir / "drom.bin").write_bytes(drom)
     # Relative names: objcopy names its symbols after the input path, and that
     # path ends up in the ELF whose SHA-256 lands in the image.
-    _objcopy(build_dir, "-I", "binary", "-O", "elf32-little",
-             "--rename-section", f".data={drom_section},alloc,load,readonly,data,contents",
-             "--change-section-address", f".data={drom_addr:#x}",
-             "drom.bin", "app.o")
+    _objcopy(
+        build_dir,
+        "-I",
+        "binary",
+        "-O",
+        "elf32-little",
+        "--rename-section",
+        f".data={drom_section},alloc,load,readonly,data,contents",
+        "--change-section-address",
+        f".data={drom_addr:#x}",
+        "drom.bin",
+        "app.o",
+    )
 
     # Place every code chunk where its file offset already lines up with its
     # address modulo the MMU page, so elf2image inserts no padding segment.
@@ -200,16 +220,21 @@ def _make_elf(build_dir: Path, chip: str, drom: bytes, code: bytes, *, has_app_d
     args: list[str] = []
     entry = 0
     for index, start in enumerate(range(0, len(code), _MAX_CHUNK)):
-        chunk = code[start:start + _MAX_CHUNK]
+        chunk = code[start : start + _MAX_CHUNK]
         chunk += b"\x00" * (-len(chunk) % 4)
         addr = page_base + (offset + _SEGMENT_HEADER) % _MMU_PAGE
         entry = entry or addr
         name = f"code{index}.bin"
         section = f".flash.text{index}"
         (build_dir / name).write_bytes(chunk)
-        args += ["--add-section", f"{section}={name}",
-                 "--set-section-flags", f"{section}=alloc,load,readonly,code,contents",
-                 "--change-section-address", f"{section}={addr:#x}"]
+        args += [
+            "--add-section",
+            f"{section}={name}",
+            "--set-section-flags",
+            f"{section}=alloc,load,readonly,code,contents",
+            "--change-section-address",
+            f"{section}={addr:#x}",
+        ]
         offset += _SEGMENT_HEADER + len(chunk)
         if chip == "esp32":
             offset = _esp32_tail_workaround(offset)

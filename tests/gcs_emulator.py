@@ -14,6 +14,7 @@ things GCS does and the package does not: it honours the generation and
 metageneration preconditions of an object DELETE or PATCH (412 when they do not
 hold), and a PATCH stamps the object's `updated` time.
 """
+
 from __future__ import annotations
 
 import json
@@ -84,7 +85,10 @@ class _RecordingHandler(RequestHandler):  # type: ignore[misc]  # untyped packag
         for parameter, attribute in _PRECONDITIONS.items():
             wanted = query.get(parameter)
             if wanted and wanted[0] != str(obj[attribute]):
-                error = {"code": 412, "message": "At least one of the pre-conditions you specified did not hold."}
+                error = {
+                    "code": 412,
+                    "message": "At least one of the pre-conditions you specified did not hold.",
+                }
                 body = json.dumps({"error": error}).encode()
                 self.send_response(412)
                 self.send_header("Content-Type", "application/json")
@@ -125,9 +129,7 @@ class GCSEmulator:
         self._httpd = HTTPServer((self.host, self.port), partial(handler, self._storage))
         self.port = self._httpd.server_address[1]
         # A short poll interval: stop() waits for it, once per test.
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.05,), daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -9,6 +9,7 @@ A migrated schema is reused: after its test it is emptied with one TRUNCATE
 milliseconds of DDL. Tests that take the schema apart use `empty_postgres_url`
 or `new_postgres_url`, whose schemas are never reused.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -169,7 +170,9 @@ class OwnDatabase:
         """Sessions on this database waiting for a lock another one holds."""
         with self._admin.connect() as conn:
             waiting = conn.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name AND wait_event_type = 'Lock'"),
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = :name AND wait_event_type = 'Lock'"
+                ),
                 {"name": self.name},
             ).scalar_one()
         return int(waiting)

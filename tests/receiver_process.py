@@ -1,4 +1,5 @@
 """`otaship serve` as a real subprocess, and the `otaship` CLI against the same data."""
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,9 @@ class PortTaken(AssertionError):
 
 
 class ReceiverProcess:
-    def __init__(self, env: dict[str, str], port: int | None = None, *, max_file_bytes: int | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], port: int | None = None, *, max_file_bytes: int | None = None
+    ) -> None:
         # A real "file too large" from the kernel (RLIMIT_FSIZE) for every
         # file the server writes beyond this size: a disk that refuses bytes.
         self.max_file_bytes = max_file_bytes
@@ -70,7 +73,10 @@ class ReceiverProcess:
         # full one (64 KiB of access log) would block the server.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115  (open while the server runs)
         self.process = subprocess.Popen(
-            [*OTASHIP, "serve"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            [*OTASHIP, "serve"],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             preexec_fn=self._limit_files if self.max_file_bytes is not None else None,
         )
         deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@
 Absent, such a test skips and says why; with OTASHIP_REQUIRE_SERVICES=1 (as CI
 sets it) a missing service fails the test instead, so it cannot pass unseen.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ a connect to the port is refused at once and every open connection breaks, as
 when a database host goes away; `open()` listens on the same port again. The
 real server is never touched.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,9 +66,7 @@ class TcpProxy:
         if self._server is not None:
             return
         # The same port every time: the receiver's database URL names it.
-        self._server = await asyncio.start_server(
-            self._forward, "127.0.0.1", self.port, reuse_address=True
-        )
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _close(self) -> None:

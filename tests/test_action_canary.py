@@ -4,6 +4,7 @@ A real receiver with its embedded broker, simulated IoTaaP OS devices, and the
 action's own `main` in this process: the job succeeds when the fleet is
 updated and fails with exit code 3 when the canary halts.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,14 +35,18 @@ def fleet_with_canary(t: Tenant, *, canary_devices: int, fleet_devices: int) -> 
     group = t.group("fleet")
     canary = t.group("canary", parent=group)
     return Fleet(
-        group, canary, t.devices(canary, canary_devices, "1.0.0", "canary"),
+        group,
+        canary,
+        t.devices(canary, canary_devices, "1.0.0", "canary"),
         t.devices(group, fleet_devices, "1.0.0", "fleet"),
     )
 
 
 def run_job(t: Tenant, deploy_step: DeployStep, tmp_path: Path, fleet: Fleet, **extra: str) -> StepRun:
     env = {
-        "GITHUB_SHA": COMMIT, "GITHUB_REF_TYPE": "tag", "GITHUB_REF_NAME": "v1.1.0",
+        "GITHUB_SHA": COMMIT,
+        "GITHUB_REF_TYPE": "tag",
+        "GITHUB_REF_NAME": "v1.1.0",
         **receiver_env(t.receiver.url, t.api_key, fleet.group["id"], fleet.group["token"]),
         "OTASHIP_POLL_INTERVAL": "0.5",
     }

@@ -4,6 +4,7 @@ The command line runs in this process (click's CliRunner) with the deploy itself
 replaced by a recorder: what is checked is what would reach it. The deploy
 against a real receiver is tests/test_action_deploy.py.
 """
+
 from __future__ import annotations
 
 import io
@@ -42,7 +43,9 @@ def invoke(*args: str, **env: str) -> Result:
     unset: dict[str, str | None] = {
         name: None for name in os.environ if name.startswith(("OTASHIP_", "GITHUB_", "CI_"))
     }
-    return CliRunner().invoke(cli, list(args), env={**unset, **CREDENTIALS, **env}, prog_name="otaship-deploy")
+    return CliRunner().invoke(
+        cli, list(args), env={**unset, **CREDENTIALS, **env}, prog_name="otaship-deploy"
+    )
 
 
 def deployed(received: list[deploy.DeployInputs], *args: str, **env: str) -> deploy.DeployInputs:
@@ -90,7 +93,9 @@ def test_every_input_comes_through_its_variable_stripped(received: list[deploy.D
     assert inputs.receiver == deploy.ReceiverInputs("https://ota.example.com/base", "osk_key")
     assert (inputs.group, inputs.token) == ("a" * 24, "t" * 16)
     assert (inputs.build.version, inputs.build.project_dir, inputs.build.environment) == (
-        "v1.2.3", Path("firmware"), "esp32dev",
+        "v1.2.3",
+        Path("firmware"),
+        "esp32dev",
     )
     rollout = inputs.rollout
     assert (rollout.canary, rollout.canary_timeout, rollout.success_threshold) == ("c" * 24, 600, 0.5)
@@ -145,10 +150,18 @@ def test_a_value_out_of_bounds_is_a_usage_error_naming_the_option(
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--success-threshold", "1"), ("--error-threshold", "0"), ("--soak", "0"), ("--canary-timeout", "1"),
-     ("--timeout", "0.5"), ("--timeout", "inf")],
+    [
+        ("--success-threshold", "1"),
+        ("--error-threshold", "0"),
+        ("--soak", "0"),
+        ("--canary-timeout", "1"),
+        ("--timeout", "0.5"),
+        ("--timeout", "inf"),
+    ],
 )
-def test_the_bounds_themselves_are_accepted(received: list[deploy.DeployInputs], option: str, value: str) -> None:
+def test_the_bounds_themselves_are_accepted(
+    received: list[deploy.DeployInputs], option: str, value: str
+) -> None:
     deployed(received, option, value)
 
 

@@ -26,7 +26,10 @@ from otaship.action.retry import RetryPolicy
 from tests.action_fixtures import Reply, Scripted
 
 DEPLOYMENT = Deployment(
-    group="a" * 24, token="t" * 16, version="1.2.3", commit="abc123",
+    group="a" * 24,
+    token="t" * 16,
+    version="1.2.3",
+    commit="abc123",
     rollout=RolloutRequest(canary="c" * 24, success_threshold=0.5),
 )
 CREATED: Reply = (
@@ -93,7 +96,12 @@ def test_form_fields_leave_out_what_is_unset() -> None:
         version="1.0.0",
         commit="c",
         rollout=RolloutRequest(
-            canary="k", canary_timeout=60, success_threshold=0.8, error_threshold=0, soak=30, auto_promote=False
+            canary="k",
+            canary_timeout=60,
+            success_threshold=0.8,
+            error_threshold=0,
+            soak=30,
+            auto_promote=False,
         ),
     ).form_fields()
     assert fields == {

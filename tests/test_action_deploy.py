@@ -99,8 +99,13 @@ def test_upload_then_an_idempotent_rerun(tmp_path: Path, tenant: Tenant, deploy_
     ],
 )
 def test_a_4xx_is_a_configuration_error_with_the_receiver_message(
-    tmp_path: Path, tenant: Tenant, pro: Credentials, free: Credentials, deploy_step: DeployStep,
-    case: str, expected: str,
+    tmp_path: Path,
+    tenant: Tenant,
+    pro: Credentials,
+    free: Credentials,
+    deploy_step: DeployStep,
+    case: str,
+    expected: str,
 ) -> None:
     image = write_image(tmp_path / "fw.bin", "1.0.0")
     key, group, token = tenant.api_key, pro.group, pro.token

@@ -182,9 +182,7 @@ def test_a_halted_canary_fails_the_job_naming_the_devices(
     assert "| lab-1 | canary | failed | 1.4.0 | 203 |" in result.summary
 
 
-def test_an_aborted_rollout_fails_the_job(
-    deploy_step: DeployStep, image: Path, scripted: Scripted
-) -> None:
+def test_an_aborted_rollout_fails_the_job(deploy_step: DeployStep, image: Path, scripted: Scripted) -> None:
     server = scripted(
         {
             "POST": [created()],
@@ -195,9 +193,7 @@ def test_an_aborted_rollout_fails_the_job(
     assert result.code == exit_codes.ROLLOUT_FAILED and "aborted by operator" in result.log
 
 
-def test_following_runs_out_of_time(
-    deploy_step: DeployStep, image: Path, scripted: Scripted
-) -> None:
+def test_following_runs_out_of_time(deploy_step: DeployStep, image: Path, scripted: Scripted) -> None:
     server = scripted({"POST": [created()], "GET": [(200, rollout("canary", (3, 1, 0, 2)), {})]})
     result = run_cli(
         deploy_step, server.url, "deploy", "--firmware", str(image), "--canary", CANARY, "--timeout", "0.2"
@@ -225,8 +221,17 @@ def test_a_held_canary_and_a_plain_deploy_say_where_the_image_went(
 ) -> None:
     held = scripted({"POST": [created("canary")]})
     result = run_cli(
-        deploy_step, held.url, "deploy", "--firmware", str(image), "--canary", CANARY,
-        "--auto-promote", "false", "--wait", "false",
+        deploy_step,
+        held.url,
+        "deploy",
+        "--firmware",
+        str(image),
+        "--canary",
+        CANARY,
+        "--auto-promote",
+        "false",
+        "--wait",
+        "false",
     )
     assert result.code == exit_codes.OK, result.log
     assert (

@@ -149,8 +149,15 @@ def test_devices_that_did_not_finish_are_counted_and_listed_apart_from_failures(
         **ROLLOUT,
         "stages": [
             {
-                "name": "canary", "group": "c" * 24, "state": "failed", "targeted": 4, "succeeded": 1,
-                "failed": 1, "timed_out": 0, "stopped": 2, "pending": 0,
+                "name": "canary",
+                "group": "c" * 24,
+                "state": "failed",
+                "targeted": 4,
+                "succeeded": 1,
+                "failed": 1,
+                "timed_out": 0,
+                "stopped": 2,
+                "pending": 0,
             }
         ],
         "devices": [
@@ -162,7 +169,9 @@ def test_devices_that_did_not_finish_are_counted_and_listed_apart_from_failures(
     }
     text = render_summary(report(rollout=rollout, rollout_state="halted", failure="rollout halted"))
     lines = text.splitlines()
-    assert "| Stage | Group | State | Targeted | Succeeded | Failed | Timed out | Stopped | Pending |" in lines
+    assert (
+        "| Stage | Group | State | Targeted | Succeeded | Failed | Timed out | Stopped | Pending |" in lines
+    )
     assert f"| canary | {'c' * 24} | failed | 4 | 1 | 1 | 0 | 2 | 0 |" in lines
     assert "#### Device outcomes (4 devices, 1 failed, 2 not finished)" in lines
     rows = [line for line in lines if line.startswith("| d")]

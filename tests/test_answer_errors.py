@@ -4,6 +4,7 @@ Against a real uvicorn (as `otaship serve` runs it), with two requests
 pipelined on one connection: Starlette alone answers the first and then lets
 uvicorn close the connection, so the second is never answered.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,7 +38,9 @@ def server(settings: Settings, services: Services) -> Iterator[int]:
     app = create_app(settings, services=services)
     app.router.routes.append(Route("/boom", boom))
     port = free_port()
-    running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    running = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    )
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15

@@ -1,4 +1,5 @@
 """The seed API, POST and GET /v1/ota/group, against the real app on SQLite."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,13 @@ FREE_PLAN = "Group OTA update is not available in free model. Please upgrade you
 ISO_MS_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
-def post(client: TestClient, owner: Owner | None, data: dict[str, str], firmware: bytes | None = None,
-         filename: str = "firmware.bin") -> httpx.Response:
+def post(
+    client: TestClient,
+    owner: Owner | None,
+    data: dict[str, str],
+    firmware: bytes | None = None,
+    filename: str = "firmware.bin",
+) -> httpx.Response:
     files = {"firmware": (filename, firmware, "application/octet-stream")} if firmware is not None else None
     response: httpx.Response = client.post(
         "/v1/ota/group", data=data, files=files, headers=owner.headers if owner else {}
@@ -124,7 +130,9 @@ def test_a_json_body_reports_the_first_mandatory_field(client: TestClient, fleet
 def test_free_plan_is_403(client: TestClient, fleet: Fleet) -> None:
     owner = fleet.owner(plan="free")
     group = fleet.group(owner)
-    response = post(client, owner, {"group": group.id, "token": group.token, "version": "1.0.0"}, build_image())
+    response = post(
+        client, owner, {"group": group.id, "token": group.token, "version": "1.0.0"}, build_image()
+    )
     assert response.status_code == 403
     assert response.json() == {"message": FREE_PLAN}
 
@@ -132,8 +140,12 @@ def test_free_plan_is_403(client: TestClient, fleet: Fleet) -> None:
 def test_unknown_and_foreign_groups_are_the_same_404(client: TestClient, fleet: Fleet) -> None:
     alice, mallory = fleet.owner(), fleet.owner()
     alices = fleet.group(alice)
-    foreign = post(client, mallory, {"group": alices.id, "token": alices.token, "version": "1.0.0"}, build_image())
-    unknown = post(client, mallory, {"group": "0" * 24, "token": alices.token, "version": "1.0.0"}, build_image())
+    foreign = post(
+        client, mallory, {"group": alices.id, "token": alices.token, "version": "1.0.0"}, build_image()
+    )
+    unknown = post(
+        client, mallory, {"group": "0" * 24, "token": alices.token, "version": "1.0.0"}, build_image()
+    )
     assert foreign.status_code == unknown.status_code == 404
     assert foreign.json() == unknown.json() == {"message": "No such group"}
     assert client.get("/v1/ota/group", headers=alice.headers).json()["recordsTotal"] == 0
@@ -152,7 +164,9 @@ def test_wrong_token_is_400(client: TestClient, fleet: Fleet) -> None:
 def test_a_version_that_is_not_semver_is_400(client: TestClient, fleet: Fleet, version: str) -> None:
     owner = fleet.owner()
     group = fleet.group(owner)
-    response = post(client, owner, {"group": group.id, "token": group.token, "version": version}, build_image())
+    response = post(
+        client, owner, {"group": group.id, "token": group.token, "version": version}, build_image()
+    )
     assert response.status_code == 400
     assert "is not valid: use semantic versioning, e.g. 1.5.7" in response.json()["message"]
 
@@ -212,8 +226,10 @@ def test_deploy_then_list(client: TestClient, fleet: Fleet) -> None:
     group = fleet.group(owner, chip="esp32")
     image = build_image("1.2.7", project_name="thermostat", idf_ver="v5.1.2")
     response = post(
-        client, owner,
-        {"group": group.id, "token": group.token, "version": "1.2.7", "commit": "abc123"}, image,
+        client,
+        owner,
+        {"group": group.id, "token": group.token, "version": "1.2.7", "commit": "abc123"},
+        image,
     )
     assert response.status_code == 201
     body = response.json()
@@ -259,7 +275,10 @@ def test_the_descriptor_version_may_differ_from_the_posted_one(client: TestClien
     image = build_image("0.0.1-dev")
     response = post(client, owner, {"group": group.id, "token": group.token, "version": "2.0.0"}, image)
     assert response.status_code == 201
-    assert (response.json()["ota"]["version"], response.json()["ota"]["app_version"]) == ("2.0.0", "0.0.1-dev")
+    assert (response.json()["ota"]["version"], response.json()["ota"]["app_version"]) == (
+        "2.0.0",
+        "0.0.1-dev",
+    )
 
 
 def test_reposting_the_same_version_and_bytes_is_a_no_op(client: TestClient, fleet: Fleet) -> None:
@@ -278,7 +297,9 @@ def test_the_same_version_with_other_bytes_is_409(client: TestClient, fleet: Fle
     first = build_image("1.0.0", seed=1)
     post(client, owner, {"group": group.id, "token": group.token, "version": "1.0.0", "commit": "aaa"}, first)
     response = post(
-        client, owner, {"group": group.id, "token": group.token, "version": "1.0.0", "commit": "bbb"},
+        client,
+        owner,
+        {"group": group.id, "token": group.token, "version": "1.0.0", "commit": "bbb"},
         build_image("1.0.0", seed=2),
     )
     assert response.status_code == 409
@@ -307,7 +328,9 @@ def many(client: TestClient, fleet: Fleet) -> tuple[Owner, list[dict[str, Any]]]
     return owner, otas
 
 
-def test_listing_pages_newest_first_by_default(client: TestClient, many: tuple[Owner, list[dict[str, Any]]]) -> None:
+def test_listing_pages_newest_first_by_default(
+    client: TestClient, many: tuple[Owner, list[dict[str, Any]]]
+) -> None:
     owner, otas = many
     newest_first = [o["_id"] for o in reversed(otas)]
     page = client.get("/v1/ota/group", headers=owner.headers).json()
@@ -336,7 +359,9 @@ def test_search_is_a_case_insensitive_substring_of_path(
 
 
 @pytest.mark.parametrize("wildcard", ["%", "_", "ota/group/%", "firmware_bin"])
-def test_like_wildcards_are_literal(client: TestClient, many: tuple[Owner, list[dict[str, Any]]], wildcard: str) -> None:
+def test_like_wildcards_are_literal(
+    client: TestClient, many: tuple[Owner, list[dict[str, Any]]], wildcard: str
+) -> None:
     owner, _ = many
     page = client.get("/v1/ota/group", headers=owner.headers, params={"search_value": wildcard}).json()
     assert page["recordsFiltered"] == 0
@@ -358,7 +383,10 @@ def test_draw_is_echoed_as_a_string(client: TestClient, fleet: Fleet) -> None:
     owner = fleet.owner()
     assert client.get("/v1/ota/group", headers=owner.headers, params={"draw": "3"}).json()["draw"] == "3"
     assert client.get("/v1/ota/group", headers=owner.headers).json() == {
-        "otas": [], "recordsTotal": 0, "recordsFiltered": 0, "draw": "",
+        "otas": [],
+        "recordsTotal": 0,
+        "recordsFiltered": 0,
+        "draw": "",
     }
 
 

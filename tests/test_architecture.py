@@ -1,4 +1,5 @@
 """docs/architecture.md is true: the modules it names exist, and imports keep to its layers."""
+
 from __future__ import annotations
 
 import ast
@@ -17,18 +18,34 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "otaship.firmware": ("otaship.receiver", "otaship.action", "otaship.simulator"),
     "otaship.action": ("otaship.receiver", "otaship.simulator"),
     "otaship.receiver.db": (
-        "otaship.receiver.http", "otaship.receiver.intake", "otaship.receiver.rollouts",
-        "otaship.receiver.mqtt", "otaship.receiver.gc", "otaship.receiver.targeting",
+        "otaship.receiver.http",
+        "otaship.receiver.intake",
+        "otaship.receiver.rollouts",
+        "otaship.receiver.mqtt",
+        "otaship.receiver.gc",
+        "otaship.receiver.targeting",
     ),
     "otaship.receiver.storage": (
-        "otaship.receiver.http", "otaship.receiver.intake", "otaship.receiver.rollouts",
-        "otaship.receiver.mqtt", "otaship.receiver.gc", "otaship.receiver.targeting", "otaship.receiver.db",
+        "otaship.receiver.http",
+        "otaship.receiver.intake",
+        "otaship.receiver.rollouts",
+        "otaship.receiver.mqtt",
+        "otaship.receiver.gc",
+        "otaship.receiver.targeting",
+        "otaship.receiver.db",
     ),
     "otaship.receiver.targeting": (
-        "otaship.receiver.http", "otaship.receiver.intake", "otaship.receiver.mqtt", "otaship.receiver.rollouts",
+        "otaship.receiver.http",
+        "otaship.receiver.intake",
+        "otaship.receiver.mqtt",
+        "otaship.receiver.rollouts",
     ),
     "otaship.receiver.gc": ("otaship.receiver.http", "otaship.receiver.mqtt", "otaship.receiver.rollouts"),
-    "otaship.receiver.rollouts": ("otaship.receiver.http", "otaship.receiver.intake", "otaship.receiver.mqtt"),
+    "otaship.receiver.rollouts": (
+        "otaship.receiver.http",
+        "otaship.receiver.intake",
+        "otaship.receiver.mqtt",
+    ),
     "otaship.receiver.intake": ("otaship.receiver.http", "otaship.receiver.mqtt"),
     "otaship.receiver.mqtt": ("otaship.receiver.http", "otaship.receiver.intake"),
 }
@@ -84,10 +101,14 @@ def test_every_module_the_map_names_exists() -> None:
             leading = position == 0 and line.lstrip().startswith(word)
             if leading and word.endswith("/") and indent <= 4:
                 package = Path(*package.parts[: indent // 2]) / word.rstrip("/")
-                assert (SRC / package).is_dir(), f"docs/architecture.md names {package}/, which does not exist"
+                assert (SRC / package).is_dir(), (
+                    f"docs/architecture.md names {package}/, which does not exist"
+                )
             elif word.endswith(".py"):
                 base = Path(*package.parts[: indent // 2]) if leading else package
-                assert (SRC / base / word).is_file(), f"docs/architecture.md names {base / word}, which does not exist"
+                assert (SRC / base / word).is_file(), (
+                    f"docs/architecture.md names {base / word}, which does not exist"
+                )
             elif word.endswith("/"):
                 assert (SRC / package / word).is_dir(), f"docs/architecture.md names {package / word}"
             named += 1

@@ -2,6 +2,7 @@
 
 The benchmarks themselves (`make bench`) never run in `make test`.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,7 +88,10 @@ def test_fleet_rollout_runs(tmp_path: Path) -> None:
 def test_command_line_runs_the_upload_benchmark_and_writes_results(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--scale", "tiny", "--only", "upload", "--output", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("benchmark  ") == 1  # one table header
@@ -103,6 +107,10 @@ def test_command_line_runs_the_upload_benchmark_and_writes_results(tmp_path: Pat
 
 def test_unknown_benchmark_is_a_usage_error() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--only", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "bench", "--only", "nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2 and "unknown benchmark nope" in result.stderr

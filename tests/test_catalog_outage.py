@@ -3,6 +3,7 @@
 The app's catalog is pointed at a database that cannot be opened (a file in a
 folder that does not exist), as a replica whose database went away.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,7 +52,9 @@ def test_devices_get_the_last_answers_while_the_database_is_away(
         response = client.get(download)
         assert (response.status_code, response.content) == (200, image)
         assert client.head(download).status_code == 200
-        assert client.get(f"/v1/ota/group/latest/{empty.id}").json() == {"message": "No firmware for this group"}
+        assert client.get(f"/v1/ota/group/latest/{empty.id}").json() == {
+            "message": "No firmware for this group"
+        }
         # The token is still checked.
         assert client.get(f"/v1/ota/group/download/{group.id}{'x' * 16}").status_code == 404
     # A group this replica never read, or never found: nothing to answer from.
@@ -65,7 +68,9 @@ def test_devices_get_the_last_answers_while_the_database_is_away(
     # Back: fresh answers again, at the latest after the retry interval.
     services.catalog.engine = working
     services.catalog._retry_at = 0.0
-    assert client.get(f"/v1/ota/group/latest/{never_asked.id}").json() == {"message": "No firmware for this group"}
+    assert client.get(f"/v1/ota/group/latest/{never_asked.id}").json() == {
+        "message": "No firmware for this group"
+    }
 
 
 def test_the_database_is_asked_at_most_once_a_retry_interval_while_it_fails(

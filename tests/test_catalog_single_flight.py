@@ -4,6 +4,7 @@ The read is held open (a wrapper around `load_entry` waits in its thread) until
 every lookup has started, so the lookups really overlap; the statements the
 reads ran are counted with a SQLAlchemy event, on both databases.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -86,7 +87,11 @@ def catalog_of(services: Services, monkeypatch: pytest.MonkeyPatch, reads: HeldR
 
 
 def test_concurrent_lookups_of_one_group_make_one_read(
-    client: TestClient, services: Services, fleet: Fleet, statements: list[str], monkeypatch: pytest.MonkeyPatch
+    client: TestClient,
+    services: Services,
+    fleet: Fleet,
+    statements: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     owner = fleet.owner()
     parent = fleet.group(owner, name="fleet")

@@ -1,4 +1,5 @@
 """The admin CLI's contract, and `otaship serve` as a subprocess sharing its database."""
+
 from __future__ import annotations
 
 import hashlib
@@ -45,13 +46,20 @@ def test_group_and_device_create(env: dict[str, str]) -> None:
     assert re.fullmatch(r"[0-9a-f]{24}", group["id"])
     assert re.fullmatch(r"[A-Za-z0-9]{16}", group["token"])
     assert (group["name"], group["owner"], group["parent"], group["chip"]) == (
-        "fleet", "ada@example.com", None, "esp32",
+        "fleet",
+        "ada@example.com",
+        None,
+        "esp32",
     )
-    canary = otaship_json(env, "group", "create", "canary", "--owner", "ada@example.com", "--parent", group["id"])
+    canary = otaship_json(
+        env, "group", "create", "canary", "--owner", "ada@example.com", "--parent", group["id"]
+    )
     assert canary["parent"] == group["id"]
     assert canary["chip"] == "esp32"  # inherited
 
-    device = otaship_json(env, "device", "create", "kitchen", "--group", canary["id"], "--firmware-version", "1.0.0")
+    device = otaship_json(
+        env, "device", "create", "kitchen", "--group", canary["id"], "--firmware-version", "1.0.0"
+    )
     assert set(device) == {"id", "name", "group", "firmware_version"}
     assert (device["name"], device["group"], device["firmware_version"]) == ("kitchen", canary["id"], "1.0.0")
     assert [d["id"] for d in otaship_json(env, "device", "list", "--group", canary["id"])] == [device["id"]]
@@ -63,8 +71,10 @@ def test_group_and_device_create(env: dict[str, str]) -> None:
     [
         (("user", "create", "ada@example.com"), "a user with email ada@example.com already exists"),
         (("group", "create", "x", "--owner", "nobody@example.com"), "no user with email nobody@example.com"),
-        (("group", "create", "x", "--owner", "ada@example.com", "--parent", "0" * 24),
-         f"no group {'0' * 24} owned by ada@example.com"),
+        (
+            ("group", "create", "x", "--owner", "ada@example.com", "--parent", "0" * 24),
+            f"no group {'0' * 24} owned by ada@example.com",
+        ),
         (("device", "create", "d", "--group", "0" * 24), f"no group {'0' * 24}"),
         (("user", "key", "nobody@example.com"), "no user with email nobody@example.com"),
         (("user", "plan", "nobody@example.com", "pro"), "no user with email nobody@example.com"),
@@ -99,7 +109,8 @@ def test_a_free_user_moved_to_pro_may_deploy_at_once(
 
     def deploy() -> httpx.Response:
         response: httpx.Response = client.post(
-            "/v1/ota/group", headers=owner.headers,
+            "/v1/ota/group",
+            headers=owner.headers,
             data={"group": group.id, "token": group.token, "version": "1.0.0"},
             files={"firmware": ("firmware.bin", build_image("1.0.0"), "application/octet-stream")},
         )
@@ -121,7 +132,9 @@ def test_a_parent_of_another_owner_is_refused(env: dict[str, str]) -> None:
     otaship(env, "user", "create", "ada@example.com")
     otaship(env, "user", "create", "eve@example.com")
     adas = otaship_json(env, "group", "create", "fleet", "--owner", "ada@example.com")
-    result = otaship(env, "group", "create", "x", "--owner", "eve@example.com", "--parent", adas["id"], check=False)
+    result = otaship(
+        env, "group", "create", "x", "--owner", "eve@example.com", "--parent", adas["id"], check=False
+    )
     assert result.returncode == 1
     assert "owned by eve@example.com" in result.stderr
 
@@ -132,17 +145,25 @@ def test_a_parent_of_another_owner_is_refused(env: dict[str, str]) -> None:
         ((), "Missing command."),
         (("user",), "Missing command."),
         (("user", "create"), "Missing argument 'EMAIL'."),
-        (("user", "create", "ada@example.com", "--plan", "gold"), "Invalid value for '--plan': 'gold' is not one of 'free', 'pro'."),
+        (
+            ("user", "create", "ada@example.com", "--plan", "gold"),
+            "Invalid value for '--plan': 'gold' is not one of 'free', 'pro'.",
+        ),
         (("group", "create", "fleet"), "Missing option '--owner'."),
-        (("group", "create", "fleet", "--owner", "ada@example.com", "--chip", "esp8266"),
-         "Invalid value for '--chip': 'esp8266' is not one of"),
+        (
+            ("group", "create", "fleet", "--owner", "ada@example.com", "--chip", "esp8266"),
+            "Invalid value for '--chip': 'esp8266' is not one of",
+        ),
         (("serve", "--port", "http"), "Invalid value for '--port': 'http' is not a valid integer."),
         # Digits only, as always: no sign, blank or underscore.
         (("gc", "--grace", "+5"), "argument --grace: must be a whole number of seconds, not '+5'"),
         (("gc", "--grace", " 5"), "argument --grace: must be a whole number of seconds, not ' 5'"),
         (("gc", "--grace", "1_0"), "argument --grace: must be a whole number of seconds, not '1_0'"),
         (("device", "list", "--colour"), "No such option '--colour'."),
-        (("user", "plan", "ada@example.com", "gold"), "Invalid value for '{free|pro}': 'gold' is not one of 'free', 'pro'."),
+        (
+            ("user", "plan", "ada@example.com", "gold"),
+            "Invalid value for '{free|pro}': 'gold' is not one of 'free', 'pro'.",
+        ),
         (("user", "plan"), "Missing argument 'EMAIL'."),
     ],
 )
@@ -163,16 +184,20 @@ def receiver(env: dict[str, str]) -> Iterator[ReceiverProcess]:
     process.stop()
 
 
-def test_serve_and_cli_share_the_database(receiver: ReceiverProcess, env: dict[str, str], tmp_path: Path) -> None:
+def test_serve_and_cli_share_the_database(
+    receiver: ReceiverProcess, env: dict[str, str], tmp_path: Path
+) -> None:
     # Everything the CLI creates while `serve` runs works at once.
     user = otaship_json(env, "user", "create", "ada@example.com", "--plan", "pro")
     group = otaship_json(env, "group", "create", "fleet", "--owner", "ada@example.com")
     headers = {"Authorization": f"Bearer {user['api_key']}"}
     image = build_image("1.0.0")
     response = httpx.post(
-        f"{receiver.url}/v1/ota/group", headers=headers,
+        f"{receiver.url}/v1/ota/group",
+        headers=headers,
         data={"group": group["id"], "token": group["token"], "version": "1.0.0"},
-        files={"firmware": ("firmware.bin", image)}, timeout=30,
+        files={"firmware": ("firmware.bin", image)},
+        timeout=30,
     )
     assert response.status_code == 201, response.text
     listing = httpx.get(f"{receiver.url}/v1/ota/group", headers=headers).json()
@@ -182,9 +207,12 @@ def test_serve_and_cli_share_the_database(receiver: ReceiverProcess, env: dict[s
     # A key rotated with the CLI stops working on the running server.
     new = otaship_json(env, "user", "key", "ada@example.com")
     assert httpx.get(f"{receiver.url}/v1/ota/group", headers=headers).status_code == 401
-    assert httpx.get(
-        f"{receiver.url}/v1/ota/group", headers={"Authorization": f"Bearer {new['api_key']}"}
-    ).status_code == 200
+    assert (
+        httpx.get(
+            f"{receiver.url}/v1/ota/group", headers={"Authorization": f"Bearer {new['api_key']}"}
+        ).status_code
+        == 200
+    )
 
 
 def test_a_download_in_progress_finishes_with_the_image_it_started(
@@ -196,18 +224,22 @@ def test_a_download_in_progress_finishes_with_the_image_it_started(
     old, new = build_image("1.0.0", code_size=1_500_000), build_image("2.0.0", code_size=1_500_000)
     for version, image in (("1.0.0", old),):
         httpx.post(
-            f"{receiver.url}/v1/ota/group", headers=headers,
+            f"{receiver.url}/v1/ota/group",
+            headers=headers,
             data={"group": group["id"], "token": group["token"], "version": version},
-            files={"firmware": ("firmware.bin", image)}, timeout=30,
+            files={"firmware": ("firmware.bin", image)},
+            timeout=30,
         ).raise_for_status()
     url = f"{receiver.url}/v1/ota/group/download/{group['id']}{group['token']}"
     with httpx.stream("GET", url, timeout=30) as download:
         chunks = download.iter_raw(4096)
         received = next(chunks)
         httpx.post(
-            f"{receiver.url}/v1/ota/group", headers=headers,
+            f"{receiver.url}/v1/ota/group",
+            headers=headers,
             data={"group": group["id"], "token": group["token"], "version": "2.0.0"},
-            files={"firmware": ("firmware.bin", new)}, timeout=30,
+            files={"firmware": ("firmware.bin", new)},
+            timeout=30,
         ).raise_for_status()
         received += b"".join(chunks)
     assert hashlib.sha256(received).hexdigest() == hashlib.sha256(old).hexdigest()

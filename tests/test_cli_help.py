@@ -1,5 +1,6 @@
 """Both command lines document themselves: every option says what it is for, what
 it defaults to and, for `otaship-deploy`, which variables it falls back to."""
+
 from __future__ import annotations
 
 import re
@@ -43,16 +44,30 @@ OPTIONS = list(every_option())
 def test_the_walk_finds_the_commands() -> None:
     paths = {name.rsplit(" ", 1)[0] for name, _, _ in OPTIONS}
     assert {
-        "otaship", "otaship serve", "otaship gc", "otaship user create", "otaship user key",
-        "otaship group create", "otaship group list", "otaship device create", "otaship device list",
-        "otaship simulate", "otaship firmware example", "otaship firmware inspect",
-        "otaship-deploy", "otaship-deploy version", "otaship-deploy build",
-        "otaship-deploy deploy", "otaship-deploy follow",
+        "otaship",
+        "otaship serve",
+        "otaship gc",
+        "otaship user create",
+        "otaship user key",
+        "otaship group create",
+        "otaship group list",
+        "otaship device create",
+        "otaship device list",
+        "otaship simulate",
+        "otaship firmware example",
+        "otaship firmware inspect",
+        "otaship-deploy",
+        "otaship-deploy version",
+        "otaship-deploy build",
+        "otaship-deploy deploy",
+        "otaship-deploy follow",
     } <= paths
 
 
 @pytest.mark.parametrize(("name", "ctx", "option"), OPTIONS, ids=[name for name, _, _ in OPTIONS])
-def test_every_option_has_help_and_shows_its_default(name: str, ctx: click.Context, option: click.Option) -> None:
+def test_every_option_has_help_and_shows_its_default(
+    name: str, ctx: click.Context, option: click.Option
+) -> None:
     assert option.help, f"{name} has no help"
     record = option.get_help_record(ctx)
     assert record is not None
@@ -63,11 +78,14 @@ def test_every_option_has_help_and_shows_its_default(name: str, ctx: click.Conte
         assert option.envvar and f"env var: {option.envvar[0]}" in record[1], record[1]
 
 
-@pytest.mark.parametrize(("args", "first_line"), [
-    (["--version"], "otaship, version"),
-    (["-h"], "Usage: otaship [OPTIONS] COMMAND [ARGS]..."),
-    (["simulate", "--help"], "Usage: otaship simulate [OPTIONS]"),
-])
+@pytest.mark.parametrize(
+    ("args", "first_line"),
+    [
+        (["--version"], "otaship, version"),
+        (["-h"], "Usage: otaship [OPTIONS] COMMAND [ARGS]..."),
+        (["simulate", "--help"], "Usage: otaship simulate [OPTIONS]"),
+    ],
+)
 def test_otaship_version_and_help(args: list[str], first_line: str) -> None:
     result = CliRunner().invoke(otaship_cli, args, prog_name="otaship")
     assert result.exit_code == 0, result.output

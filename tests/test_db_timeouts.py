@@ -1,4 +1,5 @@
 """A database server that never answers fails a connection in seconds, not minutes."""
+
 from __future__ import annotations
 
 import socket
@@ -33,7 +34,9 @@ def seconds_to_fail(url: str) -> float:
     return time.monotonic() - started
 
 
-def test_connecting_gives_up_after_the_connect_timeout(silent_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connecting_gives_up_after_the_connect_timeout(
+    silent_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(db, "CONNECT_TIMEOUT_S", 1)
     took = seconds_to_fail(f"postgresql+psycopg://postgres@127.0.0.1:{silent_port}/otaship")
     assert 0.9 <= took < 3

@@ -1,4 +1,5 @@
 """A deploy is all or nothing, and concurrent deploys to one group serialise."""
+
 from __future__ import annotations
 
 import asyncio
@@ -44,8 +45,9 @@ def test_a_storage_failure_leaves_the_previous_firmware(
     deploy(client, owner, group, "1.0.0")
     services.storage = FailingPut(services.storage)  # type: ignore[assignment]
 
-    response = post(client, owner, {"group": group.id, "token": group.token, "version": "1.1.0"},
-                    build_image("1.1.0"))
+    response = post(
+        client, owner, {"group": group.id, "token": group.token, "version": "1.1.0"}, build_image("1.1.0")
+    )
     assert response.status_code == 500
     assert response.json() == {
         "message": "Error when uploading firmware file",
@@ -73,8 +75,9 @@ def test_a_database_failure_mid_deploy_leaves_no_record(
 
     event.listen(services.engine, "before_cursor_execute", fail)
     try:
-        response = post(client, owner, {"group": group.id, "token": group.token, "version": "1.1.0"},
-                        build_image("1.1.0"))
+        response = post(
+            client, owner, {"group": group.id, "token": group.token, "version": "1.1.0"}, build_image("1.1.0")
+        )
     finally:
         event.remove(services.engine, "before_cursor_execute", fail)
     assert response.status_code == 500
@@ -101,9 +104,11 @@ async def test_concurrent_deploys_to_one_group_count_each_once(
     images = {f"1.0.{n}": build_image(f"1.0.{n}") for n in range(8)}
 
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+
         async def send(version: str, image: bytes) -> int:
             response = await http.post(
-                "/v1/ota/group", headers=owner.headers,
+                "/v1/ota/group",
+                headers=owner.headers,
                 data={"group": group.id, "token": group.token, "version": version},
                 files={"firmware": ("firmware.bin", image)},
             )

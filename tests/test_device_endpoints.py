@@ -1,4 +1,5 @@
 """`latest` and `download`, as the IoTaaP OS library calls them."""
+
 from __future__ import annotations
 
 import hashlib

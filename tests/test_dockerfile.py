@@ -6,6 +6,7 @@ directory that stands in for the image's root: the same shell commands, with the
 same ENV, only with the image's paths under that directory. The final stage's CMD
 is started from the venv they built, and its HEALTHCHECK is run against it.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -72,9 +73,7 @@ def _logical_lines(text: str) -> list[str]:
 
 
 def _expand(value: str, env: dict[str, str]) -> str:
-    return re.sub(
-        r"\$(?:\{(\w+)\}|(\w+))", lambda m: env.get(m.group(1) or m.group(2), ""), value
-    )
+    return re.sub(r"\$(?:\{(\w+)\}|(\w+))", lambda m: env.get(m.group(1) or m.group(2), ""), value)
 
 
 def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
@@ -183,7 +182,11 @@ def test_command_healthcheck_ports_and_volume() -> None:
     assert probe[0] == "python" and "/healthz" in probe[-1]
 
     env = final_env()
-    volumes = [v for args in FINAL.all("VOLUME") for v in (json.loads(args) if args.startswith("[") else args.split())]
+    volumes = [
+        v
+        for args in FINAL.all("VOLUME")
+        for v in (json.loads(args) if args.startswith("[") else args.split())
+    ]
     assert env["OTASHIP_DATA_DIR"] in volumes
     assert FINAL.last("WORKDIR") == env["OTASHIP_DATA_DIR"]
 
@@ -218,7 +221,8 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest() -> None:
     patterns = [
-        line.strip() for line in DOCKERIGNORE.read_text().splitlines()
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     assert not any(p.startswith("!") for p in patterns)  # _ignored does not handle them
@@ -226,8 +230,14 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest() -> None:
         for source in sources:
             assert (REPO / source).exists(), source
             assert not _ignored(source.rstrip("/"), patterns), source
-    for dropped in (".git", ".venv", "tests/test_dockerfile.py", "src/otaship/receiver/__pycache__/app.cpython-311.pyc",
-                    "otaship-data/otaship.db", ".env"):
+    for dropped in (
+        ".git",
+        ".venv",
+        "tests/test_dockerfile.py",
+        "src/otaship/receiver/__pycache__/app.cpython-311.pyc",
+        "otaship-data/otaship.db",
+        ".env",
+    ):
         assert _ignored(dropped, patterns), dropped
     # Every source file of the package reaches the build.
     for path in (REPO / "src").rglob("*.py"):
@@ -266,7 +276,8 @@ class ImageRoot:
 def _host_env() -> dict[str, str]:
     """This machine's environment without this project's venv or configuration."""
     env = {
-        name: value for name, value in os.environ.items()
+        name: value
+        for name, value in os.environ.items()
         if not name.startswith(("OTASHIP_", "PYTHON", "PIP_")) and name not in ("VIRTUAL_ENV", "PYTHONPATH")
     }
     # pip's own settings on this machine (its index, wheel folder) stay; a Docker
@@ -330,18 +341,28 @@ def build_like_docker(tmp_path: Path) -> tuple[ImageRoot, float]:
             for source in sources:
                 origin = REPO / source
                 if origin.is_dir():
-                    shutil.copytree(origin, target if dest.endswith("/") and len(sources) == 1 else target / origin.name,
-                                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
+                    shutil.copytree(
+                        origin,
+                        target if dest.endswith("/") and len(sources) == 1 else target / origin.name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                        dirs_exist_ok=True,
+                    )
                 else:
                     target.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(origin, target / origin.name)
         elif instruction.keyword == "RUN":
             assert not instruction.args.startswith("["), "RUN in shell form"
             result = subprocess.run(
-                ["/bin/sh", "-c", instruction.args], cwd=workdir, env=env,
-                capture_output=True, text=True, timeout=600,
+                ["/bin/sh", "-c", instruction.args],
+                cwd=workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
             )
-            assert result.returncode == 0, f"RUN {instruction.args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            assert result.returncode == 0, (
+                f"RUN {instruction.args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
     return image, time.monotonic() - started
 
 

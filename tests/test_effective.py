@@ -1,4 +1,5 @@
 """Effective firmware, exhaustively: which OTA a group's devices should run."""
+
 from __future__ import annotations
 
 import itertools
@@ -44,11 +45,17 @@ def test_resolve_effective_walks_each_group_up_its_parents() -> None:
     parents = {"fleet": None, "canary": "fleet", "bench": "canary", "rest": "fleet"}
     otas = {"fleet": at("fleet-1.0", 1), "canary": at("canary-1.1", 2)}
     assert {k: v.name if v else None for k, v in resolve_effective(parents, otas).items()} == {
-        "fleet": "fleet-1.0", "canary": "canary-1.1", "bench": "canary-1.1", "rest": "fleet-1.0",
+        "fleet": "fleet-1.0",
+        "canary": "canary-1.1",
+        "bench": "canary-1.1",
+        "rest": "fleet-1.0",
     }
     otas["fleet"] = at("fleet-1.2", 3)
     assert {k: v.name if v else None for k, v in resolve_effective(parents, otas).items()} == {
-        "fleet": "fleet-1.2", "canary": "fleet-1.2", "bench": "fleet-1.2", "rest": "fleet-1.2",
+        "fleet": "fleet-1.2",
+        "canary": "fleet-1.2",
+        "bench": "fleet-1.2",
+        "rest": "fleet-1.2",
     }
 
 

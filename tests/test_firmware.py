@@ -169,7 +169,7 @@ def test_merged_flash_image_gets_a_hint(tmp_path: Path) -> None:
     [
         pytest.param(lambda data: data[:20], id="header"),
         pytest.param(lambda data: data[:2000], id="segment-runs-past-end"),
-        pytest.param(lambda data: data[:-32 - 16], id="no-checksum"),
+        pytest.param(lambda data: data[: -32 - 16], id="no-checksum"),
         pytest.param(lambda data: data[:-32], id="no-digest"),
         pytest.param(lambda data: data[:-1], id="short-digest"),
     ],
@@ -221,7 +221,9 @@ def test_esp8266_image(tmp_path: Path) -> None:
 
 def test_too_many_segments(tmp_path: Path) -> None:
     image = ESP32FirmwareImage()
-    image.segments = [ELFSection(b".dram0.data", 0x3FFB0000 + i * 0x100, b"\x00" * 16, flags=0) for i in range(17)]
+    image.segments = [
+        ELFSection(b".dram0.data", 0x3FFB0000 + i * 0x100, b"\x00" * 16, flags=0) for i in range(17)
+    ]
     assert_invalid(write(tmp_path, image.save(None)), INVALID, "segment count 17")
 
 
@@ -392,7 +394,9 @@ def _parsed_both_ways(data: bytes, chip: str) -> tuple[dict[str, object], dict[s
 
     own = described(image_class(firmware._MappedReader(view)))
     head = hashlib.sha256(data[:-32]).digest()
-    stepwise = described(firmware._parse_with_known_digest(image_class, view, firmware._MappedReader(view), head))
+    stepwise = described(
+        firmware._parse_with_known_digest(image_class, view, firmware._MappedReader(view), head)
+    )
     return own, stepwise
 
 

@@ -1,4 +1,5 @@
 """`otaship firmware example` and `inspect`: an image the receiver takes, made without a toolchain."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,9 +38,15 @@ def test_every_chip_gets_an_image_the_receiver_accepts(tmp_path: Path, chip: str
     assert described.sha256 == hashlib.sha256(data).hexdigest()
     assert described.app is not None
     assert (described.app.project_name, described.app.version, described.app.idf_ver) == (
-        "otaship-example", "2.3.4", "otaship example",
+        "otaship-example",
+        "2.3.4",
+        "otaship example",
     )
-    assert (described.app.date, described.app.time, described.app.secure_version) == ("Mar  7 2024", "09:05:01", 0)
+    assert (described.app.date, described.app.time, described.app.secure_version) == (
+        "Mar  7 2024",
+        "09:05:01",
+        0,
+    )
     # The descriptor, then the code, each in its own flash page: no padding segment.
     assert [segment.length for segment in described.segments] == [256, 4096]
     assert "DROM" in described.segments[0].memory and "IROM" in described.segments[1].memory
@@ -73,7 +80,8 @@ def test_the_example_round_trips_through_the_receiver(client: TestClient, fleet:
     group = fleet.group(owner, chip=chip)
     data = example_image("1.0.0", chip=chip, built=BUILT)
     response = client.post(
-        "/v1/ota/group", headers=owner.headers,
+        "/v1/ota/group",
+        headers=owner.headers,
         data={"group": group.id, "token": group.token, "version": "1.0.0"},
         files={"firmware": ("firmware.bin", data, "application/octet-stream")},
     )
@@ -108,11 +116,17 @@ def test_inspect_prints_what_the_receiver_validated(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "chip", "message"),
     [
-        (lambda data: data[:100], None,
-         "Firmware is not a valid ESP application image: truncated, the file ends at byte 100 "
-         "but the image continues to byte 288"),
-        (lambda data: b"\x00" + data[1:], None,
-         "Firmware is not a valid ESP application image: bad magic byte 0x00 (expected 0xE9)"),
+        (
+            lambda data: data[:100],
+            None,
+            "Firmware is not a valid ESP application image: truncated, the file ends at byte 100 "
+            "but the image continues to byte 288",
+        ),
+        (
+            lambda data: b"\x00" + data[1:],
+            None,
+            "Firmware is not a valid ESP application image: bad magic byte 0x00 (expected 0xE9)",
+        ),
         (lambda data: data, "esp32s3", "Firmware is built for esp32, but this group runs esp32s3"),
     ],
 )
@@ -131,7 +145,8 @@ def test_inspect_of_a_refused_image_prints_the_refusal_and_exits_1(
 def test_example_writes_the_image_and_says_so_in_one_line(tmp_path: Path) -> None:
     out = tmp_path / "app.bin"
     result = CliRunner().invoke(
-        firmware, ["example", "--version", "1.4.0", "--chip", "esp32s3", "-o", str(out)],
+        firmware,
+        ["example", "--version", "1.4.0", "--chip", "esp32s3", "-o", str(out)],
         env={"SOURCE_DATE_EPOCH": EPOCH},
     )
     assert result.exit_code == 0, result.output
@@ -184,7 +199,12 @@ def test_the_otaship_script_runs_firmware_without_the_receiver(tmp_path: Path) -
         from otaship.console import main
         status = main(sys.argv[1:])
         """,
-        "firmware", "example", "--version", "1.0.0", "-o", "firmware.bin",
+        "firmware",
+        "example",
+        "--version",
+        "1.0.0",
+        "-o",
+        "firmware.bin",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -197,7 +217,11 @@ def test_the_otaship_script_runs_firmware_without_the_receiver(tmp_path: Path) -
         from otaship.console import main
         status = main(sys.argv[1:])
         """,
-        "firmware", "inspect", "firmware.bin", "--chip", "esp32c3",
+        "firmware",
+        "inspect",
+        "firmware.bin",
+        "--chip",
+        "esp32c3",
         cwd=tmp_path,
     )
     assert inspected.returncode == 1
@@ -209,7 +233,11 @@ def test_the_installed_script_dispatches_firmware(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "otaship"
     result = subprocess.run(
         [str(script), "firmware", "example", "--version", "0.9.0"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert inspect_firmware(tmp_path / "firmware.bin").app is not None

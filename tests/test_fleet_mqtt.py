@@ -4,6 +4,7 @@ The receiver runs as `otaship serve` in a subprocess, with the embedded broker
 or the machine's Mosquitto; devices are `otaship simulate` fleets in this
 process. Nothing here is mocked.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -59,8 +60,10 @@ async def with_fleets(
         result = await body()
         await asyncio.to_thread(tenant.deploy, sentinel, "0.0.1")
         await fleets.wait(
-            lambda: fleets.every(lambda p: p.triggered == 1, slice(-1, None))
-            and fleets.every(lambda p: p.updating == 0, slice(None, -1)),
+            lambda: (
+                fleets.every(lambda p: p.triggered == 1, slice(-1, None))
+                and fleets.every(lambda p: p.updating == 0, slice(None, -1))
+            ),
             timeout,
         )
     finally:
@@ -86,7 +89,9 @@ async def run_fleets(
                     raise AssertionError("the fleet did not settle in time")
                 await asyncio.sleep(0.3)
                 if rollout_id is not None:
-                    state = (await http.get(f"{tenant.receiver.url}/v1/rollouts/{rollout_id}")).json()["state"]
+                    state = (await http.get(f"{tenant.receiver.url}/v1/rollouts/{rollout_id}")).json()[
+                        "state"
+                    ]
                     if state in TERMINAL:
                         break
                 elif done is not None and await asyncio.to_thread(done):
@@ -105,7 +110,11 @@ def test_a_healthy_canary_reaches_the_whole_fleet(embedded: Tenant) -> None:
     rest_ids = t.devices(rest, 3, "1.0.0", "rest")
     current_ids = t.devices(rest, 1, "1.1.0", "current")
 
-    fleets = [t.sim(canary, canary_ids, "1.0.0"), t.sim(rest, rest_ids, "1.0.0"), t.sim(rest, current_ids, "1.1.0")]
+    fleets = [
+        t.sim(canary, canary_ids, "1.0.0"),
+        t.sim(rest, rest_ids, "1.0.0"),
+        t.sim(rest, current_ids, "1.1.0"),
+    ]
     rollout_id, _ = asyncio.run(
         run_fleets(t, fleets, lambda: t.deploy(fleet, "1.1.0", canary=canary["id"])["rollout"]["id"])
     )
@@ -129,7 +138,9 @@ def test_a_failing_canary_halts_and_the_fleet_is_never_triggered(embedded: Tenan
     fleets = [t.sim(canary, canary_ids, "1.0.0", fail_rate=1.0), t.sim(rest, rest_ids, "1.0.0")]
     rollout_id, (canary_summary, rest_summary) = asyncio.run(
         run_fleets(
-            t, fleets, lambda: t.deploy(fleet, "1.1.0", canary=canary["id"], canary_timeout="60")["rollout"]["id"],
+            t,
+            fleets,
+            lambda: t.deploy(fleet, "1.1.0", canary=canary["id"], canary_timeout="60")["rollout"]["id"],
         )
     )
     state = t.rollout(rollout_id)
@@ -202,7 +213,11 @@ def own_mosquitto(tmp_path: Path) -> Iterator[tuple[int, Any]]:
     processes: list[subprocess.Popen[bytes]] = []
 
     def start() -> None:
-        processes.append(subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        processes.append(
+            subprocess.Popen(
+                [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
         deadline = time.monotonic() + 10
         while not port_open("127.0.0.1", port):
             assert time.monotonic() < deadline, "mosquitto did not start"
@@ -233,7 +248,9 @@ def test_a_trigger_published_while_the_broker_is_down_arrives_after_it_returns(
         start()
         topic, later_topic = trigger_topic(t.mqtt_user, group["id"]), trigger_topic(t.mqtt_user, later["id"])
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher")
-        client.on_message = lambda c, u, m: (received if m.topic == topic else received_later).append(bytes(m.payload))
+        client.on_message = lambda c, u, m: (received if m.topic == topic else received_later).append(
+            bytes(m.payload)
+        )
         client.connect("127.0.0.1", port)
         client.subscribe([(topic, 1), (later_topic, 1)])
         client.loop_start()

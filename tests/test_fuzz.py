@@ -12,6 +12,7 @@ OTASHIP_FUZZ_EXAMPLES sets the cases per operation (default 30: a few hundred
 in all, for `make test`; `make fuzz` runs thousands). The seed is fixed, so a
 run is repeatable; a failure prints the case as a curl command.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,18 @@ OPERATIONS = [f"{method.upper()} {path}" for path, item in document()["paths"].i
 # 5xx answers that remain, by operation, with the reason each cannot be fixed:
 # none, and the list should stay empty.
 KNOWN: dict[str, str] = {}
-RANGES = ["bytes=0-99", "bytes=-500", "bytes=100-", "bytes=0-9,20-29", "bytes=99999999-", "bytes=5-1",
-          "bytes=0-0,-1", "bytes=", "bytes=-0", "items=0-9"]
+RANGES = [
+    "bytes=0-99",
+    "bytes=-500",
+    "bytes=100-",
+    "bytes=0-9,20-29",
+    "bytes=99999999-",
+    "bytes=5-1",
+    "bytes=0-0,-1",
+    "bytes=",
+    "bytes=-0",
+    "items=0-9",
+]
 
 
 @dataclass(frozen=True)
@@ -87,8 +98,10 @@ def summary(pytestconfig: pytest.Config) -> Iterator[None]:
         return
     lines = pytestconfig.stash.setdefault(SUMMARY, [])
     total = sum(sum(t.values()) for t in TALLIES.values())
-    lines.append(f"schemathesis: {total} cases on {len(TALLIES)} operations (seed {SEED}), "
-                 f"real ids and values in {CHOICES['real']} of {CHOICES.total()} places that take them")
+    lines.append(
+        f"schemathesis: {total} cases on {len(TALLIES)} operations (seed {SEED}), "
+        f"real ids and values in {CHOICES['real']} of {CHOICES.total()} places that take them"
+    )
     for label, statuses in TALLIES.items():
         answers = ", ".join(f"{status}x{count}" for status, count in sorted(statuses.items()))
         lines.append(f"  {label}: {sum(statuses.values())} ({answers})")
@@ -118,7 +131,8 @@ def seed(settings: Settings, services: Services, fleet: Fleet) -> Seeded:
 
         def deploy(who: Owner, group: Group, version: str, **extra: str) -> dict[str, Any]:
             response = client.post(
-                "/v1/ota/group", headers=who.headers,
+                "/v1/ota/group",
+                headers=who.headers,
                 data={"group": group.id, "token": group.token, "version": version, **extra},
                 files={"firmware": ("firmware.bin", build_image(version))},
             )
@@ -173,8 +187,11 @@ def real_values(seeded: Seeded, case: AnyCase) -> dict[str, st.SearchStrategy[An
         "header Range": st.sampled_from(RANGES),
     }
     operation = case.operation
-    declared = {f"path {p.name}" for p in operation.path_parameters} | {
-        f"query {p.name}" for p in operation.query} | {f"header {p.name}" for p in operation.headers}
+    declared = (
+        {f"path {p.name}" for p in operation.path_parameters}
+        | {f"query {p.name}" for p in operation.query}
+        | {f"header {p.name}" for p in operation.headers}
+    )
     if isinstance(case.body, dict):
         # The group and its token go together: a real group with another's token is only a 400.
         by_name |= {
@@ -190,8 +207,16 @@ def real_values(seeded: Seeded, case: AnyCase) -> dict[str, st.SearchStrategy[An
 def authorization(api_key: str) -> st.SearchStrategy[str]:
     """The valid key seven times in eight: without it every operation but the devices' is a 401."""
     valid = f"Bearer {api_key}"
-    bad = ["", "Bearer", "Bearer osk_wrong", "Basic b3duZXI6a2V5", "Bearer " + "x" * 300,
-           f"bearer   {api_key}  ", api_key, f"Bearer {api_key}x"]
+    bad = [
+        "",
+        "Bearer",
+        "Bearer osk_wrong",
+        "Basic b3duZXI6a2V5",
+        "Bearer " + "x" * 300,
+        f"bearer   {api_key}  ",
+        api_key,
+        f"Bearer {api_key}x",
+    ]
     return st.sampled_from([False] * 7 + [True]).flatmap(
         lambda wrong: st.sampled_from(bad) if wrong else st.just(valid)
     )
@@ -199,7 +224,10 @@ def authorization(api_key: str) -> st.SearchStrategy[str]:
 
 def with_real_values(case: AnyCase, seeded: Seeded) -> st.SearchStrategy[AnyCase]:
     def apply(picks: dict[str, Any]) -> AnyCase:
-        headers: dict[str, Any] = {**dict(case.headers or {}), "Authorization": picks.pop("header Authorization")}
+        headers: dict[str, Any] = {
+            **dict(case.headers or {}),
+            "Authorization": picks.pop("header Authorization"),
+        }
         body: Any = case.body  # a form is a dict here: real_values offers form fields only then
         for key, value in picks.items():
             CHOICES["real" if value is not None else "generated"] += 1
@@ -227,7 +255,9 @@ def with_real_values(case: AnyCase, seeded: Seeded) -> st.SearchStrategy[AnyCase
 @pytest.fixture
 def schema(settings: Settings, services: Services, fleet: Fleet) -> Iterator[tuple[Any, Seeded]]:
     # The rate limits have their own tests; here they would only cut cases short.
-    unlimited = settings.with_overrides(rate_limit_reads=None, rate_limit_writes=None, rate_limit_bad_keys=None)
+    unlimited = settings.with_overrides(
+        rate_limit_reads=None, rate_limit_writes=None, rate_limit_bad_keys=None
+    )
     seeded = seed(unlimited, services, fleet)
     loaded = schemathesis.openapi.from_asgi("/openapi.json", create_app(unlimited, services=services))
 
@@ -255,7 +285,10 @@ def test_every_operation_answers_as_documented(label: str, schema: tuple[Any, Se
 
     @hypothesis.seed(SEED)
     @hypothesis.settings(
-        max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.generate, Phase.shrink],
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate, Phase.shrink],
         suppress_health_check=list(HealthCheck),
     )
     @hypothesis.given(case=strategy)

@@ -4,6 +4,7 @@ The real app and the real google-cloud-storage client, against gcp-storage-emula
 deploys write the object first and the record after, devices download through the
 receiver's cache, and an outage or an interrupted upload leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -106,7 +107,10 @@ def test_a_deploy_stores_the_object_under_its_content_key(
     listing = client.get("/v1/ota/group", headers=owner.headers).json()
     (ota,) = listing["otas"]
     assert (ota["version"], ota["sha256"], ota["md5"], ota["size"]) == (
-        "1.0.0", sha256, hashlib.md5(image).hexdigest(), len(image),
+        "1.0.0",
+        sha256,
+        hashlib.md5(image).hexdigest(),
+        len(image),
     )
     assert ota["path"] == f"ota/group/{group.id}{group.token}/firmware.bin"
     # The spool file is gone, and nothing was cached: no device asked yet.
@@ -168,7 +172,8 @@ async def test_a_burst_of_downloads_costs_one_gcs_read_per_image(
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         for group, image in zip(groups, images, strict=True):
             response = await http.post(
-                "/v1/ota/group", headers=owner.headers,
+                "/v1/ota/group",
+                headers=owner.headers,
                 data={"group": group.id, "token": group.token, "version": "1.0.0"},
                 files={"firmware": ("firmware.bin", image)},
             )
@@ -197,7 +202,10 @@ async def test_a_burst_of_downloads_costs_one_gcs_read_per_image(
 
 
 def test_a_cache_file_evicted_before_it_is_opened_is_fetched_again(
-    client: TestClient, fleet: Fleet, services: Services, gcs_emulator: GCSEmulator,
+    client: TestClient,
+    fleet: Fleet,
+    services: Services,
+    gcs_emulator: GCSEmulator,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     owner = fleet.owner()
@@ -227,7 +235,10 @@ def test_a_cache_file_evicted_before_it_is_opened_is_fetched_again(
 
 
 def test_eviction_keeps_serving_every_image(
-    client: TestClient, fleet: Fleet, services: Services, gcs_emulator: GCSEmulator,
+    client: TestClient,
+    fleet: Fleet,
+    services: Services,
+    gcs_emulator: GCSEmulator,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A cache too small for two images: each download evicts the other one.
@@ -258,8 +269,9 @@ def test_a_gcs_outage_during_a_deploy_is_a_quick_500_and_changes_nothing(
     gcs_emulator.stop()
 
     started = time.monotonic()
-    response = post(client, owner, {"group": group.id, "token": group.token, "version": "1.1.0"},
-                    build_image("1.1.0"))
+    response = post(
+        client, owner, {"group": group.id, "token": group.token, "version": "1.1.0"}, build_image("1.1.0")
+    )
     elapsed = time.monotonic() - started
 
     assert response.status_code == 500
@@ -369,9 +381,17 @@ async def test_an_upload_interrupted_by_the_client_leaves_no_record(
     cut = len(body) // 2  # inside the firmware part
     app = create_app(settings, services=services)
     scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-        "method": "POST", "scheme": "http", "path": "/v1/ota/group", "raw_path": b"/v1/ota/group",
-        "root_path": "", "query_string": b"", "server": ("test", 80), "client": ("127.0.0.1", 5000),
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/ota/group",
+        "raw_path": b"/v1/ota/group",
+        "root_path": "",
+        "query_string": b"",
+        "server": ("test", 80),
+        "client": ("127.0.0.1", 5000),
         "headers": [
             (b"host", b"test"),
             (b"authorization", f"Bearer {owner.api_key}".encode()),

@@ -1,4 +1,5 @@
 """/healthz and /readyz on the real app: a working receiver, then each dependency broken for real."""
+
 from __future__ import annotations
 
 import threading
@@ -55,7 +56,8 @@ class FailingStorage(Storage):
 def sqlite_settings(tmp_path: Path) -> Settings:
     # The database in a folder of its own, so that a test can take the folder away.
     return Settings(
-        data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'db' / 'otaship.db'}",
+        data_dir=tmp_path / "data",
+        database_url=f"sqlite:///{tmp_path / 'db' / 'otaship.db'}",
         mqtt_url="none",
     )
 
@@ -76,7 +78,8 @@ def ready(client: TestClient) -> tuple[int, dict[str, Any]]:
 def test_a_working_receiver_is_live_and_ready(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert ready(client) == (
-        200, {"status": "ready", "checks": {"database": "ok", "storage": "ok", "mqtt": "not configured"}}
+        200,
+        {"status": "ready", "checks": {"database": "ok", "storage": "ok", "mqtt": "not configured"}},
     )
 
 
@@ -92,7 +95,10 @@ def test_a_database_that_goes_away_is_named_and_comes_back(
         assert status == 503
         assert body["failed"] == ["database"]
         assert body["checks"]["storage"] == "ok"
-        assert body["checks"]["database"] == "OperationalError: (sqlite3.OperationalError) unable to open database file"
+        assert (
+            body["checks"]["database"]
+            == "OperationalError: (sqlite3.OperationalError) unable to open database file"
+        )
         # Liveness does not care: restarting the process would not bring the database back.
         assert client.get("/healthz").status_code == 200
 
@@ -130,12 +136,19 @@ def test_failing_storage_is_named_with_its_reason(sqlite_settings: Settings, bui
         status, body = ready(client)
     assert status == 503
     assert body == {
-        "status": "unavailable", "failed": ["storage"],
-        "checks": {"database": "ok", "storage": "bucket otaship-firmware is not reachable", "mqtt": "not configured"},
+        "status": "unavailable",
+        "failed": ["storage"],
+        "checks": {
+            "database": "ok",
+            "storage": "bucket otaship-firmware is not reachable",
+            "mqtt": "not configured",
+        },
     }
 
 
-def test_real_local_storage_that_cannot_be_written_is_named(tmp_path: Path, sqlite_settings: Settings) -> None:
+def test_real_local_storage_that_cannot_be_written_is_named(
+    tmp_path: Path, sqlite_settings: Settings
+) -> None:
     objects = tmp_path / "objects"
     settings = sqlite_settings.with_overrides(storage_url=objects.as_uri())
     services = build_services(settings)
@@ -164,10 +177,22 @@ def test_a_hung_check_times_out_and_is_not_started_twice(sqlite_settings: Settin
             first = ready(client)
             second = ready(client)
             elapsed = time.monotonic() - started
-            assert first == second == (503, {
-                "status": "unavailable", "failed": ["storage"],
-                "checks": {"database": "ok", "storage": "no answer within 0.2 s", "mqtt": "not configured"},
-            })
+            assert (
+                first
+                == second
+                == (
+                    503,
+                    {
+                        "status": "unavailable",
+                        "failed": ["storage"],
+                        "checks": {
+                            "database": "ok",
+                            "storage": "no answer within 0.2 s",
+                            "mqtt": "not configured",
+                        },
+                    },
+                )
+            )
             assert elapsed < 2
             # The second probe waited on the first attempt instead of starting another.
             assert storage.checks == 1
@@ -193,8 +218,13 @@ def test_a_broker_that_is_down_is_named_without_the_url_credentials(
         response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {
-        "status": "unavailable", "failed": ["mqtt"],
-        "checks": {"database": "ok", "storage": "ok", "mqtt": f"not connected to the broker at 127.0.0.1:{port}"},
+        "status": "unavailable",
+        "failed": ["mqtt"],
+        "checks": {
+            "database": "ok",
+            "storage": "ok",
+            "mqtt": f"not connected to the broker at 127.0.0.1:{port}",
+        },
     }
     assert "mqtt-secret-pw" not in response.text and "receiver" not in response.text
 

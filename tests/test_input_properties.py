@@ -6,6 +6,7 @@ never another exception, which would be a 500, and never a spool file left
 behind. Derandomized with a bounded number of examples, so `make test` runs
 the same cases every time, quickly; raise max_examples locally to dig deeper.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,7 +44,10 @@ from tests.conftest import Fleet, Owner
 # The fixtures these tests take (a spool folder, an app) are fit for every
 # example: each example leaves them as it found them, which the tests check.
 PROPERTY = settings(
-    max_examples=200, derandomize=True, deadline=None, database=None,
+    max_examples=200,
+    derandomize=True,
+    deadline=None,
+    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 # Cases that go through the app (and its database) cost more each.
@@ -78,8 +82,11 @@ def test_a_whole_number_is_in_its_bounds_or_refused_by_name(raw: str | None, cla
 
 
 @PROPERTY
-@given(number=st.integers(min_value=0, max_value=10**40), zeros=st.integers(0, 5),
-       pad=st.sampled_from(["", " ", "\t", "\r\n"]))
+@given(
+    number=st.integers(min_value=0, max_value=10**40),
+    zeros=st.integers(0, 5),
+    pad=st.sampled_from(["", " ", "\t", "\r\n"]),
+)
 def test_ascii_digits_read_as_their_number(number: int, zeros: int, pad: str) -> None:
     raw = f"{pad}{'0' * zeros}{number}{pad}"
     if number <= 1000:
@@ -160,8 +167,11 @@ alphanumerics = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-
 # A prerelease identifier is numeric, or holds at least one letter or hyphen.
 identifier = st.one_of(
     numeric,
-    st.tuples(st.text(alphabet=alphanumerics, max_size=5), st.sampled_from("abcXYZ-"),
-              st.text(alphabet=alphanumerics, max_size=5)).map("".join),
+    st.tuples(
+        st.text(alphabet=alphanumerics, max_size=5),
+        st.sampled_from("abcXYZ-"),
+        st.text(alphabet=alphanumerics, max_size=5),
+    ).map("".join),
 )
 
 
@@ -235,8 +245,13 @@ def request_of(chunks: list[bytes], content_type: str = multipart.CONTENT_TYPE) 
     async def receive() -> dict[str, object]:
         return next(messages)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/ota/group", "query_string": b"",
-             "headers": [(b"content-type", content_type.encode())]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/ota/group",
+        "query_string": b"",
+        "headers": [(b"content-type", content_type.encode())],
+    }
     return Request(scope, receive)
 
 
@@ -245,12 +260,19 @@ def split(body: bytes, cuts: list[int]) -> list[bytes]:
     return [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
 
 
-def parse(chunks: list[bytes], spool: Path, max_file_bytes: int = 4096) -> tuple[dict[str, str], bytes | None] | str:
+def parse(
+    chunks: list[bytes], spool: Path, max_file_bytes: int = 4096
+) -> tuple[dict[str, str], bytes | None] | str:
     """The fields and file bytes of a body, or the refusal's class and message; the spool emptied."""
     try:
         upload: Upload = asyncio.run(
-            receive_upload(request_of(chunks), spool_dir=spool, max_file_bytes=max_file_bytes,
-                           idle_timeout=5, total_timeout=30)
+            receive_upload(
+                request_of(chunks),
+                spool_dir=spool,
+                max_file_bytes=max_file_bytes,
+                idle_timeout=5,
+                total_timeout=30,
+            )
         )
     except (MalformedUpload, UploadTooLarge, UploadTimedOut) as exc:
         outcome: tuple[dict[str, str], bytes | None] | str = f"{type(exc).__name__}: {exc}"
@@ -296,10 +318,12 @@ def test_a_valid_body_parses_the_same_however_it_is_chunked(
 
 @st.composite
 def damaged_bodies(draw: st.DrawFn) -> bytes:
-    body = bytearray(multipart.form(
-        draw(st.dictionaries(field_names, field_values, max_size=4)),
-        draw(st.one_of(st.none(), st.binary(max_size=6000))),
-    ))
+    body = bytearray(
+        multipart.form(
+            draw(st.dictionaries(field_names, field_values, max_size=4)),
+            draw(st.one_of(st.none(), st.binary(max_size=6000))),
+        )
+    )
     for _ in range(draw(st.integers(1, 4))):
         at = draw(st.integers(0, len(body)))
         kind = draw(st.sampled_from(["cut", "insert", "overwrite", "extra part"]))
@@ -309,13 +333,19 @@ def damaged_bodies(draw: st.DrawFn) -> bytes:
             body[at:at] = draw(st.binary(min_size=1, max_size=64))
         elif kind == "overwrite":
             junk = draw(st.sampled_from([b"\r\n", b"--", multipart.BOUNDARY.encode(), b"\x00", b'"', b";"]))
-            body[at:at + len(junk)] = junk
+            body[at : at + len(junk)] = junk
         else:
-            body[at:at] = draw(st.sampled_from([
-                multipart.file_part(b"x" * 100, "extra"), multipart.file_part(b"\xe9" * 10),
-                multipart.field_part("", "nameless"), multipart.field_part("group", "y" * 5000),
-                b"epilogue" * 2000,
-            ]))
+            body[at:at] = draw(
+                st.sampled_from(
+                    [
+                        multipart.file_part(b"x" * 100, "extra"),
+                        multipart.file_part(b"\xe9" * 10),
+                        multipart.field_part("", "nameless"),
+                        multipart.field_part("group", "y" * 5000),
+                        b"epilogue" * 2000,
+                    ]
+                )
+            )
     return bytes(body)
 
 
@@ -337,7 +367,9 @@ query_names = st.sampled_from(["offset", "limit", "search_value", "draw", "order
 
 @ROUTE_PROPERTY
 @given(query=st.dictionaries(query_names, values, max_size=5))
-def test_any_listing_query_is_answered_200_or_400(client: TestClient, lister: Owner, query: dict[str, str]) -> None:
+def test_any_listing_query_is_answered_200_or_400(
+    client: TestClient, lister: Owner, query: dict[str, str]
+) -> None:
     response = client.get("/v1/ota/group", params=query, headers=lister.headers)
     assert response.status_code in (200, 400), response.text
     if response.status_code == 400:
@@ -356,7 +388,9 @@ def test_any_post_body_is_answered_below_500_and_stores_nothing(
 ) -> None:
     app_settings = client.app.state.services.settings  # type: ignore[attr-defined]
     response = client.post(
-        "/v1/ota/group", content=body, headers={**lister.headers, "Content-Type": multipart.CONTENT_TYPE},
+        "/v1/ota/group",
+        content=body,
+        headers={**lister.headers, "Content-Type": multipart.CONTENT_TYPE},
     )
     assert response.status_code < 500, response.text
     assert list(app_settings.tmp_dir.iterdir()) == []

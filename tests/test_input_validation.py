@@ -1,5 +1,6 @@
 """Hostile values in every query parameter and form field: a 400 that names the
 field, on both databases, and nothing stored when a POST is refused."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -91,9 +92,15 @@ def test_bad_listing_values_are_400_naming_the_field(
 
 
 def test_listing_values_at_their_bounds_are_served(client: TestClient, setup: Setup) -> None:
-    for query in ("offset=1000000000", "limit=" + "9" * 5000, "offset=0000000000000000000000000001",
-                  "search_value=" + "a" * 256, "draw=" + "1" * 64, "search_value=%20firmware.bin%09",
-                  "search_value=%C3%A9t%C3%A9"):
+    for query in (
+        "offset=1000000000",
+        "limit=" + "9" * 5000,
+        "offset=0000000000000000000000000001",
+        "search_value=" + "a" * 256,
+        "draw=" + "1" * 64,
+        "search_value=%20firmware.bin%09",
+        "search_value=%C3%A9t%C3%A9",
+    ):
         response = client.get(f"/v1/ota/group?{query}", headers=setup.owner.headers)
         assert response.status_code == 200, (query, response.text)
         assert response.json()["otas"] == []
@@ -103,13 +110,20 @@ def test_listing_values_at_their_bounds_are_served(client: TestClient, setup: Se
 
 
 def post(
-    client: TestClient, s: Setup, fields: dict[str, str] | None = None, *, version: str = "1.1.0", rollout: bool = True
+    client: TestClient,
+    s: Setup,
+    fields: dict[str, str] | None = None,
+    *,
+    version: str = "1.1.0",
+    rollout: bool = True,
 ) -> httpx.Response:
     data = {"group": s.group.id, "token": s.group.token, "version": version, **(fields or {})}
     if rollout:
         data.setdefault("canary", s.canary.id)
     response: httpx.Response = client.post(
-        "/v1/ota/group", headers=s.owner.headers, data=data,
+        "/v1/ota/group",
+        headers=s.owner.headers,
+        data=data,
         files={"firmware": ("firmware.bin", build_image(version))},
     )
     return response
@@ -145,8 +159,12 @@ def post(
     ],
 )
 def test_bad_fields_are_400_and_store_nothing(
-    client: TestClient, services: Services, settings: Settings, setup: Setup,
-    fields: dict[str, str], expected: str,
+    client: TestClient,
+    services: Services,
+    settings: Settings,
+    setup: Setup,
+    fields: dict[str, str],
+    expected: str,
 ) -> None:
     response = post(client, setup, fields)
     assert response.status_code == 400
@@ -156,12 +174,19 @@ def test_bad_fields_are_400_and_store_nothing(
 
 @pytest.mark.parametrize(
     ("canary", "expected"),
-    [("unrelated", "canary must be a subgroup of the group"),
-     ("empty", "the canary subgroup has no registered devices")],
+    [
+        ("unrelated", "canary must be a subgroup of the group"),
+        ("empty", "the canary subgroup has no registered devices"),
+    ],
 )
 def test_a_bad_canary_is_400_before_the_image_is_stored(
-    client: TestClient, services: Services, settings: Settings, fleet: Fleet, setup: Setup,
-    canary: str, expected: str,
+    client: TestClient,
+    services: Services,
+    settings: Settings,
+    fleet: Fleet,
+    setup: Setup,
+    canary: str,
+    expected: str,
 ) -> None:
     other = fleet.group(setup.owner, name=canary, parent=setup.group if canary == "empty" else None)
     response = post(client, setup, {"canary": other.id})
@@ -182,17 +207,31 @@ def test_a_commit_with_nul_is_refused_on_a_plain_deploy(
 def test_fields_at_their_bounds_start_a_rollout(
     client: TestClient, services: Services, settings: Settings, setup: Setup
 ) -> None:
-    response = post(client, setup, {
-        "canary_timeout": "604800", "soak": "604800", "error_threshold": "1000000",
-        "success_threshold": "1e-05", "auto_promote": " FALSE\n", "commit": "a" * 64,
-    })
+    response = post(
+        client,
+        setup,
+        {
+            "canary_timeout": "604800",
+            "soak": "604800",
+            "error_threshold": "1000000",
+            "success_threshold": "1e-05",
+            "auto_promote": " FALSE\n",
+            "commit": "a" * 64,
+        },
+    )
     assert response.status_code == 201, response.text
     rollout_id = response.json()["rollout"]["id"]
     with read_session(services.engine) as session:
         rollout = session.get(Rollout, rollout_id)
         assert rollout is not None
-        assert (rollout.canary_timeout, rollout.soak, rollout.error_threshold, rollout.success_threshold,
-                rollout.auto_promote, rollout.commit) == (604800, 604800, 1000000, 1e-05, False, "a" * 64)
+        assert (
+            rollout.canary_timeout,
+            rollout.soak,
+            rollout.error_threshold,
+            rollout.success_threshold,
+            rollout.auto_promote,
+            rollout.commit,
+        ) == (604800, 604800, 1000000, 1e-05, False, "a" * 64)
 
 
 def test_the_spec_order_holds_for_hostile_values(client: TestClient, fleet: Fleet, setup: Setup) -> None:
@@ -200,14 +239,16 @@ def test_the_spec_order_holds_for_hostile_values(client: TestClient, fleet: Flee
     free = fleet.owner(plan="free")
     # A bad option of a free owner: the plan's 403 comes first, as for any field after the group id.
     response = client.post(
-        "/v1/ota/group", headers=free.headers,
+        "/v1/ota/group",
+        headers=free.headers,
         data={"group": s.group.id, "token": "x", "version": "1.0.0", "canary_timeout": "²"},
         files={"firmware": ("firmware.bin", build_image("1.0.0"))},
     )
     assert response.status_code == 403
     # A NUL in the group id is a bad group id (before the plan), in the token a wrong token.
     response = client.post(
-        "/v1/ota/group", headers=free.headers,
+        "/v1/ota/group",
+        headers=free.headers,
         data={"group": s.group.id[:-1] + "\x00", "token": "x", "version": "1.0.0"},
         files={"firmware": ("firmware.bin", build_image("1.0.0"))},
     )
@@ -238,13 +279,22 @@ def test_rollout_queries_and_paths_refuse_control_characters(client: TestClient,
 
 def test_devices_takes_the_usual_words(client: TestClient, setup: Setup) -> None:
     rollout_id = post(client, setup).json()["rollout"]["id"]
-    for value, with_devices in (("false", False), ("0", False), ("No", False), ("off", False),
-                                ("true", True), ("1", True), ("", True)):
+    for value, with_devices in (
+        ("false", False),
+        ("0", False),
+        ("No", False),
+        ("off", False),
+        ("true", True),
+        ("1", True),
+        ("", True),
+    ):
         body = client.get(f"/v1/rollouts/{rollout_id}?devices={value}", headers=setup.owner.headers).json()
         assert ("devices" in body) is with_devices, value
 
 
-def test_a_spool_file_never_outlives_a_refused_post(settings: Settings, client: TestClient, setup: Setup) -> None:
+def test_a_spool_file_never_outlives_a_refused_post(
+    settings: Settings, client: TestClient, setup: Setup
+) -> None:
     post(client, setup, {"canary_timeout": "²"})
     post(client, setup, {"commit": "\x00"})
     tmp_dir: Path = settings.tmp_dir

@@ -10,6 +10,7 @@ API key and MQTT password once, and `group create` and `group list` print
 group tokens for the operator to configure devices with. Everything else, on
 stdout or stderr, is searched.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,16 @@ class Transcript:
     def add(self, source: str, text: str) -> None:
         self.outputs[source] = self.outputs.get(source, "") + text
 
-    def run(self, source: str, command: list[str], env: dict[str, str], *, searched_stdout: bool = True,
-            check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        source: str,
+        command: list[str],
+        env: dict[str, str],
+        *,
+        searched_stdout: bool = True,
+        check: bool = True,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         self.add(f"{source} (stderr)", result.stderr)
         if searched_stdout:
@@ -53,10 +62,16 @@ class Transcript:
             assert result.returncode == 0, f"{source} exited {result.returncode}: {result.stderr}"
         return result
 
-    def otaship(self, env: dict[str, str], *args: str, searched_stdout: bool = True,
-                check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(f"otaship {' '.join(args[:2])}", [*OTASHIP, *args], env,
-                        searched_stdout=searched_stdout, check=check)
+    def otaship(
+        self, env: dict[str, str], *args: str, searched_stdout: bool = True, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run(
+            f"otaship {' '.join(args[:2])}",
+            [*OTASHIP, *args],
+            env,
+            searched_stdout=searched_stdout,
+            check=check,
+        )
 
     def leaks(self, secrets_used: dict[str, str]) -> list[str]:
         return [
@@ -107,23 +122,52 @@ def test_no_secret_reaches_any_line_at_debug_level(
     database_url, database_password = postgres_with_password
     broker_port = free_port()
     env = cli_env(
-        tmp_path / "data", OTASHIP_DATABASE_URL=database_url, OTASHIP_LOG_LEVEL=log_level,
-        OTASHIP_LOG_FORMAT=log_format, OTASHIP_MQTT_URL=f"embedded://127.0.0.1:{broker_port}",
+        tmp_path / "data",
+        OTASHIP_DATABASE_URL=database_url,
+        OTASHIP_LOG_LEVEL=log_level,
+        OTASHIP_LOG_FORMAT=log_format,
+        OTASHIP_MQTT_URL=f"embedded://127.0.0.1:{broker_port}",
     )
     day = Transcript()
 
     # --- the operator sets up, through the CLI
     day.otaship(env, "migrate")
-    user = json.loads(day.otaship(env, "user", "create", "ops@example.com", "--plan", "pro",
-                                  searched_stdout=False).stdout)
-    second_key = json.loads(day.otaship(env, "user", "key", "ops@example.com", "--keep",
-                                        searched_stdout=False).stdout)["api_key"]
-    fleet = json.loads(day.otaship(env, "group", "create", "fleet", "--owner", "ops@example.com",
-                                   searched_stdout=False).stdout)
-    canary = json.loads(day.otaship(env, "group", "create", "canary", "--owner", "ops@example.com",
-                                    "--parent", fleet["id"], searched_stdout=False).stdout)
-    day.otaship(env, "device", "create", "bench", "--group", canary["id"], "--id", "bench-1",
-                "--firmware-version", "0.9.0")
+    user = json.loads(
+        day.otaship(env, "user", "create", "ops@example.com", "--plan", "pro", searched_stdout=False).stdout
+    )
+    second_key = json.loads(
+        day.otaship(env, "user", "key", "ops@example.com", "--keep", searched_stdout=False).stdout
+    )["api_key"]
+    fleet = json.loads(
+        day.otaship(
+            env, "group", "create", "fleet", "--owner", "ops@example.com", searched_stdout=False
+        ).stdout
+    )
+    canary = json.loads(
+        day.otaship(
+            env,
+            "group",
+            "create",
+            "canary",
+            "--owner",
+            "ops@example.com",
+            "--parent",
+            fleet["id"],
+            searched_stdout=False,
+        ).stdout
+    )
+    day.otaship(
+        env,
+        "device",
+        "create",
+        "bench",
+        "--group",
+        canary["id"],
+        "--id",
+        "bench-1",
+        "--firmware-version",
+        "0.9.0",
+    )
     day.otaship(env, "user", "list")
     day.otaship(env, "group", "list", searched_stdout=False)
     # A mistyped admin command: its error names what is wrong, not the secrets around it.
@@ -148,8 +192,13 @@ def test_no_secret_reaches_any_line_at_debug_level(
         with httpx.Client(base_url=url, timeout=30) as http:
             # --- the management API: good and bad requests
             assert http.get("/v1/ota/group", headers=key).status_code == 200
-            assert http.get("/v1/ota/group", headers={"Authorization": f"Bearer {second_key}"}).status_code == 200
-            assert http.get("/v1/ota/group", headers={"Authorization": f"Bearer {bad_key}"}).status_code == 401
+            assert (
+                http.get("/v1/ota/group", headers={"Authorization": f"Bearer {second_key}"}).status_code
+                == 200
+            )
+            assert (
+                http.get("/v1/ota/group", headers={"Authorization": f"Bearer {bad_key}"}).status_code == 401
+            )
             assert http.get("/v1/ota/group").status_code == 401
             assert http.get("/v1/ota/group?offset=-1", headers=key).status_code == 400
             assert http.get(f"/v1/rollouts?group={'0' * 24}", headers=key).status_code == 404
@@ -158,27 +207,51 @@ def test_no_secret_reaches_any_line_at_debug_level(
             image = write_image(tmp_path / "fw.bin", "1.0.0")
             deploy_env = {
                 **{k: v for k, v in env.items() if not k.startswith("OTASHIP_")},
-                "OTASHIP_RECEIVER_URL": url, "OTASHIP_API_KEY": user["api_key"],
-                "OTASHIP_GROUP": fleet["id"], "OTASHIP_GROUP_TOKEN": fleet["token"],
+                "OTASHIP_RECEIVER_URL": url,
+                "OTASHIP_API_KEY": user["api_key"],
+                "OTASHIP_GROUP": fleet["id"],
+                "OTASHIP_GROUP_TOKEN": fleet["token"],
             }
-            day.run("otaship-deploy", [sys.executable, "-m", "otaship.action", "deploy", "--firmware", str(image),
-                                       "--version", "1.0.0", "--wait", "false"], deploy_env)
+            day.run(
+                "otaship-deploy",
+                [
+                    sys.executable,
+                    "-m",
+                    "otaship.action",
+                    "deploy",
+                    "--firmware",
+                    str(image),
+                    "--version",
+                    "1.0.0",
+                    "--wait",
+                    "false",
+                ],
+                deploy_env,
+            )
             conflict = http.post(
-                "/v1/ota/group", headers=key,
+                "/v1/ota/group",
+                headers=key,
                 data={"group": fleet["id"], "token": fleet["token"], "version": "1.0.0"},
                 files={"firmware": ("firmware.bin", build_image("1.0.0", seed=7))},
             )
             assert conflict.status_code == 409
             wrong_token = http.post(
-                "/v1/ota/group", headers=key,
+                "/v1/ota/group",
+                headers=key,
                 data={"group": fleet["id"], "token": canary["token"], "version": "1.0.1"},
                 files={"firmware": ("firmware.bin", build_image("1.0.1"))},
             )
             assert wrong_token.status_code == 400
             staged = http.post(
-                "/v1/ota/group", headers=key,
-                data={"group": fleet["id"], "token": fleet["token"], "version": "1.1.0",
-                      "canary": canary["id"], "auto_promote": "false"},
+                "/v1/ota/group",
+                headers=key,
+                data={
+                    "group": fleet["id"],
+                    "token": fleet["token"],
+                    "version": "1.1.0",
+                    "canary": canary["id"],
+                    "auto_promote": "false",
+                },
                 files={"firmware": ("firmware.bin", build_image("1.1.0"))},
             )
             assert staged.status_code == 201, staged.text
@@ -190,8 +263,9 @@ def test_no_secret_reaches_any_line_at_debug_level(
             assert http.get(f"/v1/ota/group/latest/{fleet['id']}{fleet['token']}").status_code == 404
             assert http.get(f"/v1/ota/group/latest/{canary['id']}{canary['token']}").status_code == 404
             assert http.get(f"/v1/ota/group/download/{fleet['id']}{fleet['token']}").status_code == 200
-            ranged = http.get(f"/v1/ota/group/download/{canary['id']}{canary['token']}",
-                              headers={"Range": "bytes=0-15"})
+            ranged = http.get(
+                f"/v1/ota/group/download/{canary['id']}{canary['token']}", headers={"Range": "bytes=0-15"}
+            )
             assert ranged.status_code == 206
             assert http.head(f"/v1/ota/group/download/{fleet['id']}{fleet['token']}").status_code == 200
             assert http.get(f"/v1/ota/group/download/{fleet['id']}{canary['token']}").status_code == 404
@@ -200,30 +274,53 @@ def test_no_secret_reaches_any_line_at_debug_level(
             device = Client(broker_port, user["mqtt_user"], user["mqtt_password"])
             assert not device.connect().is_failure
             device.publish(f"/{user['mqtt_user']}/devices/bench-1/update-response", b'{"code": 201}')
-            device.publish(f"/{user['mqtt_user']}/devices/bench-1/status",
-                           json.dumps({"fw_version": "1.1.0", "uptime": 5}).encode())
+            device.publish(
+                f"/{user['mqtt_user']}/devices/bench-1/status",
+                json.dumps({"fw_version": "1.1.0", "uptime": 5}).encode(),
+            )
             intruder = Client(broker_port, user["mqtt_user"], wrong_mqtt_password)
             assert intruder.connect().is_failure
             # The receiver took the report in: the canary's device succeeded.
-            wait_for("the status report", lambda: http.get(f"/v1/rollouts/{rollout}", headers=key)
-                     .json()["stages"][0]["succeeded"] == 1)
+            wait_for(
+                "the status report",
+                lambda: (
+                    http.get(f"/v1/rollouts/{rollout}", headers=key).json()["stages"][0]["succeeded"] == 1
+                ),
+            )
             device.close()
             assert http.post(f"/v1/rollouts/{rollout}/abort", headers=key).status_code == 200
             assert http.post(f"/v1/rollouts/{rollout}/abort", headers=key).status_code == 409
 
             # --- the simulator, as an owner would run it, and with a mistyped URL
             mqtt_url = f"mqtt://{user['mqtt_user']}:{user['mqtt_password']}@127.0.0.1:{broker_port}"
-            simulate = ["simulate", "--group", canary["id"], "--token", canary["token"], "--server", url,
-                        "--devices", "2", "--version", "1.0.0", "--duration", "3", "--status-interval", "1",
-                        "--register"]
+            simulate = [
+                "simulate",
+                "--group",
+                canary["id"],
+                "--token",
+                canary["token"],
+                "--server",
+                url,
+                "--devices",
+                "2",
+                "--version",
+                "1.0.0",
+                "--duration",
+                "3",
+                "--status-interval",
+                "1",
+                "--register",
+            ]
             day.otaship(env, *simulate, "--mqtt-url", mqtt_url)
             day.otaship(env, *simulate, "--mqtt-url", mqtt_url.replace("mqtt://", "mqttx://"), check=False)
     finally:
         day.add("otaship serve", receiver.stop())
 
     leaks = day.leaks(used)
-    print(f"{len(leaks)} secret(s) in {sum(len(o.splitlines()) for o in day.outputs.values())} lines "
-          f"from {len(day.outputs)} sources")
+    print(
+        f"{len(leaks)} secret(s) in {sum(len(o.splitlines()) for o in day.outputs.values())} lines "
+        f"from {len(day.outputs)} sources"
+    )
     assert leaks == [], "\n".join(leaks)
     # The flow really ran at debug level and logged what it should have.
     served = day.outputs["otaship serve"]

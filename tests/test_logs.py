@@ -1,4 +1,5 @@
 """Logs of real requests: one JSON object a line (or text), access lines, and never a secret."""
+
 from __future__ import annotations
 
 import io
@@ -34,8 +35,11 @@ def restore_logging() -> Iterator[None]:
     """configure_logging changes process-wide loggers; put them back for the next test."""
     names = ["", "uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"]
     saved = {
-        name: (list(logging.getLogger(name).handlers), logging.getLogger(name).level,
-               logging.getLogger(name).propagate)
+        name: (
+            list(logging.getLogger(name).handlers),
+            logging.getLogger(name).level,
+            logging.getLogger(name).propagate,
+        )
         for name in names
     }
     yield
@@ -151,9 +155,7 @@ def test_text_lines_carry_no_secret(
     assert f"INFO otaship.access: GET /v1/ota/group/download/{group.id}[redacted] 200 " in output
 
 
-def test_access_lines_follow_the_level(
-    settings: Settings, services: Services, restore_logging: None
-) -> None:
+def test_access_lines_follow_the_level(settings: Settings, services: Services, restore_logging: None) -> None:
     stream = io.StringIO()
     configure_logging(settings.with_overrides(log_format="json", log_level="warning"), stream=stream)
     with TestClient(create_app(settings, services=services)) as client:
@@ -168,32 +170,54 @@ def test_access_lines_follow_the_level(
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("GET /v1/ota/group/download/0123456789abcdef01234567AATluvfLURijoH9d HTTP/1.1",
-         "GET /v1/ota/group/download/0123456789abcdef01234567[redacted] HTTP/1.1"),
+        (
+            "GET /v1/ota/group/download/0123456789abcdef01234567AATluvfLURijoH9d HTTP/1.1",
+            "GET /v1/ota/group/download/0123456789abcdef01234567[redacted] HTTP/1.1",
+        ),
         ("/v1/ota/group/download/garbage?x=1", "/v1/ota/group/download/[redacted]?x=1"),
         ("route /v1/ota/group/download/{credentials}", "route /v1/ota/group/download/{credentials}"),
-        ("ota/group/5e1b76bc4315b70eb242567aAATluvfLURijoH9d/firmware.bin",
-         "ota/group/5e1b76bc4315b70eb242567a[redacted]/firmware.bin"),
+        (
+            "ota/group/5e1b76bc4315b70eb242567aAATluvfLURijoH9d/firmware.bin",
+            "ota/group/5e1b76bc4315b70eb242567a[redacted]/firmware.bin",
+        ),
         ("/v1/ota/group/latest/5e1b76bc4315b70eb242567a", "/v1/ota/group/latest/5e1b76bc4315b70eb242567a"),
         ("Authorization: Bearer osk_abcDEF123-_xyz", "Authorization: Bearer [redacted]"),
         ("authorization: bearer some-opaque-token", "authorization: bearer [redacted]"),
         ("key osk_abcDEF123-_xyz rotated", "key osk_[redacted] rotated"),
-        ("mqtts://devices:hunter2-pw@broker.example.com:8883", "mqtts://devices:[redacted]@broker.example.com:8883"),
-        ("postgresql+psycopg://otaship:p%40ss@db:5432/otaship", "postgresql+psycopg://otaship:[redacted]@db:5432/otaship"),
+        (
+            "mqtts://devices:hunter2-pw@broker.example.com:8883",
+            "mqtts://devices:[redacted]@broker.example.com:8883",
+        ),
+        (
+            "postgresql+psycopg://otaship:p%40ss@db:5432/otaship",
+            "postgresql+psycopg://otaship:[redacted]@db:5432/otaship",
+        ),
         ("basic checks passed", "basic checks passed"),
         # The id and token on a route that does not take them, in the access
         # line and in uvicorn's trace of the scope (raw_path is bytes there).
-        ("GET /v1/ota/group/latest/5e1b76bc4315b70eb242567aAATluvfLURijoH9d 404",
-         "GET /v1/ota/group/latest/5e1b76bc4315b70eb242567a[redacted] 404"),
-        ("'raw_path': b'/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9d/promote'",
-         "'raw_path': b'/v1/rollouts/5e1b76bc4315b70eb242567a[redacted]/promote'"),
+        (
+            "GET /v1/ota/group/latest/5e1b76bc4315b70eb242567aAATluvfLURijoH9d 404",
+            "GET /v1/ota/group/latest/5e1b76bc4315b70eb242567a[redacted] 404",
+        ),
+        (
+            "'raw_path': b'/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9d/promote'",
+            "'raw_path': b'/v1/rollouts/5e1b76bc4315b70eb242567a[redacted]/promote'",
+        ),
         ("/5e1b76bc4315b70eb242567aAATluvfLURijoH9d.bin", "/5e1b76bc4315b70eb242567a[redacted].bin"),
         # Not that shape: an object key's sha256, an id and something shorter or longer.
         ("firmware/sha256/" + "9f" * 32 + ".bin", "firmware/sha256/" + "9f" * 32 + ".bin"),
-        ("/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9", "/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9"),
-        ("/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9dX", "/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9dX"),
-        ("PUT https://storage.googleapis.com/upload/storage/v1/b/fw/o?uploadType=resumable&upload_id=ADPyc-x9",
-         "PUT https://storage.googleapis.com/upload/storage/v1/b/fw/o?uploadType=resumable&upload_id=[redacted]"),
+        (
+            "/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9",
+            "/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9",
+        ),
+        (
+            "/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9dX",
+            "/v1/rollouts/5e1b76bc4315b70eb242567aAATluvfLURijoH9dX",
+        ),
+        (
+            "PUT https://storage.googleapis.com/upload/storage/v1/b/fw/o?uploadType=resumable&upload_id=ADPyc-x9",
+            "PUT https://storage.googleapis.com/upload/storage/v1/b/fw/o?uploadType=resumable&upload_id=[redacted]",
+        ),
     ],
 )
 def test_redact(text: str, expected: str) -> None:
@@ -203,7 +227,8 @@ def test_redact(text: str, expected: str) -> None:
 def test_otaship_serve_writes_json_lines_through_one_formatter(tmp_path: Path) -> None:
     broker_password = "broker-secret-pw"
     env = cli_env(
-        tmp_path / "data", OTASHIP_LOG_FORMAT="json",
+        tmp_path / "data",
+        OTASHIP_LOG_FORMAT="json",
         OTASHIP_MQTT_URL=f"mqtt://receiver:{broker_password}@127.0.0.1:{free_port()}",
     )
     user = otaship_json(env, "user", "create", "ops@example.com", "--plan", "pro")
@@ -265,10 +290,13 @@ def test_a_server_error_redacts_its_cause_for_the_client_and_the_log(
     stream = capture(settings, "text")
     owner = fleet.owner()
     group = fleet.group(owner)
-    services.storage = FailingPut(services.storage, f"cannot write ota/group/{group.id}{group.token}/firmware.bin")
+    services.storage = FailingPut(
+        services.storage, f"cannot write ota/group/{group.id}{group.token}/firmware.bin"
+    )
     with TestClient(create_app(settings, services=services)) as client:
-        response = post(client, owner, {"group": group.id, "token": group.token, "version": "1.0.0"},
-                        build_image("1.0.0"))
+        response = post(
+            client, owner, {"group": group.id, "token": group.token, "version": "1.0.0"}, build_image("1.0.0")
+        )
     assert response.status_code == 500
     assert response.json() == {
         "message": "Error when uploading firmware file",
@@ -290,8 +318,14 @@ def test_the_cli_redacts_what_python_logs_for_it_unconfigured(tmp_path: Path) ->
         "logging.getLogger('otaship.simulator.cli').info('info lines stay quiet osk_abcdefgh')\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], env=cli_env(tmp_path / "data"), capture_output=True, text=True,
+        [sys.executable, "-c", script],
+        env=cli_env(tmp_path / "data"),
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stderr == "simulation failed: GET http://h/v1/ota/group/download/5e1b76bc4315b70eb242567a[redacted]\n"
+    assert (
+        result.stderr
+        == "simulation failed: GET http://h/v1/ota/group/download/5e1b76bc4315b70eb242567a[redacted]\n"
+    )

@@ -1,4 +1,5 @@
 """GET /metrics on the real app: requests by route template, deploys, triggers, reports, rollouts."""
+
 from __future__ import annotations
 
 import json
@@ -68,14 +69,20 @@ def test_requests_are_counted_by_route_template_not_by_path(client: TestClient, 
     assert sample(client, "otaship_http_requests_total", method="GET", route=LATEST, status="200") == 1
     assert sample(client, "otaship_http_requests_total", method="GET", route=LATEST, status="404") == 2
     assert sample(client, "otaship_http_request_duration_seconds_count", method="GET", route=LATEST) == 3
-    assert sample(client, "otaship_http_requests_total", method="POST", route="/v1/ota/group", status="201") == 1
+    assert (
+        sample(client, "otaship_http_requests_total", method="POST", route="/v1/ota/group", status="201") == 1
+    )
     assert sample(client, "otaship_http_requests_total", method="GET", route="unmatched", status="404") == 1
     assert sample(client, "otaship_http_requests_total", method="other", route="/healthz", status="405") == 1
 
     families = scrape(client)
     routes = {s.labels["route"] for s in families["otaship_http_requests"]}
     assert routes == {
-        "/v1/ota/group", LATEST, "/v1/ota/group/download/{credentials}", "unmatched", "/healthz",
+        "/v1/ota/group",
+        LATEST,
+        "/v1/ota/group/download/{credentials}",
+        "unmatched",
+        "/healthz",
     }
     text = client.get("/metrics").text
     assert group.id not in text and group.token not in text and owner.api_key not in text
@@ -97,9 +104,7 @@ def test_latency_buckets_are_cumulative_and_agree_with_the_count() -> None:
     assert metrics.registry.get_sample_value("otaship_http_request_duration_seconds_count", labels) == 6
     total = metrics.registry.get_sample_value("otaship_http_request_duration_seconds_sum", labels)
     assert total == pytest.approx(100.2037)
-    assert metrics.registry.get_sample_value(
-        "otaship_http_requests_total", {**labels, "status": "200"}
-    ) == 5
+    assert metrics.registry.get_sample_value("otaship_http_requests_total", {**labels, "status": "200"}) == 5
 
 
 def test_each_app_counts_in_its_own_registry(settings: Settings, services: Services) -> None:
@@ -133,7 +138,9 @@ def test_deploys_and_upload_bytes(client: TestClient, fleet: Fleet) -> None:
     assert sample(client, "otaship_upload_bytes_total") == 2 * len(image)
     # A rejected upload was still received.
     response = client.post(
-        "/v1/ota/group", headers=owner.headers, data={**data, "token": "x" * 16},
+        "/v1/ota/group",
+        headers=owner.headers,
+        data={**data, "token": "x" * 16},
         files={"firmware": ("firmware.bin", image)},
     )
     assert response.status_code == 400
@@ -152,7 +159,8 @@ def test_canary_deploys_promotions_and_rollouts_by_state(
     fleet.device(rest, name="field", firmware_version="1.0.0")
 
     response = client.post(
-        "/v1/ota/group", headers=owner.headers,
+        "/v1/ota/group",
+        headers=owner.headers,
         data={"group": group.id, "token": group.token, "version": "1.1.0", "canary": canary.id},
         files={"firmware": ("firmware.bin", build_image("1.1.0"))},
     )
@@ -187,14 +195,18 @@ def test_canary_deploys_promotions_and_rollouts_by_state(
 
 def test_a_broken_database_still_scrapes_and_counts_the_500(settings: Settings, services: Services) -> None:
     engine = create_engine(f"sqlite:///{settings.data_dir / 'no-such-dir' / 'x.db'}")
-    broken = Services(settings=settings, engine=engine, storage=services.storage, catalog=FirmwareCatalog(engine))
+    broken = Services(
+        settings=settings, engine=engine, storage=services.storage, catalog=FirmwareCatalog(engine)
+    )
     with TestClient(create_app(settings, services=broken), raise_server_exceptions=False) as client:
         response = client.get("/v1/ota/group", headers={"Authorization": "Bearer osk_whatever"})
         assert response.status_code == 500
         families = scrape(client)
     engine.dispose()
     assert "otaship_rollouts" not in families
-    assert sample(client, "otaship_http_requests_total", method="GET", route="/v1/ota/group", status="500") == 1
+    assert (
+        sample(client, "otaship_http_requests_total", method="GET", route="/v1/ota/group", status="500") == 1
+    )
 
 
 @pytest.fixture
@@ -206,7 +218,9 @@ def embedded_client(settings: Settings, services: Services) -> Any:
         yield client
 
 
-def test_triggers_and_device_reports_over_the_embedded_broker(embedded_client: TestClient, fleet: Fleet) -> None:
+def test_triggers_and_device_reports_over_the_embedded_broker(
+    embedded_client: TestClient, fleet: Fleet
+) -> None:
     client = embedded_client
     owner = fleet.owner()
     group = fleet.group(owner)
@@ -236,11 +250,14 @@ def test_triggers_and_device_reports_over_the_embedded_broker(embedded_client: T
     def counts() -> dict[tuple[str, str], float]:
         return {
             (kind, result): sample(client, "otaship_device_reports_total", kind=kind, result=result)
-            for kind in ("status", "update-response") for result in ("accepted", "dropped")
+            for kind in ("status", "update-response")
+            for result in ("accepted", "dropped")
         }
 
     expected = {
-        ("status", "accepted"): 1, ("status", "dropped"): 2,
-        ("update-response", "accepted"): 1, ("update-response", "dropped"): 0,
+        ("status", "accepted"): 1,
+        ("status", "dropped"): 2,
+        ("update-response", "accepted"): 1,
+        ("update-response", "dropped"): 0,
     }
     eventually(lambda: counts() == expected, f"the reports (now {counts()})")

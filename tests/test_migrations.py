@@ -1,5 +1,6 @@
 """The Alembic migrations: they build exactly the models' schema, on SQLite and
 PostgreSQL, and the receiver starts only on a schema that is up to date."""
+
 from __future__ import annotations
 
 import secrets
@@ -82,7 +83,8 @@ def schema_of(url: str) -> dict[str, Any]:
                     if not is_search_object(i["name"])
                 ),
                 "unique": sorted(
-                    (str(u["name"]), tuple(u["column_names"])) for u in inspector.get_unique_constraints(table)
+                    (str(u["name"]), tuple(u["column_names"]))
+                    for u in inspector.get_unique_constraints(table)
                 ),
             }
             for table in sorted(set(inspector.get_table_names()) - {"alembic_version"})
@@ -209,8 +211,10 @@ def test_a_database_made_by_create_all_is_adopted(new_database: NewDatabase) -> 
     try:
         with engine.begin() as connection:
             connection.execute(
-                text("INSERT INTO users (id, email, plan, mqtt_user, mqtt_password_hash, created_at) "
-                     "VALUES ('a', 'a@example.com', 'pro', 'u', 'h', CURRENT_TIMESTAMP)")
+                text(
+                    "INSERT INTO users (id, email, plan, mqtt_user, mqtt_password_hash, created_at) "
+                    "VALUES ('a', 'a@example.com', 'pro', 'u', 'h', CURRENT_TIMESTAMP)"
+                )
             )
         status = schema_status(engine)
         assert status.unversioned and not status.up_to_date
@@ -315,8 +319,11 @@ def test_serve_refuses_an_out_of_date_postgres_until_migrate(empty_postgres_url:
     receiver = ReceiverProcess(env)
 
     refused = subprocess.run(
-        [sys.executable, "-m", "otaship.receiver.cli", "serve"], env=receiver.env,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "otaship.receiver.cli", "serve"],
+        env=receiver.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert refused.returncode == 1
     assert refused.stderr == "otaship: error: the database has no otaship schema: run `otaship migrate`\n"
@@ -326,7 +333,9 @@ def test_serve_refuses_an_out_of_date_postgres_until_migrate(empty_postgres_url:
 
     migrated = otaship(env, "migrate")
     assert migrated.stdout == f"created the database schema (revision {head_revision()})\n"
-    assert otaship(env, "migrate").stdout == f"the database schema is up to date (revision {head_revision()})\n"
+    assert (
+        otaship(env, "migrate").stdout == f"the database schema is up to date (revision {head_revision()})\n"
+    )
 
     created = otaship_json(env, "user", "create", "ops@example.com", "--plan", "pro")
     receiver.start()
@@ -358,10 +367,21 @@ def test_the_migrations_ship_in_the_package(tmp_path: Path) -> None:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-c", "from setuptools import setup; setup()", "-q",
-         "build_py", "--build-lib", str(tmp_path / "lib")],
-        cwd=source, check=True, capture_output=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "from setuptools import setup; setup()",
+            "-q",
+            "build_py",
+            "--build-lib",
+            str(tmp_path / "lib"),
+        ],
+        cwd=source,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
+
     def files(root: Path) -> set[str]:
         return {
             path.relative_to(root).as_posix()
@@ -409,7 +429,7 @@ def test_a_role_that_may_not_create_pg_trgm_is_told_who_must(
     assert str(raised.value).startswith(
         "migration failed: the path search index needs PostgreSQL's pg_trgm extension, which this role may "
         "not create: have a superuser run `CREATE EXTENSION pg_trgm;` in this database, then run "
-        "`otaship migrate` again (permission denied to create extension \"pg_trgm\")"
+        '`otaship migrate` again (permission denied to create extension "pg_trgm")'
     )
     # All or nothing: revision 0001 is not left behind half way.
     engine = create_db_engine(url)
@@ -435,7 +455,10 @@ def test_migrate_creates_pg_trgm_where_the_role_may(limited_role_database: tuple
     assert migrate(url).after == head_revision()
     assert search_objects(url) == {"ix_group_otas_path_trgm"}
     with superuser.connect() as conn:
-        assert conn.execute(text("SELECT extname FROM pg_extension WHERE extname = 'pg_trgm'")).scalar() == "pg_trgm"
+        assert (
+            conn.execute(text("SELECT extname FROM pg_extension WHERE extname = 'pg_trgm'")).scalar()
+            == "pg_trgm"
+        )
 
 
 def test_0003_records_rollout_baselines_and_keeps_older_rollouts_unchecked(new_database: NewDatabase) -> None:
@@ -447,18 +470,27 @@ def test_0003_records_rollout_baselines_and_keeps_older_rollouts_unchecked(new_d
             command.upgrade(alembic_config(connection), "0002")
             now = "2026-01-01 00:00:00+00:00"
             connection.execute(
-                text("INSERT INTO users (id, email, plan, mqtt_user, mqtt_password_hash, created_at) "
-                     "VALUES ('u', 'u@example.com', 'pro', 'mu', 'h', :now)"), {"now": now},
+                text(
+                    "INSERT INTO users (id, email, plan, mqtt_user, mqtt_password_hash, created_at) "
+                    "VALUES ('u', 'u@example.com', 'pro', 'mu', 'h', :now)"
+                ),
+                {"now": now},
             )
             connection.execute(
-                text("INSERT INTO groups (id, owner_id, name, token, created_at) VALUES "
-                     "('g', 'u', 'fleet', 't', :now), ('c', 'u', 'canary', 't', :now)"), {"now": now},
+                text(
+                    "INSERT INTO groups (id, owner_id, name, token, created_at) VALUES "
+                    "('g', 'u', 'fleet', 't', :now), ('c', 'u', 'canary', 't', :now)"
+                ),
+                {"now": now},
             )
             connection.execute(
-                text("INSERT INTO rollouts (id, owner_id, group_id, canary_group_id, version, object_key, sha256, "
-                     "md5, size, canary_timeout, success_threshold, error_threshold, soak, auto_promote, state, "
-                     "created_at, updated_at, canary_started_at) VALUES ('r', 'u', 'g', 'c', '1.0.0', 'k', 's', "
-                     "'m', 1, 60, 1.0, 0, 0, true, 'canary', :now, :now, :now)"), {"now": now},
+                text(
+                    "INSERT INTO rollouts (id, owner_id, group_id, canary_group_id, version, object_key, sha256, "
+                    "md5, size, canary_timeout, success_threshold, error_threshold, soak, auto_promote, state, "
+                    "created_at, updated_at, canary_started_at) VALUES ('r', 'u', 'g', 'c', '1.0.0', 'k', 's', "
+                    "'m', 1, 60, 1.0, 0, 0, true, 'canary', :now, :now, :now)"
+                ),
+                {"now": now},
             )
         assert migrate(engine) == MigrationResult(before="0002", after=head_revision())
         columns = "SELECT baseline_recorded, baseline_deployment_id, baseline_sha256 FROM rollouts"

@@ -111,7 +111,9 @@ class Client:
         self.paho.on_message = lambda _c, _u, message: self.messages.put(message)
         self.paho.on_disconnect = lambda *_args: self.disconnected.set()
 
-    def _on_connect(self, paho: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any) -> None:
+    def _on_connect(
+        self, paho: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
         if reason.is_failure:
             # Otherwise paho's network thread keeps retrying the refused login.
             paho.disconnect()

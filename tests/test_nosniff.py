@@ -1,4 +1,5 @@
 """X-Content-Type-Options: nosniff on every answer of every route, errors included."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,8 +62,18 @@ def test_every_route_and_error_answers_nosniff(settings: Settings, services: Ser
     assert len(routes) == len(app.routes)
     with TestClient(app, raise_server_exceptions=False) as client:
         deploy(client, owner, group, "1.0.0")
-        staged = post(client, owner, {"group": group.id, "token": group.token, "version": "1.1.0",
-                                      "canary": canary.id, "auto_promote": "false"}, build_image("1.1.0"))
+        staged = post(
+            client,
+            owner,
+            {
+                "group": group.id,
+                "token": group.token,
+                "version": "1.1.0",
+                "canary": canary.id,
+                "auto_promote": "false",
+            },
+            build_image("1.1.0"),
+        )
         assert staged.status_code == 201
         assert_nosniff(staged)
         params = {
@@ -104,7 +115,14 @@ def test_every_route_and_error_answers_nosniff(settings: Settings, services: Ser
         assert check("GET", "/no/such/route").status_code == 404
         assert check("DELETE", "/v1/ota/group", headers=owner.headers).status_code == 405
         assert check("PUT", download).status_code == 405
-        assert check("POST", "/v1/ota/group", headers=owner.headers,
-                     data={"group": group.id, "token": group.token, "version": "1.0.0"},
-                     files={"firmware": ("firmware.bin", build_image("1.0.0", seed=1))}).status_code == 409
+        assert (
+            check(
+                "POST",
+                "/v1/ota/group",
+                headers=owner.headers,
+                data={"group": group.id, "token": group.token, "version": "1.0.0"},
+                files={"firmware": ("firmware.bin", build_image("1.0.0", seed=1))},
+            ).status_code
+            == 409
+        )
     assert {200, 206, 400, 401, 404, 405, 409, 416, 500} <= statuses

@@ -4,6 +4,7 @@ Bodies, headers and examples are validated with jsonschema (Draft 2020-12, the
 dialect of OpenAPI 3.1), with the references resolved inside the document.
 tests/test_fuzz.py then sends generated requests to every operation.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,7 +67,9 @@ class Schemas:
         validator = Draft202012Validator(
             {"$ref": f"{DOCUMENT_URI}#{pointer(*where)}"}, registry=self.registry, format_checker=FORMATS
         )
-        return [f"{'/'.join(map(str, e.absolute_path)) or '$'}: {e.message}" for e in validator.iter_errors(value)]
+        return [
+            f"{'/'.join(map(str, e.absolute_path)) or '$'}: {e.message}" for e in validator.iter_errors(value)
+        ]
 
     def validate(self, value: Any, *where: str) -> None:
         found = self.errors(value, *where)
@@ -78,8 +81,14 @@ def test_the_schemas_catch_what_they_should() -> None:
     schemas = Schemas(openapi.document())
     ota = dict(openapi.OTA_EXAMPLE)
     schemas.validate(ota, "components", "schemas", "Ota")
-    for broken in ({**ota, "_id": "x"}, {**ota, "size": 0}, {**ota, "last_updated": "yesterday"},
-                   {**ota, "__v": True}, {**ota, "surprise": 1}, {k: v for k, v in ota.items() if k != "md5"}):
+    for broken in (
+        {**ota, "_id": "x"},
+        {**ota, "size": 0},
+        {**ota, "last_updated": "yesterday"},
+        {**ota, "__v": True},
+        {**ota, "surprise": 1},
+        {k: v for k, v in ota.items() if k != "md5"},
+    ):
         assert schemas.errors(broken, "components", "schemas", "Ota"), broken
 
 
@@ -148,7 +157,9 @@ class Checked:
         status = str(response.status_code)
         operation = self.document["paths"][template][method.lower()]
         documented = operation["responses"].get(status)
-        assert documented is not None, f"{method} {template} answered an undocumented {status}: {response.text}"
+        assert documented is not None, (
+            f"{method} {template} answered an undocumented {status}: {response.text}"
+        )
         where = ("paths", template, method.lower(), "responses", status)
         for header, spec in documented.get("headers", {}).items():
             if spec.get("required"):
@@ -183,7 +194,9 @@ def document(client: TestClient) -> dict[str, Any]:
     return response.json()  # type: ignore[no-any-return]
 
 
-def test_the_document_and_the_router_list_the_same_routes(client: TestClient, document: dict[str, Any]) -> None:
+def test_the_document_and_the_router_list_the_same_routes(
+    client: TestClient, document: dict[str, Any]
+) -> None:
     assert document["openapi"] == "3.1.0"
     routes = [r for r in client.app.routes if isinstance(r, Route)]  # type: ignore[attr-defined]
     assert len(routes) == len(client.app.routes)  # type: ignore[attr-defined]
@@ -208,7 +221,9 @@ def test_the_document_is_consistent(document: dict[str, Any]) -> None:
             Draft202012Validator.check_schema(parameter["schema"])
             if parameter["in"] == "path":
                 assert f"{{{parameter['name']}}}" in path
-                assert parameter["schema"].get("pattern"), f"{method} {path}: {parameter['name']} has no pattern"
+                assert parameter["schema"].get("pattern"), (
+                    f"{method} {path}: {parameter['name']} has no pattern"
+                )
         for content in operation.get("requestBody", {}).get("content", {}).values():
             Draft202012Validator.check_schema(content["schema"])
         for status, response in operation["responses"].items():
@@ -219,7 +234,9 @@ def test_the_document_is_consistent(document: dict[str, Any]) -> None:
                 # Every example must be true to its own schema.
                 for name, example in content.get("examples", {}).items():
                     where = ("paths", path, method, "responses", status, "content", media, "schema")
-                    assert schemas.errors(example["value"], *where) == [], f"{method} {path} {status} example {name}"
+                    assert schemas.errors(example["value"], *where) == [], (
+                        f"{method} {path} {status} example {name}"
+                    )
     text = json.dumps(document)
     for ref in set(re.findall(r'"\$ref": "#/components/schemas/(\w+)"', text)):
         assert ref in document["components"]["schemas"]
@@ -252,7 +269,11 @@ def test_real_answers_match_the_document(
                 ("POST", "/v1/ota/group", None): UPLOAD_ERROR,
                 ("GET", "/v1/rollouts", "/v1/rollouts?group=" + "a" * 24): ROLLOUT_READ_ERROR,
                 ("GET", "/v1/rollouts/{rollout_id}", f"/v1/rollouts/{rollout}"): ROLLOUT_READ_ERROR,
-                ("POST", "/v1/rollouts/{rollout_id}/promote", f"/v1/rollouts/{rollout}/promote"): CHANGE_ERROR,
+                (
+                    "POST",
+                    "/v1/rollouts/{rollout_id}/promote",
+                    f"/v1/rollouts/{rollout}/promote",
+                ): CHANGE_ERROR,
                 ("POST", "/v1/rollouts/{rollout_id}/abort", f"/v1/rollouts/{rollout}/abort"): CHANGE_ERROR,
             }.items():
                 answer = failing(method, template, url, headers=key)
@@ -276,7 +297,8 @@ def test_real_answers_match_the_document(
             over("GET", "/v1/ota/group", headers=key)
             over("POST", "/v1/rollouts/{rollout_id}/abort", f"/v1/rollouts/{'a' * 24}/abort", headers=key)
             for method, template, url in [
-                ("GET", "/v1/ota/group", None), ("POST", "/v1/ota/group", None),
+                ("GET", "/v1/ota/group", None),
+                ("POST", "/v1/ota/group", None),
                 ("GET", "/v1/rollouts", "/v1/rollouts?group=" + "a" * 24),
                 ("GET", "/v1/rollouts/{rollout_id}", "/v1/rollouts/" + "a" * 24),
                 ("POST", "/v1/rollouts/{rollout_id}/promote", f"/v1/rollouts/{'a' * 24}/promote"),
@@ -284,8 +306,12 @@ def test_real_answers_match_the_document(
             ]:
                 assert over(method, template, url, headers=key).status_code == 429
 
-    documented = {(path, method, status) for path, method, op in operations(document) for status in op["responses"]}
-    assert documented - (checked.seen | failing.seen | over.seen) == set(), "documented answers no test produced"
+    documented = {
+        (path, method, status) for path, method, op in operations(document) for status in op["responses"]
+    }
+    assert documented - (checked.seen | failing.seen | over.seen) == set(), (
+        "documented answers no test produced"
+    )
 
 
 def drive(checked: Checked, fleet: Fleet, services: Services, storage: SwitchableStorage) -> None:
@@ -301,7 +327,9 @@ def drive(checked: Checked, fleet: Fleet, services: Services, storage: Switchabl
     post(checked, owner, {**fields, "version": "1.0.0"}, b"not an image")
     post(checked, owner, {**fields, "group": "0" * 24, "version": "1.0.0"}, build_image("1.0.0"))
     assert post(checked, owner, {**fields, "version": "1.0.0"}, build_image("1.0.0")).status_code == 201
-    assert post(checked, owner, {**fields, "version": "1.0.0"}, build_image("1.0.0", seed=1)).status_code == 409
+    assert (
+        post(checked, owner, {**fields, "version": "1.0.0"}, build_image("1.0.0", seed=1)).status_code == 409
+    )
     too_big = services.settings.max_firmware_bytes + 1
     assert post(checked, owner, {**fields, "version": "1.0.1"}, b"\xe9" * too_big).status_code == 413
     storage.fail_put = True
@@ -342,30 +370,54 @@ def drive(checked: Checked, fleet: Fleet, services: Services, storage: Switchabl
     bench = [fleet.device(canary, name=f"bench{i}", firmware_version="1.0.0") for i in range(2)]
     # A device outside the canary keeps the fleet stage running until the abort.
     fleet.device(fleet.group(owner, name="field", parent=fleet_group), name="field", firmware_version="1.0.0")
-    response = post(checked, owner, {
-        "group": fleet_group.id, "token": fleet_group.token, "version": "2.0.0", "canary": canary.id,
-        "auto_promote": "false",
-    }, build_image("2.0.0"))
+    response = post(
+        checked,
+        owner,
+        {
+            "group": fleet_group.id,
+            "token": fleet_group.token,
+            "version": "2.0.0",
+            "canary": canary.id,
+            "auto_promote": "false",
+        },
+        build_image("2.0.0"),
+    )
     assert response.status_code == 201
     rollout_id = response.json()["rollout"]["id"]
     one = "/v1/rollouts/{rollout_id}"
     promote, abort = f"{one}/promote", f"{one}/abort"
-    assert checked("POST", promote, f"/v1/rollouts/{rollout_id}/promote", headers=owner.headers).status_code == 409
-    ReportIngester(services.engine).ingest_messages([
-        (f"/{owner.user.mqtt_user}/devices/{device.id}/status", json.dumps({"fw_version": "2.0.0"}).encode())
-        for device in bench
-    ])
-    assert checked("POST", promote, f"/v1/rollouts/{rollout_id}/promote", headers=owner.headers).status_code == 200
+    assert (
+        checked("POST", promote, f"/v1/rollouts/{rollout_id}/promote", headers=owner.headers).status_code
+        == 409
+    )
+    ReportIngester(services.engine).ingest_messages(
+        [
+            (
+                f"/{owner.user.mqtt_user}/devices/{device.id}/status",
+                json.dumps({"fw_version": "2.0.0"}).encode(),
+            )
+            for device in bench
+        ]
+    )
+    assert (
+        checked("POST", promote, f"/v1/rollouts/{rollout_id}/promote", headers=owner.headers).status_code
+        == 200
+    )
     body = checked("GET", one, f"/v1/rollouts/{rollout_id}", headers=owner.headers).json()
     assert {(d["name"], d["stage"]) for d in body["devices"]} == {
-        *((name, stage) for name in ("bench0", "bench1") for stage in ("canary", "fleet")), ("field", "fleet"),
+        *((name, stage) for name in ("bench0", "bench1") for stage in ("canary", "fleet")),
+        ("field", "fleet"),
     }
     checked("GET", one, f"/v1/rollouts/{rollout_id}?devices=false", headers=owner.headers)
     checked("GET", one, f"/v1/rollouts/{rollout_id}?devices=maybe", headers=owner.headers)
     checked("GET", one, "/v1/rollouts/" + "0" * 24, headers=owner.headers)
     checked("GET", one, f"/v1/rollouts/{rollout_id}")
-    assert checked("POST", abort, f"/v1/rollouts/{rollout_id}/abort", headers=owner.headers).status_code == 200
-    assert checked("POST", abort, f"/v1/rollouts/{rollout_id}/abort", headers=owner.headers).status_code == 409
+    assert (
+        checked("POST", abort, f"/v1/rollouts/{rollout_id}/abort", headers=owner.headers).status_code == 200
+    )
+    assert (
+        checked("POST", abort, f"/v1/rollouts/{rollout_id}/abort", headers=owner.headers).status_code == 409
+    )
     for template in (promote, abort):
         checked("POST", template, template.replace("{rollout_id}", "0" * 24), headers=owner.headers)
         checked("POST", template, template.replace("{rollout_id}", "%00"), headers=owner.headers)

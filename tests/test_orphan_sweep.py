@@ -5,6 +5,7 @@ GCS runs the real google-cloud-storage client against gcp-storage-emulator. An
 object cannot be made an hour old by waiting: tests set its time back (the
 file's mtime, the emulator's `updated`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -106,8 +107,11 @@ def _download(client: TestClient, group: Group) -> bytes:
 
 def _sweep(services: Services, grace: float = HOUR, **kwargs: Any) -> SweepResult:
     return sweep_orphans(
-        storage=services.storage, engine=services.engine, grace=grace,
-        in_flight=services.objects_in_flight.keys, **kwargs,
+        storage=services.storage,
+        engine=services.engine,
+        grace=grace,
+        in_flight=services.objects_in_flight.keys,
+        **kwargs,
     )
 
 
@@ -127,7 +131,9 @@ def _copy_rollout(services: Services, key: str) -> None:
     with write_session(services.engine) as session:
         rollout = session.exec(select(Rollout)).first()
         assert rollout is not None
-        session.add(Rollout(**{**rollout.model_dump(), "id": new_id(), "object_key": key, "state": "aborted"}))
+        session.add(
+            Rollout(**{**rollout.model_dump(), "id": new_id(), "object_key": key, "state": "aborted"})
+        )
 
 
 def test_a_sweep_removes_old_orphans_and_keeps_every_referenced_object(
@@ -140,7 +146,9 @@ def test_a_sweep_removes_old_orphans_and_keeps_every_referenced_object(
     deploy(client, owner, group, "1.0.0")
     deploy(client, owner, group, "1.1.0")  # 1.0.0 is history now
     rollout = post(
-        client, owner, {"group": group.id, "token": group.token, "version": "1.2.0", "canary": canary.id},
+        client,
+        owner,
+        {"group": group.id, "token": group.token, "version": "1.2.0", "canary": canary.id},
         build_image("1.2.0"),
     )
     assert rollout.status_code == 201, rollout.text
@@ -159,7 +167,12 @@ def test_a_sweep_removes_old_orphans_and_keeps_every_referenced_object(
 
     assert [obj.key for obj in result.removed] == [old]
     assert result.removed_bytes == len(build_image("2.0.0"))
-    assert (result.plan.referenced, result.plan.young, result.plan.in_flight, result.plan.foreign) == (4, 1, 0, 1)
+    assert (result.plan.referenced, result.plan.young, result.plan.in_flight, result.plan.foreign) == (
+        4,
+        1,
+        0,
+        1,
+    )
     assert (result.changed, result.failed) == (0, [])
     assert _stored_keys(services) == referenced | {young, foreign}
     assert result.describe() == (
@@ -179,20 +192,34 @@ def test_each_kind_of_record_keeps_its_object(services: Services, fleet: Fleet, 
     images = {version: build_image(version) for version in ("1.0.0", "1.1.0")}
     firmware = {
         version: StoredFirmware(
-            object_key=_store(services, tmp_path, image), sha256=hashlib.sha256(image).hexdigest(),
-            md5=hashlib.md5(image).hexdigest(), size=len(image),
+            object_key=_store(services, tmp_path, image),
+            sha256=hashlib.sha256(image).hexdigest(),
+            md5=hashlib.md5(image).hexdigest(),
+            size=len(image),
         )
         for version, image in images.items()
     }
     with write_session(services.engine) as session:
         deploy_firmware(session=session, group_id=group.id, version="1.0.0", firmware=firmware["1.0.0"])
         deploy_firmware(session=session, group_id=group.id, version="1.1.0", firmware=firmware["1.1.0"])
-        session.add(Rollout(
-            owner_id=owner.user.id, group_id=group.id, canary_group_id=canary.id, version="9.9.9",
-            object_key="firmware/sha256/rollout.bin", sha256="0" * 64, md5="0" * 32, size=1,
-            canary_timeout=60, success_threshold=1.0, error_threshold=0, soak=0, auto_promote=True,
-            state="aborted",
-        ))
+        session.add(
+            Rollout(
+                owner_id=owner.user.id,
+                group_id=group.id,
+                canary_group_id=canary.id,
+                version="9.9.9",
+                object_key="firmware/sha256/rollout.bin",
+                sha256="0" * 64,
+                md5="0" * 32,
+                size=1,
+                canary_timeout=60,
+                success_threshold=1.0,
+                error_threshold=0,
+                soak=0,
+                auto_promote=True,
+                state="aborted",
+            )
+        )
     with read_session(services.engine) as session:
         assert referenced_keys(session=session) == {
             firmware["1.0.0"].object_key,  # history only
@@ -224,7 +251,11 @@ def test_a_dry_run_removes_nothing(
 
 
 def test_two_sweeps_at_once_remove_each_orphan_once(
-    client: TestClient, fleet: Fleet, services: Services, settings: Settings, tmp_path: Path,
+    client: TestClient,
+    fleet: Fleet,
+    services: Services,
+    settings: Settings,
+    tmp_path: Path,
     backdate: Backdate,
 ) -> None:
     # Two replicas: each with its own storage client and database engine.
@@ -374,10 +405,12 @@ def test_a_deploy_that_stored_its_object_too_long_ago_is_refused(
 
 def _waiting_on_a_lock(services: Services) -> bool:
     with read_session(services.engine) as session:
-        waiting = session.execute(text(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )).scalar_one()
+        waiting = session.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
     return int(waiting) > 0
 
 
@@ -406,10 +439,14 @@ class TestOnPostgres:
                 posted = _post_in_background(pool, client, owner, group, "1.0.0", other)
                 _wait_for(lambda: _waiting_on_a_lock(services), "the upload to wait for the group's lock")
                 deploy_firmware(
-                    session=session, group_id=group.id, version="2.0.0",
+                    session=session,
+                    group_id=group.id,
+                    version="2.0.0",
                     firmware=StoredFirmware(
-                        object_key=newer_key, sha256=hashlib.sha256(newer).hexdigest(),
-                        md5=hashlib.md5(newer).hexdigest(), size=len(newer),
+                        object_key=newer_key,
+                        sha256=hashlib.sha256(newer).hexdigest(),
+                        md5=hashlib.md5(newer).hexdigest(),
+                        size=len(newer),
                     ),
                 )
             response = posted.result(timeout=30)
@@ -422,7 +459,11 @@ class TestOnPostgres:
 
 
 def test_serve_sweeps_periodically(
-    fleet: Fleet, services: Services, settings: Settings, tmp_path: Path, backdate: Backdate,
+    fleet: Fleet,
+    services: Services,
+    settings: Settings,
+    tmp_path: Path,
+    backdate: Backdate,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="otaship.sweep")
@@ -491,13 +532,19 @@ def test_a_failing_sweep_is_logged_and_tried_again(
 def _gc_env(settings: Settings, **extra: str) -> dict[str, str]:
     """What `serve` runs with; for GCS the emulator's address is in the environment."""
     return cli_env(
-        settings.data_dir, OTASHIP_DATABASE_URL=settings.resolved_database_url,
-        OTASHIP_STORAGE_URL=settings.resolved_storage_url, **extra,
+        settings.data_dir,
+        OTASHIP_DATABASE_URL=settings.resolved_database_url,
+        OTASHIP_STORAGE_URL=settings.resolved_storage_url,
+        **extra,
     )
 
 
 def test_otaship_gc_removes_old_orphans_and_says_what_it_removed(
-    client: TestClient, fleet: Fleet, services: Services, settings: Settings, tmp_path: Path,
+    client: TestClient,
+    fleet: Fleet,
+    services: Services,
+    settings: Settings,
+    tmp_path: Path,
     backdate: Backdate,
 ) -> None:
     owner = fleet.owner()
@@ -556,9 +603,18 @@ def test_otaship_gc_refuses_without_the_servers_database(tmp_path: Path) -> None
     [
         (("gc", "--grace", "1h"), {}, 2, "argument --grace: must be a whole number of seconds, not '1h'"),
         (("gc", "--grace", "-5"), {}, 2, "argument --grace: must be a whole number of seconds, not '-5'"),
-        (("gc",), {"OTASHIP_GC_GRACE": "10"}, 1, "otaship: error: OTASHIP_GC_GRACE must be at least 60, not 10"),
-        (("gc",), {"OTASHIP_GC_INTERVAL": "often"}, 1,
-         "otaship: error: OTASHIP_GC_INTERVAL must be a whole number, not 'often'"),
+        (
+            ("gc",),
+            {"OTASHIP_GC_GRACE": "10"},
+            1,
+            "otaship: error: OTASHIP_GC_GRACE must be at least 60, not 10",
+        ),
+        (
+            ("gc",),
+            {"OTASHIP_GC_INTERVAL": "often"},
+            1,
+            "otaship: error: OTASHIP_GC_INTERVAL must be a whole number, not 'often'",
+        ),
     ],
 )
 def test_otaship_gc_names_a_bad_value(

@@ -1,4 +1,5 @@
 """The orphan sweep's decision, over every combination of what can be true of an object."""
+
 from __future__ import annotations
 
 import itertools
@@ -46,8 +47,11 @@ def _expected(*, firmware: bool, referenced: bool, in_flight: bool, age: float, 
 
 def _outcome(plan: SweepPlan) -> str:
     counts = {
-        "remove": len(plan.remove), "referenced": plan.referenced, "young": plan.young,
-        "in_flight": plan.in_flight, "foreign": plan.foreign,
+        "remove": len(plan.remove),
+        "referenced": plan.referenced,
+        "young": plan.young,
+        "in_flight": plan.in_flight,
+        "foreign": plan.foreign,
     }
     (reason,) = [name for name, count in counts.items() if count]
     assert counts[reason] == 1
@@ -56,7 +60,11 @@ def _outcome(plan: SweepPlan) -> str:
 
 CASES = list(
     itertools.product(
-        (FIRMWARE, *FOREIGN_KEYS), (False, True), (False, True), list(AGES), GRACES,
+        (FIRMWARE, *FOREIGN_KEYS),
+        (False, True),
+        (False, True),
+        list(AGES),
+        GRACES,
     )
 )
 
@@ -72,7 +80,8 @@ def test_each_object_is_removed_only_when_nothing_keeps_it(
         [obj],
         referenced={key} if referenced else {object_key("cd" * 32)},
         in_flight={key} if in_flight else frozenset(),
-        grace=grace, now=NOW,
+        grace=grace,
+        now=NOW,
     )
 
     expected = _expected(
@@ -100,13 +109,19 @@ def test_a_whole_listing_is_counted_once_per_object_and_removed_in_key_order() -
         age = AGES[age_name](grace)
         objects.append(StoredObject(key=key, size=number + 1, modified=NOW - age, version=f"{number}:1"))
         expected[
-            _expected(firmware=is_firmware, referenced=is_referenced, in_flight=is_in_flight, age=age, grace=grace)
+            _expected(
+                firmware=is_firmware, referenced=is_referenced, in_flight=is_in_flight, age=age, grace=grace
+            )
         ] += 1
 
     plan = plan_sweep(reversed(objects), referenced=referenced, in_flight=in_flight, grace=grace, now=NOW)
 
     assert (len(plan.remove), plan.referenced, plan.young, plan.in_flight, plan.foreign) == (
-        expected["remove"], expected["referenced"], expected["young"], expected["in_flight"], expected["foreign"],
+        expected["remove"],
+        expected["referenced"],
+        expected["young"],
+        expected["in_flight"],
+        expected["foreign"],
     )
     assert [obj.key for obj in plan.remove] == sorted(obj.key for obj in plan.remove)
     assert plan.remove_bytes == sum(obj.size for obj in plan.remove)

@@ -1,6 +1,7 @@
 """The listing's path search through its trigram index (otaship/receiver/db/path_search.py):
 the same answers as a plain substring test, on both backends and both of
 SQLite's routes, and an index the databases really use."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -81,8 +82,14 @@ def add_otas(services: Services, owner: Owner, paths: list[str]) -> list[GroupOt
             session.add(group)
             session.flush()
             ota = GroupOta(
-                group_id=group.id, owner_id=owner.user.id, version="1.0.0", path=path,
-                object_key="firmware/sha256/x.bin", sha256="0" * 64, md5="0" * 32, size=1,
+                group_id=group.id,
+                owner_id=owner.user.id,
+                version="1.0.0",
+                path=path,
+                object_key="firmware/sha256/x.bin",
+                sha256="0" * 64,
+                md5="0" * 32,
+                size=1,
                 last_updated=START + timedelta(seconds=offset + number),
             )
             session.add(ota)
@@ -111,14 +118,41 @@ def searchable(services: Services, fleet: Fleet) -> tuple[Owner, list[GroupOta]]
 
 SEARCHES = (
     # Selective, as an operator looking for one group types it: the index route.
-    "a1b2c3", "A1B2C3", "c3d4", "b2c", "0123456789", "abcabc", "cab",
-    "100%_d", "0%_", 'say "hi"', '"hi"', "k\\sl", "\\", "mixed-case and", " OR NOT*", "near(x", "colon:",
+    "a1b2c3",
+    "A1B2C3",
+    "c3d4",
+    "b2c",
+    "0123456789",
+    "abcabc",
+    "cab",
+    "100%_d",
+    "0%_",
+    'say "hi"',
+    '"hi"',
+    "k\\sl",
+    "\\",
+    "mixed-case and",
+    " OR NOT*",
+    "near(x",
+    "colon:",
     # Unselective: most of the owner's rows, the scan route.
-    "ota", "FIRMWARE.BIN", "feedface", "/firm", "0000feed",
+    "ota",
+    "FIRMWARE.BIN",
+    "feedface",
+    "/firm",
+    "0000feed",
     # Shorter than a trigram.
-    "a", "A1", "%", "_", "\"", "0%",
+    "a",
+    "A1",
+    "%",
+    "_",
+    '"',
+    "0%",
     # Nothing.
-    "zzzz", "a1b2c3d4e5f", "firmware.bin/", "%%%",
+    "zzzz",
+    "a1b2c3d4e5f",
+    "firmware.bin/",
+    "%%%",
 )
 
 
@@ -145,7 +179,8 @@ def test_search_pages_through_the_matches(
         seen: list[str] = []
         for offset in range(0, len(want) + 10, 10):
             body = client.get(
-                "/v1/ota/group", headers=owner.headers,
+                "/v1/ota/group",
+                headers=owner.headers,
                 params={"search_value": "feedface", "limit": 10, "offset": offset, "order_dir": order},
             ).json()
             assert body["recordsFiltered"] == len(want)
@@ -229,7 +264,9 @@ def test_a_selective_search_reads_the_index_not_the_owners_rows(
             connection.execute(text("ANALYZE group_otas"))
     client.get("/v1/ota/group", headers=owner.headers)  # caches recordsTotal, as a live listing does
     statements.clear()
-    body = client.get("/v1/ota/group", headers=owner.headers, params={"search_value": paths[1234][10:20]}).json()
+    body = client.get(
+        "/v1/ota/group", headers=owner.headers, params={"search_value": paths[1234][10:20]}
+    ).json()
     assert [o["_id"] for o in body["otas"]] == [otas[1234].id]
     queries = plans(services.engine, statements)
     assert len(queries) == 2  # the count and the page
@@ -249,20 +286,26 @@ def test_upgrading_to_0002_indexes_the_rows_already_there(new_database: Callable
     try:
         with engine.begin() as connection:
             command.upgrade(alembic_config(connection), "0001")
-            connection.execute(text(
-                "INSERT INTO users (id, email, plan, mqtt_user, mqtt_password_hash, created_at) "
-                "VALUES ('u1', 'a@example.com', 'pro', 'u', 'h', CURRENT_TIMESTAMP)"
-            ))
+            connection.execute(
+                text(
+                    "INSERT INTO users (id, email, plan, mqtt_user, mqtt_password_hash, created_at) "
+                    "VALUES ('u1', 'a@example.com', 'pro', 'u', 'h', CURRENT_TIMESTAMP)"
+                )
+            )
             for n in range(30):
                 connection.execute(
-                    text("INSERT INTO groups (id, owner_id, name, token, created_at) "
-                         "VALUES (:id, 'u1', 'g', :token, CURRENT_TIMESTAMP)"),
+                    text(
+                        "INSERT INTO groups (id, owner_id, name, token, created_at) "
+                        "VALUES (:id, 'u1', 'g', :token, CURRENT_TIMESTAMP)"
+                    ),
                     {"id": f"g{n}", "token": f"t{n}"},
                 )
                 connection.execute(
-                    text("INSERT INTO group_otas (id, group_id, owner_id, version, path, object_key, sha256, "
-                         "md5, size, revision, last_updated) VALUES (:id, :group, 'u1', '1.0.0', :path, 'k', "
-                         "'s', 'm', 1, 0, CURRENT_TIMESTAMP)"),
+                    text(
+                        "INSERT INTO group_otas (id, group_id, owner_id, version, path, object_key, sha256, "
+                        "md5, size, revision, last_updated) VALUES (:id, :group, 'u1', '1.0.0', :path, 'k', "
+                        "'s', 'm', 1, 0, CURRENT_TIMESTAMP)"
+                    ),
                     {"id": f"o{n}", "group": f"g{n}", "path": f"ota/group/old{n:03d}row/firmware.bin"},
                 )
         assert migrate(engine).after == head_revision()

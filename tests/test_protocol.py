@@ -1,4 +1,5 @@
 """otaship.protocol: the device protocol's topics, codes, paths and MQTT URLs, on their own."""
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,10 @@ kinds = st.sampled_from([STATUS, RESPONSE])
 
 def test_response_codes_are_the_documented_ones() -> None:
     assert [(c.name, int(c)) for c in ResponseCode] == [
-        ("TRIGGER_RECEIVED", 200), ("UPDATE_STARTING", 201), ("ALREADY_CURRENT", 202), ("ERROR", 203),
+        ("TRIGGER_RECEIVED", 200),
+        ("UPDATE_STARTING", 201),
+        ("ALREADY_CURRENT", 202),
+        ("ERROR", 203),
     ]
     assert RESPONSE_CODES == (200, 201, 202, 203)
     assert all(type(code) is int for code in RESPONSE_CODES)
@@ -73,10 +77,12 @@ def test_topics_are_the_documented_strings() -> None:
 def test_the_receivers_subscriptions() -> None:
     assert protocol.report_filters() == ["/+/devices/+/update-response", "/+/devices/+/status"]
     assert protocol.report_filters(shared=True) == [
-        "$share/otaship//+/devices/+/update-response", "$share/otaship//+/devices/+/status",
+        "$share/otaship//+/devices/+/update-response",
+        "$share/otaship//+/devices/+/status",
     ]
     assert protocol.report_filters(mqtt_user="alice") == [
-        "/alice/devices/+/update-response", "/alice/devices/+/status",
+        "/alice/devices/+/update-response",
+        "/alice/devices/+/status",
     ]
 
 
@@ -99,7 +105,10 @@ def test_a_report_topic_reads_back(user: str, device: str, kind: str) -> None:
     assert parse_report_topic(topic) == ReportTopic(user, device, kind)
     assert parse_trigger_topic(topic) is None
     # Exactly one of the receiver's filters takes it, and the owner's own filters too.
-    assert [topic_matches_sub(f, topic) for f in protocol.report_filters()] == [kind == RESPONSE, kind == STATUS]
+    assert [topic_matches_sub(f, topic) for f in protocol.report_filters()] == [
+        kind == RESPONSE,
+        kind == STATUS,
+    ]
     assert sum(topic_matches_sub(f, topic) for f in protocol.report_filters(mqtt_user=user)) == 1
     assert owner_may_use(user, topic)
 
@@ -107,8 +116,16 @@ def test_a_report_topic_reads_back(user: str, device: str, kind: str) -> None:
 @pytest.mark.parametrize(
     "topic",
     [
-        "", "/", "u/devices/d/status", "/u/devices/d", "/u/devices/d/status/x", "/u/devices/d/other",
-        "/u/device/d/status", "/u/groups/g/status", "//u/devices/d/status", "/u/devices/d/Status",
+        "",
+        "/",
+        "u/devices/d/status",
+        "/u/devices/d",
+        "/u/devices/d/status/x",
+        "/u/devices/d/other",
+        "/u/device/d/status",
+        "/u/groups/g/status",
+        "//u/devices/d/status",
+        "/u/devices/d/Status",
     ],
 )
 def test_other_topics_are_not_reports(topic: str) -> None:
@@ -117,8 +134,14 @@ def test_other_topics_are_not_reports(topic: str) -> None:
 
 @pytest.mark.parametrize(
     "topic",
-    ["", "u/groups/g/update-trigger", "/u/groups/g", "/u/groups/g/update-trigger/", "/u/devices/g/update-trigger",
-     "/u/groups/g/update-response"],
+    [
+        "",
+        "u/groups/g/update-trigger",
+        "/u/groups/g",
+        "/u/groups/g/update-trigger/",
+        "/u/devices/g/update-trigger",
+        "/u/groups/g/update-response",
+    ],
 )
 def test_other_topics_are_not_triggers(topic: str) -> None:
     assert parse_trigger_topic(topic) is None
@@ -132,7 +155,15 @@ def test_the_structure_is_read_and_the_levels_are_left_to_the_caller() -> None:
 
 @pytest.mark.parametrize(
     ("level", "usable"),
-    [("alice", True), ("a b", True), ("", False), ("a/b", False), ("+", False), ("a#", False), ("a\x00", False)],
+    [
+        ("alice", True),
+        ("a b", True),
+        ("", False),
+        ("a/b", False),
+        ("+", False),
+        ("a#", False),
+        ("a\x00", False),
+    ],
 )
 def test_usable_in_topic(level: str, usable: bool) -> None:
     assert protocol.usable_in_topic(level) is usable
@@ -199,9 +230,15 @@ def test_none_turns_mqtt_off(url: str) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("http://u:p@h", "OTASHIP_MQTT_URL must be embedded://HOST:PORT, mqtt://…, mqtts://… or none, not 'http'"),
+        (
+            "http://u:p@h",
+            "OTASHIP_MQTT_URL must be embedded://HOST:PORT, mqtt://…, mqtts://… or none, not 'http'",
+        ),
         ("", "OTASHIP_MQTT_URL must be embedded://HOST:PORT, mqtt://…, mqtts://… or none, not ''"),
-        ("broker:1883", "OTASHIP_MQTT_URL must be embedded://HOST:PORT, mqtt://…, mqtts://… or none, not 'broker'"),
+        (
+            "broker:1883",
+            "OTASHIP_MQTT_URL must be embedded://HOST:PORT, mqtt://…, mqtts://… or none, not 'broker'",
+        ),
         ("mqtt://u:secret@h:notaport", "OTASHIP_MQTT_URL has an invalid port"),
         ("embedded://127.0.0.1:65536", "OTASHIP_MQTT_URL has an invalid port"),
         ("mqtt://u:secret@[::1", "Invalid IPv6 URL"),
@@ -237,11 +274,17 @@ def test_device_urls() -> None:
     ("url", "message"),
     [
         ("http://u:p@h", "unsupported MQTT URL scheme in 'http://u:p@h': use mqtt:// or mqtts://"),
-        ("embedded://u:p@h:1883", "unsupported MQTT URL scheme in 'embedded://u:p@h:1883': use mqtt:// or mqtts://"),
+        (
+            "embedded://u:p@h:1883",
+            "unsupported MQTT URL scheme in 'embedded://u:p@h:1883': use mqtt:// or mqtts://",
+        ),
         ("none", "unsupported MQTT URL scheme in 'none': use mqtt:// or mqtts://"),
         ("mqtt://u:p@", "the MQTT URL 'mqtt://u:p@' has no host"),
-        ("mqtt://h:1883", "the MQTT URL needs the owner's mqtt_user (devices publish under /<mqtt_user>/...): "
-                          "mqtt://MQTT_USER:MQTT_PASSWORD@HOST:PORT"),
+        (
+            "mqtt://h:1883",
+            "the MQTT URL needs the owner's mqtt_user (devices publish under /<mqtt_user>/...): "
+            "mqtt://MQTT_USER:MQTT_PASSWORD@HOST:PORT",
+        ),
         ("mqtt://u:p@h:notaport", "bad port in MQTT URL 'mqtt://u:p@h:notaport'"),
         ("mqtt://u:p@[::1", "bad MQTT URL 'mqtt://u:p@[::1': Invalid IPv6 URL"),
     ],
@@ -258,8 +301,12 @@ hosts = st.from_regex(r"[a-z][a-z0-9-]{0,15}(\.[a-z][a-z0-9-]{0,10}){0,2}", full
 
 @PROPERTY
 @given(
-    scheme=st.sampled_from(["mqtt", "mqtts", "embedded"]), user=users, password=users, host=hosts,
-    port=st.one_of(st.none(), st.integers(1, 65535)), device=st.booleans(),
+    scheme=st.sampled_from(["mqtt", "mqtts", "embedded"]),
+    user=users,
+    password=users,
+    host=hosts,
+    port=st.one_of(st.none(), st.integers(1, 65535)),
+    device=st.booleans(),
 )
 def test_a_url_reads_back(
     scheme: str, user: str, password: str, host: str, port: int | None, device: bool
@@ -297,8 +344,10 @@ def test_any_text_is_an_address_or_a_clear_refusal(url: str, device: bool) -> No
 
 
 @PROPERTY
-@given(password=st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=8, max_size=20),
-       port=st.sampled_from(["x", "70000", "-1", "1.5"]))
+@given(
+    password=st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=8, max_size=20),
+    port=st.sampled_from(["x", "70000", "-1", "1.5"]),
+)
 def test_the_receivers_refusals_never_quote_the_password(password: str, port: str) -> None:
     with pytest.raises(MqttUrlError) as refused:
         parse_mqtt_url(f"mqtt://otaship:{password}@broker:{port}")
@@ -318,5 +367,7 @@ def test_protocol_and_the_simulator_need_nothing_of_the_receiver() -> None:
         "import otaship.simulator.cli\n"
         "print(sorted(m for m in sys.modules if m.startswith('otaship.receiver')))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
     assert result.stdout.splitlines() == ["[]", "[]"]

@@ -1,5 +1,6 @@
 """Rate limits on the management API: per API key, reads and writes apart, and
 per client address for missing or bad keys. Device routes are never limited."""
+
 from __future__ import annotations
 
 import io
@@ -45,7 +46,9 @@ def limited_app(settings: Settings, services: Services, **limits: str | None) ->
     return TestClient(create_app(settings.with_overrides(**limits), services=services))
 
 
-def test_reads_and_writes_of_a_key_are_limited_apart(settings: Settings, services: Services, fleet: Fleet) -> None:
+def test_reads_and_writes_of_a_key_are_limited_apart(
+    settings: Settings, services: Services, fleet: Fleet
+) -> None:
     owner = fleet.owner()
     with limited_app(settings, services, rate_limit_reads="3/minute", rate_limit_writes="2/minute") as client:
         for _ in range(3):
@@ -100,7 +103,9 @@ def test_one_key_flooding_does_not_limit_another_key_or_tenant(
         statuses = [client.get("/v1/ota/group", headers=flooder.headers).status_code for _ in range(50)]
         assert statuses == [200] * 5 + [429] * 45
         assert client.get("/v1/ota/group", headers=neighbour.headers).status_code == 200
-        assert client.get("/v1/ota/group", headers={"Authorization": f"Bearer {second_key}"}).status_code == 200
+        assert (
+            client.get("/v1/ota/group", headers={"Authorization": f"Bearer {second_key}"}).status_code == 200
+        )
         assert client.post(f"{NO_ROLLOUT}/abort", headers=flooder.headers).status_code == 404
 
 
@@ -111,7 +116,11 @@ def test_device_routes_and_operations_are_never_limited(
     group = fleet.group(owner)
     with TestClient(create_app(settings, services=services)) as setup:
         deploy(setup, owner, group, "1.0.0")
-    tight = {"rate_limit_reads": "1/minute", "rate_limit_writes": "1/minute", "rate_limit_bad_keys": "1/minute"}
+    tight = {
+        "rate_limit_reads": "1/minute",
+        "rate_limit_writes": "1/minute",
+        "rate_limit_bad_keys": "1/minute",
+    }
     with limited_app(settings, services, **tight) as client:
         # The limit is live: the management API refuses the second read.
         assert client.get("/v1/ota/group", headers=owner.headers).status_code == 200
@@ -120,8 +129,16 @@ def test_device_routes_and_operations_are_never_limited(
             # A device's requests carry no key; one that sends a stray header is not limited either.
             for headers in ({}, owner.headers, {"Authorization": "Bearer osk_bad"}):
                 assert client.get(f"/v1/ota/group/latest/{group.id}", headers=headers).status_code == 200
-                assert client.get(f"/v1/ota/group/download/{group.id}{group.token}", headers=headers).status_code == 200
-                assert client.head(f"/v1/ota/group/download/{group.id}{group.token}", headers=headers).status_code == 200
+                assert (
+                    client.get(f"/v1/ota/group/download/{group.id}{group.token}", headers=headers).status_code
+                    == 200
+                )
+                assert (
+                    client.head(
+                        f"/v1/ota/group/download/{group.id}{group.token}", headers=headers
+                    ).status_code
+                    == 200
+                )
             for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
                 assert client.get(path).status_code == 200
 
@@ -135,15 +152,19 @@ def test_missing_and_bad_keys_are_limited_per_client_address(
         "Rate limit exceeded: at most 3 requests with a missing or bad API key per minute from one "
         "address. Retry after"
     )
-    with TestClient(app, client=("203.0.113.7", 40000)) as attacker, \
-            TestClient(app, client=("203.0.113.7", 40001)) as honest_neighbour, \
-            TestClient(app, client=("198.51.100.2", 40000)) as elsewhere:
+    with (
+        TestClient(app, client=("203.0.113.7", 40000)) as attacker,
+        TestClient(app, client=("203.0.113.7", 40001)) as honest_neighbour,
+        TestClient(app, client=("198.51.100.2", 40000)) as elsewhere,
+    ):
         # An honest client whose key worked before the flood began.
         assert honest_neighbour.get("/v1/ota/group", headers=owner.headers).status_code == 200
         bad = [f"osk_guess{n:040d}" for n in range(6)]
         assert attacker.get("/v1/ota/group").status_code == 401
         for key in bad[:2]:
-            assert attacker.get("/v1/ota/group", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+            assert (
+                attacker.get("/v1/ota/group", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+            )
         for key in bad[2:]:
             response = attacker.get("/v1/ota/group", headers={"Authorization": f"Bearer {key}"})
             assert_limited(response, message, 60)
@@ -220,8 +241,10 @@ def test_otaship_deploy_waits_out_a_rate_limit_and_succeeds(tmp_path: Path) -> N
         code = otaship_deploy(
             ["deploy", "--firmware", str(write_image(tmp_path / "fw.bin", "2.0.0")), "--version", "2.0.0"],
             {
-                "OTASHIP_RECEIVER_URL": receiver.url, "OTASHIP_API_KEY": user["api_key"],
-                "OTASHIP_GROUP": group["id"], "OTASHIP_GROUP_TOKEN": group["token"],
+                "OTASHIP_RECEIVER_URL": receiver.url,
+                "OTASHIP_API_KEY": user["api_key"],
+                "OTASHIP_GROUP": group["id"],
+                "OTASHIP_GROUP_TOKEN": group["token"],
             },
             out,
         )
@@ -230,7 +253,10 @@ def test_otaship_deploy_waits_out_a_rate_limit_and_succeeds(tmp_path: Path) -> N
     finally:
         log = receiver.stop()
     assert code == exit_codes.OK, out.getvalue()
-    assert "the receiver answered 429 (Rate limit exceeded: at most 1 writes per 3 seconds per API key." in out.getvalue()
+    assert (
+        "the receiver answered 429 (Rate limit exceeded: at most 1 writes per 3 seconds per API key."
+        in out.getvalue()
+    )
     assert [ota["version"] for ota in listing["otas"]] == ["2.0.0"]
     assert "POST /v1/ota/group 429" in log and "POST /v1/ota/group 201" in log
     assert took >= 1

@@ -1,5 +1,6 @@
 """receive_upload (receiver/intake/multipart.py) on its own: an ASGI body in, an Upload or
 the exact refusal out, and never a spool file left behind by a refused one."""
+
 from __future__ import annotations
 
 import asyncio
@@ -36,7 +37,9 @@ FIELDS = {"group": "5e10fc5e77ba18070312e171", "token": "AATluvfLURijoH9d", "ver
 class Body:
     """An ASGI receive(): the chunks, then the end of the body, or what `then` does instead."""
 
-    def __init__(self, chunks: list[bytes], then: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> None:
+    def __init__(
+        self, chunks: list[bytes], then: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    ) -> None:
         self.chunks = list(chunks)
         self.then = then
         self.calls = 0
@@ -104,8 +107,11 @@ def test_fields_and_firmware_arrive_whole(spool: Path, flush_to_disk: bool, chun
 
 def test_the_first_of_a_repeated_field_wins_and_nameless_parts_are_skipped(spool: Path) -> None:
     body = (
-        multipart.field_part("version", "1.0.0") + multipart.field_part("version", "2.0.0")
-        + multipart.field_part("", "ignored") + multipart.field_part("commit", "") + multipart.closing()
+        multipart.field_part("version", "1.0.0")
+        + multipart.field_part("version", "2.0.0")
+        + multipart.field_part("", "ignored")
+        + multipart.field_part("commit", "")
+        + multipart.closing()
     )
     upload = receive(request(Body([body])), spool)
     assert (upload.fields, upload.file_path, upload.facts) == ({"version": "1.0.0", "commit": ""}, None, None)

@@ -1,4 +1,5 @@
 """The broker's memory of logins that worked: exactly the last password, per user."""
+
 from __future__ import annotations
 
 from otaship.receiver.mqtt.remembered_logins import RememberedLogins

@@ -1,5 +1,6 @@
 """receiver/mqtt/reports.py on its own: what a message becomes, who may speak for a
 device, and which reports cost a write. On both databases, without a broker."""
+
 from __future__ import annotations
 
 import json
@@ -73,15 +74,30 @@ def test_an_update_response_becomes_a_report() -> None:
     ("topic", "payload", "message"),
     [
         (report_topic("alice", "dev-1", "other"), b"{}", "not a report topic: '/alice/devices/dev-1/other'"),
-        (status_topic("alice", "dev 1"), b"{}", "not a user and device id in the topic: '/alice/devices/dev 1/status'"),
+        (
+            status_topic("alice", "dev 1"),
+            b"{}",
+            "not a user and device id in the topic: '/alice/devices/dev 1/status'",
+        ),
         # Quoted, and cut short.
         (report_topic(USER, "dev-1", "other"), b"{}", f"not a report topic: '/{USER}/device'"),
         (status_topic("", "dev-1"), b"{}", "not a user and device id in the topic: '//devices/dev-1/status'"),
         (status_topic(USER, "dev-1"), b"{}", "fw_version must be a string of 1 to 64 characters, not 'None'"),
-        (status_topic(USER, "dev-1"), b'{"fw_version": "1.0", "uptime": -5}',
-         "uptime must be a number of seconds from 0 to 3153600000, not '-5'"),
-        (response_topic(USER, "dev-1"), b'{"code": 204}', "code must be one of 200, 201, 202, 203, not '204'"),
-        (response_topic(USER, "dev-1"), b'{"code": [201]}', "code must be one of 200, 201, 202, 203, not list"),
+        (
+            status_topic(USER, "dev-1"),
+            b'{"fw_version": "1.0", "uptime": -5}',
+            "uptime must be a number of seconds from 0 to 3153600000, not '-5'",
+        ),
+        (
+            response_topic(USER, "dev-1"),
+            b'{"code": 204}',
+            "code must be one of 200, 201, 202, 203, not '204'",
+        ),
+        (
+            response_topic(USER, "dev-1"),
+            b'{"code": [201]}',
+            "code must be one of 200, 201, 202, 203, not list",
+        ),
         (response_topic(USER, "dev-1"), b'"201"', "payload is not a JSON object"),
     ],
 )
@@ -126,20 +142,30 @@ def test_only_the_owners_login_speaks_for_its_devices(services: Services, fleet:
     metrics = Metrics()
     ingester = ReportIngester(services.engine, metrics=metrics)
 
-    assert ingester.ingest_messages([
-        (status_topic(bob_user, device.id), b'{"fw_version": "6.6.6"}'),
-        (response_topic(bob_user, device.id), b'{"code": 203}'),
-        (status_topic(alice_user, "no-such-device"), b'{"fw_version": "1.0.0"}'),
-        (status_topic("nobody", device.id), b'{"fw_version": "6.6.6"}'),
-    ]) is True
+    assert (
+        ingester.ingest_messages(
+            [
+                (status_topic(bob_user, device.id), b'{"fw_version": "6.6.6"}'),
+                (response_topic(bob_user, device.id), b'{"code": 203}'),
+                (status_topic(alice_user, "no-such-device"), b'{"fw_version": "1.0.0"}'),
+                (status_topic("nobody", device.id), b'{"fw_version": "6.6.6"}'),
+            ]
+        )
+        is True
+    )
     assert stored(services, device.id) == ("1.0.0", None, False)
     assert (ingester.accepted, ingester.dropped, ingester.writes) == (0, 4, 0)
     assert dropped(metrics, "not_owned") == 4
 
-    assert ingester.ingest_messages([
-        (status_topic(alice_user, device.id), b'{"fw_version": "1.1.0", "uptime": 2}'),
-        (response_topic(alice_user, device.id), b'{"code": 202}'),
-    ]) is True
+    assert (
+        ingester.ingest_messages(
+            [
+                (status_topic(alice_user, device.id), b'{"fw_version": "1.1.0", "uptime": 2}'),
+                (response_topic(alice_user, device.id), b'{"code": 202}'),
+            ]
+        )
+        is True
+    )
     assert stored(services, device.id) == ("1.1.0", 202, True)
     assert (ingester.accepted, ingester.dropped, ingester.writes) == (2, 4, 1)
     assert counted(metrics, "status", "accepted") == 1
@@ -156,7 +182,9 @@ def test_a_report_that_changes_nothing_costs_no_write(services: Services, fleet:
     at = utcnow()
 
     def status(version: str, seconds: float) -> Report:
-        return Report(user, device.id, STATUS, fw_version=version, uptime=seconds, at=at + timedelta(seconds=seconds))
+        return Report(
+            user, device.id, STATUS, fw_version=version, uptime=seconds, at=at + timedelta(seconds=seconds)
+        )
 
     def response(code: int, seconds: float) -> Report:
         return Report(user, device.id, RESPONSE, code=code, at=at + timedelta(seconds=seconds))
@@ -177,18 +205,22 @@ def test_a_report_that_changes_nothing_costs_no_write(services: Services, fleet:
     with read_session(services.engine) as session:
         seen = session.get(Device, device.id)
         assert seen is not None and seen.last_seen is not None
-        assert abs(seen.last_seen.replace(tzinfo=None) - (at + timedelta(seconds=68)).replace(tzinfo=None)) < (
-            timedelta(milliseconds=1)
-        )
+        assert abs(
+            seen.last_seen.replace(tzinfo=None) - (at + timedelta(seconds=68)).replace(tzinfo=None)
+        ) < (timedelta(milliseconds=1))
     assert ingester.accepted == len(steps)
 
 
 def test_a_batch_mixes_owners_and_kinds_in_one_transaction(services: Services, fleet: Fleet) -> None:
     owners = [fleet.owner() for _ in range(3)]
-    devices = [fleet.device(fleet.group(o), name=f"d{n}", firmware_version="1.0.0") for n, o in enumerate(owners)]
+    devices = [
+        fleet.device(fleet.group(o), name=f"d{n}", firmware_version="1.0.0") for n, o in enumerate(owners)
+    ]
     messages = []
     for owner, device in zip(owners, devices, strict=True):
-        messages.append((status_topic(owner.user.mqtt_user, device.id), json.dumps({"fw_version": "2.0.0"}).encode()))
+        messages.append(
+            (status_topic(owner.user.mqtt_user, device.id), json.dumps({"fw_version": "2.0.0"}).encode())
+        )
         messages.append((response_topic(owner.user.mqtt_user, device.id), b'{"code": 201}'))
     ingester = ReportIngester(services.engine)
     assert ingester.ingest_messages(messages) is True

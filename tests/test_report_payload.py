@@ -6,6 +6,7 @@ refuses it with BadReport: never another exception, which would escape into
 paho's thread, and never a value that would fail the batch it is stored in.
 Derandomized, as in test_input_properties.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,12 @@ json_values = st.recursive(
 )
 topics = st.one_of(
     any_text,
-    st.builds(lambda user, device, kind: f"/{user}/devices/{device}/{kind}", any_text, any_text,
-              st.sampled_from([STATUS, RESPONSE, "other"])),
+    st.builds(
+        lambda user, device, kind: f"/{user}/devices/{device}/{kind}",
+        any_text,
+        any_text,
+        st.sampled_from([STATUS, RESPONSE, "other"]),
+    ),
     st.sampled_from([STATUS_TOPIC, RESPONSE_TOPIC]),
 )
 
@@ -115,10 +120,14 @@ def leaves(value: Any) -> list[Any]:
 
 @PROPERTY
 @given(
-    user=names, device=names, version=clean_text,
+    user=names,
+    device=names,
+    version=clean_text,
     uptime=st.one_of(st.none(), st.integers(0, MAX_UPTIME), st.floats(0, MAX_UPTIME)),
-    extra=st.dictionaries(st.sampled_from(["battery", "core_version"]),
-                          st.one_of(st.integers(0, 100), st.from_regex(r"[0-9.]{1,8}", fullmatch=True))),
+    extra=st.dictionaries(
+        st.sampled_from(["battery", "core_version"]),
+        st.one_of(st.integers(0, 100), st.from_regex(r"[0-9.]{1,8}", fullmatch=True)),
+    ),
 )
 def test_a_valid_status_reads_back(
     user: str, device: str, version: str, uptime: float | None, extra: dict[str, Any]
@@ -142,8 +151,12 @@ def test_a_valid_update_response_reads_back(user: str, device: str, code: int) -
 @given(version=clean_text, at=st.integers(0, 64), control=st.characters(categories=["Cc"]))
 def test_a_control_character_anywhere_in_a_string_is_refused(version: str, at: int, control: str) -> None:
     poisoned = version[:at] + control + version[at:]
-    for body in ({"fw_version": poisoned}, {"fw_version": "1.0.0", "note": poisoned},
-                 {"fw_version": "1.0.0", poisoned: 1}, {"fw_version": "1.0.0", "list": [[poisoned]]}):
+    for body in (
+        {"fw_version": poisoned},
+        {"fw_version": "1.0.0", "note": poisoned},
+        {"fw_version": "1.0.0", poisoned: 1},
+        {"fw_version": "1.0.0", "list": [[poisoned]]},
+    ):
         with pytest.raises(BadReport, match="control character"):
             parse_report(STATUS_TOPIC, json.dumps(body).encode())
 
@@ -154,7 +167,11 @@ def test_a_control_character_anywhere_in_a_string_is_refused(version: str, at: i
         (STATUS_TOPIC, b'{"fw_version": "9.9.9\\u0000"}', "control character"),
         (STATUS_TOPIC, b'{"fw_version": ""}', "fw_version must be a string of 1 to 64"),
         (STATUS_TOPIC, b'{"fw_version": "   "}', "fw_version must be a string of 1 to 64"),
-        (STATUS_TOPIC, json.dumps({"fw_version": "1" * 65}).encode(), "fw_version must be a string of 1 to 64"),
+        (
+            STATUS_TOPIC,
+            json.dumps({"fw_version": "1" * 65}).encode(),
+            "fw_version must be a string of 1 to 64",
+        ),
         (STATUS_TOPIC, b'{"fw_version": 7}', "fw_version must be a string"),
         (STATUS_TOPIC, b'{"fw_version": "1.0.0", "uptime": "5"}', "uptime must be a number"),
         (STATUS_TOPIC, b'{"fw_version": "1.0.0", "uptime": -1}', "uptime must be a number"),

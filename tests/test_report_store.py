@@ -1,5 +1,6 @@
 """Storing report batches when something fails: halves down to the one bad report,
 or the whole batch kept while the database is away."""
+
 from __future__ import annotations
 
 import json
@@ -62,10 +63,15 @@ def test_reports_wait_in_memory_while_the_database_is_away(
     with read_session(services.engine) as session:
         assert {session.get(Device, d.id).firmware_version for d in devices} == {"1.1.0"}  # type: ignore[union-attr]
     assert (ingester.accepted, ingester.dropped) == (3, 0)
-    assert metrics.registry.get_sample_value(
-        "otaship_device_reports_total", {"kind": "status", "result": "accepted"}
-    ) == 3
-    assert all(dropped(metrics, reason) == 0 for reason in ("invalid", "not_owned", "queue_full", "store_failed"))
+    assert (
+        metrics.registry.get_sample_value(
+            "otaship_device_reports_total", {"kind": "status", "result": "accepted"}
+        )
+        == 3
+    )
+    assert all(
+        dropped(metrics, reason) == 0 for reason in ("invalid", "not_owned", "queue_full", "store_failed")
+    )
 
 
 def test_reports_past_the_queue_bound_are_dropped_and_counted(

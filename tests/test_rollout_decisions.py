@@ -1,4 +1,5 @@
 """The pure rollout decisions, over every combination that matters."""
+
 from __future__ import annotations
 
 import itertools
@@ -53,17 +54,32 @@ def later(seconds: float) -> datetime:
 
 @pytest.mark.parametrize(
     ("targeted", "threshold", "needed"),
-    [(0, 1.0, 0), (1, 1.0, 1), (10, 1.0, 10), (10, 0.3, 3), (10, 0.31, 4), (3, 0.5, 2), (7, 0.01, 1),
-     (100, 0.9, 90), (1, 0.01, 1)],
+    [
+        (0, 1.0, 0),
+        (1, 1.0, 1),
+        (10, 1.0, 10),
+        (10, 0.3, 3),
+        (10, 0.31, 4),
+        (3, 0.5, 2),
+        (7, 0.01, 1),
+        (100, 0.9, 90),
+        (1, 0.01, 1),
+    ],
 )
 def test_required_successes(targeted: int, threshold: float, needed: int) -> None:
     assert required_successes(targeted, threshold) == needed
 
 
-@pytest.mark.parametrize("bad", [
-    Policy(success_threshold=0), Policy(success_threshold=1.5), Policy(error_threshold=-1),
-    Policy(canary_timeout=0), Policy(soak=-1),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Policy(success_threshold=0),
+        Policy(success_threshold=1.5),
+        Policy(error_threshold=-1),
+        Policy(canary_timeout=0),
+        Policy(soak=-1),
+    ],
+)
 def test_invalid_policies(bad: Policy) -> None:
     with pytest.raises(PolicyError):
         validate_policy(bad)
@@ -93,7 +109,9 @@ def brute_canary(policy: Policy, counts: Counts, now: datetime, healthy_at: date
 def test_canary_decisions_match_the_rules_for_every_count(
     threshold: float, errors: int, soak: int, auto: bool
 ) -> None:
-    policy = Policy(success_threshold=threshold, error_threshold=errors, canary_timeout=60, soak=soak, auto_promote=auto)
+    policy = Policy(
+        success_threshold=threshold, error_threshold=errors, canary_timeout=60, soak=soak, auto_promote=auto
+    )
     targeted = 4
     for succeeded, failed, timed_out in itertools.product(range(5), range(5), range(2)):
         if succeeded + failed + timed_out > targeted:
@@ -104,7 +122,11 @@ def test_canary_decisions_match_the_rules_for_every_count(
             if healthy_at is not None and healthy_at > later(now_s):
                 continue
             decision = decide_canary(policy, counts, now=later(now_s), started_at=T0, healthy_at=healthy_at)
-            assert decision.action == brute_canary(policy, counts, later(now_s), healthy_at), (counts, now_s, healthy_s)
+            assert decision.action == brute_canary(policy, counts, later(now_s), healthy_at), (
+                counts,
+                now_s,
+                healthy_s,
+            )
             if decision.action in (PROMOTE, AWAIT_PROMOTION) or (decision.action == WAIT and healthy_at):
                 assert decision.healthy_at is not None
 
@@ -114,18 +136,28 @@ def test_the_soak_starts_when_the_canary_first_becomes_healthy() -> None:
     counts = Counts(2, 2, 0, 0)
     first = decide_canary(policy, counts, now=later(5), started_at=T0, healthy_at=None)
     assert (first.action, first.healthy_at) == (WAIT, later(5))
-    assert decide_canary(policy, counts, now=later(34), started_at=T0, healthy_at=first.healthy_at).action == WAIT
-    assert decide_canary(policy, counts, now=later(35), started_at=T0, healthy_at=first.healthy_at).action == PROMOTE
+    assert (
+        decide_canary(policy, counts, now=later(34), started_at=T0, healthy_at=first.healthy_at).action
+        == WAIT
+    )
+    assert (
+        decide_canary(policy, counts, now=later(35), started_at=T0, healthy_at=first.healthy_at).action
+        == PROMOTE
+    )
 
 
 def test_a_failure_during_the_soak_still_halts() -> None:
-    decision = decide_canary(Policy(soak=30), Counts(2, 1, 1, 0), now=later(10), started_at=T0, healthy_at=later(5))
+    decision = decide_canary(
+        Policy(soak=30), Counts(2, 1, 1, 0), now=later(10), started_at=T0, healthy_at=later(5)
+    )
     assert decision.action == HALT
     assert decision.reason == "1 canary device(s) failed; error_threshold tolerates 0"
 
 
 def test_the_timeout_halts_short_of_the_threshold() -> None:
-    decision = decide_canary(Policy(canary_timeout=60), Counts(3, 2, 0, 0), now=later(60), started_at=T0, healthy_at=None)
+    decision = decide_canary(
+        Policy(canary_timeout=60), Counts(3, 2, 0, 0), now=later(60), started_at=T0, healthy_at=None
+    )
     assert decision.action == HALT
     assert decision.reason == "canary timed out after 60 s: 2 of 3 succeeded, 3 needed"
 
@@ -235,16 +267,23 @@ def test_a_stage_is_open_only_while_its_state_runs() -> None:
     assert open_pairs == {("canary", STAGE_CANARY), ("fleet", STAGE_FLEET)}
 
 
-@pytest.mark.parametrize(("seconds", "ran_out"), [(0, False), (1, False), (119.999, False), (120, True), (500, True)])
+@pytest.mark.parametrize(
+    ("seconds", "ran_out"), [(0, False), (1, False), (119.999, False), (120, True), (500, True)]
+)
 def test_a_stage_runs_out_of_time_at_its_timeout(seconds: float, ran_out: bool) -> None:
     assert stage_time_ran_out(Policy(canary_timeout=120), started_at=T0, now=later(seconds)) is ran_out
 
 
 def test_counts_keep_stopped_apart_from_failures_and_pending() -> None:
     counts = Counts.of([SUCCEEDED, FAILED, TIMED_OUT, STOPPED, STOPPED, PENDING])
-    assert (counts.targeted, counts.succeeded, counts.failed, counts.timed_out, counts.stopped, counts.pending) == (
-        6, 1, 1, 1, 2, 1
-    )
+    assert (
+        counts.targeted,
+        counts.succeeded,
+        counts.failed,
+        counts.timed_out,
+        counts.stopped,
+        counts.pending,
+    ) == (6, 1, 1, 1, 2, 1)
 
 
 def test_a_halt_before_the_timeout_stops_the_unfinished_canary_devices() -> None:
@@ -254,14 +293,24 @@ def test_a_halt_before_the_timeout_stops_the_unfinished_canary_devices() -> None
     decision = decide_canary(policy, Counts(5, 0, 1, 0), now=later(1), started_at=T0, healthy_at=None)
     assert decision.action == HALT
     ran_out = stage_time_ran_out(policy, started_at=T0, now=later(1))
-    outcomes = [at_stage_end(DeviceProgress(outcome=o), time_ran_out=ran_out).outcome for o in [FAILED] + [PENDING] * 4]
+    outcomes = [
+        at_stage_end(DeviceProgress(outcome=o), time_ran_out=ran_out).outcome
+        for o in [FAILED] + [PENDING] * 4
+    ]
     assert Counts.of(outcomes) == Counts(targeted=5, failed=1, stopped=4)
 
 
 # A forest of groups, as group -> parent: two trees and a lone group.
 FOREST: dict[str, str | None] = {
-    "root": None, "fleet": "root", "canary": "fleet", "bench": "canary", "rest": "fleet",
-    "sibling": "root", "cousin": "sibling", "other": None, "lone": None,
+    "root": None,
+    "fleet": "root",
+    "canary": "fleet",
+    "bench": "canary",
+    "rest": "fleet",
+    "sibling": "root",
+    "cousin": "sibling",
+    "other": None,
+    "lone": None,
 }
 
 
@@ -302,21 +351,36 @@ def test_the_supersede_reason_names_the_deploy() -> None:
         (Running("d1", "a" * 64, "1.6.0"), Running("d1", "a" * 64, "1.6.0"), None),
         # The version is for messages only: the deploy and the bytes decide.
         (Running("d1", "a" * 64, "1.6.0"), Running("d1", "a" * 64, "?"), None),
-        (Running("d1", "a" * 64, "1.6.0"), Running("d2", "b" * 64, "1.7.0"),
-         "the group no longer runs what it ran when the rollout started (deployment d1 of 1.6.0); "
-         "it now runs 1.7.0: not promoting over it"),
-        (Running("d1", "a" * 64, "1.6.0"), Running("d1", "b" * 64, "1.6.0"),
-         "the group no longer runs what it ran when the rollout started (deployment d1 of 1.6.0); "
-         "it now runs 1.6.0: not promoting over it"),
-        (Running("d1", "a" * 64, "1.6.0"), Running(None, "a" * 64, "1.6.0"),
-         "the group no longer runs what it ran when the rollout started (deployment d1 of 1.6.0); "
-         "it now runs 1.6.0: not promoting over it"),
-        (None, Running("d2", "b" * 64, "1.7.0"),
-         "the group no longer runs what it ran when the rollout started (no firmware); "
-         "it now runs 1.7.0: not promoting over it"),
-        (Running("d1", "a" * 64, "1.6.0"), None,
-         "the group no longer runs what it ran when the rollout started (deployment d1 of 1.6.0); "
-         "it now has no firmware: not promoting over it"),
+        (
+            Running("d1", "a" * 64, "1.6.0"),
+            Running("d2", "b" * 64, "1.7.0"),
+            "the group no longer runs what it ran when the rollout started (deployment d1 of 1.6.0); "
+            "it now runs 1.7.0: not promoting over it",
+        ),
+        (
+            Running("d1", "a" * 64, "1.6.0"),
+            Running("d1", "b" * 64, "1.6.0"),
+            "the group no longer runs what it ran when the rollout started (deployment d1 of 1.6.0); "
+            "it now runs 1.6.0: not promoting over it",
+        ),
+        (
+            Running("d1", "a" * 64, "1.6.0"),
+            Running(None, "a" * 64, "1.6.0"),
+            "the group no longer runs what it ran when the rollout started (deployment d1 of 1.6.0); "
+            "it now runs 1.6.0: not promoting over it",
+        ),
+        (
+            None,
+            Running("d2", "b" * 64, "1.7.0"),
+            "the group no longer runs what it ran when the rollout started (no firmware); "
+            "it now runs 1.7.0: not promoting over it",
+        ),
+        (
+            Running("d1", "a" * 64, "1.6.0"),
+            None,
+            "the group no longer runs what it ran when the rollout started (deployment d1 of 1.6.0); "
+            "it now has no firmware: not promoting over it",
+        ),
     ],
 )
 def test_a_promotion_is_refused_when_the_group_runs_something_else(

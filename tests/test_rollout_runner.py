@@ -1,4 +1,5 @@
 """The rollout clock's lifecycle: stopping it never leaves a pass running behind."""
+
 from __future__ import annotations
 
 import asyncio

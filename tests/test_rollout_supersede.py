@@ -11,6 +11,7 @@ The tree used throughout:
 A rollout of `fleet` with canary `canary` covers fleet, canary, bench and rest.
 A deploy to top reaches all of them; sibling and other are outside it.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,7 +69,9 @@ def deploy(
     if canary is not None:
         data["canary"] = t.groups[canary].id
     response = client.post(
-        "/v1/ota/group", headers=t.owner.headers, data=data,
+        "/v1/ota/group",
+        headers=t.owner.headers,
+        data=data,
         files={"firmware": ("firmware.bin", build_image(version))},
     )
     assert response.status_code == 201, response.text
@@ -145,7 +148,9 @@ def test_a_plain_deploy_to_the_fleet_during_the_canary_aborts_the_rollout(
 
     refused = client.post(f"/v1/rollouts/{rollout_id}/promote", headers=t.owner.headers)
     assert refused.status_code == 409
-    assert refused.json() == {"message": "only a rollout in its canary stage can be promoted; this one is aborted"}
+    assert refused.json() == {
+        "message": "only a rollout in its canary stage can be promoted; this one is aborted"
+    }
     assert latest(client, t.groups["fleet"]) == latest(client, t.groups["rest"]) == "1.7.0"
 
 
@@ -171,7 +176,8 @@ def test_which_deploys_supersede_a_rollout(
     state = get_rollout(client, t, rollout_id)
     if aborts:
         assert (state["state"], state["reason"]) == (
-            "aborted", f"superseded by deployment {deployment.id} of 1.7.0 to group {t.groups[target].id}"
+            "aborted",
+            f"superseded by deployment {deployment.id} of 1.7.0 to group {t.groups[target].id}",
         )
         return
     assert (state["state"], state["reason"]) == ("canary", None)
@@ -195,7 +201,9 @@ def test_a_deploy_of_the_same_version_and_bytes_changes_nothing_and_supersedes_n
     assert get_rollout(client, t, rollout_id)["state"] == "canary"
 
 
-def test_a_new_rollout_supersedes_the_one_in_progress(client: TestClient, services: Services, tree: Tree) -> None:
+def test_a_new_rollout_supersedes_the_one_in_progress(
+    client: TestClient, services: Services, tree: Tree
+) -> None:
     t = tree
     first = start(client, t, "1.8.0")
     second = start(client, t, "1.9.0")
@@ -209,7 +217,9 @@ def test_a_new_rollout_supersedes_the_one_in_progress(client: TestClient, servic
     assert get_rollout(client, t, second)["state"] == "canary"
 
 
-def test_the_promotion_of_another_rollout_supersedes(client: TestClient, services: Services, tree: Tree) -> None:
+def test_the_promotion_of_another_rollout_supersedes(
+    client: TestClient, services: Services, tree: Tree
+) -> None:
     t = tree
     inner = start(client, t, "1.8.0")
     # A rollout of the whole tree, tried on the sibling first: its canary
@@ -250,8 +260,14 @@ def change_behind_the_rollouts_back(services: Services, group: Group, version: s
         ota = session.exec(select(GroupOta).where(col(GroupOta.group_id) == group.id)).first()
         if ota is None:
             ota = GroupOta(
-                group_id=group.id, owner_id=group.owner_id, version=version, path="p", object_key="k",
-                sha256="f" * 64, md5="0" * 32, size=1,
+                group_id=group.id,
+                owner_id=group.owner_id,
+                version=version,
+                path="p",
+                object_key="k",
+                sha256="f" * 64,
+                md5="0" * 32,
+                size=1,
             )
         else:
             ota.version, ota.sha256, ota.revision = version, "f" * 64, ota.revision + 1

@@ -3,6 +3,7 @@
 The MQTT transport is covered in test_fleet_mqtt.py; here the reports go into
 the same ReportIngester the subscriber feeds, so every decision is exact.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,9 @@ def setup(fleet: Fleet, services: Services) -> Setup:
 def post_rollout(client: TestClient, s: Setup, version: str = "1.1.0", seed: int = 0, **fields: Any) -> Any:
     data = {"group": s.group.id, "token": s.group.token, "version": version, "canary": s.canary.id, **fields}
     return client.post(
-        "/v1/ota/group", headers=s.owner.headers, data=data,
+        "/v1/ota/group",
+        headers=s.owner.headers,
+        data=data,
         files={"firmware": ("firmware.bin", build_image(version, seed=seed))},
     )
 
@@ -75,7 +78,9 @@ def tick(services: Services, *, after: float = 0) -> None:
         for _ in range(200):
             with write_session(services.engine) as session:
                 state = evaluate(
-                    session=session, rollout_id=rollout_id, notify=True,
+                    session=session,
+                    rollout_id=rollout_id,
+                    notify=True,
                     now=utcnow() + timedelta(seconds=after),
                 )
             if state is not None:
@@ -100,13 +105,22 @@ def latest(client: TestClient, group: Group) -> str | None:
 
 def trigger_topics(services: Services) -> list[tuple[str, str]]:
     with read_session(services.engine) as session:
-        return [(m.topic, m.payload) for m in session.exec(select(TriggerMessage).order_by(col(TriggerMessage.id)))]
+        return [
+            (m.topic, m.payload)
+            for m in session.exec(select(TriggerMessage).order_by(col(TriggerMessage.id)))
+        ]
 
 
 def succeed(services: Services, s: Setup, devices: list[Device], version: str = "1.1.0") -> None:
     for device in devices:
         report(services, s, device, "update-response", {"code": 201})
-        report(services, s, device, "status", {"fw_version": version, "uptime": 1, "battery": 90, "core_version": "1.0"})
+        report(
+            services,
+            s,
+            device,
+            "status",
+            {"fw_version": version, "uptime": 1, "battery": 90, "core_version": "1.0"},
+        )
 
 
 def test_a_healthy_canary_is_promoted_and_the_fleet_completes(
@@ -133,8 +147,17 @@ def test_a_healthy_canary_is_promoted_and_the_fleet_completes(
     state = rollout(client, s, rollout_id)
     assert state["state"] == "canary"
     assert state["stages"][0] | {"started_at": None, "ended_at": None} == {
-        "name": "canary", "group": s.canary.id, "state": "running", "targeted": 2, "succeeded": 0,
-        "failed": 0, "timed_out": 0, "stopped": 0, "pending": 2, "started_at": None, "ended_at": None,
+        "name": "canary",
+        "group": s.canary.id,
+        "state": "running",
+        "targeted": 2,
+        "succeeded": 0,
+        "failed": 0,
+        "timed_out": 0,
+        "stopped": 0,
+        "pending": 2,
+        "started_at": None,
+        "ended_at": None,
     }
 
     succeed(services, s, s.canary_devices[:1])
@@ -236,7 +259,8 @@ def test_a_halt_before_the_timeout_stops_the_unfinished_devices(
     canary = state["stages"][0]
     assert (canary["failed"], canary["timed_out"], canary["stopped"], canary["pending"]) == (1, 0, 1, 0)
     assert {d["id"]: d["outcome"] for d in state["devices"]} == {
-        s.canary_devices[0].id: "failed", s.canary_devices[1].id: "stopped",
+        s.canary_devices[0].id: "failed",
+        s.canary_devices[1].id: "stopped",
     }
 
 
@@ -257,11 +281,15 @@ def test_what_devices_run_is_still_recorded_after_a_halt(
     report(services, s, failing, "status", {"fw_version": "1.0.1", "uptime": 1})
     devices = {d["id"]: d for d in rollout(client, s, rollout_id)["devices"]}
     assert (devices[late.id]["outcome"], devices[late.id]["fw_version"], devices[late.id]["code"]) == (
-        "stopped", "1.1.0", 201
+        "stopped",
+        "1.1.0",
+        201,
     )
-    assert (devices[failing.id]["outcome"], devices[failing.id]["fw_version"], devices[failing.id]["code"]) == (
-        "failed", "1.0.1", 202
-    )
+    assert (
+        devices[failing.id]["outcome"],
+        devices[failing.id]["fw_version"],
+        devices[failing.id]["code"],
+    ) == ("failed", "1.0.1", 202)
     counts = rollout(client, s, rollout_id)["stages"][0]
     assert (counts["succeeded"], counts["failed"], counts["stopped"]) == (0, 1, 1)
 
@@ -313,7 +341,9 @@ def test_a_promotion_short_of_every_device_stops_the_others_in_the_canary(
     assert (fleet_stage["targeted"], fleet_stage["succeeded"], fleet_stage["pending"]) == (6, 1, 5)
 
 
-def test_a_threshold_below_one_and_tolerated_errors(client: TestClient, services: Services, setup: Setup) -> None:
+def test_a_threshold_below_one_and_tolerated_errors(
+    client: TestClient, services: Services, setup: Setup
+) -> None:
     s = setup
     rollout_id = post_rollout(client, s, success_threshold="0.5", error_threshold="1").json()["rollout"]["id"]
     report(services, s, s.canary_devices[0], "update-response", {"code": 203})
@@ -322,7 +352,9 @@ def test_a_threshold_below_one_and_tolerated_errors(client: TestClient, services
     assert rollout(client, s, rollout_id)["state"] == "fleet"
 
 
-def test_the_fleet_stage_completes_at_its_timeout(client: TestClient, services: Services, setup: Setup) -> None:
+def test_the_fleet_stage_completes_at_its_timeout(
+    client: TestClient, services: Services, setup: Setup
+) -> None:
     s = setup
     rollout_id = post_rollout(client, s, canary_timeout="60").json()["rollout"]["id"]
     succeed(services, s, s.canary_devices)
@@ -384,7 +416,9 @@ def test_abort(client: TestClient, services: Services, setup: Setup) -> None:
     assert again.json() == {"message": "the rollout has already ended: aborted"}
 
 
-def test_a_new_deploy_supersedes_a_rollout_in_progress(client: TestClient, services: Services, setup: Setup) -> None:
+def test_a_new_deploy_supersedes_a_rollout_in_progress(
+    client: TestClient, services: Services, setup: Setup
+) -> None:
     s = setup
     first = post_rollout(client, s, "1.1.0").json()["rollout"]["id"]
     second = post_rollout(client, s, "1.2.0").json()["rollout"]["id"]
@@ -428,7 +462,9 @@ def test_reposting_a_rollout_is_idempotent(client: TestClient, services: Service
     assert "bump the version" in other_bytes.json()["message"]
 
 
-def test_a_halted_version_cannot_be_rolled_out_again(client: TestClient, services: Services, setup: Setup) -> None:
+def test_a_halted_version_cannot_be_rolled_out_again(
+    client: TestClient, services: Services, setup: Setup
+) -> None:
     s = setup
     rollout_id = post_rollout(client, s).json()["rollout"]["id"]
     report(services, s, s.canary_devices[0], "update-response", {"code": 203})
@@ -468,7 +504,9 @@ def test_devices_already_on_the_version_count_as_succeeded(
         ({"auto_promote": "maybe"}, "auto_promote must be true or false, not 'maybe'"),
     ],
 )
-def test_bad_rollout_fields_are_400(client: TestClient, setup: Setup, fields: dict[str, Any], message: str) -> None:
+def test_bad_rollout_fields_are_400(
+    client: TestClient, setup: Setup, fields: dict[str, Any], message: str
+) -> None:
     response = post_rollout(client, setup, **fields)
     assert response.status_code == 400
     assert response.json() == {"message": message}
@@ -477,7 +515,8 @@ def test_bad_rollout_fields_are_400(client: TestClient, setup: Setup, fields: di
 def test_rollout_fields_without_a_canary_are_400(client: TestClient, setup: Setup) -> None:
     s = setup
     response = client.post(
-        "/v1/ota/group", headers=s.owner.headers,
+        "/v1/ota/group",
+        headers=s.owner.headers,
         data={"group": s.group.id, "token": s.group.token, "version": "1.1.0", "soak": "10"},
         files={"firmware": ("firmware.bin", build_image("1.1.0"))},
     )
@@ -485,9 +524,7 @@ def test_rollout_fields_without_a_canary_are_400(client: TestClient, setup: Setu
     assert response.json() == {"message": "soak only applies to a rollout: add a canary subgroup"}
 
 
-def test_the_canary_must_be_a_descendant_with_devices(
-    client: TestClient, fleet: Fleet, setup: Setup
-) -> None:
+def test_the_canary_must_be_a_descendant_with_devices(client: TestClient, fleet: Fleet, setup: Setup) -> None:
     s = setup
     unrelated = fleet.group(s.owner, name="unrelated")
     empty = fleet.group(s.owner, name="empty", parent=s.group)
@@ -539,7 +576,10 @@ def test_reports_from_strangers_and_garbage_are_ignored(
             (f"/{s.owner.user.mqtt_user}/devices/{device.id}/update-response", b'{"code": 500}'),
             (f"/{s.owner.user.mqtt_user}/devices/unknown-device/status", b'{"fw_version": "1.0.0"}'),
             (f"/{s.owner.user.mqtt_user}/devices/{device.id}/other", b"{}"),
-            (f"/{s.owner.user.mqtt_user}/devices/{device.id}/status", b'{"fw_version": "1.0.1", "uptime": 3}'),
+            (
+                f"/{s.owner.user.mqtt_user}/devices/{device.id}/status",
+                b'{"fw_version": "1.0.1", "uptime": 3}',
+            ),
         ]
     )
     assert (ingester.accepted, ingester.dropped) == (1, 8)

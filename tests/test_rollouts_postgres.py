@@ -1,5 +1,6 @@
 """On PostgreSQL: two receivers evaluating one rollout promote it exactly once, and a
 deploy racing a promotion neither deadlocks nor loses the newer firmware."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,10 +22,9 @@ from otaship.receiver.rollouts.store import RolloutError, deploy_with_canary, ma
 from otaship.receiver.settings import Settings
 from tests.conftest import Fleet
 from tests.esp_image import build_image
-from tests.postgres import postgres_url  # noqa: F401  (the fixture)
 
 
-def test_two_receivers_promote_a_rollout_once(postgres_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_two_receivers_promote_a_rollout_once(postgres_url: str, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", database_url=postgres_url, mqtt_url="none")
     first, second = build_services(settings), build_services(settings)
     try:
@@ -38,14 +38,18 @@ def test_two_receivers_promote_a_rollout_once(postgres_url: str, tmp_path: Path)
             fleet.device(group, name=f"f{i}", firmware_version="1.0.0")
         with TestClient(create_app(settings, services=first)) as client:
             response = client.post(
-                "/v1/ota/group", headers=owner.headers,
+                "/v1/ota/group",
+                headers=owner.headers,
                 data={"group": group.id, "token": group.token, "version": "1.1.0", "canary": canary.id},
                 files={"firmware": ("firmware.bin", build_image("1.1.0"))},
             )
             assert response.status_code == 201, response.text
             rollout_id = response.json()["rollout"]["id"]
         ReportIngester(first.engine).ingest_messages(
-            [(f"/{owner.user.mqtt_user}/devices/{d.id}/status", b'{"fw_version": "1.1.0", "uptime": 1}') for d in devices]
+            [
+                (f"/{owner.user.mqtt_user}/devices/{d.id}/status", b'{"fw_version": "1.1.0", "uptime": 1}')
+                for d in devices
+            ]
         )
 
         # Both replicas' clocks tick at the same moment, many times over.
@@ -65,7 +69,9 @@ def test_two_receivers_promote_a_rollout_once(postgres_url: str, tmp_path: Path)
 
         with read_session(first.engine) as session:
             fleet_deploys = session.exec(
-                select(Deployment).where(col(Deployment.group_id) == group.id, col(Deployment.rollout_id) == rollout_id)
+                select(Deployment).where(
+                    col(Deployment.group_id) == group.id, col(Deployment.rollout_id) == rollout_id
+                )
             ).all()
             fleet_triggers = session.exec(
                 select(TriggerMessage).where(col(TriggerMessage.topic).contains(f"/groups/{group.id}/"))
@@ -80,7 +86,8 @@ def test_two_receivers_promote_a_rollout_once(postgres_url: str, tmp_path: Path)
 
 
 def test_a_deploy_racing_a_promotion_never_deadlocks_and_the_newer_firmware_stays(
-    postgres_url: str, tmp_path: Path  # noqa: F811
+    postgres_url: str,
+    tmp_path: Path,
 ) -> None:
     """A plain deploy to the fleet and the promotion of its rollout, at the same
     moment, many times: whichever goes first, the rollout ends aborted and the
@@ -105,8 +112,14 @@ def test_a_deploy_racing_a_promotion_never_deadlocks_and_the_newer_firmware_stay
             staged, plain = f"3.{round_}.0", f"2.{round_}.0"
             with write_session(services.engine) as session:
                 started = deploy_with_canary(
-                    session=session, group_id=group.id, canary_id=canary.id, version=staged,
-                    firmware=image(staged), policy=Policy(auto_promote=not by_request), commit=None, notify=True,
+                    session=session,
+                    group_id=group.id,
+                    canary_id=canary.id,
+                    version=staged,
+                    firmware=image(staged),
+                    policy=Policy(auto_promote=not by_request),
+                    commit=None,
+                    notify=True,
                 )
                 assert started.rollout is not None
                 rollout_id = started.rollout.id
@@ -129,7 +142,9 @@ def test_a_deploy_racing_a_promotion_never_deadlocks_and_the_newer_firmware_stay
                     return
                 try:
                     with write_session(services.engine) as session:
-                        manual_promote(session=session, rollout_id=rollout_id, owner_id=owner.user.id, notify=True)
+                        manual_promote(
+                            session=session, rollout_id=rollout_id, owner_id=owner.user.id, notify=True
+                        )
                 except RolloutError:
                     pass  # the plain deploy went first and ended the rollout: a clean refusal
 
@@ -139,6 +154,7 @@ def test_a_deploy_racing_a_promotion_never_deadlocks_and_the_newer_firmware_stay
                         work()
                     except BaseException as exc:
                         errors.append(exc)
+
                 return run
 
             threads = [threading.Thread(target=guarded(w)) for w in (deploy_plain, promote_it)]

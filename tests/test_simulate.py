@@ -1,4 +1,5 @@
 """The device simulator against real parts: the Mosquitto broker and `otaship serve`."""
+
 from __future__ import annotations
 
 import asyncio
@@ -63,8 +64,13 @@ def fleet(
     options.setdefault("status_interval", 1.0)
     options.setdefault("reboot_delay", (0.05, 0.2))
     return SimulationConfig(
-        server=receiver_url, mqtt_url=observer.mqtt_url, group_id=group.id, token=group.token,
-        devices=devices, id_prefix=f"{observer.mqtt_user}-{prefix}", **options,
+        server=receiver_url,
+        mqtt_url=observer.mqtt_url,
+        group_id=group.id,
+        token=group.token,
+        devices=devices,
+        id_prefix=f"{observer.mqtt_user}-{prefix}",
+        **options,
     )
 
 
@@ -147,10 +153,14 @@ def test_no_firmware_or_a_wrong_token_answers_203_and_keeps_the_version(
     wrong_token = fleet(receiver.url, observer, Group(released.id, "x" * 16), 3, "tok", version="1.0.0")
     ids = no_firmware.resolved_device_ids() + wrong_token.resolved_device_ids()
 
-    summaries = asyncio.run(run_fleets(
-        [no_firmware, wrong_token], observer, [empty.id, released.id],
-        lambda: all(203 in observer.codes(d) for d in ids),
-    ))
+    summaries = asyncio.run(
+        run_fleets(
+            [no_firmware, wrong_token],
+            observer,
+            [empty.id, released.id],
+            lambda: all(203 in observer.codes(d) for d in ids),
+        )
+    )
 
     for device_id in no_firmware.resolved_device_ids():
         assert observer.codes(device_id) == [200, 203]
@@ -174,13 +184,32 @@ def test_until_version_already_reached_ends_at_once(
 
 
 def test_the_command_exits_1_when_the_duration_ends_before_the_version(
-    receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver,
+    receiver: ReceiverWithFirmware,
+    released: Group,
+    observer: MqttObserver,
 ) -> None:
-    exited = otaship(receiver.env, [
-        "simulate", "--group", released.id, "--token", released.token, "--mqtt-url", observer.mqtt_url,
-        "--server", receiver.url, "--devices", "2", "--id-prefix", f"{observer.mqtt_user}-short",
-        "--until-version", "9.9.9", "--duration", "1",
-    ])
+    exited = otaship(
+        receiver.env,
+        [
+            "simulate",
+            "--group",
+            released.id,
+            "--token",
+            released.token,
+            "--mqtt-url",
+            observer.mqtt_url,
+            "--server",
+            receiver.url,
+            "--devices",
+            "2",
+            "--id-prefix",
+            f"{observer.mqtt_user}-short",
+            "--until-version",
+            "9.9.9",
+            "--duration",
+            "1",
+        ],
+    )
     assert exited.exit_code == 1
     out = exited.stdout
     assert "reached 9.9.9" in out and "not triggered" in out
@@ -190,8 +219,17 @@ def test_three_hundred_devices_update_quickly_and_leave_nothing_behind(
     receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver
 ) -> None:
     threads, fds = threading.active_count(), open_fds()
-    config = fleet(receiver.url, observer, released, 300, "scale", version="1.0.0",
-                   until_version="2.0.0", status_interval=5.0, progress_interval=0.1)
+    config = fleet(
+        receiver.url,
+        observer,
+        released,
+        300,
+        "scale",
+        version="1.0.0",
+        until_version="2.0.0",
+        status_interval=5.0,
+        progress_interval=0.1,
+    )
     progress: list[FleetProgress] = []
 
     async def scenario() -> FleetSummary:
@@ -301,8 +339,9 @@ class MisbehavingServer:
             return _http(302, {"location": "/v1/ota/group/download/goodtoken"}, b"")
         if variant == "short":
             # Claims the whole image, sends half, and closes.
-            return _http(200, {**headers, "content-length": str(len(image))},
-                         image[: len(image) // 2], length=False)
+            return _http(
+                200, {**headers, "content-length": str(len(image))}, image[: len(image) // 2], length=False
+            )
         raise AssertionError(f"unexpected path {path}")
 
 
@@ -350,7 +389,11 @@ def test_downloads_are_verified_and_redirects_not_followed(observer: MqttObserve
 def test_mqtt_urls() -> None:
     plain = broker_address("mqtt://owner%40x:p%3Ass@broker.example:1884")
     assert (plain.host, plain.port, plain.tls, plain.username, plain.password) == (
-        "broker.example", 1884, False, "owner@x", "p:ss",
+        "broker.example",
+        1884,
+        False,
+        "owner@x",
+        "p:ss",
     )
     tls = broker_address("mqtts://owner:pw@broker.example")
     assert (tls.port, tls.tls) == (8883, True)
@@ -371,13 +414,25 @@ def test_device_ids_and_failures_are_deterministic() -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"devices": 0}, {"fail_rate": 1.5}, {"server": "ftp://x"}, {"device_ids": ["a/b"], "devices": 1},
-     {"device_ids": ["a", "a"], "devices": 2}, {"device_ids": ["a"], "devices": 2}],
+    [
+        {"devices": 0},
+        {"fail_rate": 1.5},
+        {"server": "ftp://x"},
+        {"device_ids": ["a/b"], "devices": 1},
+        {"device_ids": ["a", "a"], "devices": 2},
+        {"device_ids": ["a"], "devices": 2},
+    ],
 )
 def test_bad_configurations_are_refused(change: dict[str, Any]) -> None:
     config = SimulationConfig(
-        **{"server": "http://127.0.0.1:1", "mqtt_url": "mqtt://u@127.0.0.1:1", "group_id": "g",
-           "token": "t", "devices": 1, **change}
+        **{
+            "server": "http://127.0.0.1:1",
+            "mqtt_url": "mqtt://u@127.0.0.1:1",
+            "group_id": "g",
+            "token": "t",
+            "devices": 1,
+            **change,
+        }
     )
     with pytest.raises(SimulationError):
         asyncio.run(simulate(config))
@@ -393,16 +448,47 @@ SIMULATE = ["--group", "g1", "--token", "t1", "--mqtt-url", "mqtt://u:p@h:1", "-
 
 
 def test_parser_maps_options_to_the_config() -> None:
-    params = simulate_command.make_context("simulate", [
-        "--group", "g1", "--token", "t1", "--mqtt-url", "mqtt://u:p@h:1",
-        "--server", "http://s", "--devices", "7", "--version", "1.2.3", "--fail-rate", "0.5",
-        "--status-interval", "2", "--id-prefix", "lab", "--until-version", "2.0.0", "--seed", "9",
-    ]).params
+    params = simulate_command.make_context(
+        "simulate",
+        [
+            "--group",
+            "g1",
+            "--token",
+            "t1",
+            "--mqtt-url",
+            "mqtt://u:p@h:1",
+            "--server",
+            "http://s",
+            "--devices",
+            "7",
+            "--version",
+            "1.2.3",
+            "--fail-rate",
+            "0.5",
+            "--status-interval",
+            "2",
+            "--id-prefix",
+            "lab",
+            "--until-version",
+            "2.0.0",
+            "--seed",
+            "9",
+        ],
+    ).params
     config = config_from_args(params)
     assert (config.group_id, config.token, config.devices, config.version, config.fail_rate) == (
-        "g1", "t1", 7, "1.2.3", 0.5,
+        "g1",
+        "t1",
+        7,
+        "1.2.3",
+        0.5,
     )
-    assert (config.status_interval, config.until_version, config.duration, config.seed) == (2.0, "2.0.0", None, 9)
+    assert (config.status_interval, config.until_version, config.duration, config.seed) == (
+        2.0,
+        "2.0.0",
+        None,
+        9,
+    )
     assert config.resolved_device_ids()[0] == "lab-00001"
     assert callable(simulate_command.callback) and not params["register"] and not params["json"]
     for bad in (["--fail-rate", "2"], ["--devices", "0"], ["--duration", "soon"]):
@@ -412,12 +498,32 @@ def test_parser_maps_options_to_the_config() -> None:
 
 
 def test_command_registers_devices_and_prints_a_json_summary(
-    receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver,
+    receiver: ReceiverWithFirmware,
+    released: Group,
+    observer: MqttObserver,
 ) -> None:
     prefix = f"{observer.mqtt_user}-cli"
-    argv = ["simulate", "--group", released.id, "--token", released.token, "--mqtt-url", observer.mqtt_url,
-            "--server", receiver.url, "--devices", "3", "--version", "1.0.0", "--register",
-            "--id-prefix", prefix, "--until-version", "2.0.0", "--json"]
+    argv = [
+        "simulate",
+        "--group",
+        released.id,
+        "--token",
+        released.token,
+        "--mqtt-url",
+        observer.mqtt_url,
+        "--server",
+        receiver.url,
+        "--devices",
+        "3",
+        "--version",
+        "1.0.0",
+        "--register",
+        "--id-prefix",
+        prefix,
+        "--until-version",
+        "2.0.0",
+        "--json",
+    ]
     settings = Settings.from_env(receiver.env)
     ids = default_device_ids(released.id, 3, prefix)
     outcome: list[Result] = []
@@ -435,7 +541,11 @@ def test_command_registers_devices_and_prints_a_json_summary(
 
     out, err = result.stdout, result.stderr
     summary = json.loads(out)
-    assert (summary["updated"], summary["versions"], summary["reached_until_version"]) == (3, {"2.0.0": 3}, True)
+    assert (summary["updated"], summary["versions"], summary["reached_until_version"]) == (
+        3,
+        {"2.0.0": 3},
+        True,
+    )
     assert "registered 3 devices (0 already there)" in err
     registered = {d["id"]: d for d in otaship_json(receiver.env, "device", "list", "--group", released.id)}
     assert all(registered[d]["firmware_version"] == "1.0.0" for d in ids)
@@ -447,8 +557,13 @@ def test_command_registers_devices_and_prints_a_json_summary(
 
 def test_registering_against_another_database_says_so(tmp_path: Path, released: Group) -> None:
     settings = Settings(data_dir=tmp_path / "elsewhere", mqtt_url="none")
-    config = SimulationConfig(server="http://127.0.0.1:1", mqtt_url="mqtt://u@127.0.0.1", group_id=released.id,
-                              token=released.token, devices=1)
+    config = SimulationConfig(
+        server="http://127.0.0.1:1",
+        mqtt_url="mqtt://u@127.0.0.1",
+        group_id=released.id,
+        token=released.token,
+        devices=1,
+    )
     with pytest.raises(SimulationError, match="receiver's database"):
         register_devices(settings, config)
 

@@ -3,6 +3,7 @@
 Each test runs a fresh interpreter in which an import hook refuses the
 receiver's third-party packages, as if only the core dependencies were installed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,20 @@ from tests.esp_image import write_image
 
 # The receiver extra's packages, by the names they are imported as.
 RECEIVER_PACKAGES = (
-    "starlette", "uvicorn", "sqlmodel", "sqlalchemy", "alembic", "multipart", "python_multipart",
-    "paho", "amqtt", "google.cloud", "psycopg", "prometheus_client", "limits", "sniffio",
+    "starlette",
+    "uvicorn",
+    "sqlmodel",
+    "sqlalchemy",
+    "alembic",
+    "multipart",
+    "python_multipart",
+    "paho",
+    "amqtt",
+    "google.cloud",
+    "psycopg",
+    "prometheus_client",
+    "limits",
+    "sniffio",
 )
 
 WITHOUT_RECEIVER = textwrap.dedent(
@@ -89,7 +102,11 @@ def test_otaship_deploy_build_checks_an_image_without_the_receiver(tmp_path: Pat
         from otaship.action.__main__ import main
         status = main(sys.argv[1:], {{"GITHUB_OUTPUT": {str(outputs)!r}}})
         """,
-        "build", "--firmware", str(image), "--version", "v1.2.3",
+        "build",
+        "--firmware",
+        str(image),
+        "--version",
+        "v1.2.3",
         cwd=tmp_path,
     )
     assert result.returncode == exit_codes.OK, result.stdout + result.stderr
@@ -123,7 +140,9 @@ def test_otaship_without_the_receiver_says_how_to_install_it() -> None:
         from otaship.console import main
         sys.exit(main(sys.argv[1:]))
         """,
-        "user", "list", check_imports=False,
+        "user",
+        "list",
+        check_imports=False,
     )
     assert result.returncode == 1
     assert result.stdout == ""

@@ -1,6 +1,7 @@
 """The upload spool writer: every byte written and tallied in order, by its
 two threads, and nothing left running after a finish or an abort.
 (A disk refusing bytes: tests/test_upload_disk.py.)"""
+
 from __future__ import annotations
 
 import random

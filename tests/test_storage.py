@@ -3,6 +3,7 @@ and its behaviour during an outage.
 
 GCS runs the real google-cloud-storage client against gcp-storage-emulator.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -72,9 +73,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     emulator: GCSEmulator = request.getfixturevalue("gcs_emulator")
     cache = tmp_path / "cache"
     storage = GCSStorage(emulator.bucket, "otaship", cache)
-    yield Backend(
-        storage, lambda: emulator.object_names() + _files_under(cache), emulator
-    )
+    yield Backend(storage, lambda: emulator.object_names() + _files_under(cache), emulator)
     storage.close()
 
 
@@ -177,7 +176,9 @@ def test_nonexistent_source_leaves_nothing(backend: Backend, tmp_path: Path) -> 
 
 
 def test_source_failing_mid_read_leaves_nothing(
-    backend: Backend, tmp_path: Path, failing_source: Callable[[Path, int], None],
+    backend: Backend,
+    tmp_path: Path,
+    failing_source: Callable[[Path, int], None],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     key, source, _ = _image(tmp_path, 3 * MiB)
@@ -344,9 +345,7 @@ def test_delete_if_unchanged_removes_the_object_listed(backend: Backend, tmp_pat
     assert storage.delete_if_unchanged(listed) is False  # gone: another sweep's
 
 
-def test_delete_if_unchanged_keeps_an_object_refreshed_since_listed(
-    backend: Backend, tmp_path: Path
-) -> None:
+def test_delete_if_unchanged_keeps_an_object_refreshed_since_listed(backend: Backend, tmp_path: Path) -> None:
     storage = backend.storage
     key, source, data = _image(tmp_path, 10 * KiB)
     storage.put(key, source)
@@ -373,9 +372,7 @@ def test_delete_if_unchanged_keeps_an_object_stored_again_since_listed(
     assert storage.local_path(key).read_bytes() == data
 
 
-def test_a_refresh_racing_a_delete_never_loses_a_refreshed_object(
-    backend: Backend, tmp_path: Path
-) -> None:
+def test_a_refresh_racing_a_delete_never_loses_a_refreshed_object(backend: Backend, tmp_path: Path) -> None:
     # Whichever comes first wins, and the outcome always says which: an object
     # refreshed is never removed, and a refresh after the delete says so.
     storage = backend.storage
@@ -481,9 +478,7 @@ def _media_gets(emulator: GCSEmulator) -> int:
     return emulator.count("GET", "alt=media")
 
 
-def test_gcs_put_and_cache_miss_are_one_request_each(
-    gcs_emulator: GCSEmulator, tmp_path: Path
-) -> None:
+def test_gcs_put_and_cache_miss_are_one_request_each(gcs_emulator: GCSEmulator, tmp_path: Path) -> None:
     storage = GCSStorage(gcs_emulator.bucket, "", tmp_path / "cache")
     key, source, _ = _image(tmp_path, 10 * KiB)
     storage.put(key, source)
@@ -512,9 +507,7 @@ def test_gcs_cache_hit_does_not_read_gcs_again(gcs_emulator: GCSEmulator, tmp_pa
     assert _media_gets(gcs_emulator) == 1
 
 
-def test_gcs_concurrent_callers_share_one_download(
-    gcs_emulator: GCSEmulator, tmp_path: Path
-) -> None:
+def test_gcs_concurrent_callers_share_one_download(gcs_emulator: GCSEmulator, tmp_path: Path) -> None:
     storage = GCSStorage(gcs_emulator.bucket, "otaship", tmp_path / "cache")
     key, source, data = _image(tmp_path, 1 * MiB)
     storage.put(key, source)
@@ -540,7 +533,10 @@ def _cached(storage: GCSStorage) -> list[Path]:
 def test_gcs_evicts_least_recently_used(gcs_emulator: GCSEmulator, tmp_path: Path) -> None:
     size = 100 * KiB
     storage = GCSStorage(
-        gcs_emulator.bucket, "otaship", tmp_path / "cache", cache_bytes=int(2.5 * size),
+        gcs_emulator.bucket,
+        "otaship",
+        tmp_path / "cache",
+        cache_bytes=int(2.5 * size),
         evict_grace=0,
     )
     keys = []
@@ -566,9 +562,7 @@ def test_gcs_keeps_files_just_handed_out(gcs_emulator: GCSEmulator, tmp_path: Pa
     # Within the grace window a file may not be open yet: the cache runs over its
     # limit rather than pull it from under the caller.
     size = 100 * KiB
-    storage = GCSStorage(
-        gcs_emulator.bucket, "otaship", tmp_path / "cache", cache_bytes=size, evict_grace=60
-    )
+    storage = GCSStorage(gcs_emulator.bucket, "otaship", tmp_path / "cache", cache_bytes=size, evict_grace=60)
     paths = []
     for name in "ab":
         key, source, _ = _image(tmp_path, size, name)
@@ -636,9 +630,7 @@ def _storage_errors(
         return {name: future.result() for name, future in futures.items()}
 
 
-def test_gcs_outage_is_a_storage_error_within_seconds(
-    gcs_emulator: GCSEmulator, tmp_path: Path
-) -> None:
+def test_gcs_outage_is_a_storage_error_within_seconds(gcs_emulator: GCSEmulator, tmp_path: Path) -> None:
     storage = GCSStorage(gcs_emulator.bucket, "otaship", tmp_path / "cache")
     key, source, data = _image(tmp_path, 10 * KiB)
     storage.put(key, source)
@@ -702,9 +694,7 @@ def hung_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_gcs_hung_endpoint_times_out(hung_endpoint: None, tmp_path: Path) -> None:
     # The timeouts reach every call; with the library's defaults this would hang 60 s.
-    storage = GCSStorage(
-        "otaship-test", "otaship", tmp_path / "cache", read_timeout=0.5, retry_deadline=1.0
-    )
+    storage = GCSStorage("otaship-test", "otaship", tmp_path / "cache", read_timeout=0.5, retry_deadline=1.0)
     key, source, _ = _image(tmp_path, 10 * KiB)
     results = _storage_errors(
         {

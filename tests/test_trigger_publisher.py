@@ -1,6 +1,7 @@
 """The trigger outbox publisher (receiver/mqtt/triggers.py) on its own: outbox rows in,
 QoS 1 publishes out, through the receiver's MqttLink to a real broker (the embedded
 one, and Mosquitto), on both databases."""
+
 from __future__ import annotations
 
 import asyncio
@@ -47,7 +48,9 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     if request.param == "mosquitto":
         require("Mosquitto", MOSQUITTO)
         # A namespace of our own on the shared broker.
-        yield Broker(BrokerAddress("mqtt", *MOSQUITTO), (None, None), f"triggers-{secrets.token_hex(4)}", None)
+        yield Broker(
+            BrokerAddress("mqtt", *MOSQUITTO), (None, None), f"triggers-{secrets.token_hex(4)}", None
+        )
         return
     running = BrokerThread()
     running.run(running.broker.start())
@@ -55,7 +58,8 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         yield Broker(
             BrokerAddress("embedded", "127.0.0.1", running.port),
             (running.broker.internal_username, running.broker.internal_password),
-            "alice", USERS["alice"],
+            "alice",
+            USERS["alice"],
         )
     finally:
         running.close()
@@ -66,7 +70,11 @@ def link(broker: Broker) -> Iterator[MqttLink]:
     client_id = f"otaship-test-{secrets.token_hex(6)}"
     username, password = broker.link_login
     running = MqttLink(
-        broker.address, client_id=client_id, on_message=lambda _t, _p: None, username=username, password=password
+        broker.address,
+        client_id=client_id,
+        on_message=lambda _t, _p: None,
+        username=username,
+        password=password,
     )
     running.start()
     try:
@@ -140,8 +148,10 @@ def trigger(
     broker: Broker, group: str, version: str, *, claimed_until: datetime | None = None, attempts: int = 0
 ) -> TriggerMessage:
     return TriggerMessage(
-        topic=trigger_topic(broker.owner, group), payload=f'{{"version": "{version}"}}',
-        claimed_until=claimed_until, attempts=attempts,
+        topic=trigger_topic(broker.owner, group),
+        payload=f'{{"version": "{version}"}}',
+        claimed_until=claimed_until,
+        attempts=attempts,
     )
 
 
@@ -158,8 +168,12 @@ def published_count(metrics: Metrics) -> float | None:
 def test_rows_go_out_in_order_once_each_and_are_marked(
     services: Services, broker: Broker, link: MqttLink, watcher: Watcher
 ) -> None:
-    ids = outbox(services.engine, trigger(broker, "g1", "1.0.0"), trigger(broker, "g2", "1.0.0"),
-                 trigger(broker, "g1", "1.1.0"))
+    ids = outbox(
+        services.engine,
+        trigger(broker, "g1", "1.0.0"),
+        trigger(broker, "g2", "1.0.0"),
+        trigger(broker, "g1", "1.1.0"),
+    )
     metrics = Metrics()
     publisher = TriggerPublisher(services.engine, link, metrics=metrics)
 
@@ -199,12 +213,16 @@ def test_a_row_another_replica_holds_is_left_to_it(
     assert publisher.publish_pending() is False
     # In id order: the held row, first of the three, would have come first.
     assert [watcher.next()[0] for _ in range(2)] == [
-        f"/{broker.owner}/groups/expired/update-trigger", f"/{broker.owner}/groups/fresh/update-trigger",
+        f"/{broker.owner}/groups/expired/update-trigger",
+        f"/{broker.owner}/groups/fresh/update-trigger",
     ]
     stored = rows(services.engine)
     assert (stored[held].published_at, stored[held].attempts) == (None, 1)
     assert stored[held].claimed_until is not None
-    assert [(stored[i].published_at is not None, stored[i].attempts) for i in (expired, fresh)] == [(True, 2), (True, 1)]
+    assert [(stored[i].published_at is not None, stored[i].attempts) for i in (expired, fresh)] == [
+        (True, 2),
+        (True, 1),
+    ]
     assert publisher.published == 2
 
 
@@ -224,8 +242,13 @@ def test_a_full_batch_says_more_may_wait(
 def test_without_the_broker_rows_wait_untouched(services: Services, broker: Broker) -> None:
     (row,) = outbox(services.engine, trigger(broker, "g1", "1"))
     username, password = broker.link_login
-    never_started = MqttLink(broker.address, client_id="never", on_message=lambda _t, _p: None,
-                             username=username, password=password)
+    never_started = MqttLink(
+        broker.address,
+        client_id="never",
+        on_message=lambda _t, _p: None,
+        username=username,
+        password=password,
+    )
     publisher = TriggerPublisher(services.engine, never_started)
     assert publisher.publish_pending() is False
     stored = rows(services.engine)[row]

@@ -1,6 +1,7 @@
 """An upload the disk refuses part way: a clear 500, nothing half-written left
 behind, and a receiver that goes on serving. The refusal is the kernel's own
 (RLIMIT_FSIZE makes write() fail with EFBIG), on a real `otaship serve`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,11 @@ def test_a_disk_that_refuses_the_upload_answers_500_and_keeps_nothing(tmp_path: 
     try:
         big = build_image("1.0.0", code_size=3 * LIMIT)
         answer = httpx.post(
-            f"{receiver.url}/v1/ota/group", headers=headers, data=fields,
-            files={"firmware": ("firmware.bin", big, "application/octet-stream")}, timeout=60,
+            f"{receiver.url}/v1/ota/group",
+            headers=headers,
+            data=fields,
+            files={"firmware": ("firmware.bin", big, "application/octet-stream")},
+            timeout=60,
         )
         assert answer.status_code == 500
         assert answer.json() == {
@@ -39,8 +43,11 @@ def test_a_disk_that_refuses_the_upload_answers_500_and_keeps_nothing(tmp_path: 
         # The same receiver takes an image the disk has room for.
         small = build_image("1.0.1", code_size=64 * 1024)
         answer = httpx.post(
-            f"{receiver.url}/v1/ota/group", headers=headers, data={**fields, "version": "1.0.1"},
-            files={"firmware": ("firmware.bin", small, "application/octet-stream")}, timeout=60,
+            f"{receiver.url}/v1/ota/group",
+            headers=headers,
+            data={**fields, "version": "1.0.1"},
+            files={"firmware": ("firmware.bin", small, "application/octet-stream")},
+            timeout=60,
         )
         assert answer.status_code == 201, answer.text
         listing = httpx.get(f"{receiver.url}/v1/ota/group", headers=headers).json()

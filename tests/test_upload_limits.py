@@ -5,6 +5,7 @@ TestClient reads the whole body first), so these tests see how much of a body
 the receiver read before it answered. The socket itself (uvicorn, a client
 that stalls) is covered in tests/faults/test_stalled_upload.py.
 """
+
 from __future__ import annotations
 
 import time
@@ -67,7 +68,7 @@ class Body:
                 for start in range(0, len(chunk), CHUNK):
                     if self.every:
                         await anyio.sleep(self.every)
-                    part = chunk[start:start + CHUNK]
+                    part = chunk[start : start + CHUNK]
                     self.sent += len(part)
                     yield part
         if self.stall:
@@ -90,7 +91,8 @@ def fields(owner: Owner, fleet: Fleet) -> dict[str, str]:
 async def send(app: Starlette, owner: Owner, body: Body) -> httpx.Response:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
         return await http.post(
-            "/v1/ota/group", content=body,
+            "/v1/ota/group",
+            content=body,
             headers={**owner.headers, "Content-Type": multipart.CONTENT_TYPE},
         )
 
@@ -127,10 +129,19 @@ async def test_bytes_past_the_form_end_count_and_get_413_early(
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        (multipart.file_head("extra", "junk.bin"), "Unexpected file part 'extra': only 'firmware' carries a file"),
-        (multipart.file_head("firmware", "again.bin"), "A second file part 'firmware': send one firmware file"),
+        (
+            multipart.file_head("extra", "junk.bin"),
+            "Unexpected file part 'extra': only 'firmware' carries a file",
+        ),
+        (
+            multipart.file_head("firmware", "again.bin"),
+            "A second file part 'firmware': send one firmware file",
+        ),
         (multipart.file_head("", "x.bin"), "Unexpected file part '': only 'firmware' carries a file"),
-        (multipart.field_part("notes", "")[:-2], f"Form field 'notes' is too long (at most {MAX_FIELD_BYTES} bytes)"),
+        (
+            multipart.field_part("notes", "")[:-2],
+            f"Form field 'notes' is too long (at most {MAX_FIELD_BYTES} bytes)",
+        ),
     ],
 )
 async def test_a_48_mib_extra_part_is_refused_at_once(
@@ -151,7 +162,9 @@ async def test_a_chunked_firmware_over_the_limit_is_named_as_such(
     app: Starlette, fleet: Fleet, settings: Settings
 ) -> None:
     owner = fleet.owner()
-    head = b"".join(multipart.field_part(k, v) for k, v in fields(owner, fleet).items()) + multipart.file_head()
+    head = (
+        b"".join(multipart.field_part(k, v) for k, v in fields(owner, fleet).items()) + multipart.file_head()
+    )
     body = Body(head, build_image("1.0.0"), zeros(EXTRA))
     response = await send(app, owner, body)
     assert response.status_code == 413
@@ -168,7 +181,9 @@ async def test_an_endless_part_header_is_400(app: Starlette, fleet: Fleet, setti
     body = Body(head, (b"a" * CHUNK for _ in range(EXTRA // CHUNK)))
     response = await send(app, owner, body)
     assert response.status_code == 400
-    assert response.json() == {"message": "The multipart body could not be read: Maximum header size exceeded"}
+    assert response.json() == {
+        "message": "The multipart body could not be read: Maximum header size exceeded"
+    }
     assert body.sent <= len(head) + CHUNK
 
 
@@ -178,7 +193,8 @@ async def test_an_urlencoded_body_is_bounded_too(app: Starlette, fleet: Fleet, s
     body = Body(b"group=", (b"a" * CHUNK for _ in range(EXTRA // CHUNK)))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
         response = await http.post(
-            "/v1/ota/group", content=body,
+            "/v1/ota/group",
+            content=body,
             headers={**owner.headers, "Content-Type": "application/x-www-form-urlencoded"},
         )
     assert response.status_code == 413
@@ -194,17 +210,23 @@ async def test_urlencoded_fields_still_get_their_errors(app: Starlette, fleet: F
         for data, expected in (
             ({**form, "group": "x"}, "Group ID is not valid"),
             (form, "No file uploaded"),
-            ({**form, "version": "1" * (MAX_FIELD_BYTES + 1)},
-             f"Form field 'version' is too long (at most {MAX_FIELD_BYTES} bytes)"),
+            (
+                {**form, "version": "1" * (MAX_FIELD_BYTES + 1)},
+                f"Form field 'version' is too long (at most {MAX_FIELD_BYTES} bytes)",
+            ),
         ):
             response = await http.post("/v1/ota/group", data=data, headers=owner.headers)
             assert (response.status_code, response.json()) == (400, {"message": expected})
         many = "&".join(f"f{n}=1" for n in range(40))
         response = await http.post(
-            "/v1/ota/group", content=many,
+            "/v1/ota/group",
+            content=many,
             headers={**owner.headers, "Content-Type": "application/x-www-form-urlencoded"},
         )
-        assert (response.status_code, response.json()) == (400, {"message": "Too many form fields (at most 32)"})
+        assert (response.status_code, response.json()) == (
+            400,
+            {"message": "Too many form fields (at most 32)"},
+        )
 
 
 # --- time ------------------------------------------------------------------------
@@ -215,7 +237,9 @@ async def test_a_stalled_body_is_408_and_its_spool_file_removed(
     app: Starlette, fleet: Fleet, settings: Settings
 ) -> None:
     owner = fleet.owner()
-    head = b"".join(multipart.field_part(k, v) for k, v in fields(owner, fleet).items()) + multipart.file_head()
+    head = (
+        b"".join(multipart.field_part(k, v) for k, v in fields(owner, fleet).items()) + multipart.file_head()
+    )
     body = Body(head, build_image("1.0.0")[:1024], stall=True)
     started = time.monotonic()
     response = await send(app, owner, body)
@@ -229,10 +253,12 @@ async def test_a_stalled_body_is_408_and_its_spool_file_removed(
 @pytest.mark.anyio
 async def test_a_trickle_is_408_at_the_deadline(app: Starlette, fleet: Fleet, settings: Settings) -> None:
     owner = fleet.owner()
-    head = b"".join(multipart.field_part(k, v) for k, v in fields(owner, fleet).items()) + multipart.file_head()
+    head = (
+        b"".join(multipart.field_part(k, v) for k, v in fields(owner, fleet).items()) + multipart.file_head()
+    )
     image = build_image("1.0.0")
     # 5 bytes every 0.1 s: never idle for the 0.5 s idle timeout, and never done.
-    trickle = (image[i:i + 5] for i in range(0, len(image), 5))
+    trickle = (image[i : i + 5] for i in range(0, len(image), 5))
     body = Body(head, trickle, every=0.1)
     started = time.monotonic()
     response = await send(app, owner, body)
@@ -297,10 +323,18 @@ def test_the_upload_limits_are_settings() -> None:
     from otaship.receiver.settings import SettingsError
 
     defaults = Settings.from_env({})
-    assert (defaults.upload_idle_timeout, defaults.upload_timeout, defaults.max_uploads_per_owner) == (30, 600, 8)
-    chosen = Settings.from_env({
-        "OTASHIP_UPLOAD_IDLE_TIMEOUT": "5", "OTASHIP_UPLOAD_TIMEOUT": "60", "OTASHIP_MAX_UPLOADS_PER_OWNER": "2",
-    })
+    assert (defaults.upload_idle_timeout, defaults.upload_timeout, defaults.max_uploads_per_owner) == (
+        30,
+        600,
+        8,
+    )
+    chosen = Settings.from_env(
+        {
+            "OTASHIP_UPLOAD_IDLE_TIMEOUT": "5",
+            "OTASHIP_UPLOAD_TIMEOUT": "60",
+            "OTASHIP_MAX_UPLOADS_PER_OWNER": "2",
+        }
+    )
     assert (chosen.upload_idle_timeout, chosen.upload_timeout, chosen.max_uploads_per_owner) == (5, 60, 2)
     for name in ("OTASHIP_UPLOAD_IDLE_TIMEOUT", "OTASHIP_UPLOAD_TIMEOUT", "OTASHIP_MAX_UPLOADS_PER_OWNER"):
         with pytest.raises(SettingsError, match=f"^{name} must be at least 1, not 0$"):

@@ -5,6 +5,7 @@ come with the `receiver` extra. Without them, importing the receiver's command
 line fails on the first one missing, and that is said as one line, not a traceback.
 `otaship firmware` needs none of them, so it is run before the receiver is looked for.
 """
+
 from __future__ import annotations
 
 import sys

@@ -9,6 +9,7 @@ Topic names are built and read here by their structure only. What a level may
 hold (which user names and device ids the receiver accepts) is the receiver's
 rule, checked where reports come in.
 """
+
 from __future__ import annotations
 
 import enum

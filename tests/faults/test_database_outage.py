@@ -17,6 +17,7 @@ the canary on that report.
 
 The PostgreSQL server itself is never stopped.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -80,17 +81,41 @@ def stack(own_postgres_database: OwnDatabase, tmp_path: Path) -> Iterator[Stack]
             OTASHIP_DATABASE_URL=own_postgres_database.url_via("127.0.0.1", proxy.port),
             OTASHIP_MQTT_URL=f"embedded://127.0.0.1:{mqtt_port}",
             # Not what this test is about: ~200 requests a second from one address.
-            OTASHIP_RATE_LIMIT_READS="off", OTASHIP_RATE_LIMIT_WRITES="off", OTASHIP_RATE_LIMIT_BAD_KEYS="off",
+            OTASHIP_RATE_LIMIT_READS="off",
+            OTASHIP_RATE_LIMIT_WRITES="off",
+            OTASHIP_RATE_LIMIT_BAD_KEYS="off",
             OTASHIP_GC_INTERVAL="0",
         )
         user = otaship_json(env, "user", "create", "ops@example.com", "--plan", "pro")
         fleet = otaship_json(env, "group", "create", "fleet", "--owner", "ops@example.com")
-        canary = otaship_json(env, "group", "create", "canary", "--owner", "ops@example.com", "--parent", fleet["id"])
+        canary = otaship_json(
+            env, "group", "create", "canary", "--owner", "ops@example.com", "--parent", fleet["id"]
+        )
         canary_device = "bench-1"
-        otaship_json(env, "device", "create", canary_device, "--group", canary["id"],
-                     "--firmware-version", "1.0.0", "--id", canary_device)
-        otaship_json(env, "device", "create", "field-1", "--group", fleet["id"],
-                     "--firmware-version", "1.0.0", "--id", "field-1")
+        otaship_json(
+            env,
+            "device",
+            "create",
+            canary_device,
+            "--group",
+            canary["id"],
+            "--firmware-version",
+            "1.0.0",
+            "--id",
+            canary_device,
+        )
+        otaship_json(
+            env,
+            "device",
+            "create",
+            "field-1",
+            "--group",
+            fleet["id"],
+            "--firmware-version",
+            "1.0.0",
+            "--id",
+            "field-1",
+        )
         server = ReceiverProcess(env).start()
         try:
             headers = {"Authorization": f"Bearer {user['api_key']}"}
@@ -99,9 +124,18 @@ def stack(own_postgres_database: OwnDatabase, tmp_path: Path) -> Iterator[Stack]
             staged = deploy(server.url, headers, fleet, "1.1.0", images["1.1.0"], canary=canary["id"])
             assert staged["rollout"]["state"] == "canary"
             yield Stack(
-                server=server, env=env, proxy=proxy, database=own_postgres_database, headers=headers,
-                mqtt_user=user["mqtt_user"], mqtt_password=user["mqtt_password"], mqtt_port=mqtt_port,
-                fleet=fleet, canary=canary, canary_device=canary_device, rollout_id=staged["rollout"]["id"],
+                server=server,
+                env=env,
+                proxy=proxy,
+                database=own_postgres_database,
+                headers=headers,
+                mqtt_user=user["mqtt_user"],
+                mqtt_password=user["mqtt_password"],
+                mqtt_port=mqtt_port,
+                fleet=fleet,
+                canary=canary,
+                canary_device=canary_device,
+                rollout_id=staged["rollout"]["id"],
                 images=images,
             )
         finally:
@@ -110,12 +144,15 @@ def stack(own_postgres_database: OwnDatabase, tmp_path: Path) -> Iterator[Stack]
                 print(log[-20000:])
 
 
-def deploy(url: str, headers: dict[str, str], group: dict[str, Any], version: str, image: bytes,
-           **fields: str) -> dict[str, Any]:
+def deploy(
+    url: str, headers: dict[str, str], group: dict[str, Any], version: str, image: bytes, **fields: str
+) -> dict[str, Any]:
     response = httpx.post(
-        f"{url}/v1/ota/group", headers=headers,
+        f"{url}/v1/ota/group",
+        headers=headers,
         data={"group": group["id"], "token": group["token"], "version": version, **fields},
-        files={"firmware": ("firmware.bin", image)}, timeout=30,
+        files={"firmware": ("firmware.bin", image)},
+        timeout=30,
     )
     assert response.status_code == 201, response.text
     return response.json()  # type: ignore[no-any-return]
@@ -157,7 +194,9 @@ def spec_500(text: str) -> Callable[[httpx.Response], str | None]:
     return check
 
 
-def management(normal: Callable[[httpx.Response], str | None], text: str) -> Callable[[httpx.Response, bool], str | None]:
+def management(
+    normal: Callable[[httpx.Response], str | None], text: str
+) -> Callable[[httpx.Response, bool], str | None]:
     """A management route: its normal answer, or (the database failing) the spec's 500."""
     failed = spec_500(text)
 
@@ -224,16 +263,41 @@ def calls(stack: Stack) -> list[Call]:
         Call("download", "HEAD", fleet_download, device(image_is(stack.images["1.0.0"], head=True))),
         *[Call("list", "GET", "/v1/ota/group", listing, {"headers": stack.headers})] * 2,
         Call("deploy", "POST", "/v1/ota/group", management(status_is(400), UPLOAD_ERROR), wrong_token),
-        Call("rollouts", "GET", f"/v1/rollouts?group={fleet['id']}", management(status_is(200), READ_ERROR),
-             {"headers": stack.headers}),
-        Call("rollout", "GET", f"/v1/rollouts/{stack.rollout_id}", management(status_is(200), READ_ERROR),
-             {"headers": stack.headers}),
-        Call("promote", "POST", f"/v1/rollouts/{UNKNOWN_ROLLOUT}/promote", management(status_is(404), CHANGE_ERROR),
-             {"headers": stack.headers}),
-        Call("abort", "POST", f"/v1/rollouts/{UNKNOWN_ROLLOUT}/abort", management(status_is(404), CHANGE_ERROR),
-             {"headers": stack.headers}),
+        Call(
+            "rollouts",
+            "GET",
+            f"/v1/rollouts?group={fleet['id']}",
+            management(status_is(200), READ_ERROR),
+            {"headers": stack.headers},
+        ),
+        Call(
+            "rollout",
+            "GET",
+            f"/v1/rollouts/{stack.rollout_id}",
+            management(status_is(200), READ_ERROR),
+            {"headers": stack.headers},
+        ),
+        Call(
+            "promote",
+            "POST",
+            f"/v1/rollouts/{UNKNOWN_ROLLOUT}/promote",
+            management(status_is(404), CHANGE_ERROR),
+            {"headers": stack.headers},
+        ),
+        Call(
+            "abort",
+            "POST",
+            f"/v1/rollouts/{UNKNOWN_ROLLOUT}/abort",
+            management(status_is(404), CHANGE_ERROR),
+            {"headers": stack.headers},
+        ),
         Call("healthz", "GET", "/healthz", device(status_is(200))),
-        Call("readyz", "GET", "/readyz", device(lambda r: None if r.status_code in (200, 503) else str(r.status_code))),
+        Call(
+            "readyz",
+            "GET",
+            "/readyz",
+            device(lambda r: None if r.status_code in (200, 503) else str(r.status_code)),
+        ),
         Call("metrics", "GET", "/metrics", device(status_is(200))),
         Call("openapi", "GET", "/openapi.json", device(status_is(200))),
     ]
@@ -296,7 +360,9 @@ def mqtt_login(stack: Stack, password: str) -> tuple[mqtt.Client, int]:
     """A device's login to the embedded broker: the client (connected or not) and the CONNACK code."""
     answered = threading.Event()
     codes: list[int] = []
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{time.monotonic_ns()}", protocol=mqtt.MQTTv311)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"dev-{time.monotonic_ns()}", protocol=mqtt.MQTTv311
+    )
     client.username_pw_set(stack.mqtt_user, password)
 
     def on_connect(_c: mqtt.Client, _u: object, _f: object, reason: Any, _p: object) -> None:
@@ -353,7 +419,9 @@ def test_every_request_is_answered_through_a_database_outage(stack: Stack) -> No
         outcomes = fire(stack, plan, outage_only=True)
         took = time.monotonic() - started
         assert_all_answered(outcomes, f"connections refused ({took:.1f} s)")
-        assert all(o.status == 500 for o in outcomes if o.call.route in ("list", "deploy", "rollouts", "rollout"))
+        assert all(
+            o.status == 500 for o in outcomes if o.call.route in ("list", "deploy", "rollouts", "rollout")
+        )
         ready = httpx.get(f"{stack.url}/readyz", timeout=10)
         assert (ready.status_code, ready.json()["failed"]) == (503, ["database"])
 
@@ -379,24 +447,34 @@ def test_every_request_is_answered_through_a_database_outage(stack: Stack) -> No
     assert listing.status_code == 200 and listing.json()["recordsTotal"] == 2, listing.text
     devices = {d["id"]: d for d in otaship_json(stack.env, "device", "list")}
     eventually(
-        lambda: {d["id"]: d for d in otaship_json(stack.env, "device", "list")}[stack.canary_device][
-            "firmware_version"] == "1.1.0",
+        lambda: (
+            {d["id"]: d for d in otaship_json(stack.env, "device", "list")}[stack.canary_device][
+                "firmware_version"
+            ]
+            == "1.1.0"
+        ),
         f"the report sent during the outage to be stored (devices: {devices})",
     )
 
     def rollout_state() -> str:
-        body = httpx.get(f"{stack.url}/v1/rollouts/{stack.rollout_id}", headers=stack.headers, timeout=10).json()
+        body = httpx.get(
+            f"{stack.url}/v1/rollouts/{stack.rollout_id}", headers=stack.headers, timeout=10
+        ).json()
         return str(body["state"])
 
     eventually(lambda: rollout_state() == "fleet", "the rollout clock to promote the canary")
     eventually(
-        lambda: httpx.get(f"{stack.url}/v1/ota/group/latest/{stack.fleet['id']}", timeout=10).json()
-        == {"ver": "1.1.0"},
+        lambda: (
+            httpx.get(f"{stack.url}/v1/ota/group/latest/{stack.fleet['id']}", timeout=10).json()
+            == {"ver": "1.1.0"}
+        ),
         "the promotion to reach the fleet's latest",
     )
     deployed = deploy(stack.url, stack.headers, stack.fleet, "1.2.0", stack.images["1.2.0"])
     assert deployed["deployed"] is True
     latest = httpx.get(f"{stack.url}/v1/ota/group/latest/{stack.fleet['id']}", timeout=10)
     assert latest.json() == {"ver": "1.2.0"}
-    download = httpx.get(f"{stack.url}/v1/ota/group/download/{stack.fleet['id']}{stack.fleet['token']}", timeout=30)
+    download = httpx.get(
+        f"{stack.url}/v1/ota/group/download/{stack.fleet['id']}{stack.fleet['token']}", timeout=30
+    )
     assert download.content == stack.images["1.2.0"]

@@ -10,6 +10,7 @@ Also the race of uploads of one version with different bytes: one wins, and
 each loser leaves an object behind. In both cases `otaship gc` then leaves no
 orphan, and nothing was counted twice.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -84,8 +85,11 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path, database_url: str
     if request.param == "gcs":
         emulator: GCSEmulator = request.getfixturevalue("gcs_emulator")
         # The emulator's address reaches the server through the environment.
-        env = cli_env(data_dir, OTASHIP_DATABASE_URL=database_url,
-                      OTASHIP_STORAGE_URL=f"gs://{emulator.bucket}/{PREFIX}")
+        env = cli_env(
+            data_dir,
+            OTASHIP_DATABASE_URL=database_url,
+            OTASHIP_STORAGE_URL=f"gs://{emulator.bucket}/{PREFIX}",
+        )
 
         def stored() -> set[str]:
             return {name.removeprefix(f"{PREFIX}/") for name in emulator.object_names()}
@@ -96,8 +100,10 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path, database_url: str
         def stored() -> set[str]:
             return {
                 path.relative_to(objects).as_posix()
-                for path in (objects / "firmware").rglob("*") if path.is_file()
+                for path in (objects / "firmware").rglob("*")
+                if path.is_file()
             }
+
     made = Deployment(env, database_url, stored)
     yield made
     made.engine.dispose()
@@ -116,11 +122,15 @@ def _setup(deployment: Deployment) -> tuple[dict[str, str], dict[str, Any]]:
     return {"Authorization": f"Bearer {user['api_key']}"}, group
 
 
-def _post(url: str, headers: dict[str, str], group: dict[str, Any], version: str, image: bytes) -> httpx.Response:
+def _post(
+    url: str, headers: dict[str, str], group: dict[str, Any], version: str, image: bytes
+) -> httpx.Response:
     return httpx.post(
-        f"{url}/v1/ota/group", headers=headers,
+        f"{url}/v1/ota/group",
+        headers=headers,
         data={"group": group["id"], "token": group["token"], "version": version},
-        files={"firmware": ("firmware.bin", image)}, timeout=60,
+        files={"firmware": ("firmware.bin", image)},
+        timeout=60,
     )
 
 

@@ -13,6 +13,7 @@ must be caught before it is queued), and a value only the database refuses
 where the batch is stored again without it. Either way every one of A's
 reports is stored, and the dropped one is counted by its reason in /metrics.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,7 +66,9 @@ class Tenants:
 
 
 @pytest.fixture
-def tenants(own_postgres_database: OwnDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tenants]:
+def tenants(
+    own_postgres_database: OwnDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Tenants]:
     received: list[str] = []
     submit = ReportIngester.submit
 
@@ -77,7 +80,8 @@ def tenants(own_postgres_database: OwnDatabase, tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(ReportIngester, "submit", counted)
     port = free_port()
     settings = Settings(
-        data_dir=tmp_path / "data", database_url=own_postgres_database.url,
+        data_dir=tmp_path / "data",
+        database_url=own_postgres_database.url,
         mqtt_url=f"embedded://127.0.0.1:{port}",
     )
     services = build_services(settings)
@@ -104,7 +108,9 @@ def eventually(condition: Callable[[], bool], what: str, timeout: float = 30) ->
 
 
 def publisher(t: Tenants, owner: Owner) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{owner.user.mqtt_user}-tool", protocol=mqtt.MQTTv311)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"{owner.user.mqtt_user}-tool", protocol=mqtt.MQTTv311
+    )
     client.username_pw_set(owner.user.mqtt_user, owner.mqtt_password)
     client.connect("127.0.0.1", t.mqtt_port)
     client.loop_start()
@@ -145,7 +151,9 @@ def report_in_one_window(t: Tenants, poison: dict[str, Any]) -> None:
             eventually(lambda: len(t.received) == VALID_REPORTS + 1, "every report to reach the ingester")
         # The lock is gone with its transaction: the held batch goes, then the rest in one.
         eventually(
-            lambda: t.database.waiting_on_locks() == 0 and not t.ingester._queue and t.ingester._idle.is_set(),
+            lambda: (
+                t.database.waiting_on_locks() == 0 and not t.ingester._queue and t.ingester._idle.is_set()
+            ),
             "the ingester to store what it has",
         )
     finally:
@@ -159,7 +167,8 @@ def report_in_one_window(t: Tenants, poison: dict[str, Any]) -> None:
     [
         pytest.param({"fw_version": "9.9.9\u0000", "uptime": 5}, "invalid", None, id="nul-in-a-string"),
         pytest.param(
-            {"fw_version": "6.6.6", "uptime": 5}, "store_failed",
+            {"fw_version": "6.6.6", "uptime": 5},
+            "store_failed",
             "ALTER TABLE devices ADD CONSTRAINT no_666 CHECK (firmware_version IS DISTINCT FROM '6.6.6')",
             id="refused-by-the-database",
         ),
@@ -177,8 +186,10 @@ def test_a_poisoned_report_costs_no_other_tenant_a_report(
 
     stored = versions(t)
     lost = sum(1 for device in t.a_devices if stored[device.id] != REPORTED)
-    print(f"\n{reason}: owner A's reports sent {VALID_REPORTS}, lost {lost}; "
-          f"B's poisoned report dropped as {reason}: {dropped(t, reason) if lost == 0 else 'n/a'}")
+    print(
+        f"\n{reason}: owner A's reports sent {VALID_REPORTS}, lost {lost}; "
+        f"B's poisoned report dropped as {reason}: {dropped(t, reason) if lost == 0 else 'n/a'}"
+    )
     assert lost == 0, f"{lost} of owner A's {VALID_REPORTS} reports were lost"
     assert stored[t.b_device.id] == "1.0.0"
     assert dropped(t, reason) == 1

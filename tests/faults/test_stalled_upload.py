@@ -6,6 +6,7 @@ its answer (429 above the owner's cap, 408 once stalled or past the
 deadline), the server closes each of those connections, the third owner's
 deploy goes through, and the spool folder ends empty.
 """
+
 from __future__ import annotations
 
 import socket
@@ -158,7 +159,10 @@ def test_stalled_and_trickling_uploads_time_out_and_free_their_spool(
     process, tenants, spool = receiver
     image = build_image("1.0.0")
     staller = tenants["staller"]
-    head = b"".join(multipart.field_part(k, v) for k, v in staller.fields("1.0.0").items()) + multipart.file_head()
+    head = (
+        b"".join(multipart.field_part(k, v) for k, v in staller.fields("1.0.0").items())
+        + multipart.file_head()
+    )
 
     # The owner's first uploads each take a slot and a spool file, then stop sending.
     uploads = []
@@ -174,7 +178,8 @@ def test_stalled_and_trickling_uploads_time_out_and_free_their_spool(
     # The trickle: never idle long enough for the idle timeout, so the deadline ends it.
     trickler = tenants["trickler"]
     trickle_head = (
-        b"".join(multipart.field_part(k, v) for k, v in trickler.fields("1.0.0").items()) + multipart.file_head()
+        b"".join(multipart.field_part(k, v) for k, v in trickler.fields("1.0.0").items())
+        + multipart.file_head()
     )
     trickle_started = time.monotonic()
     trickle = RawUpload(process.url, trickler.api_key)
@@ -187,7 +192,7 @@ def test_stalled_and_trickling_uploads_time_out_and_free_their_spool(
             if stop.wait(0.2):
                 return
             try:
-                trickle.send(image[start:start + 1])
+                trickle.send(image[start : start + 1])
             except OSError:
                 return
 
@@ -207,8 +212,11 @@ def test_stalled_and_trickling_uploads_time_out_and_free_their_spool(
         # Another owner deploys as usual meanwhile.
         bystander = tenants["bystander"]
         response = httpx.post(
-            f"{process.url}/v1/ota/group", headers={"Authorization": f"Bearer {bystander.api_key}"},
-            data=bystander.fields("1.0.0"), files={"firmware": ("firmware.bin", image)}, timeout=10,
+            f"{process.url}/v1/ota/group",
+            headers={"Authorization": f"Bearer {bystander.api_key}"},
+            data=bystander.fields("1.0.0"),
+            files={"firmware": ("firmware.bin", image)},
+            timeout=10,
         )
         assert response.status_code == 201, response.text
 
@@ -238,7 +246,10 @@ def test_stalled_and_trickling_uploads_time_out_and_free_their_spool(
     assert list(spool.iterdir()) == []
     # The slots were given back: the owner deploys as usual.
     response = httpx.post(
-        f"{process.url}/v1/ota/group", headers={"Authorization": f"Bearer {staller.api_key}"},
-        data=staller.fields("1.0.0"), files={"firmware": ("firmware.bin", image)}, timeout=10,
+        f"{process.url}/v1/ota/group",
+        headers={"Authorization": f"Bearer {staller.api_key}"},
+        data=staller.fields("1.0.0"),
+        files={"firmware": ("firmware.bin", image)},
+        timeout=10,
     )
     assert response.status_code == 201, response.text

@@ -1,2 +1,3 @@
 """The otaship GitHub Action's code, also the `otaship-deploy` CLI for any CI."""
+
 from __future__ import annotations

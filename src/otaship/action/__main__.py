@@ -69,7 +69,9 @@ def receiver_url(ctx: click.Context, param: click.Parameter, value: str | None) 
         return None
     parts = urlsplit(value.strip())
     if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise click.BadParameter(f"{value!r} is not an http(s) URL such as https://ota.example.com", ctx, param)
+        raise click.BadParameter(
+            f"{value!r} is not an http(s) URL such as https://ota.example.com", ctx, param
+        )
     return value.strip()
 
 
@@ -166,18 +168,28 @@ build_options = stacked(
         "version to deploy; default: the tag (GITHUB_REF_NAME or CI_COMMIT_TAG), leading v stripped",
         section="Build",
     ),
-    env_option("--project-dir", "OTASHIP_PROJECT_DIR", "PlatformIO project folder", section="Build", default="."),
+    env_option(
+        "--project-dir", "OTASHIP_PROJECT_DIR", "PlatformIO project folder", section="Build", default="."
+    ),
     env_option(
         "--environment",
         "OTASHIP_ENVIRONMENT",
         "PlatformIO env; default: the single default_envs or the only env",
         section="Build",
     ),
-    env_option("--firmware", "OTASHIP_FIRMWARE", "a prebuilt image to deploy instead of building", section="Build"),
+    env_option(
+        "--firmware", "OTASHIP_FIRMWARE", "a prebuilt image to deploy instead of building", section="Build"
+    ),
 )
 
 receiver_options = stacked(
-    env_option("--receiver-url", "OTASHIP_RECEIVER_URL", "receiver base URL", section="Receiver", callback=receiver_url),
+    env_option(
+        "--receiver-url",
+        "OTASHIP_RECEIVER_URL",
+        "receiver base URL",
+        section="Receiver",
+        callback=receiver_url,
+    ),
     env_option(
         "--api-key",
         "OTASHIP_API_KEY",
@@ -208,7 +220,9 @@ follow_options = stacked(
 TARGET = "Target and rollout"
 target_options = stacked(
     env_option("--group", "OTASHIP_GROUP", "group id (24 hex)", section=TARGET),
-    env_option("--group-token", "OTASHIP_GROUP_TOKEN", "group token; prefer the variable to the flag", section=TARGET),
+    env_option(
+        "--group-token", "OTASHIP_GROUP_TOKEN", "group token; prefer the variable to the flag", section=TARGET
+    ),
     env_option(
         "--commit",
         "OTASHIP_COMMIT",
@@ -217,7 +231,10 @@ target_options = stacked(
         fallbacks=("GITHUB_SHA", "CI_COMMIT_SHA"),
     ),
     env_option(
-        "--canary", "OTASHIP_CANARY", "canary subgroup id: deploy there first, then the whole group", section=TARGET
+        "--canary",
+        "OTASHIP_CANARY",
+        "canary subgroup id: deploy there first, then the whole group",
+        section=TARGET,
     ),
     env_option(
         "--canary-timeout",
@@ -294,7 +311,12 @@ RECEIVER_NEEDED = [
 )
 # Not --version: on build, deploy and version that is the firmware's version.
 @click.version_option(
-    None, "-V", "--package-version", package_name="otaship", prog_name=PROG, help="Show otaship's version and exit."
+    None,
+    "-V",
+    "--package-version",
+    package_name="otaship",
+    prog_name=PROG,
+    help="Show otaship's version and exit.",
 )
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -302,7 +324,9 @@ def cli(ctx: click.Context) -> None:
         ctx.obj = Job.from_environ(os.environ)
 
 
-@cli.command("version", cls=SectionedCommand, epilog=EXIT_CODES_HELP, help="print the version this run would deploy")
+@cli.command(
+    "version", cls=SectionedCommand, epilog=EXIT_CODES_HELP, help="print the version this run would deploy"
+)
 @env_option("--version", "OTASHIP_VERSION", "explicit version; default: the tag", section="Options")
 @click.pass_obj
 def version_command(job: Job, version: str | None) -> int:
@@ -384,7 +408,9 @@ def deploy_command(
     )
     assert receiver_url and api_key and group and group_token
     inputs = deploy.DeployInputs(
-        build=deploy.BuildInputs(Path(project_dir), environment, Path(firmware) if firmware else None, version),
+        build=deploy.BuildInputs(
+            Path(project_dir), environment, Path(firmware) if firmware else None, version
+        ),
         receiver=deploy.ReceiverInputs(receiver_url, api_key),
         group=group,
         token=group_token,
@@ -404,7 +430,9 @@ def deploy_command(
     return deploy.run_deploy_command(inputs, job.workflow, job.environ)
 
 
-@cli.command("follow", cls=SectionedCommand, epilog=EXIT_CODES_HELP, help="follow an existing rollout to its end")
+@cli.command(
+    "follow", cls=SectionedCommand, epilog=EXIT_CODES_HELP, help="follow an existing rollout to its end"
+)
 @click.argument("rollout_id", metavar="ROLLOUT_ID")
 @receiver_options
 @follow_options

@@ -246,7 +246,11 @@ def deploy(
         report.rollout_state = str(rollout.get("state", ""))
     if report.deployed and report.rollout is not None and report.rollout_state == "canary":
         # The image is on the canary subgroup only; the group follows when it is healthy.
-        then = "when the rollout is promoted" if inputs.rollout.auto_promote is False else "once the canary is healthy"
+        then = (
+            "when the rollout is promoted"
+            if inputs.rollout.auto_promote is False
+            else "once the canary is healthy"
+        )
         workflow.notice(
             f"{report.version} deployed to canary subgroup {inputs.rollout.canary} of group {inputs.group} "
             f"(rollout {report.rollout_id}); the whole group gets it {then}",

@@ -54,7 +54,10 @@ def firmware() -> None:
 @click.option("--version", "version", required=True, metavar="X", help="the version in the app descriptor")
 @click.option("--chip", type=click.Choice(SUPPORTED_CHIPS), default="esp32", help="the chip to build for")
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("firmware.bin"),
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("firmware.bin"),
     help="where to write the image",
 )
 def example(version: str, chip: str, output: Path) -> None:
@@ -78,7 +81,9 @@ def example(version: str, chip: str, output: Path) -> None:
 )
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
-    "--chip", type=click.Choice(SUPPORTED_CHIPS), show_default="any",
+    "--chip",
+    type=click.Choice(SUPPORTED_CHIPS),
+    show_default="any",
     help="the chip the group runs; an image for another chip is refused",
 )
 def inspect(image: Path, chip: str | None) -> None:

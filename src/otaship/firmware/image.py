@@ -140,7 +140,11 @@ def _inspect(
             raise ValueError(f"the facts are of a {facts.size}-byte file, this one has {len(view)} bytes")
         image = _load_image(view, reader, chip, facts)
         return FirmwareImage(
-            chip=chip, size=len(view), sha256=facts.sha256, md5=facts.md5, app=_app_descriptor(image),
+            chip=chip,
+            size=len(view),
+            sha256=facts.sha256,
+            md5=facts.md5,
+            app=_app_descriptor(image),
             segments=_segments(image),
         )
 
@@ -391,8 +395,7 @@ class _MappedReader:
             # esptool would fail later on a short read with a less clear
             # error (or a TypeError from ord(b"")), so stop here.
             raise _Truncated(
-                f"truncated, the file ends at byte {len(self._view)} "
-                f"but the image continues to byte {end}"
+                f"truncated, the file ends at byte {len(self._view)} but the image continues to byte {end}"
             )
         self._position = end
         # Odd sizes are copied too: esptool pads such segments by appending

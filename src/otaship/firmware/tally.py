@@ -12,6 +12,7 @@ The receiver's upload spool does the tallying; it lives here, beside the image
 check that takes the facts, so that the action (which checks whole files)
 never imports the receiver.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """create_app(settings): the receiver's routes, error handling and lifespan."""
+
 from __future__ import annotations
 
 import contextlib
@@ -39,9 +40,7 @@ def build_services(settings: Settings) -> Services:
     # SQLite migrates itself; a shared database must have been migrated already.
     ensure_schema(engine)
     storage = create_storage(settings.resolved_storage_url, cache_dir=settings.cache_dir)
-    return Services(
-        settings=settings, engine=engine, storage=storage, catalog=FirmwareCatalog(engine)
-    )
+    return Services(settings=settings, engine=engine, storage=storage, catalog=FirmwareCatalog(engine))
 
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Starlette:
@@ -86,11 +85,16 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         routes=[
             # The device routes first: every device of a fleet hits them at once.
             # The management API alone is rate limited, per API key.
-            *devices.routes, *limited([*ota.routes, *rollouts.routes], RateLimits.from_settings(settings)),
-            *health.routes, *metrics_routes, *openapi.routes,
+            *devices.routes,
+            *limited([*ota.routes, *rollouts.routes], RateLimits.from_settings(settings)),
+            *health.routes,
+            *metrics_routes,
+            *openapi.routes,
         ],
         middleware=[
-            Middleware(NoSniff), Middleware(ObserveRequests, metrics=metrics), Middleware(AnswerErrors),
+            Middleware(NoSniff),
+            Middleware(ObserveRequests, metrics=metrics),
+            Middleware(AnswerErrors),
         ],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},

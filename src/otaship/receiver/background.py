@@ -4,6 +4,7 @@ clock and the orphan sweep.
 Started and stopped by the app's lifespan. With OTASHIP_MQTT_URL=none only the
 rollout clock runs: devices then find updates by polling `latest`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,13 +39,17 @@ class Background:
         self.publisher: TriggerPublisher | None = None
         self.ingester = ReportIngester(services.engine, metrics=metrics)
         self.runner = RolloutRunner(
-            services.engine, notify=self.address is not None, tick=services.settings.rollout_tick,
-            on_change=services.deployed, metrics=metrics,
+            services.engine,
+            notify=self.address is not None,
+            tick=services.settings.rollout_tick,
+            on_change=services.deployed,
+            metrics=metrics,
         )
         settings = services.settings
         self.sweeper: OrphanSweeper | None = (
             OrphanSweeper(services, interval=settings.gc_interval, grace=settings.gc_grace)
-            if settings.gc_interval > 0 else None
+            if settings.gc_interval > 0
+            else None
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -68,8 +73,11 @@ class Background:
             else:
                 client_id = self.services.settings.mqtt_client_id or f"otaship-{socket.gethostname()}"
             self.link = MqttLink(
-                address, client_id=client_id, on_message=self.ingester.submit,
-                username=username, password=password,
+                address,
+                client_id=client_id,
+                on_message=self.ingester.submit,
+                username=username,
+                password=password,
             )
             self.link.start()
             self.publisher = TriggerPublisher(self.services.engine, self.link, metrics=self.metrics)

@@ -9,6 +9,7 @@ The receiver's settings come from OTASHIP_* variables through
 `serve --port` only overrides one of them, so it does not read the variable
 itself.
 """
+
 from __future__ import annotations
 
 import functools
@@ -165,8 +166,13 @@ def serve(settings: Settings, host: str | None, port: int | None) -> None:
     # installed. No access_log: the receiver writes its own, with the group
     # token redacted from download URLs.
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port,
-        log_level=settings.log_level, log_config=None, access_log=False, proxy_headers=True,
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
     )
 
 
@@ -224,9 +230,7 @@ def gc(settings: Settings, dry_run: bool, grace: int | None) -> None:
         print(f"{'would remove' if dry_run else 'removed'} {obj.key} ({obj.size} bytes)")
     print(result.describe())
     if result.failed:
-        raise CommandError(
-            "; ".join(f"could not remove {key}: {error}" for key, error in result.failed)
-        )
+        raise CommandError("; ".join(f"could not remove {key}: {error}" for key, error in result.failed))
 
 
 @cli.group(help="manage users", no_args_is_help=False)
@@ -236,7 +240,9 @@ def user() -> None:
 
 @user.command("create", help="create a user; prints its API key and MQTT password once")
 @click.argument("email")
-@click.option("--plan", type=click.Choice(PLANS), default="free", help="what the user may do: pro runs group OTA")
+@click.option(
+    "--plan", type=click.Choice(PLANS), default="free", help="what the user may do: pro runs group OTA"
+)
 @with_settings
 def user_create(settings: Settings, email: str, plan: str) -> None:
     def work(session: Session) -> dict[str, Any]:
@@ -322,17 +328,24 @@ def device() -> None:
 
 @device.command("create", help="register a device in a group")
 @click.argument("name")
-@click.option("--group", "group_id", required=True, metavar="GROUP_ID", help="the group the device belongs to")
+@click.option(
+    "--group", "group_id", required=True, metavar="GROUP_ID", help="the group the device belongs to"
+)
 @click.option("--firmware-version", metavar="X", help="the version it runs now")
-@click.option("--id", "device_id", metavar="DEVICE_ID", show_default="generated", help="the id the device uses")
+@click.option(
+    "--id", "device_id", metavar="DEVICE_ID", show_default="generated", help="the id the device uses"
+)
 @with_settings
 def device_create(
     settings: Settings, name: str, group_id: str, firmware_version: str | None, device_id: str | None
 ) -> None:
     def work(session: Session) -> dict[str, Any]:
         created = create_device(
-            session=session, group=_group(session, group_id), name=name,
-            firmware_version=firmware_version, device_id=device_id,
+            session=session,
+            group=_group(session, group_id),
+            name=name,
+            firmware_version=firmware_version,
+            device_id=device_id,
         )
         return device_json(created)
 
@@ -376,7 +389,9 @@ def _check_embedded_broker_port(settings: Settings) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise CommandError(str(BrokerPortInUse(address.host, address.port))) from None
-            raise CommandError(f"cannot start the embedded MQTT broker on {address.host}:{address.port}: {exc}") from None
+            raise CommandError(
+                f"cannot start the embedded MQTT broker on {address.host}:{address.port}: {exc}"
+            ) from None
 
 
 def _check_schema(settings: Settings) -> None:

@@ -13,6 +13,7 @@ The rules are the same everywhere:
   `str.isdigit()` also accepts `²`, which `int()` then refuses.
 - A value longer than its field allows is refused, never cut short.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Identifiers and secrets: unguessable, from the operating system's CSPRNG."""
+
 from __future__ import annotations
 
 import hashlib

@@ -4,6 +4,7 @@ Each app has its own CollectorRegistry (never prometheus-client's global one),
 so tests and tools can build many apps in one process and each counts only its
 own traffic.
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,24 +66,33 @@ class Metrics:
         self.requests = RequestStats(LATENCY_BUCKETS)
         self.registry.register(self.requests)
         self.upload_bytes = Counter(
-            "otaship_upload_bytes", "Firmware bytes received by POST /v1/ota/group", registry=self.registry,
+            "otaship_upload_bytes",
+            "Firmware bytes received by POST /v1/ota/group",
+            registry=self.registry,
         )
         self.deploys = Counter(
-            "otaship_deploys", "Firmware deploys by kind: plain, canary (a rollout's first stage), "
-            "promotion (its fleet stage)", ["kind"], registry=self.registry,
+            "otaship_deploys",
+            "Firmware deploys by kind: plain, canary (a rollout's first stage), promotion (its fleet stage)",
+            ["kind"],
+            registry=self.registry,
         )
         self.triggers_published = Counter(
-            "otaship_triggers_published", "Update triggers the MQTT broker acknowledged",
+            "otaship_triggers_published",
+            "Update triggers the MQTT broker acknowledged",
             registry=self.registry,
         )
         self.reports = Counter(
-            "otaship_device_reports", "Device reports by kind and result: dropped ones were not "
+            "otaship_device_reports",
+            "Device reports by kind and result: dropped ones were not "
             "stored (otaship_device_reports_dropped says why)",
-            ["kind", "result"], registry=self.registry,
+            ["kind", "result"],
+            registry=self.registry,
         )
         self.report_drops = Counter(
-            "otaship_device_reports_dropped", "Device reports not stored, by reason: invalid, "
-            "not_owned, queue_full or store_failed", ["reason"], registry=self.registry,
+            "otaship_device_reports_dropped",
+            "Device reports not stored, by reason: invalid, not_owned, queue_full or store_failed",
+            ["reason"],
+            registry=self.registry,
         )
         # Known series start at 0, so a rate() sees the first event.
         for kind in DEPLOY_KINDS:
@@ -142,11 +152,13 @@ class RequestStats(Collector):
     def _families(self) -> tuple[CounterMetricFamily, HistogramMetricFamily]:
         return (
             CounterMetricFamily(
-                "otaship_http_requests", "HTTP requests by method, route template and status",
+                "otaship_http_requests",
+                "HTTP requests by method, route template and status",
                 labels=["method", "route", "status"],
             ),
             HistogramMetricFamily(
-                "otaship_http_request_duration_seconds", "Time to answer an HTTP request, by route template",
+                "otaship_http_request_duration_seconds",
+                "Time to answer an HTTP request, by route template",
                 labels=["method", "route"],
             ),
         )
@@ -248,13 +260,23 @@ class ObserveRequests:
             _write_access_line(scope, level, method, template, status, duration)
 
 
-def _write_access_line(scope: Scope, level: int, method: str, route: str, status: int, duration: float) -> None:
+def _write_access_line(
+    scope: Scope, level: int, method: str, route: str, status: int, duration: float
+) -> None:
     path = redact(scope["path"])
     client = scope.get("client")
     access_log.log(
-        level, "%s %s %d %.1fms", method, path, status, duration * 1000,
+        level,
+        "%s %s %d %.1fms",
+        method,
+        path,
+        status,
+        duration * 1000,
         extra={
-            "method": method, "route": route, "path": path, "status": status,
+            "method": method,
+            "route": route,
+            "path": path,
+            "status": status,
             "duration_ms": round(duration * 1000, 3),
             "client": client[0] if client else None,
         },

@@ -6,6 +6,7 @@ while it is down: a traceback for each attempt would bury the log. The first
 failure says what is affected, with the error's first line (no statement, no
 parameters); the rest stay quiet until an attempt succeeds.
 """
+
 from __future__ import annotations
 
 import logging

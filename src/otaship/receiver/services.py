@@ -1,4 +1,5 @@
 """The receiver's long-lived parts, built once by the app's lifespan."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,4 +1,5 @@
 """Settings: the receiver's whole configuration, read once from OTASHIP_* variables."""
+
 from __future__ import annotations
 
 import os
@@ -107,10 +108,10 @@ class Settings:
             mqtt_url=env.get("OTASHIP_MQTT_URL", "").strip() or "embedded://127.0.0.1:1883",
             mqtt_client_id=env.get("OTASHIP_MQTT_CLIENT_ID", "").strip() or None,
             public_url=env.get("OTASHIP_PUBLIC_URL", "").strip() or None,
-            max_firmware_bytes=_int(
-                env, "OTASHIP_MAX_FIRMWARE_BYTES", DEFAULT_MAX_FIRMWARE_BYTES, minimum=1
+            max_firmware_bytes=_int(env, "OTASHIP_MAX_FIRMWARE_BYTES", DEFAULT_MAX_FIRMWARE_BYTES, minimum=1),
+            upload_idle_timeout=_int(
+                env, "OTASHIP_UPLOAD_IDLE_TIMEOUT", DEFAULT_UPLOAD_IDLE_TIMEOUT, minimum=1
             ),
-            upload_idle_timeout=_int(env, "OTASHIP_UPLOAD_IDLE_TIMEOUT", DEFAULT_UPLOAD_IDLE_TIMEOUT, minimum=1),
             upload_timeout=_int(env, "OTASHIP_UPLOAD_TIMEOUT", DEFAULT_UPLOAD_TIMEOUT, minimum=1),
             max_uploads_per_owner=_int(
                 env, "OTASHIP_MAX_UPLOADS_PER_OWNER", DEFAULT_MAX_UPLOADS_PER_OWNER, minimum=1

@@ -1,4 +1,5 @@
 """A small map whose entries expire: answers that may be a moment stale."""
+
 from __future__ import annotations
 
 import time

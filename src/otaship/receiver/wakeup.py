@@ -1,4 +1,5 @@
 """Sleeping until woken or a timeout, in a way a cancel always ends."""
+
 from __future__ import annotations
 
 import asyncio

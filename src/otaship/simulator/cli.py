@@ -1,4 +1,5 @@
 """`otaship simulate`: the command line of the device simulator (the fleet itself is in fleet.py)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,25 +38,54 @@ EXIT_USAGE = 2
 )
 @click.option("--group", required=True, metavar="ID", help="the group the devices belong to")
 @click.option("--token", required=True, help="the group's token (used to download)")
-@click.option("--mqtt-url", required=True, metavar="URL",
-              help="mqtt://MQTT_USER:MQTT_PASSWORD@HOST:PORT (or mqtts://) with the owner's credentials")
+@click.option(
+    "--mqtt-url",
+    required=True,
+    metavar="URL",
+    help="mqtt://MQTT_USER:MQTT_PASSWORD@HOST:PORT (or mqtts://) with the owner's credentials",
+)
 @click.option("--server", required=True, metavar="URL", help="the receiver, e.g. http://127.0.0.1:8080")
 @click.option("--devices", type=click.IntRange(min=1), default=10, metavar="N", help="how many devices")
 @click.option("--version", default="0.0.0", metavar="X", help="the version the devices run at start")
-@click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, metavar="F",
-              help="share of devices that come back on their old version after an update")
-@click.option("--register", is_flag=True,
-              help="create the devices in the receiver's database first (OTASHIP_* settings)")
-@click.option("--status-interval", type=click.FloatRange(min=0), default=5.0, metavar="S",
-              help="seconds between status reports (0: on boot only)")
-@click.option("--id-prefix", metavar="P", show_default="sim-<group[:8]>",
-              help="device ids are P-00001, P-00002...")
-@click.option("--until-version", metavar="V", help="stop when every device runs V (exit 1 if the run stops before)")
-@click.option("--duration", type=click.FloatRange(min=0), metavar="S",
-              help="stop after S seconds (with --until-version: whichever comes first)")
+@click.option(
+    "--fail-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    metavar="F",
+    help="share of devices that come back on their old version after an update",
+)
+@click.option(
+    "--register",
+    is_flag=True,
+    help="create the devices in the receiver's database first (OTASHIP_* settings)",
+)
+@click.option(
+    "--status-interval",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    metavar="S",
+    help="seconds between status reports (0: on boot only)",
+)
+@click.option(
+    "--id-prefix", metavar="P", show_default="sim-<group[:8]>", help="device ids are P-00001, P-00002..."
+)
+@click.option(
+    "--until-version", metavar="V", help="stop when every device runs V (exit 1 if the run stops before)"
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    metavar="S",
+    help="stop after S seconds (with --until-version: whichever comes first)",
+)
 @click.option("--seed", type=int, default=0, help="fixes which devices fail")
-@click.option("--http-connections", type=click.IntRange(min=1), default=16, metavar="N",
-              help="concurrent HTTP connections to the receiver")
+@click.option(
+    "--http-connections",
+    type=click.IntRange(min=1),
+    default=16,
+    metavar="N",
+    help="concurrent HTTP connections to the receiver",
+)
 @click.option("--json", is_flag=True, help="print the summary as one JSON object")
 def simulate_command(**params: Any) -> None:
     """`otaship simulate`; its options' values are `params`, by option name."""
@@ -66,10 +96,18 @@ def simulate_command(**params: Any) -> None:
 
 def config_from_args(params: Mapping[str, Any]) -> SimulationConfig:
     return SimulationConfig(
-        server=params["server"], mqtt_url=params["mqtt_url"], group_id=params["group"], token=params["token"],
-        devices=params["devices"], version=params["version"], fail_rate=params["fail_rate"],
-        status_interval=params["status_interval"], id_prefix=params["id_prefix"],
-        until_version=params["until_version"], duration=params["duration"] or None, seed=params["seed"],
+        server=params["server"],
+        mqtt_url=params["mqtt_url"],
+        group_id=params["group"],
+        token=params["token"],
+        devices=params["devices"],
+        version=params["version"],
+        fail_rate=params["fail_rate"],
+        status_interval=params["status_interval"],
+        id_prefix=params["id_prefix"],
+        until_version=params["until_version"],
+        duration=params["duration"] or None,
+        seed=params["seed"],
         http_connections=params["http_connections"],
     )
 

@@ -1,4 +1,5 @@
 """What a simulation is asked to do: its configuration, checked, and the device ids it uses."""
+
 from __future__ import annotations
 
 import math

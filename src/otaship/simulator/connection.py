@@ -3,6 +3,7 @@
 paho's socket is handed to the loop once connected: `loop_read` runs when it is
 readable, `loop_write` while paho has bytes to send (fleet.py says why).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -62,6 +63,7 @@ class Connection:
         self.sock = sock
         self.client.on_socket_close = self._on_socket_close
         self.client.on_socket_register_write = lambda _c, _u, s: loop.add_writer(s, self._writable)
+
         def unregister_write(_client: object, _userdata: object, sock: Any) -> None:
             loop.remove_writer(sock)
 

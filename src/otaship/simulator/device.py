@@ -6,6 +6,7 @@ checks it (no redirects, `Content-Length`, `x-MD5`, the 0xE9 magic), 203 on any
 failure, and a reboot into the new version, or back into the old one for a
 device chosen to fail.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -115,8 +116,10 @@ class Device:
 
         fleet = self.fleet
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.id,
-            protocol=mqtt.MQTTv311, clean_session=True,
+            CallbackAPIVersion.VERSION2,
+            client_id=self.id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
         )
         client.username_pw_set(fleet.broker.username, fleet.broker.password)
         client.connect_timeout = fleet.config.connect_timeout
@@ -134,7 +137,9 @@ class Device:
             connection.attach()
             try:
                 timeout = fleet.config.connect_timeout
-                await connection.wait_for(lambda: connection.connack is not None or connection.closed, timeout)
+                await connection.wait_for(
+                    lambda: connection.connack is not None or connection.closed, timeout
+                )
                 refusal = connection.connack
                 if refusal is not None and refusal.is_failure and refusal.value in _REFUSED_CREDENTIALS:
                     raise SimulationError(

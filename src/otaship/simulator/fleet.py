@@ -45,6 +45,7 @@ part, encode/httpcore#1035) on every request, and that, not the network, bounds
 a big simulation. 8 to 16 connections already keep a local receiver busy on a
 2-core machine; raise --http-connections for a distant one.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -126,10 +127,17 @@ class DeviceSummary:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "initial_version": self.initial_version, "version": self.version,
-            "outcome": self.outcome, "last_code": self.last_code, "triggers": self.triggers,
-            "updates": self.updates, "rollbacks": self.rollbacks, "errors": self.errors,
-            "reconnects": self.reconnects, "update_seconds": _round(self.update_seconds),
+            "id": self.id,
+            "initial_version": self.initial_version,
+            "version": self.version,
+            "outcome": self.outcome,
+            "last_code": self.last_code,
+            "triggers": self.triggers,
+            "updates": self.updates,
+            "rollbacks": self.rollbacks,
+            "errors": self.errors,
+            "reconnects": self.reconnects,
+            "update_seconds": _round(self.update_seconds),
         }
 
 
@@ -168,12 +176,16 @@ class FleetSummary:
     def to_json(self) -> dict[str, Any]:
         return {
             "devices": len(self.devices),
-            "updated": self.updated, "failed": self.failed,
-            "already_current": self.already_current, "errors": self.errors,
+            "updated": self.updated,
+            "failed": self.failed,
+            "already_current": self.already_current,
+            "errors": self.errors,
             "not_triggered": self.not_triggered,
             "versions": self.versions,
-            "target_version": self.target_version, "on_target": self.on_target,
-            "until_version": self.until_version, "reached_until_version": self.reached_until_version,
+            "target_version": self.target_version,
+            "on_target": self.on_target,
+            "until_version": self.until_version,
+            "reached_until_version": self.reached_until_version,
             "timing": {
                 "duration": _round(self.duration_seconds),
                 "all_online": _round(self.all_online_seconds),
@@ -203,12 +215,19 @@ class FleetSummary:
         ]
         if self.target_version:
             rows.append((f"on {self.target_version}", f"{self.on_target}/{len(self.devices)}"))
-            rows.append((f"first trigger -> last on {self.target_version}",
-                         seconds(self.trigger_to_last_on_target)))
+            rows.append(
+                (f"first trigger -> last on {self.target_version}", seconds(self.trigger_to_last_on_target))
+            )
         if self.update_seconds_p50 is not None:
-            rows.append(("update time p50 / p95 / max", " / ".join(
-                seconds(v) for v in (self.update_seconds_p50, self.update_seconds_p95,
-                                     self.update_seconds_max))))
+            rows.append(
+                (
+                    "update time p50 / p95 / max",
+                    " / ".join(
+                        seconds(v)
+                        for v in (self.update_seconds_p50, self.update_seconds_p95, self.update_seconds_max)
+                    ),
+                )
+            )
         rows.append(("all devices online after", seconds(self.all_online_seconds)))
         rows.append(("ran for", seconds(self.duration_seconds)))
         if self.until_version:
@@ -220,12 +239,20 @@ class FleetSummary:
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
+
 def _device_summary(device: Device) -> DeviceSummary:
     return DeviceSummary(
-        id=device.id, initial_version=device.initial_version, version=device.version,
-        outcome=device.outcome, last_code=device.last_code, triggers=device.triggers,
-        updates=device.updates, rollbacks=device.rollbacks, errors=device.errors,
-        reconnects=device.reconnects, update_seconds=device.update_seconds,
+        id=device.id,
+        initial_version=device.initial_version,
+        version=device.version,
+        outcome=device.outcome,
+        last_code=device.last_code,
+        triggers=device.triggers,
+        updates=device.updates,
+        rollbacks=device.rollbacks,
+        errors=device.errors,
+        reconnects=device.reconnects,
+        update_seconds=device.update_seconds,
     )
 
 
@@ -327,8 +354,10 @@ class Fleet:
             online=sum(d.online for d in self.devices),
             triggered=sum(d.triggers > 0 for d in self.devices),
             updating=sum(d.in_update for d in self.devices),
-            updated=outcomes[UPDATED], failed=outcomes[FAILED],
-            already_current=outcomes[ALREADY_CURRENT], errors=outcomes[ERROR],
+            updated=outcomes[UPDATED],
+            failed=outcomes[FAILED],
+            already_current=outcomes[ALREADY_CURRENT],
+            errors=outcomes[ERROR],
             target_version=target,
             on_target=self.reported_count[target] if target else 0,
         )
@@ -339,8 +368,9 @@ class Fleet:
         target = self.target_version
         on_target = [d for d in self.devices if target is not None and d.version == target]
         settled = [d.settled_at for d in on_target if d.settled_at is not None and d.outcome == UPDATED]
-        durations = sorted(d.update_seconds for d in self.devices
-                           if d.outcome == UPDATED and d.update_seconds is not None)
+        durations = sorted(
+            d.update_seconds for d in self.devices if d.outcome == UPDATED and d.update_seconds is not None
+        )
 
         def since_start(at: float | None) -> float | None:
             return None if at is None else at - self.started
@@ -348,8 +378,10 @@ class Fleet:
         until = self.config.until_version
         return FleetSummary(
             devices=devices,
-            updated=outcomes[UPDATED], failed=outcomes[FAILED],
-            already_current=outcomes[ALREADY_CURRENT], errors=outcomes[ERROR],
+            updated=outcomes[UPDATED],
+            failed=outcomes[FAILED],
+            already_current=outcomes[ALREADY_CURRENT],
+            errors=outcomes[ERROR],
             not_triggered=outcomes[None],
             versions=dict(Counter(d.version for d in devices)),
             target_version=target,
@@ -362,7 +394,8 @@ class Fleet:
             last_on_target_seconds=since_start(max(settled)) if settled else None,
             update_seconds_p50=statistics.median(durations) if durations else None,
             update_seconds_p95=durations[min(len(durations) - 1, math.ceil(0.95 * len(durations)) - 1)]
-            if durations else None,
+            if durations
+            else None,
             update_seconds_max=durations[-1] if durations else None,
         )
 
@@ -424,7 +457,8 @@ class Fleet:
             await asyncio.gather(*tasks, *background, return_exceptions=True)
             # Say goodbye properly, so the broker does not wait out keepalives...
             open_connections = [
-                d.connection for d in self.devices
+                d.connection
+                for d in self.devices
                 if d.connection is not None and d.connection.sock is not None and not d.connection.closed
             ]
             for connection in open_connections:
@@ -493,7 +527,7 @@ def register_devices(settings: Settings, config: SimulationConfig) -> tuple[int,
             existing: set[str] = set()
             # Chunks stay under SQLite's limit on bound parameters.
             for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
+                chunk = ids[start : start + 500]
                 existing.update(session.exec(select(DeviceRow.id).where(col(DeviceRow.id).in_(chunk))))
             created = 0
             for device_id in ids:
@@ -501,8 +535,11 @@ def register_devices(settings: Settings, config: SimulationConfig) -> tuple[int,
                     continue
                 try:
                     create_device(
-                        session=session, group=group, name=device_id,
-                        firmware_version=config.version, device_id=device_id,
+                        session=session,
+                        group=group,
+                        name=device_id,
+                        firmware_version=config.version,
+                        device_id=device_id,
                     )
                 except DeviceError as exc:
                     raise SimulationError(str(exc)) from exc

@@ -1,4 +1,5 @@
 """Devices: what each one last reported."""
+
 from __future__ import annotations
 
 import re

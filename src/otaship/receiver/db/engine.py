@@ -12,6 +12,7 @@ itself at startup. A shared database (PostgreSQL) is migrated once by an
 operator's `otaship migrate`, not by whichever replica happens to start first
 during a rolling deploy, so the receiver refuses to run on an out-of-date one.
 """
+
 from __future__ import annotations
 
 import functools
@@ -66,8 +67,13 @@ def create_db_engine(url: str) -> Engine:
     # pool_pre_ping: a connection the server ended (a restart, a failover, an
     # administrator's pg_terminate_backend) is replaced before it is handed out.
     return create_engine(
-        url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=POOL_TIMEOUT_S,
-        connect_args=connect_args, hide_parameters=True,
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        pool_timeout=POOL_TIMEOUT_S,
+        connect_args=connect_args,
+        hide_parameters=True,
     )
 
 
@@ -142,8 +148,7 @@ class SchemaStatus:
             )
         if self.unversioned:
             return (
-                "the database was created by an otaship without migrations: "
-                "run `otaship migrate` to adopt it"
+                "the database was created by an otaship without migrations: run `otaship migrate` to adopt it"
             )
         if self.current is None:
             return "the database has no otaship schema: run `otaship migrate`"

@@ -1,4 +1,5 @@
 """Groups: a fleet, or a subgroup of one (such as a canary)."""
+
 from __future__ import annotations
 
 from sqlmodel import Session, select
@@ -43,9 +44,7 @@ def get_owned_group(*, session: Session, owner_id: str, group_id: str) -> Group 
     """The group if it exists and belongs to `owner_id`; another owner's group is None."""
     if not is_id(group_id):
         return None
-    return session.exec(
-        select(Group).where(Group.id == group_id, Group.owner_id == owner_id)
-    ).first()
+    return session.exec(select(Group).where(Group.id == group_id, Group.owner_id == owner_id)).first()
 
 
 def ancestors(*, session: Session, group: Group) -> list[Group]:

@@ -1,4 +1,5 @@
 """SQLModel tables: owners, their groups and devices, and what was deployed where."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -43,9 +44,7 @@ class Group(SQLModel, table=True):
     # Kept in clear: the spec shows it inside every OTA's `path`, and devices
     # present it on download (compared in constant time).
     token: str = Field(max_length=16)
-    parent_id: str | None = Field(
-        default=None, foreign_key="groups.id", index=True, max_length=24
-    )
+    parent_id: str | None = Field(default=None, foreign_key="groups.id", index=True, max_length=24)
     chip: str | None = Field(default=None, max_length=32)
     created_at: datetime = Field(default_factory=utcnow)
 

@@ -16,6 +16,7 @@ Migration 0002 creates both. A search shorter than a trigram cannot use
 either index, and one matching a good part of the owner's rows is cheaper to
 answer by scanning them: both fall back to the scan.
 """
+
 from __future__ import annotations
 
 from sqlalchemy import ColumnElement, TextClause, column, func, table, text

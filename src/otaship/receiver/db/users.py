@@ -1,4 +1,5 @@
 """Owners: users, their plan, API keys and MQTT credentials."""
+
 from __future__ import annotations
 
 import hmac
@@ -51,9 +52,7 @@ def set_plan(*, session: Session, user: User, plan: str) -> User:
 
 
 def get_user_by_email(*, session: Session, email: str) -> User | None:
-    return session.exec(
-        select(User).where(func.lower(User.email) == email.strip().lower())
-    ).first()
+    return session.exec(select(User).where(func.lower(User.email) == email.strip().lower())).first()
 
 
 def issue_api_key(*, session: Session, user: User, revoke_existing: bool) -> str:

@@ -7,6 +7,7 @@ is removed only once it is older than the grace period, and never while this
 process is storing it: the sweep that uses this decision (receiver/sweep.py)
 explains why that keeps every upload in flight safe.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Set
@@ -64,5 +65,8 @@ def plan_sweep(
             remove.append(obj)
     return SweepPlan(
         remove=sorted(remove, key=lambda obj: obj.key),
-        referenced=referenced_count, young=young, in_flight=busy, foreign=foreign,
+        referenced=referenced_count,
+        young=young,
+        in_flight=busy,
+        foreign=foreign,
     )

@@ -28,6 +28,7 @@ does not take that long either. Records are never deleted (the history keeps
 every deploy), so an object once referenced stays referenced. Two sweeps at
 once are harmless: each delete succeeds once, and the other sees it gone.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -150,7 +151,9 @@ class OrphanSweeper:
     def sweep_once(self) -> SweepResult:
         services = self.services
         return sweep_orphans(
-            storage=services.storage, engine=services.engine, grace=self.grace,
+            storage=services.storage,
+            engine=services.engine,
+            grace=self.grace,
             in_flight=services.objects_in_flight.keys,
         )
 

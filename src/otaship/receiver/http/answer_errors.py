@@ -11,6 +11,7 @@ and lets it go no further. Once an answer has started, nothing can take its
 place: the exception goes on, and the connection is closed, the only honest
 end of a body cut short.
 """
+
 from __future__ import annotations
 
 import logging

@@ -7,6 +7,7 @@ route's own 500, with `error`, as any other database failure of the route.
 Handlers read the owner with `owner_of(request)`. Device routes, probes,
 /metrics and /openapi.json carry no such middleware.
 """
+
 from __future__ import annotations
 
 from sqlalchemy.exc import SQLAlchemyError

@@ -5,6 +5,7 @@ in-memory catalog and never read the database per request. While the database
 is down they answer from what the catalog last read; a group this replica has
 never read gets a 503 with Retry-After.
 """
+
 from __future__ import annotations
 
 import os

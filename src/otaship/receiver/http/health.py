@@ -4,6 +4,7 @@ Liveness touches nothing: a database outage must not get every replica
 restarted. Readiness checks the database, the firmware storage and the MQTT
 link, each in a thread of its own with a short timeout, and names what failed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,7 +48,7 @@ class Readiness:
         self._last: dict[str, str] = {}
 
     async def check(self, name: str, work: Callable[[], None]) -> str:
-        """"ok", or a short reason that is safe to show (no secrets, no traceback)."""
+        """ "ok", or a short reason that is safe to show (no secrets, no traceback)."""
         pending = self._pending.get(name)
         if pending is None or pending.done():
             pending = self._pending[name] = _in_thread(name, work)
@@ -138,7 +139,8 @@ async def readyz(request: Request) -> Response:
         readiness.record("mqtt", checks["mqtt"])
     failed = [name for name, outcome in checks.items() if outcome not in PASSING]
     body = wire.Readiness(
-        status="unavailable" if failed else "ready", checks=wire.ReadinessChecks(**checks),
+        status="unavailable" if failed else "ready",
+        checks=wire.ReadinessChecks(**checks),
         **wire.given(failed=failed or None),
     )
     return answer(body, 503 if failed else 200)

@@ -3,6 +3,7 @@
 Without it a browser may sniff a JSON error or a firmware download into
 HTML and run it on the receiver's origin.
 """
+
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send

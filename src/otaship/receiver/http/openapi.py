@@ -7,6 +7,7 @@ them. The bodies' schemas are generated from the models the routes answer with
 (otaship.receiver.http.wire). tests/test_openapi.py validates real responses
 against the document and checks that it and the router list the same routes.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -67,9 +68,7 @@ def _json(description: str, schema: str, **examples: Any) -> dict[str, Any]:
 
 
 def _message(description: str, *texts: str) -> dict[str, Any]:
-    return _json(
-        description, "Message", **{f"example{i + 1}": {"message": t} for i, t in enumerate(texts)}
-    )
+    return _json(description, "Message", **{f"example{i + 1}": {"message": t} for i, t in enumerate(texts)})
 
 
 def _server_error(text: str) -> dict[str, Any]:
@@ -85,11 +84,21 @@ def _server_error(text: str) -> dict[str, Any]:
 
 # The spec's example record, with the fields otaship adds.
 OTA_EXAMPLE: dict[str, Any] = {
-    "_id": "5e1bc21cdfa10030ab7ea212", "group": "5e1b76bc4315b70eb242567a", "__v": 0,
-    "last_updated": "2020-01-17T17:38:59.983Z", "owner": "5e10fc5e77ba18070312e171",
-    "path": "ota/group/5e1b76bc4315b70eb242567aAATluvfLURijoH9d/firmware.bin", "version": "1.2.7",
-    "sha256": "9f" * 32, "md5": "c4" * 16, "size": 183296, "chip": "esp32",
-    "project_name": "thermostat", "app_version": "1.2.7", "idf_ver": "v4.4.7", "commit": None,
+    "_id": "5e1bc21cdfa10030ab7ea212",
+    "group": "5e1b76bc4315b70eb242567a",
+    "__v": 0,
+    "last_updated": "2020-01-17T17:38:59.983Z",
+    "owner": "5e10fc5e77ba18070312e171",
+    "path": "ota/group/5e1b76bc4315b70eb242567aAATluvfLURijoH9d/firmware.bin",
+    "version": "1.2.7",
+    "sha256": "9f" * 32,
+    "md5": "c4" * 16,
+    "size": 183296,
+    "chip": "esp32",
+    "project_name": "thermostat",
+    "app_version": "1.2.7",
+    "idf_ver": "v4.4.7",
+    "commit": None,
 }
 UNAUTHORIZED_RESPONSE = _message("No API key, or not a valid one.", UNAUTHORIZED)
 AUTH: list[dict[str, list[str]]] = [{"apiKey": []}]
@@ -102,8 +111,11 @@ RATE_LIMITED: dict[str, Any] = {
         "Rate limit exceeded: at most 200 reads per second per API key. Retry after 1 s.",
     ),
     "headers": {
-        "Retry-After": {"required": True, "description": "Whole seconds to wait before retrying",
-                        "schema": {"type": "integer", "minimum": 1}},
+        "Retry-After": {
+            "required": True,
+            "description": "Whole seconds to wait before retrying",
+            "schema": {"type": "integer", "minimum": 1},
+        },
     },
 }
 
@@ -123,44 +135,103 @@ WITH_CANARY = "; with `canary` only"
 
 def _group_ota_paths() -> dict[str, Any]:
     list_parameters = [
-        {"name": "search_value", "in": "query", "description": "Case-insensitive substring of `path`; "
-         "`%` and `_` are plain characters",
-         "schema": {"type": "string", "maxLength": MAX_SEARCH_LENGTH, "pattern": NO_CONTROL_PATTERN}},
-        {"name": "offset", "in": "query", "description": "Records to skip",
-         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
-        {"name": "limit", "in": "query", "description": f"Records to return; above {MAX_LIMIT} is "
-         f"clamped to {MAX_LIMIT}", "schema": {"type": "integer", "minimum": 0, "default": DEFAULT_LIMIT}},
-        {"name": "draw", "in": "query", "description": "Echoed back",
-         "schema": {"type": "string", "maxLength": MAX_DRAW_LENGTH, "pattern": NO_CONTROL_PATTERN}},
-        {"name": "order_dir", "in": "query", "description": "Order by last_updated",
-         "schema": {"enum": ["asc", "desc"], "default": "desc"}},
+        {
+            "name": "search_value",
+            "in": "query",
+            "description": "Case-insensitive substring of `path`; `%` and `_` are plain characters",
+            "schema": {"type": "string", "maxLength": MAX_SEARCH_LENGTH, "pattern": NO_CONTROL_PATTERN},
+        },
+        {
+            "name": "offset",
+            "in": "query",
+            "description": "Records to skip",
+            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "description": f"Records to return; above {MAX_LIMIT} is clamped to {MAX_LIMIT}",
+            "schema": {"type": "integer", "minimum": 0, "default": DEFAULT_LIMIT},
+        },
+        {
+            "name": "draw",
+            "in": "query",
+            "description": "Echoed back",
+            "schema": {"type": "string", "maxLength": MAX_DRAW_LENGTH, "pattern": NO_CONTROL_PATTERN},
+        },
+        {
+            "name": "order_dir",
+            "in": "query",
+            "description": "Order by last_updated",
+            "schema": {"enum": ["asc", "desc"], "default": "desc"},
+        },
     ]
     spec_list = {"otas": [OTA_EXAMPLE], "recordsTotal": 1, "recordsFiltered": 1, "draw": "warp"}
     form = {
         "type": "object",
         "required": ["firmware", "group", "token", "version"],
         "properties": {
-            "firmware": {"type": "string", "contentMediaType": "application/octet-stream",
-                         "description": "firmware.bin, an ESP application image (checked with esptool)"},
+            "firmware": {
+                "type": "string",
+                "contentMediaType": "application/octet-stream",
+                "description": "firmware.bin, an ESP application image (checked with esptool)",
+            },
             "group": {"type": "string", "pattern": ID_PATTERN, "description": "Group id"},
-            "token": {"type": "string", "pattern": TOKEN_PATTERN, "description": "The group's 16-character token"},
-            "version": {"type": "string", "pattern": SEMVER_PATTERN, "maxLength": MAX_VERSION_LENGTH,
-                        "description": "Semantic version, e.g. 1.5.7"},
-            "commit": {"type": "string", "maxLength": MAX_COMMIT_LENGTH, "pattern": NO_CONTROL_PATTERN,
-                       "description": "Source revision (GITHUB_SHA)"},
-            "canary": {"type": "string", "pattern": ID_PATTERN,
-                       "description": "A subgroup of `group` with registered devices: makes this a rollout"},
-            "canary_timeout": {"type": "integer", "minimum": 1, "maximum": MAX_STAGE_SECONDS, "default": 1800,
-                               "description": "Seconds for the canary stage, and again for the fleet stage"
-                                              f"{WITH_CANARY}"},
-            "success_threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1.0,
-                                  "description": f"Fraction of the canary's devices that must succeed{WITH_CANARY}"},
-            "error_threshold": {"type": "integer", "minimum": 0, "maximum": MAX_TOLERATED_FAILURES, "default": 0,
-                                "description": f"Canary devices allowed to fail{WITH_CANARY}"},
-            "soak": {"type": "integer", "minimum": 0, "maximum": MAX_STAGE_SECONDS, "default": 0,
-                     "description": f"Seconds the canary must stay healthy before promotion{WITH_CANARY}"},
-            "auto_promote": {"type": "boolean", "default": True,
-                             "description": f"false waits for POST /v1/rollouts/{{rollout_id}}/promote{WITH_CANARY}"},
+            "token": {
+                "type": "string",
+                "pattern": TOKEN_PATTERN,
+                "description": "The group's 16-character token",
+            },
+            "version": {
+                "type": "string",
+                "pattern": SEMVER_PATTERN,
+                "maxLength": MAX_VERSION_LENGTH,
+                "description": "Semantic version, e.g. 1.5.7",
+            },
+            "commit": {
+                "type": "string",
+                "maxLength": MAX_COMMIT_LENGTH,
+                "pattern": NO_CONTROL_PATTERN,
+                "description": "Source revision (GITHUB_SHA)",
+            },
+            "canary": {
+                "type": "string",
+                "pattern": ID_PATTERN,
+                "description": "A subgroup of `group` with registered devices: makes this a rollout",
+            },
+            "canary_timeout": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_STAGE_SECONDS,
+                "default": 1800,
+                "description": f"Seconds for the canary stage, and again for the fleet stage{WITH_CANARY}",
+            },
+            "success_threshold": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": 1,
+                "default": 1.0,
+                "description": f"Fraction of the canary's devices that must succeed{WITH_CANARY}",
+            },
+            "error_threshold": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_TOLERATED_FAILURES,
+                "default": 0,
+                "description": f"Canary devices allowed to fail{WITH_CANARY}",
+            },
+            "soak": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_STAGE_SECONDS,
+                "default": 0,
+                "description": f"Seconds the canary must stay healthy before promotion{WITH_CANARY}",
+            },
+            "auto_promote": {
+                "type": "boolean",
+                "default": True,
+                "description": f"false waits for POST /v1/rollouts/{{rollout_id}}/promote{WITH_CANARY}",
+            },
         },
     }
     return {
@@ -214,21 +285,30 @@ def _group_ota_paths() -> dict[str, Any]:
                 },
                 "responses": {
                     "201": _json(
-                        "Deployed (or already deployed with these bytes).", "Deployed",
-                        deploy={"message": "Firmware successfully deployed", "deployed": True, "ota": OTA_EXAMPLE},
-                        rollout={"message": f"{DEPLOYED} to canary subgroup 5e1dce30005a9652dbf0f7fd of group "
-                                            "5e1b76bc4315b70eb242567a; the whole group gets it once the canary "
-                                            "is healthy",
-                                 "deployed": True,
-                                 "ota": {**OTA_EXAMPLE, "group": "5e1dce30005a9652dbf0f7fd"},
-                                 "rollout": {"id": "5e21f24346211e2d8e0bdf3b", "state": "canary"}},
+                        "Deployed (or already deployed with these bytes).",
+                        "Deployed",
+                        deploy={
+                            "message": "Firmware successfully deployed",
+                            "deployed": True,
+                            "ota": OTA_EXAMPLE,
+                        },
+                        rollout={
+                            "message": f"{DEPLOYED} to canary subgroup 5e1dce30005a9652dbf0f7fd of group "
+                            "5e1b76bc4315b70eb242567a; the whole group gets it once the canary "
+                            "is healthy",
+                            "deployed": True,
+                            "ota": {**OTA_EXAMPLE, "group": "5e1dce30005a9652dbf0f7fd"},
+                            "rollout": {"id": "5e21f24346211e2d8e0bdf3b", "state": "canary"},
+                        },
                     ),
                     "400": _message(
                         "A missing field, a bad group id, no file, a wrong token, a version that is "
                         "not semver, a bad rollout field or one sent without `canary`, a canary that "
                         "is not a subgroup of the group, or a file that is not an ESP application "
                         "image for the group's chip.",
-                        "version is a mandatory field", "Group ID is not valid", "No file uploaded",
+                        "version is a mandatory field",
+                        "Group ID is not valid",
+                        "No file uploaded",
                         "Group token is not valid",
                         "Version '1.2' is not valid: use semantic versioning, e.g. 1.5.7",
                         "Firmware is not a valid ESP application image: the file is empty",
@@ -248,7 +328,9 @@ def _group_ota_paths() -> dict[str, Any]:
                             "message": "Version 1.4.0 is already deployed to this group with different "
                             "firmware. Devices compare version strings and would never fetch it: bump "
                             "the version.",
-                            "version": "1.4.0", "sha256": "0" * 64, "commit": "4f2a9c1",
+                            "version": "1.4.0",
+                            "sha256": "0" * 64,
+                            "commit": "4f2a9c1",
                         },
                     ),
                     "408": _message(
@@ -268,8 +350,13 @@ def _group_ota_paths() -> dict[str, Any]:
                             "replica. Retry after the seconds in Retry-After.",
                             "Too many uploads in flight for this account (at most 8 at a time): try again shortly",
                         ),
-                        "headers": {"Retry-After": {"required": True, "description": "Seconds to wait",
-                                                    "schema": {"type": "integer", "minimum": 1}}},
+                        "headers": {
+                            "Retry-After": {
+                                "required": True,
+                                "description": "Seconds to wait",
+                                "schema": {"type": "integer", "minimum": 1},
+                            }
+                        },
                     },
                     "500": _server_error(UPLOAD_ERROR),
                 },
@@ -285,31 +372,48 @@ UNAVAILABLE_RESPONSE: dict[str, Any] = {
         DEVICE_UNAVAILABLE,
     ),
     "headers": {
-        "Retry-After": {"required": True, "description": "Seconds to wait before asking again",
-                        "schema": {"type": "integer", "minimum": 1}},
+        "Retry-After": {
+            "required": True,
+            "description": "Seconds to wait before asking again",
+            "schema": {"type": "integer", "minimum": 1},
+        },
     },
 }
 
 
 def _device_paths() -> dict[str, Any]:
-    group_id = {"name": "group_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": ID_PATTERN}}
+    group_id = {
+        "name": "group_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": ID_PATTERN},
+    }
     credentials = {
-        "name": "credentials", "in": "path", "required": True,
+        "name": "credentials",
+        "in": "path",
+        "required": True,
         "description": "The group id and the group token joined with no separator (24 + 16 characters)",
         "schema": {"type": "string", "pattern": CREDENTIALS_PATTERN},
     }
     image_headers = {
         "Content-Length": {"required": True, "schema": {"type": "integer"}},
-        "x-MD5": {"required": True, "description": "Hex MD5 of the whole image; Arduino's HTTPUpdate checks it",
-                  "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}},
-        "ETag": {"required": True, "description": "The image's SHA-256, quoted; a strong validator for If-Range",
-                 "schema": {"type": "string"}},
+        "x-MD5": {
+            "required": True,
+            "description": "Hex MD5 of the whole image; Arduino's HTTPUpdate checks it",
+            "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+        },
+        "ETag": {
+            "required": True,
+            "description": "The image's SHA-256, quoted; a strong validator for If-Range",
+            "schema": {"type": "string"},
+        },
         "Accept-Ranges": {"required": True, "schema": {"const": "bytes"}},
     }
-    not_found = _message("Unknown group, wrong token, or no firmware: one answer for all three.",
-                         "Not found")
+    not_found = _message("Unknown group, wrong token, or no firmware: one answer for all three.", "Not found")
     range_header = {
-        "name": "Range", "in": "header", "required": False,
+        "name": "Range",
+        "in": "header",
+        "required": False,
         "description": "bytes=START-END; several ranges answer multipart/byteranges",
         "schema": {"type": "string"},
     }
@@ -320,15 +424,21 @@ def _device_paths() -> dict[str, Any]:
         "security": [],
         "parameters": [credentials, range_header],
         "responses": {
-            "200": {"description": "The image. Devices do not follow redirects, so the receiver streams it.",
-                    "headers": image_headers, "content": binary},
+            "200": {
+                "description": "The image. Devices do not follow redirects, so the receiver streams it.",
+                "headers": image_headers,
+                "content": binary,
+            },
             "206": {
                 "description": "The requested range.",
-                "headers": {**image_headers, "Content-Range": {
-                    "description": "bytes START-END/SIZE, for a single range (each part of a "
-                    "multipart/byteranges answer carries its own)",
-                    "schema": {"type": "string"},
-                }},
+                "headers": {
+                    **image_headers,
+                    "Content-Range": {
+                        "description": "bytes START-END/SIZE, for a single range (each part of a "
+                        "multipart/byteranges answer carries its own)",
+                        "schema": {"type": "string"},
+                    },
+                },
                 "content": {
                     **binary,
                     "multipart/byteranges": {"schema": {"type": "string"}},
@@ -337,8 +447,13 @@ def _device_paths() -> dict[str, Any]:
             "404": not_found,
             "416": {
                 "description": "The range is outside the image; no body.",
-                "headers": {"Content-Range": {"required": True, "description": "bytes */<size>",
-                                              "schema": {"type": "string"}}},
+                "headers": {
+                    "Content-Range": {
+                        "required": True,
+                        "description": "bytes */<size>",
+                        "schema": {"type": "string"},
+                    }
+                },
             },
             "500": _server_error("Error when reading firmware file"),
             "503": UNAVAILABLE_RESPONSE,
@@ -356,14 +471,21 @@ def _device_paths() -> dict[str, Any]:
                 "parameters": [group_id],
                 "responses": {
                     "200": _json("The effective version.", "Latest", example={"ver": "1.4.0"}),
-                    "404": _message("No such group, or nothing deployed to it or its ancestors.",
-                                    "No such group", "No firmware for this group"),
+                    "404": _message(
+                        "No such group, or nothing deployed to it or its ancestors.",
+                        "No such group",
+                        "No firmware for this group",
+                    ),
                     "503": UNAVAILABLE_RESPONSE,
                 },
             }
         },
         "/v1/ota/group/download/{credentials}": {
-            "get": {**download, "summary": "Download the group's firmware image", "operationId": "downloadFirmware"},
+            "get": {
+                **download,
+                "summary": "Download the group's firmware image",
+                "operationId": "downloadFirmware",
+            },
             "head": {
                 **download,
                 "summary": "The image's headers without its bytes",
@@ -378,11 +500,17 @@ def _device_paths() -> dict[str, Any]:
 
 
 def _rollout_paths() -> dict[str, Any]:
-    rollout_id = {"name": "rollout_id", "in": "path", "required": True,
-                  "schema": {"type": "string", "pattern": ID_PATTERN}}
+    rollout_id = {
+        "name": "rollout_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": ID_PATTERN},
+    }
     not_found = _message("No such rollout, or another owner's.", NO_SUCH_ROLLOUT)
 
-    def change(action: str, summary: str, *conflicts: str, conflict_description: str | None = None) -> dict[str, Any]:
+    def change(
+        action: str, summary: str, *conflicts: str, conflict_description: str | None = None
+    ) -> dict[str, Any]:
         return {
             "tags": ["Rollouts"],
             "summary": summary,
@@ -391,11 +519,15 @@ def _rollout_paths() -> dict[str, Any]:
             "parameters": [rollout_id],
             "responses": {
                 "200": _json("The rollout afterwards, without its devices.", "Rollout"),
-                "400": _message(f"A control character in the rollout id, or one over {MAX_ID_LENGTH} characters.",
-                                "rollout_id must not contain control characters"),
+                "400": _message(
+                    f"A control character in the rollout id, or one over {MAX_ID_LENGTH} characters.",
+                    "rollout_id must not contain control characters",
+                ),
                 "401": UNAUTHORIZED_RESPONSE,
                 "404": not_found,
-                "409": _message(conflict_description or "The rollout is not in a state that allows this.", *conflicts),
+                "409": _message(
+                    conflict_description or "The rollout is not in a state that allows this.", *conflicts
+                ),
                 "500": _server_error("Error when changing the rollout"),
             },
         }
@@ -407,13 +539,22 @@ def _rollout_paths() -> dict[str, Any]:
                 "summary": "A group's rollouts, newest first (at most 100)",
                 "operationId": "listRollouts",
                 "security": AUTH,
-                "parameters": [{"name": "group", "in": "query", "required": True,
-                                "schema": {"type": "string", "pattern": ID_PATTERN}}],
+                "parameters": [
+                    {
+                        "name": "group",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": ID_PATTERN},
+                    }
+                ],
                 "responses": {
                     "200": _json("The group's rollouts, without their devices.", "RolloutList"),
-                    "400": _message("No group parameter, or one with a control character or over "
-                                    f"{MAX_ID_LENGTH} characters.",
-                                    "group is a mandatory parameter", "group must not contain control characters"),
+                    "400": _message(
+                        "No group parameter, or one with a control character or over "
+                        f"{MAX_ID_LENGTH} characters.",
+                        "group is a mandatory parameter",
+                        "group must not contain control characters",
+                    ),
                     "401": UNAUTHORIZED_RESPONSE,
                     "404": _message("No such group, or another owner's.", "No such group"),
                     "500": _server_error(ROLLOUT_READ_ERROR),
@@ -428,14 +569,20 @@ def _rollout_paths() -> dict[str, Any]:
                 "security": AUTH,
                 "parameters": [
                     rollout_id,
-                    {"name": "devices", "in": "query", "description": "false leaves the devices out",
-                     "schema": {"type": "boolean", "default": True}},
+                    {
+                        "name": "devices",
+                        "in": "query",
+                        "description": "false leaves the devices out",
+                        "schema": {"type": "boolean", "default": True},
+                    },
                 ],
                 "responses": {
                     "200": _json("The rollout.", "Rollout"),
-                    "400": _message(f"A control character in the rollout id or one over {MAX_ID_LENGTH} "
-                                    "characters, or a devices value that is not true or false.",
-                                    "devices must be true or false, not 'maybe'"),
+                    "400": _message(
+                        f"A control character in the rollout id or one over {MAX_ID_LENGTH} "
+                        "characters, or a devices value that is not true or false.",
+                        "devices must be true or false, not 'maybe'",
+                    ),
                     "401": UNAUTHORIZED_RESPONSE,
                     "404": not_found,
                     "500": _server_error(ROLLOUT_READ_ERROR),
@@ -444,7 +591,8 @@ def _rollout_paths() -> dict[str, Any]:
         },
         "/v1/rollouts/{rollout_id}/promote": {
             "post": change(
-                "promote", "Start the fleet stage of a canary held by auto_promote=false",
+                "promote",
+                "Start the fleet stage of a canary held by auto_promote=false",
                 "the canary has not reached its success threshold: 1 of 2 succeeded, 2 needed",
                 "the rollout was aborted: the group no longer runs what it ran when the rollout started "
                 "(deployment 5e21f24346211e2d8e0bdf3c of 1.3.0); it now runs 1.4.1: not promoting over it",
@@ -479,14 +627,27 @@ def _operations_paths() -> dict[str, Any]:
                 "operationId": "readyz",
                 "security": [],
                 "responses": {
-                    "200": _json("Ready to serve.", "Readiness", example={
-                        "status": "ready", "checks": {"database": "ok", "storage": "ok", "mqtt": "ok"},
-                    }),
-                    "503": _json("A dependency failed.", "Readiness", example={
-                        "status": "unavailable", "failed": ["mqtt"],
-                        "checks": {"database": "ok", "storage": "ok",
-                                   "mqtt": "not connected to the broker at 10.0.0.5:1883"},
-                    }),
+                    "200": _json(
+                        "Ready to serve.",
+                        "Readiness",
+                        example={
+                            "status": "ready",
+                            "checks": {"database": "ok", "storage": "ok", "mqtt": "ok"},
+                        },
+                    ),
+                    "503": _json(
+                        "A dependency failed.",
+                        "Readiness",
+                        example={
+                            "status": "unavailable",
+                            "failed": ["mqtt"],
+                            "checks": {
+                                "database": "ok",
+                                "storage": "ok",
+                                "mqtt": "not connected to the broker at 10.0.0.5:1883",
+                            },
+                        },
+                    ),
                 },
             }
         },
@@ -540,7 +701,11 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": components(),
             "securitySchemes": {
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <api key>"}
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Authorization: Bearer <api key>",
+                }
             },
         },
     }

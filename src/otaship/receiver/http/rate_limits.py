@@ -19,6 +19,7 @@ rate. Keys are held only as a keyed hash whose key never leaves the process.
 Device routes, probes and /metrics are never limited: the limit wraps only
 the routes handed to `limited`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -85,7 +86,8 @@ class RateLimits:
         if not (settings.rate_limit_reads or settings.rate_limit_writes or settings.rate_limit_bad_keys):
             return None
         return cls(
-            reads=settings.rate_limit_reads, writes=settings.rate_limit_writes,
+            reads=settings.rate_limit_reads,
+            writes=settings.rate_limit_writes,
             bad_keys=settings.rate_limit_bad_keys,
         )
 
@@ -95,10 +97,15 @@ class RateLimits:
     def admit(self, method: str, digest: str | None, address: str) -> Refusal | None:
         """Count a request; a Refusal when it is over a limit."""
         unproven = digest is None or not self._good.get(digest)
-        if self.bad_keys is not None and unproven and not self._windows.test(self.bad_keys, "bad-key", address):
+        if (
+            self.bad_keys is not None
+            and unproven
+            and not self._windows.test(self.bad_keys, "bad-key", address)
+        ):
             what = "requests with a missing or bad API key"
-            return self._refusal(self.bad_keys, f"{describe(self.bad_keys, what)} from one address",
-                                 "bad-key", address)
+            return self._refusal(
+                self.bad_keys, f"{describe(self.bad_keys, what)} from one address", "bad-key", address
+            )
         if digest is None:
             return None
         kind, item = ("read", self.reads) if method in READS else ("write", self.writes)

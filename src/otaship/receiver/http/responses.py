@@ -1,4 +1,5 @@
 """Answers: a wire model as a JSON response, and the answers every route shares."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Rows as the API shows them: an OTA record, a rollout with its stages and devices."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,16 +23,32 @@ from otaship.receiver.rollouts.policy import (
 
 # A rollout's state, as each of its stages shows it.
 CANARY_STAGE_STATES = {
-    CANARY: "running", FLEET: "passed", COMPLETE: "passed", HALTED: "failed", ABORTED: "aborted",
+    CANARY: "running",
+    FLEET: "passed",
+    COMPLETE: "passed",
+    HALTED: "failed",
+    ABORTED: "aborted",
 }
 FLEET_STAGE_STATES = {FLEET: "running", COMPLETE: "complete", ABORTED: "aborted", HALTED: "halted"}
 
 
 def ota_view(ota: GroupOta) -> wire.Ota:
     return wire.Ota(
-        _id=ota.id, group=ota.group_id, __v=ota.revision, last_updated=ota.last_updated, owner=ota.owner_id,
-        path=ota.path, version=ota.version, sha256=ota.sha256, md5=ota.md5, size=ota.size, chip=ota.chip,
-        project_name=ota.project_name, app_version=ota.app_version, idf_ver=ota.idf_ver, commit=ota.commit,
+        _id=ota.id,
+        group=ota.group_id,
+        __v=ota.revision,
+        last_updated=ota.last_updated,
+        owner=ota.owner_id,
+        path=ota.path,
+        version=ota.version,
+        sha256=ota.sha256,
+        md5=ota.md5,
+        size=ota.size,
+        chip=ota.chip,
+        project_name=ota.project_name,
+        app_version=ota.app_version,
+        idf_ver=ota.idf_ver,
+        commit=ota.commit,
     )
 
 
@@ -74,37 +91,71 @@ def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: b
     ) -> wire.RolloutStage:
         counts = Counts.of(by_stage[name])
         return wire.RolloutStage(
-            name=name, group=group_id, state=state,
-            targeted=counts.targeted, succeeded=counts.succeeded, failed=counts.failed,
-            timed_out=counts.timed_out, stopped=counts.stopped, pending=counts.pending,
-            started_at=started, ended_at=ended,
+            name=name,
+            group=group_id,
+            state=state,
+            targeted=counts.targeted,
+            succeeded=counts.succeeded,
+            failed=counts.failed,
+            timed_out=counts.timed_out,
+            stopped=counts.stopped,
+            pending=counts.pending,
+            started_at=started,
+            ended_at=ended,
         )
 
     canary_state, fleet_state = stage_states(rollout)
     stages = [
         stage(
-            STAGE_CANARY, rollout.canary_group_id, rollout.canary_started_at,
-            rollout.fleet_started_at or rollout.ended_at, canary_state,
+            STAGE_CANARY,
+            rollout.canary_group_id,
+            rollout.canary_started_at,
+            rollout.fleet_started_at or rollout.ended_at,
+            canary_state,
         ),
         stage(
-            STAGE_FLEET, rollout.group_id, rollout.fleet_started_at,
-            rollout.ended_at if rollout.fleet_started_at else None, fleet_state,
+            STAGE_FLEET,
+            rollout.group_id,
+            rollout.fleet_started_at,
+            rollout.ended_at if rollout.fleet_started_at else None,
+            fleet_state,
         ),
     ]
-    devices = [
-        wire.RolloutDevice(
-            id=row.device_id, name=name, group=row.group_id, stage=row.stage, outcome=row.outcome,
-            fw_version=row.fw_version, code=row.code,
-        )
-        for row, name in rows
-    ] if with_devices else None
+    devices = (
+        [
+            wire.RolloutDevice(
+                id=row.device_id,
+                name=name,
+                group=row.group_id,
+                stage=row.stage,
+                outcome=row.outcome,
+                fw_version=row.fw_version,
+                code=row.code,
+            )
+            for row, name in rows
+        ]
+        if with_devices
+        else None
+    )
     return wire.Rollout(
-        id=rollout.id, group=rollout.group_id, canary=rollout.canary_group_id, version=rollout.version,
-        sha256=rollout.sha256, commit=rollout.commit, state=rollout.state, reason=rollout.reason,
+        id=rollout.id,
+        group=rollout.group_id,
+        canary=rollout.canary_group_id,
+        version=rollout.version,
+        sha256=rollout.sha256,
+        commit=rollout.commit,
+        state=rollout.state,
+        reason=rollout.reason,
         policy=wire.RolloutPolicy(
-            canary_timeout=rollout.canary_timeout, success_threshold=rollout.success_threshold,
-            error_threshold=rollout.error_threshold, soak=rollout.soak, auto_promote=rollout.auto_promote,
+            canary_timeout=rollout.canary_timeout,
+            success_threshold=rollout.success_threshold,
+            error_threshold=rollout.error_threshold,
+            soak=rollout.soak,
+            auto_promote=rollout.auto_promote,
         ),
-        created_at=rollout.created_at, updated_at=rollout.updated_at, ended_at=rollout.ended_at,
-        stages=stages, **wire.given(devices=devices),
+        created_at=rollout.created_at,
+        updated_at=rollout.updated_at,
+        ended_at=rollout.ended_at,
+        stages=stages,
+        **wire.given(devices=devices),
     )

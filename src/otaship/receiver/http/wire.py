@@ -8,6 +8,7 @@ not given is absent. So the keys that are sometimes absent (a rollout's
 are there (`given` helps); every other field has no default, so that none is
 left out by mistake.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -220,8 +221,19 @@ class Readiness(Wire):
 
 
 ANSWERS: list[type[Wire]] = [
-    Message, ServerError, Conflict, Ota, OtaList, Deployed, Latest, RolloutStage, RolloutDevice,
-    Rollout, RolloutList, Health, Readiness,
+    Message,
+    ServerError,
+    Conflict,
+    Ota,
+    OtaList,
+    Deployed,
+    Latest,
+    RolloutStage,
+    RolloutDevice,
+    Rollout,
+    RolloutList,
+    Health,
+    Readiness,
 ]
 
 

@@ -9,6 +9,7 @@ orphan sweep (receiver/sweep.py) away from it:
   and a deploy refuses to commit a reference more than half that period after
   it stored or refreshed the object (`Hold.check`).
 """
+
 from __future__ import annotations
 
 import threading

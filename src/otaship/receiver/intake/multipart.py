@@ -10,6 +10,7 @@ size, the whole body (the firmware limit plus a small allowance for the
 fields, counted whether or not a Content-Length was sent), the time without
 a byte, and the time for the whole body.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -184,9 +185,7 @@ class _FormCollector:
             self.file_done = True
         elif self.part.name:
             # The first value of a repeated field wins, as in most form parsers.
-            self.upload.fields.setdefault(
-                self.part.name, bytes(self.part.text).decode("utf-8", "replace")
-            )
+            self.upload.fields.setdefault(self.part.name, bytes(self.part.text).decode("utf-8", "replace"))
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -300,8 +299,11 @@ async def _urlencoded_fields(body: _Body) -> dict[str, str]:
             raise UploadTooLarge(f"The form is larger than the limit of {ENVELOPE_ALLOWANCE} bytes")
     try:
         pairs = parse_qsl(
-            data.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=MAX_PARTS,
-            encoding="utf-8", errors="replace",
+            data.decode("utf-8", "replace"),
+            keep_blank_values=True,
+            max_num_fields=MAX_PARTS,
+            encoding="utf-8",
+            errors="replace",
         )
     except ValueError:
         raise MalformedUpload(f"Too many form fields (at most {MAX_PARTS})") from None

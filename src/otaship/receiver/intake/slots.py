@@ -5,6 +5,7 @@ disk until it ends: without a cap, one owner's stalled or slow uploads could
 fill the disk the other owners' uploads need. The count lives in memory, so
 the cap is per replica, like the connections it protects.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -10,6 +10,7 @@ When the spool file will itself become the stored object (local storage
 hard-links it), the writing thread also pushes the bytes to disk every few
 MiB: the fsync before the deploy commits then finds almost nothing to write.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,7 +33,9 @@ FLUSH_EVERY = 4 * 1024 * 1024
 class _Lane:
     """A thread that runs `work` on every chunk, in order, until it gets None."""
 
-    def __init__(self, name: str, work: Callable[[memoryview], None], progressed: threading.Condition) -> None:
+    def __init__(
+        self, name: str, work: Callable[[memoryview], None], progressed: threading.Condition
+    ) -> None:
         self.work = work
         self.done = 0
         self.error: OSError | None = None
@@ -44,7 +47,9 @@ class _Lane:
         self._after: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self, *, last: Callable[[], None] | None = None, after: Callable[[], None] | None = None) -> None:
+    def start(
+        self, *, last: Callable[[], None] | None = None, after: Callable[[], None] | None = None
+    ) -> None:
         """`last` is part of the work, after the last chunk; `after` runs once
         `finished` is set, and may take its time."""
         self._last = last

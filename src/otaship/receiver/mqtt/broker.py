@@ -338,13 +338,11 @@ class _GuardedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt ships no typ
             self._in_length = False
             if self._length > self._max_packet_bytes:
                 raise _ClientDropped(
-                    f"MQTT packet of {self._length} bytes is over the "
-                    f"{self._max_packet_bytes}-byte limit"
+                    f"MQTT packet of {self._length} bytes is over the {self._max_packet_bytes}-byte limit"
                 )
             self._body_left = self._length
             if self._packet_type == _PUBLISH:
                 self._topic_head = bytearray()
-
 
 
 def _check_publish_topic(head: bytes) -> None:

@@ -4,6 +4,7 @@ paho runs its network loop in its own thread and reconnects by itself; the
 rest of the receiver only asks whether the link is up, publishes, and gets
 messages through `on_message` (called in paho's thread).
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,12 +44,12 @@ class MqttLink:
         self._connected = threading.Event()
         self._filters = report_filters(shared=self.mqtt5)
         if self.mqtt5:
-            self.client = mqtt.Client(
-                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-            )
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         else:
             self.client = mqtt.Client(
-                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=mqtt.MQTTv311,
                 clean_session=True,
             )
         user = username if username is not None else address.username
@@ -77,8 +78,11 @@ class MqttLink:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho's own signature is untyped
             properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
             self.client.connect_async(
-                self.address.host, self.address.port, keepalive=30,
-                clean_start=not self.persistent, properties=properties,
+                self.address.host,
+                self.address.port,
+                keepalive=30,
+                clean_start=not self.persistent,
+                properties=properties,
             )
         else:
             self.client.connect_async(self.address.host, self.address.port, keepalive=30)
@@ -94,7 +98,9 @@ class MqttLink:
     def publish(self, topic: str, payload: bytes | str) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=1)
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, properties: object) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: object, properties: object
+    ) -> None:
         if getattr(reason, "is_failure", False):
             log.warning("MQTT broker %s refused the connection: %s", self.address.describe(), reason)
             return
@@ -102,7 +108,9 @@ class MqttLink:
         client.subscribe([(f, 1) for f in self._filters])
         self._connected.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, properties: object) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: object, properties: object
+    ) -> None:
         if self._connected.is_set():
             log.warning("lost the MQTT broker %s (%s); reconnecting", self.address.describe(), reason)
         self._connected.clear()

@@ -8,6 +8,7 @@ last password that logged it in, as a keyed hash (the key is made per process
 and never leaves it), and accepts exactly that one while the database fails.
 Nobody who never logged in gets in, and a wrong password is still refused.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -7,6 +7,7 @@ So a report is checked here, before it is queued, and anything malformed is
 a BadReport: dropped and counted, never batched, never an exception of another
 kind in the MQTT client's thread.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,9 @@ def parse_report(topic: str, payload: bytes) -> Report:
         isinstance(uptime, bool) or not isinstance(uptime, int | float) or not 0 <= uptime <= MAX_UPTIME
     ):
         raise BadReport(f"uptime must be a number of seconds from 0 to {MAX_UPTIME}, not {_shown(uptime)}")
-    return Report(mqtt_user, device_id, kind, fw_version=version, uptime=None if uptime is None else float(uptime))
+    return Report(
+        mqtt_user, device_id, kind, fw_version=version, uptime=None if uptime is None else float(uptime)
+    )
 
 
 def _parse_topic(topic: str) -> tuple[str, str, str]:

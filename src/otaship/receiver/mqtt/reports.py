@@ -12,6 +12,7 @@ anyway is stored again in halves, down to the single report it refuses, which
 alone is dropped. While the database cannot be reached at all, batches go back
 to the front of the queue and wait for it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -89,7 +90,9 @@ class _Known:
 
 
 class ReportIngester:
-    def __init__(self, engine: Engine, *, flush_interval: float = 0.1, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, engine: Engine, *, flush_interval: float = 0.1, metrics: Metrics | None = None
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.flush_interval = flush_interval
@@ -148,7 +151,9 @@ class ReportIngester:
         for report in lost:
             self._drop(QUEUE_FULL, report.kind)
         if lost:
-            log.warning("report queue full while the database is unavailable; dropped %d report(s)", len(lost))
+            log.warning(
+                "report queue full while the database is unavailable; dropped %d report(s)", len(lost)
+            )
 
     async def run(self) -> None:
         while True:
@@ -215,7 +220,9 @@ class ReportIngester:
         self._drop(STORE_FAILED, report.kind)
         log.warning(
             "dropped a %s report of device %s: the database refused it (%s)",
-            report.kind, report.device_id, short_error(exc),
+            report.kind,
+            report.device_id,
+            short_error(exc),
         )
 
     def ingest(self, batch: list[Report]) -> None:
@@ -326,10 +333,14 @@ class ReportIngester:
                     after = after_stage_closed(before, fw_version=report.fw_version, code=report.code)
                 elif report.kind == STATUS:
                     assert report.fw_version is not None
-                    after = after_status(before, fw_version=report.fw_version, uptime=report.uptime, deployed=deployed)
+                    after = after_status(
+                        before, fw_version=report.fw_version, uptime=report.uptime, deployed=deployed
+                    )
                 else:
                     assert report.code is not None
-                    after = after_response(before, code=report.code, last_uptime=uptimes.get(report.device_id))
+                    after = after_response(
+                        before, code=report.code, last_uptime=uptimes.get(report.device_id)
+                    )
                 if after != before:
                     row.outcome = after.outcome
                     row.started_update = after.started_update

@@ -6,6 +6,7 @@ only once the broker acknowledged it. A broker outage or a restart therefore
 delays a trigger but never loses it. Rows are claimed with a lease before
 publishing, so several replicas never publish the same row at once.
 """
+
 from __future__ import annotations
 
 import asyncio

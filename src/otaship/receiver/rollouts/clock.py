@@ -3,6 +3,7 @@
 Timeouts and soaks run on timestamps stored with the rollout, so a receiver
 that restarts (or another replica) picks up exactly where the last one was.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,7 +28,12 @@ log = logging.getLogger("otaship.rollouts")
 
 class RolloutRunner:
     def __init__(
-        self, engine: Engine, *, notify: bool, tick: float = 1.0, on_change: Callable[[], None] | None = None,
+        self,
+        engine: Engine,
+        *,
+        notify: bool,
+        tick: float = 1.0,
+        on_change: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine

@@ -1,4 +1,5 @@
 """Deploying a stored firmware image to a group: the one place a GroupOta changes."""
+
 from __future__ import annotations
 
 import json
@@ -87,7 +88,8 @@ def _effective(
     return {
         g.id: (
             _Effective(ota.id, ota.revision, ota.version, ota.sha256)
-            if (ota := resolved[g.id]) is not None else None
+            if (ota := resolved[g.id]) is not None
+            else None
         )
         for g in groups
     }
@@ -160,9 +162,16 @@ def deploy_firmware(
     now = utcnow()
     if current is None:
         ota = GroupOta(
-            group_id=group.id, owner_id=group.owner_id, version=version, path=ota_path(group),
-            object_key=firmware.object_key, sha256=firmware.sha256, md5=firmware.md5,
-            size=firmware.size, revision=0, last_updated=now,
+            group_id=group.id,
+            owner_id=group.owner_id,
+            version=version,
+            path=ota_path(group),
+            object_key=firmware.object_key,
+            sha256=firmware.sha256,
+            md5=firmware.md5,
+            size=firmware.size,
+            revision=0,
+            last_updated=now,
         )
     else:
         ota = current
@@ -184,9 +193,17 @@ def deploy_firmware(
     session.add(ota)
     session.flush()
     deployment = Deployment(
-        ota_id=ota.id, group_id=group.id, owner_id=group.owner_id, revision=ota.revision,
-        version=version, object_key=firmware.object_key, sha256=firmware.sha256,
-        md5=firmware.md5, size=firmware.size, commit=commit, rollout_id=rollout_id,
+        ota_id=ota.id,
+        group_id=group.id,
+        owner_id=group.owner_id,
+        revision=ota.revision,
+        version=version,
+        object_key=firmware.object_key,
+        sha256=firmware.sha256,
+        md5=firmware.md5,
+        size=firmware.size,
+        commit=commit,
+        rollout_id=rollout_id,
         deployed_at=now,
     )
     session.add(deployment)
@@ -194,7 +211,9 @@ def deploy_firmware(
 
     after = _effective(session=session, parents=parents, groups=[group, *subtree])
     supersede_rollouts(
-        session=session, deployment=deployment, parents=parents,
+        session=session,
+        deployment=deployment,
+        parents=parents,
         changed={g for g, effective in after.items() if effective != before[g]},
     )
     triggered = [(group.id, version)]

@@ -5,6 +5,7 @@ Used under the rollout's row lock by every way a rollout ends: a decision of
 the rollout clock, a promotion, an abort by request, and a deploy that
 supersedes it.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -19,7 +20,8 @@ def close_stage(session: Session, rollout_id: str, stage: str, *, time_ran_out: 
     """Give each device of the stage that had not finished its final outcome."""
     for row in session.exec(
         select(RolloutDevice).where(
-            col(RolloutDevice.rollout_id) == rollout_id, col(RolloutDevice.stage) == stage,
+            col(RolloutDevice.rollout_id) == rollout_id,
+            col(RolloutDevice.stage) == stage,
         )
     ):
         progress = at_stage_end(DeviceProgress(outcome=row.outcome), time_ran_out=time_ran_out)
@@ -30,7 +32,13 @@ def close_stage(session: Session, rollout_id: str, stage: str, *, time_ran_out: 
 
 
 def end_rollout(
-    session: Session, rollout: Rollout, state: str, reason: str | None, now: datetime, *, time_ran_out: bool = False
+    session: Session,
+    rollout: Rollout,
+    state: str,
+    reason: str | None,
+    now: datetime,
+    *,
+    time_ran_out: bool = False,
 ) -> None:
     """End the rollout in `state`, closing the stage it was running.
 

@@ -6,6 +6,7 @@ decision here takes the facts (counts, stored timestamps, `now`) and returns
 what to do, so a restarted receiver, or another replica, reaches the same
 answer from the same database.
 """
+
 from __future__ import annotations
 
 import math
@@ -209,7 +210,9 @@ def decide_canary(
         if now < healthy_at + timedelta(seconds=policy.soak):
             return Decision(WAIT, None, healthy_at)
         if policy.auto_promote:
-            return Decision(PROMOTE, f"canary healthy: {counts.succeeded}/{counts.targeted} succeeded", healthy_at)
+            return Decision(
+                PROMOTE, f"canary healthy: {counts.succeeded}/{counts.targeted} succeeded", healthy_at
+            )
         return Decision(AWAIT_PROMOTION, "canary healthy; waiting for a promote", healthy_at)
     if counts.succeeded + counts.pending < needed:
         return Decision(
@@ -234,7 +237,6 @@ def decide_fleet(policy: Policy, counts: Counts, *, now: datetime, started_at: d
     if stage_time_ran_out(policy, started_at=started_at, now=now):
         return Decision(FINISH, f"fleet stage timed out with {counts.pending} device(s) pending")
     return Decision(WAIT)
-
 
 
 # --- supersede and the promotion check ---------------------------------------
@@ -288,7 +290,8 @@ def promotion_refusal(started_over: Running | None, now_running: Running | None)
     if before == after:
         return None
     was = (
-        "no firmware" if started_over is None
+        "no firmware"
+        if started_over is None
         else f"deployment {started_over.deployment_id} of {started_over.version}"
     )
     runs = "has no firmware" if now_running is None else f"runs {now_running.version}"

@@ -5,6 +5,7 @@ module loads the facts, applies the decision and stores the result, always
 under a lock on the rollout row (taken after its tree's lock, see
 `otaship.receiver.db.groups.lock_tree`), so two replicas never promote one rollout twice.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,8 +69,13 @@ def policy_of(rollout: Rollout) -> Policy:
 
 def firmware_of(rollout: Rollout) -> StoredFirmware:
     return StoredFirmware(
-        object_key=rollout.object_key, sha256=rollout.sha256, md5=rollout.md5, size=rollout.size,
-        chip=rollout.chip, project_name=rollout.project_name, app_version=rollout.app_version,
+        object_key=rollout.object_key,
+        sha256=rollout.sha256,
+        md5=rollout.md5,
+        size=rollout.size,
+        chip=rollout.chip,
+        project_name=rollout.project_name,
+        app_version=rollout.app_version,
         idf_ver=rollout.idf_ver,
     )
 
@@ -98,8 +104,13 @@ def _target(session: Session, rollout: Rollout, stage: str, groups: list[Group])
         progress = initial_progress(device.firmware_version, rollout.version)
         session.add(
             RolloutDevice(
-                rollout_id=rollout.id, stage=stage, device_id=device.id, group_id=device.group_id,
-                outcome=progress.outcome, fw_version=device.firmware_version, updated_at=now,
+                rollout_id=rollout.id,
+                stage=stage,
+                device_id=device.id,
+                group_id=device.group_id,
+                outcome=progress.outcome,
+                fw_version=device.firmware_version,
+                updated_at=now,
             )
         )
 
@@ -154,13 +165,29 @@ def start_rollout(
     now = utcnow()
     baseline = running_firmware(session=session, group=group)
     rollout = Rollout(
-        owner_id=group.owner_id, group_id=group.id, canary_group_id=canary.id, version=version,
-        object_key=firmware.object_key, sha256=firmware.sha256, md5=firmware.md5, size=firmware.size,
-        chip=firmware.chip, project_name=firmware.project_name, app_version=firmware.app_version,
-        idf_ver=firmware.idf_ver, commit=commit, canary_timeout=policy.canary_timeout,
-        success_threshold=policy.success_threshold, error_threshold=policy.error_threshold,
-        soak=policy.soak, auto_promote=policy.auto_promote, state=CANARY,
-        created_at=now, updated_at=now, canary_started_at=now, baseline_recorded=True,
+        owner_id=group.owner_id,
+        group_id=group.id,
+        canary_group_id=canary.id,
+        version=version,
+        object_key=firmware.object_key,
+        sha256=firmware.sha256,
+        md5=firmware.md5,
+        size=firmware.size,
+        chip=firmware.chip,
+        project_name=firmware.project_name,
+        app_version=firmware.app_version,
+        idf_ver=firmware.idf_ver,
+        commit=commit,
+        canary_timeout=policy.canary_timeout,
+        success_threshold=policy.success_threshold,
+        error_threshold=policy.error_threshold,
+        soak=policy.soak,
+        auto_promote=policy.auto_promote,
+        state=CANARY,
+        created_at=now,
+        updated_at=now,
+        canary_started_at=now,
+        baseline_recorded=True,
         baseline_deployment_id=baseline.deployment_id if baseline else None,
         baseline_sha256=baseline.sha256 if baseline else None,
     )
@@ -170,11 +197,18 @@ def start_rollout(
     # (otaship.receiver.rollouts.supersede); one rollout per group at a time ends any other
     # left on this group or canary, such as when the canary already ran this.
     result = deploy_firmware(
-        session=session, group_id=canary.id, version=version, firmware=firmware,
-        commit=commit, rollout_id=rollout.id, notify=notify,
+        session=session,
+        group_id=canary.id,
+        version=version,
+        firmware=firmware,
+        commit=commit,
+        rollout_id=rollout.id,
+        notify=notify,
     )
     supersede(
-        session=session, group_ids=[group.id, canary.id], keep=rollout.id,
+        session=session,
+        group_ids=[group.id, canary.id],
+        keep=rollout.id,
         reason=f"superseded by rollout {rollout.id} of version {version}",
     )
     _target(session, rollout, STAGE_CANARY, [canary, *descendants(session=session, group=canary)])
@@ -212,7 +246,9 @@ def _started_over(session: Session, rollout: Rollout) -> Running | None:
     version = session.exec(
         select(Deployment.version).where(col(Deployment.id) == rollout.baseline_deployment_id)
     ).first()
-    return Running(rollout.baseline_deployment_id, rollout.baseline_sha256, version or "an unrecorded version")
+    return Running(
+        rollout.baseline_deployment_id, rollout.baseline_sha256, version or "an unrecorded version"
+    )
 
 
 def promotion_blocked(*, session: Session, rollout: Rollout, group: Group) -> str | None:
@@ -224,7 +260,12 @@ def promotion_blocked(*, session: Session, rollout: Rollout, group: Group) -> st
 
 
 def promote(
-    *, session: Session, rollout: Rollout, notify: bool, reason: str | None = None, now: datetime | None = None
+    *,
+    session: Session,
+    rollout: Rollout,
+    notify: bool,
+    reason: str | None = None,
+    now: datetime | None = None,
 ) -> None:
     """Close the canary stage and deploy the rollout's stored image to the whole
     group (no re-upload). The caller holds the rollout's lock.
@@ -239,13 +280,21 @@ def promote(
         end_rollout(session, rollout, ABORTED, refusal, now)
         return
     close_stage(
-        session, rollout.id, STAGE_CANARY, now=now,
+        session,
+        rollout.id,
+        STAGE_CANARY,
+        now=now,
         time_ran_out=stage_time_ran_out(policy_of(rollout), started_at=rollout.canary_started_at, now=now),
     )
     try:
         deploy_firmware(
-            session=session, group_id=group.id, version=rollout.version, firmware=firmware_of(rollout),
-            commit=rollout.commit, rollout_id=rollout.id, notify=notify,
+            session=session,
+            group_id=group.id,
+            version=rollout.version,
+            firmware=firmware_of(rollout),
+            commit=rollout.commit,
+            rollout_id=rollout.id,
+            notify=notify,
         )
     except VersionConflict as exc:
         end_rollout(session, rollout, HALTED, f"the group already runs {exc.version} with other bytes", now)
@@ -271,7 +320,11 @@ def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime |
     if rollout.state == CANARY:
         counts = stage_counts(session=session, rollout_id=rollout.id, stage=STAGE_CANARY)
         decision = decide_canary(
-            policy, counts, now=now, started_at=rollout.canary_started_at, healthy_at=rollout.canary_healthy_at
+            policy,
+            counts,
+            now=now,
+            started_at=rollout.canary_started_at,
+            healthy_at=rollout.canary_healthy_at,
         )
         if decision.healthy_at != rollout.canary_healthy_at:
             rollout.canary_healthy_at = decision.healthy_at
@@ -280,7 +333,11 @@ def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime |
             promote(session=session, rollout=rollout, notify=notify, reason=decision.reason, now=now)
         elif decision.action == HALT:
             end_rollout(
-                session, rollout, HALTED, decision.reason, now,
+                session,
+                rollout,
+                HALTED,
+                decision.reason,
+                now,
                 time_ran_out=stage_time_ran_out(policy, started_at=rollout.canary_started_at, now=now),
             )
         elif decision.action == AWAIT_PROMOTION and rollout.reason != decision.reason:
@@ -292,7 +349,11 @@ def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime |
         decision = decide_fleet(policy, counts, now=now, started_at=rollout.fleet_started_at)
         if decision.action == FINISH:
             end_rollout(
-                session, rollout, COMPLETE, decision.reason, now,
+                session,
+                rollout,
+                COMPLETE,
+                decision.reason,
+                now,
                 time_ran_out=stage_time_ran_out(policy, started_at=rollout.fleet_started_at, now=now),
             )
     session.add(rollout)
@@ -383,7 +444,9 @@ def deploy_with_canary(
         if fleet_ota.sha256 != firmware.sha256:
             raise VersionConflict(fleet_ota)
         if runs_own_ota(session=session, group=group, ota=fleet_ota):
-            return CanaryDeploy(newest_rollout(session=session, group_id=group.id, version=version), False, fleet_ota)
+            return CanaryDeploy(
+                newest_rollout(session=session, group_id=group.id, version=version), False, fleet_ota
+            )
         # A newer deploy to an ancestor overrode it: roll it out again.
     newest = newest_rollout(session=session, group_id=group.id, version=version)
     if newest is not None and newest.sha256 == firmware.sha256 and newest.state in ACTIVE_STATES:
@@ -396,12 +459,17 @@ def deploy_with_canary(
         )
     if newest is not None and newest.state == HALTED:
         raise RolloutConflict(
-            f"Version {version} was halted in its canary ({newest.reason}). "
-            "Bump the version to deploy a fix."
+            f"Version {version} was halted in its canary ({newest.reason}). Bump the version to deploy a fix."
         )
     canary = validate_canary(session=session, group=group, canary_id=canary_id)
     started = start_rollout(
-        session=session, group=group, canary=canary, version=version, firmware=firmware,
-        policy=policy, commit=commit, notify=notify,
+        session=session,
+        group=group,
+        canary=canary,
+        version=version,
+        firmware=firmware,
+        policy=policy,
+        commit=commit,
+        notify=notify,
     )
     return CanaryDeploy(started.rollout, True, started.deploy.ota)

@@ -4,6 +4,7 @@ Every deploy passes through `otaship.receiver.rollouts.deploy.deploy_firmware`, 
 this once the new OTA is written: a plain POST, a rollout's canary deploy and a
 promotion alike. A rollout's own deploys never end it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -1,4 +1,5 @@
 """Firmware storage backends, chosen by URL scheme and imported lazily."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,14 @@ from otaship.receiver.storage.base import (
 )
 
 __all__ = [
-    "FIRMWARE_PREFIX", "ObjectNotFound", "Storage", "StorageError", "StoredObject",
-    "create_storage", "is_firmware_key", "object_key",
+    "FIRMWARE_PREFIX",
+    "ObjectNotFound",
+    "Storage",
+    "StorageError",
+    "StoredObject",
+    "create_storage",
+    "is_firmware_key",
+    "object_key",
 ]
 
 
@@ -30,7 +37,5 @@ def create_storage(url: str, *, cache_dir: Path) -> Storage:
     if parsed.scheme == "gs":
         from otaship.receiver.storage.gcs import GCSStorage
 
-        return GCSStorage(
-            bucket=parsed.netloc, prefix=parsed.path.strip("/"), cache_dir=cache_dir
-        )
+        return GCSStorage(bucket=parsed.netloc, prefix=parsed.path.strip("/"), cache_dir=cache_dir)
     raise ValueError(f"Unsupported storage URL scheme {parsed.scheme!r}: use file:// or gs://")

@@ -4,6 +4,7 @@ Objects are immutable and content-addressed (see `object_key`): a key is written
 once and never changes, so a record that points to it, a download in progress
 and a cached copy can never disagree about its bytes.
 """
+
 from __future__ import annotations
 
 import abc

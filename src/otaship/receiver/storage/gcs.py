@@ -8,6 +8,7 @@ devices costs one GCS read per image per replica.
 Credentials are Application Default Credentials. When STORAGE_EMULATOR_HOST is set
 the library itself points at the emulator and uses anonymous credentials.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -85,10 +86,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, api_exceptions.GoogleAPICallError):
         return f"HTTP {exc.code}: {exc.message[:160]}"
     if isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
-        return (
-            "no Google credentials found: set GOOGLE_APPLICATION_CREDENTIALS"
-            " or attach a service account"
-        )
+        return "no Google credentials found: set GOOGLE_APPLICATION_CREDENTIALS or attach a service account"
     if isinstance(exc, google.auth.exceptions.GoogleAuthError):
         return "could not obtain Google credentials"
     if isinstance(exc, requests.Timeout):
@@ -136,9 +134,9 @@ class GCSStorage(Storage):
         self._timeout = (connect_timeout, read_timeout)
         # Retries stop once the next back-off would pass the deadline. Connection
         # errors, 429 and 5xx are retried; other 4xx are not.
-        self._retry: Retry = DEFAULT_RETRY.with_delay(
-            initial=0.25, maximum=2.0, multiplier=2.0
-        ).with_timeout(retry_deadline)
+        self._retry: Retry = DEFAULT_RETRY.with_delay(initial=0.25, maximum=2.0, multiplier=2.0).with_timeout(
+            retry_deadline
+        )
         self._client_lock = threading.Lock()
         self._client: gcs.Client | None = None
         self._bucket: gcs.Bucket | None = None
@@ -195,9 +193,7 @@ class GCSStorage(Storage):
     def exists(self, key: str) -> bool:
         name = self._object_name(key)
         try:
-            return bool(
-                self._gcs_bucket().blob(name).exists(timeout=self._timeout, retry=self._retry)
-            )
+            return bool(self._gcs_bucket().blob(name).exists(timeout=self._timeout, retry=self._retry))
         except _VENDOR_ERRORS as exc:
             _raise_storage_error("lookup", exc)
 
@@ -262,7 +258,7 @@ class GCSStorage(Storage):
             # Paged; every page is a request, so the errors come while iterating.
             return [
                 StoredObject(
-                    key=blob.name[len(base):],
+                    key=blob.name[len(base) :],
                     size=int(blob.size or 0),
                     modified=_modified(blob),
                     version=f"{blob.generation}:{blob.metageneration}",
@@ -282,8 +278,10 @@ class GCSStorage(Storage):
             # was stored again (new generation) or refreshed (new metageneration)
             # after the listing; they also make a retried delete safe.
             self._gcs_bucket().blob(name).delete(
-                if_generation_match=int(generation), if_metageneration_match=int(metageneration),
-                timeout=self._timeout, retry=self._retry,
+                if_generation_match=int(generation),
+                if_metageneration_match=int(metageneration),
+                timeout=self._timeout,
+                retry=self._retry,
             )
         except (api_exceptions.NotFound, api_exceptions.PreconditionFailed):
             return False
@@ -300,9 +298,7 @@ class GCSStorage(Storage):
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
-            raise StorageError(
-                f"cache directory {self.cache_dir} is not usable: {exc.strerror}"
-            ) from exc
+            raise StorageError(f"cache directory {self.cache_dir} is not usable: {exc.strerror}") from exc
         bucket = self._gcs_bucket()
         try:
             # Listing one object needs only storage.objects.list, which a service
@@ -424,4 +420,3 @@ class GCSStorage(Storage):
                 except FileNotFoundError:
                     pass  # another process evicted it
                 total -= size
-

@@ -1,4 +1,5 @@
 """Firmware objects as files under a local directory (the embedded default)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,9 +42,7 @@ def validate_key(key: str) -> str:
     if len(key.encode("utf-8", "surrogatepass")) > _MAX_KEY_BYTES:
         raise ValueError(f"object key longer than {_MAX_KEY_BYTES} bytes")
     if key.startswith("/") or "\\" in key or any(ord(c) < 0x20 or c == "\x7f" for c in key):
-        raise ValueError(
-            f"object key {key!r} must be relative, without backslashes or control characters"
-        )
+        raise ValueError(f"object key {key!r} must be relative, without backslashes or control characters")
     for segment in key.split("/"):
         if not segment or segment.startswith("."):
             raise ValueError(f"object key {key!r} has an empty or dot segment")
@@ -88,9 +87,7 @@ class LocalStorage(Storage):
         try:
             self._tmp.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageError(
-                f"cannot create storage directory {self.root}: {exc.strerror}"
-            ) from exc
+            raise StorageError(f"cannot create storage directory {self.root}: {exc.strerror}") from exc
         cutoff = time.time() - _STALE_TMP_SECONDS
         with contextlib.suppress(OSError), os.scandir(self._tmp) as entries:
             for entry in entries:

@@ -12,6 +12,7 @@ fails; the database is then asked again at most once every `retry_interval`
 seconds, so an outage costs devices no wait. Only a group this replica has
 never found fails, with DatabaseUnavailable.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -4,6 +4,7 @@ A group runs the most recently deployed OTA among itself and its ancestors, so
 a deploy to the fleet reaches its subgroups, and a deploy to a subgroup (a
 canary) reaches only that subgroup until the fleet gets something newer.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -32,9 +33,7 @@ def effective_ota(chain: list[D | None]) -> D | None:
     return best
 
 
-def resolve_effective(
-    parents: Mapping[str, str | None], otas: Mapping[str, D]
-) -> dict[str, D | None]:
+def resolve_effective(parents: Mapping[str, str | None], otas: Mapping[str, D]) -> dict[str, D | None]:
     """The effective OTA of every group in `parents` (group id -> parent id).
 
     Parents outside the mapping end the chain; a cycle cannot loop forever.

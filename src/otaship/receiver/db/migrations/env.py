@@ -6,6 +6,7 @@ database around the whole upgrade. With only a URL (a developer running
 `alembic` commands through `otaship.receiver.db.engine.alembic_config`), an engine is made
 the way the receiver makes its own.
 """
+
 from __future__ import annotations
 
 from alembic import context

@@ -5,6 +5,7 @@ SQLModel declares strings as its AutoString and datetimes as its UTCDateTime.
 A revision names the plain SQLAlchemy types they stand for instead, so that it
 imports nothing from sqlmodel and keeps its meaning when sqlmodel changes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -6,6 +6,7 @@ neighbours, the version and the optional fields (before the image). All of
 them run before the image is stored or a row is written, so a bad field
 leaves nothing behind.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,16 +90,26 @@ def parse_policy(fields: dict[str, str]) -> Policy:
     """The rollout fields of a POST, each within its bounds."""
     return validate_policy(
         Policy(
-            success_threshold=fraction(fields.get("success_threshold"), name="success_threshold", default=1.0),
+            success_threshold=fraction(
+                fields.get("success_threshold"), name="success_threshold", default=1.0
+            ),
             error_threshold=whole_number(
-                fields.get("error_threshold"), name="error_threshold", default=0,
-                minimum=0, maximum=MAX_TOLERATED_FAILURES,
+                fields.get("error_threshold"),
+                name="error_threshold",
+                default=0,
+                minimum=0,
+                maximum=MAX_TOLERATED_FAILURES,
             ),
             canary_timeout=whole_number(
-                fields.get("canary_timeout"), name="canary_timeout", default=DEFAULT_CANARY_TIMEOUT,
-                minimum=1, maximum=MAX_STAGE_SECONDS,
+                fields.get("canary_timeout"),
+                name="canary_timeout",
+                default=DEFAULT_CANARY_TIMEOUT,
+                minimum=1,
+                maximum=MAX_STAGE_SECONDS,
             ),
-            soak=whole_number(fields.get("soak"), name="soak", default=0, minimum=0, maximum=MAX_STAGE_SECONDS),
+            soak=whole_number(
+                fields.get("soak"), name="soak", default=0, minimum=0, maximum=MAX_STAGE_SECONDS
+            ),
             auto_promote=parse_flag(fields.get("auto_promote"), name="auto_promote", default=True),
         )
     )

@@ -1,4 +1,5 @@
 """The IoTaaP Group OTA API: list and deploy (docs/api.md)."""
+
 from __future__ import annotations
 
 import logging
@@ -132,14 +133,19 @@ async def get_group_otas(request: Request) -> Response:
     services = Services.of(request)
     rows, total, filtered = await services.run_db(
         lambda session: list_otas(
-            session=session, owner_id=owner_id, query=query,
+            session=session,
+            owner_id=owner_id,
+            query=query,
             known_total=services.listing_totals.get(owner_id),
         )
     )
     services.listing_totals.put(owner_id, total)
     return answer(
         wire.OtaList(
-            otas=[ota_view(ota) for ota in rows], recordsTotal=total, recordsFiltered=filtered, draw=query.draw
+            otas=[ota_view(ota) for ota in rows],
+            recordsTotal=total,
+            recordsFiltered=filtered,
+            draw=query.draw,
         )
     )
 
@@ -172,9 +178,12 @@ async def _receive_and_deploy(request: Request, services: Services, owner: User)
     settings = services.settings
     try:
         upload = await receive_upload(
-            request, spool_dir=settings.tmp_dir, max_file_bytes=settings.max_firmware_bytes,
+            request,
+            spool_dir=settings.tmp_dir,
+            max_file_bytes=settings.max_firmware_bytes,
             flush_to_disk=services.storage.keeps_source_blocks,
-            idle_timeout=settings.upload_idle_timeout, total_timeout=settings.upload_timeout,
+            idle_timeout=settings.upload_idle_timeout,
+            total_timeout=settings.upload_timeout,
         )
     except ClientDisconnect:
         # The client went away mid-upload: nothing was stored, nobody to answer.
@@ -226,7 +235,9 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
         # stores nothing.
         canary = canary_id
         try:
-            await services.run_db(lambda session: validate_canary(session=session, group=group, canary_id=canary))
+            await services.run_db(
+                lambda session: validate_canary(session=session, group=group, canary_id=canary)
+            )
         except RolloutError as exc:
             return message(400, str(exc))
 
@@ -259,22 +270,36 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
         # `hold.checked` runs inside the transaction, before it commits.
         if canary_id is None:
             result: DeployResult = await services.run_write(
-                lambda session: hold.checked(deploy_firmware(
-                    session=session, group_id=group.id, version=version, firmware=firmware,
-                    commit=commit, notify=services.notify,
-                ))
+                lambda session: hold.checked(
+                    deploy_firmware(
+                        session=session,
+                        group_id=group.id,
+                        version=version,
+                        firmware=firmware,
+                        commit=commit,
+                        notify=services.notify,
+                    )
+                )
             )
             deployed = wire.Deployed(message=DEPLOYED, deployed=result.deployed, ota=ota_view(result.ota))
             return result.deployed, deployed
         assert policy is not None
         rollout_policy = policy
         return await services.run_write(
-            lambda session: _canary_body(hold.checked(
-                deploy_with_canary(
-                    session=session, group_id=group.id, canary_id=canary_id, version=version,
-                    firmware=firmware, policy=rollout_policy, commit=commit, notify=services.notify,
+            lambda session: _canary_body(
+                hold.checked(
+                    deploy_with_canary(
+                        session=session,
+                        group_id=group.id,
+                        canary_id=canary_id,
+                        version=version,
+                        firmware=firmware,
+                        policy=rollout_policy,
+                        commit=commit,
+                        notify=services.notify,
+                    )
                 )
-            ))
+            )
         )
 
     try:
@@ -311,10 +336,7 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
 
 def canary_message(rollout: Rollout) -> str:
     """Where a rollout's image went: to the canary subgroup only, not the group."""
-    then = (
-        "once the canary is healthy" if rollout.auto_promote
-        else f"when rollout {rollout.id} is promoted"
-    )
+    then = "once the canary is healthy" if rollout.auto_promote else f"when rollout {rollout.id} is promoted"
     return (
         f"{DEPLOYED} to canary subgroup {rollout.canary_group_id} of group {rollout.group_id}; "
         f"the whole group gets it {then}"

@@ -1,4 +1,5 @@
 """Rollouts: read their progress, promote a held canary, or abort."""
+
 from __future__ import annotations
 
 from sqlmodel import Session, col, select

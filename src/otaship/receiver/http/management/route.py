@@ -1,6 +1,7 @@
 """A management route: the owner's API key first, and the route's own 500 for
 every database failure, the key's lookup included. Each route names its
 failure message once, where the route is declared, rather than in each handler."""
+
 from __future__ import annotations
 
 from starlette.routing import Route
@@ -15,6 +16,8 @@ def owner_route(
     """`failure`: the spec's 500 message for the route. `unread_body`: the key is
     looked up before the body is read, so its failure closes the connection."""
     return Route(
-        path, database_errors(failure)(endpoint), methods=[method],
+        path,
+        database_errors(failure)(endpoint),
+        methods=[method],
         middleware=[owner_only(failure, unread_body=unread_body)],
     )

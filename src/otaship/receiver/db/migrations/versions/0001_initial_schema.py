@@ -10,6 +10,7 @@ meaning when the models change. Constraint and index names are the ones
 `create_all` produced, so that a database it created can be adopted by
 stamping it at this revision.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -227,7 +228,14 @@ def upgrade() -> None:
 def downgrade() -> None:
     # Dependents first; dropping a table drops its indexes.
     for table in (
-        "rollout_devices", "rollouts", "trigger_outbox", "deployments",
-        "group_otas", "devices", "groups", "api_keys", "users",
+        "rollout_devices",
+        "rollouts",
+        "trigger_outbox",
+        "deployments",
+        "group_otas",
+        "devices",
+        "groups",
+        "api_keys",
+        "users",
     ):
         op.drop_table(table)

@@ -13,6 +13,7 @@ Downgrading drops the index but leaves the extension: something else may use it.
 The names are written out here rather than imported, so that this revision
 keeps its meaning when receiver/path_search.py changes.
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -83,7 +84,9 @@ def _check_sqlite_trigram(connection: sa.Connection) -> None:
     version = connection.execute(sa.text("SELECT sqlite_version()")).scalar()
     try:
         with connection.begin_nested():
-            connection.execute(sa.text("CREATE VIRTUAL TABLE temp.otaship_probe USING fts5(x, tokenize='trigram')"))
+            connection.execute(
+                sa.text("CREATE VIRTUAL TABLE temp.otaship_probe USING fts5(x, tokenize='trigram')")
+            )
             connection.execute(sa.text("DROP TABLE temp.otaship_probe"))
     except sa.exc.DatabaseError:
         raise CommandError(

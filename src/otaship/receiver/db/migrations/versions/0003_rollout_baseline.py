@@ -12,6 +12,7 @@ them (the server default), and they are promoted unchecked, as before.
 Device reports keep being recorded for rollouts that ended recently; the
 index on `ended_at` keeps finding those cheap.
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
