@@ -100,8 +100,8 @@ def insert_devices(
     try:
         _insert(
             engine,
-            Device.__table__,
-            (  # type: ignore[attr-defined]  # made by SQLModel at run time
+            Device.__table__,  # type: ignore[attr-defined]  # made by SQLModel at run time
+            (
                 {
                     "id": device_id,
                     "owner_id": owner.id,
@@ -131,8 +131,8 @@ def insert_groups_with_otas(env: dict[str, str], owner: Owner, count: int) -> li
     try:
         _insert(
             engine,
-            Group.__table__,
-            (  # type: ignore[attr-defined]  # made by SQLModel at run time
+            Group.__table__,  # type: ignore[attr-defined]  # made by SQLModel at run time
+            (
                 {
                     "id": g.id,
                     "owner_id": owner.id,
@@ -147,8 +147,8 @@ def insert_groups_with_otas(env: dict[str, str], owner: Owner, count: int) -> li
         )
         _insert(
             engine,
-            GroupOta.__table__,
-            (  # type: ignore[attr-defined]  # made by SQLModel at run time
+            GroupOta.__table__,  # type: ignore[attr-defined]  # made by SQLModel at run time
+            (
                 {
                     "id": secrets.token_hex(12),
                     "group_id": g.id,

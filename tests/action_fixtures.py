@@ -111,17 +111,19 @@ class Tenant:
         return [ota for ota in response.json()["otas"] if ota["group"] == group_id]
 
     def rollout(self, rollout_id: str) -> dict[str, Any]:
-        return httpx.get(
+        body: dict[str, Any] = httpx.get(
             f"{self.receiver.url}/v1/rollouts/{rollout_id}", headers=self.headers, timeout=10
-        ).json()  # type: ignore[no-any-return]
+        ).json()
+        return body
 
     def versions(self) -> dict[str, str]:
         return {d["id"]: d["firmware_version"] for d in otaship_json(self.env, "device", "list")}
 
     def latest(self, group: dict[str, Any]) -> str | None:
-        return (
+        ver: str | None = (
             httpx.get(f"{self.receiver.url}/v1/ota/group/latest/{group['id']}", timeout=10).json().get("ver")
-        )  # type: ignore[no-any-return]
+        )
+        return ver
 
 
 def make_tenant(data_dir: Path, mqtt_url: str = "none", broker: str = "") -> Tenant:
