@@ -91,7 +91,12 @@ class Storage(abc.ABC):
         return self.exists(key)
 
     def list_objects(self, prefix: str) -> list[StoredObject]:
-        """Every complete object whose key starts with `prefix`."""
+        """Every complete object whose key starts with `prefix`.
+
+        Optional, with `delete_if_unchanged`: both backends here have them; a
+        backend without them still stores and serves, and the orphan sweep
+        stops with one warning instead of guessing what it may delete.
+        """
         raise NotImplementedError(f"{type(self).__name__} cannot list its objects")
 
     def delete_if_unchanged(self, stored: StoredObject) -> bool:
