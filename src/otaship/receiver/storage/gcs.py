@@ -32,6 +32,7 @@ from google.cloud.storage import exceptions as gcs_exceptions
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from otaship.receiver.storage.base import ObjectNotFound, Storage, StorageError, StoredObject
+from otaship.receiver.storage.durable import durable_write
 from otaship.receiver.storage.local import validate_key
 
 MiB = 1024 * 1024
@@ -103,6 +104,13 @@ def _modified(blob: gcs.Blob) -> float:
     object whose time is unknown must look young, never old enough to remove."""
     when = blob.updated or blob.time_created
     return when.timestamp() if when is not None else float("inf")
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StorageError(f"cannot write the download cache: {exc.strerror}") from exc
 
 
 def _raise_storage_error(action: str, exc: BaseException) -> NoReturn:
@@ -349,37 +357,27 @@ class GCSStorage(Storage):
     def _download(self, name: str, path: Path) -> None:
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=self.cache_dir, prefix=_TMP_PREFIX)
         except OSError as exc:
             raise StorageError(f"cannot write the download cache: {exc.strerror}") from exc
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                try:
-                    # One GET; the library checks the bytes against the CRC32C or
-                    # MD5 that GCS sends with them.
-                    self._gcs_bucket().blob(name).download_to_file(
-                        file, checksum="auto", timeout=self._timeout, retry=self._retry
-                    )
-                except api_exceptions.NotFound as exc:
-                    raise ObjectNotFound(f"no object {name}") from exc
-                except _VENDOR_ERRORS as exc:
-                    _raise_storage_error("download", exc)
-                try:
-                    # A cached file is trusted after a restart, so it must be
-                    # complete on disk before it gets its final name.
-                    file.flush()
-                    os.fsync(file.fileno())
-                except OSError as exc:
-                    raise StorageError(f"cannot write the download cache: {exc.strerror}") from exc
+        # A cached file is trusted after a restart, so it must be complete on disk
+        # before it gets its final name.
+        with durable_write(
+            self.cache_dir,
+            lambda tmp: _replace(tmp, path),
+            what="write the download cache",
+            prefix=_TMP_PREFIX,
+        ) as file:
             try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise StorageError(f"cannot write the download cache: {exc.strerror}") from exc
-            self._touch(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+                # One GET; the library checks the bytes against the CRC32C or MD5
+                # that GCS sends with them.
+                self._gcs_bucket().blob(name).download_to_file(
+                    file, checksum="auto", timeout=self._timeout, retry=self._retry
+                )
+            except api_exceptions.NotFound as exc:
+                raise ObjectNotFound(f"no object {name}") from exc
+            except _VENDOR_ERRORS as exc:
+                _raise_storage_error("download", exc)
+        self._touch(path)
 
     def _evict(self, keep: Path) -> None:
         """Delete least recently used files until the cache fits in cache_bytes.

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from otaship.receiver.storage.base import ObjectNotFound, Storage, StorageError, StoredObject
+from otaship.receiver.storage.durable import durable_write
 
 # Temp files live inside root so that os.replace never crosses a filesystem; the
 # leading dot keeps them out of the key space (validate_key rejects dot segments).
@@ -103,30 +104,22 @@ class LocalStorage(Storage):
             return
         # Opened before the temp file exists: a missing source is the caller's bug,
         # raised as it is, and leaves nothing to clean up.
-        with open(source, "rb") as src:
-            try:
-                fd, tmp_name = tempfile.mkstemp(dir=self._tmp, suffix=_TMP_SUFFIX)
-            except OSError as exc:
-                raise StorageError(f"cannot store object: {exc.strerror}") from exc
-            tmp = Path(tmp_name)
-            try:
-                with os.fdopen(fd, "wb") as dst:
-                    while chunk := src.read(_COPY_CHUNK):
-                        # A source that fails to read raises its own error; only
-                        # failures on our side (disk full, I/O error) are StorageError.
-                        try:
-                            dst.write(chunk)
-                        except OSError as exc:
-                            raise StorageError(f"cannot store object: {exc.strerror}") from exc
-                    try:
-                        dst.flush()
-                        os.fsync(dst.fileno())
-                    except OSError as exc:
-                        raise StorageError(f"cannot store object: {exc.strerror}") from exc
-                self._publish(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+        with (
+            open(source, "rb") as src,
+            durable_write(
+                self._tmp,
+                lambda tmp: self._publish(tmp, path),
+                what="store object",
+                suffix=_TMP_SUFFIX,
+            ) as dst,
+        ):
+            while chunk := src.read(_COPY_CHUNK):
+                # A source that fails to read raises its own error; only failures
+                # on our side (disk full, I/O error) are StorageError.
+                try:
+                    dst.write(chunk)
+                except OSError as exc:
+                    raise StorageError(f"cannot store object: {exc.strerror}") from exc
 
     def _put_by_link(self, path: Path, source: Path) -> bool:
         """Store the object as a second name of the source file, without copying.
