@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -210,12 +211,17 @@ def test_a_hung_check_times_out_and_is_not_started_twice(sqlite_settings: Settin
 def test_a_broker_that_is_down_is_named_without_the_url_credentials(
     sqlite_settings: Settings, built: Services
 ) -> None:
-    port = free_port()  # nothing listens there
-    settings = sqlite_settings.with_overrides(mqtt_url=f"mqtt://receiver:mqtt-secret-pw@127.0.0.1:{port}")
-    built.settings = settings
-    with TestClient(create_app(settings, services=built)) as client:
-        time.sleep(0.3)  # give paho its first connection attempt
-        response = client.get("/readyz")
+    # Not a broker: a port that takes the connection and drops it at once, so that
+    # the test knows paho has tried before it asks.
+    with socket.create_server(("127.0.0.1", 0)) as down:
+        port = down.getsockname()[1]
+        settings = sqlite_settings.with_overrides(mqtt_url=f"mqtt://receiver:mqtt-secret-pw@127.0.0.1:{port}")
+        built.settings = settings
+        with TestClient(create_app(settings, services=built)) as client:
+            down.settimeout(10)
+            attempt, _ = down.accept()
+            attempt.close()
+            response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {
         "status": "unavailable",

@@ -17,7 +17,6 @@ import json
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.postgres import ADMIN_URL
 from tests.receiver_process import OTASHIP, ReceiverProcess, cli_env
 from tests.services import POSTGRES, free_port, require
 from tests.test_mqtt_broker import Client
+from tests.waiting import eventually
 
 DEADLINE = 20.0
 
@@ -104,13 +104,6 @@ def postgres_with_password() -> Iterator[tuple[str, str]]:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             conn.execute(text(f'DROP ROLE IF EXISTS "{name}"'))
         admin.dispose()
-
-
-def wait_for(condition: str, check: object) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
-        time.sleep(0.2)
 
 
 # Debug as an operator would turn it on, and trace, where uvicorn also logs
@@ -281,11 +274,12 @@ def test_no_secret_reaches_any_line_at_debug_level(
             intruder = Client(broker_port, user["mqtt_user"], wrong_mqtt_password)
             assert intruder.connect().is_failure
             # The receiver took the report in: the canary's device succeeded.
-            wait_for(
-                "the status report",
+            eventually(
                 lambda: (
                     http.get(f"/v1/rollouts/{rollout}", headers=key).json()["stages"][0]["succeeded"] == 1
                 ),
+                "the status report",
+                DEADLINE,
             )
             device.close()
             assert http.post(f"/v1/rollouts/{rollout}/abort", headers=key).status_code == 200

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -28,6 +26,7 @@ from tests.conftest import Fleet
 from tests.esp_image import build_image
 from tests.services import free_port
 from tests.test_api_ota import deploy
+from tests.waiting import eventually
 
 LATEST = "/v1/ota/group/latest/{group_id}"
 
@@ -47,13 +46,6 @@ def scrape(client: TestClient) -> dict[str, list[Any]]:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=")
     return {family.name: family.samples for family in text_string_to_metric_families(response.text)}
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_requests_are_counted_by_route_template_not_by_path(client: TestClient, fleet: Fleet) -> None:
@@ -178,7 +170,7 @@ def test_canary_deploys_promotions_and_rollouts_by_state(
     # The app's own runner, now rather than at its next tick; if its loop holds
     # the rollout at this moment, that pass promotes it instead.
     background.runner.evaluate_all()
-    eventually(lambda: sample(client, "otaship_deploys_total", kind="promotion") == 1, "the promotion")
+    eventually(lambda: sample(client, "otaship_deploys_total", kind="promotion") == 1, "the promotion", 10)
     assert sample(client, "otaship_rollouts", state="fleet") == 1
     assert sample(client, "otaship_rollouts", state="canary") == 0
 
@@ -214,7 +206,7 @@ def embedded_client(settings: Settings, services: Services) -> Any:
     settings = settings.with_overrides(mqtt_url=f"embedded://127.0.0.1:{free_port()}")
     services.settings = settings
     with TestClient(create_app(settings, services=services)) as client:
-        eventually(lambda: client.get("/readyz").status_code == 200, "the MQTT link")
+        eventually(lambda: client.get("/readyz").status_code == 200, "the MQTT link", 10)
         yield client
 
 
@@ -226,7 +218,7 @@ def test_triggers_and_device_reports_over_the_embedded_broker(
     group = fleet.group(owner)
     device = fleet.device(group, name="dev", firmware_version="0.9.0")
     deploy(client, owner, group, "1.0.0")
-    eventually(lambda: sample(client, "otaship_triggers_published_total") == 1, "the trigger")
+    eventually(lambda: sample(client, "otaship_triggers_published_total") == 1, "the trigger", 10)
 
     port = int(client.app.state.services.settings.mqtt_url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
     sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
@@ -260,4 +252,4 @@ def test_triggers_and_device_reports_over_the_embedded_broker(
         ("update-response", "accepted"): 1,
         ("update-response", "dropped"): 0,
     }
-    eventually(lambda: counts() == expected, f"the reports (now {counts()})")
+    eventually(lambda: counts() == expected, f"the reports (now {counts()})", 10)

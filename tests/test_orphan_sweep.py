@@ -39,6 +39,7 @@ from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
 from tests.receiver_process import cli_env, otaship
 from tests.test_api_ota import deploy, post
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from tests.gcs_emulator import GCSEmulator
@@ -113,14 +114,6 @@ def _sweep(services: Services, grace: float = HOUR, **kwargs: Any) -> SweepResul
         in_flight=services.objects_in_flight.keys,
         **kwargs,
     )
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 # -- what a sweep removes, and what it keeps -----------------------------------------
@@ -356,7 +349,7 @@ def test_an_upload_waiting_to_commit_keeps_its_object(
     with ThreadPoolExecutor(1) as pool:
         with _deploys_held(services, group):
             posted = _post_in_background(pool, client, owner, group, "1.0.0", image)
-            _wait_for(
+            eventually(
                 lambda: services.storage.exists(key) and key in services.objects_in_flight.keys(),  # noqa: SIM118  (a method, not a dict)
                 "the upload to store its object and wait for its transaction",
             )
@@ -384,7 +377,7 @@ def test_a_deploy_that_stored_its_object_too_long_ago_is_refused(
     with TestClient(create_app(short_grace, services=services)) as client, ThreadPoolExecutor(1) as pool:
         with _deploys_held(services, group):
             posted = _post_in_background(pool, client, owner, group, "1.0.0", image)
-            _wait_for(lambda: services.storage.exists(_key(image)), "the upload to store its object")
+            eventually(lambda: services.storage.exists(_key(image)), "the upload to store its object")
             # The time limit itself is what is tested: let it pass.
             time.sleep(1.2)
         response = posted.result(timeout=30)
@@ -437,7 +430,7 @@ class TestOnPostgres:
         with ThreadPoolExecutor(1) as pool:
             with _deploys_held(services, group) as session:
                 posted = _post_in_background(pool, client, owner, group, "1.0.0", other)
-                _wait_for(lambda: _waiting_on_a_lock(services), "the upload to wait for the group's lock")
+                eventually(lambda: _waiting_on_a_lock(services), "the upload to wait for the group's lock")
                 deploy_firmware(
                     session=session,
                     group_id=group.id,
@@ -478,10 +471,10 @@ def test_serve_sweeps_periodically(
         old = _store(services, tmp_path, build_image("2.0.0"))
         backdate(old, 2 * HOUR)
 
-        _wait_for(lambda: not services.storage.exists(old), "the sweep to remove the old orphan")
+        eventually(lambda: not services.storage.exists(old), "the sweep to remove the old orphan")
 
         sweeper = client.app.state.background.sweeper  # type: ignore[attr-defined]
-        _wait_for(lambda: sweeper.sweeps >= 2, "another sweep")
+        eventually(lambda: sweeper.sweeps >= 2, "another sweep")
         assert _stored_keys(services) == {_key(build_image("1.0.0")), young}
         assert _download(client, group) == build_image("1.0.0")
     size = len(build_image("2.0.0"))
@@ -518,7 +511,7 @@ def test_a_failing_sweep_is_logged_and_tried_again(
     unreachable = Unreachable(services.storage)
     services.storage = unreachable  # type: ignore[assignment]
     with TestClient(create_app(sweeping, services=services)):
-        _wait_for(lambda: unreachable.failures >= 2, "a second attempt")
+        eventually(lambda: unreachable.failures >= 2, "a second attempt")
     services.storage = unreachable.inner
     assert (
         "orphan sweep failed, trying again in 0.1 s: Cloud Storage listing failed: cannot connect"

@@ -43,6 +43,7 @@ from tests.postgres import OwnDatabase
 from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
 from tests.services import POSTGRES, free_port
 from tests.tcp_proxy import TcpProxy
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -376,14 +377,6 @@ def mqtt_login(stack: Stack, password: str) -> tuple[mqtt.Client, int]:
     if codes[0] != 0:
         client.loop_stop()
     return client, codes[0]
-
-
-def eventually(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 # --- the test ----------------------------------------------------------------------

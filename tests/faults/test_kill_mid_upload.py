@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +32,7 @@ from otaship.receiver.db.models import Group
 from otaship.receiver.storage import object_key
 from tests.esp_image import build_image
 from tests.receiver_process import ReceiverProcess, cli_env, otaship, otaship_json
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from tests.gcs_emulator import GCSEmulator
@@ -134,14 +134,6 @@ def _post(
     )
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def _deploys_counted(url: str, kind: str) -> float:
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
         for sample in family.samples:
@@ -169,7 +161,7 @@ def test_kill_9_between_storing_and_committing_then_restart(deployment: Deployme
 
         with ThreadPoolExecutor(1) as pool, deployment.deploys_held(group["id"]):
             upload: Future[httpx.Response] = pool.submit(_post, server.url, headers, group, "1.1.0", large)
-            _wait_for(lambda: _key(large) in deployment.stored(), "the upload's object to be stored")
+            eventually(lambda: _key(large) in deployment.stored(), "the upload's object to be stored")
             assert server.process is not None
             server.process.kill()  # SIGKILL, while the deploy waits for its transaction
             server.process.wait()
@@ -229,7 +221,7 @@ def test_the_losers_of_a_same_version_race_leave_orphans_that_gc_removes(
         with deployment.deploys_held(group["id"]):
             posts = [pool.submit(_post, server.url, headers, group, "2.0.0", image) for image in images]
             # Every racer has stored its object before any of them commits.
-            _wait_for(
+            eventually(
                 lambda: {_key(image) for image in images} <= deployment.stored(),
                 "every racer's object to be stored",
             )

@@ -17,8 +17,7 @@ reports is stored, and the dropped one is counted by its reason in /metrics.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from otaship.receiver.settings import Settings
 from tests.conftest import Fleet, Owner
 from tests.postgres import OwnDatabase
 from tests.services import free_port
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -97,14 +97,6 @@ def tenants(
     finally:
         services.storage.close()
         services.engine.dispose()
-
-
-def eventually(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def publisher(t: Tenants, owner: Owner) -> mqtt.Client:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,6 +26,7 @@ from otaship.receiver.db.users import create_user
 from tests import multipart
 from tests.esp_image import build_image
 from tests.receiver_process import ReceiverProcess, cli_env
+from tests.waiting import eventually
 
 IDLE_TIMEOUT = 2
 UPLOAD_TIMEOUT = 6
@@ -90,14 +91,6 @@ class RawUpload:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass
@@ -173,7 +166,7 @@ def test_stalled_and_trickling_uploads_time_out_and_free_their_spool(
         upload.send(head + image[:1024])
         uploads.append(upload)
         if opened <= CAP:
-            wait_until(partial(spool_held, spool, opened), 10, f"{opened} spool files")
+            eventually(partial(spool_held, spool, opened), f"{opened} spool files", 10)
 
     # The trickle: never idle long enough for the idle timeout, so the deadline ends it.
     trickler = tenants["trickler"]
@@ -207,7 +200,7 @@ def test_stalled_and_trickling_uploads_time_out_and_free_their_spool(
             assert answer.headers["retry-after"] == "5"
             assert answer.headers["connection"] == "close"
             assert upload.closed_by_server(timeout=5)
-        wait_until(lambda: spool_files(spool) == CAP + 1, 10, "the trickle's spool file")
+        eventually(lambda: spool_files(spool) == CAP + 1, "the trickle's spool file", 10)
 
         # Another owner deploys as usual meanwhile.
         bystander = tenants["bystander"]
