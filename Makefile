@@ -44,11 +44,11 @@ check: install-check
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# tests/test_fuzz.py runs 30 cases per operation inside `make test`; this runs
+# tests/receiver/http/test_fuzz.py runs 30 cases per operation inside `make test`; this runs
 # it alone with FUZZ_EXAMPLES per operation, the same fixed seed.
 FUZZ_EXAMPLES ?= 400
 fuzz: install-test
-	OTASHIP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
+	OTASHIP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/receiver/http/test_fuzz.py $(PYTEST_ARGS)
 
 # The benchmark suite (bench/): never part of `make test`. It needs the test
 # extras (real ESP32 images, the services helpers) and installs Debian's wrk and

@@ -120,3 +120,21 @@ def test_every_package_is_on_the_map() -> None:
         if directory.name in {"__pycache__", "versions", "migrations"} or not any(directory.glob("*.py")):
             continue
         assert f"{directory.name}/" in MAP, f"docs/architecture.md does not name {directory.relative_to(SRC)}"
+
+
+# Test folders that stand for no package: the fault-injection suite, which breaks
+# several layers at once, and the stand-in for PlatformIO that the action tests run.
+CROSS_CUTTING = {"faults", "fake_pio"}
+
+
+def test_the_test_tree_mirrors_the_source_tree() -> None:
+    tests = ROOT / "tests"
+    folders = [d for d in sorted(tests.rglob("*/")) if d.name != "__pycache__"]
+    assert len(folders) > 10
+    for folder in folders:
+        relative = folder.relative_to(tests)
+        if CROSS_CUTTING & set(relative.parts):
+            continue
+        assert (SRC / "otaship" / relative).is_dir(), (
+            f"tests/{relative} has no package src/otaship/{relative} to mirror"
+        )

@@ -214,7 +214,7 @@ def _parse_with_known_digest(
     exactly `head_sha256`, the SHA-256 of all but the file's last 32 bytes
     that the upload took as it streamed in. Anything after the digest (0xFF
     padding) moves the range, and then it is hashed here as esptool would.
-    tests/test_firmware.py compares both ways attribute by attribute, so an
+    tests/firmware/test_image.py compares both ways attribute by attribute, so an
     esptool release that changes the constructor shows up there.
     """
     image = image_class()

@@ -4,7 +4,7 @@ The paths are hand-written rather than generated from docstrings, so that they
 can say what matters to a client: the spec's exact messages, the order of the
 POST checks, the device headers. The messages come from the modules that send
 them. The bodies' schemas are generated from the models the routes answer with
-(otaship.receiver.http.wire). tests/test_openapi.py validates real responses
+(otaship.receiver.http.wire). tests/receiver/http/test_openapi.py validates real responses
 against the document and checks that it and the router list the same routes.
 """
 
