@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,7 +23,17 @@ OTASHIP = [sys.executable, "-m", "otaship.receiver.cli"]
 
 def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTASHIP_")}
-    env.update({"OTASHIP_DATA_DIR": str(data_dir), "OTASHIP_MQTT_URL": "none", **extra})
+    env.update(
+        {
+            "OTASHIP_DATA_DIR": str(data_dir),
+            "OTASHIP_MQTT_URL": "none",
+            # On a shared broker the default id, otaship-<hostname>, is every test
+            # receiver's: each would take the others' connection and session.
+            # One id per tenant keeps its session across a restart of its receiver.
+            "OTASHIP_MQTT_CLIENT_ID": f"otaship-test-{secrets.token_hex(6)}",
+            **extra,
+        }
+    )
     return env
 
 

@@ -9,8 +9,13 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from otaship.protocol import BrokerAddress
 
 POSTGRES = ("127.0.0.1", 5432)
 MOSQUITTO = ("127.0.0.1", 1883)
@@ -50,3 +55,17 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def forget_mqtt_session(address: BrokerAddress, client_id: str, timeout: float = 10.0) -> None:
+    """Drop the link's persistent session from the shared broker: a clean start with no expiry."""
+    connected = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_connect = lambda *_: connected.set()
+    client.connect(address.host, address.port, clean_start=True)
+    client.loop_start()
+    try:
+        assert connected.wait(timeout), "could not clear the link's session"
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -76,10 +76,13 @@ def test_topics_are_the_documented_strings() -> None:
 
 def test_the_receivers_subscriptions() -> None:
     assert protocol.report_filters() == ["/+/devices/+/update-response", "/+/devices/+/status"]
-    assert protocol.report_filters(shared=True) == [
-        "$share/otaship//+/devices/+/update-response",
-        "$share/otaship//+/devices/+/status",
+    assert protocol.report_filters(share_group="otaship-1a2b") == [
+        "$share/otaship-1a2b//+/devices/+/update-response",
+        "$share/otaship-1a2b//+/devices/+/status",
     ]
+    for bad in ("", "a/b", "a+", "#", "a\x00"):
+        with pytest.raises(ValueError, match="one topic level"):
+            protocol.report_filters(share_group=bad)
     assert protocol.report_filters(mqtt_user="alice") == [
         "/alice/devices/+/update-response",
         "/alice/devices/+/status",

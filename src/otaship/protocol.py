@@ -42,9 +42,6 @@ _GROUPS = "groups"
 _DEVICES = "devices"
 # A topic level holding one of these would widen or split a topic.
 TOPIC_UNSAFE = frozenset("/+#\x00")
-# The receiver's subscriptions are shared among its replicas under this name
-# (MQTT 5 brokers only).
-SHARED_GROUP = "otaship"
 
 
 def usable_in_topic(level: str) -> bool:
@@ -104,12 +101,17 @@ def parse_report_topic(topic: str) -> ReportTopic | None:
     return ReportTopic(parts[1], parts[3], parts[4])
 
 
-def report_filters(*, shared: bool = False, mqtt_user: str = "+") -> list[str]:
+def report_filters(*, share_group: str | None = None, mqtt_user: str = "+") -> list[str]:
     """Subscription filters for every device's reports: of every owner (the receiver),
-    or of one; `shared` spreads them over the receiver's replicas."""
+    or of one. With `share_group` (MQTT 5), the broker hands each report to one
+    subscriber of that group: the replicas of one receiver split the reports."""
     filters = [report_topic(mqtt_user, "+", kind) for kind in (RESPONSE, STATUS)]
+    if share_group is None:
+        return filters
+    if not usable_in_topic(share_group):
+        raise ValueError(f"a share group must be one topic level, not {share_group!r}")
     # Topics start with "/", hence the double slash after the share name.
-    return [f"$share/{SHARED_GROUP}/{f}" for f in filters] if shared else filters
+    return [f"$share/{share_group}/{f}" for f in filters]
 
 
 # --- the device's HTTP paths --------------------------------------------------

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from otaship.protocol import usable_in_topic
 
 DEFAULT_MAX_FIRMWARE_BYTES = 16 * 1024 * 1024
 # hawkBit's DoS filter allows 200 reads and 50 writes a second per client.
@@ -67,6 +71,17 @@ def _rate(env: Mapping[str, str], name: str, default: str) -> str | None:
     return None if items[0].amount == 0 else raw
 
 
+def _share_group(env: Mapping[str, str]) -> str | None:
+    raw = env.get("OTASHIP_MQTT_SHARE_GROUP", "").strip()
+    if not raw:
+        return None
+    if not usable_in_topic(raw) or len(raw) > 128 or not raw.isprintable():
+        raise SettingsError(
+            f"OTASHIP_MQTT_SHARE_GROUP must be one MQTT topic level (no /, + or #, at most 128 characters), not {raw!r}"
+        )
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -78,6 +93,8 @@ class Settings:
     mqtt_url: str = "embedded://127.0.0.1:1883"
     # A stable id gives this replica a persistent session on an external broker.
     mqtt_client_id: str | None = None
+    # None means "derive from the database": see resolved_mqtt_share_group.
+    mqtt_share_group: str | None = None
     public_url: str | None = None
     rollout_tick: float = 1.0
     max_firmware_bytes: int = DEFAULT_MAX_FIRMWARE_BYTES
@@ -107,6 +124,7 @@ class Settings:
             storage_url=env.get("OTASHIP_STORAGE_URL", "").strip() or None,
             mqtt_url=env.get("OTASHIP_MQTT_URL", "").strip() or "embedded://127.0.0.1:1883",
             mqtt_client_id=env.get("OTASHIP_MQTT_CLIENT_ID", "").strip() or None,
+            mqtt_share_group=_share_group(env),
             public_url=env.get("OTASHIP_PUBLIC_URL", "").strip() or None,
             max_firmware_bytes=_int(env, "OTASHIP_MAX_FIRMWARE_BYTES", DEFAULT_MAX_FIRMWARE_BYTES, minimum=1),
             upload_idle_timeout=_int(
@@ -127,6 +145,26 @@ class Settings:
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def resolved_mqtt_share_group(self) -> str:
+        """The name under which this receiver's replicas share the reports.
+
+        Replicas of one receiver use one database; two receivers on one broker
+        (staging and production, say) use two. Derived from the database, the
+        name keeps each receiver's reports its own with no setting, where one
+        fixed name would let one receiver take, and drop, the other's reports.
+        The password plays no part, so rotating it changes nothing.
+        """
+        if self.mqtt_share_group:
+            return self.mqtt_share_group
+        parts = urlsplit(self.resolved_database_url)
+        if parts.password is not None:
+            netloc = parts.netloc.rpartition("@")
+            user = parts.username or ""
+            parts = parts._replace(netloc=f"{user}@{netloc[2]}")
+        digest = hashlib.sha256(urlunsplit(parts).encode()).hexdigest()[:12]
+        return f"otaship-{digest}"
 
     @property
     def resolved_database_url(self) -> str:

@@ -29,7 +29,7 @@ from otaship.receiver.mqtt.link import MqttLink
 from otaship.receiver.mqtt.triggers import TriggerPublisher
 from otaship.receiver.services import Services
 from tests.receiver.mqtt.test_broker import USERS, BrokerThread
-from tests.services import MOSQUITTO, require
+from tests.services import MOSQUITTO, forget_mqtt_session, require
 
 TIMEOUT = 10.0
 
@@ -83,21 +83,7 @@ def link(broker: Broker) -> Iterator[MqttLink]:
     finally:
         running.stop()
         if running.persistent:
-            _forget_session(broker.address, client_id)
-
-
-def _forget_session(address: BrokerAddress, client_id: str) -> None:
-    """Drop the link's persistent session from the shared broker: a clean start with no expiry."""
-    connected = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.on_connect = lambda *_: connected.set()
-    client.connect(address.host, address.port, clean_start=True)
-    client.loop_start()
-    try:
-        assert connected.wait(TIMEOUT), "could not clear the link's session"
-    finally:
-        client.disconnect()
-        client.loop_stop()
+            forget_mqtt_session(broker.address, client_id)
 
 
 class Watcher:

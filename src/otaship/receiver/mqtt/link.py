@@ -34,6 +34,7 @@ class MqttLink:
         on_message: Callable[[str, bytes], None],
         username: str | None = None,
         password: str | None = None,
+        share_group: str | None = None,
     ) -> None:
         self.address = address
         self.on_message = on_message
@@ -42,7 +43,9 @@ class MqttLink:
         self.mqtt5 = not address.embedded
         self.persistent = not address.embedded
         self._connected = threading.Event()
-        self._filters = report_filters(shared=self.mqtt5)
+        # Replicas of one receiver split the reports; the embedded broker has
+        # only one subscriber, and amqtt no shared subscriptions.
+        self._filters = report_filters(share_group=share_group if self.mqtt5 else None)
         if self.mqtt5:
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         else:
