@@ -76,6 +76,7 @@ class Background:
                 broker = EmbeddedBroker(address.host, address.port, authenticate=self._authenticate)
                 await broker.start()
                 self.broker = broker
+                self.summaries.add(broker.write_summary)
                 username, password = broker.internal_username, broker.internal_password
                 client_id = f"otaship-receiver-{broker.internal_username[-8:]}"
             else:
