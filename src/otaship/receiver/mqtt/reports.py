@@ -320,7 +320,7 @@ class ReportIngester:
         known = self._devices.get(report.device_id)
         owner_id = self._owners.get(report.mqtt_user)
         if known is None or owner_id is None or known.owner_id != owner_id:
-            reason = UNREGISTERED if known is None else UNKNOWN_USER if owner_id is None else FOREIGN
+            reason = UNKNOWN_USER if owner_id is None else UNREGISTERED if known is None else FOREIGN
             log.debug("dropped a report of %s device %s", reason, report.device_id)
             refused.append((report, reason))
             return False
