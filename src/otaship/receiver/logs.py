@@ -15,7 +15,6 @@ write cost about 100 µs a line, more than a device check costs without them.
 from __future__ import annotations
 
 import atexit
-import copy
 import json
 import logging
 import logging.handlers
@@ -152,14 +151,16 @@ class _QueueHandler(logging.handlers.QueueHandler):
 
     The standard QueueHandler formats in the caller's thread (to make records
     picklable for other processes), which is the cost this handler exists to
-    move. Only the message's arguments are merged here, so that a mutable
-    argument changed after the call still logs what it was.
+    move. Only the message's arguments are merged here, in place (a copy of
+    the record would cost more than the rest of the call), so that a mutable
+    argument changed after the call still logs what it was; other handlers
+    get the same message from it.
     """
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        record = copy.copy(record)  # other handlers (a test's capture) see the original
-        record.msg = record.getMessage()
-        record.args = None
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
         return record
 
 
