@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import signal
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -23,6 +27,9 @@ from tests.test_api_ota import deploy
 from tests.test_logs import restore_logging
 
 __all__ = ["restore_logging"]  # the fixture, shared with test_logs.py
+
+# Only the logging settings matter to configure_logging: no database, no broker.
+TEXT_AT_INFO = Settings(mqtt_url="none", log_format="text", log_level="info")
 
 
 def test_device_checks_are_one_line_a_minute_by_status(
@@ -122,10 +129,10 @@ def logging_stopped() -> Iterator[None]:
 
 
 def test_lines_are_formatted_and_written_off_the_callers_thread(
-    settings: Settings, restore_logging: None, logging_stopped: None
+    restore_logging: None, logging_stopped: None
 ) -> None:
     stream = ThreadRecordingStream()
-    configure_logging(settings.with_overrides(log_format="text", log_level="info"), stream=stream)
+    configure_logging(TEXT_AT_INFO, stream=stream)
     fields = {"state": "before"}
     logging.getLogger("otaship").info("what was logged: %s, key osk_abcdefgh123", fields)
     fields["state"] = "after"  # changed once logged: the line keeps what it was
@@ -139,3 +146,27 @@ def test_lines_are_formatted_and_written_off_the_callers_thread(
     logging.getLogger("otaship").warning("after the listener")
     assert stream.getvalue().endswith(" WARNING otaship: after the listener\n")
     assert threading.current_thread().name in stream.threads
+
+
+def test_a_forked_worker_writes_its_lines_too(
+    tmp_path: Path, restore_logging: None, logging_stopped: None
+) -> None:
+    """A server may fork its workers after the app configured logging: the
+    child has the queue, and needs a thread of its own to empty it."""
+    path = tmp_path / "log.txt"
+    with path.open("w") as stream:
+        configure_logging(TEXT_AT_INFO, stream=stream)
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child's coverage is not collected)
+            logging.getLogger("otaship").info("from the worker")
+            flush_logs()
+            os._exit(0)
+        deadline = time.monotonic() + 10
+        while (done := os.waitpid(child, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+                pytest.fail("the forked worker never wrote its line")
+            time.sleep(0.02)
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert path.read_text().endswith(" INFO otaship: from the worker\n")

@@ -18,6 +18,7 @@ import atexit
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import re
 import sys
@@ -226,6 +227,22 @@ def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> l
     return handler
 
 
+def _restart_in_child() -> None:
+    """A forked process has the queue but not the thread that empties it (a
+    server that forks its workers after the app was configured): start its own."""
+    global _listener, _queue
+    if _listener is None:
+        return
+    handlers = _listener.handlers
+    _queue = queue.Queue()
+    _listener = logging.handlers.QueueListener(_queue, *handlers)
+    _listener.start()
+    for queued in logging.getLogger().handlers:
+        if isinstance(queued, _QueueHandler):
+            queued.queue = _queue
+
+
 # Registered after logging's own shutdown hook, so it runs before it: what is
 # still queued at exit is written.
 atexit.register(stop_logging)
+os.register_at_fork(after_in_child=_restart_in_child)
