@@ -24,10 +24,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from otaship.receiver.log_summary import Throttle
 from otaship.receiver.mqtt.broker import (
+    BAD_CREDENTIALS,
     REFUSALS_LOGGED_PER_MINUTE,
     BrokerPortInUse,
     EmbeddedBroker,
     owner_may_use,
+    refusal_line,
 )
 from tests.services import MOSQUITTO, require
 
@@ -655,3 +657,10 @@ def test_the_throttle_lets_a_limit_through_per_window() -> None:
     assert [throttle.allow() for _ in range(3)] == [True, True, False]
     assert throttle.take_held() == 4
     assert throttle.take_held() == 0
+
+
+def test_the_refusal_line_cuts_what_the_client_sent() -> None:
+    assert refusal_line("u" * 100, None, "10.0.0.7:51012", BAD_CREDENTIALS) == (
+        f"refused MQTT login: user={'u' * 64!r} client_id=- peer=10.0.0.7:51012; "
+        "reason: unknown user name or wrong password"
+    )

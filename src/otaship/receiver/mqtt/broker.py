@@ -57,7 +57,7 @@ _CONNACK_NOT_AUTHORIZED = bytes([0x20, 0x02, 0x00, 0x05])
 # Refused logins with a line of their own per minute; the others are counted in
 # one line a minute, so that a flood of bad logins cannot fill the disk.
 REFUSALS_LOGGED_PER_MINUTE = 20
-# Characters of a refused user name shown: it is whatever the client sent.
+# Characters of a refused user name or client id shown: they are whatever the client sent.
 _USERNAME_SHOWN = 64
 
 # Why a login was refused, as its log line says.
@@ -71,8 +71,9 @@ CLIENT_ID_TAKEN = "its client id belongs to another owner"
 def refusal_line(username: str | None, client_id: str | None, peer: str, reason: str) -> str:
     """The line of a refused login (pure). Never the password: only the name the
     client gave, cut short, and the reason."""
-    shown = repr(username[:_USERNAME_SHOWN]) if username else "-"
-    return f"refused MQTT login: user={shown} client_id={client_id or '-'!r} peer={peer}; reason: {reason}"
+    user = repr(username[:_USERNAME_SHOWN]) if username else "-"
+    client = repr(client_id[:_USERNAME_SHOWN]) if client_id else "-"
+    return f"refused MQTT login: user={user} client_id={client} peer={peer}; reason: {reason}"
 
 
 class BrokerPortInUse(RuntimeError):
