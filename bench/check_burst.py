@@ -3,6 +3,10 @@
 wrk (64 connections) on `GET /v1/ota/group/latest/<id>` against the receiver,
 and on a bare Starlette route returning a constant JSON, both under uvicorn
 with one worker. Goal: at least 0.8 of the baseline's requests per second.
+
+The receiver runs twice, side by side on the same data: with the defaults of
+`make run` (OTASHIP_LOG_LEVEL unset: info, access lines and all), which is the
+figure the goal is about, and at `warning`, which shows what logging still costs.
 """
 
 from __future__ import annotations
@@ -18,46 +22,62 @@ from bench.system import cpu_seconds
 NAME = "check"
 
 
+def defaults_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the log level left to the receiver's default, as `make run` has it."""
+    return {key: value for key, value in env.items() if key != "OTASHIP_LOG_LEVEL"}
+
+
 def run(ctx: Context) -> list[Row]:
     scale = ctx.scale
     env = servers.receiver_env(ctx.folder("check") / "data")
     owner, (group,) = create_owner(env, [("fleet", None)])
     ours: list[wrk.LoadResult] = []
+    quiet: list[wrk.LoadResult] = []  # the receiver at warning
     theirs: list[wrk.LoadResult] = []
     our_cpu: list[float] = []  # requests per CPU-second of the server process
     their_cpu: list[float] = []
-    with servers.receiver(env, ctx.log_dir) as receiver, servers.baseline(ctx.log_dir) as bare:
+    with (
+        servers.receiver(defaults_env(env), ctx.log_dir) as receiver,
+        servers.receiver(env, ctx.log_dir) as quiet_receiver,
+        servers.baseline(ctx.log_dir) as bare,
+    ):
         deploy(receiver.url, owner, group, "1.0.0", image("1.0.0", 64 * 1024))
         latest = f"{receiver.url}/v1/ota/group/latest/{group.id}"
-        answer = httpx.get(latest, timeout=10)
-        assert answer.status_code == 200 and answer.json() == {"ver": "1.0.0"}, answer.text
+        quiet_latest = f"{quiet_receiver.url}/v1/ota/group/latest/{group.id}"
+        for url in (latest, quiet_latest):
+            answer = httpx.get(url, timeout=10)
+            assert answer.status_code == 200 and answer.json() == {"ver": "1.0.0"}, answer.text
         constant = f"{bare.url}/json"
 
-        def load(url: str, pid: int, cpu: list[float]) -> wrk.LoadResult:
+        def load(url: str, pid: int, cpu: list[float] | None = None) -> wrk.LoadResult:
             before = cpu_seconds(pid)
             result = wrk.run(
                 url, connections=scale.check_connections, seconds=scale.load_seconds, work_dir=ctx.work_dir
             )
             if result.errors:
                 raise RuntimeError(f"{result.errors} failed requests on {url}")
-            cpu.append(result.requests / max(cpu_seconds(pid) - before, 1e-6))
+            if cpu is not None:
+                cpu.append(result.requests / max(cpu_seconds(pid) - before, 1e-6))
             return result
 
-        # Warm both (imports, caches, connection setup) before measuring.
-        for url in (latest, constant) if scale.warmup else ():
+        # Warm all three (imports, caches, connection setup) before measuring.
+        for url in (latest, quiet_latest, constant) if scale.warmup else ():
             wrk.run(url, connections=scale.check_connections, seconds=1, work_dir=ctx.work_dir)
-        # Interleaved, so drift in the machine's load hits both alike.
+        # Interleaved, so drift in the machine's load hits each alike.
         for _ in range(ctx.repetitions):
             ours.append(load(latest, receiver.pid, our_cpu))
+            quiet.append(load(quiet_latest, quiet_receiver.pid))
             theirs.append(load(constant, bare.pid, their_cpu))
     notes = [
         f"{scale.check_connections} connections, {scale.load_seconds:g} s per repetition, wrk -t2; "
         f"latency p50/p99 {_latency(ours)} (otaship) vs {_latency(theirs)} (baseline)",
+        "otaship with the defaults of `make run` (OTASHIP_LOG_LEVEL unset, so info), its log "
+        "written to a file",
     ]
     return [
         Row(
             NAME,
-            "1. check burst: GET latest (req/s)",
+            "1. check burst: GET latest, defaults (req/s)",
             Figure.of([r.requests_per_second for r in ours], "req/s"),
             Figure.of([r.requests_per_second for r in theirs], "req/s"),
             "bare Starlette JSON",
@@ -67,7 +87,17 @@ def run(ctx: Context) -> list[Row]:
         ),
         Row(
             NAME,
-            "1. check burst: requests per server CPU-second",
+            "1. check burst: GET latest, OTASHIP_LOG_LEVEL=warning (req/s)",
+            Figure.of([r.requests_per_second for r in quiet], "req/s"),
+            Figure.of([r.requests_per_second for r in theirs], "req/s"),
+            "bare Starlette JSON",
+            None,
+            [f"latency p50/p99 {_latency(quiet)}; next to the row above, what the log level still costs"],
+            paired=True,
+        ),
+        Row(
+            NAME,
+            "1. check burst: requests per server CPU-second, defaults",
             Figure.of(our_cpu, "req/CPU-s"),
             Figure.of(their_cpu, "req/CPU-s"),
             "bare Starlette JSON",

@@ -121,7 +121,8 @@ def receiver_env(data_dir: Path, **extra: str) -> dict[str, str]:
             "OTASHIP_DATA_DIR": str(data_dir),
             "OTASHIP_MQTT_URL": "none",
             # Access lines at info level would cost the receiver a log write per request;
-            # the baselines run at the same level.
+            # the baselines run at the same level. The check benchmark also runs the
+            # receiver with the defaults (bench/check_burst.py).
             "OTASHIP_LOG_LEVEL": "warning",
             # A client id of its own: the default (otaship-<hostname>) would take over
             # the session of any other receiver on the same broker.

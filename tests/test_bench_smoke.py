@@ -56,7 +56,7 @@ def _mosquitto() -> None:
 def test_check_burst_runs(tmp_path: Path) -> None:
     _http_tools()
     rows = _run(check_burst.NAME, tmp_path)
-    assert [row.figure.unit for row in rows] == ["req/s", "req/CPU-s"] and rows[0].goal is not None
+    assert [row.figure.unit for row in rows] == ["req/s", "req/s", "req/CPU-s"] and rows[0].goal is not None
 
 
 def test_download_runs(tmp_path: Path) -> None:

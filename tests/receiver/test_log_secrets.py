@@ -271,6 +271,11 @@ def test_no_secret_reaches_any_line_at_debug_level(
                 f"/{user['mqtt_user']}/devices/bench-1/status",
                 json.dumps({"fw_version": "1.1.0", "uptime": 5}).encode(),
             )
+            # A device nobody registered: its reports are counted in a summary line.
+            device.publish(
+                f"/{user['mqtt_user']}/devices/unregistered-1/status",
+                json.dumps({"fw_version": "1.0.0", "uptime": 5}).encode(),
+            )
             intruder = Client(broker_port, user["mqtt_user"], wrong_mqtt_password)
             assert intruder.connect().is_failure
             # The receiver took the report in: the canary's device succeeded.
@@ -324,3 +329,17 @@ def test_no_secret_reaches_any_line_at_debug_level(
     for expected in ("/v1/ota/group/latest/", "/v1/ota/group/download/", " 401", " 409"):
         assert expected in served
     assert f"/v1/ota/group/latest/{fleet['id']}[redacted]" in served
+    # The event lines of the day, with their ids.
+    for expected in (
+        f"deployed version=1.0.0 group={fleet['id']} owner={user['id']} kind=plain",
+        f"deployed version=1.1.0 group={canary['id']} owner={user['id']} kind=canary rollout={rollout}",
+        f"rollout {rollout} new -> canary: group={fleet['id']}",
+        f"rollout {rollout} canary -> aborted: group={fleet['id']}",
+        "reason: aborted by request",
+        f"refused MQTT login: user={user['mqtt_user']!r}",
+        "reason: unknown user name or wrong password",
+        "device checks (GET latest) in the last",
+        "report(s) of unregistered or foreign devices in the last",
+        "unregistered-1=1",
+    ):
+        assert expected in served, expected

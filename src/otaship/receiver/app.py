@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import anyio.to_thread
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -24,7 +25,7 @@ from otaship.receiver.http.nosniff import NoSniff
 from otaship.receiver.http.rate_limits import RateLimits, limited
 from otaship.receiver.http.responses import answer, message
 from otaship.receiver.intake.multipart import spool_dir_ready
-from otaship.receiver.logs import configure_logging, redact
+from otaship.receiver.logs import configure_logging, flush_logs, redact
 from otaship.receiver.metrics import Metrics, ObserveRequests
 from otaship.receiver.metrics import routes as metrics_routes
 from otaship.receiver.services import Services
@@ -66,6 +67,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             if owned:
                 built.storage.close()
                 built.engine.dispose()
+            # Every line of this app's life is written before it is said to have stopped.
+            await anyio.to_thread.run_sync(flush_logs)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -1,5 +1,5 @@
 """The receiver's background work: the MQTT link, triggers, reports, the rollout
-clock and the orphan sweep.
+clock, the orphan sweep and the log's summary lines.
 
 Started and stopped by the app's lifespan. With OTASHIP_MQTT_URL=none only the
 rollout clock runs: devices then find updates by polling `latest`.
@@ -17,6 +17,7 @@ from otaship.protocol import parse_mqtt_url
 from otaship.receiver.db.engine import read_session
 from otaship.receiver.db.users import user_for_mqtt_login
 from otaship.receiver.gc.sweep import OrphanSweeper
+from otaship.receiver.log_summary import Summaries
 from otaship.receiver.mqtt.link import MqttLink
 from otaship.receiver.mqtt.reports import ReportIngester
 from otaship.receiver.mqtt.triggers import TriggerPublisher
@@ -51,6 +52,13 @@ class Background:
             if settings.gc_interval > 0
             else None
         )
+        self.summaries = Summaries()
+        if metrics is not None:
+            from otaship.receiver.metrics import write_device_checks
+
+            counted = metrics
+            self.summaries.add(lambda seconds: write_device_checks(counted, seconds))
+        self.summaries.add(self.ingester.write_summary)
         self._tasks: list[asyncio.Task[None]] = []
 
     def _authenticate(self, username: str, password: str) -> bool:
@@ -68,6 +76,7 @@ class Background:
                 broker = EmbeddedBroker(address.host, address.port, authenticate=self._authenticate)
                 await broker.start()
                 self.broker = broker
+                self.summaries.add(broker.write_summary)
                 username, password = broker.internal_username, broker.internal_password
                 client_id = f"otaship-receiver-{broker.internal_username[-8:]}"
             else:
@@ -89,6 +98,7 @@ class Background:
         self._tasks.append(asyncio.create_task(self.runner.run(), name="otaship-rollouts"))
         if self.sweeper is not None:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="otaship-orphan-sweep"))
+        self._tasks.append(asyncio.create_task(self.summaries.run(), name="otaship-log-summaries"))
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -37,6 +37,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otaship import protocol
+from otaship.receiver.log_summary import Tally, counts_text, seconds_text
 from otaship.receiver.logs import ACCESS_LOGGER, redact
 
 if TYPE_CHECKING:
@@ -58,6 +59,11 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 UNMATCHED = "unmatched"
 # Probes and scrapes come every few seconds: their access lines are debug, not info.
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+# Every device of a fleet asks `latest` every few minutes: one line each would be
+# most of the log and, written at info, cost more than the answer. Their lines
+# are debug; at info, one line a minute counts them by status (see
+# write_device_checks). Downloads keep their line: a device downloads once per update.
+COUNTED_ROUTES = frozenset({protocol.LATEST_ROUTE})
 
 
 class Metrics:
@@ -65,6 +71,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = RequestStats(LATENCY_BUCKETS)
         self.registry.register(self.requests)
+        # Device checks by status since the last summary line.
+        self.device_checks = Tally()
         self.upload_bytes = Counter(
             "otaship_upload_bytes",
             "Firmware bytes received by POST /v1/ota/group",
@@ -229,6 +237,7 @@ class ObserveRequests:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.requests = metrics.requests
+        self.device_checks = metrics.device_checks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -255,7 +264,11 @@ class ObserveRequests:
         if method not in METHODS:
             method = "other"
         self.requests.record(method, template, status, duration)
-        level = logging.DEBUG if template in QUIET_ROUTES else logging.INFO
+        if template in COUNTED_ROUTES:
+            self.device_checks.add(str(status))
+            level = logging.DEBUG
+        else:
+            level = logging.DEBUG if template in QUIET_ROUTES else logging.INFO
         if access_log.isEnabledFor(level):
             _write_access_line(scope, level, method, template, status, duration)
 
@@ -279,6 +292,26 @@ def _write_access_line(
             "status": status,
             "duration_ms": round(duration * 1000, 3),
             "client": client[0] if client else None,
+        },
+    )
+
+
+def write_device_checks(metrics: Metrics, seconds: float) -> None:
+    """The info line that stands for the device checks' debug access lines."""
+    by_status = metrics.device_checks.take()
+    if not by_status:
+        return
+    total = sum(by_status.values())
+    access_log.info(
+        "device checks (GET latest) in the last %s: %d (%s)",
+        seconds_text(seconds),
+        total,
+        counts_text(by_status),
+        extra={
+            "event": "device_checks",
+            "route": protocol.LATEST_ROUTE,
+            "count": total,
+            "by_status": by_status,
         },
     )
 

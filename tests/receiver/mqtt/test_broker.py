@@ -7,7 +7,9 @@ while paho's own network threads play the devices and the receiver.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
+import re
 import socket
 import threading
 import time
@@ -20,7 +22,15 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from otaship.receiver.mqtt.broker import BrokerPortInUse, EmbeddedBroker, owner_may_use
+from otaship.receiver.log_summary import Throttle
+from otaship.receiver.mqtt.broker import (
+    BAD_CREDENTIALS,
+    REFUSALS_LOGGED_PER_MINUTE,
+    BrokerPortInUse,
+    EmbeddedBroker,
+    owner_may_use,
+    refusal_line,
+)
 from tests.services import MOSQUITTO, require
 
 HOST = "127.0.0.1"
@@ -585,3 +595,72 @@ def test_start_stop_start_on_one_instance(running: BrokerThread) -> None:
     client = Client(running.port, "alice", USERS["alice"])
     assert client.connect() == "Success"
     client.close()
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "otaship.receiver.mqtt.broker" and r.getMessage().startswith("refused ")
+    ]
+
+
+def test_a_refused_login_is_one_info_line_with_the_user_and_why_never_the_password(
+    running: BrokerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    wrong = Client(running.port, "alice", "not-alices-password-42", client_id="dev-a1")
+    assert wrong.connect() == "Not authorized"
+    anonymous = Client(running.port, None, None, client_id="dev-a2")
+    assert anonymous.connect() == "Not authorized"
+    peer = r"127\.0\.0\.1:\d+"
+    lines = refusals(caplog)
+    assert len(lines) == 2
+    assert re.fullmatch(
+        rf"refused MQTT login: user='alice' client_id='dev-a1' peer={peer}; "
+        r"reason: unknown user name or wrong password",
+        lines[0],
+    )
+    assert re.fullmatch(
+        rf"refused MQTT login: user=- client_id='dev-a2' peer={peer}; reason: no user name or password",
+        lines[1],
+    )
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.getMessage() in lines)
+    assert "not-alices-password-42" not in caplog.text
+
+
+def test_a_flood_of_refused_logins_is_counted_past_twenty_lines_a_minute(
+    running: BrokerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    for attempt in range(REFUSALS_LOGGED_PER_MINUTE + 5):
+        client = Client(running.port, "mallory", f"guess-{attempt}")
+        assert client.connect() == "Not authorized"
+    assert len(refusals(caplog)) == REFUSALS_LOGGED_PER_MINUTE
+    running.broker.write_summary(60.0)
+    assert refusals(caplog)[-1] == (
+        "refused 5 more MQTT login(s) in the last 60 s without a line each (at most 20 lines a minute)"
+    )
+    # Counted once: the next summary has nothing to say.
+    running.broker.write_summary(60.0)
+    assert len(refusals(caplog)) == REFUSALS_LOGGED_PER_MINUTE + 1
+    assert "guess-" not in caplog.text
+
+
+def test_the_throttle_lets_a_limit_through_per_window() -> None:
+    now = [0.0]
+    throttle = Throttle(2, window=60, clock=lambda: now[0])
+    assert [throttle.allow() for _ in range(4)] == [True, True, False, False]
+    now[0] = 59.9
+    assert throttle.allow() is False
+    now[0] = 60.0
+    assert [throttle.allow() for _ in range(3)] == [True, True, False]
+    assert throttle.take_held() == 4
+    assert throttle.take_held() == 0
+
+
+def test_the_refusal_line_cuts_what_the_client_sent() -> None:
+    assert refusal_line("u" * 100, None, "10.0.0.7:51012", BAD_CREDENTIALS) == (
+        f"refused MQTT login: user={'u' * 64!r} client_id=- peer=10.0.0.7:51012; "
+        "reason: unknown user name or wrong password"
+    )

@@ -5,7 +5,9 @@ one, and Mosquitto), on both databases."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
+import re
 import secrets
 import threading
 import time
@@ -273,3 +275,52 @@ def test_a_deploy_wakes_the_idle_loop(
     assert [topic.split("/")[3] for topic, _, _ in received] == ["first", "second"]
     assert time.monotonic() - started < TIMEOUT
     assert publisher.published == 2
+
+
+def test_triggers_that_waited_for_the_broker_are_logged_once_it_is_back(
+    services: Services, broker: Broker, watcher: Watcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="otaship.triggers")
+    outbox(services.engine, trigger(broker, "g2", "1"), trigger(broker, "g1", "1"))
+    username, password = broker.link_login
+    client_id = f"otaship-test-{secrets.token_hex(6)}"
+    link = MqttLink(
+        broker.address,
+        client_id=client_id,
+        on_message=lambda _t, _p: None,
+        username=username,
+        password=password,
+    )
+    publisher = TriggerPublisher(services.engine, link)
+    # The broker cannot be reached yet: the triggers wait.
+    assert publisher.publish_pending() is False
+    link.start()
+    try:
+        assert link.wait_connected(TIMEOUT), "the link did not connect"
+        publisher.publish_pending()
+        assert {watcher.next()[0].split("/")[3] for _ in range(2)} == {"g1", "g2"}
+        infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+        assert len(infos) == 1
+        assert re.fullmatch(
+            r"published 2 trigger\(s\) that waited for the MQTT broker \(\d+ s without it\): groups g1 g2",
+            infos[0],
+        )
+        # With the broker there all along, a publish is no news at info.
+        caplog.clear()
+        outbox(services.engine, trigger(broker, "g3", "1"))
+        publisher.publish_pending()
+        assert watcher.next()[0].split("/")[3] == "g3"
+        assert [r.getMessage() for r in caplog.records] == ["published 1 trigger(s)"]
+        assert caplog.records[0].levelno == logging.DEBUG
+    finally:
+        link.stop()
+        if link.persistent:
+            _forget_session(broker.address, client_id)
+
+
+def test_the_line_of_held_triggers_names_ten_groups_at_most() -> None:
+    groups = [f"g{i:02d}" for i in range(12)] + ["g00"]
+    assert triggers.held_triggers_line(13, 61.4, groups) == (
+        "published 13 trigger(s) that waited for the MQTT broker (61 s without it): "
+        "groups g00 g01 g02 g03 g04 g05 g06 g07 g08 g09 and 2 more"
+    )

@@ -36,6 +36,7 @@ from amqtt.session import Session
 
 from otaship.protocol import TOPIC_UNSAFE, owner_prefix, usable_in_topic
 from otaship.receiver.ids import secret_matches_plain
+from otaship.receiver.log_summary import Throttle, seconds_text
 from otaship.receiver.mqtt.remembered_logins import RememberedLogins
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,26 @@ _CONNECT = 1
 _PUBLISH = 3
 # MQTT 3.1.1 CONNACK "not authorized", what amqtt and Mosquitto send on a bad login.
 _CONNACK_NOT_AUTHORIZED = bytes([0x20, 0x02, 0x00, 0x05])
+# Refused logins with a line of their own per minute; the others are counted in
+# one line a minute, so that a flood of bad logins cannot fill the disk.
+REFUSALS_LOGGED_PER_MINUTE = 20
+# Characters of a refused user name or client id shown: they are whatever the client sent.
+_USERNAME_SHOWN = 64
+
+# Why a login was refused, as its log line says.
+NO_CREDENTIALS = "no user name or password"
+BAD_CREDENTIALS = "unknown user name or wrong password"
+STORE_FAILED = "the credentials could not be checked"
+BAD_WILL = "its will topic is outside the user's topics"
+CLIENT_ID_TAKEN = "its client id belongs to another owner"
+
+
+def refusal_line(username: str | None, client_id: str | None, peer: str, reason: str) -> str:
+    """The line of a refused login (pure). Never the password: only the name the
+    client gave, cut short, and the reason."""
+    user = repr(username[:_USERNAME_SHOWN]) if username else "-"
+    client = repr(client_id[:_USERNAME_SHOWN]) if client_id else "-"
+    return f"refused MQTT login: user={user} client_id={client} peer={peer}; reason: {reason}"
 
 
 class BrokerPortInUse(RuntimeError):
@@ -109,36 +130,69 @@ class _Gatekeeper:
         self._connected: dict[str, tuple[str, int]] = {}  # client id: owner, open connections
         self._remembered = RememberedLogins()
         self._persistent: dict[str, str] = {}  # client id: owner
+        self.refusals = Throttle(REFUSALS_LOGGED_PER_MINUTE)
 
-    async def login(self, connect: ConnectPacket) -> str | None:
-        """The user name a CONNECT proves, or None to refuse it.
+    async def login(self, connect: ConnectPacket, peer: str = "unknown peer") -> str | None:
+        """The user name a CONNECT proves, or None to refuse it (and say why in the log).
 
         An accepted login holds its client id until ``logout``.
         """
         username: str | None = connect.username if connect.username_flag else None
         password: str | None = connect.password if connect.password_flag else None
-        if not username or password is None:
-            return None
-        if not await self._credentials_valid(username, password):
-            return None
-        # amqtt publishes a will without checking its topic: check it here.
-        if connect.will_flag and not self._may_use(username, connect.will_topic or ""):
-            return None
         client_id: str | None = connect.client_id
+        refusal = await self._refusal(connect, username, password, client_id)
+        if refusal is not None:
+            if self.refusals.allow():
+                logger.info(
+                    refusal_line(username, client_id, peer, refusal),
+                    extra={
+                        "event": "mqtt_login_refused",
+                        "user": username[:_USERNAME_SHOWN] if username else None,
+                        "peer": peer,
+                        "reason": refusal,
+                    },
+                )
+            return None
+        assert username is not None
         if not client_id:
             return username  # amqtt makes up a fresh one
-        owner, connections = self._connected.get(client_id, (username, 0))
-        if owner != username or self._persistent.get(client_id, username) != username:
-            logger.warning(
-                "Refused MQTT login of %r: client id %r belongs to another owner",
-                username,
-                client_id,
-            )
-            return None
+        _owner, connections = self._connected.get(client_id, (username, 0))
         self._connected[client_id] = (username, connections + 1)
         if not connect.clean_session_flag:
             self._persistent[client_id] = username
         return username
+
+    async def _refusal(
+        self, connect: ConnectPacket, username: str | None, password: str | None, client_id: str | None
+    ) -> str | None:
+        """Why the login must be refused; None to accept it."""
+        if not username or password is None:
+            return NO_CREDENTIALS
+        valid = await self._credentials_valid(username, password)
+        if valid is None:
+            return STORE_FAILED
+        if not valid:
+            return BAD_CREDENTIALS
+        # amqtt publishes a will without checking its topic: check it here.
+        if connect.will_flag and not self._may_use(username, connect.will_topic or ""):
+            return BAD_WILL
+        if client_id:
+            owner, _connections = self._connected.get(client_id, (username, 0))
+            if owner != username or self._persistent.get(client_id, username) != username:
+                return CLIENT_ID_TAKEN
+        return None
+
+    def write_summary(self, seconds: float) -> None:
+        """The refused logins that got no line of their own, counted in one."""
+        held = self.refusals.take_held()
+        if held:
+            logger.info(
+                "refused %d more MQTT login(s) in the last %s without a line each (at most %d lines a minute)",
+                held,
+                seconds_text(seconds),
+                REFUSALS_LOGGED_PER_MINUTE,
+                extra={"event": "mqtt_logins_refused", "count": held},
+            )
 
     def logout(self, connect: ConnectPacket) -> None:
         client_id = connect.client_id
@@ -150,7 +204,9 @@ class _Gatekeeper:
         else:
             del self._connected[client_id]
 
-    async def _credentials_valid(self, username: str, password: str) -> bool:
+    async def _credentials_valid(self, username: str, password: str) -> bool | None:
+        """Whether the credentials are valid; None when they could not be checked
+        and were refused for that (the error is logged here)."""
         if secret_matches_plain(username, self._internal_username):
             return secret_matches_plain(password, self._internal_password)
         if not TOPIC_UNSAFE.isdisjoint(username):
@@ -173,7 +229,7 @@ class _Gatekeeper:
                 detail,
                 "accepted the login that worked before" if remembered else "refused",
             )
-            return remembered
+            return True if remembered else None
         if valid:
             self._remembered.learn(username, password)
         return valid
@@ -383,6 +439,7 @@ class EmbeddedBroker:
         self.max_packet_bytes = max_packet_bytes
         self.connect_timeout = connect_timeout
         self._authenticate = authenticate
+        self._gatekeeper: _Gatekeeper | None = None
         # Made fresh for each process, so there is nothing to configure or to leak.
         self.internal_username = f"otaship-{secrets.token_hex(8)}"
         self.internal_password = secrets.token_urlsafe(32)
@@ -397,6 +454,7 @@ class EmbeddedBroker:
             raise RuntimeError("The embedded MQTT broker is already running")
         _quiet_amqtt_logging()
         gatekeeper = _Gatekeeper(self._authenticate, self.internal_username, self.internal_password)
+        self._gatekeeper = gatekeeper
         broker = Broker(self._broker_config(gatekeeper))
         try:
             server = await asyncio.start_server(
@@ -419,6 +477,11 @@ class EmbeddedBroker:
         self._broker, self._server = broker, server
         await server.start_serving()
         logger.info("Embedded MQTT broker listening on %s:%d", self.host, self.port)
+
+    def write_summary(self, seconds: float) -> None:
+        """Count the refused logins that got no line of their own (see log_summary)."""
+        if self._gatekeeper is not None:
+            self._gatekeeper.write_summary(seconds)
 
     async def stop(self) -> None:
         broker, server = self._broker, self._server
@@ -470,7 +533,7 @@ class EmbeddedBroker:
                 raise
             except Exception as exc:
                 raise _ClientDropped(f"unreadable CONNECT ({exc})") from exc
-            if await gatekeeper.login(connect) is None:
+            if await gatekeeper.login(connect, peer) is None:
                 writer.write(_CONNACK_NOT_AUTHORIZED)
                 await writer.drain()
                 return

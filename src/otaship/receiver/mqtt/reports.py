@@ -34,6 +34,7 @@ from otaship.receiver.db.engine import database_reachable, write_session
 from otaship.receiver.db.models import Device, Rollout, RolloutDevice, User
 from otaship.receiver.fields import quoted
 from otaship.receiver.ids import utcnow
+from otaship.receiver.log_summary import Tally, counts_text, seconds_text
 from otaship.receiver.logs import short_error
 from otaship.receiver.mqtt.report_payload import BadReport, Report, parse_report
 from otaship.receiver.outage import OutageLog
@@ -65,6 +66,25 @@ INVALID = "invalid"
 NOT_OWNED = "not_owned"
 QUEUE_FULL = "queue_full"
 STORE_FAILED = "store_failed"
+
+# Why a report was not the reporter's to make (see ReportIngester._owns).
+UNREGISTERED = "unregistered"  # no device with this id
+FOREIGN = "foreign"  # the device belongs to another owner
+UNKNOWN_USER = "unknown_user"  # no owner has this MQTT user (an outside broker)
+# Device ids a summary names, those with the most reports first.
+NAMED_DEVICES = 5
+
+
+def not_owned_summary(seconds: float, by_reason: dict[str, int], by_device: dict[str, int]) -> str:
+    """The summary line of the reports dropped as not the reporter's (pure)."""
+    total = sum(by_reason.values())
+    busiest = sorted(by_device.items(), key=lambda item: (-item[1], item[0]))[:NAMED_DEVICES]
+    named = " ".join(f"{device}={count}" for device, count in busiest)
+    more = f" and {len(by_device) - NAMED_DEVICES} more" if len(by_device) > NAMED_DEVICES else ""
+    return (
+        f"dropped {total} report(s) of unregistered or foreign devices in the last {seconds_text(seconds)} "
+        f"({counts_text(by_reason)}) from {len(by_device)} device(s): {named}{more}"
+    )
 
 
 def split_on_failure(part: list[Report], database_up: bool) -> list[list[Report]] | None:
@@ -105,6 +125,9 @@ class ReportIngester:
         self.writes = 0
         self._idle = asyncio.Event()
         self._outage = OutageLog(log, "device reports wait in memory")
+        # Reports dropped as not the reporter's, since the last summary line.
+        self._not_owned = Tally()
+        self._not_owned_devices = Tally()
 
     def submit(self, topic: str, payload: bytes) -> None:
         """Called from paho's thread for every report message."""
@@ -227,9 +250,10 @@ class ReportIngester:
 
     def ingest(self, batch: list[Report]) -> None:
         """Store a batch in one transaction (blocking); raises if the transaction fails."""
+        refused: list[tuple[Report, str]] = []
         with write_session(self.engine) as session:
             self._load(session, batch)
-            accepted = [r for r in batch if self._owns(r)]
+            accepted = [r for r in batch if self._owns(r, refused)]
             changed: dict[str, _Known] = {}
             if accepted:
                 # Uptimes as they were before this batch: a 201 is judged against the
@@ -257,9 +281,22 @@ class ReportIngester:
         for kind in (STATUS, RESPONSE):
             taken = sum(1 for r in accepted if r.kind == kind)
             self._count(kind, "accepted", taken)
-            refused = sum(1 for r in batch if r.kind == kind) - taken
-            if refused:
-                self._drop(NOT_OWNED, kind, refused)
+            not_taken = sum(1 for r in batch if r.kind == kind) - taken
+            if not_taken:
+                self._drop(NOT_OWNED, kind, not_taken)
+        for report, reason in refused:
+            self._not_owned.add(reason)
+            self._not_owned_devices.add(report.device_id)
+
+    def write_summary(self, seconds: float) -> None:
+        """Log the reports dropped as not the reporter's since the last call, in one line."""
+        by_reason = self._not_owned.take()
+        by_device = self._not_owned_devices.take()
+        if by_reason:
+            log.info(
+                not_owned_summary(seconds, by_reason, by_device),
+                extra={"event": "reports_not_owned", "by_reason": by_reason, "devices": len(by_device)},
+            )
 
     def _load(self, session: Session, batch: Iterable[Report]) -> None:
         users = {r.mqtt_user for r in batch} - self._owners.keys()
@@ -275,12 +312,17 @@ class ReportIngester:
                     device.owner_id, device.firmware_version, device.last_code, device.last_seen
                 )
 
-    def _owns(self, report: Report) -> bool:
-        """Only the owner's MQTT user may speak for a device."""
+    def _owns(self, report: Report, refused: list[tuple[Report, str]]) -> bool:
+        """Only the owner's MQTT user may speak for a device; why not goes to `refused`.
+
+        Counted, and summarised once a minute (write_summary): a device left
+        unregistered reports every few seconds, forever."""
         known = self._devices.get(report.device_id)
         owner_id = self._owners.get(report.mqtt_user)
         if known is None or owner_id is None or known.owner_id != owner_id:
-            log.debug("dropped a report for unknown or foreign device %s", report.device_id)
+            reason = UNKNOWN_USER if owner_id is None else UNREGISTERED if known is None else FOREIGN
+            log.debug("dropped a report of %s device %s", reason, report.device_id)
+            refused.append((report, reason))
             return False
         return True
 

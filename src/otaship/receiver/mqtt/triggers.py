@@ -36,6 +36,25 @@ log = logging.getLogger("otaship.triggers")
 BATCH = 500
 LEASE = timedelta(seconds=30)
 ACK_TIMEOUT = 10.0
+# Groups a line names; the count says how many more there were.
+NAMED_GROUPS = 10
+
+
+def held_triggers_line(count: int, waited: float, group_ids: list[str]) -> str:
+    """The line of the triggers published once the broker was back (pure)."""
+    named = sorted(set(group_ids))
+    shown = " ".join(named[:NAMED_GROUPS])
+    more = f" and {len(named) - NAMED_GROUPS} more" if len(named) > NAMED_GROUPS else ""
+    return (
+        f"published {count} trigger(s) that waited for the MQTT broker "
+        f"({waited:.0f} s without it): groups {shown}{more}"
+    )
+
+
+def group_of(topic: str) -> str:
+    """The group id in a trigger topic, /<mqtt_user>/groups/<group_id>/update-trigger."""
+    parts = topic.split("/")
+    return parts[3] if len(parts) > 3 else topic
 
 
 class TriggerPublisher:
@@ -49,7 +68,11 @@ class TriggerPublisher:
         self.published = 0
         self._wake = asyncio.Event()
         self._inflight: dict[int, mqtt.MQTTMessageInfo] = {}
+        self._topics: dict[int, str] = {}  # of the triggers in flight
         self._outage = OutageLog(log, "triggers wait in the outbox")
+        # Since when the broker has been unreachable (monotonic), until the
+        # triggers that waited for it are published.
+        self._broker_away_since: float | None = None
 
     def wake(self) -> None:
         """Publish now rather than at the next idle tick (call from the event loop)."""
@@ -105,11 +128,16 @@ class TriggerPublisher:
     def publish_pending(self) -> bool:
         """Publish one batch; True when a full batch went out and more may wait."""
         if not self.link.connected:
+            if self._broker_away_since is None:
+                self._broker_away_since = time.monotonic()
             return False
+        # Reconnected: the first pass publishes what waited, and says so.
+        away_since, self._broker_away_since = self._broker_away_since, None
         rows = self._claim(utcnow())
         for row in rows:
             assert row.id is not None
             self._inflight[row.id] = self.link.publish(row.topic, row.payload)
+            self._topics[row.id] = row.topic
         deadline = time.monotonic() + ACK_TIMEOUT
         for info in list(self._inflight.values()):
             remaining = deadline - time.monotonic()
@@ -128,10 +156,25 @@ class TriggerPublisher:
                     .where(col(TriggerMessage.id).in_(acked))
                     .values(published_at=utcnow(), claimed_until=None)
                 )
+            groups = [group_of(self._topics.pop(row_id, "")) for row_id in acked]
             for row_id in acked:
                 del self._inflight[row_id]
             self.published += len(acked)
             if self.metrics is not None:
                 self.metrics.triggers_published.inc(len(acked))
-            log.debug("published %d trigger(s)", len(acked))
+            if away_since is not None:
+                # Each deploy's own line counts its triggers; only these waited.
+                log.info(
+                    held_triggers_line(len(acked), time.monotonic() - away_since, groups),
+                    extra={
+                        "event": "triggers_after_outage",
+                        "count": len(acked),
+                        "groups": sorted(set(groups)),
+                    },
+                )
+            else:
+                log.debug("published %d trigger(s)", len(acked))
+        if away_since is not None and self._inflight:
+            # Not all acknowledged yet: the next pass still counts them as held.
+            self._broker_away_since = away_since
         return len(rows) == BATCH and not self._inflight

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -11,10 +12,24 @@ from sqlmodel import Session, select
 from otaship.protocol import trigger_topic
 from otaship.receiver.db.groups import ancestors, descendants, lock_tree
 from otaship.receiver.db.models import Deployment, Group, GroupOta, TriggerMessage, User
+from otaship.receiver.events import after_commit
 from otaship.receiver.ids import utcnow
 from otaship.receiver.rollouts.policy import Running
 from otaship.receiver.rollouts.supersede import supersede_rollouts
 from otaship.receiver.targeting.effective import resolve_effective
+
+log = logging.getLogger("otaship.deploys")
+# Enough of the SHA-256 to tell images apart in a log; the API shows all of it.
+SHA256_SHOWN = 12
+
+
+def deploy_line(deployment: Deployment, *, kind: str, triggers: int) -> str:
+    """The line of a deploy (pure): ids first, as key=value for grep."""
+    return (
+        f"deployed version={deployment.version} group={deployment.group_id} owner={deployment.owner_id} "
+        f"kind={kind} rollout={deployment.rollout_id or '-'} sha256={deployment.sha256[:SHA256_SHOWN]} "
+        f"commit={deployment.commit or '-'} triggers={triggers}"
+    )
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,7 @@ def deploy_firmware(
     commit: str | None = None,
     rollout_id: str | None = None,
     notify: bool = True,
+    kind: str = "plain",
 ) -> DeployResult:
     """Record a deploy inside the caller's write transaction.
 
@@ -142,7 +158,8 @@ def deploy_firmware(
     concurrent deploys serialise and `__v` counts each of them exactly once.
     A deploy that changes what a running rollout's groups run ends that
     rollout (see otaship.receiver.rollouts.supersede); `rollout_id` names the rollout this
-    deploy belongs to, which it never ends.
+    deploy belongs to, which it never ends. `kind`, for its log line: plain, canary (a rollout's
+    first stage) or promotion (its fleet stage).
     """
     lock_tree(session=session, group_id=group_id)
     group = session.exec(select(Group).where(Group.id == group_id).with_for_update()).one()
@@ -210,16 +227,33 @@ def deploy_firmware(
     session.flush()
 
     after = _effective(session=session, parents=parents, groups=[group, *subtree])
+    triggered = [(group.id, version)]
+    triggered += [
+        (g.id, v) for g in subtree if (v := _version(after[g.id])) is not None and v != _version(before[g.id])
+    ]
+    triggers = len(triggered) if notify else 0
+    # Before the rollouts it supersedes, whose lines say which deploy ended them.
+    after_commit(
+        session,
+        log,
+        deploy_line(deployment, kind=kind, triggers=triggers),
+        event="deploy",
+        deployment=deployment.id,
+        group=group.id,
+        owner=group.owner_id,
+        version=version,
+        kind=kind,
+        rollout=rollout_id,
+        sha256=firmware.sha256,
+        commit=commit,
+        triggers=triggers,
+    )
     supersede_rollouts(
         session=session,
         deployment=deployment,
         parents=parents,
         changed={g for g, effective in after.items() if effective != before[g]},
     )
-    triggered = [(group.id, version)]
-    triggered += [
-        (g.id, v) for g in subtree if (v := _version(after[g.id])) is not None and v != _version(before[g.id])
-    ]
     if notify:
         owner = session.get(User, group.owner_id)
         assert owner is not None

@@ -27,7 +27,7 @@ from otaship.receiver.rollouts.deploy import (
     running_firmware,
     runs_own_ota,
 )
-from otaship.receiver.rollouts.end import close_stage, end_rollout
+from otaship.receiver.rollouts.end import NEW, close_stage, end_rollout, log_transition, stage_counts
 from otaship.receiver.rollouts.policy import (
     ABORTED,
     ACTIVE_STATES,
@@ -41,7 +41,6 @@ from otaship.receiver.rollouts.policy import (
     PROMOTE,
     STAGE_CANARY,
     STAGE_FLEET,
-    Counts,
     Policy,
     Running,
     decide_canary,
@@ -204,6 +203,7 @@ def start_rollout(
         commit=commit,
         rollout_id=rollout.id,
         notify=notify,
+        kind=CANARY,
     )
     supersede(
         session=session,
@@ -213,16 +213,9 @@ def start_rollout(
     )
     _target(session, rollout, STAGE_CANARY, [canary, *descendants(session=session, group=canary)])
     session.flush()
+    counts = stage_counts(session=session, rollout_id=rollout.id, stage=STAGE_CANARY)
+    log_transition(session, rollout, NEW, CANARY, "started by a deploy with a canary", counts)
     return Started(rollout=rollout, deploy=result)
-
-
-def stage_counts(*, session: Session, rollout_id: str, stage: str) -> Counts:
-    outcomes = session.exec(
-        select(RolloutDevice.outcome).where(
-            col(RolloutDevice.rollout_id) == rollout_id, col(RolloutDevice.stage) == stage
-        )
-    ).all()
-    return Counts.of(list(outcomes))
 
 
 def lock_rollout(session: Session, rollout_id: str, *, skip_locked: bool) -> Rollout | None:
@@ -295,10 +288,19 @@ def promote(
             commit=rollout.commit,
             rollout_id=rollout.id,
             notify=notify,
+            kind="promotion",
         )
     except VersionConflict as exc:
         end_rollout(session, rollout, HALTED, f"the group already runs {exc.version} with other bytes", now)
         return
+    log_transition(
+        session,
+        rollout,
+        CANARY,
+        FLEET,
+        reason,
+        stage_counts(session=session, rollout_id=rollout.id, stage=STAGE_CANARY),
+    )
     rollout.state = FLEET
     rollout.reason = reason
     rollout.fleet_started_at = now
@@ -343,6 +345,8 @@ def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime |
         elif decision.action == AWAIT_PROMOTION and rollout.reason != decision.reason:
             rollout.reason = decision.reason
             rollout.updated_at = now
+            # Not a change of state, but the one thing an operator must act on.
+            log_transition(session, rollout, CANARY, CANARY, decision.reason, counts)
     else:
         assert rollout.fleet_started_at is not None
         counts = stage_counts(session=session, rollout_id=rollout.id, stage=STAGE_FLEET)
