@@ -157,7 +157,7 @@ def _group(session: Session, group_id: str) -> Group:
     context_settings=CONTEXT_SETTINGS,
     no_args_is_help=False,
     help="otaship receiver: IoTaaP Group OTA API, device endpoints and staged rollouts.",
-    epilog="Configuration comes from OTASHIP_* environment variables (see the README).",
+    epilog="Configuration comes from OTASHIP_* environment variables (see docs/operations.md).",
 )
 @click.version_option(package_name="otaship", prog_name="otaship", help="Show otaship's version and exit.")
 def cli() -> None:
