@@ -65,7 +65,8 @@ def start(config: SimulationConfig, log_path: Path, *, json_summary: bool) -> in
     finally:
         for fd in (config_read, ready_write, log_fd):
             os.close(fd)
-    with os.fdopen(config_write, "w") as config_pipe:
+    # A process that died at once closed its end: the wait below then says so, with its log.
+    with contextlib.suppress(BrokenPipeError), os.fdopen(config_write, "w") as config_pipe:
         json.dump(dataclasses.asdict(config), config_pipe)
     try:
         said = _wait_ready(ready_read, online_deadline(config.devices))
