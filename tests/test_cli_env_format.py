@@ -176,3 +176,26 @@ def test_the_openapi_document_names_the_public_url(tmp_path: Path) -> None:
         {"url": "https://ota.example.com"}
     ]
     assert "servers" not in served_document(None, tmp_path)
+
+
+def test_the_public_url_is_what_clients_and_devices_are_given(tmp_path: Path) -> None:
+    env = cli_env(
+        tmp_path / "data",
+        OTASHIP_HOST="0.0.0.0",
+        OTASHIP_PUBLIC_URL="https://ota.example.com/",
+        OTASHIP_MQTT_URL="embedded://0.0.0.0:1883",
+    )
+    values = evaluated(run(env, "user", "create", "ada@example.com", "--format", "env"))
+    assert values["OTASHIP_RECEIVER_URL"] == "https://ota.example.com"
+    login = f"{values['OTASHIP_MQTT_USER']}:{values['OTASHIP_MQTT_PASSWORD']}"
+    assert values["OTASHIP_DEVICE_MQTT_URL"] == f"mqtt://{login}@ota.example.com:1883"
+
+
+def test_a_bad_public_url_stops_the_cli_in_one_line(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "data", OTASHIP_PUBLIC_URL="ota.example.com")
+    result = CliRunner().invoke(cli, ["user", "list"], env=env, prog_name="otaship")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "otaship: error: OTASHIP_PUBLIC_URL must be the receiver's base URL, such as "
+        "https://ota.example.com, not 'ota.example.com'\n"
+    )
