@@ -669,3 +669,38 @@ def test_detach_reports_a_fleet_that_cannot_come_online(tmp_path: Path) -> None:
     assert "otaship: error: the background simulation stopped; its log says:" in result.stderr
     assert f"the broker refused sim-{group.id[:8]}-0000" in result.stderr
     assert "wrong-secret" not in result.stderr
+
+
+def test_the_summary_counts_from_the_trigger_of_the_target_version(
+    receiver: ReceiverWithFirmware, observer: MqttObserver
+) -> None:
+    """A fleet that lives through two deploys: its time to the second counts from the second trigger."""
+    group = receiver.group("twice")
+    receiver.deploy(group, "1.0.0")
+    config = fleet(receiver.url, observer, group, 1, "twice", version="1.0.0")
+    (device_id,) = config.resolved_device_ids()
+
+    async def scenario() -> FleetSummary:
+        stop = asyncio.Event()
+        run = asyncio.create_task(simulate(config, stop=stop))
+        try:
+            await wait_until(lambda: observer.booted([device_id]), 20, watch=[run])
+            observer.trigger(group.id, "1.0.0")
+            await wait_until(lambda: observer.codes(device_id) == [200, 202], 20, watch=[run])
+            await asyncio.to_thread(receiver.deploy, group, "2.0.0")
+            observer.trigger(group.id, "2.0.0")
+            await wait_until(
+                lambda: any(s["fw_version"] == "2.0.0" for s in observer.statuses_after(device_id, 201)),
+                20,
+                watch=[run],
+            )
+        finally:
+            stop.set()
+        return await run
+
+    summary = asyncio.run(scenario())
+    [device] = summary.devices
+    assert (summary.target_version, device.version, device.updates) == ("2.0.0", "2.0.0", 1)
+    # One device: from the trigger it updated on to its reboot, exactly its own update time.
+    assert device.update_seconds is not None
+    assert summary.trigger_to_last_on_target == pytest.approx(device.update_seconds, abs=1e-6)

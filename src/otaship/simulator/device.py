@@ -235,7 +235,7 @@ class Device:
                 await self._respond(connection, ResponseCode.ERROR)
                 self._finish_update(ERROR, None)
                 return
-            self.fleet.note_latest(latest)
+            self.fleet.note_latest(latest, self.triggered_at)
             if latest == self.version:
                 await self._respond(connection, ResponseCode.ALREADY_CURRENT)
                 self._finish_update(ALREADY_CURRENT, None)
