@@ -23,8 +23,8 @@ from otaship.receiver.mqtt.reports import ReportIngester, not_owned_summary
 from otaship.receiver.services import Services
 from otaship.receiver.settings import Settings
 from tests.conftest import Fleet
-from tests.test_api_ota import deploy
-from tests.test_logs import restore_logging
+from tests.receiver.http.management.test_ota import deploy
+from tests.receiver.test_logs import restore_logging
 
 __all__ = ["restore_logging"]  # the fixture, shared with test_logs.py
 

@@ -7,6 +7,8 @@ import gc
 import hashlib
 import json
 import os
+import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -600,3 +602,105 @@ def test_devices_log_in_to_the_embedded_broker_with_the_owners_credentials(tmp_p
             asyncio.run(asyncio.wait_for(simulate(wrong), 15))
     finally:
         receiver.stop()
+
+
+# -- --detach: back to the caller once the fleet is online ------------------------------------
+
+
+def reap(pid: int, timeout: float = 20) -> int:
+    """The exit status of a detached simulation this process spawned (so it is ours to reap)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"the detached simulation {pid} did not stop")
+
+
+def test_detach_returns_with_the_fleet_online_and_kill_writes_the_summary(
+    receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver, tmp_path: Path
+) -> None:
+    prefix = f"{observer.mqtt_user}-detach"
+    log = tmp_path / "fleet.log"
+    argv = [
+        *("simulate", "--group", released.id, "--token", released.token),
+        *("--mqtt-url", observer.mqtt_url, "--server", receiver.url),
+        *("--devices", "3", "--version", "1.0.0", "--id-prefix", prefix, "--detach", str(log)),
+    ]
+    result = otaship(receiver.env, argv)
+    assert result.exit_code == 0, result.output
+    pid = int(result.stdout)
+    try:
+        assert f"3 devices online in group {released.id}, running in the background (process {pid}" in (
+            result.stderr
+        )
+        ids = default_device_ids(released.id, 3, prefix)
+        # Online means subscribed: a trigger published now reaches every device.
+        observer.trigger(released.id, "2.0.0")
+        deadline = time.monotonic() + 20
+        while not all(observer.codes(d)[-1:] == [201] for d in ids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(observer.codes(d) == [200, 201] for d in ids)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        assert reap(pid) == 0
+    text = log.read_text()
+    assert re.search(r"^devices +3\nupdated +\d\n", text, re.MULTILINE), text
+
+
+def test_detach_reports_a_fleet_that_cannot_come_online(tmp_path: Path) -> None:
+    port = services.free_port()
+    receiver = ReceiverWithFirmware(tmp_path / "data", mqtt_url=f"embedded://127.0.0.1:{port}")
+    try:
+        group = receiver.group("fleet")
+        user = receiver.user["mqtt_user"]
+        argv = [
+            *("simulate", "--group", group.id, "--token", group.token, "--server", receiver.url),
+            *("--mqtt-url", f"mqtt://{user}:wrong-secret@127.0.0.1:{port}"),
+            *("--devices", "2", "--detach", str(tmp_path / "fleet.log")),
+        ]
+        result = otaship(receiver.env, argv)
+    finally:
+        receiver.stop()
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert "otaship: error: the background simulation stopped; its log says:" in result.stderr
+    assert f"the broker refused sim-{group.id[:8]}-0000" in result.stderr
+    assert "wrong-secret" not in result.stderr
+
+
+def test_the_summary_counts_from_the_trigger_of_the_target_version(
+    receiver: ReceiverWithFirmware, observer: MqttObserver
+) -> None:
+    """A fleet that lives through two deploys: its time to the second counts from the second trigger."""
+    group = receiver.group("twice")
+    receiver.deploy(group, "1.0.0")
+    config = fleet(receiver.url, observer, group, 1, "twice", version="1.0.0")
+    (device_id,) = config.resolved_device_ids()
+
+    async def scenario() -> FleetSummary:
+        stop = asyncio.Event()
+        run = asyncio.create_task(simulate(config, stop=stop))
+        try:
+            await wait_until(lambda: observer.booted([device_id]), 20, watch=[run])
+            observer.trigger(group.id, "1.0.0")
+            await wait_until(lambda: observer.codes(device_id) == [200, 202], 20, watch=[run])
+            await asyncio.to_thread(receiver.deploy, group, "2.0.0")
+            observer.trigger(group.id, "2.0.0")
+            await wait_until(
+                lambda: any(s["fw_version"] == "2.0.0" for s in observer.statuses_after(device_id, 201)),
+                20,
+                watch=[run],
+            )
+        finally:
+            stop.set()
+        return await run
+
+    summary = asyncio.run(scenario())
+    [device] = summary.devices
+    assert (summary.target_version, device.version, device.updates) == ("2.0.0", "2.0.0", 1)
+    # One device: from the trigger it updated on to its reboot, exactly its own update time.
+    assert device.update_seconds is not None
+    assert summary.trigger_to_last_on_target == pytest.approx(device.update_seconds, abs=1e-6)

@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from otaship.firmware.cli import firmware as firmware_group
+from otaship.receiver.client_urls import device_mqtt_url, receiver_url, shell_exports
 from otaship.receiver.db.devices import DeviceError, create_device, device_json, list_devices
 from otaship.receiver.db.engine import SchemaError
 from otaship.receiver.db.groups import KNOWN_CHIPS, GroupError, create_group, group_json, list_groups
@@ -106,6 +107,24 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=None))
 
 
+# `--format env` on the commands that create a secret or an id the next command needs.
+FORMATS = ("json", "env")
+format_option = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(FORMATS),
+    default="json",
+    help='json: one JSON object; env: `export NAME=VALUE` lines for a POSIX shell, as in eval "$(...)"',
+)
+
+
+def _emit(output_format: str, obj: dict[str, Any], exports: list[tuple[str, str | None]]) -> None:
+    if output_format == "env":
+        print(shell_exports(exports))
+    else:
+        _print(obj)
+
+
 def _write(settings: Settings, work: Callable[[Session], Any]) -> Any:
     from otaship.receiver.db.engine import create_db_engine, ensure_schema, write_session
 
@@ -138,7 +157,7 @@ def _group(session: Session, group_id: str) -> Group:
     context_settings=CONTEXT_SETTINGS,
     no_args_is_help=False,
     help="otaship receiver: IoTaaP Group OTA API, device endpoints and staged rollouts.",
-    epilog="Configuration comes from OTASHIP_* environment variables (see the README).",
+    epilog="Configuration comes from OTASHIP_* environment variables (see docs/operations.md).",
 )
 @click.version_option(package_name="otaship", prog_name="otaship", help="Show otaship's version and exit.")
 def cli() -> None:
@@ -243,8 +262,9 @@ def user() -> None:
 @click.option(
     "--plan", type=click.Choice(PLANS), default="free", help="what the user may do: pro runs group OTA"
 )
+@format_option
 @with_settings
-def user_create(settings: Settings, email: str, plan: str) -> None:
+def user_create(settings: Settings, email: str, plan: str, output_format: str) -> None:
     def work(session: Session) -> dict[str, Any]:
         created = create_user(session=session, email=email, plan=plan)
         return {
@@ -253,20 +273,31 @@ def user_create(settings: Settings, email: str, plan: str) -> None:
             "mqtt_password": created.mqtt_password,
         }
 
-    _print(_write(settings, work))
+    created = _write(settings, work)
+    user, password = created["mqtt_user"], created["mqtt_password"]
+    exports = [
+        ("OTASHIP_RECEIVER_URL", receiver_url(settings)),
+        ("OTASHIP_API_KEY", created["api_key"]),
+        ("OTASHIP_MQTT_USER", user),
+        ("OTASHIP_MQTT_PASSWORD", password),
+        ("OTASHIP_DEVICE_MQTT_URL", device_mqtt_url(settings, user, password)),
+    ]
+    _emit(output_format, created, exports)
 
 
 @user.command("key", help="issue a new API key (revokes the old ones unless --keep)")
 @click.argument("email")
 @click.option("--keep", is_flag=True, help="keep existing keys valid")
+@format_option
 @with_settings
-def user_key(settings: Settings, email: str, keep: bool) -> None:
+def user_key(settings: Settings, email: str, keep: bool, output_format: str) -> None:
     def work(session: Session) -> dict[str, Any]:
         owner = _owner(session, email)
         key = issue_api_key(session=session, user=owner, revoke_existing=not keep)
         return {"id": owner.id, "email": owner.email, "api_key": key}
 
-    _print(_write(settings, work))
+    issued = _write(settings, work)
+    _emit(output_format, issued, [("OTASHIP_API_KEY", issued["api_key"])])
 
 
 @user.command("plan", help="change a user's plan (pro runs group OTA); takes effect at once")
@@ -296,14 +327,21 @@ def group() -> None:
 @click.option("--owner", required=True, metavar="EMAIL", help="the email of the user who owns the group")
 @click.option("--parent", metavar="GROUP_ID", help="make a subgroup of this group (a canary, say)")
 @click.option("--chip", type=click.Choice(KNOWN_CHIPS), help="the chip its images must be built for")
+@format_option
 @with_settings
-def group_create(settings: Settings, name: str, owner: str, parent: str | None, chip: str | None) -> None:
+def group_create(
+    settings: Settings, name: str, owner: str, parent: str | None, chip: str | None, output_format: str
+) -> None:
     def work(session: Session) -> dict[str, Any]:
         owner_user = _owner(session, owner)
         created = create_group(session=session, owner=owner_user, name=name, parent_id=parent, chip=chip)
         return group_json(created, owner_user)
 
-    _print(_write(settings, work))
+    created = _write(settings, work)
+    # A subgroup is how a canary is made: its names are the ones otaship-deploy reads for one.
+    role = "CANARY" if parent else "GROUP"
+    exports = [(f"OTASHIP_{role}", created["id"]), (f"OTASHIP_{role}_TOKEN", created["token"])]
+    _emit(output_format, created, exports)
 
 
 @group.command("list", help="list groups")
@@ -335,9 +373,15 @@ def device() -> None:
 @click.option(
     "--id", "device_id", metavar="DEVICE_ID", show_default="generated", help="the id the device uses"
 )
+@format_option
 @with_settings
 def device_create(
-    settings: Settings, name: str, group_id: str, firmware_version: str | None, device_id: str | None
+    settings: Settings,
+    name: str,
+    group_id: str,
+    firmware_version: str | None,
+    device_id: str | None,
+    output_format: str,
 ) -> None:
     def work(session: Session) -> dict[str, Any]:
         created = create_device(
@@ -349,7 +393,8 @@ def device_create(
         )
         return device_json(created)
 
-    _print(_write(settings, work))
+    created = _write(settings, work)
+    _emit(output_format, created, [("OTASHIP_DEVICE", created["id"])])
 
 
 @device.command("list", help="list devices")

@@ -82,6 +82,28 @@ def _share_group(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _public_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("OTASHIP_PUBLIC_URL", "").strip()
+    if not raw:
+        return None
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+    ):
+        raise SettingsError(
+            f"OTASHIP_PUBLIC_URL must be the receiver's base URL, such as https://ota.example.com, not {raw!r}"
+        )
+    return raw.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -125,7 +147,7 @@ class Settings:
             mqtt_url=env.get("OTASHIP_MQTT_URL", "").strip() or "embedded://127.0.0.1:1883",
             mqtt_client_id=env.get("OTASHIP_MQTT_CLIENT_ID", "").strip() or None,
             mqtt_share_group=_share_group(env),
-            public_url=env.get("OTASHIP_PUBLIC_URL", "").strip() or None,
+            public_url=_public_url(env),
             max_firmware_bytes=_int(env, "OTASHIP_MAX_FIRMWARE_BYTES", DEFAULT_MAX_FIRMWARE_BYTES, minimum=1),
             upload_idle_timeout=_int(
                 env, "OTASHIP_UPLOAD_IDLE_TIMEOUT", DEFAULT_UPLOAD_IDLE_TIMEOUT, minimum=1

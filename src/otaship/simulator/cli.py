@@ -8,7 +8,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import click
@@ -87,6 +88,13 @@ EXIT_USAGE = 2
     help="concurrent HTTP connections to the receiver",
 )
 @click.option("--json", is_flag=True, help="print the summary as one JSON object")
+@click.option(
+    "--detach",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    metavar="LOG",
+    help="once every device is online, go on in the background (progress and summary to LOG) "
+    "and print its process id; `kill PID` stops it",
+)
 def simulate_command(**params: Any) -> None:
     """`otaship simulate`; its options' values are `params`, by option name."""
     from otaship.receiver.settings import Settings
@@ -143,7 +151,10 @@ class ProgressLine:
         self.stream.flush()
 
 
-async def _run_until_signal(config: SimulationConfig, progress: ProgressLine) -> FleetSummary:
+async def run_until_signal(
+    config: SimulationConfig, progress: ProgressLine, *, on_ready: Callable[[], None] | None = None
+) -> FleetSummary:
+    """Run until a signal, --until-version or --duration; `on_ready` once when every device is online."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
@@ -154,9 +165,13 @@ async def _run_until_signal(config: SimulationConfig, progress: ProgressLine) ->
             handled.append(sig)
     last: list[FleetProgress] = []
 
+    waiting = [on_ready] if on_ready is not None else []
+
     def on_progress(update: FleetProgress) -> None:
         last[:] = [update]
         progress(update)
+        if waiting and update.online == update.devices:
+            waiting.pop()()
 
     try:
         return await simulate(config, stop=stop, on_progress=on_progress)
@@ -174,20 +189,32 @@ def run_command(settings: Settings, params: Mapping[str, Any]) -> None:
         if params["register"]:
             created, existing = register_devices(settings, config)
             print(f"registered {created} devices ({existing} already there)", file=sys.stderr)
-        summary = asyncio.run(_run_until_signal(config, ProgressLine(sys.stderr)))
+        if params["detach"] is not None:
+            from otaship.simulator.detach import start
+
+            pid = start(config, params["detach"], json_summary=params["json"])
+            print(
+                f"{config.devices} devices online in group {config.group_id}, running in the background "
+                f"(process {pid}, log {params['detach']}); `kill {pid}` stops them",
+                file=sys.stderr,
+            )
+            print(pid)
+            return
+        summary = asyncio.run(run_until_signal(config, ProgressLine(sys.stderr)))
     except SimulationError as exc:
         from otaship.receiver.logs import redact
 
         # The message can quote the MQTT URL, password and all.
         print(redact(f"otaship: error: {exc}"), file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from exc
-    if params["json"]:
-        print(json.dumps(summary.to_json()))
-    else:
-        print(summary.table())
-    sys.stdout.flush()
+    print_summary(summary, as_json=params["json"])
     if config.until_version is not None and not summary.reached_until_version:
         raise SystemExit(EXIT_NOT_REACHED)
+
+
+def print_summary(summary: FleetSummary, *, as_json: bool) -> None:
+    print(json.dumps(summary.to_json()) if as_json else summary.table())
+    sys.stdout.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ESP_IMAGE_MAGIC = 0xE9
 
 _MAX_RECONNECT_BACKOFF = 10.0
+_UPTIME_AT_START = (60.0, 3600.0)
 # CONNACK reason codes (paho maps MQTT 3.1.1's 4 and 5 onto them): wrong
 # credentials are a configuration error, not something to retry.
 _REFUSED_CREDENTIALS = (134, 135)  # bad user name or password, not authorized
@@ -51,7 +52,10 @@ class Device:
         self.version = self.initial_version
         # The version of its last acknowledged boot report (what the receiver saw).
         self.reported_version: str | None = None
-        self.booted_at = time.monotonic()
+        # Devices join a simulation as devices in a running fleet: up for a while
+        # (a minute to an hour). The receiver tells a reboot by the uptime going
+        # down, which it cannot do from the zero of a device that has just booted.
+        self.booted_at = time.monotonic() - fleet.rng.uniform(*_UPTIME_AT_START)
         self.battery = fleet.rng.randint(20, 100)
         self.connection: Connection | None = None
         self.online = False
@@ -231,7 +235,7 @@ class Device:
                 await self._respond(connection, ResponseCode.ERROR)
                 self._finish_update(ERROR, None)
                 return
-            self.fleet.note_latest(latest)
+            self.fleet.note_latest(latest, self.triggered_at)
             if latest == self.version:
                 await self._respond(connection, ResponseCode.ALREADY_CURRENT)
                 self._finish_update(ALREADY_CURRENT, None)

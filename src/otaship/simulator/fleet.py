@@ -157,6 +157,7 @@ class FleetSummary:
     reached_until_version: bool
     duration_seconds: float
     all_online_seconds: float | None
+    # The first trigger that led a device to the target version (not an earlier deploy's).
     first_trigger_seconds: float | None
     last_on_target_seconds: float | None
     update_seconds_p50: float | None
@@ -302,6 +303,9 @@ class Fleet:
         self.first_trigger_at: float | None = None
         self.all_online_at: float | None = None
         self.latest_seen: str | None = None
+        # Per version, the first trigger after which a device found it was the latest:
+        # what "first trigger -> last on X" counts from, not an earlier deploy's trigger.
+        self.first_trigger_of: dict[str, float] = {}
         self.reported_count: Counter[str] = Counter()
         self.warned: set[str] = set()
 
@@ -327,8 +331,11 @@ class Fleet:
         if self.first_trigger_at is None:
             self.first_trigger_at = at
 
-    def note_latest(self, version: str) -> None:
+    def note_latest(self, version: str, triggered_at: float | None) -> None:
         self.latest_seen = version
+        if triggered_at is not None:
+            first = self.first_trigger_of.get(version)
+            self.first_trigger_of[version] = triggered_at if first is None else min(first, triggered_at)
 
     def set_reported(self, device: Device, version: str) -> None:
         if device.reported_version is not None:
@@ -390,7 +397,9 @@ class Fleet:
             reached_until_version=until is not None and self.reported_count[until] == len(self.devices),
             duration_seconds=time.monotonic() - self.started,
             all_online_seconds=since_start(self.all_online_at),
-            first_trigger_seconds=since_start(self.first_trigger_at),
+            first_trigger_seconds=since_start(
+                self.first_trigger_of.get(target) if target is not None else self.first_trigger_at
+            ),
             last_on_target_seconds=since_start(max(settled)) if settled else None,
             update_seconds_p50=statistics.median(durations) if durations else None,
             update_seconds_p95=durations[min(len(durations) - 1, math.ceil(0.95 * len(durations)) - 1)]

@@ -315,7 +315,7 @@ def test_triggers_that_waited_for_the_broker_are_logged_once_it_is_back(
     finally:
         link.stop()
         if link.persistent:
-            _forget_session(broker.address, client_id)
+            forget_mqtt_session(broker.address, client_id)
 
 
 def test_the_line_of_held_triggers_names_ten_groups_at_most() -> None:

@@ -715,6 +715,12 @@ _DOCUMENT = document()
 
 
 async def openapi_json(request: Request) -> Response:
+    # With OTASHIP_PUBLIC_URL, the document names the receiver as clients reach it
+    # (behind a proxy, not the address it binds), so generated clients need no base URL.
+    services = getattr(request.app.state, "services", None)
+    public_url = services.settings.public_url if services is not None else None
+    if public_url:
+        return JSONResponse({**_DOCUMENT, "servers": [{"url": public_url}]})
     return JSONResponse(_DOCUMENT)
 
 
