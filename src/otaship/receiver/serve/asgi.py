@@ -48,6 +48,20 @@ class LifespanLog:
         await self.app(scope, receive, logged)
 
 
+class ClientPortAsNumber:
+    """granian gives the client's port as a string; ASGI says a number, and
+    uvicorn's message logger formats it as one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if client is not None and isinstance(client[1], str):
+            scope["client"] = (client[0], int(client[1]) if client[1].isdigit() else 0)
+        await self.app(scope, receive, send)
+
+
 def as_uvicorn_serves(app: ASGIApp, level: str) -> ASGIApp:
     """`app` wrapped as uvicorn wraps it with proxy_headers=True."""
     from uvicorn.middleware.message_logger import MessageLoggerMiddleware
@@ -57,4 +71,4 @@ def as_uvicorn_serves(app: ASGIApp, level: str) -> ASGIApp:
     wrapped: Any = LifespanLog(app)
     if LEVELS[level] <= LEVELS["trace"]:
         wrapped = MessageLoggerMiddleware(wrapped)
-    return cast(ASGIApp, ProxyHeadersMiddleware(wrapped, trusted_hosts=trusted_proxies()))
+    return ClientPortAsNumber(cast(ASGIApp, ProxyHeadersMiddleware(wrapped, trusted_hosts=trusted_proxies())))
