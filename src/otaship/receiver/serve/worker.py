@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 from starlette.types import ASGIApp
@@ -10,6 +11,8 @@ from otaship.protocol import parse_mqtt_url
 from otaship.receiver.logs import configure_logging
 from otaship.receiver.serve.workers import claim_slot, worker_client_id
 from otaship.receiver.settings import Settings
+
+log = logging.getLogger("otaship")
 
 
 def worker_app(settings: Settings, workers: int) -> ASGIApp:
@@ -22,6 +25,7 @@ def worker_app(settings: Settings, workers: int) -> ASGIApp:
         base = settings.mqtt_client_id or f"otaship-{socket.gethostname()}"
         slot = claim_slot(settings.data_dir / "run")
         settings = settings.with_overrides(mqtt_client_id=worker_client_id(base, slot))
+        log.info("worker slot %d of %d: MQTT client id %s", slot, workers, settings.mqtt_client_id)
     return create_app(settings)
 
 
