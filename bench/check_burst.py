@@ -56,12 +56,12 @@ def run(ctx: Context) -> list[Row]:
             ours.append(load(latest, receiver.pid, our_cpu))
             for name, server in baselines.items():
                 bare[name].append(load(f"{server.url}/json", server.pid, bare_cpu[name]))
-    notes = [
-        f"{scale.check_connections} connections, {scale.load_seconds:g} s per repetition, wrk -t2; "
-        f"latency p50/p99 {_latency(ours)} (otaship) vs {_latency(bare['granian'])} (bare granian)",
-    ]
     rows = []
     for name, goal in (("granian", Goal(">=", 0.8)), ("uvicorn", None)):
+        notes = [
+            f"{scale.check_connections} connections, {scale.load_seconds:g} s per repetition, wrk -t2; "
+            f"latency p50/p99 {_latency(ours)} (otaship) vs {_latency(bare[name])} (bare {name})",
+        ]
         rows += [
             Row(
                 NAME,
