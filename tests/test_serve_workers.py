@@ -100,7 +100,7 @@ def test_two_workers_promote_a_canary_once_and_trigger_each_group_once(two_worke
     base = t.env["OTASHIP_MQTT_CLIENT_ID"]
     # Both workers are up, each on the broker with its own client id.
     expected = [
-        *(f"MQTT client id {worker_client_id(base, slot)}" for slot in (0, 1)),
+        *(f"MQTT client id {worker_client_id(base, slot)}\n" for slot in (0, 1)),
         "Started worker-1",
         "Started worker-2",
     ]
@@ -154,6 +154,14 @@ def test_worker_count_defaults_and_limits() -> None:
     with pytest.raises(SettingsError, match="OTASHIP_SERVER must be granian or uvicorn, not 'gunicorn'"):
         _settings(OTASHIP_SERVER="gunicorn")
     assert (_settings().server, _settings(OTASHIP_SERVER=" Uvicorn ").server) == ("granian", "uvicorn")
+
+
+def test_the_first_worker_keeps_the_replicas_client_id() -> None:
+    assert [worker_client_id("otaship-0", slot) for slot in range(3)] == [
+        "otaship-0",
+        "otaship-0-w1",
+        "otaship-0-w2",
+    ]
 
 
 def test_each_process_claims_the_lowest_free_slot(tmp_path: Path) -> None:

@@ -57,8 +57,11 @@ def _broker(settings: Settings) -> tuple[bool, bool]:
 def worker_client_id(base: str, slot: int) -> str:
     """Each worker's own MQTT client id: two connections with one id would take
     turns throwing each other off the broker. The slot keeps it stable across
-    restarts, so a worker takes back its persistent session."""
-    return f"{base}-w{slot}"
+    restarts, so a worker takes back its persistent session. Slot 0 keeps the
+    replica's id as it is: a replica that moves from one worker to several
+    keeps its session, whose share of the reports would otherwise queue on the
+    broker for a client that never comes back."""
+    return base if slot == 0 else f"{base}-w{slot}"
 
 
 def claim_slot(run_dir: Path) -> int:
