@@ -80,6 +80,10 @@ def test_the_receivers_subscriptions() -> None:
         "$share/otaship//+/devices/+/update-response",
         "$share/otaship//+/devices/+/status",
     ]
+    assert protocol.report_filters(shared=True, group="staging") == [
+        "$share/staging//+/devices/+/update-response",
+        "$share/staging//+/devices/+/status",
+    ]
     assert protocol.report_filters(mqtt_user="alice") == [
         "/alice/devices/+/update-response",
         "/alice/devices/+/status",

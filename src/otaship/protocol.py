@@ -104,12 +104,13 @@ def parse_report_topic(topic: str) -> ReportTopic | None:
     return ReportTopic(parts[1], parts[3], parts[4])
 
 
-def report_filters(*, shared: bool = False, mqtt_user: str = "+") -> list[str]:
+def report_filters(*, shared: bool = False, mqtt_user: str = "+", group: str = SHARED_GROUP) -> list[str]:
     """Subscription filters for every device's reports: of every owner (the receiver),
-    or of one; `shared` spreads them over the receiver's replicas."""
+    or of one; `shared` spreads them over the receiver's replicas (and worker
+    processes) that subscribe under the same share `group`."""
     filters = [report_topic(mqtt_user, "+", kind) for kind in (RESPONSE, STATUS)]
     # Topics start with "/", hence the double slash after the share name.
-    return [f"$share/{SHARED_GROUP}/{f}" for f in filters] if shared else filters
+    return [f"$share/{group}/{f}" for f in filters] if shared else filters
 
 
 # --- the device's HTTP paths --------------------------------------------------

@@ -78,6 +78,7 @@ class Background:
                 on_message=self.ingester.submit,
                 username=username,
                 password=password,
+                share_group=self.services.settings.mqtt_share_group,
             )
             self.link.start()
             self.publisher = TriggerPublisher(self.services.engine, self.link, metrics=self.metrics)

@@ -80,6 +80,9 @@ class Settings:
     mqtt_url: str = "embedded://127.0.0.1:1883"
     # A stable id gives this replica a persistent session on an external broker.
     mqtt_client_id: str | None = None
+    # The MQTT 5 share group the replicas split device reports in: one per
+    # deployment, so that two deployments on one broker never take each other's.
+    mqtt_share_group: str = "otaship"
     public_url: str | None = None
     rollout_tick: float = 1.0
     max_firmware_bytes: int = DEFAULT_MAX_FIRMWARE_BYTES
@@ -104,6 +107,11 @@ class Settings:
         log_format = env.get("OTASHIP_LOG_FORMAT", "text").strip().lower() or "text"
         if log_format not in ("text", "json"):
             raise SettingsError(f"OTASHIP_LOG_FORMAT must be text or json, not {log_format!r}")
+        share_group = env.get("OTASHIP_MQTT_SHARE_GROUP", "").strip() or "otaship"
+        if any(c in share_group for c in "/+#$\x00") or not share_group.isprintable():
+            raise SettingsError(
+                f"OTASHIP_MQTT_SHARE_GROUP must be a name without /, +, #, $ or control characters, not {share_group!r}"
+            )
         server = env.get("OTASHIP_SERVER", "").strip().lower() or SERVERS[0]
         if server not in SERVERS:
             raise SettingsError(f"OTASHIP_SERVER must be {' or '.join(SERVERS)}, not {server!r}")
@@ -118,6 +126,7 @@ class Settings:
             storage_url=env.get("OTASHIP_STORAGE_URL", "").strip() or None,
             mqtt_url=env.get("OTASHIP_MQTT_URL", "").strip() or "embedded://127.0.0.1:1883",
             mqtt_client_id=env.get("OTASHIP_MQTT_CLIENT_ID", "").strip() or None,
+            mqtt_share_group=share_group,
             public_url=env.get("OTASHIP_PUBLIC_URL", "").strip() or None,
             max_firmware_bytes=_int(env, "OTASHIP_MAX_FIRMWARE_BYTES", DEFAULT_MAX_FIRMWARE_BYTES, minimum=1),
             upload_idle_timeout=_int(

@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from otaship.protocol import BrokerAddress, report_filters
+from otaship.protocol import SHARED_GROUP, BrokerAddress, report_filters
 
 log = logging.getLogger("otaship.mqtt")
 
@@ -34,6 +34,7 @@ class MqttLink:
         on_message: Callable[[str, bytes], None],
         username: str | None = None,
         password: str | None = None,
+        share_group: str = SHARED_GROUP,
     ) -> None:
         self.address = address
         self.on_message = on_message
@@ -42,7 +43,7 @@ class MqttLink:
         self.mqtt5 = not address.embedded
         self.persistent = not address.embedded
         self._connected = threading.Event()
-        self._filters = report_filters(shared=self.mqtt5)
+        self._filters = report_filters(shared=self.mqtt5, group=share_group)
         if self.mqtt5:
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         else:
