@@ -52,8 +52,11 @@ class Server:
 
     @property
     def pid(self) -> int:
+        """The process that runs the app: granian's one worker, not its supervisor;
+        the process itself when it has no single child (uvicorn, nginx's master)."""
         assert self.process is not None
-        return self.process.pid
+        children = _children(self.process.pid)
+        return children[0] if len(children) == 1 else self.process.pid
 
     @property
     def url(self) -> str:
@@ -111,6 +114,14 @@ class Server:
         self.stop()
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
 # --- the receiver, and its admin CLI on the same data -----------------------------
 
 
@@ -127,6 +138,10 @@ def receiver_env(data_dir: Path, **extra: str) -> dict[str, str]:
             # A client id of its own: the default (otaship-<hostname>) would take over
             # the session of any other receiver on the same broker.
             "OTASHIP_MQTT_CLIENT_ID": f"otaship-bench-{secrets.token_hex(4)}",
+            # One worker, as the baselines have; the server is `serve`'s default
+            # unless the run names one (OTASHIP_SERVER=uvicorn make bench).
+            "OTASHIP_WORKERS": "1",
+            **({"OTASHIP_SERVER": os.environ["OTASHIP_SERVER"]} if os.environ.get("OTASHIP_SERVER") else {}),
             **extra,
         }
     )
@@ -193,7 +208,7 @@ def has_migrate() -> bool:
 
 
 def receiver(env: dict[str, str], log_dir: Path) -> Server:
-    """`otaship serve`: uvicorn with one worker, in one process (its pid is the server's)."""
+    """`otaship serve` with one worker, on the server it runs on by default (or OTASHIP_SERVER)."""
     return Server(
         "receiver",
         lambda port: ([*OTASHIP, "serve"], {"OTASHIP_PORT": str(port)}),
@@ -203,30 +218,27 @@ def receiver(env: dict[str, str], log_dir: Path) -> Server:
     )
 
 
-def baseline(log_dir: Path, *, file: Path | None = None, upload_dir: Path | None = None) -> Server:
-    """The bare Starlette app of bench/baseline_app.py, under uvicorn the same way."""
+def baseline(
+    log_dir: Path, *, file: Path | None = None, upload_dir: Path | None = None, server: str = "uvicorn"
+) -> Server:
+    """The bare Starlette app of bench/baseline_app.py, with one worker on `server`
+    (uvicorn or granian, its ASGI interface)."""
     env = dict(os.environ)
     if file is not None:
         env["BENCH_FILE"] = str(file)
     if upload_dir is not None:
         env["BENCH_UPLOAD_DIR"] = str(upload_dir)
+    options = ["--host", "127.0.0.1", "--workers", "1", "--log-level", "warning"]
+    target = "bench.baseline_app:create_app"
+
+    def command(port: int) -> list[str]:
+        if server == "granian":
+            return [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", target]
+        return [sys.executable, "-m", "uvicorn", "--factory", target]
+
     return Server(
-        "starlette",
-        lambda port: [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "bench.baseline_app:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--log-level",
-            "warning",
-        ],
+        f"starlette-{server}",
+        lambda port: [*command(port), *options, "--port", str(port)],
         env=env,
         log_dir=log_dir,
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -127,7 +128,11 @@ class Tenant:
 
 
 def make_tenant(data_dir: Path, mqtt_url: str = "none", broker: str = "") -> Tenant:
-    env = cli_env(data_dir, OTASHIP_MQTT_URL=mqtt_url)
+    # A share group of its own: on the machine's Mosquitto, any other receiver
+    # in the default group would be handed some of this one's reports.
+    env = cli_env(
+        data_dir, OTASHIP_MQTT_URL=mqtt_url, OTASHIP_MQTT_SHARE_GROUP=f"otaship-test-{secrets.token_hex(4)}"
+    )
     user = otaship_json(env, "user", "create", OWNER, "--plan", "pro")
     receiver = ReceiverProcess(env).start()
     return Tenant(env, receiver, user["api_key"], user["mqtt_user"], user["mqtt_password"], broker)

@@ -39,8 +39,8 @@ class Group:
 class ReceiverWithFirmware:
     """A running receiver, one pro owner, and helpers to make groups and deploy to them."""
 
-    def __init__(self, data_dir: Path, *, mqtt_url: str = "none") -> None:
-        self.env = cli_env(data_dir, OTASHIP_MQTT_URL=mqtt_url)
+    def __init__(self, data_dir: Path, *, mqtt_url: str = "none", server: str | None = None) -> None:
+        self.env = cli_env(data_dir, server=server, OTASHIP_MQTT_URL=mqtt_url)
         self.user = otaship_json(self.env, "user", "create", "sim@example.com", "--plan", "pro")
         # Quiet: ReceiverProcess pipes the server's output without reading it
         # while it runs, and an access line per device request fills the pipe

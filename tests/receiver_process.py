@@ -20,8 +20,12 @@ from tests.services import free_port, stop_process
 
 OTASHIP = [sys.executable, "-m", "otaship.receiver.cli"]
 
+# Every server `otaship serve` can run on: the tests of the device path and the
+# lifespan run on each (`@pytest.mark.parametrize("server", SERVERS)`).
+SERVERS = ("granian", "uvicorn")
 
-def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+
+def cli_env(data_dir: Path, *, server: str | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTASHIP_")}
     env.update(
         {
@@ -34,6 +38,8 @@ def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
             **extra,
         }
     )
+    if server is not None:
+        env["OTASHIP_SERVER"] = server
     return env
 
 

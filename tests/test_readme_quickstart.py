@@ -71,6 +71,26 @@ def processes_in(folder: Path) -> list[int]:
     return found
 
 
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rpartition(")")[2].split()[1])
+
+
+def outside(server: int, pids: list[int]) -> list[int]:
+    """`pids` without the server and its own processes (granian's workers)."""
+    kept = []
+    for pid in pids:
+        ancestor = pid
+        while ancestor > 1 and ancestor != server:
+            ancestor = _parent(ancestor)
+        if ancestor != server:
+            kept.append(pid)
+    return kept
+
+
 def wait_until(condition: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -156,7 +176,7 @@ def run_and_check(folder: Path, env: dict[str, str], server: subprocess.Popen[by
     assert httpx.get(f"{receiver}/v1/ota/group/latest/{canary}").json() == {"ver": "1.2.0"}
 
     # The last block stopped the simulators; each wrote its summary as it went.
-    wait_until(lambda: processes_in(folder) == [server.pid], 30, "the simulators to stop")
+    wait_until(lambda: outside(server.pid, processes_in(folder)) == [], 30, "the simulators to stop")
     assert re.search(r"^running versions +1\.1\.0: 20$", (folder / "fleet.log").read_text(), re.MULTILINE)
     canary_log = (folder / "canary.log").read_text()
     assert re.search(r"^failed \(back on old version\) +3$", canary_log, re.MULTILINE), canary_log

@@ -20,6 +20,7 @@ from tests.esp_image import write_image
 RECEIVER_PACKAGES = (
     "starlette",
     "uvicorn",
+    "granian",
     "sqlmodel",
     "sqlalchemy",
     "alembic",

@@ -17,7 +17,7 @@ from otaship.receiver.settings import Settings
 from tests.conftest import Fleet
 from tests.esp_image import build_image
 from tests.receiver.http.management.test_ota import FREE_PLAN
-from tests.receiver_process import ReceiverProcess, cli_env, otaship, otaship_json
+from tests.receiver_process import SERVERS, ReceiverProcess, cli_env, otaship, otaship_json
 
 
 @pytest.fixture
@@ -177,9 +177,9 @@ def test_usage_errors_exit_2_naming_what_is_wrong(
     assert result.stderr.splitlines()[-1].startswith(f"Error: {message}")
 
 
-@pytest.fixture
-def receiver(env: dict[str, str]) -> Iterator[ReceiverProcess]:
-    process = ReceiverProcess(env).start()
+@pytest.fixture(params=SERVERS)
+def receiver(request: pytest.FixtureRequest, env: dict[str, str]) -> Iterator[ReceiverProcess]:
+    process = ReceiverProcess({**env, "OTASHIP_SERVER": request.param}).start()
     yield process
     process.stop()
 
@@ -246,8 +246,9 @@ def test_a_download_in_progress_finishes_with_the_image_it_started(
     assert httpx.get(url, timeout=30).content == new
 
 
-def test_serve_honours_otaship_port(env: dict[str, str]) -> None:
-    process = ReceiverProcess(env).start()
+@pytest.mark.parametrize("server", SERVERS)
+def test_serve_honours_otaship_port(env: dict[str, str], server: str) -> None:
+    process = ReceiverProcess({**env, "OTASHIP_SERVER": server}).start()
     try:
         assert httpx.get(f"http://127.0.0.1:{process.port}/v1/ota/group").status_code == 401
     finally:

@@ -28,7 +28,7 @@ from sqlalchemy import create_engine, text
 from tests.esp_image import build_image, write_image
 from tests.postgres import ADMIN_URL
 from tests.receiver.mqtt.test_broker import Client
-from tests.receiver_process import OTASHIP, ReceiverProcess, cli_env
+from tests.receiver_process import OTASHIP, SERVERS, ReceiverProcess, cli_env
 from tests.services import POSTGRES, free_port, require
 from tests.waiting import eventually
 
@@ -108,14 +108,16 @@ def postgres_with_password() -> Iterator[tuple[str, str]]:
 
 # Debug as an operator would turn it on, and trace, where uvicorn also logs
 # every request's scope: its path and raw_path, with the token on `download`.
+@pytest.mark.parametrize("server", SERVERS)
 @pytest.mark.parametrize(("log_level", "log_format"), [("debug", "text"), ("trace", "json")])
 def test_no_secret_reaches_any_line_at_debug_level(
-    tmp_path: Path, postgres_with_password: tuple[str, str], log_level: str, log_format: str
+    tmp_path: Path, postgres_with_password: tuple[str, str], log_level: str, log_format: str, server: str
 ) -> None:
     database_url, database_password = postgres_with_password
     broker_port = free_port()
     env = cli_env(
         tmp_path / "data",
+        server=server,
         OTASHIP_DATABASE_URL=database_url,
         OTASHIP_LOG_LEVEL=log_level,
         OTASHIP_LOG_FORMAT=log_format,

@@ -24,7 +24,7 @@ from otaship.receiver.storage import Storage, StorageError
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
 from tests.receiver.http.management.test_ota import deploy, post
-from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
+from tests.receiver_process import SERVERS, ReceiverProcess, cli_env, otaship_json
 from tests.services import free_port
 
 DOWNLOAD_ROUTE = "/v1/ota/group/download/{credentials}"
@@ -229,10 +229,19 @@ def test_redact(text: str, expected: str) -> None:
     assert redact(text) == expected
 
 
-def test_otaship_serve_writes_json_lines_through_one_formatter(tmp_path: Path) -> None:
+# The server's own lines (startup, shutdown) come through the same formatter on each server.
+SERVER_LINES = {
+    "uvicorn": ("uvicorn.error", "uvicorn.access", "Uvicorn running on"),
+    "granian": ("_granian", "granian.access", "Listening at: http://"),
+}
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_otaship_serve_writes_json_lines_through_one_formatter(tmp_path: Path, server: str) -> None:
     broker_password = "broker-secret-pw"
     env = cli_env(
         tmp_path / "data",
+        server=server,
         OTASHIP_LOG_FORMAT="json",
         OTASHIP_MQTT_URL=f"mqtt://receiver:{broker_password}@127.0.0.1:{free_port()}",
     )
@@ -250,9 +259,10 @@ def test_otaship_serve_writes_json_lines_through_one_formatter(tmp_path: Path) -
         assert secret not in output
     lines = [json.loads(line) for line in output.splitlines()]
     loggers = {line["logger"] for line in lines}
-    assert {"uvicorn.error", "otaship.access"} <= loggers
-    assert "uvicorn.access" not in loggers
-    assert any(line["message"].startswith("Uvicorn running on") for line in lines)
+    server_logger, server_access_logger, running = SERVER_LINES[server]
+    assert {server_logger, "otaship.access"} <= loggers
+    assert server_access_logger not in loggers
+    assert any(line["message"].startswith(running) for line in lines)
     paths = [line["path"] for line in lines if line["logger"] == "otaship.access"]
     assert f"/v1/ota/group/download/{group['id']}[redacted]" in paths
 

@@ -32,12 +32,15 @@ from otaship.simulator.fleet import FleetProgress, FleetSummary, register_device
 from tests import services
 from tests.device_fleet import Group, MqttObserver, ReceiverWithFirmware, wait_until
 from tests.esp_image import build_image
-from tests.receiver_process import otaship_json
+from tests.receiver_process import SERVERS, otaship_json
 
 
-@pytest.fixture(scope="module")
-def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReceiverWithFirmware]:
-    running = ReceiverWithFirmware(tmp_path_factory.mktemp("simulate") / "data")
+# Devices download from `otaship serve` on each server it runs on.
+@pytest.fixture(scope="module", params=SERVERS)
+def receiver(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ReceiverWithFirmware]:
+    running = ReceiverWithFirmware(tmp_path_factory.mktemp("simulate") / "data", server=request.param)
     try:
         yield running
     finally:
@@ -573,9 +576,12 @@ def test_registering_against_another_database_says_so(tmp_path: Path, released: 
 # -- the embedded broker: the owner's credentials and its topic rules ------------------------
 
 
-def test_devices_log_in_to_the_embedded_broker_with_the_owners_credentials(tmp_path: Path) -> None:
+@pytest.mark.parametrize("server", SERVERS)
+def test_devices_log_in_to_the_embedded_broker_with_the_owners_credentials(
+    tmp_path: Path, server: str
+) -> None:
     port = services.free_port()
-    receiver = ReceiverWithFirmware(tmp_path / "data", mqtt_url=f"embedded://127.0.0.1:{port}")
+    receiver = ReceiverWithFirmware(tmp_path / "data", mqtt_url=f"embedded://127.0.0.1:{port}", server=server)
     try:
         group = receiver.group("fleet")
         receiver.deploy(group, "2.0.0")

@@ -39,7 +39,7 @@ from otaship.receiver.db.users import (
     user_json,
 )
 from otaship.receiver.logs import redact, redact_unconfigured_logs
-from otaship.receiver.settings import DEFAULT_GC_GRACE, Settings, SettingsError
+from otaship.receiver.settings import DEFAULT_GC_GRACE, SERVERS, Settings, SettingsError
 from otaship.receiver.storage import StorageError
 from otaship.simulator.cli import simulate_command
 
@@ -167,32 +167,36 @@ def cli() -> None:
 @cli.command(help="run the receiver")
 @click.option("--host", help="address to bind", show_default="OTASHIP_HOST, else 127.0.0.1")
 @click.option("--port", type=int, help="port to bind", show_default="OTASHIP_PORT, else 8080")
+@click.option(
+    "--server",
+    type=click.Choice(SERVERS),
+    help="the HTTP server that runs the receiver",
+    show_default=f"OTASHIP_SERVER, else {SERVERS[0]}",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="worker processes; more than 1 needs an external MQTT broker",
+    show_default="OTASHIP_WORKERS, else 1 with the embedded broker and one a core otherwise",
+)
 @with_settings
-def serve(settings: Settings, host: str | None, port: int | None) -> None:
-    import uvicorn
-
-    from otaship.receiver.app import create_app
+def serve(
+    settings: Settings, host: str | None, port: int | None, server: str | None, workers: int | None
+) -> None:
+    from otaship.receiver.serve import run
 
     settings = settings.with_overrides(
-        host=host or settings.host, port=port if port is not None else settings.port
+        host=host or settings.host,
+        port=port if port is not None else settings.port,
+        server=server or settings.server,
+        workers=workers if workers is not None else settings.workers,
     )
     _check_embedded_broker_port(settings)
     _check_schema(settings)
     from otaship.receiver.logs import configure_logging
 
     configure_logging(settings)
-    # log_config=None: uvicorn's own loggers keep the handler configure_logging
-    # installed. No access_log: the receiver writes its own, with the group
-    # token redacted from download URLs.
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-    )
+    run(settings)
 
 
 @cli.command(help="bring the database schema up to date (run before serve on PostgreSQL)")
@@ -442,7 +446,7 @@ def _check_embedded_broker_port(settings: Settings) -> None:
 def _check_schema(settings: Settings) -> None:
     """Refuse to start on a shared database whose schema is not this version's.
 
-    The app checks again at startup; this one fails before uvicorn logs a
+    The app checks again at startup; this one fails before the server logs a
     traceback, with the one-line message that says to run `otaship migrate`.
     """
     from otaship.receiver.db.engine import create_db_engine, ensure_schema

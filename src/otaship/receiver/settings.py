@@ -28,6 +28,8 @@ MIN_GC_GRACE = 60
 DEFAULT_UPLOAD_IDLE_TIMEOUT = 30
 DEFAULT_UPLOAD_TIMEOUT = 600
 DEFAULT_MAX_UPLOADS_PER_OWNER = 8
+# The HTTP servers `otaship serve` can run the app on; the first is the default.
+SERVERS = ("granian", "uvicorn")
 
 
 class SettingsError(ValueError):
@@ -131,6 +133,9 @@ class Settings:
     rate_limit_bad_keys: str | None = DEFAULT_RATE_LIMIT_BAD_KEYS
     gc_interval: float = DEFAULT_GC_INTERVAL
     gc_grace: float = DEFAULT_GC_GRACE
+    server: str = SERVERS[0]
+    # None: the default for the broker (see serve/workers.py).
+    workers: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -138,6 +143,12 @@ class Settings:
         log_format = env.get("OTASHIP_LOG_FORMAT", "text").strip().lower() or "text"
         if log_format not in ("text", "json"):
             raise SettingsError(f"OTASHIP_LOG_FORMAT must be text or json, not {log_format!r}")
+        server = env.get("OTASHIP_SERVER", "").strip().lower() or SERVERS[0]
+        if server not in SERVERS:
+            raise SettingsError(f"OTASHIP_SERVER must be {' or '.join(SERVERS)}, not {server!r}")
+        workers = (
+            _int(env, "OTASHIP_WORKERS", 0, minimum=1) if env.get("OTASHIP_WORKERS", "").strip() else None
+        )
         return cls(
             host=env.get("OTASHIP_HOST", "").strip() or "127.0.0.1",
             port=_int(env, "OTASHIP_PORT", 8080),
@@ -163,6 +174,8 @@ class Settings:
             rate_limit_bad_keys=_rate(env, "OTASHIP_RATE_LIMIT_BAD_KEYS", DEFAULT_RATE_LIMIT_BAD_KEYS),
             gc_interval=_int(env, "OTASHIP_GC_INTERVAL", DEFAULT_GC_INTERVAL),
             gc_grace=_int(env, "OTASHIP_GC_GRACE", DEFAULT_GC_GRACE, minimum=MIN_GC_GRACE),
+            server=server,
+            workers=workers,
         )
 
     def with_overrides(self, **changes: object) -> Settings:

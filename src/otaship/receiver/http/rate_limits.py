@@ -7,7 +7,7 @@ flood of random keys would never meet a per-key limit: those are limited per
 client address instead. A key that authenticated lately skips that address
 check, so that one client's flood of bad keys does not lock out honest
 clients behind the same address (a NAT, or a load balancer whose address
-uvicorn sees because it does not trust its proxy headers).
+the server sees because it does not trust its proxy headers).
 
 The limits package counts in this process's memory with its sliding window
 counter: two counters per key, weighted, so a burst at a window's edge does
