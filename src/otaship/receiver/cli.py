@@ -23,6 +23,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
+from otaship.closed_pipe import quiet_on_closed_pipe
 from otaship.firmware.cli import firmware as firmware_group
 from otaship.receiver.db.devices import DeviceError, create_device, device_json, list_devices
 from otaship.receiver.db.engine import SchemaError
@@ -411,6 +412,10 @@ def _check_schema(settings: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit code it would end the process with."""
+    return quiet_on_closed_pipe(lambda: _run(argv))
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         cli.main(args=None if argv is None else list(argv), prog_name="otaship")
     except SystemExit as exc:
