@@ -30,7 +30,7 @@ from otaship.action.__main__ import main
 from otaship.simulator.config import SimulationConfig
 from tests.action_runner import parse_file_commands
 from tests.esp_image import build_image
-from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
+from tests.receiver_process import ReceiverProcess, migrated_env, otaship_json
 from tests.services import MOSQUITTO, free_port, require
 
 OWNER = "ops@example.com"
@@ -127,7 +127,7 @@ class Tenant:
 
 
 def make_tenant(data_dir: Path, mqtt_url: str = "none", broker: str = "") -> Tenant:
-    env = cli_env(data_dir, OTASHIP_MQTT_URL=mqtt_url)
+    env = migrated_env(data_dir, OTASHIP_MQTT_URL=mqtt_url)
     user = otaship_json(env, "user", "create", OWNER, "--plan", "pro")
     receiver = ReceiverProcess(env).start()
     return Tenant(env, receiver, user["api_key"], user["mqtt_user"], user["mqtt_password"], broker)

@@ -26,6 +26,14 @@ def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def migrated_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """`cli_env` with its database created, as `otaship serve` or `otaship migrate`
+    creates it: the admin commands only use a database that exists."""
+    env = cli_env(data_dir, **extra)
+    otaship(env, "migrate")
+    return env
+
+
 def otaship(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([*OTASHIP, *args], env=env, capture_output=True, text=True, timeout=60)
     if check and result.returncode != 0:
@@ -85,7 +93,11 @@ class ReceiverProcess:
                 output = self._read_log()
                 code = self.process.returncode
                 self.process = None
-                if f"('127.0.0.1', {self.port}): address already in use" in output:
+                # The check before serving, or the server's own bind after it.
+                if (
+                    f"Cannot serve HTTP on 127.0.0.1:{self.port}: it is already in use" in output
+                    or f"('127.0.0.1', {self.port}): address already in use" in output
+                ):
                     raise PortTaken(output)
                 raise AssertionError(f"otaship serve exited with {code}: {output}")
             try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from otaship.closed_pipe import EXIT_CLOSED_PIPE
-from tests.receiver_process import cli_env, otaship
+from tests.receiver_process import migrated_env, otaship
 
 ENTRY = {
     "otaship": "import sys; from otaship.console import main; sys.exit(main())",
@@ -65,8 +65,7 @@ def test_a_write_that_fails_at_once_is_quiet() -> None:
 def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
     """A database with rows to list, and an image to inspect."""
     data = tmp_path_factory.mktemp("closed-pipe")
-    env = cli_env(data / "data")
-    otaship(env, "migrate")
+    env = migrated_env(data / "data")
     for n in range(3):
         otaship(env, "user", "create", f"user{n}@example.com")
     image = data / "firmware.bin"

@@ -16,14 +16,14 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from otaship.receiver.app import create_app
+from otaship.receiver.app import create_app, describe_backends
 from otaship.receiver.logs import configure_logging, redact
 from otaship.receiver.services import Services
 from otaship.receiver.settings import Settings
 from otaship.receiver.storage import Storage, StorageError
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
-from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
+from tests.receiver_process import ReceiverProcess, migrated_env, otaship_json
 from tests.services import free_port
 from tests.test_api_ota import deploy, post
 
@@ -226,7 +226,7 @@ def test_redact(text: str, expected: str) -> None:
 
 def test_otaship_serve_writes_json_lines_through_one_formatter(tmp_path: Path) -> None:
     broker_password = "broker-secret-pw"
-    env = cli_env(
+    env = migrated_env(
         tmp_path / "data",
         OTASHIP_LOG_FORMAT="json",
         OTASHIP_MQTT_URL=f"mqtt://receiver:{broker_password}@127.0.0.1:{free_port()}",
@@ -250,6 +250,33 @@ def test_otaship_serve_writes_json_lines_through_one_formatter(tmp_path: Path) -
     assert any(line["message"].startswith("Uvicorn running on") for line in lines)
     paths = [line["path"] for line in lines if line["logger"] == "otaship.access"]
     assert f"/v1/ota/group/download/{group['id']}[redacted]" in paths
+    # What it works with, once at startup, at info, the broker's password redacted.
+    data = (tmp_path / "data").resolve()
+    using = [line for line in lines if line["message"].startswith("using ")]
+    assert [(line["level"], line["logger"], line["message"]) for line in using] == [
+        (
+            "INFO",
+            "otaship",
+            f"using database sqlite:///{data / 'otaship.db'}, storage {(data / 'objects').as_uri()}, "
+            f"MQTT {env['OTASHIP_MQTT_URL'].replace(broker_password, '[redacted]')}",
+        )
+    ]
+
+
+def test_the_backends_line_redacts_every_password(tmp_path: Path) -> None:
+    settings = Settings(
+        database_url="postgresql+psycopg://otaship:db-secret@db.internal:5432/otaship",
+        storage_url="gs://acme-firmware/otaship",
+        mqtt_url="mqtts://otaship:mq-secret@mqtt.example.com:8883",
+    )
+    assert describe_backends(settings) == (
+        "database postgresql+psycopg://otaship:[redacted]@db.internal:5432/otaship, "
+        "storage gs://acme-firmware/otaship, MQTT mqtts://otaship:[redacted]@mqtt.example.com:8883"
+    )
+    without_broker = Settings(data_dir=tmp_path / "data", mqtt_url="none")
+    assert describe_backends(without_broker).endswith(
+        f"storage {(tmp_path / 'data' / 'objects').resolve().as_uri()}, MQTT none (devices poll)"
+    )
 
 
 def test_a_token_put_on_another_route_by_mistake_is_redacted(
@@ -319,7 +346,7 @@ def test_the_cli_redacts_what_python_logs_for_it_unconfigured(tmp_path: Path) ->
     )
     result = subprocess.run(
         [sys.executable, "-c", script],
-        env=cli_env(tmp_path / "data"),
+        env=migrated_env(tmp_path / "data"),
         capture_output=True,
         text=True,
         timeout=60,
