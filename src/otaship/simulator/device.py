@@ -217,7 +217,6 @@ class Device:
         self.triggers += 1
         now = time.monotonic()
         self.triggered_at = now
-        self.fleet.note_trigger(now)
         self.update_task = asyncio.create_task(self._update(connection))
         self.update_task.add_done_callback(self.fleet.watch)
 
@@ -231,7 +230,7 @@ class Device:
                 await self._respond(connection, ResponseCode.ERROR)
                 self._finish_update(ERROR, None)
                 return
-            self.fleet.note_latest(latest)
+            self.fleet.note_latest(latest, self.triggered_at)
             if latest == self.version:
                 await self._respond(connection, ResponseCode.ALREADY_CURRENT)
                 self._finish_update(ALREADY_CURRENT, None)

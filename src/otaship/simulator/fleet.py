@@ -157,6 +157,8 @@ class FleetSummary:
     reached_until_version: bool
     duration_seconds: float
     all_online_seconds: float | None
+    # The first trigger after which `latest` named the target version: the
+    # trigger of the deploy that brought it, not of an earlier one.
     first_trigger_seconds: float | None
     last_on_target_seconds: float | None
     update_seconds_p50: float | None
@@ -299,7 +301,9 @@ class Fleet:
         self.stopping = False
         self.failure: BaseException | None = None
         self.wake = asyncio.Event()  # stop, failure or until_version reached
-        self.first_trigger_at: float | None = None
+        # Per version, the first trigger after which `latest` named it: a run
+        # that sees several deploys times each from its own.
+        self.first_offer_at: dict[str, float] = {}
         self.all_online_at: float | None = None
         self.latest_seen: str | None = None
         self.reported_count: Counter[str] = Counter()
@@ -323,12 +327,11 @@ class Fleet:
         if not task.cancelled() and (exc := task.exception()) is not None:
             self.fail(exc)
 
-    def note_trigger(self, at: float) -> None:
-        if self.first_trigger_at is None:
-            self.first_trigger_at = at
-
-    def note_latest(self, version: str) -> None:
+    def note_latest(self, version: str, triggered_at: float | None = None) -> None:
+        """`latest` named `version` to a device triggered at `triggered_at`."""
         self.latest_seen = version
+        if triggered_at is not None:
+            self.first_offer_at[version] = min(self.first_offer_at.get(version, triggered_at), triggered_at)
 
     def set_reported(self, device: Device, version: str) -> None:
         if device.reported_version is not None:
@@ -390,7 +393,7 @@ class Fleet:
             reached_until_version=until is not None and self.reported_count[until] == len(self.devices),
             duration_seconds=time.monotonic() - self.started,
             all_online_seconds=since_start(self.all_online_at),
-            first_trigger_seconds=since_start(self.first_trigger_at),
+            first_trigger_seconds=since_start(self.first_offer_at.get(target) if target else None),
             last_on_target_seconds=since_start(max(settled)) if settled else None,
             update_seconds_p50=statistics.median(durations) if durations else None,
             update_seconds_p95=durations[min(len(durations) - 1, math.ceil(0.95 * len(durations)) - 1)]
