@@ -604,8 +604,10 @@ def test_registering_against_another_database_says_so(tmp_path: Path, released: 
         token=released.token,
         devices=1,
     )
-    with pytest.raises(SimulationError, match="receiver's database"):
+    with pytest.raises(SimulationError, match=r"^no database at .*/elsewhere/otaship\.db: run otaship from"):
         register_devices(settings, config)
+    # Not made empty on the way: the next try with the right settings finds no stray file.
+    assert not (tmp_path / "elsewhere").exists()
 
 
 # -- the embedded broker: the owner's credentials and its topic rules ------------------------
