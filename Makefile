@@ -6,25 +6,44 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# What installs the packages: uv, which pip puts into the venv first, so that
+# python3 and make are all a machine needs. A cold `make run` reached a serving
+# receiver in 41 s and 23 s with uv against 69 s and 41 s with pip (no cache,
+# alternating runs on one 2-core machine). Where no uv wheel exists, pip does it.
+INSTALLER := $(VENV)/.installer
+# Read when a recipe runs, after $(INSTALLER) was made.
+INSTALL = $(shell cat $(INSTALLER))
 
 .PHONY: run test check fuzz install install-test install-check bench clean
 
 $(BIN)/python:
+	@echo "== creating $(VENV)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+
+$(INSTALLER): $(BIN)/python
+	@echo "== installing uv into $(VENV) with pip"
+	@if $(BIN)/python -m pip install --only-binary uv uv; then \
+		echo '$(BIN)/uv pip install --python $(BIN)/python' > $@; \
+	else \
+		echo "== no uv for this machine: installing with pip"; \
+		echo '$(BIN)/python -m pip install' > $@; \
+	fi
 
 # The stamps re-install whenever pyproject.toml changes. `make run` needs the
 # receiver extra; the test extra pulls it in too.
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[receiver]'
+$(VENV)/.installed: $(INSTALLER) pyproject.toml
+	@echo "== installing otaship[receiver] into $(VENV)"
+	$(INSTALL) -e '.[receiver]'
 	touch $@
 
-$(VENV)/.installed-test: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[test]'
+$(VENV)/.installed-test: $(INSTALLER) pyproject.toml
+	@echo "== installing otaship[test] into $(VENV)"
+	$(INSTALL) -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-$(VENV)/.installed-check: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[test,check]'
+$(VENV)/.installed-check: $(INSTALLER) pyproject.toml
+	@echo "== installing otaship[test,check] into $(VENV)"
+	$(INSTALL) -e '.[test,check]'
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -18,7 +18,7 @@ import httpx
 from sqlalchemy import create_engine, insert
 from sqlalchemy.engine import Engine
 
-from bench.servers import otaship_batch
+from bench.servers import has_migrate, otaship_batch
 
 CHUNK = 5_000
 
@@ -58,13 +58,16 @@ def create_owner(
     groups: Sequence[tuple[str, int | None]] = (),
     email: str = "bench@example.com",
     *,
-    migrate: bool = False,
+    migrate: bool | None = None,
 ) -> tuple[Owner, list[GroupRef]]:
     """A pro owner and its groups, with `otaship user create` and `otaship group create`.
 
     `groups` are (name, parent) pairs; parent is the index of an earlier group, or None.
-    With `migrate`, `otaship migrate` runs first (the Alembic schema, for PostgreSQL).
+    With `migrate`, `otaship migrate` runs first: the admin commands only use a
+    database that exists. By default it runs wherever the receiver has it.
     """
+    if migrate is None:
+        migrate = has_migrate()
     commands: list[list[str]] = [["migrate"]] if migrate else []
     commands.append(["user", "create", email, "--plan", "pro"])
     offset = len(commands)

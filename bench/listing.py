@@ -98,7 +98,7 @@ def _measure(ctx: Context, backend: str, size: int) -> dict[str, list[Latencies]
     with _database(backend) as url:
         extra = {"OTASHIP_DATABASE_URL": url} if url else {}
         env = servers.receiver_env(folder / "data", **extra)
-        owner, _ = create_owner(env, migrate=bool(url) and servers.has_migrate())
+        owner, _ = create_owner(env)
         groups = insert_groups_with_otas(env, owner, size)
         if url:
             # Statistics and the visibility map as autovacuum leaves them on a live

@@ -31,7 +31,7 @@ from otaship.action.__main__ import main
 from otaship.simulator.config import SimulationConfig
 from tests.action_runner import parse_file_commands
 from tests.esp_image import build_image
-from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
+from tests.receiver_process import ReceiverProcess, migrated_env, otaship_json
 from tests.services import MOSQUITTO, free_port, require
 
 OWNER = "ops@example.com"
@@ -129,8 +129,8 @@ class Tenant:
 
 def make_tenant(data_dir: Path, mqtt_url: str = "none", broker: str = "") -> Tenant:
     # A share group of its own: on the machine's Mosquitto, any other receiver
-    # in the default group would be handed some of this one's reports.
-    env = cli_env(
+    # in the same group would be handed some of this one's reports.
+    env = migrated_env(
         data_dir, OTASHIP_MQTT_URL=mqtt_url, OTASHIP_MQTT_SHARE_GROUP=f"otaship-test-{secrets.token_hex(4)}"
     )
     user = otaship_json(env, "user", "create", OWNER, "--plan", "pro")

@@ -27,7 +27,7 @@ from otaship.protocol import RESPONSE, STATUS, parse_report_topic, report_filter
 from otaship.simulator.config import SimulationConfig
 from otaship.simulator.fleet import FleetProgress, FleetSummary, simulate
 from tests.esp_image import build_image
-from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
+from tests.receiver_process import ReceiverProcess, migrated_env, otaship_json
 
 
 @dataclass
@@ -40,7 +40,7 @@ class ReceiverWithFirmware:
     """A running receiver, one pro owner, and helpers to make groups and deploy to them."""
 
     def __init__(self, data_dir: Path, *, mqtt_url: str = "none", server: str | None = None) -> None:
-        self.env = cli_env(data_dir, server=server, OTASHIP_MQTT_URL=mqtt_url)
+        self.env = migrated_env(data_dir, server=server, OTASHIP_MQTT_URL=mqtt_url)
         self.user = otaship_json(self.env, "user", "create", "sim@example.com", "--plan", "pro")
         # Quiet: ReceiverProcess pipes the server's output without reading it
         # while it runs, and an access line per device request fills the pipe

@@ -43,6 +43,14 @@ def cli_env(data_dir: Path, *, server: str | None = None, **extra: str) -> dict[
     return env
 
 
+def migrated_env(data_dir: Path, *, server: str | None = None, **extra: str) -> dict[str, str]:
+    """`cli_env` with its database created, as `otaship serve` or `otaship migrate`
+    creates it: the admin commands only use a database that exists."""
+    env = cli_env(data_dir, server=server, **extra)
+    otaship(env, "migrate")
+    return env
+
+
 def otaship(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([*OTASHIP, *args], env=env, capture_output=True, text=True, timeout=60)
     if check and result.returncode != 0:
@@ -91,6 +99,8 @@ class ReceiverProcess:
         self.log = tempfile.TemporaryFile()  # noqa: SIM115  (open while the server runs)
         self.process = subprocess.Popen(
             [*OTASHIP, "serve"],
+            # A session of its own: kill() reaches granian's worker processes too.
+            start_new_session=True,
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -102,7 +112,11 @@ class ReceiverProcess:
                 output = self._read_log()
                 code = self.process.returncode
                 self.process = None
-                if f"('127.0.0.1', {self.port}): address already in use" in output:
+                # The check before serving, or the server's own bind after it.
+                if (
+                    f"Cannot serve HTTP on 127.0.0.1:{self.port}: it is already in use" in output
+                    or f"('127.0.0.1', {self.port}): address already in use" in output
+                ):
                     raise PortTaken(output)
                 raise AssertionError(f"otaship serve exited with {code}: {output}")
             try:
@@ -118,6 +132,13 @@ class ReceiverProcess:
         # Ignored, the signal turns into EFBIG from write(): an error, not a kill.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_bytes, self.max_file_bytes))
+
+    def kill(self) -> None:
+        """SIGKILL the server and its worker processes at once, as a crash or an
+        OOM kill of its container would; stop() then collects what it wrote."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def stop(self) -> str:
         # A test that killed the process itself still has the log to close.

@@ -11,12 +11,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from otaship.closed_pipe import quiet_on_closed_pipe
+
 EXIT_ERROR = 1
 INSTALL = "pip install 'otaship[receiver]'"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    return quiet_on_closed_pipe(lambda: _run(args))
+
+
+def _run(args: list[str]) -> int:
     if args[:1] == ["firmware"]:
         from otaship.firmware.cli import main as firmware_main
 

@@ -293,4 +293,10 @@ def test_the_follow_command_follows_any_rollout(deploy_step: DeployStep, scripte
 
     missing = scripted({"GET": [(404, {"message": "No such rollout"}, {})]})
     result = run_cli(deploy_step, missing.url, "follow", "0" * 24)
-    assert result.code == exit_codes.DEPLOY_FAILED and "No such rollout" in result.log
+    assert result.code == exit_codes.DEPLOY_FAILED
+    # follow has no group input: the hint speaks of what it was given.
+    assert (
+        f"could not read rollout {'0' * 24}: the receiver answered 404: No such rollout "
+        "(check the rollout id, and that the api-key belongs to the owner of the rollout's group)"
+    ) in result.log
+    assert "group input" not in result.log

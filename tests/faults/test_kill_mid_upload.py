@@ -31,7 +31,7 @@ from otaship.receiver.db.engine import create_db_engine, read_session, write_ses
 from otaship.receiver.db.models import Group
 from otaship.receiver.storage import object_key
 from tests.esp_image import build_image
-from tests.receiver_process import ReceiverProcess, cli_env, otaship, otaship_json
+from tests.receiver_process import ReceiverProcess, migrated_env, otaship, otaship_json
 from tests.waiting import eventually
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path, database_url: str
     if request.param == "gcs":
         emulator: GCSEmulator = request.getfixturevalue("gcs_emulator")
         # The emulator's address reaches the server through the environment.
-        env = cli_env(
+        env = migrated_env(
             data_dir,
             OTASHIP_DATABASE_URL=database_url,
             OTASHIP_STORAGE_URL=f"gs://{emulator.bucket}/{PREFIX}",
@@ -94,7 +94,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path, database_url: str
         def stored() -> set[str]:
             return {name.removeprefix(f"{PREFIX}/") for name in emulator.object_names()}
     else:
-        env = cli_env(data_dir, OTASHIP_DATABASE_URL=database_url)
+        env = migrated_env(data_dir, OTASHIP_DATABASE_URL=database_url)
         objects = data_dir / "objects"
 
         def stored() -> set[str]:
@@ -162,9 +162,7 @@ def test_kill_9_between_storing_and_committing_then_restart(deployment: Deployme
         with ThreadPoolExecutor(1) as pool, deployment.deploys_held(group["id"]):
             upload: Future[httpx.Response] = pool.submit(_post, server.url, headers, group, "1.1.0", large)
             eventually(lambda: _key(large) in deployment.stored(), "the upload's object to be stored")
-            assert server.process is not None
-            server.process.kill()  # SIGKILL, while the deploy waits for its transaction
-            server.process.wait()
+            server.kill()  # SIGKILL, while the deploy waits for its transaction
             server.process = None
             with pytest.raises(httpx.TransportError):
                 upload.result(timeout=30)

@@ -17,12 +17,12 @@ from otaship.receiver.settings import Settings
 from tests.conftest import Fleet
 from tests.esp_image import build_image
 from tests.receiver.http.management.test_ota import FREE_PLAN
-from tests.receiver_process import SERVERS, ReceiverProcess, cli_env, otaship, otaship_json
+from tests.receiver_process import SERVERS, ReceiverProcess, migrated_env, otaship, otaship_json
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    return cli_env(tmp_path / "data")
+    return migrated_env(tmp_path / "data")
 
 
 def test_user_create_prints_one_json_object(env: dict[str, str]) -> None:
@@ -86,6 +86,66 @@ def test_errors_are_one_line_and_non_zero(env: dict[str, str], args: tuple[str, 
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == f"otaship: error: {message}\n"
+
+
+def no_database_line(path: Path) -> str:
+    return (
+        f"otaship: error: no database at {path}: run otaship from the folder where otaship serve runs "
+        "(or set OTASHIP_DATA_DIR or OTASHIP_DATABASE_URL as for serve); "
+        "otaship serve or otaship migrate creates a new one\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("user", "list"),
+        ("user", "create", "ada@example.com", "--plan", "pro"),
+        ("user", "key", "ada@example.com"),
+        ("user", "plan", "ada@example.com", "pro"),
+        ("group", "list"),
+        ("group", "create", "fleet", "--owner", "ada@example.com"),
+        ("device", "list"),
+        ("device", "create", "d", "--group", "0" * 24),
+        ("gc", "--dry-run"),
+        (
+            "simulate",
+            "--register",
+            "--group",
+            "0" * 24,
+            "--token",
+            "t" * 16,
+            "--mqtt-url",
+            "mqtt://u:p@127.0.0.1:1",
+            "--server",
+            "http://127.0.0.1:1",
+        ),
+    ],
+)
+def test_an_admin_command_never_creates_a_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    # Run from another folder than the server's: the default data dir is not there.
+    monkeypatch.chdir(tmp_path)
+    env = {"OTASHIP_MQTT_URL": "none", "OTASHIP_DATA_DIR": "", "OTASHIP_DATABASE_URL": ""}
+    result = CliRunner().invoke(cli, args, env=env, prog_name="otaship")
+    expected = no_database_line(tmp_path.resolve() / "otaship-data" / "otaship.db")
+    assert result.stdout == ""
+    # simulate's errors are usage errors (2), the admin commands' failures (1).
+    assert (result.exit_code, result.stderr) == (2 if args[0] == "simulate" else 1, expected)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_database_url_to_a_missing_file_is_named_as_given(tmp_path: Path) -> None:
+    missing = tmp_path / "moved" / "otaship.db"
+    env = {"OTASHIP_MQTT_URL": "none", "OTASHIP_DATABASE_URL": f"sqlite:///{missing}"}
+    result = CliRunner().invoke(cli, ["user", "list"], env=env, prog_name="otaship")
+    assert (result.exit_code, result.stderr) == (1, no_database_line(missing))
+    assert not missing.parent.exists()
+    # migrate is the way to a new one, and the command then works.
+    assert CliRunner().invoke(cli, ["migrate"], env=env).exit_code == 0
+    listed = CliRunner().invoke(cli, ["user", "list"], env=env, prog_name="otaship")
+    assert (listed.exit_code, listed.stdout) == (0, "[]\n")
 
 
 def test_user_plan_changes_the_plan_in_one_line(env: dict[str, str]) -> None:

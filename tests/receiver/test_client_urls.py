@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from otaship.receiver.cli import cli
 from otaship.receiver.client_urls import device_mqtt_url, receiver_url, shell_exports
 from otaship.receiver.settings import Settings, SettingsError
-from tests.receiver_process import cli_env
+from tests.receiver_process import cli_env, migrated_env
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    return cli_env(tmp_path / "data", OTASHIP_PORT="9000", OTASHIP_MQTT_URL="embedded://127.0.0.1:1884")
+    return migrated_env(tmp_path / "data", OTASHIP_PORT="9000", OTASHIP_MQTT_URL="embedded://127.0.0.1:1884")
 
 
 def run(env: dict[str, str], *args: str) -> str:
@@ -179,7 +179,7 @@ def test_the_openapi_document_names_the_public_url(tmp_path: Path) -> None:
 
 
 def test_the_public_url_is_what_clients_and_devices_are_given(tmp_path: Path) -> None:
-    env = cli_env(
+    env = migrated_env(
         tmp_path / "data",
         OTASHIP_HOST="0.0.0.0",
         OTASHIP_PUBLIC_URL="https://ota.example.com/",

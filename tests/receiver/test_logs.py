@@ -16,7 +16,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from otaship.receiver.app import create_app
+from otaship.receiver.app import create_app, describe_backends
 from otaship.receiver.logs import configure_logging, redact
 from otaship.receiver.services import Services
 from otaship.receiver.settings import Settings
@@ -24,7 +24,7 @@ from otaship.receiver.storage import Storage, StorageError
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
 from tests.receiver.http.management.test_ota import deploy, post
-from tests.receiver_process import SERVERS, ReceiverProcess, cli_env, otaship_json
+from tests.receiver_process import SERVERS, ReceiverProcess, migrated_env, otaship_json
 from tests.services import free_port
 
 DOWNLOAD_ROUTE = "/v1/ota/group/download/{credentials}"
@@ -239,11 +239,13 @@ SERVER_LINES = {
 @pytest.mark.parametrize("server", SERVERS)
 def test_otaship_serve_writes_json_lines_through_one_formatter(tmp_path: Path, server: str) -> None:
     broker_password = "broker-secret-pw"
-    env = cli_env(
+    env = migrated_env(
         tmp_path / "data",
         server=server,
         OTASHIP_LOG_FORMAT="json",
         OTASHIP_MQTT_URL=f"mqtt://receiver:{broker_password}@127.0.0.1:{free_port()}",
+        # One worker, so one startup line: each worker says what it works with.
+        OTASHIP_WORKERS="1",
     )
     user = otaship_json(env, "user", "create", "ops@example.com", "--plan", "pro")
     group = otaship_json(env, "group", "create", "fleet", "--owner", "ops@example.com")
@@ -265,6 +267,33 @@ def test_otaship_serve_writes_json_lines_through_one_formatter(tmp_path: Path, s
     assert any(line["message"].startswith(running) for line in lines)
     paths = [line["path"] for line in lines if line["logger"] == "otaship.access"]
     assert f"/v1/ota/group/download/{group['id']}[redacted]" in paths
+    # What it works with, once at startup, at info, the broker's password redacted.
+    data = (tmp_path / "data").resolve()
+    using = [line for line in lines if line["message"].startswith("using ")]
+    assert [(line["level"], line["logger"], line["message"]) for line in using] == [
+        (
+            "INFO",
+            "otaship",
+            f"using database sqlite:///{data / 'otaship.db'}, storage {(data / 'objects').as_uri()}, "
+            f"MQTT {env['OTASHIP_MQTT_URL'].replace(broker_password, '[redacted]')}",
+        )
+    ]
+
+
+def test_the_backends_line_redacts_every_password(tmp_path: Path) -> None:
+    settings = Settings(
+        database_url="postgresql+psycopg://otaship:db-secret@db.internal:5432/otaship",
+        storage_url="gs://acme-firmware/otaship",
+        mqtt_url="mqtts://otaship:mq-secret@mqtt.example.com:8883",
+    )
+    assert describe_backends(settings) == (
+        "database postgresql+psycopg://otaship:[redacted]@db.internal:5432/otaship, "
+        "storage gs://acme-firmware/otaship, MQTT mqtts://otaship:[redacted]@mqtt.example.com:8883"
+    )
+    without_broker = Settings(data_dir=tmp_path / "data", mqtt_url="none")
+    assert describe_backends(without_broker).endswith(
+        f"storage {(tmp_path / 'data' / 'objects').resolve().as_uri()}, MQTT none (devices poll)"
+    )
 
 
 def test_a_token_put_on_another_route_by_mistake_is_redacted(
@@ -336,7 +365,7 @@ def test_the_cli_redacts_what_python_logs_for_it_unconfigured(tmp_path: Path) ->
     )
     result = subprocess.run(
         [sys.executable, "-c", script],
-        env=cli_env(tmp_path / "data"),
+        env=migrated_env(tmp_path / "data"),
         capture_output=True,
         text=True,
         timeout=60,

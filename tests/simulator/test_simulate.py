@@ -150,6 +150,46 @@ def test_devices_update_answer_202_and_fail_rate_devices_come_back_old(
     assert all(d.last_code == 202 for d in current_summary.devices)
 
 
+def test_the_time_to_the_target_counts_from_the_trigger_of_its_own_deploy(
+    receiver: ReceiverWithFirmware, observer: MqttObserver
+) -> None:
+    """One run, two deploys: 1.0.0 (already running: 202), then 1.1.0. The summary's
+    "first trigger -> last on 1.1.0" starts at 1.1.0's trigger, not at 1.0.0's."""
+    group = receiver.group("twice")
+    receiver.deploy(group, "1.0.0")
+    config = fleet(receiver.url, observer, group, 3, "twice", version="1.0.0", status_interval=0.5)
+    ids = config.resolved_device_ids()
+
+    def on(version: str) -> bool:
+        return all(any(s["fw_version"] == version for s in observer.statuses(d)) for d in ids)
+
+    async def run() -> FleetSummary:
+        stop = asyncio.Event()
+        task = asyncio.create_task(simulate(config, stop=stop))
+        try:
+            await wait_until(lambda: observer.booted(ids), 20, watch=[task])
+            observer.trigger(group.id, "1.0.0")
+            await wait_until(lambda: all(observer.codes(d) == [200, 202] for d in ids), 20, watch=[task])
+            # Time passes between the deploys: two more status reports from each device.
+            await wait_until(
+                lambda: all(len(observer.statuses_after(d, 202)) >= 2 for d in ids), 20, watch=[task]
+            )
+            await asyncio.to_thread(receiver.deploy, group, "1.1.0")
+            observer.trigger(group.id, "1.1.0")
+            await wait_until(lambda: on("1.1.0"), 20, watch=[task])
+        finally:
+            stop.set()
+        return await task
+
+    summary = asyncio.run(run())
+    assert (summary.target_version, summary.on_target, summary.updated) == ("1.1.0", 3, 3)
+    # Each device's update time runs from its own last trigger, 1.1.0's; the fleet's
+    # from the first of those triggers (one publish reached all three).
+    # Counted from 1.0.0's trigger, it would be a second (two reports) longer at least.
+    slowest = max(d.update_seconds for d in summary.devices if d.update_seconds is not None)
+    assert summary.trigger_to_last_on_target == pytest.approx(slowest, abs=0.05)
+
+
 def test_no_firmware_or_a_wrong_token_answers_203_and_keeps_the_version(
     receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver
 ) -> None:
@@ -569,8 +609,10 @@ def test_registering_against_another_database_says_so(tmp_path: Path, released: 
         token=released.token,
         devices=1,
     )
-    with pytest.raises(SimulationError, match="receiver's database"):
+    with pytest.raises(SimulationError, match=r"^no database at .*/elsewhere/otaship\.db: run otaship from"):
         register_devices(settings, config)
+    # Not made empty on the way: the next try with the right settings finds no stray file.
+    assert not (tmp_path / "elsewhere").exists()
 
 
 # -- the embedded broker: the owner's credentials and its topic rules ------------------------

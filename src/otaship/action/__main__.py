@@ -20,6 +20,7 @@ import click
 
 from otaship.action import exit_codes
 from otaship.action.workflow import Workflow
+from otaship.closed_pipe import quiet_on_closed_pipe
 
 PROG = "otaship-deploy"
 # "\b" keeps click from rewrapping the table.
@@ -459,6 +460,10 @@ def main(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None, stdout: TextIO | None = None
 ) -> int:
     """Run one command; its exit code. A usage error raises SystemExit(2), as argparse's did."""
+    return quiet_on_closed_pipe(lambda: _run(argv, environ, stdout))
+
+
+def _run(argv: Sequence[str] | None, environ: Mapping[str, str] | None, stdout: TextIO | None) -> int:
     job = Job.from_environ(os.environ if environ is None else environ, stdout)
     try:
         code = cli.main(

@@ -44,6 +44,11 @@ REJECTION_HINTS = {
     404: "check the group input, and that the api-key belongs to the group's owner",
     413: "the image is larger than the receiver accepts (OTASHIP_MAX_FIRMWARE_BYTES on the receiver)",
 }
+# `follow` takes a rollout id and a key, no group: its hints speak of those.
+FOLLOW_HINTS = {
+    401: "check the api-key input: it must be a key of the rollout's owner",
+    404: "check the rollout id, and that the api-key belongs to the owner of the rollout's group",
+}
 
 
 class Failure(Exception):
@@ -264,11 +269,11 @@ def deploy(
         report.notes.append(note)
 
 
-def rejection_message(exc: ReceiverRejected) -> str:
+def rejection_message(exc: ReceiverRejected, hints: Mapping[int, str] = REJECTION_HINTS) -> str:
     if exc.status is None:
         return exc.message
     message = f"the receiver answered {exc.status}: {exc.message}"
-    hint = REJECTION_HINTS.get(exc.status or 0)
+    hint = hints.get(exc.status or 0)
     return f"{message} ({hint})" if hint else message
 
 
@@ -392,7 +397,9 @@ def run_follow_command(
             try:
                 code = follow(rollout_id, timeout, interval, http, report, workflow)
             except ReceiverError as exc:
-                hint = rejection_message(exc) if isinstance(exc, ReceiverRejected) else exc.message
+                hint = (
+                    rejection_message(exc, FOLLOW_HINTS) if isinstance(exc, ReceiverRejected) else exc.message
+                )
                 raise Failure(
                     exit_codes.DEPLOY_FAILED,
                     f"could not read rollout {rollout_id}: {hint}",

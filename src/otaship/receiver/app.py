@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from otaship.protocol import parse_mqtt_url
 from otaship.receiver.background import Background
 from otaship.receiver.db.engine import create_db_engine, ensure_schema
 from otaship.receiver.http import device_api as devices
@@ -36,6 +37,14 @@ from otaship.receiver.targeting.catalog import FirmwareCatalog
 log = logging.getLogger("otaship")
 
 
+def describe_backends(settings: Settings) -> str:
+    """What this receiver works with, for its first line of log; passwords redacted."""
+    mqtt = settings.mqtt_url if parse_mqtt_url(settings.mqtt_url) is not None else "none (devices poll)"
+    return redact(
+        f"database {settings.resolved_database_url}, storage {settings.resolved_storage_url}, MQTT {mqtt}"
+    )
+
+
 def build_services(settings: Settings) -> Services:
     engine = create_db_engine(settings.resolved_database_url)
     # SQLite migrates itself; a shared database must have been migrated already.
@@ -50,6 +59,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         owned = services is None
+        # Said first: a wrong folder or URL shows before anything it affects.
+        log.info("using %s", describe_backends(settings))
         built = services if services is not None else build_services(settings)
         spool_dir_ready(settings.tmp_dir)
         app.state.services = built

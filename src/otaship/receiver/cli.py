@@ -16,13 +16,13 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import IO, Any, Concatenate, ParamSpec
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
+from otaship.closed_pipe import quiet_on_closed_pipe
 from otaship.firmware.cli import firmware as firmware_group
 from otaship.receiver.client_urls import device_mqtt_url, receiver_url, shell_exports
 from otaship.receiver.db.devices import DeviceError, create_device, device_json, list_devices
@@ -126,8 +126,10 @@ def _emit(output_format: str, obj: dict[str, Any], exports: list[tuple[str, str 
 
 
 def _write(settings: Settings, work: Callable[[Session], Any]) -> Any:
-    from otaship.receiver.db.engine import create_db_engine, ensure_schema, write_session
+    from otaship.receiver.db.engine import create_db_engine, ensure_schema, require_database, write_session
 
+    # Only serve and migrate create a database; the admin commands use one.
+    require_database(settings.resolved_database_url)
     engine = create_db_engine(settings.resolved_database_url)
     try:
         ensure_schema(engine)
@@ -191,6 +193,7 @@ def serve(
         server=server or settings.server,
         workers=workers if workers is not None else settings.workers,
     )
+    _check_http_port(settings)
     _check_embedded_broker_port(settings)
     _check_schema(settings)
     from otaship.receiver.logs import configure_logging
@@ -227,19 +230,13 @@ def migrate(settings: Settings) -> None:
 )
 @with_settings
 def gc(settings: Settings, dry_run: bool, grace: int | None) -> None:
-    from sqlalchemy.engine import make_url
-
-    from otaship.receiver.db.engine import create_db_engine, ensure_schema
+    from otaship.receiver.db.engine import create_db_engine, ensure_schema, require_database
     from otaship.receiver.gc.sweep import sweep_orphans
     from otaship.receiver.storage import create_storage
 
     url = settings.resolved_database_url
-    parsed = make_url(url)
     # An empty database references nothing: every object would look orphaned.
-    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
-        raise CommandError(
-            f"no database at {parsed.database}: set OTASHIP_DATA_DIR or OTASHIP_DATABASE_URL as for serve"
-        )
+    require_database(url)
     grace_seconds = settings.gc_grace if grace is None else grace
     engine = create_db_engine(url)
     storage = create_storage(settings.resolved_storage_url, cache_dir=settings.cache_dir)
@@ -417,6 +414,16 @@ cli.add_command(simulate_command)
 cli.add_command(firmware_group)
 
 
+def _check_http_port(settings: Settings) -> None:
+    """Fail before starting anything when the HTTP address is taken or unusable."""
+    from otaship.receiver.ports import PortUnavailable, check_http_port
+
+    try:
+        check_http_port(settings.host, settings.port)
+    except PortUnavailable as exc:
+        raise CommandError(str(exc)) from None
+
+
 def _check_embedded_broker_port(settings: Settings) -> None:
     """Fail before starting anything when the embedded broker's port is taken."""
     import errno
@@ -460,6 +467,10 @@ def _check_schema(settings: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit code it would end the process with."""
+    return quiet_on_closed_pipe(lambda: _run(argv))
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         cli.main(args=None if argv is None else list(argv), prog_name="otaship")
     except SystemExit as exc:

@@ -165,6 +165,9 @@ class _QueueHandler(logging.handlers.QueueHandler):
         return record
 
 
+# Loggers of the HTTP servers' lifecycle, written without the queue.
+SERVER_LIFECYCLE_LOGGERS = ("uvicorn.error", "_granian")
+
 # The listener configure_logging started, and the queue it empties.
 _listener: logging.handlers.QueueListener | None = None
 _queue: queue.Queue[logging.LogRecord] | None = None
@@ -212,10 +215,20 @@ def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> l
         root.removeHandler(old)
     root.addHandler(queued)
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi"):
+    for name in ("uvicorn", "uvicorn.asgi"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+        logger.setLevel(level)
+    # The servers' own lines (started, shutdown complete, …) are few, and the last
+    # of them come after the app is gone: uvicorn then re-raises SIGTERM, which
+    # ends the process before any atexit hook could empty the queue. Written at
+    # once, they are never lost.
+    for name in SERVER_LIFECYCLE_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.addHandler(handler)
+        logger.propagate = False
         logger.setLevel(level)
     # The receiver writes its own access line (route, status, duration, token
     # redacted; see metrics.ObserveRequests), under any ASGI server; uvicorn's

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from otaship.protocol import usable_in_topic
+from otaship.protocol import MqttUrlError, parse_mqtt_url, usable_in_topic
 
 DEFAULT_MAX_FIRMWARE_BYTES = 16 * 1024 * 1024
 # hawkBit's DoS filter allows 200 reads and 50 writes a second per client.
@@ -36,7 +37,59 @@ class SettingsError(ValueError):
     """A configuration value is unusable; the message names the variable."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+# What each URL may start with. A URL's user and password never appear in a
+# message: only its scheme is quoted back.
+STORAGE_SCHEMES = ("file", "gs")
+# SQLAlchemy's backend[+driver]; the drivers are the ones otaship installs.
+DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
+
+
+def _scheme(url: str) -> str | None:
+    scheme, separator, _rest = url.partition("://")
+    # Anything else before "://" (a user:password@host typed first) is not quoted back.
+    if not separator or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme):
+        return None
+    return scheme.lower()
+
+
+def _what(scheme: str | None) -> str:
+    return f"{scheme}://…" if scheme else "a value without a scheme"
+
+
+def _storage_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("OTASHIP_STORAGE_URL", "").strip() or None
+    if url is not None and _scheme(url) not in STORAGE_SCHEMES:
+        scheme = _scheme(url)
+        raise SettingsError(
+            "OTASHIP_STORAGE_URL must be file:///PATH or gs://BUCKET[/PREFIX], not " + _what(scheme)
+        )
+    return url
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("OTASHIP_DATABASE_URL", "").strip() or None
+    if url is not None and _scheme(url) not in DATABASE_SCHEMES:
+        scheme = _scheme(url)
+        raise SettingsError(
+            "OTASHIP_DATABASE_URL must be sqlite:///PATH or "
+            "postgresql+psycopg://HOST/DATABASE, not " + _what(scheme)
+        )
+    return url
+
+
+def _mqtt_url(env: Mapping[str, str]) -> str:
+    url = env.get("OTASHIP_MQTT_URL", "").strip() or "embedded://127.0.0.1:1883"
+    try:
+        parse_mqtt_url(url)
+    except MqttUrlError as exc:
+        # The receiver's form of these messages never quotes the URL.
+        raise SettingsError(str(exc)) from None
+    return url
+
+
+def _int(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -46,6 +99,8 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
         raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, not {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be at most {maximum}, not {value}")
     return value
 
 
@@ -151,11 +206,11 @@ class Settings:
         )
         return cls(
             host=env.get("OTASHIP_HOST", "").strip() or "127.0.0.1",
-            port=_int(env, "OTASHIP_PORT", 8080),
+            port=_int(env, "OTASHIP_PORT", 8080, maximum=65535),
             data_dir=Path(env.get("OTASHIP_DATA_DIR", "").strip() or "otaship-data"),
-            database_url=env.get("OTASHIP_DATABASE_URL", "").strip() or None,
-            storage_url=env.get("OTASHIP_STORAGE_URL", "").strip() or None,
-            mqtt_url=env.get("OTASHIP_MQTT_URL", "").strip() or "embedded://127.0.0.1:1883",
+            database_url=_database_url(env),
+            storage_url=_storage_url(env),
+            mqtt_url=_mqtt_url(env),
             mqtt_client_id=env.get("OTASHIP_MQTT_CLIENT_ID", "").strip() or None,
             mqtt_share_group=_share_group(env),
             public_url=_public_url(env),

@@ -331,7 +331,7 @@ class Fleet:
         if self.first_trigger_at is None:
             self.first_trigger_at = at
 
-    def note_latest(self, version: str, triggered_at: float | None) -> None:
+    def note_latest(self, version: str, triggered_at: float | None = None) -> None:
         self.latest_seen = version
         if triggered_at is not None:
             first = self.first_trigger_of.get(version)
@@ -510,12 +510,16 @@ def register_devices(settings: Settings, config: SimulationConfig) -> tuple[int,
     from sqlmodel import col, select
 
     from otaship.receiver.db.devices import DeviceError, create_device
-    from otaship.receiver.db.engine import create_db_engine, write_session
+    from otaship.receiver.db.engine import NoDatabase, create_db_engine, require_database, write_session
     from otaship.receiver.db.models import Device as DeviceRow
     from otaship.receiver.db.models import Group
     from otaship.receiver.ids import secret_matches_plain
 
     ids = config.resolved_device_ids()
+    try:
+        require_database(settings.resolved_database_url)
+    except NoDatabase as exc:
+        raise SimulationError(str(exc)) from None
     engine = create_db_engine(settings.resolved_database_url)
     try:
         with write_session(engine) as session:

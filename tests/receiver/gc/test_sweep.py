@@ -586,7 +586,8 @@ def test_otaship_gc_refuses_without_the_servers_database(tmp_path: Path) -> None
     assert result.stdout == ""
     assert result.stderr == (
         f"otaship: error: no database at {(tmp_path / 'elsewhere' / 'otaship.db').resolve()}: "
-        "set OTASHIP_DATA_DIR or OTASHIP_DATABASE_URL as for serve\n"
+        "run otaship from the folder where otaship serve runs (or set OTASHIP_DATA_DIR or "
+        "OTASHIP_DATABASE_URL as for serve); otaship serve or otaship migrate creates a new one\n"
     )
     assert not (tmp_path / "elsewhere").exists()
 

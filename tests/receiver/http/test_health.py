@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -82,6 +83,20 @@ def test_a_working_receiver_is_live_and_ready(client: TestClient) -> None:
         200,
         {"status": "ready", "checks": {"database": "ok", "storage": "ok", "mqtt": "not configured"}},
     )
+
+
+def test_a_broker_not_configured_is_never_said_to_be_back(
+    sqlite_settings: Settings, built: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with TestClient(create_app(sqlite_settings, services=built)) as client:
+        for _ in range(3):
+            assert ready(client) == (
+                200,
+                {"status": "ready", "checks": {"database": "ok", "storage": "ok", "mqtt": "not configured"}},
+            )
+    said = [r.getMessage() for r in caplog.records if r.name == "otaship.health"]
+    assert said == []
 
 
 def test_a_database_that_goes_away_is_named_and_comes_back(
@@ -245,3 +260,20 @@ def test_the_embedded_broker_link_counts_once_connected(sqlite_settings: Setting
             assert time.monotonic() < deadline, f"the link never came up: {answer}"
             time.sleep(0.05)
         assert answer[1]["checks"] == {"database": "ok", "storage": "ok", "mqtt": "ok"}
+
+
+def test_a_normal_shutdown_is_not_a_lost_broker(
+    sqlite_settings: Settings, built: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Leaving the client runs the lifespan's shutdown, as Ctrl+C on `otaship serve` does.
+    caplog.set_level(logging.INFO)
+    settings = sqlite_settings.with_overrides(mqtt_url=f"embedded://127.0.0.1:{free_port()}")
+    built.settings = settings
+    with TestClient(create_app(settings, services=built)) as client:
+        deadline = time.monotonic() + 10
+        while ready(client)[0] != 200:
+            assert time.monotonic() < deadline, "the link never came up"
+            time.sleep(0.05)
+    link = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "otaship.mqtt"]
+    assert [line for line in link if line[0] != "INFO"] == []
+    assert link[-1][1] == f"disconnected from MQTT broker {settings.mqtt_url}"

@@ -26,7 +26,7 @@ from otaship.receiver.settings import (
 from tests.conftest import Fleet
 from tests.esp_image import write_image
 from tests.receiver.http.management.test_ota import deploy
-from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
+from tests.receiver_process import ReceiverProcess, migrated_env, otaship_json
 
 NO_ROLLOUT = "/v1/rollouts/" + "a" * 24
 
@@ -228,7 +228,7 @@ def test_limit_descriptions_and_retry_after() -> None:
 def test_otaship_deploy_waits_out_a_rate_limit_and_succeeds(tmp_path: Path) -> None:
     """The action honours Retry-After: against a real receiver that refuses its
     first POST (the key's write budget is spent), it retries and deploys."""
-    env = cli_env(tmp_path / "data", OTASHIP_RATE_LIMIT_WRITES="1 per 3 seconds")
+    env = migrated_env(tmp_path / "data", OTASHIP_RATE_LIMIT_WRITES="1 per 3 seconds")
     user = otaship_json(env, "user", "create", "ci@example.com", "--plan", "pro")
     group = otaship_json(env, "group", "create", "fleet", "--owner", "ci@example.com")
     receiver = ReceiverProcess(env).start()

@@ -9,13 +9,13 @@ from pathlib import Path
 import httpx
 
 from tests.esp_image import build_image
-from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
+from tests.receiver_process import ReceiverProcess, migrated_env, otaship_json
 
 LIMIT = 1024 * 1024
 
 
 def test_a_disk_that_refuses_the_upload_answers_500_and_keeps_nothing(tmp_path: Path) -> None:
-    env = cli_env(tmp_path / "data")
+    env = migrated_env(tmp_path / "data")
     owner = otaship_json(env, "user", "create", "pro@example.com", "--plan", "pro")
     group = otaship_json(env, "group", "create", "fleet", "--owner", "pro@example.com")
     receiver = ReceiverProcess(env, max_file_bytes=LIMIT).start()

@@ -207,16 +207,20 @@ async def test_urlencoded_fields_still_get_their_errors(app: Starlette, fleet: F
     owner = fleet.owner()
     form = fields(owner, fleet)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        no_file = {
+            "message": "No file uploaded",
+            "hint": "send the image as a file in the form field firmware (curl -F firmware=@firmware.bin)",
+        }
         for data, expected in (
-            ({**form, "group": "x"}, "Group ID is not valid"),
-            (form, "No file uploaded"),
+            ({**form, "group": "x"}, {"message": "Group ID is not valid"}),
+            (form, no_file),
             (
                 {**form, "version": "1" * (MAX_FIELD_BYTES + 1)},
-                f"Form field 'version' is too long (at most {MAX_FIELD_BYTES} bytes)",
+                {"message": f"Form field 'version' is too long (at most {MAX_FIELD_BYTES} bytes)"},
             ),
         ):
             response = await http.post("/v1/ota/group", data=data, headers=owner.headers)
-            assert (response.status_code, response.json()) == (400, {"message": expected})
+            assert (response.status_code, response.json()) == (400, expected)
         many = "&".join(f"f{n}=1" for n in range(40))
         response = await http.post(
             "/v1/ota/group",

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.esp_image import build_image
-from tests.receiver_process import SERVERS, ReceiverProcess, cli_env, otaship_json
+from tests.receiver_process import SERVERS, ReceiverProcess, migrated_env, otaship_json
 
 if TYPE_CHECKING:
     from tests.gcs_emulator import GCSEmulator
@@ -64,7 +64,7 @@ def storage(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(params=SERVERS)
 def served(request: pytest.FixtureRequest, storage: dict[str, str], tmp_path: Path) -> Iterator[Served]:
-    env = cli_env(tmp_path / "data", server=request.param, OTASHIP_LOG_LEVEL="trace", **storage)
+    env = migrated_env(tmp_path / "data", server=request.param, OTASHIP_LOG_LEVEL="trace", **storage)
     user = otaship_json(env, "user", "create", "ada@example.com", "--plan", "pro")
     group = otaship_json(env, "group", "create", "fleet", "--owner", "ada@example.com")
     receiver = ReceiverProcess(env).start()

@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from otaship.protocol import trigger_topic
 from tests.esp_image import build_image
-from tests.receiver_process import SERVERS, ReceiverProcess, cli_env, otaship_json
+from tests.receiver_process import SERVERS, ReceiverProcess, migrated_env, otaship_json
 from tests.services import free_port
 
 
@@ -25,7 +25,9 @@ def test_the_lifespan_runs_the_broker_and_the_background_and_ends_on_sigterm(
     tmp_path: Path, server: str
 ) -> None:
     broker_port = free_port()
-    env = cli_env(tmp_path / "data", server=server, OTASHIP_MQTT_URL=f"embedded://127.0.0.1:{broker_port}")
+    env = migrated_env(
+        tmp_path / "data", server=server, OTASHIP_MQTT_URL=f"embedded://127.0.0.1:{broker_port}"
+    )
     user = otaship_json(env, "user", "create", "ada@example.com", "--plan", "pro")
     group = otaship_json(env, "group", "create", "fleet", "--owner", "ada@example.com")
     receiver = ReceiverProcess(env).start()

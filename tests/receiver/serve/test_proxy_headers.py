@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.receiver_process import SERVERS, ReceiverProcess, cli_env
+from tests.receiver_process import SERVERS, ReceiverProcess, migrated_env
 
 BAD_KEY = {"Authorization": "Bearer osk_not-a-key"}
 
@@ -29,7 +29,7 @@ def test_forwarded_for_is_believed_from_trusted_addresses_only(
     extra = {"OTASHIP_RATE_LIMIT_BAD_KEYS": "3/minute"}
     if trusted is not None:
         extra["FORWARDED_ALLOW_IPS"] = trusted
-    receiver = ReceiverProcess(cli_env(tmp_path / "data", server=server, **extra)).start()
+    receiver = ReceiverProcess(migrated_env(tmp_path / "data", server=server, **extra)).start()
     try:
         # Untrusted, every request counts for 127.0.0.1, and start()'s one probe
         # (no key) already took one of the three.

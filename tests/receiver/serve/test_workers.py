@@ -26,7 +26,7 @@ from otaship.receiver.serve.workers import claim_slot, worker_client_id, worker_
 from otaship.receiver.settings import Settings, SettingsError
 from tests.action_fixtures import OWNER, Tenant
 from tests.receiver.mqtt.test_fleet import run_fleets
-from tests.receiver_process import ReceiverProcess, cli_env, otaship_json
+from tests.receiver_process import ReceiverProcess, migrated_env, otaship_json
 from tests.services import MOSQUITTO, require
 
 
@@ -73,7 +73,7 @@ def setup(request: pytest.FixtureRequest) -> dict[str, str]:
 @pytest.fixture
 def two_workers(tmp_path: Path, setup: dict[str, str]) -> Iterator[Tenant]:
     require("Mosquitto", MOSQUITTO)
-    env = cli_env(
+    env = migrated_env(
         tmp_path / "data",
         OTASHIP_MQTT_URL="mqtt://127.0.0.1:1883",
         # Unique on the shared broker; the second worker adds -w1 to it.

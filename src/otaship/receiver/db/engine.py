@@ -54,7 +54,14 @@ def create_db_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(parsed.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SchemaError(
+                    f"cannot create the database's folder {folder.absolute()}: {exc.strerror}; "
+                    "set OTASHIP_DATA_DIR or OTASHIP_DATABASE_URL"
+                ) from None
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
@@ -121,6 +128,37 @@ _MIGRATION_LOCK = 0x07A5_41B0
 
 class SchemaError(Exception):
     """The database schema is not one this otaship can run on or migrate; one line."""
+
+
+class NoDatabase(SchemaError):
+    """An admin command found no SQLite file where the settings point: none is created.
+
+    An empty new database answers every query with nothing, and a user created
+    in it is unknown to the running receiver: a mistake to stop at, not to hide.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"no database at {path}: run otaship from the folder where otaship serve runs "
+            "(or set OTASHIP_DATA_DIR or OTASHIP_DATABASE_URL as for serve); "
+            "otaship serve or otaship migrate creates a new one"
+        )
+        self.path = path
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names; None for another database or an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).absolute()
+
+
+def require_database(url: str) -> None:
+    """Raise NoDatabase unless the database `url` names exists (a server's always may)."""
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        raise NoDatabase(path)
 
 
 @dataclass(frozen=True)

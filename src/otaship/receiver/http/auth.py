@@ -10,6 +10,8 @@ Handlers read the owner with `owner_of(request)`. Device routes, probes,
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.authentication import AuthCredentials, AuthenticationBackend, AuthenticationError, BaseUser
 from starlette.middleware import Middleware
@@ -20,10 +22,22 @@ from starlette.responses import Response
 from otaship.receiver.db.models import User
 from otaship.receiver.db.users import user_for_api_key
 from otaship.receiver.http.responses import UNAUTHORIZED, message, server_error
+from otaship.receiver.logs import redact
 from otaship.receiver.services import Services
 
 # Far longer than any key otaship issues: a longer one is not looked up.
 MAX_KEY_LENGTH = 200
+
+log = logging.getLogger("otaship.auth")
+
+# The spec fixes the 401's body, {"message": "Unauthorized"}; what to do goes in
+# the challenge RFC 6750 gives every 401, which a client's error output shows.
+CHALLENGE = 'Bearer realm="otaship"'
+BAD_KEY_CHALLENGE = f'{CHALLENGE}, error="invalid_token"'
+NOT_BEARER_CHALLENGE = (
+    f'{CHALLENGE}, error="invalid_request", '
+    'error_description="send the API key as Authorization: Bearer <key>"'
+)
 
 
 class Owner(BaseUser):
@@ -53,6 +67,28 @@ class KeyLookupFailed(AuthenticationError):
         self.cause = cause
 
 
+class NotBearer(AuthenticationError):
+    """An Authorization header that is not `Bearer <key>`: a bare key, another scheme."""
+
+    def __init__(self, header: str) -> None:
+        super().__init__(UNAUTHORIZED)
+        # What is wrong with it, never the header itself: it may be the key.
+        scheme = header.strip().partition(" ")[0]
+        if scheme.lower() == "bearer":
+            self.reason = "Bearer without a key"
+        elif scheme.startswith("osk_"):
+            self.reason = "a bare API key, without Bearer"
+        else:
+            self.reason = "not a Bearer credential"
+
+
+class BadKey(AuthenticationError):
+    """A Bearer key that no user holds (or one too long to be one)."""
+
+    def __init__(self) -> None:
+        super().__init__(UNAUTHORIZED)
+
+
 def bearer_token(conn: HTTPConnection) -> str | None:
     header = conn.headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")
@@ -64,8 +100,11 @@ def bearer_token(conn: HTTPConnection) -> str | None:
 class ApiKeys(AuthenticationBackend):
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
         token = bearer_token(conn)
-        if token is None or len(token) > MAX_KEY_LENGTH:
-            raise AuthenticationError(UNAUTHORIZED)
+        if token is None:
+            header = conn.headers.get("authorization", "")
+            raise NotBearer(header) if header.strip() else AuthenticationError(UNAUTHORIZED)
+        if len(token) > MAX_KEY_LENGTH:
+            raise BadKey()
         try:
             user = await Services.of(conn).run_db(
                 lambda session: user_for_api_key(session=session, api_key=token)
@@ -73,7 +112,7 @@ class ApiKeys(AuthenticationBackend):
         except SQLAlchemyError as exc:
             raise KeyLookupFailed(exc) from exc
         if user is None:
-            raise AuthenticationError(UNAUTHORIZED)
+            raise BadKey()
         return AuthCredentials(["owner"]), Owner(user)
 
 
@@ -86,12 +125,32 @@ class Refusal:
 
     def __call__(self, conn: HTTPConnection, exc: AuthenticationError) -> Response:
         if not isinstance(exc, KeyLookupFailed):
-            return message(401, UNAUTHORIZED)
+            return unauthorized(conn, exc)
         response = server_error(self.failure, exc.cause)
         if self.unread_body:
             # The body was not read: the connection cannot carry another request.
             response.headers["Connection"] = "close"
         return response
+
+
+def unauthorized(conn: HTTPConnection, exc: AuthenticationError) -> Response:
+    """The spec's 401, with a challenge that says what to send."""
+    response = message(401, UNAUTHORIZED)
+    if isinstance(exc, NotBearer):
+        # A client that sends something, only in the wrong form, is misconfigured,
+        # not guessing keys: worth a line, which never holds the header.
+        log.info(
+            "401 for %s %s: the Authorization header is %s; send Authorization: Bearer <key>",
+            conn.scope.get("method", ""),
+            redact(conn.url.path),
+            exc.reason,
+        )
+        response.headers["WWW-Authenticate"] = NOT_BEARER_CHALLENGE
+    elif isinstance(exc, BadKey):
+        response.headers["WWW-Authenticate"] = BAD_KEY_CHALLENGE
+    else:
+        response.headers["WWW-Authenticate"] = CHALLENGE
+    return response
 
 
 def owner_only(failure: str, *, unread_body: bool = False) -> Middleware:

@@ -66,7 +66,9 @@ class Readiness:
 
     def record(self, name: str, outcome: str) -> None:
         # Log changes only: a probe every few seconds must not flood the log.
-        if self._last.get(name, OK) != outcome:
+        # "Not configured" passes as "ok" does: it was never unavailable.
+        before = self._last.get(name, OK)
+        if before != outcome and not (before in PASSING and outcome in PASSING):
             if outcome in PASSING:
                 log.info("%s is available again", name)
             else:

@@ -100,7 +100,19 @@ OTA_EXAMPLE: dict[str, Any] = {
     "idf_ver": "v4.4.7",
     "commit": None,
 }
-UNAUTHORIZED_RESPONSE = _message("No API key, or not a valid one.", UNAUTHORIZED)
+UNAUTHORIZED_RESPONSE: dict[str, Any] = {
+    **_message("No API key, or not a valid one.", UNAUTHORIZED),
+    "headers": {
+        "WWW-Authenticate": {
+            "required": True,
+            "description": 'The challenge (RFC 6750): `Bearer realm="otaship"`; with '
+            '`error="invalid_token"` for a key nobody holds, and with `error="invalid_request"` '
+            "and a description of what to send for an Authorization header that is not "
+            "`Bearer <key>`",
+            "schema": {"type": "string"},
+        }
+    },
+}
 AUTH: list[dict[str, list[str]]] = [{"apiKey": []}]
 
 

@@ -25,8 +25,8 @@ def answer(body: Wire, status: int = 200, headers: Mapping[str, str] | None = No
     return JSONResponse(body.wire(), status_code=status, headers=headers)
 
 
-def message(status: int, text: str) -> JSONResponse:
-    return answer(Message(message=text), status)
+def message(status: int, text: str, *, hint: str | None = None) -> JSONResponse:
+    return answer(Message(message=text) if hint is None else Message(message=text, hint=hint), status)
 
 
 def server_error(text: str, exc: BaseException) -> JSONResponse:

@@ -73,6 +73,9 @@ class Wire(BaseModel):
 
 class Message(Wire):
     message: str
+    hint: str | Absent = Field(
+        default=None, description="What to do, where the spec fixes a message that does not say it"
+    )
 
 
 class ServerError(Wire):

@@ -43,6 +43,8 @@ class MqttLink:
         self.mqtt5 = not address.embedded
         self.persistent = not address.embedded
         self._connected = threading.Event()
+        # Set by stop(): the disconnect that follows is ours, not a lost broker.
+        self._stopping = threading.Event()
         # Replicas of one receiver split the reports; the embedded broker has
         # only one subscriber, and amqtt no shared subscriptions.
         self._filters = report_filters(share_group=share_group if self.mqtt5 else None)
@@ -92,6 +94,7 @@ class MqttLink:
         self.client.loop_start()
 
     def stop(self) -> None:
+        self._stopping.set()
         try:
             self.client.disconnect()
         finally:
@@ -114,7 +117,9 @@ class MqttLink:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: object, properties: object
     ) -> None:
-        if self._connected.is_set():
+        if self._stopping.is_set():
+            log.info("disconnected from MQTT broker %s", self.address.describe())
+        elif self._connected.is_set():
             log.warning("lost the MQTT broker %s (%s); reconnecting", self.address.describe(), reason)
         self._connected.clear()
 

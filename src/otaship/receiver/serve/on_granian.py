@@ -34,11 +34,8 @@ def granian_level(level: str) -> str:
 def adopt_granian_logs(settings: Settings) -> None:
     """Send granian's lines through the receiver's handler (format, redaction);
     granian set its own up with dictConfig when it started."""
+    # configure_logging takes granian's own logger (SERVER_LOGGER) too.
     configure_logging(settings)
-    server = logging.getLogger(SERVER_LOGGER)
-    server.handlers.clear()
-    server.propagate = True
-    server.setLevel(LEVELS[settings.log_level])
     access = logging.getLogger(ACCESS_LOGGER)
     access.handlers.clear()
     access.propagate = False

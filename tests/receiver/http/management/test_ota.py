@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -44,15 +45,58 @@ def deploy(client: TestClient, owner: Owner, group: Group, version: str, **image
 # --- auth -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("header", [None, "Bearer", "Bearer nope", "Basic abc", "bearer  "])
-def test_requests_without_a_valid_key_are_unauthorized(client: TestClient, header: str | None) -> None:
+NOT_BEARER = (
+    'Bearer realm="otaship", error="invalid_request", '
+    'error_description="send the API key as Authorization: Bearer <key>"'
+)
+
+
+@pytest.mark.parametrize(
+    ("header", "challenge"),
+    [
+        (None, 'Bearer realm="otaship"'),
+        ("Bearer", NOT_BEARER),
+        ("Bearer nope", 'Bearer realm="otaship", error="invalid_token"'),
+        ("Basic abc", NOT_BEARER),
+        ("bearer  ", NOT_BEARER),
+        ("osk_" + "k" * 40, NOT_BEARER),
+    ],
+)
+def test_requests_without_a_valid_key_are_unauthorized(
+    client: TestClient, header: str | None, challenge: str
+) -> None:
     headers = {} if header is None else {"Authorization": header}
     for response in (
         client.get("/v1/ota/group", headers=headers),
         client.post("/v1/ota/group", headers=headers, data={"group": "x"}),
     ):
         assert response.status_code == 401
+        # The spec's body, unchanged; what to do is in the challenge.
         assert response.json() == {"message": "Unauthorized"}
+        assert response.headers["WWW-Authenticate"] == challenge
+
+
+def test_a_key_sent_without_bearer_is_logged_at_info_without_the_key(
+    client: TestClient, fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    owner = fleet.owner()
+    key = owner.headers["Authorization"].removeprefix("Bearer ")
+    caplog.set_level(logging.INFO, logger="otaship.auth")
+    response = client.get("/v1/ota/group", headers={"Authorization": key})
+    assert (response.status_code, response.headers["WWW-Authenticate"]) == (401, NOT_BEARER)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "otaship.auth"]
+    assert said == [
+        (
+            "INFO",
+            "401 for GET /v1/ota/group: the Authorization header is a bare API key, without Bearer; "
+            "send Authorization: Bearer <key>",
+        )
+    ]
+    assert key not in caplog.text
+    # A key that is simply wrong is the bad-key rate limit's business, not a line each.
+    caplog.clear()
+    assert client.get("/v1/ota/group", headers={"Authorization": "Bearer osk_wrong"}).status_code == 401
+    assert [r for r in caplog.records if r.name == "otaship.auth"] == []
 
 
 def test_a_rotated_key_stops_working(client: TestClient, fleet: Fleet) -> None:
@@ -110,14 +154,35 @@ def test_a_post_without_a_file_is_400(client: TestClient, fleet: Fleet) -> None:
     owner = fleet.owner()
     group = fleet.group(owner)
     fields = {"group": group.id, "token": group.token, "version": "1.0.0"}
-    for response in (
-        post(client, owner, fields),
-        # The firmware sent as a plain text field is not a file either.
-        client.post("/v1/ota/group", headers=owner.headers, data={**fields, "firmware": "abc"}),
-        client.post("/v1/ota/group", headers=owner.headers, data=fields),  # urlencoded
+    usage = "send the image as a file in the form field firmware (curl -F firmware=@firmware.bin)"
+    for response, hint in (
+        (post(client, owner, fields), usage),
+        # The firmware sent as a plain text field (curl -F firmware=fw.bin, no @) is not a file either.
+        (
+            client.post("/v1/ota/group", headers=owner.headers, data={**fields, "firmware": "abc"}),
+            f"firmware came as text, not a file: {usage}",
+        ),
+        (client.post("/v1/ota/group", headers=owner.headers, data=fields), usage),  # urlencoded
     ):
         assert response.status_code == 400
-        assert response.json() == {"message": "No file uploaded"}
+        # The spec's message, unchanged; the hint beside it.
+        assert response.json() == {"message": "No file uploaded", "hint": hint}
+
+
+def test_a_file_in_another_field_names_the_firmware_field(client: TestClient, fleet: Fleet) -> None:
+    # curl -F file=@firmware.bin
+    owner = fleet.owner()
+    group = fleet.group(owner)
+    response = client.post(
+        "/v1/ota/group",
+        headers=owner.headers,
+        data={"group": group.id, "token": group.token, "version": "1.0.0"},
+        files={"file": ("firmware.bin", build_image("1.0.0"), "application/octet-stream")},
+    )
+    assert (response.status_code, response.json()) == (
+        400,
+        {"message": "Unexpected file part 'file': only 'firmware' carries a file"},
+    )
 
 
 def test_a_json_body_reports_the_first_mandatory_field(client: TestClient, fleet: Fleet) -> None:

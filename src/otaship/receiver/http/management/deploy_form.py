@@ -30,6 +30,16 @@ MAX_TOLERATED_FAILURES = 1_000_000
 DEFAULT_CANARY_TIMEOUT = 1800
 
 
+class NoFile(BadField):
+    """The spec's "No file uploaded", with a hint at the field it did not find."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__("No file uploaded")
+        usage = "send the image as a file in the form field firmware (curl -F firmware=@firmware.bin)"
+        # curl -F firmware=firmware.bin, without the @: the path came as text.
+        self.hint = f"firmware came as text, not a file: {usage}" if "firmware" in fields else usage
+
+
 @dataclass(frozen=True)
 class DeployTarget:
     group_id: str
@@ -57,7 +67,7 @@ def parse_target(fields: dict[str, str], *, has_file: bool) -> DeployTarget:
     if not is_id(group_id):
         raise BadField("Group ID is not valid")
     if not has_file:
-        raise BadField("No file uploaded")
+        raise NoFile(fields)
     return DeployTarget(group_id=group_id, token=_value(fields, "token"), version=_value(fields, "version"))
 
 

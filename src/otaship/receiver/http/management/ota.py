@@ -17,7 +17,12 @@ from otaship.receiver.db.path_search import owned_paths_containing
 from otaship.receiver.fields import BadField, choice, text, whole_number
 from otaship.receiver.http import wire
 from otaship.receiver.http.auth import owner_of
-from otaship.receiver.http.management.deploy_form import check_version, parse_options, parse_target
+from otaship.receiver.http.management.deploy_form import (
+    NoFile,
+    check_version,
+    parse_options,
+    parse_target,
+)
 from otaship.receiver.http.management.route import owner_route
 from otaship.receiver.http.responses import answer, message, server_error
 from otaship.receiver.http.views import ota_view
@@ -210,6 +215,8 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
 
     try:
         target = parse_target(upload.fields, has_file=upload.file_path is not None)
+    except NoFile as exc:
+        return message(400, str(exc), hint=exc.hint)
     except BadField as exc:
         return message(400, str(exc))
     group_id, token, version = target.group_id, target.token, target.version
