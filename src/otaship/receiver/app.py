@@ -37,9 +37,15 @@ log = logging.getLogger("otaship")
 
 def build_services(settings: Settings) -> Services:
     engine = create_db_engine(settings.resolved_database_url)
-    # SQLite migrates itself; a shared database must have been migrated already.
-    ensure_schema(engine)
-    storage = create_storage(settings.resolved_storage_url, cache_dir=settings.cache_dir)
+    try:
+        # SQLite migrates itself; a shared database must have been migrated already.
+        ensure_schema(engine)
+        storage = create_storage(settings.resolved_storage_url, cache_dir=settings.cache_dir)
+    except BaseException:
+        # A refused database or storage ends the start: its pooled connections
+        # go now, not whenever the collector finds them.
+        engine.dispose()
+        raise
     return Services(settings=settings, engine=engine, storage=storage, catalog=FirmwareCatalog(engine))
 
 
