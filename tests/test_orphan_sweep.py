@@ -26,6 +26,7 @@ from starlette.testclient import TestClient
 
 from otaship.receiver.app import build_services, create_app
 from otaship.receiver.db.engine import read_session, write_session
+from otaship.receiver.db.enums import State
 from otaship.receiver.db.models import Group, Rollout
 from otaship.receiver.gc.sweep import OrphanSweeper, SweepResult, referenced_keys, sweep_orphans
 from otaship.receiver.ids import new_id
@@ -217,7 +218,7 @@ def test_each_kind_of_record_keeps_its_object(services: Services, fleet: Fleet, 
                 error_threshold=0,
                 soak=0,
                 auto_promote=True,
-                state="aborted",
+                state=State.ABORTED,
             )
         )
     with read_session(services.engine) as session:

@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import Index, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
+from otaship.receiver.db.enums import EnumText, Outcome, Stage, State
 from otaship.receiver.ids import new_id, utcnow
 
 PLANS = ("free", "pro")
@@ -154,7 +155,7 @@ class Rollout(SQLModel, table=True):
     error_threshold: int
     soak: int
     auto_promote: bool
-    state: str = Field(max_length=16, index=True)
+    state: State = Field(sa_type=EnumText(State, 16), index=True)
     reason: str | None = Field(default=None, max_length=500)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -180,10 +181,10 @@ class RolloutDevice(SQLModel, table=True):
     __table_args__ = (Index("ix_rollout_devices_device_outcome", "device_id", "outcome"),)
 
     rollout_id: str = Field(foreign_key="rollouts.id", primary_key=True, max_length=24)
-    stage: str = Field(primary_key=True, max_length=8)
+    stage: Stage = Field(sa_type=EnumText(Stage, 8), primary_key=True)
     device_id: str = Field(foreign_key="devices.id", primary_key=True, max_length=64)
     group_id: str = Field(max_length=24)
-    outcome: str = Field(max_length=16)
+    outcome: Outcome = Field(sa_type=EnumText(Outcome, 16))
     started_update: bool = Field(default=False)
     # The uptime last seen before its 201: a lower one afterwards means it rebooted.
     uptime_at_start: float | None = Field(default=None)

@@ -12,11 +12,14 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from otaship.receiver.db.enums import Stage, State
 from otaship.receiver.db.models import Rollout, RolloutDevice
 from otaship.receiver.rollouts.policy import ACTIVE_STATES, DeviceProgress, at_stage_end
 
 
-def close_stage(session: Session, rollout_id: str, stage: str, *, time_ran_out: bool, now: datetime) -> None:
+def close_stage(
+    session: Session, rollout_id: str, stage: Stage, *, time_ran_out: bool, now: datetime
+) -> None:
     """Give each device of the stage that had not finished its final outcome."""
     for row in session.exec(
         select(RolloutDevice).where(
@@ -34,7 +37,7 @@ def close_stage(session: Session, rollout_id: str, stage: str, *, time_ran_out: 
 def end_rollout(
     session: Session,
     rollout: Rollout,
-    state: str,
+    state: State,
     reason: str | None,
     now: datetime,
     *,
@@ -47,7 +50,7 @@ def end_rollout(
     """
     if rollout.state in ACTIVE_STATES:
         # A rollout's stages are named after the states that run them.
-        close_stage(session, rollout.id, rollout.state, time_ran_out=time_ran_out, now=now)
+        close_stage(session, rollout.id, Stage(rollout.state), time_ran_out=time_ran_out, now=now)
     rollout.state = state
     rollout.reason = reason
     rollout.ended_at = now

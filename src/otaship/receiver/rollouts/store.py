@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func
 from sqlmodel import Session, col, select
 
+from otaship.receiver.db.enums import Stage, State
 from otaship.receiver.db.groups import ancestors, descendants, lock_tree
 from otaship.receiver.db.models import Deployment, Device, Group, Rollout, RolloutDevice
 from otaship.receiver.ids import utcnow
@@ -29,18 +30,11 @@ from otaship.receiver.rollouts.deploy import (
 )
 from otaship.receiver.rollouts.end import close_stage, end_rollout
 from otaship.receiver.rollouts.policy import (
-    ABORTED,
     ACTIVE_STATES,
     AWAIT_PROMOTION,
-    CANARY,
-    COMPLETE,
     FINISH,
-    FLEET,
     HALT,
-    HALTED,
     PROMOTE,
-    STAGE_CANARY,
-    STAGE_FLEET,
     Counts,
     Policy,
     Running,
@@ -98,7 +92,7 @@ def _devices_in(session: Session, groups: list[Group]) -> list[Device]:
     return list(session.exec(select(Device).where(col(Device.group_id).in_(ids)).order_by(col(Device.id))))
 
 
-def _target(session: Session, rollout: Rollout, stage: str, groups: list[Group]) -> None:
+def _target(session: Session, rollout: Rollout, stage: Stage, groups: list[Group]) -> None:
     now = utcnow()
     for device in _devices_in(session, groups):
         progress = initial_progress(device.firmware_version, rollout.version)
@@ -131,7 +125,7 @@ def supersede(*, session: Session, group_ids: list[str], reason: str, keep: str)
     ).all()
     now = utcnow()
     for rollout in rows:
-        end_rollout(session, rollout, ABORTED, reason, now)
+        end_rollout(session, rollout, State.ABORTED, reason, now)
     return [r.id for r in rows]
 
 
@@ -183,7 +177,7 @@ def start_rollout(
         error_threshold=policy.error_threshold,
         soak=policy.soak,
         auto_promote=policy.auto_promote,
-        state=CANARY,
+        state=State.CANARY,
         created_at=now,
         updated_at=now,
         canary_started_at=now,
@@ -211,14 +205,14 @@ def start_rollout(
         keep=rollout.id,
         reason=f"superseded by rollout {rollout.id} of version {version}",
     )
-    _target(session, rollout, STAGE_CANARY, [canary, *descendants(session=session, group=canary)])
+    _target(session, rollout, Stage.CANARY, [canary, *descendants(session=session, group=canary)])
     session.flush()
     return Started(rollout=rollout, deploy=result)
 
 
-def stage_counts(*, session: Session, rollout_id: str, stage: str) -> Counts:
+def stage_counts(*, session: Session, rollout_id: str, stage: Stage) -> Counts:
     outcomes = session.exec(
-        select(RolloutDevice.outcome).where(
+        select(col(RolloutDevice.outcome)).where(
             col(RolloutDevice.rollout_id) == rollout_id, col(RolloutDevice.stage) == stage
         )
     ).all()
@@ -277,12 +271,12 @@ def promote(
     assert group is not None
     refusal = promotion_blocked(session=session, rollout=rollout, group=group)
     if refusal is not None:
-        end_rollout(session, rollout, ABORTED, refusal, now)
+        end_rollout(session, rollout, State.ABORTED, refusal, now)
         return
     close_stage(
         session,
         rollout.id,
-        STAGE_CANARY,
+        Stage.CANARY,
         now=now,
         time_ran_out=stage_time_ran_out(policy_of(rollout), started_at=rollout.canary_started_at, now=now),
     )
@@ -297,14 +291,16 @@ def promote(
             notify=notify,
         )
     except VersionConflict as exc:
-        end_rollout(session, rollout, HALTED, f"the group already runs {exc.version} with other bytes", now)
+        end_rollout(
+            session, rollout, State.HALTED, f"the group already runs {exc.version} with other bytes", now
+        )
         return
-    rollout.state = FLEET
+    rollout.state = State.FLEET
     rollout.reason = reason
     rollout.fleet_started_at = now
     rollout.updated_at = now
     session.add(rollout)
-    _target(session, rollout, STAGE_FLEET, [group, *descendants(session=session, group=group)])
+    _target(session, rollout, Stage.FLEET, [group, *descendants(session=session, group=group)])
     session.flush()
 
 
@@ -317,8 +313,8 @@ def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime |
         return rollout.state
     now = now or utcnow()
     policy = policy_of(rollout)
-    if rollout.state == CANARY:
-        counts = stage_counts(session=session, rollout_id=rollout.id, stage=STAGE_CANARY)
+    if rollout.state == State.CANARY:
+        counts = stage_counts(session=session, rollout_id=rollout.id, stage=Stage.CANARY)
         decision = decide_canary(
             policy,
             counts,
@@ -335,7 +331,7 @@ def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime |
             end_rollout(
                 session,
                 rollout,
-                HALTED,
+                State.HALTED,
                 decision.reason,
                 now,
                 time_ran_out=stage_time_ran_out(policy, started_at=rollout.canary_started_at, now=now),
@@ -345,13 +341,13 @@ def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime |
             rollout.updated_at = now
     else:
         assert rollout.fleet_started_at is not None
-        counts = stage_counts(session=session, rollout_id=rollout.id, stage=STAGE_FLEET)
+        counts = stage_counts(session=session, rollout_id=rollout.id, stage=Stage.FLEET)
         decision = decide_fleet(policy, counts, now=now, started_at=rollout.fleet_started_at)
         if decision.action == FINISH:
             end_rollout(
                 session,
                 rollout,
-                COMPLETE,
+                State.COMPLETE,
                 decision.reason,
                 now,
                 time_ran_out=stage_time_ran_out(policy, started_at=rollout.fleet_started_at, now=now),
@@ -366,9 +362,9 @@ def manual_promote(*, session: Session, rollout_id: str, owner_id: str, notify: 
     rollout = lock_rollout(session, rollout_id, skip_locked=False)
     if rollout is None or rollout.owner_id != owner_id:
         raise LookupError(rollout_id)
-    if rollout.state != CANARY:
+    if rollout.state != State.CANARY:
         raise RolloutError(f"only a rollout in its canary stage can be promoted; this one is {rollout.state}")
-    counts = stage_counts(session=session, rollout_id=rollout.id, stage=STAGE_CANARY)
+    counts = stage_counts(session=session, rollout_id=rollout.id, stage=Stage.CANARY)
     needed = required_successes(counts.targeted, rollout.success_threshold)
     if counts.succeeded < needed:
         raise RolloutError(
@@ -385,7 +381,7 @@ def abort(*, session: Session, rollout_id: str, owner_id: str) -> Rollout:
         raise LookupError(rollout_id)
     if rollout.state not in ACTIVE_STATES:
         raise RolloutError(f"the rollout has already ended: {rollout.state}")
-    end_rollout(session, rollout, ABORTED, "aborted by request", utcnow())
+    end_rollout(session, rollout, State.ABORTED, "aborted by request", utcnow())
     return rollout
 
 
@@ -457,7 +453,7 @@ def deploy_with_canary(
             f"Version {version} is already rolling out with different firmware. "
             "Devices compare version strings and would never fetch it: bump the version."
         )
-    if newest is not None and newest.state == HALTED:
+    if newest is not None and newest.state == State.HALTED:
         raise RolloutConflict(
             f"Version {version} was halted in its canary ({newest.reason}). Bump the version to deploy a fix."
         )

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 
 from sqlmodel import Session, col, select
 
+from otaship.receiver.db.enums import State
 from otaship.receiver.db.models import Deployment, Rollout
 from otaship.receiver.ids import utcnow
 from otaship.receiver.rollouts.end import end_rollout
-from otaship.receiver.rollouts.policy import ABORTED, ACTIVE_STATES, superseded_reason, supersedes
+from otaship.receiver.rollouts.policy import ACTIVE_STATES, superseded_reason, supersedes
 
 
 def supersede_rollouts(
@@ -48,6 +49,6 @@ def supersede_rollouts(
     ended: list[str] = []
     for rollout in session.exec(query).all():
         if supersedes(rollout.group_id, changed, parents):
-            end_rollout(session, rollout, ABORTED, reason, now)
+            end_rollout(session, rollout, State.ABORTED, reason, now)
             ended.append(rollout.id)
     return ended

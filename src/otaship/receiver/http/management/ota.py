@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from otaship.receiver.db.enums import State
 from otaship.receiver.db.groups import get_owned_group
 from otaship.receiver.db.models import GroupOta, Rollout, User
 from otaship.receiver.db.path_search import owned_paths_containing
@@ -39,7 +40,7 @@ from otaship.receiver.rollouts.deploy import (
     current_ota,
     deploy_firmware,
 )
-from otaship.receiver.rollouts.policy import CANARY, PolicyError
+from otaship.receiver.rollouts.policy import PolicyError
 from otaship.receiver.rollouts.store import (
     CanaryDeploy,
     RolloutConflict,
@@ -346,7 +347,9 @@ def canary_message(rollout: Rollout) -> str:
 def _canary_body(staged: CanaryDeploy) -> tuple[bool, wire.Deployed]:
     rollout = staged.rollout
     return staged.deployed, wire.Deployed(
-        message=canary_message(rollout) if rollout is not None and rollout.state == CANARY else DEPLOYED,
+        message=canary_message(rollout)
+        if rollout is not None and rollout.state == State.CANARY
+        else DEPLOYED,
         deployed=staged.deployed,
         **wire.given(
             ota=ota_view(staged.ota) if staged.ota is not None else None,

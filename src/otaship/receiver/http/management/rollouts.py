@@ -6,6 +6,7 @@ from sqlmodel import Session, col, select
 from starlette.requests import Request
 from starlette.responses import Response
 
+from otaship.receiver.db.enums import State
 from otaship.receiver.db.groups import get_owned_group
 from otaship.receiver.db.models import Rollout
 from otaship.receiver.fields import BadField, flag, text
@@ -16,7 +17,6 @@ from otaship.receiver.http.responses import answer, message
 from otaship.receiver.http.views import rollout_view
 from otaship.receiver.ids import is_id
 from otaship.receiver.metrics import Metrics
-from otaship.receiver.rollouts.policy import ABORTED
 from otaship.receiver.rollouts.store import RolloutError, abort, manual_promote
 from otaship.receiver.services import Services
 
@@ -104,7 +104,7 @@ async def _change(request: Request, action: str) -> Response:
     except RolloutError as exc:
         return message(409, str(exc))
     services.deployed()
-    if action == "promote" and body.state == ABORTED:
+    if action == "promote" and body.state == State.ABORTED:
         # Committed: the group runs something newer than the rollout, which
         # ended rather than overwrite it.
         return message(409, f"the rollout was aborted: {body.reason}")
