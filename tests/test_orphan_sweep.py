@@ -9,6 +9,7 @@ file's mtime, the emulator's `updated`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -378,7 +379,8 @@ def test_a_deploy_that_stored_its_object_too_long_ago_is_refused(
     fleet: Fleet, settings: Settings, services: Services
 ) -> None:
     # A deploy must commit within 1 s of storing its object.
-    short_grace = services.settings = settings.with_overrides(gc_grace=2.0)
+    short_grace = settings.with_overrides(gc_grace=2.0)
+    services = dataclasses.replace(services, settings=short_grace)
     owner = fleet.owner()
     group = fleet.group(owner)
     image = build_image("1.0.0")
@@ -469,7 +471,7 @@ def test_serve_sweeps_periodically(
 ) -> None:
     caplog.set_level(logging.INFO, logger="otaship.sweep")
     sweeping = settings.with_overrides(gc_interval=0.2)
-    services.settings = sweeping
+    services = dataclasses.replace(services, settings=sweeping)
     owner = fleet.owner()
     group = fleet.group(owner)
     with TestClient(create_app(sweeping, services=services)) as client:
@@ -493,8 +495,8 @@ def test_serve_sweeps_periodically(
 
 
 def test_an_interval_of_zero_turns_the_sweep_off(services: Services, settings: Settings) -> None:
-    off = services.settings = settings.with_overrides(gc_interval=0)
-    with TestClient(create_app(off, services=services)) as client:
+    off = settings.with_overrides(gc_interval=0)
+    with TestClient(create_app(off, services=dataclasses.replace(services, settings=off))) as client:
         assert client.app.state.background.sweeper is None  # type: ignore[attr-defined]
 
 
@@ -515,12 +517,11 @@ def test_a_failing_sweep_is_logged_and_tried_again(
 
     caplog.set_level(logging.WARNING, logger="otaship.sweep")
     sweeping = settings.with_overrides(gc_interval=0.1)
-    services.settings = sweeping
     unreachable = Unreachable(services.storage)
-    services.storage = unreachable  # type: ignore[assignment]
-    with TestClient(create_app(sweeping, services=services)):
+    # Not a Storage: it answers the sweep's listing and hands the rest to the real one.
+    failing = dataclasses.replace(services, settings=sweeping, storage=unreachable)  # type: ignore[arg-type]
+    with TestClient(create_app(sweeping, services=failing)):
         _wait_for(lambda: unreachable.failures >= 2, "a second attempt")
-    services.storage = unreachable.inner
     assert (
         "orphan sweep failed, trying again in 0.1 s: Cloud Storage listing failed: cannot connect"
         in caplog.messages

@@ -14,6 +14,7 @@ A deploy to top reaches all of them; sibling and other are outside it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +40,13 @@ class Tree:
 
 
 @pytest.fixture
+def services(services: Services) -> Services:
+    """Deploys write triggers, as with a broker configured."""
+    return dataclasses.replace(services, notify=True)
+
+
+@pytest.fixture
 def tree(fleet: Fleet, services: Services) -> Tree:
-    services.notify = True
     owner = fleet.owner()
     top = fleet.group(owner, name="top")
     group = fleet.group(owner, name="fleet", parent=top)

@@ -3,6 +3,7 @@ deploy racing a promotion neither deadlocks nor loses the newer firmware."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections.abc import Callable
@@ -28,7 +29,7 @@ def test_two_receivers_promote_a_rollout_once(postgres_url: str, tmp_path: Path)
     settings = Settings(data_dir=tmp_path / "data", database_url=postgres_url, mqtt_url="none")
     first, second = build_services(settings), build_services(settings)
     try:
-        first.notify = True
+        first = dataclasses.replace(first, notify=True)
         fleet = Fleet(first)
         owner = fleet.owner()
         group = fleet.group(owner, name="fleet")

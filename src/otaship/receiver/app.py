@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from otaship.protocol import parse_mqtt_url
 from otaship.receiver.background import Background
 from otaship.receiver.db.engine import create_db_engine, ensure_schema
 from otaship.receiver.http import device_api as devices
@@ -46,7 +47,13 @@ def build_services(settings: Settings) -> Services:
         # go now, not whenever the collector finds them.
         engine.dispose()
         raise
-    return Services(settings=settings, engine=engine, storage=storage, catalog=FirmwareCatalog(engine))
+    return Services(
+        settings=settings,
+        engine=engine,
+        storage=storage,
+        catalog=FirmwareCatalog(engine),
+        notify=parse_mqtt_url(settings.mqtt_url) is not None,
+    )
 
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Starlette:
