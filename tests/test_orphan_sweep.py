@@ -28,9 +28,10 @@ from starlette.testclient import TestClient
 from otaship.receiver.app import build_services, create_app
 from otaship.receiver.db.engine import read_session, write_session
 from otaship.receiver.db.enums import State
+from otaship.receiver.db.images import record_image
 from otaship.receiver.db.models import Group, Rollout
 from otaship.receiver.gc.sweep import OrphanSweeper, SweepResult, referenced_keys, sweep_orphans
-from otaship.receiver.ids import new_id
+from otaship.receiver.ids import new_id, utcnow
 from otaship.receiver.rollouts.deploy import StoredFirmware, deploy_firmware
 from otaship.receiver.services import Services
 from otaship.receiver.settings import Settings
@@ -128,13 +129,21 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15) -> 
 # -- what a sweep removes, and what it keeps -----------------------------------------
 
 
-def _copy_rollout(services: Services, key: str) -> None:
-    """A rollout record that is the only one pointing at `key`."""
+def _copy_rollout(services: Services, image: bytes) -> None:
+    """A rollout record that is the only one pointing at the image's object."""
     with write_session(services.engine) as session:
         rollout = session.exec(select(Rollout)).first()
         assert rollout is not None
+        recorded = record_image(
+            session=session,
+            now=utcnow(),
+            sha256=hashlib.sha256(image).hexdigest(),
+            md5=hashlib.md5(image).hexdigest(),
+            size=len(image),
+            object_key=_key(image),
+        )
         session.add(
-            Rollout(**{**rollout.model_dump(), "id": new_id(), "object_key": key, "state": "aborted"})
+            Rollout(**{**rollout.model_dump(), "id": new_id(), "sha256": recorded.sha256, "state": "aborted"})
         )
 
 
@@ -155,7 +164,7 @@ def test_a_sweep_removes_old_orphans_and_keeps_every_referenced_object(
     )
     assert rollout.status_code == 201, rollout.text
     only_in_rollout = _store(services, tmp_path, build_image("1.3.0"))
-    _copy_rollout(services, only_in_rollout)
+    _copy_rollout(services, build_image("1.3.0"))
     referenced = {_key(build_image(v)) for v in ("1.0.0", "1.1.0", "1.2.0")} | {only_in_rollout}
     old = _store(services, tmp_path, build_image("2.0.0"))
     young = _store(services, tmp_path, build_image("2.1.0"))
@@ -187,7 +196,7 @@ def test_a_sweep_removes_old_orphans_and_keeps_every_referenced_object(
 
 
 def test_each_kind_of_record_keeps_its_object(services: Services, fleet: Fleet, tmp_path: Path) -> None:
-    # Every table with an object_key column counts, on its own.
+    # Each kind of record keeps its image, and so its object, on its own.
     owner = fleet.owner()
     group = fleet.group(owner)
     canary = fleet.group(owner, name="canary", parent=group)
@@ -202,18 +211,25 @@ def test_each_kind_of_record_keeps_its_object(services: Services, fleet: Fleet, 
         for version, image in images.items()
     }
     with write_session(services.engine) as session:
-        deploy_firmware(session=session, group_id=group.id, version="1.0.0", firmware=firmware["1.0.0"])
-        deploy_firmware(session=session, group_id=group.id, version="1.1.0", firmware=firmware["1.1.0"])
+        for version in ("1.0.0", "1.1.0"):
+            deploy_firmware(
+                session=session, group_id=group.id, version=version, firmware=firmware[version], now=utcnow()
+            )
+        rollout_image = record_image(
+            session=session,
+            now=utcnow(),
+            sha256="0" * 64,
+            md5="0" * 32,
+            size=1,
+            object_key="firmware/sha256/rollout.bin",
+        )
         session.add(
             Rollout(
                 owner_id=owner.user.id,
                 group_id=group.id,
                 canary_group_id=canary.id,
                 version="9.9.9",
-                object_key="firmware/sha256/rollout.bin",
-                sha256="0" * 64,
-                md5="0" * 32,
-                size=1,
+                sha256=rollout_image.sha256,
                 canary_timeout=60,
                 success_threshold=1.0,
                 error_threshold=0,
@@ -451,6 +467,7 @@ class TestOnPostgres:
                         md5=hashlib.md5(newer).hexdigest(),
                         size=len(newer),
                     ),
+                    now=utcnow(),
                 )
             response = posted.result(timeout=30)
         assert response.status_code == 201, response.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import Index, UniqueConstraint, false
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, Relationship, SQLModel
 
 from otaship.receiver.db.enums import EnumText, Outcome, Stage, State
 from otaship.receiver.ids import new_id, utcnow
@@ -63,6 +63,26 @@ class Device(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class FirmwareImage(SQLModel, table=True):
+    """A stored firmware image, one row per SHA-256: what the OTA, deployment
+    and rollout rows point at. Never deleted, so the objects these rows name
+    are exactly the ones a record ever referenced (the sweep keeps them)."""
+
+    __tablename__ = "firmware_images"
+
+    sha256: str = Field(primary_key=True, max_length=64)
+    size: int
+    md5: str = Field(max_length=32)
+    # What the image's header and app descriptor say; None for an image known
+    # only from deploy history before this table existed, until it is deployed again.
+    chip: str | None = Field(default=None, max_length=32)
+    project_name: str | None = Field(default=None, max_length=32)
+    app_version: str | None = Field(default=None, max_length=32)
+    idf_ver: str | None = Field(default=None, max_length=32)
+    object_key: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class GroupOta(SQLModel, table=True):
     """The last OTA of a group, updated in place at each deploy (the spec's listing)."""
 
@@ -74,18 +94,14 @@ class GroupOta(SQLModel, table=True):
     owner_id: str = Field(foreign_key="users.id", max_length=24)
     version: str = Field(max_length=64)
     path: str = Field(max_length=200)
-    object_key: str = Field(max_length=200)
-    sha256: str = Field(max_length=64)
-    md5: str = Field(max_length=32)
-    size: int
-    chip: str | None = Field(default=None, max_length=32)
-    project_name: str | None = Field(default=None, max_length=32)
-    app_version: str | None = Field(default=None, max_length=32)
-    idf_ver: str | None = Field(default=None, max_length=32)
+    sha256: str = Field(foreign_key="firmware_images.sha256", max_length=64)
     commit: str | None = Field(default=None, max_length=64)
     # The spec's `__v`: 0 after the first deploy, +1 with each later one.
     revision: int = Field(default=0)
     last_updated: datetime = Field(default_factory=utcnow)
+    # Loaded with the row (one query per statement, not per row): every view
+    # of an OTA shows its image, and rows are shown after their session ends.
+    image: FirmwareImage = Relationship(sa_relationship_kwargs={"lazy": "selectin"})
 
 
 class Deployment(SQLModel, table=True):
@@ -100,10 +116,7 @@ class Deployment(SQLModel, table=True):
     owner_id: str = Field(foreign_key="users.id", max_length=24)
     revision: int
     version: str = Field(max_length=64)
-    object_key: str = Field(max_length=200)
-    sha256: str = Field(max_length=64)
-    md5: str = Field(max_length=32)
-    size: int
+    sha256: str = Field(foreign_key="firmware_images.sha256", max_length=64)
     commit: str | None = Field(default=None, max_length=64)
     rollout_id: str | None = Field(default=None, max_length=24)
     deployed_at: datetime = Field(default_factory=utcnow)
@@ -141,14 +154,7 @@ class Rollout(SQLModel, table=True):
     group_id: str = Field(foreign_key="groups.id", max_length=24)
     canary_group_id: str = Field(foreign_key="groups.id", max_length=24)
     version: str = Field(max_length=64)
-    object_key: str = Field(max_length=200)
-    sha256: str = Field(max_length=64)
-    md5: str = Field(max_length=32)
-    size: int
-    chip: str | None = Field(default=None, max_length=32)
-    project_name: str | None = Field(default=None, max_length=32)
-    app_version: str | None = Field(default=None, max_length=32)
-    idf_ver: str | None = Field(default=None, max_length=32)
+    sha256: str = Field(foreign_key="firmware_images.sha256", max_length=64)
     commit: str | None = Field(default=None, max_length=64)
     canary_timeout: int
     success_threshold: float

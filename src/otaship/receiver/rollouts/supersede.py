@@ -8,12 +8,12 @@ promotion alike. A rollout's own deploys never end it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 
 from sqlmodel import Session, col, select
 
 from otaship.receiver.db.enums import State
 from otaship.receiver.db.models import Deployment, Rollout
-from otaship.receiver.ids import utcnow
 from otaship.receiver.rollouts.end import end_rollout
 from otaship.receiver.rollouts.policy import ACTIVE_STATES, superseded_reason, supersedes
 
@@ -24,6 +24,7 @@ def supersede_rollouts(
     deployment: Deployment,
     changed: set[str],
     parents: Mapping[str, str | None],
+    now: datetime,
 ) -> list[str]:
     """End as aborted each running rollout the deploy changed; their ids.
 
@@ -45,7 +46,6 @@ def supersede_rollouts(
     if deployment.rollout_id is not None:
         query = query.where(col(Rollout.id) != deployment.rollout_id)
     reason = superseded_reason(deployment.id, deployment.version, deployment.group_id, deployment.rollout_id)
-    now = utcnow()
     ended: list[str] = []
     for rollout in session.exec(query).all():
         if supersedes(rollout.group_id, changed, parents):

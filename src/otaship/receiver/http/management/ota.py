@@ -23,7 +23,7 @@ from otaship.receiver.http.management.route import owner_route
 from otaship.receiver.http.responses import answer, message, server_error
 from otaship.receiver.http.views import ota_view
 from otaship.receiver.http.wire import DEPLOYED
-from otaship.receiver.ids import secret_matches_plain
+from otaship.receiver.ids import secret_matches_plain, utcnow
 from otaship.receiver.intake.in_flight import Hold, ObjectNotStored
 from otaship.receiver.intake.multipart import (
     MalformedUpload,
@@ -279,6 +279,7 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
                         firmware=firmware,
                         commit=commit,
                         notify=services.notify,
+                        now=utcnow(),
                     )
                 )
             )
@@ -298,6 +299,7 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
                         policy=rollout_policy,
                         commit=commit,
                         notify=services.notify,
+                        now=utcnow(),
                     )
                 )
             )
