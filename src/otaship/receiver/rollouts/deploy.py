@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from otaship.protocol import trigger_topic
 from otaship.receiver.db.groups import ancestors, descendants, lock_tree
@@ -32,16 +32,8 @@ class StoredFirmware:
 
     @classmethod
     def of(cls, image: FirmwareImage) -> StoredFirmware:
-        return cls(
-            object_key=image.object_key,
-            sha256=image.sha256,
-            md5=image.md5,
-            size=image.size,
-            chip=image.chip,
-            project_name=image.project_name,
-            app_version=image.app_version,
-            idf_ver=image.idf_ver,
-        )
+        # The image row has every field of this one, by the same name.
+        return cls(**{field.name: getattr(image, field.name) for field in fields(cls)})
 
 
 class VersionConflict(Exception):
@@ -92,16 +84,21 @@ def _otas(*, session: Session, parents: dict[str, str | None]) -> dict[str, Grou
     """The OTA record of each group in `parents` that has one."""
     return {
         ota.group_id: ota
-        for ota in session.exec(
-            select(GroupOta).where(GroupOta.group_id.in_(list(parents)))  # type: ignore[attr-defined]
-        )
+        for ota in session.exec(select(GroupOta).where(col(GroupOta.group_id).in_(list(parents))))
     }
 
 
 def _effective(
-    *, session: Session, parents: dict[str, str | None], groups: list[Group]
+    *,
+    session: Session,
+    parents: dict[str, str | None],
+    groups: list[Group],
+    otas: dict[str, GroupOta] | None = None,
 ) -> dict[str, _Effective | None]:
-    resolved = resolve_effective(parents, _otas(session=session, parents=parents))
+    """The effective OTA of each of `groups`, from `otas` if the caller already read them."""
+    resolved = resolve_effective(
+        parents, otas if otas is not None else _otas(session=session, parents=parents)
+    )
     return {
         g.id: (
             _Effective(ota.id, ota.revision, ota.version, ota.sha256)
@@ -167,7 +164,8 @@ def deploy_firmware(
     current = current_ota(session=session, group_id=group.id)
     subtree = descendants(session=session, group=group)
     parents = _family(session=session, group=group, subtree=subtree)
-    before = _effective(session=session, parents=parents, groups=[group, *subtree])
+    family = _otas(session=session, parents=parents)
+    before = _effective(session=session, parents=parents, groups=[group, *subtree], otas=family)
     if current is not None and current.version == version:
         if current.sha256 != firmware.sha256:
             raise VersionConflict(current)
@@ -185,10 +183,7 @@ def deploy_firmware(
     last_updated = max(
         [
             now,
-            *(
-                ota.last_updated + timedelta(milliseconds=1)
-                for ota in _otas(session=session, parents=parents).values()
-            ),
+            *(ota.last_updated + timedelta(milliseconds=1) for ota in family.values()),
         ]
     )
     if current is None:
