@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import pytest
+from sqlalchemy import text
 from sqlmodel import col, select
 
 from otaship.receiver.db.engine import read_session, write_session
@@ -118,3 +122,51 @@ def test_a_deploy_fills_in_what_history_did_not_know(services: Services, fleet: 
             "1.0.0",
             "v5.1",
         )
+
+
+class TestOnPostgres:
+    """PostgreSQL only: it shows when a transaction waits on another's row."""
+
+    @pytest.fixture
+    def database_url(self, postgres_url: str) -> str:
+        return postgres_url
+
+    def test_new_bytes_deployed_to_two_trees_at_once_make_one_image(
+        self, services: Services, fleet: Fleet
+    ) -> None:
+        # Different trees: the deploys share no lock, only the new image's key.
+        owner = fleet.owner()
+        first, second = fleet.group(owner, name="a"), fleet.group(owner, name="b")
+        firmware = stored("1.0.0")
+
+        def deploy_second() -> bool:
+            with write_session(services.engine) as session:
+                return deploy_firmware(
+                    session=session, group_id=second.id, version="1.0.0", firmware=firmware, now=utcnow()
+                ).deployed
+
+        with ThreadPoolExecutor(1) as pool:
+            with write_session(services.engine) as session:
+                deploy_firmware(
+                    session=session, group_id=first.id, version="1.0.0", firmware=firmware, now=utcnow()
+                )
+                deployed = pool.submit(deploy_second)
+                deadline = time.monotonic() + 15
+                while not waiting_on_a_lock(services):
+                    assert time.monotonic() < deadline, "the second deploy never waited for the first's image"
+                    time.sleep(0.02)
+            assert deployed.result(timeout=30) is True
+        with read_session(services.engine) as session:
+            assert session.exec(select(col(FirmwareImage.sha256))).all() == [firmware.sha256]
+        assert ota_of(services, first).sha256 == ota_of(services, second).sha256 == firmware.sha256
+
+
+def waiting_on_a_lock(services: Services) -> bool:
+    with read_session(services.engine) as session:
+        waiting = session.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    return int(waiting) > 0
