@@ -119,7 +119,7 @@ def upgrade() -> None:
     )
     op.execute(_image_rows())
     if op.get_bind().dialect.name == "sqlite":
-        _rebuild_sqlite(_without_copies, copy_from=lambda table, old: _plain_copy(table, old))
+        _rebuild_sqlite(_without_copies, copy_from=_plain_copy)
         return
     for table, copied in COPIED.items():
         op.create_foreign_key(FOREIGN_KEY.format(table=table), table, IMAGES, ["sha256"], ["sha256"])
