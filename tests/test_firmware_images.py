@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import text
 from sqlmodel import col, select
 
 from otaship.receiver.db.engine import read_session, write_session
@@ -23,6 +22,7 @@ from otaship.receiver.services import Services
 from otaship.receiver.storage import object_key
 from tests.conftest import Fleet
 from tests.esp_image import build_image
+from tests.postgres import waiting_on_a_lock
 
 
 def stored(version: str, *, described: bool = True) -> StoredFirmware:
@@ -152,21 +152,10 @@ class TestOnPostgres:
                 )
                 deployed = pool.submit(deploy_second)
                 deadline = time.monotonic() + 15
-                while not waiting_on_a_lock(services):
+                while not waiting_on_a_lock(services.engine):
                     assert time.monotonic() < deadline, "the second deploy never waited for the first's image"
                     time.sleep(0.02)
             assert deployed.result(timeout=30) is True
         with read_session(services.engine) as session:
             assert session.exec(select(col(FirmwareImage.sha256))).all() == [firmware.sha256]
         assert ota_of(services, first).sha256 == ota_of(services, second).sha256 == firmware.sha256
-
-
-def waiting_on_a_lock(services: Services) -> bool:
-    with read_session(services.engine) as session:
-        waiting = session.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-        ).scalar_one()
-    return int(waiting) > 0

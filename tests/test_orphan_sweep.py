@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import text
 from sqlmodel import Session, select
 from starlette.testclient import TestClient
 
@@ -40,6 +39,7 @@ from otaship.receiver.storage.gcs import GCSStorage
 from otaship.receiver.storage.local import LocalStorage
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
+from tests.postgres import waiting_on_a_lock
 from tests.receiver_process import cli_env, otaship
 from tests.test_api_ota import deploy, post
 
@@ -423,14 +423,7 @@ def test_a_deploy_that_stored_its_object_too_long_ago_is_refused(
 
 
 def _waiting_on_a_lock(services: Services) -> bool:
-    with read_session(services.engine) as session:
-        waiting = session.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-        ).scalar_one()
-    return int(waiting) > 0
+    return waiting_on_a_lock(services.engine)
 
 
 class TestOnPostgres:
