@@ -124,14 +124,33 @@ def insert_devices(
 
 def insert_groups_with_otas(env: dict[str, str], owner: Owner, count: int) -> list[GroupRef]:
     """`count` groups of the owner, each with a deployed OTA record (what the listing shows)."""
-    from otaship.receiver.db.models import Group, GroupOta
+    from otaship.receiver.db.models import FirmwareImage, Group, GroupOta
 
     start = datetime.now(UTC) - timedelta(days=30)
     groups = [GroupRef(secrets.token_hex(12), secrets.token_urlsafe(12)[:16]) for _ in range(count)]
-    sha = hashlib.sha256(b"bench").hexdigest()
-    md5 = hashlib.md5(b"bench").hexdigest()
+    # Bytes of their own: a second call must not record the same image again.
+    content = b"bench" + secrets.token_bytes(16)
+    sha = hashlib.sha256(content).hexdigest()
+    md5 = hashlib.md5(content).hexdigest()
     engine = engine_for(env)
     try:
+        _insert(
+            engine,
+            FirmwareImage.__table__,  # type: ignore[attr-defined]  # made by SQLModel at run time
+            [
+                {
+                    "sha256": sha,
+                    "size": 1_000_000,
+                    "md5": md5,
+                    "chip": "esp32",
+                    "project_name": "bench",
+                    "app_version": "1.0.0",
+                    "idf_ver": "v5.1.2",
+                    "object_key": f"firmware/sha256/{sha}.bin",
+                    "created_at": start,
+                }
+            ],
+        )
         _insert(
             engine,
             Group.__table__,  # type: ignore[attr-defined]  # made by SQLModel at run time
@@ -158,14 +177,7 @@ def insert_groups_with_otas(env: dict[str, str], owner: Owner, count: int) -> li
                     "owner_id": owner.id,
                     "version": f"1.0.{n % 1000}",
                     "path": f"ota/group/{g.id}{g.token}/firmware.bin",
-                    "object_key": f"firmware/sha256/{sha}.bin",
                     "sha256": sha,
-                    "md5": md5,
-                    "size": 1_000_000,
-                    "chip": "esp32",
-                    "project_name": "bench",
-                    "app_version": f"1.0.{n % 1000}",
-                    "idf_ver": "v5.1.2",
                     "commit": None,
                     "revision": 0,
                     "last_updated": start + timedelta(seconds=n),

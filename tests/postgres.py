@@ -77,6 +77,18 @@ class Schemas:
         return True
 
 
+def waiting_on_a_lock(engine: Engine) -> bool:
+    """Whether a session on this database waits for a lock another one holds."""
+    with engine.connect() as conn:
+        waiting = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    return int(waiting) > 0
+
+
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[Schemas]:
     """The session's database."""

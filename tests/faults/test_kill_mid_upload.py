@@ -42,7 +42,6 @@ pytest_plugins = ["tests.gcs_emulator"]
 
 MiB = 1024 * 1024
 PREFIX = "fleet/ota"
-TABLES_WITH_OBJECTS = ("group_otas", "deployments", "rollouts")
 
 
 class Deployment:
@@ -57,10 +56,9 @@ class Deployment:
 
     def referenced(self) -> set[str]:
         with read_session(self.engine) as session:
+            # OTAs, history and rollouts reference their objects through image rows.
             return {
-                str(key)
-                for table in TABLES_WITH_OBJECTS
-                for key in session.execute(text(f"SELECT object_key FROM {table}")).scalars()
+                str(key) for key in session.execute(text("SELECT object_key FROM firmware_images")).scalars()
             }
 
     def orphans(self) -> set[str]:

@@ -15,9 +15,10 @@ from otaship.receiver.db.engine import write_session
 from otaship.receiver.db.models import Deployment, Rollout
 from otaship.receiver.events import after_commit
 from otaship.receiver.services import Services
-from tests.receiver.rollouts.test_rollouts import Setup, post_rollout, report, setup, succeed, tick
+from tests.receiver.rollouts.test_rollouts import Setup, post_rollout, report, services, setup, succeed, tick
 
-__all__ = ["setup"]  # the fixture, shared with test_rollouts.py
+# The fixtures, shared with test_rollouts.py: deploys write triggers, as with a broker.
+__all__ = ["services", "setup"]
 
 EVENT_LOGGERS = ("otaship.deploys", "otaship.rollouts")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -59,7 +60,8 @@ def capture(settings: Settings, log_format: str) -> io.StringIO:
 class BrokenPath(Storage):
     """Storage whose reads fail with an exception the app does not expect."""
 
-    def __init__(self, inner: Storage, message: str) -> None:
+    def __init__(self, inner: Storage, message: str | None = None) -> None:
+        # No message: reads work, until a test sets one.
         self.inner, self.message = inner, message
 
     def put(self, key: str, source: Path) -> None:
@@ -69,6 +71,8 @@ class BrokenPath(Storage):
         return self.inner.exists(key)
 
     def local_path(self, key: str) -> Path:
+        if self.message is None:
+            return self.inner.local_path(key)
         raise RuntimeError(self.message)
 
     def delete(self, key: str) -> None:
@@ -93,9 +97,8 @@ def traffic(client: TestClient, fleet: Fleet, services: Services) -> tuple[Owner
     client.get("/healthz")
     # An unexpected failure on the download route: its log line quotes the URL,
     # and the exception's own text names the IoTaaP path with the token in it.
-    services.storage = BrokenPath(
-        services.storage, f"cannot open ota/group/{group.id}{group.token}/firmware.bin"
-    )
+    assert isinstance(services.storage, BrokenPath)
+    services.storage.message = f"cannot open ota/group/{group.id}{group.token}/firmware.bin"
     assert client.get(f"/v1/ota/group/download/{group.id}{group.token}").status_code == 500
     return owner, group, [owner.api_key, group.token, rejected_key, owner.mqtt_password]
 
@@ -104,6 +107,7 @@ def test_json_lines_from_real_requests_carry_no_secret(
     settings: Settings, services: Services, fleet: Fleet, restore_logging: None
 ) -> None:
     stream = capture(settings, "json")
+    services = dataclasses.replace(services, storage=BrokenPath(services.storage))
     with TestClient(create_app(settings, services=services), raise_server_exceptions=False) as client:
         _owner, group, secrets = traffic(client, fleet, services)
     output = stream.getvalue()
@@ -149,6 +153,7 @@ def test_text_lines_carry_no_secret(
     settings: Settings, services: Services, fleet: Fleet, restore_logging: None
 ) -> None:
     stream = capture(settings, "text")
+    services = dataclasses.replace(services, storage=BrokenPath(services.storage))
     with TestClient(create_app(settings, services=services), raise_server_exceptions=False) as client:
         _, group, secrets = traffic(client, fleet, services)
     output = stream.getvalue()
@@ -336,8 +341,9 @@ def test_a_server_error_redacts_its_cause_for_the_client_and_the_log(
     stream = capture(settings, "text")
     owner = fleet.owner()
     group = fleet.group(owner)
-    services.storage = FailingPut(
-        services.storage, f"cannot write ota/group/{group.id}{group.token}/firmware.bin"
+    services = dataclasses.replace(
+        services,
+        storage=FailingPut(services.storage, f"cannot write ota/group/{group.id}{group.token}/firmware.bin"),
     )
     with TestClient(create_app(settings, services=services)) as client:
         response = post(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -204,7 +205,7 @@ def test_a_broken_database_still_scrapes_and_counts_the_500(settings: Settings, 
 @pytest.fixture
 def embedded_client(settings: Settings, services: Services) -> Any:
     settings = settings.with_overrides(mqtt_url=f"embedded://127.0.0.1:{free_port()}")
-    services.settings = settings
+    services = dataclasses.replace(services, settings=settings, notify=True)
     with TestClient(create_app(settings, services=services)) as client:
         eventually(lambda: client.get("/readyz").status_code == 200, "the MQTT link", 10)
         yield client

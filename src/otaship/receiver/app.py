@@ -47,10 +47,22 @@ def describe_backends(settings: Settings) -> str:
 
 def build_services(settings: Settings) -> Services:
     engine = create_db_engine(settings.resolved_database_url)
-    # SQLite migrates itself; a shared database must have been migrated already.
-    ensure_schema(engine)
-    storage = create_storage(settings.resolved_storage_url, cache_dir=settings.cache_dir)
-    return Services(settings=settings, engine=engine, storage=storage, catalog=FirmwareCatalog(engine))
+    try:
+        # SQLite migrates itself; a shared database must have been migrated already.
+        ensure_schema(engine)
+        storage = create_storage(settings.resolved_storage_url, cache_dir=settings.cache_dir)
+    except BaseException:
+        # A refused database or storage ends the start: its pooled connections
+        # go now, not whenever the collector finds them.
+        engine.dispose()
+        raise
+    return Services(
+        settings=settings,
+        engine=engine,
+        storage=storage,
+        catalog=FirmwareCatalog(engine),
+        notify=parse_mqtt_url(settings.mqtt_url) is not None,
+    )
 
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Starlette:

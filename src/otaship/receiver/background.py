@@ -41,7 +41,7 @@ class Background:
         self.ingester = ReportIngester(services.engine, metrics=metrics)
         self.runner = RolloutRunner(
             services.engine,
-            notify=self.address is not None,
+            notify=services.notify,
             tick=services.settings.rollout_tick,
             on_change=services.deployed,
             metrics=metrics,
@@ -67,7 +67,6 @@ class Background:
 
     async def start(self) -> None:
         address = self.address
-        self.services.notify = address is not None
         if address is not None:
             username = password = None
             if address.embedded:
@@ -91,10 +90,10 @@ class Background:
             )
             self.link.start()
             self.publisher = TriggerPublisher(self.services.engine, self.link, metrics=self.metrics)
-            self.services.on_deploy.append(self.publisher.wake)
+            self.services.on_deploy.add(self.publisher.wake)
             self._tasks.append(asyncio.create_task(self.publisher.run(), name="otaship-triggers"))
             self._tasks.append(asyncio.create_task(self.ingester.run(), name="otaship-reports"))
-        self.services.on_deploy.append(self.runner.wake)
+        self.services.on_deploy.add(self.runner.wake)
         self._tasks.append(asyncio.create_task(self.runner.run(), name="otaship-rollouts"))
         if self.sweeper is not None:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="otaship-orphan-sweep"))

@@ -205,7 +205,7 @@ class RolloutStates(Collector):
 
     def collect(self) -> Iterable[Metric]:
         from otaship.receiver.db.engine import read_session
-        from otaship.receiver.rollouts.policy import STATES
+        from otaship.receiver.db.enums import State
         from otaship.receiver.rollouts.store import count_by_state
 
         engine = self._engine()
@@ -219,8 +219,8 @@ class RolloutStates(Collector):
             log.warning("rollouts by state left out of /metrics: %s", type(exc).__name__)
             return []
         family = self._family()
-        for state in STATES:
-            family.add_metric([state], counts.get(state, 0))
+        for state in State:
+            family.add_metric([state.value], counts.get(state, 0))
         return [family]
 
 

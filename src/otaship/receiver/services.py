@@ -1,4 +1,6 @@
-"""The receiver's long-lived parts, built once by the app's lifespan."""
+"""The receiver's long-lived parts, built once when the app starts and never
+reassigned: what changes inside them (caches, counters, listeners) is each
+part's own business."""
 
 from __future__ import annotations
 
@@ -22,7 +24,25 @@ from otaship.receiver.ttl_map import TtlMap
 T = TypeVar("T")
 
 
-@dataclass
+class DeployListeners:
+    """What runs after anything that changes what devices should run: the
+    background's wake-ups (trigger publisher, rollout clock) while it runs."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[], None]] = []
+
+    def add(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def clear(self) -> None:
+        self._callbacks.clear()
+
+    def __call__(self) -> None:
+        for callback in self._callbacks:
+            callback()
+
+
+@dataclass(frozen=True)
 class Services:
     settings: Settings
     engine: Engine
@@ -34,15 +54,15 @@ class Services:
     # rows per page request is the listing's main cost. Another replica's
     # deploy shows within the TTL; this replica's at once.
     listing_totals: TtlMap[str, int] = field(default_factory=lambda: TtlMap(1.0))
-    # Called after anything that changes what devices should run.
-    on_deploy: list[Callable[[], None]] = field(default_factory=list)
+    on_deploy: DeployListeners = field(default_factory=DeployListeners)
     # Objects being stored whose records are not committed yet: the sweep keeps them.
     objects_in_flight: ObjectsInFlight = field(default_factory=ObjectsInFlight)
     # Each owner's uploads in flight on this replica.
     upload_slots: UploadSlots = field(init=False)
 
     def __post_init__(self) -> None:
-        self.upload_slots = UploadSlots(self.settings.max_uploads_per_owner)
+        # Derived from the settings: the one field a frozen dataclass sets itself.
+        object.__setattr__(self, "upload_slots", UploadSlots(self.settings.max_uploads_per_owner))
 
     @staticmethod
     def of(conn: HTTPConnection) -> Services:
@@ -71,8 +91,7 @@ class Services:
         """Something was deployed: forget cached answers and publish triggers now."""
         self.catalog.invalidate()
         self.listing_totals.clear()
-        for callback in self.on_deploy:
-            callback()
+        self.on_deploy()
 
     async def run_blocking(self, work: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(work)

@@ -19,7 +19,8 @@ from alembic.autogenerate import compare_metadata, produce_migrations, render_py
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import SQLModel
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel, select
 
 from otaship.receiver.app import build_services
 from otaship.receiver.db.engine import (
@@ -35,7 +36,8 @@ from otaship.receiver.db.engine import (
     schema_status,
 )
 from otaship.receiver.db.migrations.render import include_name, render_item
-from otaship.receiver.db.path_search import is_search_object
+from otaship.receiver.db.models import GroupOta
+from otaship.receiver.db.path_search import is_search_object, owned_paths_containing
 from otaship.receiver.settings import Settings
 from tests.postgres import ADMIN_URL, SERVER_URL
 from tests.receiver_process import ReceiverProcess, cli_env, otaship, otaship_json
@@ -515,3 +517,183 @@ def test_0003_records_rollout_baselines_and_keeps_older_rollouts_unchecked(new_d
     new = new_database()
     create_all(new)
     assert schema_of(url) == schema_of(new)
+
+
+def _unordered(schema: dict[str, Any]) -> dict[str, Any]:
+    """A schema whose columns' order does not count: PostgreSQL appends the
+    columns a downgrade adds back."""
+    return {table: {**shape, "columns": sorted(shape["columns"])} for table, shape in schema.items()}
+
+
+def _rows(engine: Engine, statement: str) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(text(statement))]
+
+
+IMAGE_FIELDS = "sha256, size, md5, chip, project_name, app_version, idf_ver, object_key"
+
+
+def test_0004_moves_the_firmware_columns_into_images_and_back(new_database: NewDatabase) -> None:
+    """Up to 0003 with a row in every table; up to 0004, down again, and up."""
+    url = new_database()
+    engine = create_db_engine(url)
+    times = [f"2026-01-0{day} 00:00:00+00:00" for day in range(1, 6)]
+    a, b, c, e = ("a" * 64, "b" * 64, "c" * 64, "e" * 64)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0003")
+            for statement, values in (
+                (
+                    "INSERT INTO users (id, email, plan, mqtt_user, mqtt_password_hash, created_at) "
+                    "VALUES ('u', 'u@example.com', 'pro', 'mu', 'h', :t0)",
+                    {},
+                ),
+                (
+                    "INSERT INTO api_keys (id, user_id, key_hash, prefix, created_at) "
+                    "VALUES ('k', 'u', 'kh', 'osk_', :t0)",
+                    {},
+                ),
+                (
+                    "INSERT INTO groups (id, owner_id, name, token, parent_id, created_at) VALUES "
+                    "('g', 'u', 'fleet', 't', NULL, :t0), ('c', 'u', 'canary', 't', 'g', :t0)",
+                    {},
+                ),
+                (
+                    "INSERT INTO devices (id, owner_id, group_id, name, created_at) "
+                    "VALUES ('d', 'u', 'c', 'dev', :t0)",
+                    {},
+                ),
+                # The OTA runs image a, deployed at t3; image b is history only, deployed
+                # at t1; the rollout (created at t4) stages image c, deployed to the canary at t4.
+                (
+                    "INSERT INTO group_otas (id, group_id, owner_id, version, path, object_key, sha256, md5, "
+                    'size, chip, project_name, app_version, idf_ver, "commit", revision, last_updated) VALUES '
+                    "('o', 'g', 'u', '2.0.0', 'ota/group/gt/firmware.bin', 'firmware/sha256/a.bin', :a, "
+                    "'ma', 10, 'esp32', 'app', '2.0.0', 'v5.1', 'abc', 1, :t3), "
+                    "('oc', 'c', 'u', '3.0.0', 'ota/group/ct/firmware.bin', 'firmware/sha256/c.bin', :c, "
+                    "'mc', 30, 'esp32s3', 'app', '3.0.0', 'v5.2', 'def', 0, :t4)",
+                    {"a": a, "c": c},
+                ),
+                (
+                    "INSERT INTO deployments (id, ota_id, group_id, owner_id, revision, version, object_key, "
+                    'sha256, md5, size, "commit", rollout_id, deployed_at) VALUES '
+                    "('d0', 'o', 'g', 'u', 0, '1.0.0', 'firmware/sha256/b.bin', :b, 'mb', 20, NULL, NULL, :t1), "
+                    "('d1', 'o', 'g', 'u', 1, '2.0.0', 'firmware/sha256/a.bin', :a, 'ma', 10, 'abc', NULL, :t2), "
+                    "('d2', 'oc', 'c', 'u', 0, '3.0.0', 'firmware/sha256/c.bin', :c, 'mc', 30, 'def', 'r', :t4)",
+                    {"a": a, "b": b, "c": c},
+                ),
+                (
+                    "INSERT INTO trigger_outbox (topic, payload, deployment_id, created_at, attempts) "
+                    "VALUES ('/mu/groups/c/update-trigger', '{}', 'd2', :t4, 0)",
+                    {},
+                ),
+                (
+                    "INSERT INTO rollouts (id, owner_id, group_id, canary_group_id, version, object_key, "
+                    'sha256, md5, size, chip, project_name, app_version, idf_ver, "commit", canary_timeout, '
+                    "success_threshold, error_threshold, soak, auto_promote, state, created_at, updated_at, "
+                    "canary_started_at, baseline_recorded, baseline_deployment_id, baseline_sha256) VALUES "
+                    "('r', 'u', 'g', 'c', '3.0.0', 'firmware/sha256/c.bin', :c, 'mc', 30, 'esp32s3', 'app', "
+                    "'3.0.0', 'v5.2', 'def', 60, 1.0, 0, 0, true, 'canary', :t4, :t4, :t4, true, 'd1', :a), "
+                    # An older rollout, aborted before its canary deploy: its image is nowhere else.
+                    "('r0', 'u', 'g', 'c', '2.5.0', 'firmware/sha256/e.bin', :e, 'me', 50, 'esp32', 'app', "
+                    "'2.5.0', 'v5.1', NULL, 60, 1.0, 0, 0, true, 'aborted', :t0, :t0, :t0, false, NULL, NULL)",
+                    {"a": a, "c": c, "e": e},
+                ),
+                (
+                    "INSERT INTO rollout_devices (rollout_id, stage, device_id, group_id, outcome, "
+                    "started_update, updated_at) VALUES ('r', 'canary', 'd', 'c', 'pending', false, :t4)",
+                    {},
+                ),
+            ):
+                connection.execute(text(statement), {f"t{n}": t for n, t in enumerate(times)} | values)
+        copies = {
+            "group_otas": "SELECT id, object_key, sha256, md5, size, chip, project_name, app_version, idf_ver "
+            "FROM group_otas ORDER BY id",
+            "deployments": "SELECT id, object_key, sha256, md5, size FROM deployments ORDER BY id",
+            "rollouts": "SELECT id, object_key, sha256, md5, size, chip, project_name, app_version, idf_ver "
+            "FROM rollouts ORDER BY id",
+        }
+        before = {table: _rows(engine, query) for table, query in copies.items()}
+        everything = {
+            table: _rows(engine, f"SELECT * FROM {table} ORDER BY 1")
+            for table in ("users", "api_keys", "groups", "devices", "trigger_outbox", "rollout_devices")
+        }
+        reference = new_database()
+        reference_engine = create_db_engine(reference)
+        with reference_engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0003")
+        reference_engine.dispose()
+        at_0003 = schema_of(reference)
+
+        for _ in range(2):  # up, down, and again
+            assert migrate(engine) == MigrationResult(before="0003", after=head_revision())
+            assert schema_diff(url) == []
+            images = _rows(engine, f"SELECT {IMAGE_FIELDS} FROM firmware_images ORDER BY sha256")
+            # a and c from their OTAs, e from its rollout; b is history only: no descriptor.
+            assert images == [
+                (a, 10, "ma", "esp32", "app", "2.0.0", "v5.1", "firmware/sha256/a.bin"),
+                (b, 20, "mb", None, None, None, None, "firmware/sha256/b.bin"),
+                (c, 30, "mc", "esp32s3", "app", "3.0.0", "v5.2", "firmware/sha256/c.bin"),
+                (e, 50, "me", "esp32", "app", "2.5.0", "v5.1", "firmware/sha256/e.bin"),
+            ]
+            # Each image's earliest sighting: a's deployment d1 (t2, before its OTA's t3),
+            # b's d0 (t1), c's rows (all t4), e's rollout (t0).
+            first_seen = _rows(
+                engine,
+                "SELECT i.sha256 FROM firmware_images i WHERE i.created_at = (SELECT MIN(seen) FROM ("
+                "SELECT deployed_at AS seen FROM deployments d WHERE d.sha256 = i.sha256 UNION ALL "
+                "SELECT created_at FROM rollouts r WHERE r.sha256 = i.sha256 UNION ALL "
+                "SELECT last_updated FROM group_otas o WHERE o.sha256 = i.sha256) AS sightings) ORDER BY i.sha256",
+            )
+            assert first_seen == [(a,), (b,), (c,), (e,)]
+            assert _rows(engine, 'SELECT id, sha256, "commit", version FROM group_otas ORDER BY id') == [
+                ("o", a, "abc", "2.0.0"),
+                ("oc", c, "def", "3.0.0"),
+            ]
+            assert _rows(engine, "SELECT id, sha256, state FROM rollouts ORDER BY id") == [
+                ("r", c, "canary"),
+                ("r0", e, "aborted"),
+            ]
+            assert {
+                table: _rows(engine, f"SELECT * FROM {table} ORDER BY 1") for table in everything
+            } == everything
+            assert search_objects(url) == expected_search_objects(url)
+            with Session(engine) as session:
+                terms = owned_paths_containing(session, owner_id="u", search="CT/FIRM", owner_rows=2)
+                assert session.exec(select(GroupOta.id).where(*terms)).all() == ["oc"]
+            if url.startswith("sqlite"):
+                # The path search triggers work on the rebuilt table (and the new row goes again).
+                with engine.connect() as connection, connection.begin() as transaction:
+                    connection.execute(
+                        text(
+                            "INSERT INTO groups (id, owner_id, name, token, created_at) "
+                            "VALUES ('n', 'u', 'new', 't', CURRENT_TIMESTAMP)"
+                        )
+                    )
+                    connection.execute(
+                        text(
+                            "INSERT INTO group_otas (id, group_id, owner_id, version, path, sha256, revision, "
+                            "last_updated) VALUES ('on', 'n', 'u', '1.0.0', 'ota/group/nt/firmware.bin', :a, 0, "
+                            "CURRENT_TIMESTAMP)"
+                        ),
+                        {"a": a},
+                    )
+                    paths = "SELECT ota_id FROM group_ota_paths WHERE path MATCH :search"
+                    assert connection.execute(text(paths), {"search": '"nt/f"'}).scalars().all() == ["on"]
+                    transaction.rollback()
+            with pytest.raises(IntegrityError), engine.begin() as connection:
+                connection.execute(text("UPDATE group_otas SET sha256 = :d WHERE id = 'o'"), {"d": "d" * 64})
+
+            with engine.begin() as connection:
+                command.downgrade(alembic_config(connection), "0003")
+            assert schema_status(engine).current == "0003"
+            assert {table: _rows(engine, query) for table, query in copies.items()} == before
+            assert {
+                table: _rows(engine, f"SELECT * FROM {table} ORDER BY 1") for table in everything
+            } == everything
+            assert _unordered(schema_of(url)) == _unordered(at_0003)
+            if url.startswith("sqlite"):
+                assert schema_of(url) == at_0003
+            assert search_objects(url) == expected_search_objects(url)
+    finally:
+        engine.dispose()

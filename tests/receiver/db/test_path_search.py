@@ -24,6 +24,7 @@ from otaship.receiver.db.engine import (
     migrate,
     write_session,
 )
+from otaship.receiver.db.images import record_image
 from otaship.receiver.db.models import Group, GroupOta
 from otaship.receiver.db.path_search import (
     MAX_INDEXED_MATCHES,
@@ -81,15 +82,20 @@ def add_otas(services: Services, owner: Owner, paths: list[str]) -> list[GroupOt
             group = Group(owner_id=owner.user.id, name=f"g{offset + number}", token=new_group_token())
             session.add(group)
             session.flush()
+            image = record_image(
+                session=session,
+                now=START,
+                sha256="0" * 64,
+                md5="0" * 32,
+                size=1,
+                object_key="firmware/sha256/x.bin",
+            )
             ota = GroupOta(
                 group_id=group.id,
                 owner_id=owner.user.id,
                 version="1.0.0",
                 path=path,
-                object_key="firmware/sha256/x.bin",
-                sha256="0" * 64,
-                md5="0" * 32,
-                size=1,
+                sha256=image.sha256,
                 last_updated=START + timedelta(seconds=offset + number),
             )
             session.add(ota)

@@ -9,6 +9,7 @@ file's mtime, the emulator's `updated`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -20,15 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import text
 from sqlmodel import Session, select
 from starlette.testclient import TestClient
 
 from otaship.receiver.app import build_services, create_app
 from otaship.receiver.db.engine import read_session, write_session
+from otaship.receiver.db.enums import State
+from otaship.receiver.db.images import record_image
 from otaship.receiver.db.models import Group, Rollout
 from otaship.receiver.gc.sweep import OrphanSweeper, SweepResult, referenced_keys, sweep_orphans
-from otaship.receiver.ids import new_id
+from otaship.receiver.ids import new_id, utcnow
 from otaship.receiver.rollouts.deploy import StoredFirmware, deploy_firmware
 from otaship.receiver.services import Services
 from otaship.receiver.settings import Settings
@@ -37,6 +39,7 @@ from otaship.receiver.storage.gcs import GCSStorage
 from otaship.receiver.storage.local import LocalStorage
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
+from tests.postgres import waiting_on_a_lock
 from tests.receiver.http.management.test_ota import deploy, post
 from tests.receiver_process import cli_env, otaship
 from tests.waiting import eventually
@@ -119,13 +122,21 @@ def _sweep(services: Services, grace: float = HOUR, **kwargs: Any) -> SweepResul
 # -- what a sweep removes, and what it keeps -----------------------------------------
 
 
-def _copy_rollout(services: Services, key: str) -> None:
-    """A rollout record that is the only one pointing at `key`."""
+def _copy_rollout(services: Services, image: bytes) -> None:
+    """A rollout record that is the only one pointing at the image's object."""
     with write_session(services.engine) as session:
         rollout = session.exec(select(Rollout)).first()
         assert rollout is not None
+        recorded = record_image(
+            session=session,
+            now=utcnow(),
+            sha256=hashlib.sha256(image).hexdigest(),
+            md5=hashlib.md5(image).hexdigest(),
+            size=len(image),
+            object_key=_key(image),
+        )
         session.add(
-            Rollout(**{**rollout.model_dump(), "id": new_id(), "object_key": key, "state": "aborted"})
+            Rollout(**{**rollout.model_dump(), "id": new_id(), "sha256": recorded.sha256, "state": "aborted"})
         )
 
 
@@ -146,7 +157,7 @@ def test_a_sweep_removes_old_orphans_and_keeps_every_referenced_object(
     )
     assert rollout.status_code == 201, rollout.text
     only_in_rollout = _store(services, tmp_path, build_image("1.3.0"))
-    _copy_rollout(services, only_in_rollout)
+    _copy_rollout(services, build_image("1.3.0"))
     referenced = {_key(build_image(v)) for v in ("1.0.0", "1.1.0", "1.2.0")} | {only_in_rollout}
     old = _store(services, tmp_path, build_image("2.0.0"))
     young = _store(services, tmp_path, build_image("2.1.0"))
@@ -178,7 +189,7 @@ def test_a_sweep_removes_old_orphans_and_keeps_every_referenced_object(
 
 
 def test_each_kind_of_record_keeps_its_object(services: Services, fleet: Fleet, tmp_path: Path) -> None:
-    # Every table with an object_key column counts, on its own.
+    # Each kind of record keeps its image, and so its object, on its own.
     owner = fleet.owner()
     group = fleet.group(owner)
     canary = fleet.group(owner, name="canary", parent=group)
@@ -193,24 +204,31 @@ def test_each_kind_of_record_keeps_its_object(services: Services, fleet: Fleet, 
         for version, image in images.items()
     }
     with write_session(services.engine) as session:
-        deploy_firmware(session=session, group_id=group.id, version="1.0.0", firmware=firmware["1.0.0"])
-        deploy_firmware(session=session, group_id=group.id, version="1.1.0", firmware=firmware["1.1.0"])
+        for version in ("1.0.0", "1.1.0"):
+            deploy_firmware(
+                session=session, group_id=group.id, version=version, firmware=firmware[version], now=utcnow()
+            )
+        rollout_image = record_image(
+            session=session,
+            now=utcnow(),
+            sha256="0" * 64,
+            md5="0" * 32,
+            size=1,
+            object_key="firmware/sha256/rollout.bin",
+        )
         session.add(
             Rollout(
                 owner_id=owner.user.id,
                 group_id=group.id,
                 canary_group_id=canary.id,
                 version="9.9.9",
-                object_key="firmware/sha256/rollout.bin",
-                sha256="0" * 64,
-                md5="0" * 32,
-                size=1,
+                sha256=rollout_image.sha256,
                 canary_timeout=60,
                 success_threshold=1.0,
                 error_threshold=0,
                 soak=0,
                 auto_promote=True,
-                state="aborted",
+                state=State.ABORTED,
             )
         )
     with read_session(services.engine) as session:
@@ -370,7 +388,8 @@ def test_a_deploy_that_stored_its_object_too_long_ago_is_refused(
     fleet: Fleet, settings: Settings, services: Services
 ) -> None:
     # A deploy must commit within 1 s of storing its object.
-    short_grace = services.settings = settings.with_overrides(gc_grace=2.0)
+    short_grace = settings.with_overrides(gc_grace=2.0)
+    services = dataclasses.replace(services, settings=short_grace)
     owner = fleet.owner()
     group = fleet.group(owner)
     image = build_image("1.0.0")
@@ -397,14 +416,7 @@ def test_a_deploy_that_stored_its_object_too_long_ago_is_refused(
 
 
 def _waiting_on_a_lock(services: Services) -> bool:
-    with read_session(services.engine) as session:
-        waiting = session.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-        ).scalar_one()
-    return int(waiting) > 0
+    return waiting_on_a_lock(services.engine)
 
 
 class TestOnPostgres:
@@ -441,6 +453,7 @@ class TestOnPostgres:
                         md5=hashlib.md5(newer).hexdigest(),
                         size=len(newer),
                     ),
+                    now=utcnow(),
                 )
             response = posted.result(timeout=30)
         assert response.status_code == 201, response.text
@@ -461,7 +474,7 @@ def test_serve_sweeps_periodically(
 ) -> None:
     caplog.set_level(logging.INFO, logger="otaship.sweep")
     sweeping = settings.with_overrides(gc_interval=0.2)
-    services.settings = sweeping
+    services = dataclasses.replace(services, settings=sweeping)
     owner = fleet.owner()
     group = fleet.group(owner)
     with TestClient(create_app(sweeping, services=services)) as client:
@@ -485,8 +498,8 @@ def test_serve_sweeps_periodically(
 
 
 def test_an_interval_of_zero_turns_the_sweep_off(services: Services, settings: Settings) -> None:
-    off = services.settings = settings.with_overrides(gc_interval=0)
-    with TestClient(create_app(off, services=services)) as client:
+    off = settings.with_overrides(gc_interval=0)
+    with TestClient(create_app(off, services=dataclasses.replace(services, settings=off))) as client:
         assert client.app.state.background.sweeper is None  # type: ignore[attr-defined]
 
 
@@ -507,12 +520,11 @@ def test_a_failing_sweep_is_logged_and_tried_again(
 
     caplog.set_level(logging.WARNING, logger="otaship.sweep")
     sweeping = settings.with_overrides(gc_interval=0.1)
-    services.settings = sweeping
     unreachable = Unreachable(services.storage)
-    services.storage = unreachable  # type: ignore[assignment]
-    with TestClient(create_app(sweeping, services=services)):
+    # Not a Storage: it answers the sweep's listing and hands the rest to the real one.
+    failing = dataclasses.replace(services, settings=sweeping, storage=unreachable)  # type: ignore[arg-type]
+    with TestClient(create_app(sweeping, services=failing)):
         eventually(lambda: unreachable.failures >= 2, "a second attempt")
-    services.storage = unreachable.inner
     assert (
         "orphan sweep failed, trying again in 0.1 s: Cloud Storage listing failed: cannot connect"
         in caplog.messages

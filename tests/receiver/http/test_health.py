@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -66,8 +67,8 @@ def sqlite_settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def built(sqlite_settings: Settings) -> Iterator[Services]:
-    services = build_services(sqlite_settings)
-    services.storage = FailingStorage(services.storage)
+    working = build_services(sqlite_settings)
+    services = dataclasses.replace(working, storage=FailingStorage(working.storage))
     yield services
     services.engine.dispose()
 
@@ -231,7 +232,7 @@ def test_a_broker_that_is_down_is_named_without_the_url_credentials(
     with socket.create_server(("127.0.0.1", 0)) as down:
         port = down.getsockname()[1]
         settings = sqlite_settings.with_overrides(mqtt_url=f"mqtt://receiver:mqtt-secret-pw@127.0.0.1:{port}")
-        built.settings = settings
+        built = dataclasses.replace(built, settings=settings, notify=True)
         with TestClient(create_app(settings, services=built)) as client:
             down.settimeout(10)
             attempt, _ = down.accept()
@@ -252,7 +253,7 @@ def test_a_broker_that_is_down_is_named_without_the_url_credentials(
 
 def test_the_embedded_broker_link_counts_once_connected(sqlite_settings: Settings, built: Services) -> None:
     settings = sqlite_settings.with_overrides(mqtt_url=f"embedded://127.0.0.1:{free_port()}")
-    built.settings = settings
+    built = dataclasses.replace(built, settings=settings, notify=True)
     with TestClient(create_app(settings, services=built)) as client:
         deadline = time.monotonic() + 10
         while (answer := ready(client))[0] != 200:
@@ -268,7 +269,7 @@ def test_a_normal_shutdown_is_not_a_lost_broker(
     # Leaving the client runs the lifespan's shutdown, as Ctrl+C on `otaship serve` does.
     caplog.set_level(logging.INFO)
     settings = sqlite_settings.with_overrides(mqtt_url=f"embedded://127.0.0.1:{free_port()}")
-    built.settings = settings
+    built = dataclasses.replace(built, settings=settings, notify=True)
     with TestClient(create_app(settings, services=built)) as client:
         deadline = time.monotonic() + 10
         while ready(client)[0] != 200:

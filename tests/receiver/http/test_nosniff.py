@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import httpx
@@ -52,7 +53,7 @@ def assert_nosniff(response: httpx.Response) -> None:
 
 def test_every_route_and_error_answers_nosniff(settings: Settings, services: Services, fleet: Fleet) -> None:
     storage = FailingReads(services.storage)
-    services.storage = storage
+    services = dataclasses.replace(services, storage=storage)
     owner = fleet.owner()
     group = fleet.group(owner)
     canary = fleet.group(owner, name="canary", parent=group)

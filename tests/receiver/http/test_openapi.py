@@ -8,6 +8,7 @@ tests/receiver/http/test_fuzz.py then sends generated requests to every operatio
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -251,7 +252,7 @@ def test_real_answers_match_the_document(
     settings: Settings, services: Services, fleet: Fleet, document: dict[str, Any]
 ) -> None:
     storage = SwitchableStorage(services.storage)
-    services.storage = storage
+    services = dataclasses.replace(services, storage=storage)
     with TestClient(create_app(settings, services=services)) as client:
         checked = Checked(client, document)
         drive(checked, fleet, services, storage)
@@ -335,11 +336,12 @@ def drive(checked: Checked, fleet: Fleet, services: Services, storage: Switchabl
     storage.fail_put = True
     assert post(checked, owner, {**fields, "version": "1.0.2"}, build_image("1.0.2")).status_code == 500
     storage.fail_put = False
-    settings = services.settings
     # A deadline no body can meet: the 408 of a body that takes too long.
-    services.settings = settings.with_overrides(upload_timeout=1e-9)
-    assert post(checked, owner, {**fields, "version": "1.0.3"}, build_image("1.0.3")).status_code == 408
-    services.settings = settings
+    impatient = dataclasses.replace(services, settings=services.settings.with_overrides(upload_timeout=1e-9))
+    with TestClient(create_app(impatient.settings, services=impatient)) as client:
+        slow = Checked(client, checked.document)
+        assert post(slow, owner, {**fields, "version": "1.0.3"}, build_image("1.0.3")).status_code == 408
+    checked.seen |= slow.seen
     with contextlib.ExitStack() as held:
         for _ in range(services.upload_slots.per_owner):
             held.enter_context(services.upload_slots.hold(owner.user.id))

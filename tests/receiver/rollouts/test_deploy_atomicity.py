@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -43,11 +44,12 @@ def test_a_storage_failure_leaves_the_previous_firmware(
     owner = fleet.owner()
     group = fleet.group(owner)
     deploy(client, owner, group, "1.0.0")
-    services.storage = FailingPut(services.storage)  # type: ignore[assignment]
-
-    response = post(
-        client, owner, {"group": group.id, "token": group.token, "version": "1.1.0"}, build_image("1.1.0")
-    )
+    # The same receiver's parts but its storage, which is not a Storage: it fails puts.
+    failing = dataclasses.replace(services, storage=FailingPut(services.storage))  # type: ignore[arg-type]
+    with TestClient(create_app(settings, services=failing)) as broken:
+        response = post(
+            broken, owner, {"group": group.id, "token": group.token, "version": "1.1.0"}, build_image("1.1.0")
+        )
     assert response.status_code == 500
     assert response.json() == {
         "message": "Error when uploading firmware file",

@@ -9,20 +9,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from otaship.protocol import RESPONSE_CODES
+from otaship.receiver.db.enums import Outcome, Stage, State
 from otaship.receiver.rollouts.policy import (
     AWAIT_PROMOTION,
-    FAILED,
     FINISH,
     HALT,
-    OUTCOMES,
-    PENDING,
     PROMOTE,
-    STAGE_CANARY,
-    STAGE_FLEET,
-    STATES,
-    STOPPED,
-    SUCCEEDED,
-    TIMED_OUT,
     WAIT,
     Counts,
     DeviceProgress,
@@ -184,9 +176,9 @@ def test_fleet_decisions(counts: Counts, now: int, action: str) -> None:
 
 
 def test_a_device_already_on_the_version_has_succeeded() -> None:
-    assert initial_progress("1.1.0", "1.1.0").outcome == SUCCEEDED
-    assert initial_progress("1.0.0", "1.1.0").outcome == PENDING
-    assert initial_progress(None, "1.1.0").outcome == PENDING
+    assert initial_progress("1.1.0", "1.1.0").outcome == Outcome.SUCCEEDED
+    assert initial_progress("1.0.0", "1.1.0").outcome == Outcome.PENDING
+    assert initial_progress(None, "1.1.0").outcome == Outcome.PENDING
 
 
 def test_device_story_success() -> None:
@@ -194,62 +186,71 @@ def test_device_story_success() -> None:
     p = after_status(p, fw_version="1.0.0", uptime=100, deployed="1.1.0")
     p = after_response(p, code=200, last_uptime=100)
     p = after_response(p, code=201, last_uptime=100)
-    assert (p.outcome, p.started_update, p.uptime_at_start) == (PENDING, True, 100)
+    assert (p.outcome, p.started_update, p.uptime_at_start) == (Outcome.PENDING, True, 100)
     # Still downloading: status keeps coming with the old version and growing uptime.
     p = after_status(p, fw_version="1.0.0", uptime=105, deployed="1.1.0")
-    assert p.outcome == PENDING
+    assert p.outcome == Outcome.PENDING
     p = after_status(p, fw_version="1.1.0", uptime=2, deployed="1.1.0")
-    assert p.outcome == SUCCEEDED
+    assert p.outcome == Outcome.SUCCEEDED
 
 
 def test_device_story_boot_loop_back_to_the_old_version() -> None:
     p = after_response(initial_progress("1.0.0", "1.1.0"), code=201, last_uptime=100)
     p = after_status(p, fw_version="1.0.0", uptime=3, deployed="1.1.0")
-    assert p.outcome == FAILED
+    assert p.outcome == Outcome.FAILED
 
 
 def test_device_story_error_code() -> None:
-    assert after_response(initial_progress("1.0.0", "1.1.0"), code=203, last_uptime=None).outcome == FAILED
+    assert (
+        after_response(initial_progress("1.0.0", "1.1.0"), code=203, last_uptime=None).outcome
+        == Outcome.FAILED
+    )
 
 
 def test_an_unknown_uptime_before_the_201_becomes_the_baseline() -> None:
     p = after_response(initial_progress("1.0.0", "1.1.0"), code=201, last_uptime=None)
     p = after_status(p, fw_version="1.0.0", uptime=50, deployed="1.1.0")
-    assert (p.outcome, p.uptime_at_start) == (PENDING, 50)
+    assert (p.outcome, p.uptime_at_start) == (Outcome.PENDING, 50)
     p = after_status(p, fw_version="1.0.0", uptime=1, deployed="1.1.0")
-    assert p.outcome == FAILED
+    assert p.outcome == Outcome.FAILED
 
 
 def test_a_device_without_uptime_fails_on_another_version_after_its_201() -> None:
     p = after_response(initial_progress("1.0.0", "1.1.0"), code=201, last_uptime=None)
-    assert after_status(p, fw_version="1.0.0", uptime=None, deployed="1.1.0").outcome == FAILED
+    assert after_status(p, fw_version="1.0.0", uptime=None, deployed="1.1.0").outcome == Outcome.FAILED
 
 
 def test_success_is_final_and_a_late_success_counts() -> None:
-    done = DeviceProgress(outcome=SUCCEEDED)
-    assert after_response(done, code=203, last_uptime=None).outcome == SUCCEEDED
-    assert after_status(done, fw_version="0.9.0", uptime=1, deployed="1.1.0").outcome == SUCCEEDED
-    failed = DeviceProgress(outcome=FAILED, started_update=True)
-    assert after_status(failed, fw_version="1.1.0", uptime=1, deployed="1.1.0").outcome == SUCCEEDED
+    done = DeviceProgress(outcome=Outcome.SUCCEEDED)
+    assert after_response(done, code=203, last_uptime=None).outcome == Outcome.SUCCEEDED
+    assert after_status(done, fw_version="0.9.0", uptime=1, deployed="1.1.0").outcome == Outcome.SUCCEEDED
+    failed = DeviceProgress(outcome=Outcome.FAILED, started_update=True)
+    assert after_status(failed, fw_version="1.1.0", uptime=1, deployed="1.1.0").outcome == Outcome.SUCCEEDED
 
 
 def test_pending_devices_time_out_only_when_the_stage_ran_out_of_time() -> None:
-    assert at_stage_end(DeviceProgress(outcome=PENDING), time_ran_out=True).outcome == TIMED_OUT
-    assert at_stage_end(DeviceProgress(outcome=PENDING), time_ran_out=False).outcome == STOPPED
-    for outcome, ran_out in itertools.product((SUCCEEDED, FAILED, TIMED_OUT, STOPPED), (True, False)):
+    assert (
+        at_stage_end(DeviceProgress(outcome=Outcome.PENDING), time_ran_out=True).outcome == Outcome.TIMED_OUT
+    )
+    assert (
+        at_stage_end(DeviceProgress(outcome=Outcome.PENDING), time_ran_out=False).outcome == Outcome.STOPPED
+    )
+    for outcome, ran_out in itertools.product(
+        (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.TIMED_OUT, Outcome.STOPPED), (True, False)
+    ):
         assert at_stage_end(DeviceProgress(outcome=outcome), time_ran_out=ran_out).outcome == outcome
 
 
 def test_stopped_is_final_while_the_stage_runs() -> None:
-    stopped = DeviceProgress(outcome=STOPPED, fw_version="1.0.0")
+    stopped = DeviceProgress(outcome=Outcome.STOPPED, fw_version="1.0.0")
     assert after_status(stopped, fw_version="1.1.0", uptime=1, deployed="1.1.0") == replace(
         stopped, fw_version="1.1.0"
     )
     assert after_response(stopped, code=203, last_uptime=None) == replace(stopped, code=203)
 
 
-@pytest.mark.parametrize("outcome", OUTCOMES)
-def test_a_closed_stage_only_records_what_its_devices_run(outcome: str) -> None:
+@pytest.mark.parametrize("outcome", Outcome)
+def test_a_closed_stage_only_records_what_its_devices_run(outcome: Outcome) -> None:
     """After a halt, an abort or a promotion, every report still says where the
     device is, and no report changes the outcome the stage ended with."""
     for started, uptime_at_start in itertools.product((False, True), (None, 50.0)):
@@ -262,9 +263,9 @@ def test_a_closed_stage_only_records_what_its_devices_run(outcome: str) -> None:
 
 
 def test_a_stage_is_open_only_while_its_state_runs() -> None:
-    stages = (STAGE_CANARY, STAGE_FLEET)
-    open_pairs = {(state, stage) for state in STATES for stage in stages if stage_is_open(state, stage)}
-    assert open_pairs == {("canary", STAGE_CANARY), ("fleet", STAGE_FLEET)}
+    stages = (Stage.CANARY, Stage.FLEET)
+    open_pairs = {(state, stage) for state in State for stage in stages if stage_is_open(state, stage)}
+    assert open_pairs == {("canary", Stage.CANARY), ("fleet", Stage.FLEET)}
 
 
 @pytest.mark.parametrize(
@@ -275,7 +276,16 @@ def test_a_stage_runs_out_of_time_at_its_timeout(seconds: float, ran_out: bool) 
 
 
 def test_counts_keep_stopped_apart_from_failures_and_pending() -> None:
-    counts = Counts.of([SUCCEEDED, FAILED, TIMED_OUT, STOPPED, STOPPED, PENDING])
+    counts = Counts.of(
+        [
+            Outcome.SUCCEEDED,
+            Outcome.FAILED,
+            Outcome.TIMED_OUT,
+            Outcome.STOPPED,
+            Outcome.STOPPED,
+            Outcome.PENDING,
+        ]
+    )
     assert (
         counts.targeted,
         counts.succeeded,
@@ -295,7 +305,7 @@ def test_a_halt_before_the_timeout_stops_the_unfinished_canary_devices() -> None
     ran_out = stage_time_ran_out(policy, started_at=T0, now=later(1))
     outcomes = [
         at_stage_end(DeviceProgress(outcome=o), time_ran_out=ran_out).outcome
-        for o in [FAILED] + [PENDING] * 4
+        for o in [Outcome.FAILED] + [Outcome.PENDING] * 4
     ]
     assert Counts.of(outcomes) == Counts(targeted=5, failed=1, stopped=4)
 

@@ -6,6 +6,7 @@ the same ReportIngester the subscriber feeds, so every decision is exact.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -37,8 +38,13 @@ class Setup:
 
 
 @pytest.fixture
+def services(services: Services) -> Services:
+    """Deploys write triggers, as with a broker configured."""
+    return dataclasses.replace(services, notify=True)
+
+
+@pytest.fixture
 def setup(fleet: Fleet, services: Services) -> Setup:
-    services.notify = True  # deploys write triggers, as with a broker configured
     owner = fleet.owner()
     group = fleet.group(owner, name="fleet")
     canary = fleet.group(owner, name="canary", parent=group)

@@ -3,6 +3,7 @@ deploy racing a promotion neither deadlocks nor loses the newer firmware."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from starlette.testclient import TestClient
 from otaship.receiver.app import build_services, create_app
 from otaship.receiver.db.engine import read_session, write_session
 from otaship.receiver.db.models import Deployment, Group, Rollout, TriggerMessage
+from otaship.receiver.ids import utcnow
 from otaship.receiver.mqtt.reports import ReportIngester
 from otaship.receiver.rollouts.clock import RolloutRunner
 from otaship.receiver.rollouts.deploy import StoredFirmware, deploy_firmware, running_firmware
@@ -28,7 +30,7 @@ def test_two_receivers_promote_a_rollout_once(postgres_url: str, tmp_path: Path)
     settings = Settings(data_dir=tmp_path / "data", database_url=postgres_url, mqtt_url="none")
     first, second = build_services(settings), build_services(settings)
     try:
-        first.notify = True
+        first = dataclasses.replace(first, notify=True)
         fleet = Fleet(first)
         owner = fleet.owner()
         group = fleet.group(owner, name="fleet")
@@ -120,6 +122,7 @@ def test_a_deploy_racing_a_promotion_never_deadlocks_and_the_newer_firmware_stay
                     policy=Policy(auto_promote=not by_request),
                     commit=None,
                     notify=True,
+                    now=utcnow(),
                 )
                 assert started.rollout is not None
                 rollout_id = started.rollout.id
@@ -133,7 +136,9 @@ def test_a_deploy_racing_a_promotion_never_deadlocks_and_the_newer_firmware_stay
             def deploy_plain() -> None:
                 barrier.wait()
                 with write_session(services.engine) as session:
-                    deploy_firmware(session=session, group_id=group.id, version=plain, firmware=image(plain))
+                    deploy_firmware(
+                        session=session, group_id=group.id, version=plain, firmware=image(plain), now=utcnow()
+                    )
 
             def promote_it() -> None:
                 barrier.wait()
@@ -143,7 +148,11 @@ def test_a_deploy_racing_a_promotion_never_deadlocks_and_the_newer_firmware_stay
                 try:
                     with write_session(services.engine) as session:
                         manual_promote(
-                            session=session, rollout_id=rollout_id, owner_id=owner.user.id, notify=True
+                            session=session,
+                            rollout_id=rollout_id,
+                            owner_id=owner.user.id,
+                            notify=True,
+                            now=utcnow(),
                         )
                 except RolloutError:
                     pass  # the plain deploy went first and ended the rollout: a clean refusal

@@ -14,6 +14,7 @@ A deploy to top reaches all of them; sibling and other are outside it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,9 @@ from sqlmodel import col, select
 from starlette.testclient import TestClient
 
 from otaship.receiver.db.engine import read_session, write_session
+from otaship.receiver.db.images import record_image
 from otaship.receiver.db.models import Deployment, Device, Group, GroupOta, Rollout
+from otaship.receiver.ids import utcnow
 from otaship.receiver.mqtt.reports import ReportIngester
 from otaship.receiver.services import Services
 from tests.conftest import Fleet, Owner
@@ -39,8 +42,13 @@ class Tree:
 
 
 @pytest.fixture
+def services(services: Services) -> Services:
+    """Deploys write triggers, as with a broker configured."""
+    return dataclasses.replace(services, notify=True)
+
+
+@pytest.fixture
 def tree(fleet: Fleet, services: Services) -> Tree:
-    services.notify = True
     owner = fleet.owner()
     top = fleet.group(owner, name="top")
     group = fleet.group(owner, name="fleet", parent=top)
@@ -258,16 +266,14 @@ def change_behind_the_rollouts_back(services: Services, group: Group, version: s
     without the supersede rule): what the promotion check is there for."""
     with write_session(services.engine) as session:
         ota = session.exec(select(GroupOta).where(col(GroupOta.group_id) == group.id)).first()
+        record_image(session=session, now=utcnow(), sha256="f" * 64, md5="0" * 32, size=1, object_key="k")
         if ota is None:
             ota = GroupOta(
                 group_id=group.id,
                 owner_id=group.owner_id,
                 version=version,
                 path="p",
-                object_key="k",
                 sha256="f" * 64,
-                md5="0" * 32,
-                size=1,
             )
         else:
             ota.version, ota.sha256, ota.revision = version, "f" * 64, ota.revision + 1

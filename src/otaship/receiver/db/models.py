@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import Index, UniqueConstraint, false
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, Relationship, SQLModel
 
+from otaship.receiver.db.enums import EnumText, Outcome, Stage, State
 from otaship.receiver.ids import new_id, utcnow
 
 PLANS = ("free", "pro")
@@ -62,6 +63,26 @@ class Device(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class FirmwareImage(SQLModel, table=True):
+    """A stored firmware image, one row per SHA-256: what the OTA, deployment
+    and rollout rows point at. Never deleted, so the objects these rows name
+    are exactly the ones a record ever referenced (the sweep keeps them)."""
+
+    __tablename__ = "firmware_images"
+
+    sha256: str = Field(primary_key=True, max_length=64)
+    size: int
+    md5: str = Field(max_length=32)
+    # What the image's header and app descriptor say; None for an image known
+    # only from deploy history before this table existed, until it is deployed again.
+    chip: str | None = Field(default=None, max_length=32)
+    project_name: str | None = Field(default=None, max_length=32)
+    app_version: str | None = Field(default=None, max_length=32)
+    idf_ver: str | None = Field(default=None, max_length=32)
+    object_key: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class GroupOta(SQLModel, table=True):
     """The last OTA of a group, updated in place at each deploy (the spec's listing)."""
 
@@ -73,18 +94,14 @@ class GroupOta(SQLModel, table=True):
     owner_id: str = Field(foreign_key="users.id", max_length=24)
     version: str = Field(max_length=64)
     path: str = Field(max_length=200)
-    object_key: str = Field(max_length=200)
-    sha256: str = Field(max_length=64)
-    md5: str = Field(max_length=32)
-    size: int
-    chip: str | None = Field(default=None, max_length=32)
-    project_name: str | None = Field(default=None, max_length=32)
-    app_version: str | None = Field(default=None, max_length=32)
-    idf_ver: str | None = Field(default=None, max_length=32)
+    sha256: str = Field(foreign_key="firmware_images.sha256", max_length=64)
     commit: str | None = Field(default=None, max_length=64)
     # The spec's `__v`: 0 after the first deploy, +1 with each later one.
     revision: int = Field(default=0)
     last_updated: datetime = Field(default_factory=utcnow)
+    # Loaded with the row (one query per statement, not per row): every view
+    # of an OTA shows its image, and rows are shown after their session ends.
+    image: FirmwareImage = Relationship(sa_relationship_kwargs={"lazy": "selectin"})
 
 
 class Deployment(SQLModel, table=True):
@@ -99,10 +116,7 @@ class Deployment(SQLModel, table=True):
     owner_id: str = Field(foreign_key="users.id", max_length=24)
     revision: int
     version: str = Field(max_length=64)
-    object_key: str = Field(max_length=200)
-    sha256: str = Field(max_length=64)
-    md5: str = Field(max_length=32)
-    size: int
+    sha256: str = Field(foreign_key="firmware_images.sha256", max_length=64)
     commit: str | None = Field(default=None, max_length=64)
     rollout_id: str | None = Field(default=None, max_length=24)
     deployed_at: datetime = Field(default_factory=utcnow)
@@ -140,21 +154,14 @@ class Rollout(SQLModel, table=True):
     group_id: str = Field(foreign_key="groups.id", max_length=24)
     canary_group_id: str = Field(foreign_key="groups.id", max_length=24)
     version: str = Field(max_length=64)
-    object_key: str = Field(max_length=200)
-    sha256: str = Field(max_length=64)
-    md5: str = Field(max_length=32)
-    size: int
-    chip: str | None = Field(default=None, max_length=32)
-    project_name: str | None = Field(default=None, max_length=32)
-    app_version: str | None = Field(default=None, max_length=32)
-    idf_ver: str | None = Field(default=None, max_length=32)
+    sha256: str = Field(foreign_key="firmware_images.sha256", max_length=64)
     commit: str | None = Field(default=None, max_length=64)
     canary_timeout: int
     success_threshold: float
     error_threshold: int
     soak: int
     auto_promote: bool
-    state: str = Field(max_length=16, index=True)
+    state: State = Field(sa_type=EnumText(State, 16), index=True)
     reason: str | None = Field(default=None, max_length=500)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -180,10 +187,10 @@ class RolloutDevice(SQLModel, table=True):
     __table_args__ = (Index("ix_rollout_devices_device_outcome", "device_id", "outcome"),)
 
     rollout_id: str = Field(foreign_key="rollouts.id", primary_key=True, max_length=24)
-    stage: str = Field(primary_key=True, max_length=8)
+    stage: Stage = Field(sa_type=EnumText(Stage, 8), primary_key=True)
     device_id: str = Field(foreign_key="devices.id", primary_key=True, max_length=64)
     group_id: str = Field(max_length=24)
-    outcome: str = Field(max_length=16)
+    outcome: Outcome = Field(sa_type=EnumText(Outcome, 16))
     started_update: bool = Field(default=False)
     # The uptime last seen before its 201: a lower one afterwards means it rebooted.
     uptime_at_start: float | None = Field(default=None)

@@ -21,7 +21,7 @@ class SweepPlan:
     """What a sweep removes, and why it keeps the rest."""
 
     remove: list[StoredObject] = field(default_factory=list)
-    # Kept: a record (the current OTA, history, a rollout) points at it.
+    # Kept: an image row names it (a current OTA, history or a rollout points at it).
     referenced: int = 0
     # Kept: an orphan for now, but stored or refreshed within the grace period.
     young: int = 0

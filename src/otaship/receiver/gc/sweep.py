@@ -7,7 +7,8 @@ Why a deploy in flight never loses its object. A sweep S, in this order:
 1. lists the objects, each with its modification time `m` and version `v`;
 2. reads its clock: `now`;
 3. reads the keys this process is storing (receiver/in_flight.py);
-4. reads every key that a record references, in one statement (one snapshot);
+4. reads every key that a record references: the object key of every row of
+   `firmware_images`, in one statement (one snapshot);
 5. removes each chosen object only if it is still at version `v`
    (`Storage.delete_if_unchanged`: GCS preconditions, a lock on a folder).
 
@@ -24,8 +25,9 @@ new one. Either way D's record points at an object that exists.
 
 What this takes: the clocks of the storage (object times) and of the sweeping
 host agree within grace/2, and the database's COMMIT itself, after the check,
-does not take that long either. Records are never deleted (the history keeps
-every deploy), so an object once referenced stays referenced. Two sweeps at
+does not take that long either. A deploy records its image row in the same
+transaction as its OTA, deployment or rollout row, and image rows are never
+deleted, so an object once referenced stays referenced. Two sweeps at
 once are harmless: each delete succeeds once, and the other sees it gone.
 """
 
@@ -39,12 +41,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
-from sqlalchemy import select, union
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session, col, select
 
 from otaship.receiver.db.engine import read_session
+from otaship.receiver.db.models import FirmwareImage
 from otaship.receiver.gc.plan import SweepPlan, plan_sweep
 from otaship.receiver.storage import FIRMWARE_PREFIX, Storage, StorageError, StoredObject
 
@@ -53,20 +55,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("otaship.sweep")
 
-# Every column of this name holds a key of a stored object, in any table.
-_REFERENCE_COLUMN = "object_key"
-
 
 def referenced_keys(*, session: Session) -> set[str]:
-    """Every object key that some record points at: current OTAs, history, rollouts."""
-    columns = [
-        table.c[_REFERENCE_COLUMN]
-        for table in SQLModel.metadata.sorted_tables
-        if _REFERENCE_COLUMN in table.c
-    ]
-    # One statement: one snapshot, even under READ COMMITTED.
-    query = union(*(select(column) for column in columns))
-    return {str(key) for key in session.execute(query).scalars()}
+    """Every object key that some record points at (current OTAs, history,
+    rollouts): the images they reference, which are kept forever."""
+    return set(session.exec(select(col(FirmwareImage.object_key))).all())
 
 
 @dataclass(frozen=True)

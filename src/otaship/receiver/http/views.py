@@ -7,29 +7,28 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from otaship.receiver.db.enums import Outcome, Stage, State
 from otaship.receiver.db.models import Device, GroupOta, Rollout, RolloutDevice
 from otaship.receiver.http import wire
 from otaship.receiver.rollouts.policy import (
-    ABORTED,
     ACTIVE_STATES,
-    CANARY,
-    COMPLETE,
-    FLEET,
-    HALTED,
-    STAGE_CANARY,
-    STAGE_FLEET,
     Counts,
 )
 
 # A rollout's state, as each of its stages shows it.
 CANARY_STAGE_STATES = {
-    CANARY: "running",
-    FLEET: "passed",
-    COMPLETE: "passed",
-    HALTED: "failed",
-    ABORTED: "aborted",
+    State.CANARY: "running",
+    State.FLEET: "passed",
+    State.COMPLETE: "passed",
+    State.HALTED: "failed",
+    State.ABORTED: "aborted",
 }
-FLEET_STAGE_STATES = {FLEET: "running", COMPLETE: "complete", ABORTED: "aborted", HALTED: "halted"}
+FLEET_STAGE_STATES = {
+    State.FLEET: "running",
+    State.COMPLETE: "complete",
+    State.ABORTED: "aborted",
+    State.HALTED: "halted",
+}
 
 
 def ota_view(ota: GroupOta) -> wire.Ota:
@@ -41,13 +40,13 @@ def ota_view(ota: GroupOta) -> wire.Ota:
         owner=ota.owner_id,
         path=ota.path,
         version=ota.version,
-        sha256=ota.sha256,
-        md5=ota.md5,
-        size=ota.size,
-        chip=ota.chip,
-        project_name=ota.project_name,
-        app_version=ota.app_version,
-        idf_ver=ota.idf_ver,
+        sha256=ota.image.sha256,
+        md5=ota.image.md5,
+        size=ota.image.size,
+        chip=ota.image.chip,
+        project_name=ota.image.project_name,
+        app_version=ota.image.app_version,
+        idf_ver=ota.image.idf_ver,
         commit=ota.commit,
     )
 
@@ -72,7 +71,7 @@ def rollout_view(*, session: Session, rollout: Rollout, with_devices: bool = Tru
 def stage_states(rollout: Rollout) -> tuple[str, str]:
     """The canary stage's state and the fleet stage's."""
     canary = CANARY_STAGE_STATES[rollout.state]
-    if rollout.state == ABORTED and rollout.fleet_started_at is not None:
+    if rollout.state == State.ABORTED and rollout.fleet_started_at is not None:
         canary = "passed"
     if rollout.fleet_started_at is None:
         fleet = "pending" if rollout.state in ACTIVE_STATES else "skipped"
@@ -82,12 +81,12 @@ def stage_states(rollout: Rollout) -> tuple[str, str]:
 
 
 def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: bool) -> wire.Rollout:
-    by_stage: dict[str, list[str]] = {STAGE_CANARY: [], STAGE_FLEET: []}
+    by_stage: dict[Stage, list[Outcome]] = {Stage.CANARY: [], Stage.FLEET: []}
     for row, _ in rows:
         by_stage[row.stage].append(row.outcome)
 
     def stage(
-        name: str, group_id: str, started: datetime | None, ended: datetime | None, state: str
+        name: Stage, group_id: str, started: datetime | None, ended: datetime | None, state: str
     ) -> wire.RolloutStage:
         counts = Counts.of(by_stage[name])
         return wire.RolloutStage(
@@ -107,14 +106,14 @@ def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: b
     canary_state, fleet_state = stage_states(rollout)
     stages = [
         stage(
-            STAGE_CANARY,
+            Stage.CANARY,
             rollout.canary_group_id,
             rollout.canary_started_at,
             rollout.fleet_started_at or rollout.ended_at,
             canary_state,
         ),
         stage(
-            STAGE_FLEET,
+            Stage.FLEET,
             rollout.group_id,
             rollout.fleet_started_at,
             rollout.ended_at if rollout.fleet_started_at else None,

@@ -19,15 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, PlainSerializer
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, SkipJsonSchema, models_json_schema
 from pydantic_core import core_schema
 
+from otaship.receiver.db.enums import Outcome, Stage, State
 from otaship.receiver.ids import iso_utc
-from otaship.receiver.rollouts.policy import OUTCOMES, STAGE_CANARY, STAGE_FLEET, STATES
 
 ID_PATTERN = "^[0-9a-f]{24}$"
 SHA256_PATTERN = "^[0-9a-f]{64}$"
 MD5_PATTERN = "^[0-9a-f]{32}$"
 # The spec's answer to a deploy.
 DEPLOYED = "Firmware successfully deployed"
-STAGES = (STAGE_CANARY, STAGE_FLEET)
 STAGE_STATES = ("pending", "running", "passed", "failed", "complete", "halted", "aborted", "skipped")
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -50,7 +49,7 @@ Absent = SkipJsonSchema[None]
 
 def one_of(values: Iterable[str]) -> dict[str, JsonValue]:
     """A text field's values, for its schema only: the receiver writes them itself."""
-    choices: list[JsonValue] = [*values]
+    choices: list[JsonValue] = [str(value) for value in values]
     return {"enum": choices}
 
 
@@ -121,7 +120,7 @@ class OtaList(Wire):
 
 class DeployedRollout(Wire):
     id: Id
-    state: str = Field(json_schema_extra=one_of(STATES))
+    state: str = Field(json_schema_extra=one_of(State))
 
 
 class Deployed(Wire):
@@ -145,7 +144,7 @@ class Latest(Wire):
 
 
 class RolloutStage(Wire):
-    name: str = Field(json_schema_extra=one_of(STAGES))
+    name: str = Field(json_schema_extra=one_of(Stage))
     group: Id
     state: str = Field(json_schema_extra=one_of(STAGE_STATES))
     targeted: Count
@@ -165,8 +164,8 @@ class RolloutDevice(Wire):
     id: str
     name: str
     group: Id
-    stage: str = Field(json_schema_extra=one_of(STAGES))
-    outcome: str = Field(json_schema_extra=one_of(OUTCOMES))
+    stage: str = Field(json_schema_extra=one_of(Stage))
+    outcome: str = Field(json_schema_extra=one_of(Outcome))
     fw_version: str | None = Field(
         description="The last version the device reported; still recorded for a day after the rollout ends"
     )
@@ -188,7 +187,7 @@ class Rollout(Wire):
     version: str
     sha256: Sha256
     commit: str | None
-    state: str = Field(json_schema_extra=one_of(STATES))
+    state: str = Field(json_schema_extra=one_of(State))
     reason: str | None = Field(description="Why it is in this state")
     policy: RolloutPolicy
     created_at: Timestamp = Field(description="ISO 8601 UTC with milliseconds")

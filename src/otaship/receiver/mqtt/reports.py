@@ -31,6 +31,7 @@ from sqlmodel import Session, col, select
 
 from otaship.protocol import RESPONSE, STATUS
 from otaship.receiver.db.engine import database_reachable, write_session
+from otaship.receiver.db.enums import State
 from otaship.receiver.db.models import Device, Rollout, RolloutDevice, User
 from otaship.receiver.fields import quoted
 from otaship.receiver.ids import utcnow
@@ -354,10 +355,10 @@ class ReportIngester:
         if session.exec(select(Rollout.id).where(followed).limit(1)).first() is None:
             return
         device_ids = sorted({r.device_id for r in reports})
-        rows: dict[str, list[tuple[RolloutDevice, str, str]]] = {}
+        rows: dict[str, list[tuple[RolloutDevice, str, State]]] = {}
         for chunk in _chunks(device_ids):
             for row, version, state in session.exec(
-                select(RolloutDevice, Rollout.version, Rollout.state)
+                select(RolloutDevice, Rollout.version, col(Rollout.state))
                 .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
                 .where(col(RolloutDevice.device_id).in_(chunk), followed)
             ):

@@ -15,8 +15,9 @@ import anyio.to_thread
 from sqlalchemy.engine import Engine
 
 from otaship.receiver.db.engine import database_unavailable, read_session, write_session
+from otaship.receiver.db.enums import State
+from otaship.receiver.ids import utcnow
 from otaship.receiver.outage import OutageLog
-from otaship.receiver.rollouts.policy import CANARY, FLEET
 from otaship.receiver.rollouts.store import active_rollout_states, evaluate, lock_rollout
 from otaship.receiver.wakeup import sleep_until_woken
 
@@ -63,9 +64,9 @@ class RolloutRunner:
                     if locked is None:
                         continue
                     before = locked.state
-                    state = evaluate(session=session, rollout_id=rollout_id, notify=self.notify)
+                    state = evaluate(session=session, rollout_id=rollout_id, notify=self.notify, now=utcnow())
                 changed = changed or (state is not None and state != before)
-                if before == CANARY and state == FLEET and self.metrics is not None:
+                if before == State.CANARY and state == State.FLEET and self.metrics is not None:
                     self.metrics.deploys.labels("promotion").inc()
             except Exception as exc:
                 if database_unavailable(exc):

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timedelta
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from otaship.protocol import trigger_topic
 from otaship.receiver.db.groups import ancestors, descendants, lock_tree
-from otaship.receiver.db.models import Deployment, Group, GroupOta, TriggerMessage, User
+from otaship.receiver.db.images import record_image
+from otaship.receiver.db.models import Deployment, FirmwareImage, Group, GroupOta, TriggerMessage, User
 from otaship.receiver.events import after_commit
-from otaship.receiver.ids import utcnow
 from otaship.receiver.rollouts.policy import Running
 from otaship.receiver.rollouts.supersede import supersede_rollouts
 from otaship.receiver.targeting.effective import resolve_effective
@@ -44,6 +44,11 @@ class StoredFirmware:
     project_name: str | None = None
     app_version: str | None = None
     idf_ver: str | None = None
+
+    @classmethod
+    def of(cls, image: FirmwareImage) -> StoredFirmware:
+        # The image row has every field of this one, by the same name.
+        return cls(**{field.name: getattr(image, field.name) for field in fields(cls)})
 
 
 class VersionConflict(Exception):
@@ -90,16 +95,25 @@ class _Effective:
     sha256: str
 
 
-def _effective(
-    *, session: Session, parents: dict[str, str | None], groups: list[Group]
-) -> dict[str, _Effective | None]:
-    otas = {
+def _otas(*, session: Session, parents: dict[str, str | None]) -> dict[str, GroupOta]:
+    """The OTA record of each group in `parents` that has one."""
+    return {
         ota.group_id: ota
-        for ota in session.exec(
-            select(GroupOta).where(GroupOta.group_id.in_(list(parents)))  # type: ignore[attr-defined]
-        )
+        for ota in session.exec(select(GroupOta).where(col(GroupOta.group_id).in_(list(parents))))
     }
-    resolved = resolve_effective(parents, otas)
+
+
+def _effective(
+    *,
+    session: Session,
+    parents: dict[str, str | None],
+    groups: list[Group],
+    otas: dict[str, GroupOta] | None = None,
+) -> dict[str, _Effective | None]:
+    """The effective OTA of each of `groups`, from `otas` if the caller already read them."""
+    resolved = resolve_effective(
+        parents, otas if otas is not None else _otas(session=session, parents=parents)
+    )
     return {
         g.id: (
             _Effective(ota.id, ota.revision, ota.version, ota.sha256)
@@ -146,12 +160,13 @@ def deploy_firmware(
     group_id: str,
     version: str,
     firmware: StoredFirmware,
+    now: datetime,
     commit: str | None = None,
     rollout_id: str | None = None,
     notify: bool = True,
     kind: str = "plain",
 ) -> DeployResult:
-    """Record a deploy inside the caller's write transaction.
+    """Record a deploy inside the caller's write transaction, at `now`.
 
     The group's tree, then the group row, are locked first (FOR UPDATE on
     PostgreSQL; SQLite's write transaction already holds the database lock), so
@@ -166,7 +181,8 @@ def deploy_firmware(
     current = current_ota(session=session, group_id=group.id)
     subtree = descendants(session=session, group=group)
     parents = _family(session=session, group=group, subtree=subtree)
-    before = _effective(session=session, parents=parents, groups=[group, *subtree])
+    family = _otas(session=session, parents=parents)
+    before = _effective(session=session, parents=parents, groups=[group, *subtree], otas=family)
     if current is not None and current.version == version:
         if current.sha256 != firmware.sha256:
             raise VersionConflict(current)
@@ -176,36 +192,34 @@ def deploy_firmware(
         # The group's own record holds this image, but a newer deploy to an
         # ancestor is what its devices run: deploy it again, so it is.
 
-    now = utcnow()
+    image = record_image(session=session, now=now, **asdict(firmware))
+    # Strictly later than every OTA of the family, so that this deploy wins the
+    # effective-firmware comparison (see targeting/effective.py) as the last to
+    # commit: even within one clock tick, and even when the caller read `now`
+    # before waiting for the tree's lock behind another deploy.
+    last_updated = max(
+        [
+            now,
+            *(ota.last_updated + timedelta(milliseconds=1) for ota in family.values()),
+        ]
+    )
     if current is None:
         ota = GroupOta(
             group_id=group.id,
             owner_id=group.owner_id,
             version=version,
             path=ota_path(group),
-            object_key=firmware.object_key,
-            sha256=firmware.sha256,
-            md5=firmware.md5,
-            size=firmware.size,
             revision=0,
-            last_updated=now,
+            sha256=image.sha256,
         )
     else:
         ota = current
         ota.revision += 1
         ota.version = version
         ota.path = ota_path(group)
-        ota.object_key = firmware.object_key
-        ota.sha256 = firmware.sha256
-        ota.md5 = firmware.md5
-        ota.size = firmware.size
-        # Strictly later than before, so this deploy wins the effective-firmware
-        # comparison even within one clock tick.
-        ota.last_updated = max(now, current.last_updated + timedelta(milliseconds=1))
-    ota.chip = firmware.chip
-    ota.project_name = firmware.project_name
-    ota.app_version = firmware.app_version
-    ota.idf_ver = firmware.idf_ver
+    ota.sha256 = image.sha256
+    ota.image = image
+    ota.last_updated = last_updated
     ota.commit = commit
     session.add(ota)
     session.flush()
@@ -215,10 +229,7 @@ def deploy_firmware(
         owner_id=group.owner_id,
         revision=ota.revision,
         version=version,
-        object_key=firmware.object_key,
-        sha256=firmware.sha256,
-        md5=firmware.md5,
-        size=firmware.size,
+        sha256=image.sha256,
         commit=commit,
         rollout_id=rollout_id,
         deployed_at=now,
@@ -250,6 +261,7 @@ def deploy_firmware(
     )
     supersede_rollouts(
         session=session,
+        now=now,
         deployment=deployment,
         parents=parents,
         changed={g for g, effective in after.items() if effective != before[g]},
@@ -263,6 +275,7 @@ def deploy_firmware(
                 topic=trigger_topic(owner.mqtt_user, group_id),
                 payload=json.dumps({"version": effective_version}),
                 deployment_id=deployment.id,
+                created_at=now,
             )
             for group_id, effective_version in triggered
         )

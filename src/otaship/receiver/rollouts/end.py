@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from otaship.receiver.db.enums import Stage, State
 from otaship.receiver.db.models import Rollout, RolloutDevice
 from otaship.receiver.events import after_commit
 from otaship.receiver.rollouts.policy import ACTIVE_STATES, Counts, DeviceProgress, at_stage_end
@@ -22,9 +23,9 @@ log = logging.getLogger("otaship.rollouts")
 NEW = "new"
 
 
-def stage_counts(*, session: Session, rollout_id: str, stage: str) -> Counts:
+def stage_counts(*, session: Session, rollout_id: str, stage: Stage) -> Counts:
     outcomes = session.exec(
-        select(RolloutDevice.outcome).where(
+        select(col(RolloutDevice.outcome)).where(
             col(RolloutDevice.rollout_id) == rollout_id, col(RolloutDevice.stage) == stage
         )
     ).all()
@@ -75,7 +76,9 @@ def log_transition(
     )
 
 
-def close_stage(session: Session, rollout_id: str, stage: str, *, time_ran_out: bool, now: datetime) -> None:
+def close_stage(
+    session: Session, rollout_id: str, stage: Stage, *, time_ran_out: bool, now: datetime
+) -> None:
     """Give each device of the stage that had not finished its final outcome."""
     for row in session.exec(
         select(RolloutDevice).where(
@@ -93,7 +96,7 @@ def close_stage(session: Session, rollout_id: str, stage: str, *, time_ran_out: 
 def end_rollout(
     session: Session,
     rollout: Rollout,
-    state: str,
+    state: State,
     reason: str | None,
     now: datetime,
     *,
@@ -108,8 +111,8 @@ def end_rollout(
     counts = None
     if before in ACTIVE_STATES:
         # A rollout's stages are named after the states that run them.
-        close_stage(session, rollout.id, before, time_ran_out=time_ran_out, now=now)
-        counts = stage_counts(session=session, rollout_id=rollout.id, stage=before)
+        close_stage(session, rollout.id, Stage(before), time_ran_out=time_ran_out, now=now)
+        counts = stage_counts(session=session, rollout_id=rollout.id, stage=Stage(before))
     log_transition(session, rollout, before, state, reason, counts)
     rollout.state = state
     rollout.reason = reason

@@ -15,29 +15,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from otaship.protocol import ResponseCode
+from otaship.receiver.db.enums import Outcome, Stage, State
 
-# Rollout states.
-CANARY = "canary"
-FLEET = "fleet"
-COMPLETE = "complete"
-HALTED = "halted"
-ABORTED = "aborted"
-ACTIVE_STATES = (CANARY, FLEET)
-STATES = (CANARY, FLEET, COMPLETE, HALTED, ABORTED)
-
-# Stages, named after the states that run them.
-STAGE_CANARY = CANARY
-STAGE_FLEET = FLEET
-
-# Per-device outcomes.
-PENDING = "pending"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-TIMED_OUT = "timed_out"
-# The stage ended before the device finished, with time still left (a halt on
-# other devices' failures, an abort, a promotion on a threshold below 1).
-STOPPED = "stopped"
-OUTCOMES = (PENDING, SUCCEEDED, FAILED, TIMED_OUT, STOPPED)
+ACTIVE_STATES = (State.CANARY, State.FLEET)
 
 
 @dataclass(frozen=True)
@@ -70,7 +50,7 @@ def validate_policy(policy: Policy) -> Policy:
 
 @dataclass(frozen=True)
 class DeviceProgress:
-    outcome: str = PENDING
+    outcome: Outcome = Outcome.PENDING
     started_update: bool = False
     uptime_at_start: float | None = None
     fw_version: str | None = None
@@ -79,7 +59,9 @@ class DeviceProgress:
 
 def initial_progress(running: str | None, deployed: str) -> DeviceProgress:
     """A device already on the deployed version has succeeded at once."""
-    return DeviceProgress(outcome=SUCCEEDED if running == deployed else PENDING, fw_version=running)
+    return DeviceProgress(
+        outcome=Outcome.SUCCEEDED if running == deployed else Outcome.PENDING, fw_version=running
+    )
 
 
 def after_status(
@@ -87,11 +69,11 @@ def after_status(
 ) -> DeviceProgress:
     """A status report: success on the deployed version; failure when the device
     comes back (rebooted) on another version after announcing its update."""
-    if progress.outcome in (SUCCEEDED, TIMED_OUT, STOPPED):
+    if progress.outcome in (Outcome.SUCCEEDED, Outcome.TIMED_OUT, Outcome.STOPPED):
         return replace(progress, fw_version=fw_version)
     if fw_version == deployed:
-        return replace(progress, outcome=SUCCEEDED, fw_version=fw_version)
-    if not progress.started_update or progress.outcome == FAILED:
+        return replace(progress, outcome=Outcome.SUCCEEDED, fw_version=fw_version)
+    if not progress.started_update or progress.outcome == Outcome.FAILED:
         return replace(progress, fw_version=fw_version)
     if uptime is not None and progress.uptime_at_start is None:
         # We did not see its uptime before the 201 (say, the receiver restarted):
@@ -101,16 +83,16 @@ def after_status(
     # means failure once the device has rebooted (its uptime went back down).
     rebooted = uptime is None or (progress.uptime_at_start is not None and uptime < progress.uptime_at_start)
     if rebooted:
-        return replace(progress, outcome=FAILED, fw_version=fw_version)
+        return replace(progress, outcome=Outcome.FAILED, fw_version=fw_version)
     return replace(progress, fw_version=fw_version)
 
 
 def after_response(progress: DeviceProgress, *, code: int, last_uptime: float | None) -> DeviceProgress:
-    if progress.outcome in (SUCCEEDED, TIMED_OUT, STOPPED):
+    if progress.outcome in (Outcome.SUCCEEDED, Outcome.TIMED_OUT, Outcome.STOPPED):
         return replace(progress, code=code)
     if code == ResponseCode.ERROR:
-        return replace(progress, outcome=FAILED, code=code)
-    if code == ResponseCode.UPDATE_STARTING and progress.outcome == PENDING:
+        return replace(progress, outcome=Outcome.FAILED, code=code)
+    if code == ResponseCode.UPDATE_STARTING and progress.outcome == Outcome.PENDING:
         return replace(progress, started_update=True, uptime_at_start=last_uptime, code=code)
     return replace(progress, code=code)
 
@@ -118,9 +100,9 @@ def after_response(progress: DeviceProgress, *, code: int, last_uptime: float | 
 def at_stage_end(progress: DeviceProgress, *, time_ran_out: bool) -> DeviceProgress:
     """A device that had not finished when its stage ended: it timed out only if
     the stage's time really ran out; otherwise it was stopped."""
-    if progress.outcome != PENDING:
+    if progress.outcome != Outcome.PENDING:
         return progress
-    return replace(progress, outcome=TIMED_OUT if time_ran_out else STOPPED)
+    return replace(progress, outcome=Outcome.TIMED_OUT if time_ran_out else Outcome.STOPPED)
 
 
 def after_stage_closed(
@@ -136,10 +118,10 @@ def after_stage_closed(
     return progress
 
 
-def stage_is_open(state: str, stage: str) -> bool:
+def stage_is_open(state: State, stage: Stage) -> bool:
     """Whether a rollout in `state` is still deciding the outcomes of `stage`
     (its stages are named after the states that run them)."""
-    return state == stage
+    return state.value == stage.value
 
 
 def stage_time_ran_out(policy: Policy, *, started_at: datetime, now: datetime) -> bool:
@@ -163,13 +145,13 @@ class Counts:
         return self.targeted - self.succeeded - self.failed - self.timed_out - self.stopped
 
     @classmethod
-    def of(cls, outcomes: list[str]) -> Counts:
+    def of(cls, outcomes: list[Outcome]) -> Counts:
         return cls(
             targeted=len(outcomes),
-            succeeded=outcomes.count(SUCCEEDED),
-            failed=outcomes.count(FAILED),
-            timed_out=outcomes.count(TIMED_OUT),
-            stopped=outcomes.count(STOPPED),
+            succeeded=outcomes.count(Outcome.SUCCEEDED),
+            failed=outcomes.count(Outcome.FAILED),
+            timed_out=outcomes.count(Outcome.TIMED_OUT),
+            stopped=outcomes.count(Outcome.STOPPED),
         )
 
 

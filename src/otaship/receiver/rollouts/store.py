@@ -8,16 +8,17 @@ under a lock on the rollout row (taken after its tree's lock, see
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, func
 from sqlmodel import Session, col, select
 
+from otaship.receiver.db.enums import Stage, State
 from otaship.receiver.db.groups import ancestors, descendants, lock_tree
-from otaship.receiver.db.models import Deployment, Device, Group, Rollout, RolloutDevice
-from otaship.receiver.ids import utcnow
+from otaship.receiver.db.images import record_image
+from otaship.receiver.db.models import Deployment, Device, FirmwareImage, Group, Rollout, RolloutDevice
 from otaship.receiver.rollouts.deploy import (
     DeployResult,
     StoredFirmware,
@@ -29,18 +30,11 @@ from otaship.receiver.rollouts.deploy import (
 )
 from otaship.receiver.rollouts.end import NEW, close_stage, end_rollout, log_transition, stage_counts
 from otaship.receiver.rollouts.policy import (
-    ABORTED,
     ACTIVE_STATES,
     AWAIT_PROMOTION,
-    CANARY,
-    COMPLETE,
     FINISH,
-    FLEET,
     HALT,
-    HALTED,
     PROMOTE,
-    STAGE_CANARY,
-    STAGE_FLEET,
     Policy,
     Running,
     decide_canary,
@@ -66,17 +60,10 @@ def policy_of(rollout: Rollout) -> Policy:
     )
 
 
-def firmware_of(rollout: Rollout) -> StoredFirmware:
-    return StoredFirmware(
-        object_key=rollout.object_key,
-        sha256=rollout.sha256,
-        md5=rollout.md5,
-        size=rollout.size,
-        chip=rollout.chip,
-        project_name=rollout.project_name,
-        app_version=rollout.app_version,
-        idf_ver=rollout.idf_ver,
-    )
+def firmware_of(session: Session, rollout: Rollout) -> StoredFirmware:
+    image = session.get(FirmwareImage, rollout.sha256)
+    assert image is not None  # a foreign key
+    return StoredFirmware.of(image)
 
 
 def validate_canary(*, session: Session, group: Group, canary_id: str) -> Group:
@@ -97,8 +84,7 @@ def _devices_in(session: Session, groups: list[Group]) -> list[Device]:
     return list(session.exec(select(Device).where(col(Device.group_id).in_(ids)).order_by(col(Device.id))))
 
 
-def _target(session: Session, rollout: Rollout, stage: str, groups: list[Group]) -> None:
-    now = utcnow()
+def _target(session: Session, rollout: Rollout, stage: Stage, groups: list[Group], now: datetime) -> None:
     for device in _devices_in(session, groups):
         progress = initial_progress(device.firmware_version, rollout.version)
         session.add(
@@ -114,7 +100,7 @@ def _target(session: Session, rollout: Rollout, stage: str, groups: list[Group])
         )
 
 
-def supersede(*, session: Session, group_ids: list[str], reason: str, keep: str) -> list[str]:
+def supersede(*, session: Session, group_ids: list[str], reason: str, keep: str, now: datetime) -> list[str]:
     """End every rollout in progress on these groups (as fleet or canary), but
     `keep`, as aborted."""
     rows = session.exec(
@@ -128,9 +114,8 @@ def supersede(*, session: Session, group_ids: list[str], reason: str, keep: str)
         .with_for_update()
         .execution_options(populate_existing=True)
     ).all()
-    now = utcnow()
     for rollout in rows:
-        end_rollout(session, rollout, ABORTED, reason, now)
+        end_rollout(session, rollout, State.ABORTED, reason, now)
     return [r.id for r in rows]
 
 
@@ -157,32 +142,25 @@ def start_rollout(
     policy: Policy,
     commit: str | None,
     notify: bool,
+    now: datetime,
 ) -> Started:
     """Deploy to the canary subgroup only, and record the rollout (one transaction).
 
     The caller holds the group's tree lock."""
-    now = utcnow()
     baseline = running_firmware(session=session, group=group)
     rollout = Rollout(
         owner_id=group.owner_id,
         group_id=group.id,
         canary_group_id=canary.id,
         version=version,
-        object_key=firmware.object_key,
-        sha256=firmware.sha256,
-        md5=firmware.md5,
-        size=firmware.size,
-        chip=firmware.chip,
-        project_name=firmware.project_name,
-        app_version=firmware.app_version,
-        idf_ver=firmware.idf_ver,
+        sha256=record_image(session=session, now=now, **asdict(firmware)).sha256,
         commit=commit,
         canary_timeout=policy.canary_timeout,
         success_threshold=policy.success_threshold,
         error_threshold=policy.error_threshold,
         soak=policy.soak,
         auto_promote=policy.auto_promote,
-        state=CANARY,
+        state=State.CANARY,
         created_at=now,
         updated_at=now,
         canary_started_at=now,
@@ -203,18 +181,20 @@ def start_rollout(
         commit=commit,
         rollout_id=rollout.id,
         notify=notify,
-        kind=CANARY,
+        kind="canary",
+        now=now,
     )
     supersede(
         session=session,
         group_ids=[group.id, canary.id],
         keep=rollout.id,
         reason=f"superseded by rollout {rollout.id} of version {version}",
+        now=now,
     )
-    _target(session, rollout, STAGE_CANARY, [canary, *descendants(session=session, group=canary)])
+    _target(session, rollout, Stage.CANARY, [canary, *descendants(session=session, group=canary)], now)
     session.flush()
-    counts = stage_counts(session=session, rollout_id=rollout.id, stage=STAGE_CANARY)
-    log_transition(session, rollout, NEW, CANARY, "started by a deploy with a canary", counts)
+    counts = stage_counts(session=session, rollout_id=rollout.id, stage=Stage.CANARY)
+    log_transition(session, rollout, NEW, State.CANARY, "started by a deploy with a canary", counts)
     return Started(rollout=rollout, deploy=result)
 
 
@@ -257,25 +237,24 @@ def promote(
     session: Session,
     rollout: Rollout,
     notify: bool,
+    now: datetime,
     reason: str | None = None,
-    now: datetime | None = None,
 ) -> None:
     """Close the canary stage and deploy the rollout's stored image to the whole
     group (no re-upload). The caller holds the rollout's lock.
 
     Never over firmware newer than the rollout: when the group no longer runs
     what it ran at the start, the rollout ends aborted instead."""
-    now = now or utcnow()
     group = session.get(Group, rollout.group_id)
     assert group is not None
     refusal = promotion_blocked(session=session, rollout=rollout, group=group)
     if refusal is not None:
-        end_rollout(session, rollout, ABORTED, refusal, now)
+        end_rollout(session, rollout, State.ABORTED, refusal, now)
         return
     close_stage(
         session,
         rollout.id,
-        STAGE_CANARY,
+        Stage.CANARY,
         now=now,
         time_ran_out=stage_time_ran_out(policy_of(rollout), started_at=rollout.canary_started_at, now=now),
     )
@@ -284,43 +263,45 @@ def promote(
             session=session,
             group_id=group.id,
             version=rollout.version,
-            firmware=firmware_of(rollout),
+            firmware=firmware_of(session, rollout),
             commit=rollout.commit,
             rollout_id=rollout.id,
             notify=notify,
             kind="promotion",
+            now=now,
         )
     except VersionConflict as exc:
-        end_rollout(session, rollout, HALTED, f"the group already runs {exc.version} with other bytes", now)
+        end_rollout(
+            session, rollout, State.HALTED, f"the group already runs {exc.version} with other bytes", now
+        )
         return
     log_transition(
         session,
         rollout,
-        CANARY,
-        FLEET,
+        State.CANARY,
+        State.FLEET,
         reason,
-        stage_counts(session=session, rollout_id=rollout.id, stage=STAGE_CANARY),
+        stage_counts(session=session, rollout_id=rollout.id, stage=Stage.CANARY),
     )
-    rollout.state = FLEET
+    rollout.state = State.FLEET
     rollout.reason = reason
     rollout.fleet_started_at = now
     rollout.updated_at = now
     session.add(rollout)
-    _target(session, rollout, STAGE_FLEET, [group, *descendants(session=session, group=group)])
+    _target(session, rollout, Stage.FLEET, [group, *descendants(session=session, group=group)], now)
     session.flush()
 
 
-def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime | None = None) -> str | None:
+def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime) -> str | None:
     """Apply the next decision to one rollout; its state afterwards (None if busy elsewhere)."""
     rollout = lock_rollout(session, rollout_id, skip_locked=True)
     if rollout is None:
         return None
     if rollout.state not in ACTIVE_STATES:
         return rollout.state
-    now = now or utcnow()
     policy = policy_of(rollout)
-    if rollout.state == CANARY:
-        counts = stage_counts(session=session, rollout_id=rollout.id, stage=STAGE_CANARY)
+    if rollout.state == State.CANARY:
+        counts = stage_counts(session=session, rollout_id=rollout.id, stage=Stage.CANARY)
         decision = decide_canary(
             policy,
             counts,
@@ -337,7 +318,7 @@ def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime |
             end_rollout(
                 session,
                 rollout,
-                HALTED,
+                State.HALTED,
                 decision.reason,
                 now,
                 time_ran_out=stage_time_ran_out(policy, started_at=rollout.canary_started_at, now=now),
@@ -346,16 +327,16 @@ def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime |
             rollout.reason = decision.reason
             rollout.updated_at = now
             # Not a change of state, but the one thing an operator must act on.
-            log_transition(session, rollout, CANARY, CANARY, decision.reason, counts)
+            log_transition(session, rollout, State.CANARY, State.CANARY, decision.reason, counts)
     else:
         assert rollout.fleet_started_at is not None
-        counts = stage_counts(session=session, rollout_id=rollout.id, stage=STAGE_FLEET)
+        counts = stage_counts(session=session, rollout_id=rollout.id, stage=Stage.FLEET)
         decision = decide_fleet(policy, counts, now=now, started_at=rollout.fleet_started_at)
         if decision.action == FINISH:
             end_rollout(
                 session,
                 rollout,
-                COMPLETE,
+                State.COMPLETE,
                 decision.reason,
                 now,
                 time_ran_out=stage_time_ran_out(policy, started_at=rollout.fleet_started_at, now=now),
@@ -364,32 +345,34 @@ def evaluate(*, session: Session, rollout_id: str, notify: bool, now: datetime |
     return rollout.state
 
 
-def manual_promote(*, session: Session, rollout_id: str, owner_id: str, notify: bool) -> Rollout:
+def manual_promote(
+    *, session: Session, rollout_id: str, owner_id: str, notify: bool, now: datetime
+) -> Rollout:
     """Promote a held canary; the rollout afterwards, `aborted` when the group
     no longer runs what it ran at the start (see `promote`)."""
     rollout = lock_rollout(session, rollout_id, skip_locked=False)
     if rollout is None or rollout.owner_id != owner_id:
         raise LookupError(rollout_id)
-    if rollout.state != CANARY:
+    if rollout.state != State.CANARY:
         raise RolloutError(f"only a rollout in its canary stage can be promoted; this one is {rollout.state}")
-    counts = stage_counts(session=session, rollout_id=rollout.id, stage=STAGE_CANARY)
+    counts = stage_counts(session=session, rollout_id=rollout.id, stage=Stage.CANARY)
     needed = required_successes(counts.targeted, rollout.success_threshold)
     if counts.succeeded < needed:
         raise RolloutError(
             f"the canary has not reached its success threshold: {counts.succeeded} of "
             f"{counts.targeted} succeeded, {needed} needed"
         )
-    promote(session=session, rollout=rollout, notify=notify, reason="promoted by request")
+    promote(session=session, rollout=rollout, notify=notify, reason="promoted by request", now=now)
     return rollout
 
 
-def abort(*, session: Session, rollout_id: str, owner_id: str) -> Rollout:
+def abort(*, session: Session, rollout_id: str, owner_id: str, now: datetime) -> Rollout:
     rollout = lock_rollout(session, rollout_id, skip_locked=False)
     if rollout is None or rollout.owner_id != owner_id:
         raise LookupError(rollout_id)
     if rollout.state not in ACTIVE_STATES:
         raise RolloutError(f"the rollout has already ended: {rollout.state}")
-    end_rollout(session, rollout, ABORTED, "aborted by request", utcnow())
+    end_rollout(session, rollout, State.ABORTED, "aborted by request", now)
     return rollout
 
 
@@ -439,6 +422,7 @@ def deploy_with_canary(
     policy: Policy,
     commit: str | None,
     notify: bool,
+    now: datetime,
 ) -> CanaryDeploy:
     """Start a rollout, or recognise the re-post of one (a CI re-run) and change nothing."""
     lock_tree(session=session, group_id=group_id)
@@ -461,7 +445,7 @@ def deploy_with_canary(
             f"Version {version} is already rolling out with different firmware. "
             "Devices compare version strings and would never fetch it: bump the version."
         )
-    if newest is not None and newest.state == HALTED:
+    if newest is not None and newest.state == State.HALTED:
         raise RolloutConflict(
             f"Version {version} was halted in its canary ({newest.reason}). Bump the version to deploy a fix."
         )
@@ -475,5 +459,6 @@ def deploy_with_canary(
         policy=policy,
         commit=commit,
         notify=notify,
+        now=now,
     )
     return CanaryDeploy(started.rollout, True, started.deploy.ota)

@@ -8,13 +8,14 @@ promotion alike. A rollout's own deploys never end it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from otaship.receiver.db.enums import State
 from otaship.receiver.db.models import Deployment, Rollout
-from otaship.receiver.ids import utcnow
 from otaship.receiver.rollouts.end import end_rollout
-from otaship.receiver.rollouts.policy import ABORTED, ACTIVE_STATES, superseded_reason, supersedes
+from otaship.receiver.rollouts.policy import ACTIVE_STATES, superseded_reason, supersedes
 
 
 def supersede_rollouts(
@@ -23,6 +24,7 @@ def supersede_rollouts(
     deployment: Deployment,
     changed: set[str],
     parents: Mapping[str, str | None],
+    now: datetime,
 ) -> list[str]:
     """End as aborted each running rollout the deploy changed; their ids.
 
@@ -44,10 +46,9 @@ def supersede_rollouts(
     if deployment.rollout_id is not None:
         query = query.where(col(Rollout.id) != deployment.rollout_id)
     reason = superseded_reason(deployment.id, deployment.version, deployment.group_id, deployment.rollout_id)
-    now = utcnow()
     ended: list[str] = []
     for rollout in session.exec(query).all():
         if supersedes(rollout.group_id, changed, parents):
-            end_rollout(session, rollout, ABORTED, reason, now)
+            end_rollout(session, rollout, State.ABORTED, reason, now)
             ended.append(rollout.id)
     return ended

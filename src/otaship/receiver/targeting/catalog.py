@@ -91,7 +91,7 @@ def load_entry(engine: Engine, group_id: str) -> GroupEntry | None:
         firmware = (
             None
             if ota is None
-            else ServedFirmware(ota.version, ota.object_key, ota.sha256, ota.md5, ota.size)
+            else ServedFirmware(ota.version, ota.image.object_key, ota.sha256, ota.image.md5, ota.image.size)
         )
         return GroupEntry(group.id, group.token, firmware)
 

@@ -1,9 +1,10 @@
 """How autogenerate compares the models with a database, and writes SQLModel's
 column types into a new revision.
 
-SQLModel declares strings as its AutoString and datetimes as its UTCDateTime.
-A revision names the plain SQLAlchemy types they stand for instead, so that it
-imports nothing from sqlmodel and keeps its meaning when sqlmodel changes.
+SQLModel declares strings as its AutoString and datetimes as its UTCDateTime;
+the rollout's StrEnums are otaship's EnumText. A revision names the plain
+SQLAlchemy types they stand for instead, so that it imports nothing from
+sqlmodel or otaship and keeps its meaning when either changes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Literal
 
 from sqlmodel.sql.sqltypes import AutoString, UTCDateTime
 
+from otaship.receiver.db.enums import EnumText
 from otaship.receiver.db.path_search import is_search_object
 
 
@@ -23,6 +25,9 @@ def render_item(kind: str, obj: Any, autogen_context: Any) -> str | Literal[Fals
             return f"sa.String(length={length})" if length else "sa.String()"
         if isinstance(obj, UTCDateTime):
             return "sa.DateTime(timezone=True)"
+        if isinstance(obj, EnumText):
+            # Stored as plain text: the enum lives in the code, not the schema.
+            return f"sa.String(length={obj.length})"
     # Alembic's own rendering for everything else.
     return False
 

@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from otaship.receiver.db.enums import State
 from otaship.receiver.db.groups import get_owned_group
 from otaship.receiver.db.models import GroupOta, Rollout, User
 from otaship.receiver.db.path_search import owned_paths_containing
@@ -27,7 +28,7 @@ from otaship.receiver.http.management.route import owner_route
 from otaship.receiver.http.responses import answer, message, server_error
 from otaship.receiver.http.views import ota_view
 from otaship.receiver.http.wire import DEPLOYED
-from otaship.receiver.ids import secret_matches_plain
+from otaship.receiver.ids import secret_matches_plain, utcnow
 from otaship.receiver.intake.in_flight import Hold, ObjectNotStored
 from otaship.receiver.intake.multipart import (
     MalformedUpload,
@@ -44,7 +45,7 @@ from otaship.receiver.rollouts.deploy import (
     current_ota,
     deploy_firmware,
 )
-from otaship.receiver.rollouts.policy import CANARY, PolicyError
+from otaship.receiver.rollouts.policy import PolicyError
 from otaship.receiver.rollouts.store import (
     CanaryDeploy,
     RolloutConflict,
@@ -285,6 +286,7 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
                         firmware=firmware,
                         commit=commit,
                         notify=services.notify,
+                        now=utcnow(),
                     )
                 )
             )
@@ -304,6 +306,7 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
                         policy=rollout_policy,
                         commit=commit,
                         notify=services.notify,
+                        now=utcnow(),
                     )
                 )
             )
@@ -353,7 +356,9 @@ def canary_message(rollout: Rollout) -> str:
 def _canary_body(staged: CanaryDeploy) -> tuple[bool, wire.Deployed]:
     rollout = staged.rollout
     return staged.deployed, wire.Deployed(
-        message=canary_message(rollout) if rollout is not None and rollout.state == CANARY else DEPLOYED,
+        message=canary_message(rollout)
+        if rollout is not None and rollout.state == State.CANARY
+        else DEPLOYED,
         deployed=staged.deployed,
         **wire.given(
             ota=ota_view(staged.ota) if staged.ota is not None else None,

@@ -6,6 +6,7 @@ from sqlmodel import Session, col, select
 from starlette.requests import Request
 from starlette.responses import Response
 
+from otaship.receiver.db.enums import State
 from otaship.receiver.db.groups import get_owned_group
 from otaship.receiver.db.models import Rollout
 from otaship.receiver.fields import BadField, flag, text
@@ -14,9 +15,8 @@ from otaship.receiver.http.auth import owner_of
 from otaship.receiver.http.management.route import owner_route
 from otaship.receiver.http.responses import answer, message
 from otaship.receiver.http.views import rollout_view
-from otaship.receiver.ids import is_id
+from otaship.receiver.ids import is_id, utcnow
 from otaship.receiver.metrics import Metrics
-from otaship.receiver.rollouts.policy import ABORTED
 from otaship.receiver.rollouts.store import RolloutError, abort, manual_promote
 from otaship.receiver.services import Services
 
@@ -88,12 +88,13 @@ async def _change(request: Request, action: str) -> Response:
     services = Services.of(request)
 
     def change(session: Session) -> wire.Rollout:
+        now = utcnow()
         if action == "promote":
             rollout = manual_promote(
-                session=session, rollout_id=rollout_id, owner_id=owner_id, notify=services.notify
+                session=session, rollout_id=rollout_id, owner_id=owner_id, notify=services.notify, now=now
             )
         else:
-            rollout = abort(session=session, rollout_id=rollout_id, owner_id=owner_id)
+            rollout = abort(session=session, rollout_id=rollout_id, owner_id=owner_id, now=now)
         session.flush()
         return rollout_view(session=session, rollout=rollout, with_devices=False)
 
@@ -104,7 +105,7 @@ async def _change(request: Request, action: str) -> Response:
     except RolloutError as exc:
         return message(409, str(exc))
     services.deployed()
-    if action == "promote" and body.state == ABORTED:
+    if action == "promote" and body.state == State.ABORTED:
         # Committed: the group runs something newer than the rollout, which
         # ended rather than overwrite it.
         return message(409, f"the rollout was aborted: {body.reason}")
