@@ -24,13 +24,23 @@ MIN_GC_GRACE = 60
 DEFAULT_UPLOAD_IDLE_TIMEOUT = 30
 DEFAULT_UPLOAD_TIMEOUT = 600
 DEFAULT_MAX_UPLOADS_PER_OWNER = 8
+# Retries of a failed device's group trigger (rollouts/retries.py): how many,
+# the wait before the first (doubled before each next one), and how long a
+# device that announced its update (201) may stay silent before it counts as
+# failed. AWS IoT Jobs allows up to 10 retries.
+DEFAULT_TRIGGER_RETRIES = 3
+MAX_TRIGGER_RETRIES = 10
+DEFAULT_TRIGGER_RETRY_BACKOFF = 60
+DEFAULT_TRIGGER_DARK_AFTER = 600
 
 
 class SettingsError(ValueError):
     """A configuration value is unusable; the message names the variable."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -40,6 +50,8 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
         raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, not {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be at most {maximum}, not {value}")
     return value
 
 
@@ -92,6 +104,9 @@ class Settings:
     rate_limit_bad_keys: str | None = DEFAULT_RATE_LIMIT_BAD_KEYS
     gc_interval: float = DEFAULT_GC_INTERVAL
     gc_grace: float = DEFAULT_GC_GRACE
+    trigger_retries: int = DEFAULT_TRIGGER_RETRIES
+    trigger_retry_backoff: float = DEFAULT_TRIGGER_RETRY_BACKOFF
+    trigger_dark_after: float = DEFAULT_TRIGGER_DARK_AFTER
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -123,6 +138,13 @@ class Settings:
             rate_limit_bad_keys=_rate(env, "OTASHIP_RATE_LIMIT_BAD_KEYS", DEFAULT_RATE_LIMIT_BAD_KEYS),
             gc_interval=_int(env, "OTASHIP_GC_INTERVAL", DEFAULT_GC_INTERVAL),
             gc_grace=_int(env, "OTASHIP_GC_GRACE", DEFAULT_GC_GRACE, minimum=MIN_GC_GRACE),
+            trigger_retries=_int(
+                env, "OTASHIP_TRIGGER_RETRIES", DEFAULT_TRIGGER_RETRIES, maximum=MAX_TRIGGER_RETRIES
+            ),
+            trigger_retry_backoff=_int(
+                env, "OTASHIP_TRIGGER_RETRY_BACKOFF", DEFAULT_TRIGGER_RETRY_BACKOFF, minimum=1
+            ),
+            trigger_dark_after=_int(env, "OTASHIP_TRIGGER_DARK_AFTER", DEFAULT_TRIGGER_DARK_AFTER, minimum=1),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -190,3 +190,7 @@ class RolloutDevice(SQLModel, table=True):
     fw_version: str | None = Field(default=None, max_length=64)
     code: int | None = Field(default=None)
     updated_at: datetime = Field(default_factory=utcnow)
+    # Times its group's trigger was published again for it (rollouts/retries.py),
+    # and when the next one is due while its outcome is `retrying`.
+    retries: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    retry_at: datetime | None = Field(default=None)

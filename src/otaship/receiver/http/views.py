@@ -16,6 +16,7 @@ from otaship.receiver.rollouts.policy import (
     COMPLETE,
     FLEET,
     HALTED,
+    RETRYING,
     STAGE_CANARY,
     STAGE_FLEET,
     Counts,
@@ -83,8 +84,10 @@ def stage_states(rollout: Rollout) -> tuple[str, str]:
 
 def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: bool) -> wire.Rollout:
     by_stage: dict[str, list[str]] = {STAGE_CANARY: [], STAGE_FLEET: []}
+    retries = {STAGE_CANARY: 0, STAGE_FLEET: 0}
     for row, _ in rows:
         by_stage[row.stage].append(row.outcome)
+        retries[row.stage] += row.retries
 
     def stage(
         name: str, group_id: str, started: datetime | None, ended: datetime | None, state: str
@@ -99,6 +102,8 @@ def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: b
             failed=counts.failed,
             timed_out=counts.timed_out,
             stopped=counts.stopped,
+            retrying=counts.retrying,
+            retries=retries[name],
             pending=counts.pending,
             started_at=started,
             ended_at=ended,
@@ -131,6 +136,8 @@ def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: b
                 outcome=row.outcome,
                 fw_version=row.fw_version,
                 code=row.code,
+                retries=row.retries,
+                next_retry_at=row.retry_at if row.outcome == RETRYING else None,
             )
             for row, name in rows
         ]

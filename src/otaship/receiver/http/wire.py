@@ -153,6 +153,11 @@ class RolloutStage(Wire):
         description="Devices that had not finished when the stage ended early (a halt, an abort, a "
         "promotion); not failures"
     )
+    retrying: Count = Field(
+        description="Devices that failed and wait for their group's trigger to be published again; "
+        "the canary counts them as failures"
+    )
+    retries: Count = Field(description="Retries made for the stage's devices, all devices together")
     pending: Count
     started_at: Timestamp | None
     ended_at: Timestamp | None
@@ -168,6 +173,12 @@ class RolloutDevice(Wire):
         description="The last version the device reported; still recorded for a day after the rollout ends"
     )
     code: int | None = Field(description="Its last update-response code")
+    retries: Count = Field(
+        description="Times its group's trigger was published again because it failed (a 203, another "
+        "version after its 201, or silence after it); a device `failed` with `retries` at the limit "
+        "failed every attempt"
+    )
+    next_retry_at: Timestamp | None = Field(description="When the next retry is due, while `retrying`")
 
 
 class RolloutPolicy(Wire):

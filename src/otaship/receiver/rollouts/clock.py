@@ -15,8 +15,10 @@ import anyio.to_thread
 from sqlalchemy.engine import Engine
 
 from otaship.receiver.db.engine import database_unavailable, read_session, write_session
+from otaship.receiver.ids import utcnow
 from otaship.receiver.outage import OutageLog
-from otaship.receiver.rollouts.policy import CANARY, FLEET
+from otaship.receiver.rollouts.policy import ACTIVE_STATES, CANARY, FLEET, RetryPolicy
+from otaship.receiver.rollouts.retries import retry_devices
 from otaship.receiver.rollouts.store import active_rollout_states, evaluate, lock_rollout
 from otaship.receiver.wakeup import sleep_until_woken
 
@@ -35,8 +37,11 @@ class RolloutRunner:
         tick: float = 1.0,
         on_change: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.engine = engine
+        # No retries unless asked: the receiver passes its settings' policy.
+        self.retry = retry or RetryPolicy(attempts=0)
         self.metrics = metrics
         self.notify = notify
         self.tick = tick
@@ -49,7 +54,8 @@ class RolloutRunner:
         self._wake.set()
 
     def evaluate_all(self) -> bool:
-        """One pass over the rollouts in progress; True if any changed state."""
+        """One pass over the rollouts in progress; True if any changed state or
+        queued a trigger again."""
         with read_session(self.engine) as session:
             active = active_rollout_states(session=session)
         changed = False
@@ -63,8 +69,23 @@ class RolloutRunner:
                     if locked is None:
                         continue
                     before = locked.state
+                    retried = None
+                    if before in ACTIVE_STATES:
+                        # Before the decision, so that it counts a failure with a
+                        # retry ahead as retrying, not as failed.
+                        retried = retry_devices(
+                            session=session,
+                            rollout=locked,
+                            policy=self.retry,
+                            notify=self.notify,
+                            now=utcnow(),
+                        )
                     state = evaluate(session=session, rollout_id=rollout_id, notify=self.notify)
-                changed = changed or (state is not None and state != before)
+                changed = (
+                    changed or (state is not None and state != before) or bool(retried and retried.groups)
+                )
+                if retried is not None and self.metrics is not None:
+                    self.metrics.retried(retried.scheduled, retried.devices, len(retried.groups))
                 if before == CANARY and state == FLEET and self.metrics is not None:
                     self.metrics.deploys.labels("promotion").inc()
             except Exception as exc:

@@ -1,0 +1,112 @@
+"""Retries: devices of a running stage that failed are reached again.
+
+An IoTaaP OS device checks for an update only when its group's trigger comes
+(the protocol has no per-device trigger for a device in a group), and after a
+203 it waits for the next one. So a device that answered 203, went dark after
+its 201, or came back on another version is retried by publishing its group's
+trigger again, through the outbox, at most `RetryPolicy.attempts` times with
+backoff. The group's other devices answer that trigger with one `latest` check
+and a 202 when they already run the version.
+
+Runs inside the rollout clock's transaction, under the rollout's row lock
+(rollouts/clock.py), before the rollout's decision: every replica ticks, one
+acts, and the times are stored in the rows, so a restart or another replica
+carries on where the last left off.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from otaship.protocol import trigger_topic
+from otaship.receiver.db.models import Rollout, RolloutDevice, TriggerMessage, User
+from otaship.receiver.rollouts.policy import (
+    FAILED,
+    PENDING,
+    RETRIGGER,
+    RETRYING,
+    SCHEDULE,
+    RetryFacts,
+    RetryPolicy,
+    retry_step,
+)
+
+
+@dataclass
+class Retried:
+    """What one pass did: devices newly waiting for a retry, devices retried,
+    and the groups whose trigger was queued again."""
+
+    scheduled: int = 0
+    devices: int = 0
+    groups: list[str] = field(default_factory=list)
+
+
+def retry_devices(
+    *, session: Session, rollout: Rollout, policy: RetryPolicy, notify: bool, now: datetime
+) -> Retried:
+    """Schedule and carry out the retries of the stage the rollout is running.
+
+    The caller holds the rollout's row lock. Without MQTT (`notify` False)
+    there is no trigger to publish again, and nothing is done.
+    """
+    done = Retried()
+    if not notify or policy.attempts == 0:
+        return done
+    rows = session.exec(
+        select(RolloutDevice)
+        .where(
+            col(RolloutDevice.rollout_id) == rollout.id,
+            col(RolloutDevice.stage) == rollout.state,
+            col(RolloutDevice.outcome).in_((FAILED, RETRYING))
+            | (
+                (col(RolloutDevice.outcome) == PENDING)
+                & col(RolloutDevice.started_update)
+                & (col(RolloutDevice.updated_at) <= now - timedelta(seconds=policy.dark_after))
+            ),
+        )
+        .order_by(col(RolloutDevice.device_id))
+    ).all()
+    retriggered: dict[str, list[RolloutDevice]] = {}
+    for row in rows:
+        facts = RetryFacts(row.outcome, row.started_update, row.updated_at, row.retries, row.retry_at)
+        step = retry_step(facts, policy, now)
+        if step is None:
+            continue
+        action, at = step
+        if action == SCHEDULE:
+            row.outcome = RETRYING
+            row.retry_at = at
+            row.updated_at = now
+            session.add(row)
+            done.scheduled += 1
+        elif action == RETRIGGER:
+            retriggered.setdefault(row.group_id, []).append(row)
+    if not retriggered:
+        return done
+    owner = session.get(User, rollout.owner_id)
+    assert owner is not None
+    for group_id, group_rows in sorted(retriggered.items()):
+        session.add(
+            TriggerMessage(
+                topic=trigger_topic(owner.mqtt_user, group_id),
+                payload=json.dumps({"version": rollout.version}),
+            )
+        )
+        for row in group_rows:
+            # Back to waiting for its answer, as after the first trigger.
+            row.outcome = PENDING
+            row.started_update = False
+            row.uptime_at_start = None
+            row.retries += 1
+            row.retry_at = None
+            row.updated_at = now
+            session.add(row)
+        done.devices += len(group_rows)
+        done.groups.append(group_id)
+    session.flush()
+    return done
