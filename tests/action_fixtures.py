@@ -126,8 +126,9 @@ class Tenant:
         return ver
 
 
-def make_tenant(data_dir: Path, mqtt_url: str = "none", broker: str = "") -> Tenant:
-    env = cli_env(data_dir, OTASHIP_MQTT_URL=mqtt_url)
+def make_tenant(data_dir: Path, mqtt_url: str = "none", broker: str = "", **settings: str) -> Tenant:
+    """An owner and a receiver on `mqtt_url`; `settings` are more OTASHIP_* variables for both."""
+    env = cli_env(data_dir, OTASHIP_MQTT_URL=mqtt_url, **settings)
     user = otaship_json(env, "user", "create", OWNER, "--plan", "pro")
     receiver = ReceiverProcess(env).start()
     return Tenant(env, receiver, user["api_key"], user["mqtt_user"], user["mqtt_password"], broker)

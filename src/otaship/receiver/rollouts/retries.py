@@ -71,26 +71,30 @@ def retry_devices(
         )
         .order_by(col(RolloutDevice.device_id))
     ).all()
-    retriggered: dict[str, list[RolloutDevice]] = {}
+    waiting: dict[str, list[RolloutDevice]] = {}
+    due: set[str] = set()
     for row in rows:
         facts = RetryFacts(row.outcome, row.started_update, row.updated_at, row.retries, row.retry_at)
         step = retry_step(facts, policy, now)
-        if step is None:
-            continue
-        action, at = step
-        if action == SCHEDULE:
+        if step is not None and step[0] == SCHEDULE:
             row.outcome = RETRYING
-            row.retry_at = at
+            row.retry_at = step[1]
             row.updated_at = now
             session.add(row)
             done.scheduled += 1
-        elif action == RETRIGGER:
-            retriggered.setdefault(row.group_id, []).append(row)
+        if row.outcome == RETRYING:
+            waiting.setdefault(row.group_id, []).append(row)
+            if step is not None and step[0] == RETRIGGER:
+                due.add(row.group_id)
+    # One trigger reaches every device of its group: those of a group that
+    # wait for a later retry ride on the one that is due, rather than cost the
+    # whole group another check.
+    retriggered = {group_id: waiting[group_id] for group_id in sorted(due)}
     if not retriggered:
         return done
     owner = session.get(User, rollout.owner_id)
     assert owner is not None
-    for group_id, group_rows in sorted(retriggered.items()):
+    for group_id, group_rows in retriggered.items():
         session.add(
             TriggerMessage(
                 topic=trigger_topic(owner.mqtt_user, group_id),
