@@ -23,9 +23,7 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
-    op.add_column(
-        "rollout_devices", sa.Column("retries", sa.Integer(), server_default="0", nullable=False)
-    )
+    op.add_column("rollout_devices", sa.Column("retries", sa.Integer(), server_default="0", nullable=False))
     op.add_column("rollout_devices", sa.Column("retry_at", sa.DateTime(timezone=True), nullable=True))
 
 
