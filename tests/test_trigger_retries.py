@@ -18,20 +18,23 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.action_fixtures import Tenant, make_tenant
-from tests.services import MOSQUITTO, require
-from tests.test_fleet_mqtt import run_fleets
+from tests.test_fleet_mqtt import own_mosquitto, run_fleets  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
-def retrying(tmp_path: Path) -> Iterator[Tenant]:
-    """A receiver on this machine's Mosquitto that retries twice, after 1 s and then 2 s."""
-    require("Mosquitto", MOSQUITTO)
+def retrying(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Tenant]:
+    """A receiver that retries twice, after 1 s and then 2 s, on a Mosquitto of
+    its own: receivers of other runs on a shared broker would take a share of
+    its devices' reports (one `$share` group for all), and a lost 203 is a
+    device never retried."""
+    port, _ = request.getfixturevalue("own_mosquitto")
     running = make_tenant(
         tmp_path / "data",
-        "mqtt://127.0.0.1:1883",
-        "127.0.0.1:1883",
+        f"mqtt://127.0.0.1:{port}",
+        f"127.0.0.1:{port}",
         OTASHIP_TRIGGER_RETRIES="2",
         OTASHIP_TRIGGER_RETRY_BACKOFF="1",
     )
@@ -145,4 +148,92 @@ def test_nothing_is_retried_when_every_device_succeeded(retrying: Tenant) -> Non
     assert [(s["retries"], s["retrying"]) for s in state["stages"]] == [(0, 0), (0, 0)]
     assert {d["retries"] for d in state["devices"]} == {0}
     assert [d.triggers for d in canary_fleet.devices + rest_fleet.devices] == [1] * 5
+    assert set(counters(t).values()) == {0}
+
+
+def deploy_devices(t: Tenant, group: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each device's row in the group's newest plain deploy, read from the receiver's database."""
+    engine = create_engine(f"sqlite:///{Path(t.env['OTASHIP_DATA_DIR']) / 'otaship.db'}")
+    try:
+        with engine.connect() as connection:
+            newest = connection.execute(
+                text(
+                    "SELECT deployment_id FROM plain_deploys WHERE group_id = :group "
+                    "ORDER BY started_at DESC LIMIT 1"
+                ),
+                {"group": group["id"]},
+            ).scalar_one()
+            rows = connection.execute(
+                text(
+                    "SELECT d.device_id, d.outcome, d.code, d.retries, d.fw_version, p.ended_at, p.reason "
+                    "FROM deploy_devices d JOIN plain_deploys p ON p.deployment_id = d.deployment_id "
+                    "WHERE d.deployment_id = :id"
+                ),
+                {"id": newest},
+            ).mappings()
+            return {row["device_id"]: dict(row) for row in rows}
+    finally:
+        engine.dispose()
+
+
+def followed_until_the_end(t: Tenant, group: dict[str, Any]) -> bool:
+    rows = deploy_devices(t, group)
+    return bool(rows) and all(row["ended_at"] is not None for row in rows.values())
+
+
+def test_a_plain_deploy_retries_a_device_that_failed_once_and_one_that_always_fails(retrying: Tenant) -> None:
+    t = retrying
+    group = t.group("fleet")
+    good_ids = t.devices(group, 2, "1.0.0", "good")
+    (flaky,) = t.devices(group, 1, "1.0.0", "flaky")
+    (broken,) = t.devices(group, 1, "1.0.0", "broken")
+    fleets = [
+        t.sim(group, good_ids, "1.0.0"),
+        t.sim(group, [flaky], "1.0.0", download_failures=1),
+        t.sim(group, [broken], "1.0.0", download_failures=100),
+    ]
+
+    def deploy() -> tuple[None, Any]:
+        t.deploy(group, "1.1.0")
+        return None, lambda: followed_until_the_end(t, group)
+
+    _, (good, flaky_fleet, broken_fleet) = asyncio.run(run_fleets(t, fleets, deploy))
+    rows = deploy_devices(t, group)
+    assert {d: (r["outcome"], r["retries"], r["fw_version"]) for d, r in rows.items()} == {
+        good_ids[0]: ("succeeded", 0, "1.1.0"),
+        good_ids[1]: ("succeeded", 0, "1.1.0"),
+        flaky: ("succeeded", 1, "1.1.0"),
+        broken: ("failed", 2, "1.0.0"),
+    }
+    # The last code: the good ones answered the retry of their group with a 202,
+    # the broken one failed its last attempt with a 203.
+    assert (rows[good_ids[0]]["code"], rows[good_ids[1]]["code"], rows[broken]["code"]) == (202, 202, 203)
+    assert {r["reason"] for r in rows.values()} == {"all 4 device(s) reported"}
+    (simulated_flaky,) = flaky_fleet.devices
+    assert (simulated_flaky.errors, simulated_flaky.updates, simulated_flaky.version) == (1, 1, "1.1.0")
+    (simulated_broken,) = broken_fleet.devices
+    assert (simulated_broken.triggers, simulated_broken.errors, simulated_broken.version) == (3, 3, "1.0.0")
+    assert {d.version for d in good.devices} == {"1.1.0"}
+    versions = t.versions()
+    assert (versions[flaky], versions[broken]) == ("1.1.0", "1.0.0")
+    retried = counters(t)
+    # Both failed on the first trigger: one retry trigger carried both; the broken one needed a second.
+    assert retried["otaship_device_retries"] == 3
+    assert retried["otaship_device_retries_scheduled"] == 3
+    assert retried["otaship_retry_triggers"] in (2, 3)
+
+
+def test_a_plain_deploy_where_every_device_succeeded_retries_nothing(retrying: Tenant) -> None:
+    t = retrying
+    group = t.group("fleet")
+    ids = t.devices(group, 3, "1.0.0", "good")
+
+    def deploy() -> tuple[None, Any]:
+        t.deploy(group, "1.1.0")
+        return None, lambda: followed_until_the_end(t, group)
+
+    _, (fleet,) = asyncio.run(run_fleets(t, [t.sim(group, ids, "1.0.0")], deploy))
+    rows = deploy_devices(t, group)
+    assert {(r["outcome"], r["retries"]) for r in rows.values()} == {("succeeded", 0)}
+    assert [d.triggers for d in fleet.devices] == [1, 1, 1]
     assert set(counters(t).values()) == {0}

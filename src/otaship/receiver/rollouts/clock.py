@@ -1,4 +1,6 @@
-"""The rollout clock: re-evaluates every rollout in progress once a tick.
+"""The rollout clock: re-evaluates every rollout in progress once a tick, and
+follows plain deploys' devices; both retry the devices that failed first
+(rollouts/retries.py).
 
 Timeouts and soaks run on timestamps stored with the rollout, so a receiver
 that restarts (or another replica) picks up exactly where the last one was.
@@ -17,6 +19,7 @@ from sqlalchemy.engine import Engine
 from otaship.receiver.db.engine import database_unavailable, read_session, write_session
 from otaship.receiver.ids import utcnow
 from otaship.receiver.outage import OutageLog
+from otaship.receiver.rollouts.plain import evaluate_plain, open_plain_deploys
 from otaship.receiver.rollouts.policy import ACTIVE_STATES, CANARY, FLEET, RetryPolicy
 from otaship.receiver.rollouts.retries import retry_devices
 from otaship.receiver.rollouts.store import active_rollout_states, evaluate, lock_rollout
@@ -92,7 +95,29 @@ class RolloutRunner:
                 if database_unavailable(exc):
                     raise  # the others would fail alike: the pass ends, the next tick tries again
                 log.exception("could not evaluate rollout %s; trying again next tick", rollout_id)
-        return changed
+        return self._follow_plain_deploys() or changed
+
+    def _follow_plain_deploys(self) -> bool:
+        """Retry the failed devices of plain deploys, and end their following
+        when done; True if a trigger was queued again."""
+        with read_session(self.engine) as session:
+            followed = open_plain_deploys(session=session)
+        queued = False
+        for deployment_id in followed:
+            try:
+                with write_session(self.engine) as session:
+                    retried = evaluate_plain(
+                        session=session, deployment_id=deployment_id, policy=self.retry, now=utcnow()
+                    )
+                if retried is not None:
+                    queued = queued or bool(retried.groups)
+                    if self.metrics is not None:
+                        self.metrics.retried(retried.scheduled, retried.devices, len(retried.groups))
+            except Exception as exc:
+                if database_unavailable(exc):
+                    raise
+                log.exception("could not follow deploy %s; trying again next tick", deployment_id)
+        return queued
 
     async def run(self) -> None:
         while True:

@@ -12,6 +12,7 @@ from otaship.protocol import trigger_topic
 from otaship.receiver.db.groups import ancestors, descendants, lock_tree
 from otaship.receiver.db.models import Deployment, Group, GroupOta, TriggerMessage, User
 from otaship.receiver.ids import utcnow
+from otaship.receiver.rollouts import plain
 from otaship.receiver.rollouts.policy import Running
 from otaship.receiver.rollouts.supersede import supersede_rollouts
 from otaship.receiver.targeting.effective import resolve_effective
@@ -210,12 +211,9 @@ def deploy_firmware(
     session.flush()
 
     after = _effective(session=session, parents=parents, groups=[group, *subtree])
-    supersede_rollouts(
-        session=session,
-        deployment=deployment,
-        parents=parents,
-        changed={g for g, effective in after.items() if effective != before[g]},
-    )
+    changed = {g for g, effective in after.items() if effective != before[g]}
+    supersede_rollouts(session=session, deployment=deployment, parents=parents, changed=changed)
+    plain.end_superseded(session=session, deployment=deployment, changed=changed, parents=parents, now=now)
     triggered = [(group.id, version)]
     triggered += [
         (g.id, v) for g in subtree if (v := _version(after[g.id])) is not None and v != _version(before[g.id])
@@ -233,4 +231,7 @@ def deploy_firmware(
             for group_id, effective_version in triggered
         )
         session.flush()
+        if rollout_id is None:
+            # A rollout follows its own devices, stage by stage.
+            plain.follow(session=session, deployment=deployment, group_ids=[g for g, _ in triggered], now=now)
     return DeployResult(ota=ota, deployed=True, triggered=triggered)

@@ -8,10 +8,10 @@ trigger again, through the outbox, at most `RetryPolicy.attempts` times with
 backoff. The group's other devices answer that trigger with one `latest` check
 and a 202 when they already run the version.
 
-Runs inside the rollout clock's transaction, under the rollout's row lock
-(rollouts/clock.py), before the rollout's decision: every replica ticks, one
-acts, and the times are stored in the rows, so a restart or another replica
-carries on where the last left off.
+Runs inside the rollout clock's transaction, under the row lock of the
+rollout (or of the plain deploy, rollouts/plain.py), before its decision:
+every replica ticks, one acts, and the times are stored in the rows, so a
+restart or another replica carries on where the last left off.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
+from sqlalchemy import ColumnElement
 from sqlmodel import Session, col, select
 
 from otaship.protocol import trigger_topic
-from otaship.receiver.db.models import Rollout, RolloutDevice, TriggerMessage, User
+from otaship.receiver.db.models import DeployDevice, Rollout, RolloutDevice, TriggerMessage, User
 from otaship.receiver.rollouts.policy import (
     FAILED,
     PENDING,
@@ -46,6 +48,22 @@ class Retried:
     groups: list[str] = field(default_factory=list)
 
 
+Row = TypeVar("Row", RolloutDevice, DeployDevice)
+
+
+def needs_a_look(
+    model: type[RolloutDevice] | type[DeployDevice], policy: RetryPolicy, now: datetime
+) -> ColumnElement[bool]:
+    """The rows the retry step may act on: failed, waiting for a retry, or
+    silent since their 201 for `dark_after`; the many pending ones are left in
+    the database."""
+    return col(model.outcome).in_((FAILED, RETRYING)) | (
+        (col(model.outcome) == PENDING)
+        & col(model.started_update)
+        & (col(model.updated_at) <= now - timedelta(seconds=policy.dark_after))
+    )
+
+
 def retry_devices(
     *, session: Session, rollout: Rollout, policy: RetryPolicy, notify: bool, now: datetime
 ) -> Retried:
@@ -54,24 +72,33 @@ def retry_devices(
     The caller holds the rollout's row lock. Without MQTT (`notify` False)
     there is no trigger to publish again, and nothing is done.
     """
-    done = Retried()
     if not notify or policy.attempts == 0:
-        return done
+        return Retried()
     rows = session.exec(
         select(RolloutDevice)
         .where(
             col(RolloutDevice.rollout_id) == rollout.id,
             col(RolloutDevice.stage) == rollout.state,
-            col(RolloutDevice.outcome).in_((FAILED, RETRYING))
-            | (
-                (col(RolloutDevice.outcome) == PENDING)
-                & col(RolloutDevice.started_update)
-                & (col(RolloutDevice.updated_at) <= now - timedelta(seconds=policy.dark_after))
-            ),
+            needs_a_look(RolloutDevice, policy, now),
         )
         .order_by(col(RolloutDevice.device_id))
     ).all()
-    waiting: dict[str, list[RolloutDevice]] = {}
+    return retry_rows(
+        session=session,
+        rows=list(rows),
+        owner_id=rollout.owner_id,
+        version=rollout.version,
+        policy=policy,
+        now=now,
+    )
+
+
+def retry_rows(
+    *, session: Session, rows: list[Row], owner_id: str, version: str, policy: RetryPolicy, now: datetime
+) -> Retried:
+    """The retry step over one rollout stage's or plain deploy's rows (see `needs_a_look`)."""
+    done = Retried()
+    waiting: dict[str, list[Row]] = {}
     due: set[str] = set()
     for row in rows:
         facts = RetryFacts(row.outcome, row.started_update, row.updated_at, row.retries, row.retry_at)
@@ -92,13 +119,13 @@ def retry_devices(
     retriggered = {group_id: waiting[group_id] for group_id in sorted(due)}
     if not retriggered:
         return done
-    owner = session.get(User, rollout.owner_id)
+    owner = session.get(User, owner_id)
     assert owner is not None
     for group_id, group_rows in retriggered.items():
         session.add(
             TriggerMessage(
                 topic=trigger_topic(owner.mqtt_user, group_id),
-                payload=json.dumps({"version": rollout.version}),
+                payload=json.dumps({"version": version}),
             )
         )
         for row in group_rows:
