@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from tests.action_fixtures import Tenant, make_tenant
 from tests.test_fleet_mqtt import own_mosquitto, run_fleets  # noqa: F401  (a fixture)
@@ -151,34 +150,24 @@ def test_nothing_is_retried_when_every_device_succeeded(retrying: Tenant) -> Non
     assert set(counters(t).values()) == {0}
 
 
+def newest_deploy(t: Tenant, group: dict[str, Any]) -> dict[str, Any]:
+    """The group's newest plain deploy, with its devices, as GET /v1/deployments/<id> shows it."""
+    listing = httpx.get(
+        f"{t.url}/v1/deployments", params={"group": group["id"]}, headers=t.headers, timeout=10
+    )
+    assert listing.status_code == 200, listing.text
+    newest = listing.json()["deployments"][0]["id"]
+    body: dict[str, Any] = httpx.get(f"{t.url}/v1/deployments/{newest}", headers=t.headers, timeout=10).json()
+    return body
+
+
 def deploy_devices(t: Tenant, group: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each device's row in the group's newest plain deploy, read from the receiver's database."""
-    engine = create_engine(f"sqlite:///{Path(t.env['OTASHIP_DATA_DIR']) / 'otaship.db'}")
-    try:
-        with engine.connect() as connection:
-            newest = connection.execute(
-                text(
-                    "SELECT deployment_id FROM plain_deploys WHERE group_id = :group "
-                    "ORDER BY started_at DESC LIMIT 1"
-                ),
-                {"group": group["id"]},
-            ).scalar_one()
-            rows = connection.execute(
-                text(
-                    "SELECT d.device_id, d.outcome, d.code, d.retries, d.fw_version, p.ended_at, p.reason "
-                    "FROM deploy_devices d JOIN plain_deploys p ON p.deployment_id = d.deployment_id "
-                    "WHERE d.deployment_id = :id"
-                ),
-                {"id": newest},
-            ).mappings()
-            return {row["device_id"]: dict(row) for row in rows}
-    finally:
-        engine.dispose()
+    return {device["id"]: device for device in newest_deploy(t, group)["devices"]}
 
 
 def followed_until_the_end(t: Tenant, group: dict[str, Any]) -> bool:
-    rows = deploy_devices(t, group)
-    return bool(rows) and all(row["ended_at"] is not None for row in rows.values())
+    state: str = newest_deploy(t, group)["state"]
+    return state == "ended"
 
 
 def test_a_plain_deploy_retries_a_device_that_failed_once_and_one_that_always_fails(retrying: Tenant) -> None:
@@ -208,7 +197,17 @@ def test_a_plain_deploy_retries_a_device_that_failed_once_and_one_that_always_fa
     # The last code: the good ones answered the retry of their group with a 202,
     # the broken one failed its last attempt with a 203.
     assert (rows[good_ids[0]]["code"], rows[good_ids[1]]["code"], rows[broken]["code"]) == (202, 202, 203)
-    assert {r["reason"] for r in rows.values()} == {"all 4 device(s) reported"}
+    followed = newest_deploy(t, group)
+    assert followed["reason"] == "all 4 device(s) reported"
+    counts = ("targeted", "succeeded", "failed", "retrying", "pending", "retries")
+    assert {k: followed[k] for k in counts} == {
+        "targeted": 4,
+        "succeeded": 3,
+        "failed": 1,
+        "retrying": 0,
+        "pending": 0,
+        "retries": 3,
+    }
     (simulated_flaky,) = flaky_fleet.devices
     assert (simulated_flaky.errors, simulated_flaky.updates, simulated_flaky.version) == (1, 1, "1.1.0")
     (simulated_broken,) = broken_fleet.devices

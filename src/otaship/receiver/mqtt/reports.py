@@ -309,7 +309,7 @@ class ReportIngester:
         deploys that follow them (rollouts/plain.py)."""
         now = utcnow()
         followed = followed_by_reports(now)
-        followed_plain = followed_plain_deploys(now)
+        followed_plain = followed_plain_deploys()
         # Most of the time no rollout or plain deploy is followed: one probe of
         # each ended_at index then spares looking up every reporting device.
         any_rollout = session.exec(select(Rollout.id).where(followed).limit(1)).first() is not None

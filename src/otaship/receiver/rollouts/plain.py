@@ -35,8 +35,6 @@ from otaship.receiver.rollouts.retries import Retried, needs_a_look, retry_rows
 # How long a plain deploy's devices are waited for. A device that was offline
 # at the trigger never answers it: it is `timed_out` then, not retried.
 FOLLOW_PLAIN_DEPLOY = timedelta(hours=1)
-# Reports keep being recorded this long after the following ended, as for rollouts.
-RECORD_AFTER_END = timedelta(hours=24)
 
 
 def follow(*, session: Session, deployment: Deployment, group_ids: list[str], now: datetime) -> None:
@@ -125,9 +123,11 @@ def open_plain_deploys(*, session: Session) -> list[str]:
     return list(session.exec(select(PlainDeploy.deployment_id).where(col(PlainDeploy.ended_at).is_(None))))
 
 
-def followed_plain_deploys(now: datetime) -> ColumnElement[bool]:
-    """Plain deploys whose devices' reports are recorded: followed, or recently ended."""
-    return col(PlainDeploy.ended_at).is_(None) | (col(PlainDeploy.ended_at) >= now - RECORD_AFTER_END)
+def followed_plain_deploys() -> ColumnElement[bool]:
+    """Plain deploys whose devices' reports are recorded: only those still
+    followed. Unlike a rollout's, their rows stop at the end: every deploy is
+    one, and reports then cost nothing more than before an hour after it."""
+    return col(PlainDeploy.ended_at).is_(None)
 
 
 def counts_of(session: Session, deployment_id: str) -> Counts:
