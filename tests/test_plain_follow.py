@@ -5,6 +5,7 @@ following; a newer deploy ends it at once. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 from sqlmodel import col, select
@@ -155,3 +156,39 @@ def test_without_mqtt_nothing_is_followed(services: Services, fleet: Fleet) -> N
         )
     with read_session(services.engine) as session:
         assert session.exec(select(PlainDeploy)).all() == []
+
+
+def test_two_replicas_retry_a_device_once(services: Services, fleet: Fleet) -> None:
+    """Two clocks (replicas) on one database, passing at the same moments: the
+    plain deploy's row lock lets one of them retry, and the other skips it."""
+    owner = fleet.owner()
+    group = fleet.group(owner)
+    device = fleet.device(group, name="fails", firmware_version="1.0.0")
+    policy = RetryPolicy(attempts=3, backoff=0.05, dark_after=600)
+    runners = [RolloutRunner(services.engine, notify=True, retry=policy) for _ in range(2)]
+    deployment_id = deploy(services, group, "1.1.0")
+    say(ReportIngester(services.engine), owner, device, ("update-response", {"code": 203}))
+    runners[0].evaluate_all()
+    assert rows(services, deployment_id)[device.id] == ("retrying", 203, 0)
+
+    def both() -> None:
+        start = threading.Barrier(2)
+
+        def run(runner: RolloutRunner) -> None:
+            start.wait(5)
+            runner.evaluate_all()
+
+        workers = [threading.Thread(target=run, args=(r,)) for r in runners]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(10)
+
+    deadline = time.monotonic() + 10
+    while rows(services, deployment_id)[device.id][2] == 0:
+        assert time.monotonic() < deadline, "never retried"
+        both()
+    for _ in range(5):
+        both()
+    assert rows(services, deployment_id)[device.id] == ("pending", 203, 1)
+    assert len(triggers(services)) == 2
