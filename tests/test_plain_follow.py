@@ -192,3 +192,31 @@ def test_two_replicas_retry_a_device_once(services: Services, fleet: Fleet) -> N
         both()
     assert rows(services, deployment_id)[device.id] == ("pending", 203, 1)
     assert len(triggers(services)) == 2
+
+
+def test_a_device_silent_after_its_201_is_retried_once_dark_after_passed(
+    services: Services, fleet: Fleet
+) -> None:
+    owner = fleet.owner()
+    group = fleet.group(owner)
+    device = fleet.device(group, name="dark", firmware_version="1.0.0")
+    runner = RolloutRunner(
+        services.engine, notify=True, retry=RetryPolicy(attempts=1, backoff=0.001, dark_after=2)
+    )
+    deployment_id = deploy(services, group, "1.1.0")
+    say(ReportIngester(services.engine), owner, device, ("update-response", {"code": 201}))
+    started = time.monotonic()
+    runner.evaluate_all()
+    # Still within dark_after: a download and a reboot take a while.
+    assert rows(services, deployment_id)[device.id] == ("pending", 201, 0)
+    tick_until(runner, lambda: rows(services, deployment_id)[device.id][2] == 1)
+    assert time.monotonic() - started >= 2
+    assert rows(services, deployment_id)[device.id] == ("pending", 201, 1)
+    assert len(triggers(services)) == 2
+    # Silent again on its last attempt: it stays pending, and is not retried again.
+    say(ReportIngester(services.engine), owner, device, ("update-response", {"code": 201}))
+    # Not a wait for something to happen: dark_after must pass for the check that nothing does.
+    time.sleep(2.1)
+    runner.evaluate_all()
+    assert rows(services, deployment_id)[device.id] == ("pending", 201, 1)
+    assert len(triggers(services)) == 2
