@@ -32,6 +32,7 @@ from otaship.receiver.rollouts.policy import (
     retry_delay,
     retry_step,
 )
+from otaship.receiver.settings import Settings, SettingsError
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = RetryPolicy(attempts=3, backoff=10, dark_after=300)
@@ -124,3 +125,34 @@ def test_the_fleet_stage_waits_for_its_retries() -> None:
     assert timed_out.action == FINISH
     assert timed_out.reason == "fleet stage timed out with 1 device(s) pending"
     assert Counts.of([SUCCEEDED, RETRYING, FAILED]) == Counts(targeted=3, succeeded=1, failed=1, retrying=1)
+
+
+def test_the_retry_settings_default_and_bounds() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.trigger_retries, defaults.trigger_retry_backoff, defaults.trigger_dark_after) == (
+        3,
+        60,
+        600,
+    )
+    custom = Settings.from_env(
+        {
+            "OTASHIP_TRIGGER_RETRIES": "10",
+            "OTASHIP_TRIGGER_RETRY_BACKOFF": "5",
+            "OTASHIP_TRIGGER_DARK_AFTER": "90",
+        }
+    )
+    assert (custom.trigger_retries, custom.trigger_retry_backoff, custom.trigger_dark_after) == (10, 5, 90)
+    assert Settings.from_env({"OTASHIP_TRIGGER_RETRIES": "0"}).trigger_retries == 0
+    for name, value, says in (
+        ("OTASHIP_TRIGGER_RETRIES", "11", "OTASHIP_TRIGGER_RETRIES must be at most 10, not 11"),
+        ("OTASHIP_TRIGGER_RETRIES", "-1", "OTASHIP_TRIGGER_RETRIES must be at least 0, not -1"),
+        ("OTASHIP_TRIGGER_RETRY_BACKOFF", "0", "OTASHIP_TRIGGER_RETRY_BACKOFF must be at least 1, not 0"),
+        (
+            "OTASHIP_TRIGGER_DARK_AFTER",
+            "soon",
+            "OTASHIP_TRIGGER_DARK_AFTER must be a whole number, not 'soon'",
+        ),
+    ):
+        with pytest.raises(SettingsError) as refused:
+            Settings.from_env({name: value})
+        assert str(refused.value) == says
