@@ -127,11 +127,15 @@ class Tenant:
         return ver
 
 
-def make_tenant(data_dir: Path, mqtt_url: str = "none", broker: str = "") -> Tenant:
+def make_tenant(data_dir: Path, mqtt_url: str = "none", broker: str = "", **settings: str) -> Tenant:
+    """An owner and a receiver on `mqtt_url`; `settings` are more OTASHIP_* variables for both."""
     # A share group of its own: on the machine's Mosquitto, any other receiver
     # in the same group would be handed some of this one's reports.
     env = migrated_env(
-        data_dir, OTASHIP_MQTT_URL=mqtt_url, OTASHIP_MQTT_SHARE_GROUP=f"otaship-test-{secrets.token_hex(4)}"
+        data_dir,
+        OTASHIP_MQTT_URL=mqtt_url,
+        OTASHIP_MQTT_SHARE_GROUP=f"otaship-test-{secrets.token_hex(4)}",
+        **settings,
     )
     user = otaship_json(env, "user", "create", OWNER, "--plan", "pro")
     receiver = ReceiverProcess(env).start()

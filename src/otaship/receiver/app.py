@@ -20,7 +20,7 @@ from otaship.receiver.db.engine import create_db_engine, ensure_schema
 from otaship.receiver.http import device_api as devices
 from otaship.receiver.http import health, openapi, wire
 from otaship.receiver.http.answer_errors import INTERNAL_ERROR, AnswerErrors
-from otaship.receiver.http.management import ota, rollouts
+from otaship.receiver.http.management import deployments, ota, rollouts
 from otaship.receiver.http.nosniff import HEADERS as NOSNIFF
 from otaship.receiver.http.nosniff import NoSniff
 from otaship.receiver.http.rate_limits import RateLimits, limited
@@ -112,7 +112,9 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             # The device routes first: every device of a fleet hits them at once.
             # The management API alone is rate limited, per API key.
             *devices.routes,
-            *limited([*ota.routes, *rollouts.routes], RateLimits.from_settings(settings)),
+            *limited(
+                [*ota.routes, *rollouts.routes, *deployments.routes], RateLimits.from_settings(settings)
+            ),
             *health.routes,
             *metrics_routes,
             *openapi.routes,

@@ -22,6 +22,7 @@ from otaship.receiver.mqtt.link import MqttLink
 from otaship.receiver.mqtt.reports import ReportIngester
 from otaship.receiver.mqtt.triggers import TriggerPublisher
 from otaship.receiver.rollouts.clock import RolloutRunner
+from otaship.receiver.rollouts.policy import RetryPolicy
 from otaship.receiver.services import Services
 
 if TYPE_CHECKING:
@@ -45,6 +46,11 @@ class Background:
             tick=services.settings.rollout_tick,
             on_change=services.deployed,
             metrics=metrics,
+            retry=RetryPolicy(
+                attempts=services.settings.trigger_retries,
+                backoff=services.settings.trigger_retry_backoff,
+                dark_after=services.settings.trigger_dark_after,
+            ),
         )
         settings = services.settings
         self.sweeper: OrphanSweeper | None = (

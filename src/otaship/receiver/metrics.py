@@ -102,6 +102,23 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.retries_scheduled = Counter(
+            "otaship_device_retries_scheduled",
+            "Devices of a rollout stage that failed (a 203, another version after their 201, or "
+            "silence after it) with a retry of their group's trigger ahead",
+            registry=self.registry,
+        )
+        self.device_retries = Counter(
+            "otaship_device_retries",
+            "Retries of failed devices: one per device each time its group's trigger is queued again",
+            registry=self.registry,
+        )
+        self.retry_triggers = Counter(
+            "otaship_retry_triggers",
+            "Group triggers queued again to retry failed devices; each asks every device of the "
+            "group to check latest once",
+            registry=self.registry,
+        )
         # Known series start at 0, so a rate() sees the first event.
         for kind in DEPLOY_KINDS:
             self.deploys.labels(kind)
@@ -126,6 +143,15 @@ class Metrics:
 
     def report(self, kind: str, result: str, count: int = 1) -> None:
         self.reports.labels(kind if kind in REPORT_KINDS else "unknown", result).inc(count)
+
+    def retried(self, scheduled: int, devices: int, groups: int) -> None:
+        """What one retry pass of the rollout clock did, once committed."""
+        if scheduled:
+            self.retries_scheduled.inc(scheduled)
+        if devices:
+            self.device_retries.inc(devices)
+        if groups:
+            self.retry_triggers.inc(groups)
 
     def report_dropped(self, reason: str, count: int = 1) -> None:
         self.report_drops.labels(reason).inc(count)

@@ -32,6 +32,15 @@ DEFAULT_MAX_UPLOADS_PER_OWNER = 8
 # The HTTP servers `otaship serve` can run the app on; the first is the default.
 SERVERS = ("granian", "uvicorn")
 
+# Retries of a failed device's group trigger (rollouts/retries.py): how many,
+# the wait before the first (doubled before each next one), and how long a
+# device that announced its update (201) may stay silent before it counts as
+# failed. AWS IoT Jobs allows up to 10 retries.
+DEFAULT_TRIGGER_RETRIES = 3
+MAX_TRIGGER_RETRIES = 10
+DEFAULT_TRIGGER_RETRY_BACKOFF = 60
+DEFAULT_TRIGGER_DARK_AFTER = 600
+
 
 class SettingsError(ValueError):
     """A configuration value is unusable; the message names the variable."""
@@ -191,6 +200,9 @@ class Settings:
     server: str = SERVERS[0]
     # None: the default for the broker (see serve/workers.py).
     workers: int | None = None
+    trigger_retries: int = DEFAULT_TRIGGER_RETRIES
+    trigger_retry_backoff: float = DEFAULT_TRIGGER_RETRY_BACKOFF
+    trigger_dark_after: float = DEFAULT_TRIGGER_DARK_AFTER
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -231,6 +243,13 @@ class Settings:
             gc_grace=_int(env, "OTASHIP_GC_GRACE", DEFAULT_GC_GRACE, minimum=MIN_GC_GRACE),
             server=server,
             workers=workers,
+            trigger_retries=_int(
+                env, "OTASHIP_TRIGGER_RETRIES", DEFAULT_TRIGGER_RETRIES, maximum=MAX_TRIGGER_RETRIES
+            ),
+            trigger_retry_backoff=_int(
+                env, "OTASHIP_TRIGGER_RETRY_BACKOFF", DEFAULT_TRIGGER_RETRY_BACKOFF, minimum=1
+            ),
+            trigger_dark_after=_int(env, "OTASHIP_TRIGGER_DARK_AFTER", DEFAULT_TRIGGER_DARK_AFTER, minimum=1),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -56,6 +56,9 @@ class SimulationConfig:
     devices: int
     version: str = "0.0.0"
     fail_rate: float = 0.0
+    # Each device's first this many downloads fail (answered 203), as a
+    # download cut short under load would; the next one goes through.
+    download_failures: int = 0
     # Seconds between status reports after the boot report; 0 reports on boot only.
     status_interval: float = 5.0
     id_prefix: str | None = None
@@ -94,6 +97,8 @@ class SimulationConfig:
             raise SimulationError("the fleet needs at least one device")
         if not 0.0 <= self.fail_rate <= 1.0:
             raise SimulationError(f"fail rate {self.fail_rate} is not between 0 and 1")
+        if self.download_failures < 0:
+            raise SimulationError("download_failures must be 0 or more")
         if self.duration is not None and self.duration <= 0:
             raise SimulationError("the duration must be positive")
         low, high = self.reboot_delay

@@ -48,6 +48,7 @@ class Device:
         self.index = index
         self.id = device_id
         self.fails_update = fails_update
+        self.download_failures_left = fleet.config.download_failures
         self.initial_version = fleet.config.version
         self.version = self.initial_version
         # The version of its last acknowledged boot report (what the receiver saw).
@@ -296,6 +297,9 @@ class Device:
 
     async def _download(self) -> None:
         fleet = self.fleet
+        if self.download_failures_left > 0:
+            self.download_failures_left -= 1
+            raise UpdateFailed("download failed (simulated: download_failures)")
         headers = {
             # What Arduino's HTTPUpdate sends; no compression, like the device.
             "User-Agent": "ESP32-http-Update",

@@ -6,10 +6,13 @@ import dataclasses
 from pathlib import Path
 
 import httpx
+from sqlmodel import select
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from otaship.receiver.app import create_app
+from otaship.receiver.db.engine import read_session
+from otaship.receiver.db.models import Deployment
 from otaship.receiver.services import Services
 from otaship.receiver.settings import Settings
 from otaship.receiver.storage import Storage, StorageError
@@ -81,6 +84,8 @@ def test_every_route_and_error_answers_nosniff(settings: Settings, services: Ser
             "group_id": group.id,
             "credentials": f"{group.id}{group.token}",
             "rollout_id": staged.json()["rollout"]["id"],
+            # A deploy's id: without a broker it is not followed, so its view is a 404.
+            "deployment_id": _first_deployment(services),
         }
         statuses: set[int] = set()
 
@@ -127,3 +132,10 @@ def test_every_route_and_error_answers_nosniff(settings: Settings, services: Ser
             == 409
         )
     assert {200, 206, 400, 401, 404, 405, 409, 416, 500} <= statuses
+
+
+def _first_deployment(services: Services) -> str:
+    with read_session(services.engine) as session:
+        found = session.exec(select(Deployment.id)).first()
+    assert found is not None
+    return found

@@ -23,16 +23,22 @@ from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from sqlalchemy import create_engine
+from sqlmodel import col, select
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from otaship.receiver.app import create_app
+from otaship.receiver.db.engine import write_session
+from otaship.receiver.db.models import Deployment
 from otaship.receiver.http import openapi
 from otaship.receiver.http.management.deploy_form import valid_version
+from otaship.receiver.http.management.deployments import READ_ERROR as DEPLOYMENT_READ_ERROR
 from otaship.receiver.http.management.ota import LIST_ERROR, UPLOAD_ERROR
 from otaship.receiver.http.management.rollouts import CHANGE_ERROR
 from otaship.receiver.http.management.rollouts import READ_ERROR as ROLLOUT_READ_ERROR
+from otaship.receiver.ids import utcnow
 from otaship.receiver.mqtt.reports import ReportIngester
+from otaship.receiver.rollouts.deploy import StoredFirmware, deploy_firmware
 from otaship.receiver.services import Services
 from otaship.receiver.settings import Settings
 from otaship.receiver.storage import Storage, StorageError
@@ -276,6 +282,12 @@ def test_real_answers_match_the_document(
                     f"/v1/rollouts/{rollout}/promote",
                 ): CHANGE_ERROR,
                 ("POST", "/v1/rollouts/{rollout_id}/abort", f"/v1/rollouts/{rollout}/abort"): CHANGE_ERROR,
+                ("GET", "/v1/deployments", "/v1/deployments?group=" + "a" * 24): DEPLOYMENT_READ_ERROR,
+                (
+                    "GET",
+                    "/v1/deployments/{deployment_id}",
+                    f"/v1/deployments/{rollout}",
+                ): DEPLOYMENT_READ_ERROR,
             }.items():
                 answer = failing(method, template, url, headers=key)
                 assert answer.status_code == 500
@@ -304,6 +316,8 @@ def test_real_answers_match_the_document(
                 ("GET", "/v1/rollouts/{rollout_id}", "/v1/rollouts/" + "a" * 24),
                 ("POST", "/v1/rollouts/{rollout_id}/promote", f"/v1/rollouts/{'a' * 24}/promote"),
                 ("POST", "/v1/rollouts/{rollout_id}/abort", f"/v1/rollouts/{'a' * 24}/abort"),
+                ("GET", "/v1/deployments", "/v1/deployments?group=" + "a" * 24),
+                ("GET", "/v1/deployments/{deployment_id}", "/v1/deployments/" + "a" * 24),
             ]:
                 assert over(method, template, url, headers=key).status_code == 429
 
@@ -429,6 +443,36 @@ def drive(checked: Checked, fleet: Fleet, services: Services, storage: Switchabl
     checked("GET", "/v1/rollouts", headers=owner.headers)
     checked("GET", "/v1/rollouts", "/v1/rollouts?group=" + "0" * 24, headers=owner.headers)
     checked("GET", "/v1/rollouts", f"/v1/rollouts?group={fleet_group.id}")
+
+    # --- deployments: followed only with MQTT on, so this one is deployed as the POST would with it
+    plain_group = fleet.group(owner, name="plain")
+    fleet.device(plain_group, name="lamp", firmware_version="1.0.0")
+    with write_session(services.engine) as session:
+        digest = "ab" * 32
+        deployed = deploy_firmware(
+            session=session,
+            group_id=plain_group.id,
+            version="3.0.0",
+            now=utcnow(),
+            firmware=StoredFirmware(object_key="objects/x", sha256=digest, md5=digest[:32], size=10),
+        )
+        deployment_id = session.exec(
+            select(Deployment.id).where(col(Deployment.ota_id) == deployed.ota.id)
+        ).one()
+    one = "/v1/deployments/{deployment_id}"
+    body = checked("GET", one, f"/v1/deployments/{deployment_id}", headers=owner.headers).json()
+    assert [(d["name"], d["outcome"], d["retries"]) for d in body["devices"]] == [("lamp", "pending", 0)]
+    checked("GET", one, f"/v1/deployments/{deployment_id}?devices=false", headers=owner.headers)
+    checked("GET", one, f"/v1/deployments/{deployment_id}?devices=maybe", headers=owner.headers)
+    checked("GET", one, "/v1/deployments/" + "0" * 24, headers=owner.headers)
+    checked("GET", one, f"/v1/deployments/{deployment_id}")
+    listing = checked(
+        "GET", "/v1/deployments", f"/v1/deployments?group={plain_group.id}", headers=owner.headers
+    )
+    assert [d["id"] for d in listing.json()["deployments"]] == [deployment_id]
+    checked("GET", "/v1/deployments", headers=owner.headers)
+    checked("GET", "/v1/deployments", "/v1/deployments?group=" + "0" * 24, headers=owner.headers)
+    checked("GET", "/v1/deployments", f"/v1/deployments?group={plain_group.id}")
 
     # --- operations
     checked("GET", "/healthz")

@@ -161,6 +161,8 @@ def test_a_healthy_canary_is_promoted_and_the_fleet_completes(
         "failed": 0,
         "timed_out": 0,
         "stopped": 0,
+        "retrying": 0,
+        "retries": 0,
         "pending": 2,
         "started_at": None,
         "ended_at": None,

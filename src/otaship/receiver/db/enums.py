@@ -42,6 +42,9 @@ class Outcome(StrEnum):
     # The stage ended before the device finished, with time still left (a halt on
     # other devices' failures, an abort, a promotion on a threshold below 1).
     STOPPED = "stopped"
+    # It failed (a 203, another version after its 201, or dark after its 201) and
+    # its group's trigger is published again at its `retry_at` (rollouts/retries.py).
+    RETRYING = "retrying"
 
 
 class EnumText(TypeDecorator[StrEnum]):

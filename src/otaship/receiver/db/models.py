@@ -197,3 +197,42 @@ class RolloutDevice(SQLModel, table=True):
     fw_version: str | None = Field(default=None, max_length=64)
     code: int | None = Field(default=None)
     updated_at: datetime = Field(default_factory=utcnow)
+    # Times its group's trigger was published again for it (rollouts/retries.py),
+    # and when the next one is due while its outcome is `retrying`.
+    retries: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    retry_at: datetime | None = Field(default=None)
+
+
+class PlainDeploy(SQLModel, table=True):
+    """A deploy without a rollout whose devices are followed, so that those
+    that fail are retried (rollouts/plain.py); ended once every device
+    answered, after FOLLOW_PLAIN_DEPLOY, or when a newer deploy changes its groups."""
+
+    __tablename__ = "plain_deploys"
+
+    deployment_id: str = Field(foreign_key="deployments.id", primary_key=True, max_length=24)
+    owner_id: str = Field(foreign_key="users.id", max_length=24)
+    group_id: str = Field(foreign_key="groups.id", max_length=24)
+    version: str = Field(max_length=64)
+    started_at: datetime = Field(default_factory=utcnow)
+    # Indexed: device reports are still recorded for a while after the end.
+    ended_at: datetime | None = Field(default=None, index=True)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class DeployDevice(SQLModel, table=True):
+    """One triggered device's outcome in a plain deploy, as RolloutDevice is in a rollout stage."""
+
+    __tablename__ = "deploy_devices"
+
+    deployment_id: str = Field(foreign_key="plain_deploys.deployment_id", primary_key=True, max_length=24)
+    device_id: str = Field(foreign_key="devices.id", primary_key=True, index=True, max_length=64)
+    group_id: str = Field(max_length=24)
+    outcome: Outcome = Field(sa_type=EnumText(Outcome, 16))
+    started_update: bool = Field(default=False)
+    uptime_at_start: float | None = Field(default=None)
+    fw_version: str | None = Field(default=None, max_length=64)
+    code: int | None = Field(default=None)
+    updated_at: datetime = Field(default_factory=utcnow)
+    retries: int = Field(default=0)
+    retry_at: datetime | None = Field(default=None)

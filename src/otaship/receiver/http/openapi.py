@@ -24,6 +24,9 @@ from otaship.receiver.http.management.deploy_form import (
     MAX_TOLERATED_FAILURES,
     MAX_VERSION_LENGTH,
 )
+from otaship.receiver.http.management.deployments import MAX_ID_LENGTH as DEPLOYMENT_MAX_ID_LENGTH
+from otaship.receiver.http.management.deployments import NOT_FOUND as NO_SUCH_DEPLOYMENT
+from otaship.receiver.http.management.deployments import READ_ERROR as DEPLOYMENT_READ_ERROR
 from otaship.receiver.http.management.ota import (
     DEFAULT_LIMIT,
     FREE_PLAN,
@@ -620,6 +623,75 @@ def _rollout_paths() -> dict[str, Any]:
     }
 
 
+def _deployment_paths() -> dict[str, Any]:
+    deployment_id = {
+        "name": "deployment_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": ID_PATTERN},
+    }
+    return {
+        "/v1/deployments": {
+            "get": {
+                "tags": ["Deployments"],
+                "summary": "A group's plain deploys, newest first (at most 100), with their devices' counts",
+                "description": "A plain deploy (one without `canary`) follows the devices it triggered for up to "
+                "an hour, and retries those that fail. Only deploys made with MQTT on are listed.",
+                "operationId": "listDeployments",
+                "security": AUTH,
+                "parameters": [
+                    {
+                        "name": "group",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": ID_PATTERN},
+                    }
+                ],
+                "responses": {
+                    "200": _json("The group's plain deploys, without their devices.", "DeploymentList"),
+                    "400": _message(
+                        "No group parameter, or one with a control character or over "
+                        f"{DEPLOYMENT_MAX_ID_LENGTH} characters.",
+                        "group is a mandatory parameter",
+                        "group must not contain control characters",
+                    ),
+                    "401": UNAUTHORIZED_RESPONSE,
+                    "404": _message("No such group, or another owner's.", "No such group"),
+                    "500": _server_error(DEPLOYMENT_READ_ERROR),
+                },
+            }
+        },
+        "/v1/deployments/{deployment_id}": {
+            "get": {
+                "tags": ["Deployments"],
+                "summary": "A plain deploy's devices: each one's outcome, last code and retries",
+                "operationId": "getDeployment",
+                "security": AUTH,
+                "parameters": [
+                    deployment_id,
+                    {
+                        "name": "devices",
+                        "in": "query",
+                        "description": "false leaves the devices out",
+                        "schema": {"type": "boolean", "default": True},
+                    },
+                ],
+                "responses": {
+                    "200": _json("The deploy.", "Deployment"),
+                    "400": _message(
+                        f"A control character in the deployment id or one over {DEPLOYMENT_MAX_ID_LENGTH} "
+                        "characters, or a devices value that is not true or false.",
+                        "devices must be true or false, not 'maybe'",
+                    ),
+                    "401": UNAUTHORIZED_RESPONSE,
+                    "404": _message("No such deployment followed, or another owner's.", NO_SUCH_DEPLOYMENT),
+                    "500": _server_error(DEPLOYMENT_READ_ERROR),
+                },
+            }
+        },
+    }
+
+
 def _operations_paths() -> dict[str, Any]:
     return {
         "/healthz": {
@@ -704,11 +776,21 @@ def document() -> dict[str, Any]:
             {"name": "Group OTA", "description": "The IoTaaP Group OTA API (docs/api.md)"},
             {"name": "Devices", "description": "Called by devices; no API key"},
             {"name": "Rollouts", "description": "Canary first, then the whole group"},
+            {
+                "name": "Deployments",
+                "description": "Plain deploys: the devices they triggered, and their retries",
+            },
             {"name": "Operations", "description": "Probes, metrics and this document"},
         ],
         "security": AUTH,
         "paths": _rate_limited(
-            {**_group_ota_paths(), **_device_paths(), **_rollout_paths(), **_operations_paths()}
+            {
+                **_group_ota_paths(),
+                **_device_paths(),
+                **_rollout_paths(),
+                **_deployment_paths(),
+                **_operations_paths(),
+            }
         ),
         "components": {
             "schemas": components(),

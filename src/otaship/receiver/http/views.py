@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from otaship.receiver.db.enums import Outcome, Stage, State
-from otaship.receiver.db.models import Device, GroupOta, Rollout, RolloutDevice
+from otaship.receiver.db.models import DeployDevice, Device, GroupOta, PlainDeploy, Rollout, RolloutDevice
 from otaship.receiver.http import wire
 from otaship.receiver.rollouts.policy import (
     ACTIVE_STATES,
@@ -82,8 +82,10 @@ def stage_states(rollout: Rollout) -> tuple[str, str]:
 
 def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: bool) -> wire.Rollout:
     by_stage: dict[Stage, list[Outcome]] = {Stage.CANARY: [], Stage.FLEET: []}
+    retries = {Stage.CANARY: 0, Stage.FLEET: 0}
     for row, _ in rows:
         by_stage[row.stage].append(row.outcome)
+        retries[row.stage] += row.retries
 
     def stage(
         name: Stage, group_id: str, started: datetime | None, ended: datetime | None, state: str
@@ -98,6 +100,8 @@ def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: b
             failed=counts.failed,
             timed_out=counts.timed_out,
             stopped=counts.stopped,
+            retrying=counts.retrying,
+            retries=retries[name],
             pending=counts.pending,
             started_at=started,
             ended_at=ended,
@@ -130,6 +134,8 @@ def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: b
                 outcome=row.outcome,
                 fw_version=row.fw_version,
                 code=row.code,
+                retries=row.retries,
+                next_retry_at=row.retry_at if row.outcome == Outcome.RETRYING else None,
             )
             for row, name in rows
         ]
@@ -156,5 +162,51 @@ def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: b
         updated_at=rollout.updated_at,
         ended_at=rollout.ended_at,
         stages=stages,
+        **wire.given(devices=devices),
+    )
+
+
+def deployment_view(*, session: Session, plain: PlainDeploy, with_devices: bool = True) -> wire.Deployment:
+    """A followed plain deploy with its counts, and its devices unless left out."""
+    rows = session.exec(
+        select(DeployDevice, Device.name)
+        .join(Device, col(Device.id) == col(DeployDevice.device_id))
+        .where(col(DeployDevice.deployment_id) == plain.deployment_id)
+        .order_by(col(DeployDevice.device_id))
+    ).all()
+    counts = Counts.of([row.outcome for row, _ in rows])
+    devices = (
+        [
+            wire.DeployDevice(
+                id=row.device_id,
+                name=name,
+                group=row.group_id,
+                outcome=row.outcome,
+                fw_version=row.fw_version,
+                code=row.code,
+                retries=row.retries,
+                next_retry_at=row.retry_at if row.outcome == Outcome.RETRYING else None,
+            )
+            for row, name in rows
+        ]
+        if with_devices
+        else None
+    )
+    return wire.Deployment(
+        id=plain.deployment_id,
+        group=plain.group_id,
+        version=plain.version,
+        state="following" if plain.ended_at is None else "ended",
+        reason=plain.reason,
+        started_at=plain.started_at,
+        ended_at=plain.ended_at,
+        targeted=counts.targeted,
+        succeeded=counts.succeeded,
+        failed=counts.failed,
+        timed_out=counts.timed_out,
+        stopped=counts.stopped,
+        retrying=counts.retrying,
+        retries=sum(row.retries for row, _ in rows),
+        pending=counts.pending,
         **wire.given(devices=devices),
     )

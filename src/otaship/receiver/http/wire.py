@@ -27,6 +27,7 @@ SHA256_PATTERN = "^[0-9a-f]{64}$"
 MD5_PATTERN = "^[0-9a-f]{32}$"
 # The spec's answer to a deploy.
 DEPLOYED = "Firmware successfully deployed"
+DEPLOY_STATES = ("following", "ended")
 STAGE_STATES = ("pending", "running", "passed", "failed", "complete", "halted", "aborted", "skipped")
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -155,6 +156,11 @@ class RolloutStage(Wire):
         description="Devices that had not finished when the stage ended early (a halt, an abort, a "
         "promotion); not failures"
     )
+    retrying: Count = Field(
+        description="Devices that failed and wait for their group's trigger to be published again; "
+        "the canary counts them as failures"
+    )
+    retries: Count = Field(description="Retries made for the stage's devices, all devices together")
     pending: Count
     started_at: Timestamp | None
     ended_at: Timestamp | None
@@ -170,6 +176,12 @@ class RolloutDevice(Wire):
         description="The last version the device reported; still recorded for a day after the rollout ends"
     )
     code: int | None = Field(description="Its last update-response code")
+    retries: Count = Field(
+        description="Times its group's trigger was published again because it failed (a 203, another "
+        "version after its 201, or silence after it); a device `failed` with `retries` at the limit "
+        "failed every attempt"
+    )
+    next_retry_at: Timestamp | None = Field(description="When the next retry is due, while `retrying`")
 
 
 class RolloutPolicy(Wire):
@@ -203,6 +215,47 @@ class RolloutList(Wire):
     rollouts: list[Rollout]
 
 
+class DeployDevice(Wire):
+    id: str
+    name: str
+    group: Id
+    outcome: str = Field(json_schema_extra=one_of(Outcome))
+    fw_version: str | None = Field(description="The last version the device reported while followed")
+    code: int | None = Field(description="Its last update-response code")
+    retries: Count = Field(description="Times its group's trigger was published again because it failed")
+    next_retry_at: Timestamp | None = Field(description="When the next retry is due, while `retrying`")
+
+
+class Deployment(Wire):
+    """A plain deploy (no rollout), and the devices it triggered while it follows them."""
+
+    id: Id = Field(description="The deployment's id")
+    group: Id = Field(description="The group deployed to; devices of its subgroups that it reached count too")
+    version: str
+    state: str = Field(
+        json_schema_extra=one_of(DEPLOY_STATES),
+        description="`following` while it waits for its devices and retries the failed ones; `ended` after",
+    )
+    reason: str | None = Field(description="Why the following ended")
+    started_at: Timestamp
+    ended_at: Timestamp | None
+    targeted: Count
+    succeeded: Count
+    failed: Count = Field(description="Devices that failed every attempt")
+    timed_out: Count = Field(description="Devices that had not answered when the following ended")
+    stopped: Count = Field(description="Devices still pending when a newer deploy changed their group")
+    retrying: Count = Field(description="Devices that failed and wait for their group's trigger again")
+    retries: Count = Field(description="Retries made, all devices together")
+    pending: Count
+    devices: list[DeployDevice] | Absent = Field(
+        default=None, description="Every triggered device; left out with devices=false and in lists"
+    )
+
+
+class DeploymentList(Wire):
+    deployments: list[Deployment]
+
+
 class Health(Wire):
     status: Literal["ok"]
 
@@ -234,6 +287,9 @@ ANSWERS: list[type[Wire]] = [
     RolloutDevice,
     Rollout,
     RolloutList,
+    DeployDevice,
+    Deployment,
+    DeploymentList,
     Health,
     Readiness,
 ]

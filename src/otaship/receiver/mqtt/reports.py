@@ -31,14 +31,14 @@ from sqlmodel import Session, col, select
 
 from otaship.protocol import RESPONSE, STATUS
 from otaship.receiver.db.engine import database_reachable, write_session
-from otaship.receiver.db.enums import State
-from otaship.receiver.db.models import Device, Rollout, RolloutDevice, User
+from otaship.receiver.db.models import DeployDevice, Device, PlainDeploy, Rollout, RolloutDevice, User
 from otaship.receiver.fields import quoted
 from otaship.receiver.ids import utcnow
 from otaship.receiver.log_summary import Tally, counts_text, seconds_text
 from otaship.receiver.logs import short_error
 from otaship.receiver.mqtt.report_payload import BadReport, Report, parse_report
 from otaship.receiver.outage import OutageLog
+from otaship.receiver.rollouts.plain import followed_plain_deploys
 from otaship.receiver.rollouts.policy import (
     DeviceProgress,
     after_response,
@@ -347,32 +347,49 @@ class ReportIngester:
     def _apply_to_rollouts(
         self, session: Session, reports: list[Report], uptimes: dict[str, float | None]
     ) -> None:
+        """Move the outcomes of the reporting devices in the rollouts and plain
+        deploys that follow them (rollouts/plain.py)."""
         now = utcnow()
         followed = followed_by_reports(now)
-        # Most of the time no rollout is running or just ended: one probe of
-        # the state and ended_at indexes then spares looking up every reporting
-        # device among rollout devices.
-        if session.exec(select(Rollout.id).where(followed).limit(1)).first() is None:
+        followed_plain = followed_plain_deploys()
+        # Most of the time no rollout or plain deploy is followed: one probe of
+        # each ended_at index then spares looking up every reporting device.
+        any_rollout = session.exec(select(Rollout.id).where(followed).limit(1)).first() is not None
+        any_plain = (
+            session.exec(select(PlainDeploy.deployment_id).where(followed_plain).limit(1)).first() is not None
+        )
+        if not any_rollout and not any_plain:
             return
         device_ids = sorted({r.device_id for r in reports})
-        rows: dict[str, list[tuple[RolloutDevice, str, State]]] = {}
+        # Each device's rows: (row, the version deployed, whether its stage is still open).
+        rows: dict[str, list[tuple[RolloutDevice | DeployDevice, str, bool]]] = {}
         for chunk in _chunks(device_ids):
-            for row, version, state in session.exec(
-                select(RolloutDevice, Rollout.version, col(Rollout.state))
-                .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
-                .where(col(RolloutDevice.device_id).in_(chunk), followed)
-            ):
-                rows.setdefault(row.device_id, []).append((row, version, state))
+            if any_rollout:
+                for stage_row, version, state in session.exec(
+                    select(RolloutDevice, Rollout.version, col(Rollout.state))
+                    .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
+                    .where(col(RolloutDevice.device_id).in_(chunk), followed)
+                ):
+                    rows.setdefault(stage_row.device_id, []).append(
+                        (stage_row, version, stage_is_open(state, stage_row.stage))
+                    )
+            if any_plain:
+                for plain_row, version, ended_at in session.exec(
+                    select(DeployDevice, PlainDeploy.version, PlainDeploy.ended_at)
+                    .join(PlainDeploy, col(PlainDeploy.deployment_id) == col(DeployDevice.deployment_id))
+                    .where(col(DeployDevice.device_id).in_(chunk), followed_plain)
+                ):
+                    rows.setdefault(plain_row.device_id, []).append((plain_row, version, ended_at is None))
         if not rows:
             return
         for report in reports:
             if report.kind == STATUS:
                 uptimes[report.device_id] = report.uptime
-            for row, deployed, state in rows.get(report.device_id, ()):
+            for row, deployed, is_open in rows.get(report.device_id, ()):
                 before = DeviceProgress(
                     row.outcome, row.started_update, row.uptime_at_start, row.fw_version, row.code
                 )
-                if not stage_is_open(state, row.stage):
+                if not is_open:
                     after = after_stage_closed(before, fw_version=report.fw_version, code=report.code)
                 elif report.kind == STATUS:
                     assert report.fw_version is not None

@@ -1,4 +1,6 @@
-"""The rollout clock: re-evaluates every rollout in progress once a tick.
+"""The rollout clock: re-evaluates every rollout in progress once a tick, and
+follows plain deploys' devices; both retry the devices that failed first
+(rollouts/retries.py).
 
 Timeouts and soaks run on timestamps stored with the rollout, so a receiver
 that restarts (or another replica) picks up exactly where the last one was.
@@ -18,6 +20,9 @@ from otaship.receiver.db.engine import database_unavailable, read_session, write
 from otaship.receiver.db.enums import State
 from otaship.receiver.ids import utcnow
 from otaship.receiver.outage import OutageLog
+from otaship.receiver.rollouts.plain import evaluate_plain, open_plain_deploys
+from otaship.receiver.rollouts.policy import ACTIVE_STATES, RetryPolicy
+from otaship.receiver.rollouts.retries import retry_devices
 from otaship.receiver.rollouts.store import active_rollout_states, evaluate, lock_rollout
 from otaship.receiver.wakeup import sleep_until_woken
 
@@ -36,8 +41,11 @@ class RolloutRunner:
         tick: float = 1.0,
         on_change: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.engine = engine
+        # No retries unless asked: the receiver passes its settings' policy.
+        self.retry = retry or RetryPolicy(attempts=0)
         self.metrics = metrics
         self.notify = notify
         self.tick = tick
@@ -50,7 +58,8 @@ class RolloutRunner:
         self._wake.set()
 
     def evaluate_all(self) -> bool:
-        """One pass over the rollouts in progress; True if any changed state."""
+        """One pass over the rollouts in progress; True if any changed state or
+        queued a trigger again."""
         with read_session(self.engine) as session:
             active = active_rollout_states(session=session)
         changed = False
@@ -64,15 +73,53 @@ class RolloutRunner:
                     if locked is None:
                         continue
                     before = locked.state
-                    state = evaluate(session=session, rollout_id=rollout_id, notify=self.notify, now=utcnow())
-                changed = changed or (state is not None and state != before)
+                    retried = None
+                    now = utcnow()
+                    if before in ACTIVE_STATES:
+                        # Before the decision, so that it counts a failure with a
+                        # retry ahead as retrying, not as failed.
+                        retried = retry_devices(
+                            session=session,
+                            rollout=locked,
+                            policy=self.retry,
+                            notify=self.notify,
+                            now=now,
+                        )
+                    state = evaluate(session=session, rollout_id=rollout_id, notify=self.notify, now=now)
+                changed = (
+                    changed or (state is not None and state != before) or bool(retried and retried.groups)
+                )
+                if retried is not None and self.metrics is not None:
+                    self.metrics.retried(retried.scheduled, retried.devices, len(retried.groups))
                 if before == State.CANARY and state == State.FLEET and self.metrics is not None:
                     self.metrics.deploys.labels("promotion").inc()
             except Exception as exc:
                 if database_unavailable(exc):
                     raise  # the others would fail alike: the pass ends, the next tick tries again
                 log.exception("could not evaluate rollout %s; trying again next tick", rollout_id)
-        return changed
+        return self._follow_plain_deploys() or changed
+
+    def _follow_plain_deploys(self) -> bool:
+        """Retry the failed devices of plain deploys, and end their following
+        when done; True if a trigger was queued again."""
+        with read_session(self.engine) as session:
+            followed = open_plain_deploys(session=session)
+        queued = False
+        for deployment_id in followed:
+            try:
+                with write_session(self.engine) as session:
+                    retried = evaluate_plain(
+                        session=session, deployment_id=deployment_id, policy=self.retry, now=utcnow()
+                    )
+                if retried is not None:
+                    queued = queued or bool(retried.groups)
+                    if self.metrics is not None:
+                        self.metrics.retried(retried.scheduled, retried.devices, len(retried.groups))
+            except Exception as exc:
+                if database_unavailable(exc):
+                    raise
+                log.exception("could not follow deploy %s; trying again next tick", deployment_id)
+        return queued
 
     async def run(self) -> None:
         while True:

@@ -14,6 +14,7 @@ from otaship.receiver.db.groups import ancestors, descendants, lock_tree
 from otaship.receiver.db.images import record_image
 from otaship.receiver.db.models import Deployment, FirmwareImage, Group, GroupOta, TriggerMessage, User
 from otaship.receiver.events import after_commit
+from otaship.receiver.rollouts import plain
 from otaship.receiver.rollouts.policy import Running
 from otaship.receiver.rollouts.supersede import supersede_rollouts
 from otaship.receiver.targeting.effective import resolve_effective
@@ -259,13 +260,9 @@ def deploy_firmware(
         commit=commit,
         triggers=triggers,
     )
-    supersede_rollouts(
-        session=session,
-        now=now,
-        deployment=deployment,
-        parents=parents,
-        changed={g for g, effective in after.items() if effective != before[g]},
-    )
+    changed = {g for g, effective in after.items() if effective != before[g]}
+    supersede_rollouts(session=session, now=now, deployment=deployment, parents=parents, changed=changed)
+    plain.end_superseded(session=session, deployment=deployment, changed=changed, parents=parents, now=now)
     if notify:
         owner = session.get(User, group.owner_id)
         assert owner is not None
@@ -280,4 +277,7 @@ def deploy_firmware(
             for group_id, effective_version in triggered
         )
         session.flush()
+        if rollout_id is None:
+            # A rollout follows its own devices, stage by stage.
+            plain.follow(session=session, deployment=deployment, group_ids=[g for g, _ in triggered], now=now)
     return DeployResult(ota=ota, deployed=True, triggered=triggered)

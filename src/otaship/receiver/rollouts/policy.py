@@ -73,7 +73,7 @@ def after_status(
         return replace(progress, fw_version=fw_version)
     if fw_version == deployed:
         return replace(progress, outcome=Outcome.SUCCEEDED, fw_version=fw_version)
-    if not progress.started_update or progress.outcome == Outcome.FAILED:
+    if not progress.started_update or progress.outcome in (Outcome.FAILED, Outcome.RETRYING):
         return replace(progress, fw_version=fw_version)
     if uptime is not None and progress.uptime_at_start is None:
         # We did not see its uptime before the 201 (say, the receiver restarted):
@@ -91,7 +91,9 @@ def after_response(progress: DeviceProgress, *, code: int, last_uptime: float | 
     if progress.outcome in (Outcome.SUCCEEDED, Outcome.TIMED_OUT, Outcome.STOPPED):
         return replace(progress, code=code)
     if code == ResponseCode.ERROR:
-        return replace(progress, outcome=Outcome.FAILED, code=code)
+        # One awaiting its retry stays so: the retry is already planned.
+        outcome = Outcome.RETRYING if progress.outcome == Outcome.RETRYING else Outcome.FAILED
+        return replace(progress, outcome=outcome, code=code)
     if code == ResponseCode.UPDATE_STARTING and progress.outcome == Outcome.PENDING:
         return replace(progress, started_update=True, uptime_at_start=last_uptime, code=code)
     return replace(progress, code=code)
@@ -99,7 +101,10 @@ def after_response(progress: DeviceProgress, *, code: int, last_uptime: float | 
 
 def at_stage_end(progress: DeviceProgress, *, time_ran_out: bool) -> DeviceProgress:
     """A device that had not finished when its stage ended: it timed out only if
-    the stage's time really ran out; otherwise it was stopped."""
+    the stage's time really ran out; otherwise it was stopped. One still
+    awaiting a retry failed: its last code says how."""
+    if progress.outcome == Outcome.RETRYING:
+        return replace(progress, outcome=Outcome.FAILED)
     if progress.outcome != Outcome.PENDING:
         return progress
     return replace(progress, outcome=Outcome.TIMED_OUT if time_ran_out else Outcome.STOPPED)
@@ -129,6 +134,71 @@ def stage_time_ran_out(policy: Policy, *, started_at: datetime, now: datetime) -
     return now >= started_at + timedelta(seconds=policy.canary_timeout)
 
 
+# --- retries ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a device that failed is reached again: its group's trigger is
+    published again, up to `attempts` times, `backoff` seconds after the
+    failure and twice as long before each next one (at most `MAX_BACKOFF`).
+    A device that announced its update (201) and reported nothing decisive
+    for `dark_after` seconds counts as failed."""
+
+    attempts: int = 3
+    backoff: float = 60.0
+    dark_after: float = 600.0
+
+
+# AWS IoT Jobs allows up to 10 retries of a job execution.
+MAX_RETRIES = 10
+MAX_BACKOFF = timedelta(hours=1)
+
+# What the retry step does with one device.
+SCHEDULE = "schedule"
+RETRIGGER = "retrigger"
+
+
+@dataclass(frozen=True)
+class RetryFacts:
+    """One device in a stage that is running, as the retry step sees it."""
+
+    outcome: Outcome
+    started_update: bool
+    updated_at: datetime
+    retries: int
+    retry_at: datetime | None
+
+
+def retry_delay(policy: RetryPolicy, retries: int) -> timedelta:
+    """The wait before retry number `retries + 1`: `backoff`, doubled each time."""
+    return min(timedelta(seconds=policy.backoff * 2 ** min(retries, 20)), MAX_BACKOFF)
+
+
+def went_dark(facts: RetryFacts, policy: RetryPolicy, now: datetime) -> bool:
+    return (
+        facts.outcome == Outcome.PENDING
+        and facts.started_update
+        and now - facts.updated_at >= timedelta(seconds=policy.dark_after)
+    )
+
+
+def retry_step(facts: RetryFacts, policy: RetryPolicy, now: datetime) -> tuple[str, datetime | None] | None:
+    """What to do with one device: SCHEDULE a retry (with its time) for one
+    that failed or went dark and has attempts left, RETRIGGER one whose retry
+    is due, or None. A device that fails its last attempt stays failed, with
+    its last code; one that goes dark on its last stays pending until the
+    stage's time runs out."""
+    if facts.outcome == Outcome.RETRYING:
+        if facts.retry_at is None or facts.retry_at <= now:
+            return (RETRIGGER, None)
+        return None
+    failed = facts.outcome == Outcome.FAILED or went_dark(facts, policy, now)
+    if failed and facts.retries < policy.attempts:
+        return (SCHEDULE, now + retry_delay(policy, facts.retries))
+    return None
+
+
 # --- stages -------------------------------------------------------------------
 
 
@@ -139,10 +209,12 @@ class Counts:
     failed: int = 0
     timed_out: int = 0
     stopped: int = 0
+    # Failed, and waiting for their group's trigger to be published again.
+    retrying: int = 0
 
     @property
     def pending(self) -> int:
-        return self.targeted - self.succeeded - self.failed - self.timed_out - self.stopped
+        return self.targeted - self.succeeded - self.failed - self.timed_out - self.stopped - self.retrying
 
     @classmethod
     def of(cls, outcomes: list[Outcome]) -> Counts:
@@ -152,6 +224,7 @@ class Counts:
             failed=outcomes.count(Outcome.FAILED),
             timed_out=outcomes.count(Outcome.TIMED_OUT),
             stopped=outcomes.count(Outcome.STOPPED),
+            retrying=outcomes.count(Outcome.RETRYING),
         )
 
 
@@ -180,7 +253,8 @@ def decide_canary(
     policy: Policy, counts: Counts, *, now: datetime, started_at: datetime, healthy_at: datetime | None
 ) -> Decision:
     needed = required_successes(counts.targeted, policy.success_threshold)
-    failures = counts.failed + counts.timed_out
+    # The canary judges the image: a failure counts at once, retried or not.
+    failures = counts.failed + counts.timed_out + counts.retrying
     if failures > policy.error_threshold:
         return Decision(
             HALT,
@@ -196,7 +270,7 @@ def decide_canary(
                 PROMOTE, f"canary healthy: {counts.succeeded}/{counts.targeted} succeeded", healthy_at
             )
         return Decision(AWAIT_PROMOTION, "canary healthy; waiting for a promote", healthy_at)
-    if counts.succeeded + counts.pending < needed:
+    if counts.succeeded + counts.pending + counts.retrying < needed:
         return Decision(
             HALT,
             f"canary can no longer reach its threshold: {counts.succeeded} succeeded, "
@@ -214,10 +288,12 @@ def decide_canary(
 
 
 def decide_fleet(policy: Policy, counts: Counts, *, now: datetime, started_at: datetime) -> Decision:
-    if counts.pending == 0:
+    if counts.pending == 0 and counts.retrying == 0:
         return Decision(FINISH, f"all {counts.targeted} device(s) reported")
     if stage_time_ran_out(policy, started_at=started_at, now=now):
-        return Decision(FINISH, f"fleet stage timed out with {counts.pending} device(s) pending")
+        return Decision(
+            FINISH, f"fleet stage timed out with {counts.pending + counts.retrying} device(s) pending"
+        )
     return Decision(WAIT)
 
 
