@@ -24,7 +24,6 @@ from otaship.receiver.http.management.deploy_form import (
     MAX_TOLERATED_FAILURES,
     MAX_VERSION_LENGTH,
 )
-from otaship.receiver.http.management.deployments import MAX_ID_LENGTH as DEPLOYMENT_MAX_ID_LENGTH
 from otaship.receiver.http.management.deployments import NOT_FOUND as NO_SUCH_DEPLOYMENT
 from otaship.receiver.http.management.deployments import READ_ERROR as DEPLOYMENT_READ_ERROR
 from otaship.receiver.http.management.ota import (
@@ -37,7 +36,7 @@ from otaship.receiver.http.management.ota import (
     MAX_SEARCH_LENGTH,
     UPLOAD_ERROR,
 )
-from otaship.receiver.http.management.rollouts import MAX_ID_LENGTH
+from otaship.receiver.http.management.owned import MAX_ID_LENGTH
 from otaship.receiver.http.management.rollouts import NOT_FOUND as NO_SUCH_ROLLOUT
 from otaship.receiver.http.management.rollouts import READ_ERROR as ROLLOUT_READ_ERROR
 from otaship.receiver.http.responses import UNAUTHORIZED
@@ -651,7 +650,7 @@ def _deployment_paths() -> dict[str, Any]:
                     "200": _json("The group's plain deploys, without their devices.", "DeploymentList"),
                     "400": _message(
                         "No group parameter, or one with a control character or over "
-                        f"{DEPLOYMENT_MAX_ID_LENGTH} characters.",
+                        f"{MAX_ID_LENGTH} characters.",
                         "group is a mandatory parameter",
                         "group must not contain control characters",
                     ),
@@ -679,7 +678,7 @@ def _deployment_paths() -> dict[str, Any]:
                 "responses": {
                     "200": _json("The deploy.", "Deployment"),
                     "400": _message(
-                        f"A control character in the deployment id or one over {DEPLOYMENT_MAX_ID_LENGTH} "
+                        f"A control character in the deployment id or one over {MAX_ID_LENGTH} "
                         "characters, or a devices value that is not true or false.",
                         "devices must be true or false, not 'maybe'",
                     ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -125,20 +126,7 @@ def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: b
         ),
     ]
     devices = (
-        [
-            wire.RolloutDevice(
-                id=row.device_id,
-                name=name,
-                group=row.group_id,
-                stage=row.stage,
-                outcome=row.outcome,
-                fw_version=row.fw_version,
-                code=row.code,
-                retries=row.retries,
-                next_retry_at=row.retry_at if row.outcome == Outcome.RETRYING else None,
-            )
-            for row, name in rows
-        ]
+        [wire.RolloutDevice(stage=row.stage, **_device_fields(row, name)) for row, name in rows]
         if with_devices
         else None
     )
@@ -166,6 +154,20 @@ def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: b
     )
 
 
+def _device_fields(row: RolloutDevice | DeployDevice, name: str) -> dict[str, Any]:
+    """What a followed device shows, in a rollout stage or a plain deploy alike."""
+    return {
+        "id": row.device_id,
+        "name": name,
+        "group": row.group_id,
+        "outcome": row.outcome,
+        "fw_version": row.fw_version,
+        "code": row.code,
+        "retries": row.retries,
+        "next_retry_at": row.retry_at if row.outcome == Outcome.RETRYING else None,
+    }
+
+
 def deployment_view(*, session: Session, plain: PlainDeploy, with_devices: bool = True) -> wire.Deployment:
     """A followed plain deploy with its counts, and its devices unless left out."""
     rows = session.exec(
@@ -175,23 +177,7 @@ def deployment_view(*, session: Session, plain: PlainDeploy, with_devices: bool 
         .order_by(col(DeployDevice.device_id))
     ).all()
     counts = Counts.of([row.outcome for row, _ in rows])
-    devices = (
-        [
-            wire.DeployDevice(
-                id=row.device_id,
-                name=name,
-                group=row.group_id,
-                outcome=row.outcome,
-                fw_version=row.fw_version,
-                code=row.code,
-                retries=row.retries,
-                next_retry_at=row.retry_at if row.outcome == Outcome.RETRYING else None,
-            )
-            for row, name in rows
-        ]
-        if with_devices
-        else None
-    )
+    devices = [wire.DeployDevice(**_device_fields(row, name)) for row, name in rows] if with_devices else None
     return wire.Deployment(
         id=plain.deployment_id,
         group=plain.group_id,

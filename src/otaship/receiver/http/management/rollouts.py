@@ -7,11 +7,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from otaship.receiver.db.enums import State
-from otaship.receiver.db.groups import get_owned_group
 from otaship.receiver.db.models import Rollout
-from otaship.receiver.fields import BadField, flag, text
+from otaship.receiver.fields import BadField
 from otaship.receiver.http import wire
 from otaship.receiver.http.auth import owner_of
+from otaship.receiver.http.management.owned import LIST_LIMIT, get_one, list_of_group, path_id
 from otaship.receiver.http.management.route import owner_route
 from otaship.receiver.http.responses import answer, message
 from otaship.receiver.http.views import rollout_view
@@ -23,64 +23,39 @@ from otaship.receiver.services import Services
 NOT_FOUND = "No such rollout"
 READ_ERROR = "Error when getting rollouts"
 CHANGE_ERROR = "Error when changing the rollout"
-LIST_LIMIT = 100
-# Room for an id (24 characters) and then some: anything longer is no id at all.
-MAX_ID_LENGTH = 64
 
 
-def _rollout_id(request: Request) -> str:
-    # Anything but an id is a 404 further on; only what no id could hold is refused here.
-    return text(request.path_params["rollout_id"], name="rollout_id", max_length=MAX_ID_LENGTH)
+def _one(session: Session, owner_id: str, rollout_id: str, with_devices: bool) -> wire.Rollout | None:
+    rollout = session.get(Rollout, rollout_id)
+    if rollout is None or rollout.owner_id != owner_id:
+        return None
+    return rollout_view(session=session, rollout=rollout, with_devices=with_devices)
+
+
+def _of_group(session: Session, owner_id: str, group_id: str) -> wire.RolloutList:
+    rollouts = session.exec(
+        select(Rollout)
+        .where(col(Rollout.group_id) == group_id, col(Rollout.owner_id) == owner_id)
+        .order_by(col(Rollout.created_at).desc(), col(Rollout.id).desc())
+        .limit(LIST_LIMIT)
+    ).all()
+    return wire.RolloutList(
+        rollouts=[rollout_view(session=session, rollout=r, with_devices=False) for r in rollouts]
+    )
 
 
 async def get_rollout(request: Request) -> Response:
-    owner_id = owner_of(request).id
-    try:
-        rollout_id = _rollout_id(request)
-        with_devices = flag(request.query_params.get("devices"), name="devices", default=True)
-    except BadField as exc:
-        return message(400, str(exc))
-
-    def read(session: Session) -> wire.Rollout | None:
-        rollout = session.get(Rollout, rollout_id) if is_id(rollout_id) else None
-        if rollout is None or rollout.owner_id != owner_id:
-            return None
-        return rollout_view(session=session, rollout=rollout, with_devices=with_devices)
-
-    body = await Services.of(request).run_db(read)
-    return message(404, NOT_FOUND) if body is None else answer(body)
+    return await get_one(request, id_param="rollout_id", not_found=NOT_FOUND, view=_one)
 
 
 async def list_rollouts(request: Request) -> Response:
-    owner_id = owner_of(request).id
-    try:
-        group_id = text(request.query_params.get("group"), name="group", max_length=MAX_ID_LENGTH)
-    except BadField as exc:
-        return message(400, str(exc))
-    if not group_id:
-        return message(400, "group is a mandatory parameter")
-
-    def read(session: Session) -> wire.RolloutList | None:
-        if get_owned_group(session=session, owner_id=owner_id, group_id=group_id) is None:
-            return None
-        rollouts = session.exec(
-            select(Rollout)
-            .where(col(Rollout.group_id) == group_id, col(Rollout.owner_id) == owner_id)
-            .order_by(col(Rollout.created_at).desc(), col(Rollout.id).desc())
-            .limit(LIST_LIMIT)
-        ).all()
-        return wire.RolloutList(
-            rollouts=[rollout_view(session=session, rollout=r, with_devices=False) for r in rollouts]
-        )
-
-    body = await Services.of(request).run_db(read)
-    return message(404, "No such group") if body is None else answer(body)
+    return await list_of_group(request, _of_group)
 
 
 async def _change(request: Request, action: str) -> Response:
     owner_id = owner_of(request).id
     try:
-        rollout_id = _rollout_id(request)
+        rollout_id = path_id(request, "rollout_id")
     except BadField as exc:
         return message(400, str(exc))
     if not is_id(rollout_id):
