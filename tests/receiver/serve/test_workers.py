@@ -22,7 +22,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from otaship.protocol import trigger_topic
-from otaship.receiver.serve.workers import claim_slot, worker_client_id, worker_count
+from otaship.receiver.serve.workers import claim_slot, release_slot, worker_client_id, worker_count
 from otaship.receiver.settings import Settings, SettingsError
 from tests.action_fixtures import OWNER, Tenant
 from tests.receiver.mqtt.test_fleet import run_fleets
@@ -185,7 +185,10 @@ def test_each_process_claims_the_lowest_free_slot(tmp_path: Path) -> None:
     try:
         claimed = sorted(ready.get(timeout=30) for _ in holders)
         assert claimed == [0, 1]
-        assert claim_slot(tmp_path) == 2  # this process: the next one
+        try:
+            assert claim_slot(tmp_path) == 2  # this process: the next one
+        finally:
+            release_slot()
     finally:
         release.set()
         for holder in holders:

@@ -85,3 +85,12 @@ def claim_slot(run_dir: Path) -> int:
             _held.close()
         _held = handle
         return slot
+
+
+def release_slot() -> None:
+    """Give this process's slot back before it ends: a worker keeps its slot to
+    the end, but a process that only asked (a test) must not leave it open."""
+    global _held
+    if _held is not None:
+        _held.close()
+        _held = None
