@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from otaship.action.follow import FollowResult, failure_message, follow_rollout, progress_line
+from otaship.action.follow import (
+    FollowResult,
+    failed_devices,
+    failure_message,
+    follow_rollout,
+    progress_line,
+    unfinished_devices,
+)
 from tests.action_fixtures import stage_json
 
 
@@ -87,6 +94,22 @@ def test_devices_that_did_not_finish_are_not_named_as_failed() -> None:
     assert progress_line(halted) == (
         "rollout r1: halted, canary stage 0/3 succeeded, 1 failed, 0 pending, 2 stopped before finishing"
     )
+
+
+def test_a_device_waiting_for_its_retry_is_not_finished_and_not_failed() -> None:
+    """The receiver retries a device that failed an attempt (`retrying`); only
+    when it runs out of attempts does it say `failed`."""
+    devices = [
+        {"id": "d1", "name": "kitchen", "outcome": "retrying", "fw_version": "0.9.0", "code": 203},
+        {"id": "d2", "name": "hall", "outcome": "succeeded", "fw_version": "1.0.0", "code": 202},
+    ]
+    running = rollout("canary", (2, 1, 0, 0), devices=devices)
+    running["stages"][0]["retrying"] = 1
+    assert progress_line(running) == (
+        "rollout r1: canary, canary stage 1/2 succeeded, 0 failed, 0 pending, 1 retrying"
+    )
+    assert [d["id"] for d in unfinished_devices(running)] == ["d1"]
+    assert failed_devices(running) == []
 
 
 def test_many_failed_devices_are_cut_short_in_the_message() -> None:

@@ -15,8 +15,10 @@ TERMINAL_STATES = frozenset({"complete", "halted", "aborted"})
 FAILED_STATES = frozenset({"halted", "aborted"})
 FAILED_OUTCOMES = frozenset({"failed", "timed_out"})
 # A device whose stage ended before it finished (a halt on other devices'
-# failures, an abort) was stopped, or is still pending: it did not fail.
-UNFINISHED_OUTCOMES = frozenset({"stopped", "pending"})
+# failures, an abort) was stopped, or is still pending: it did not fail. One
+# `retrying` failed an attempt and waits for its group's trigger again: not
+# finished either, until the receiver runs out of attempts and says `failed`.
+UNFINISHED_OUTCOMES = frozenset({"stopped", "pending", "retrying"})
 # How many devices of each kind an error annotation names; the summary has them all.
 DEVICES_IN_MESSAGE = 10
 
@@ -53,7 +55,11 @@ def progress_line(rollout: Rollout) -> str:
         f"{stage.get('succeeded', 0)}/{stage.get('targeted', 0)} succeeded, "
         f"{stage.get('failed', 0)} failed, {stage.get('pending', 0)} pending"
     )
-    for key, label in (("timed_out", "timed out"), ("stopped", "stopped before finishing")):
+    for key, label in (
+        ("retrying", "retrying"),
+        ("timed_out", "timed out"),
+        ("stopped", "stopped before finishing"),
+    ):
         if stage.get(key):
             line += f", {stage[key]} {label}"
     return line

@@ -15,7 +15,7 @@ from otaship.action.follow import FAILED_OUTCOMES, TERMINAL_STATES, UNFINISHED_O
 # A fleet can have thousands of devices; the summary shows the interesting ones.
 MAX_DEVICE_ROWS = 50
 # Failures first, then the devices that did not finish, then the rest.
-OUTCOME_ORDER = {"failed": 0, "timed_out": 1, "stopped": 2, "pending": 3, "succeeded": 4}
+OUTCOME_ORDER = {"failed": 0, "timed_out": 1, "retrying": 2, "stopped": 3, "pending": 4, "succeeded": 5}
 
 
 @dataclass
