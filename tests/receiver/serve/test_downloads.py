@@ -23,6 +23,7 @@ import pytest
 
 from tests.esp_image import build_image
 from tests.receiver_process import SERVERS, ReceiverProcess, migrated_env, otaship_json
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from tests.gcs_emulator import GCSEmulator
@@ -82,16 +83,30 @@ def served(request: pytest.FixtureRequest, storage: dict[str, str], tmp_path: Pa
         receiver.stop()
 
 
-def _sent(receiver: ReceiverProcess) -> list[str]:
-    """The trace lines of the messages the app sent so far, from the server's log."""
+def _lines(receiver: ReceiverProcess) -> list[str]:
     assert receiver.log is not None
     receiver.log.seek(0)
-    lines = receiver.log.read().decode(errors="replace").splitlines()
-    return [line for line in lines if " Send {" in line and "http.response" in line]
+    return receiver.log.read().decode(errors="replace").splitlines()
+
+
+def _sent(receiver: ReceiverProcess) -> list[str]:
+    """The trace lines of the messages the app sent so far, from the server's log."""
+    return [line for line in _lines(receiver) if " Send {" in line and "http.response" in line]
+
+
+def _logged_requests(receiver: ReceiverProcess, request: str) -> int:
+    """How many access lines name `request` ("GET /path"). The log is written by
+    a thread of its own, in order: once a request's access line is in the file,
+    so is every line logged before it, its trace lines included."""
+    return sum(1 for line in _lines(receiver) if "otaship.access" in line and request in line)
 
 
 def test_a_whole_image_has_its_length_md5_and_etag_and_no_chunks(served: Served) -> None:
     image = served.image
+    # The fixture's upload, fully logged, before counting what this test adds.
+    eventually(
+        lambda: _logged_requests(served.receiver, "POST /v1/ota/group") == 1, "the upload's log lines", 10
+    )
     before = len(_sent(served.receiver))
     status, headers, body = served.get()
     assert status == 200
@@ -103,6 +118,11 @@ def test_a_whole_image_has_its_length_md5_and_etag_and_no_chunks(served: Served)
     assert headers["content-type"] == "application/octet-stream"
     assert headers["accept-ranges"] == "bytes"
     assert headers["x-content-type-options"] == "nosniff"
+    eventually(
+        lambda: _logged_requests(served.receiver, "GET /v1/ota/group/download/") == 1,
+        "the download's log lines",
+        10,
+    )
     sent = _sent(served.receiver)[before:]
     server = served.receiver.env["OTASHIP_SERVER"]
     if server == "granian":
