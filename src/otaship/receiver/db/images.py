@@ -21,6 +21,9 @@ def _insert_if_absent(session: Session, values: dict[str, object]) -> Insert:
         )
     if dialect == "sqlite":
         return sqlite.insert(FirmwareImage).values(values).on_conflict_do_nothing(index_elements=["sha256"])
+    # Unreachable today: Settings accepts only SQLite and PostgreSQL URLs
+    # (settings.DATABASE_SCHEMES). A new database must add its form above, or a
+    # deploy of new bytes could fail on the key instead of sharing the row.
     raise NotImplementedError(f"no insert-if-absent for {dialect}")
 
 
