@@ -513,6 +513,30 @@ def _device_paths() -> dict[str, Any]:
     }
 
 
+# The reads that rollouts and plain deploys share (http/management/owned.py).
+GROUP_QUERY: dict[str, Any] = {
+    "name": "group",
+    "in": "query",
+    "required": True,
+    "schema": {"type": "string", "pattern": ID_PATTERN},
+}
+GROUP_LIST_ERRORS: dict[str, Any] = {
+    "400": _message(
+        f"No group parameter, or one with a control character or over {MAX_ID_LENGTH} characters.",
+        "group is a mandatory parameter",
+        "group must not contain control characters",
+    ),
+    "401": UNAUTHORIZED_RESPONSE,
+    "404": _message("No such group, or another owner's.", "No such group"),
+}
+DEVICES_QUERY: dict[str, Any] = {
+    "name": "devices",
+    "in": "query",
+    "description": "false leaves the devices out",
+    "schema": {"type": "boolean", "default": True},
+}
+
+
 def _rollout_paths() -> dict[str, Any]:
     rollout_id = {
         "name": "rollout_id",
@@ -553,24 +577,10 @@ def _rollout_paths() -> dict[str, Any]:
                 "summary": "A group's rollouts, newest first (at most 100)",
                 "operationId": "listRollouts",
                 "security": AUTH,
-                "parameters": [
-                    {
-                        "name": "group",
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "string", "pattern": ID_PATTERN},
-                    }
-                ],
+                "parameters": [GROUP_QUERY],
                 "responses": {
                     "200": _json("The group's rollouts, without their devices.", "RolloutList"),
-                    "400": _message(
-                        "No group parameter, or one with a control character or over "
-                        f"{MAX_ID_LENGTH} characters.",
-                        "group is a mandatory parameter",
-                        "group must not contain control characters",
-                    ),
-                    "401": UNAUTHORIZED_RESPONSE,
-                    "404": _message("No such group, or another owner's.", "No such group"),
+                    **GROUP_LIST_ERRORS,
                     "500": _server_error(ROLLOUT_READ_ERROR),
                 },
             }
@@ -583,12 +593,7 @@ def _rollout_paths() -> dict[str, Any]:
                 "security": AUTH,
                 "parameters": [
                     rollout_id,
-                    {
-                        "name": "devices",
-                        "in": "query",
-                        "description": "false leaves the devices out",
-                        "schema": {"type": "boolean", "default": True},
-                    },
+                    DEVICES_QUERY,
                 ],
                 "responses": {
                     "200": _json("The rollout.", "Rollout"),
@@ -638,24 +643,10 @@ def _deployment_paths() -> dict[str, Any]:
                 "an hour, and retries those that fail. Only deploys made with MQTT on are listed.",
                 "operationId": "listDeployments",
                 "security": AUTH,
-                "parameters": [
-                    {
-                        "name": "group",
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "string", "pattern": ID_PATTERN},
-                    }
-                ],
+                "parameters": [GROUP_QUERY],
                 "responses": {
                     "200": _json("The group's plain deploys, without their devices.", "DeploymentList"),
-                    "400": _message(
-                        "No group parameter, or one with a control character or over "
-                        f"{MAX_ID_LENGTH} characters.",
-                        "group is a mandatory parameter",
-                        "group must not contain control characters",
-                    ),
-                    "401": UNAUTHORIZED_RESPONSE,
-                    "404": _message("No such group, or another owner's.", "No such group"),
+                    **GROUP_LIST_ERRORS,
                     "500": _server_error(DEPLOYMENT_READ_ERROR),
                 },
             }
@@ -668,12 +659,7 @@ def _deployment_paths() -> dict[str, Any]:
                 "security": AUTH,
                 "parameters": [
                     deployment_id,
-                    {
-                        "name": "devices",
-                        "in": "query",
-                        "description": "false leaves the devices out",
-                        "schema": {"type": "boolean", "default": True},
-                    },
+                    DEVICES_QUERY,
                 ],
                 "responses": {
                     "200": _json("The deploy.", "Deployment"),
