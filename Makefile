@@ -60,8 +60,15 @@ check: install-check
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
+# Four processes, on any core count: the suite mostly waits (on receivers
+# starting, brokers, timeouts), and in one process it kept a 2-core machine's
+# load average near 1 for over 40 minutes. TEST_WORKERS=0 runs it in this
+# process (for a debugger).
+TEST_WORKERS ?= 4
+# The slowest tests are listed at the end, so that a CI run that grows long
+# says where its time went.
 test: install-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=30 $(PYTEST_ARGS)
 
 # tests/receiver/http/test_fuzz.py runs 30 cases per operation inside `make test`; this runs
 # it alone with FUZZ_EXAMPLES per operation, the same fixed seed.

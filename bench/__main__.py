@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import check_burst, download, fleet_rollout, listing, status_ingestion, upload
+from bench import check_burst, download, fleet_rollout, listing, status_ingestion, upload, waves_rollout
 from bench.context import SCALES, Context, Scale
 from bench.results import Failure, Row, render_text, write_results
 from bench.system import ToolMissing, ensure_http_tools, machine_description
@@ -37,11 +37,12 @@ BENCHMARKS: dict[str, Callable[[Context], list[Row]]] = {
     status_ingestion.NAME: status_ingestion.run,
     listing.NAME: listing.run,
     fleet_rollout.NAME: fleet_rollout.run,
+    waves_rollout.NAME: waves_rollout.run,
 }
-NEEDS_HTTP_TOOLS = {check_burst.NAME, download.NAME}
+NEEDS_HTTP_TOOLS = {check_burst.NAME, download.NAME, fleet_rollout.NAME}
 
 NOTE = (
-    "the machine is shared with other engineers' test runs, so absolute figures move "
+    "the machine is shared with other test runs, so absolute figures move "
     "from run to run; only the ratios within this run mean anything"
 )
 

@@ -26,7 +26,14 @@ class Scale:
     fleet_devices: int
     canary_devices: int
     fleet_image: int
+    # The simulator's processes for the fleet group, and rollouts of each kind.
+    fleet_processes: int = 1
+    fleet_repetitions: int = 1
+    # Seconds between a simulated device's status reports.
+    fleet_status_interval: float = 5.0
     warmup: bool = True  # a short unmeasured load before measuring
+    # The rollout in waves (bench/waves_rollout.py): the devices of its group.
+    waves_devices: int = 1000
 
 
 SCALES = {
@@ -44,9 +51,16 @@ SCALES = {
         status_messages=100,
         listing_sizes=(1_000, 100_000),
         listing_requests=300,
-        fleet_devices=1000,
-        canary_devices=10,
+        # One rollout of each kind at 10,000 devices: a few minutes each here.
+        fleet_devices=10_000,
+        canary_devices=100,
         fleet_image=int(1.5 * MiB),
+        fleet_processes=2,
+        fleet_repetitions=1,
+        # At 5 s, 10,000 devices send 2,000 reports a second before any deploy,
+        # which left 5,380 devices behind after 10 minutes on this shared machine
+        # (load average 10 to 17); the update traffic is the same either way.
+        fleet_status_interval=30.0,
     ),
     "quick": Scale(
         name="quick",
@@ -63,6 +77,8 @@ SCALES = {
         fleet_devices=200,
         canary_devices=10,
         fleet_image=256 * 1024,
+        fleet_repetitions=3,
+        waves_devices=200,
     ),
     # For the smoke test: every benchmark runs, in seconds, and its figures mean nothing.
     "tiny": Scale(
@@ -82,7 +98,9 @@ SCALES = {
         fleet_devices=6,
         canary_devices=2,
         fleet_image=16 * 1024,
+        fleet_processes=2,
         warmup=False,
+        waves_devices=8,
     ),
 }
 

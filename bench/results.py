@@ -163,11 +163,26 @@ def render_text(rows: Sequence[Row], failures: Sequence[Failure]) -> str:
     return "\n".join(out)
 
 
+def repetitions_text(rows: Sequence[Row], default: int) -> str:
+    """How many measurements the figures hold, read from the figures themselves: a
+    benchmark may measure fewer times than the scale's repetitions (a rollout of
+    thousands of devices runs once), and a constant (an anchor, an image's size) is one value."""
+    counts = sorted({len(figure.values) for row in rows for figure in (row.figure, row.baseline)})
+    if not counts:
+        return f"{default} repetitions per figure"
+    if counts == [1]:
+        return "one run per figure"
+    if len(counts) == 1:
+        return f"{counts[0]} repetitions per figure"
+    single = " (a figure without [min–max] is a single value)" if counts[0] == 1 else ""
+    return f"up to {counts[-1]} repetitions per figure{single}"
+
+
 def render_markdown(rows: Sequence[Row], failures: Sequence[Failure], meta: dict[str, Any]) -> str:
     out = ["# otaship benchmarks: latest run", ""]
     out.append(
         f"- when: {meta['finished']} ({meta['elapsed_s']:.0f} s), scale `{meta['scale']}`, "
-        f"{meta['repetitions']} repetitions per figure"
+        f"{repetitions_text(rows, meta['repetitions'])}"
     )
     out.append(f"- machine: {meta['machine']}")
     out.append(f"- note: {meta['note']}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -121,6 +122,35 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under `pid` (its children, theirs, ...)."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            pending += children
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by `pid` and every process under it (a server and its workers)."""
+    total = 0.0
+    for each in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            total += cpu_seconds(each)
+    return total
 
 
 def machine_description() -> str:

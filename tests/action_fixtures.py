@@ -101,7 +101,7 @@ class Tenant:
             files={"firmware": ("firmware.bin", build_image(version))},
             timeout=30,
         )
-        assert response.status_code == 201, response.text
+        assert response.status_code == 201, f"{response.text}\nthe receiver's log:\n{self.receiver.peek()}"
         return response.json()  # type: ignore[no-any-return]
 
     def otas(self, group_id: str, *, api_key: str | None = None) -> list[dict[str, Any]]:

@@ -164,12 +164,24 @@ def run_action(
     """Run `action_path/action.yml`; `env` is the job's environment (PATH, HOME, GITHUB_REF…)."""
     definition = yaml.safe_load((action_path / "action.yml").read_text())
     assert definition["runs"]["using"] == "composite", "only composite actions are emulated"
+    github_context = {
+        "action_path": str(action_path),
+        "workspace": str(workspace),
+        "sha": env.get("GITHUB_SHA", ""),
+        "ref": env.get("GITHUB_REF", ""),
+        "ref_name": env.get("GITHUB_REF_NAME", ""),
+        "ref_type": env.get("GITHUB_REF_TYPE", ""),
+        # The job's own token; GitHub would give a real one.
+        "token": "",
+        **(github or {}),
+    }
     resolved: dict[str, str] = {}
     for name, spec in (definition.get("inputs") or {}).items():
         if name in inputs:
             resolved[name] = inputs[name]
         elif spec.get("default") is not None:
-            resolved[name] = str(spec["default"])
+            # GitHub evaluates a default's expressions (`${{ github.token }}`) too.
+            resolved[name] = substitute(str(spec["default"]), {"github": github_context})
         elif spec.get("required"):
             raise ValueError(f"input {name!r} is required")
         else:
@@ -178,15 +190,6 @@ def run_action(
     if unknown:
         raise ValueError(f"action.yml has no inputs {sorted(unknown)}")
 
-    github_context = {
-        "action_path": str(action_path),
-        "workspace": str(workspace),
-        "sha": env.get("GITHUB_SHA", ""),
-        "ref": env.get("GITHUB_REF", ""),
-        "ref_name": env.get("GITHUB_REF_NAME", ""),
-        "ref_type": env.get("GITHUB_REF_TYPE", ""),
-        **(github or {}),
-    }
     steps_context: dict[str, dict[str, dict[str, str]]] = {}
     contexts: dict[str, Any] = {
         "inputs": resolved,

@@ -26,8 +26,9 @@ from tests.postgres import (  # noqa: F401  (fixtures)
     postgres_url,
 )
 
-# The action's and the fleet's: receivers with an owner, the deploy CLI as a step.
-pytest_plugins = ["tests.action_fixtures"]
+# The action's and the fleet's: receivers with an owner, the deploy CLI as a step;
+# the README's blocks: a scratch folder to run them in.
+pytest_plugins = ["tests.action_fixtures", "tests.readme_run"]
 
 # Lines a test module wants shown at the end of the run (pytest captures what
 # fixtures print); see pytest_terminal_summary below.
@@ -119,7 +120,11 @@ def services(settings: Settings) -> Iterator[Services]:
     built = build_services(settings)
     yield built
     built.storage.close()
+    # A connection still out would outlive the engine, left to the garbage
+    # collector: work in a thread that the app's stop did not wait for.
+    still_out = built.engine.pool.checkedout()  # type: ignore[attr-defined]
     built.engine.dispose()
+    assert still_out == 0, f"{still_out} database connection(s) still checked out as the test ends"
 
 
 @pytest.fixture

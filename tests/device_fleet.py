@@ -25,7 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from otaship.protocol import RESPONSE, STATUS, parse_report_topic, report_filters, trigger_topic
 from otaship.simulator.config import SimulationConfig
-from otaship.simulator.fleet import FleetProgress, FleetSummary, simulate
+from otaship.simulator.fleet import FleetProgress, FleetSummary
+from otaship.simulator.processes import run_fleet
 from tests.esp_image import build_image
 from tests.receiver_process import ReceiverProcess, migrated_env, otaship_json
 
@@ -177,7 +178,8 @@ class Fleets:
         self.progress: list[FleetProgress | None] = [None] * len(configs)
         self.tasks = [
             asyncio.create_task(
-                simulate(
+                # In this process, or over config.processes processes.
+                run_fleet(
                     replace(config, progress_interval=self.PROGRESS_INTERVAL),
                     stop=self.stop,
                     on_progress=partial(self._note, index),

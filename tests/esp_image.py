@@ -65,6 +65,7 @@ def build_image(
     code_size: int = 4096,
     seed: int = 0,
     app_desc: bool = True,
+    secure_version: int = 0,
 ) -> bytes:
     """Return the bytes of a valid application image; the same arguments give the same bytes.
 
@@ -81,7 +82,7 @@ def build_image(
         raise ValueError(f"unsupported chip {chip!r}")
     if code_size <= 0:
         raise ValueError("code_size must be positive")
-    return _build_cached(version, chip, project_name, idf_ver, code_size, seed, app_desc)
+    return _build_cached(version, chip, project_name, idf_ver, code_size, seed, app_desc, secure_version)
 
 
 def write_image(path: Path, version: str = "1.0.0", **kwargs: Any) -> Path:
@@ -91,12 +92,14 @@ def write_image(path: Path, version: str = "1.0.0", **kwargs: Any) -> Path:
     return path
 
 
-def app_descriptor(version: str, *, project_name: str = "otaship-test", idf_ver: str = "v5.1.2") -> bytes:
+def app_descriptor(
+    version: str, *, project_name: str = "otaship-test", idf_ver: str = "v5.1.2", secure_version: int = 0
+) -> bytes:
     """The 256-byte `esp_app_desc_t`, with the ELF SHA-256 left zero for esptool to fill."""
     return struct.pack(
         APP_DESC_FORMAT,
         APP_DESC_MAGIC,
-        0,  # secure_version
+        secure_version,
         b"",
         version.encode(),
         project_name.encode(),
@@ -127,8 +130,9 @@ def _build_cached(
     code_size: int,
     seed: int,
     app_desc: bool,
+    secure_version: int,
 ) -> bytes:
-    key_fields = {
+    key_fields: dict[str, object] = {
         "layout": _LAYOUT_VERSION,
         "esptool": esptool.__version__,
         "version": version,
@@ -139,6 +143,9 @@ def _build_cached(
         "seed": seed,
         "app_desc": app_desc,
     }
+    if secure_version:
+        # Only when set, so that the images cached before it existed are still found.
+        key_fields["secure_version"] = secure_version
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:24]
     cache_root = Path(tempfile.gettempdir()) / "otaship-esp-images"
     cached = cache_root / f"{key}.bin"
@@ -151,7 +158,9 @@ def _build_cached(
     with tempfile.TemporaryDirectory(dir=cache_root, prefix="build-") as build:
         build_dir = Path(build)
         if app_desc:
-            drom = app_descriptor(version, project_name=project_name, idf_ver=idf_ver)
+            drom = app_descriptor(
+                version, project_name=project_name, idf_ver=idf_ver, secure_version=secure_version
+            )
         else:
             # Same size, no magic: the first DROM segment holds no descriptor.
             drom = hashlib.sha256(f"rodata {version} {seed}".encode()).digest() * 8

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import check_burst, download, fleet_rollout, listing, status_ingestion
+from bench import check_burst, download, fleet_rollout, listing, status_ingestion, waves_rollout
 from bench.__main__ import run_suite
 from bench.context import SCALES
-from bench.results import Row
+from bench.results import Figure, Row, repetitions_text
 from bench.system import ToolMissing, ensure_http_tools, mosquitto_binary
 from tests.services import MOSQUITTO, POSTGRES, require
 
@@ -90,8 +90,51 @@ def test_listing_runs_on_sqlite_and_postgresql(tmp_path: Path) -> None:
 @pytest.mark.mosquitto
 def test_fleet_rollout_runs(tmp_path: Path) -> None:
     _mosquitto()
+    _http_tools()
     rows = _run(fleet_rollout.NAME, tmp_path)
-    assert len(rows) == 2
+    assert [row.figure.unit for row in rows] == ["devices/min", "devices/min", "CPU-ms", "CPU-ms"]
+    assert [row.baseline_label for row in rows][2:] == ["nginx serving the image once"] * 2
+
+
+@pytest.mark.mosquitto
+def test_waves_rollout_runs(tmp_path: Path) -> None:
+    _mosquitto()
+    rows = _run(waves_rollout.NAME, tmp_path)
+    assert [row.figure.unit for row in rows] == ["s", "s"]
+    assert [len(wave) for wave in (rows[0].extra["per_wave"])] == [2, 2, 2, 2]
+
+
+def test_a_device_left_behind_is_named() -> None:
+    behind = [
+        ("fl-00007", "5.0.0", 203, "error", 3),
+        ("fl-00008", "5.0.0", 201, None, 1),
+        ("ca-00001", "5.0.0", None, None, 0),
+    ]
+    assert fleet_rollout.left_behind_message(behind, "5.0.1", 10_000) == (
+        "3 of 10000 devices left behind, not on 5.0.1: fl-00007 (on 5.0.0, last code 203, error), "
+        "fl-00008 (on 5.0.0, last code 201, still updating), ca-00001 (on 5.0.0, last code -, never triggered)"
+    )
+    many = [(f"fl-{n:05d}", "5.0.0", 203, "error", 1) for n in range(25)]
+    message = fleet_rollout.left_behind_message(many, "5.0.1", 10_000)
+    assert message.startswith("25 of 10000 devices left behind, not on 5.0.1: fl-00000 (on 5.0.0")
+    assert message.endswith("fl-00019 (on 5.0.0, last code 203, error) and 5 more")
+
+
+def test_the_header_says_how_many_runs_the_figures_hold() -> None:
+    def row(*values: float, baseline: tuple[float, ...] = (1.0,)) -> Row:
+        return Row("x", "x", Figure.of(values, "s"), Figure.of(baseline, "s"), "b")
+
+    # The waves benchmark: one rollout of each kind, whatever the scale's repetitions.
+    assert (
+        repetitions_text([row(25.6, baseline=(16.9,)), row(64.2, baseline=(6.3,))], 3) == "one run per figure"
+    )
+    assert repetitions_text([row(1, 2, 3, baseline=(1, 2, 3))], 3) == "3 repetitions per figure"
+    # A rollout of thousands of devices next to repeated loads, an anchor as a baseline.
+    assert repetitions_text([row(1, 2, 3, baseline=(1, 2, 3)), row(10_169, baseline=(1000,))], 3) == (
+        "up to 3 repetitions per figure (a figure without [min–max] is a single value)"
+    )
+    # Every benchmark failed: only the setting is known.
+    assert repetitions_text([], 3) == "3 repetitions per figure"
 
 
 def test_command_line_runs_the_upload_benchmark_and_writes_results(tmp_path: Path) -> None:

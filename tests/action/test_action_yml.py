@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
+from otaship.firmware.signing_keys import Scheme, load_public_key
 from tests.action_fixtures import Tenant
 from tests.action_runner import ActionRun, parse_file_commands, python_stand_in, run_action
-from tests.esp_image import write_image
+from tests.esp_image import build_image, write_image
+from tests.signing import private_pem, public_pem, sign
 
 REPO = Path(__file__).resolve().parents[2]
 ACTION_YML = REPO / "action.yml"
@@ -75,13 +78,22 @@ def test_metadata_inputs_and_outputs() -> None:
         "project-dir",
         "environment",
         "firmware",
+        "signing-key",
+        "signing-key-2",
+        "verify-key",
         "canary",
+        "waves",
+        "max-failure-rate",
+        "min-devices",
+        "rollback",
         "canary-timeout",
         "success-threshold",
         "error-threshold",
         "soak",
         "wait",
         "timeout",
+        "github-deployment",
+        "github-token",
         "python-version",
     }
     assert all(spec.get("description") for spec in inputs.values())
@@ -110,7 +122,13 @@ def test_metadata_inputs_and_outputs() -> None:
 
 def test_the_masks_come_first() -> None:
     first = action()["runs"]["steps"][0]
-    assert "add-mask" in first["run"] and set(first["env"]) == {"OTASHIP_API_KEY", "OTASHIP_GROUP_TOKEN"}
+    assert "add-mask" in first["run"] and set(first["env"]) == {
+        "OTASHIP_API_KEY",
+        "OTASHIP_GROUP_TOKEN",
+        "OTASHIP_SIGNING_KEY",
+        "OTASHIP_SIGNING_KEY_2",
+        "OTASHIP_GITHUB_TOKEN",
+    }
 
 
 def test_the_runner_emulation_reads_both_file_command_forms() -> None:
@@ -341,3 +359,95 @@ def test_an_input_cannot_become_shell_code(job: Job, target: Target) -> None:
     run = job.run(target.inputs(version=f'1.0.0"; touch {marker}; echo "'))
     assert run.failed is not None and run.failed.returncode == 2
     assert not marker.exists()
+
+
+# --- signing ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def signed_target(tenant: Tenant) -> Target:
+    """A group of its own with a signing key: every deploy to it must be signed."""
+    group = tenant.group("signed")
+    public = public_pem(private_pem(Scheme.RSA_3072, "ci")).decode()
+    response = httpx.post(
+        f"{tenant.url}/v1/groups/{group['id']}/keys", json={"public_key": public}, headers=tenant.headers
+    )
+    assert response.status_code == 201, response.text
+    return Target(tenant, group["id"], group["token"])
+
+
+def test_the_action_signs_with_a_key_from_a_secret_and_never_prints_it(
+    job: Job, signed_target: Target, tmp_path: Path
+) -> None:
+    private = private_pem(Scheme.RSA_3072, "ci")
+    digest = load_public_key(public_pem(private)).digest
+    image = write_image(tmp_path / "app.bin", "1.5.0", seed=7)
+    job.env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    run = job.run(
+        signed_target.inputs(version="1.5.0", firmware=str(image), **{"signing-key": private.decode()})
+    )
+    assert run.failed is None, run.failed and (run.failed.stdout + run.failed.stderr)
+
+    signed = Path(run.outputs["firmware-path"])
+    assert signed == tmp_path / "app-signed.bin"
+    assert run.outputs["sha256"] == hashlib.sha256(signed.read_bytes()).hexdigest()
+    (ota,) = signed_target.otas()
+    assert (ota["version"], ota["signed"], ota["signed_by"], ota["sha256"]) == (
+        "1.5.0",
+        True,
+        digest,
+        run.outputs["sha256"],
+    )
+    assert f"| Signed by | key `{digest}` |" in run.summary
+    assert f"| Receiver verified | key `{digest}` |" in run.summary
+    # The key file existed only while espsecure read it.
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+    # Every line of the key is masked by the first step; the runner consumes those
+    # commands. Anywhere else in the whole output, line by line: no line of the key.
+    key_lines = [line for line in private.decode().splitlines() if line.strip()]
+    masks = {line.removeprefix("::add-mask::") for line in run.steps[0].stdout.splitlines()}
+    assert set(key_lines) <= masks
+    everything = [
+        line
+        for text in (*(step.stdout + step.stderr for step in run.steps), run.summary, *run.outputs.values())
+        for line in text.splitlines()
+        if not line.startswith("::add-mask::")
+    ]
+    hits = [line for line in everything for key_line in key_lines if key_line in line]
+    assert hits == []
+
+
+def test_two_signing_keys_during_a_rotation(job: Job, signed_target: Target, tmp_path: Path) -> None:
+    keys = [private_pem(Scheme.RSA_3072, "ci"), private_pem(Scheme.RSA_3072, "next")]
+    digests = [load_public_key(public_pem(key)).digest for key in keys]
+    inputs = {"signing-key": keys[0].decode(), "signing-key-2": keys[1].decode()}
+    # An ESP32 reads only the first block: the action says so rather than upload a useless second one.
+    esp32 = write_image(tmp_path / "app.bin", "1.6.0", seed=8)
+    run = job.run(signed_target.inputs(version="1.6.0", firmware=str(esp32), **inputs))
+    assert run.failed is not None and run.failed.id == "build" and run.failed.returncode == 2
+    assert (
+        f"esp32 reads only the first signature block, which is by key {digests[0]}: it cannot take a "
+        "second key for a rotation"
+    ) in run.failed.stdout
+    image = write_image(tmp_path / "s3.bin", "1.6.0", seed=8, chip="esp32s3")
+    run = job.run(signed_target.inputs(version="1.6.0", firmware=str(image), **inputs))
+    assert run.failed is None, run.failed and (run.failed.stdout + run.failed.stderr)
+    assert f"| Signed by | key `{digests[0]}`, key `{digests[1]}` |" in run.summary
+
+
+def test_verify_key_fails_before_the_upload(job: Job, signed_target: Target, tmp_path: Path) -> None:
+    # Signed elsewhere (a signing service, say), by a key that is not the expected one.
+    image = tmp_path / "app.bin"
+    image.write_bytes(sign(build_image("1.7.0", seed=9), private_pem(Scheme.RSA_3072, "elsewhere")))
+    expected = public_pem(private_pem(Scheme.RSA_3072, "ci")).decode()
+    run = job.run(signed_target.inputs(version="1.7.0", firmware=str(image), **{"verify-key": expected}))
+    assert run.failed is not None and run.failed.id == "build" and run.failed.returncode == 2
+    elsewhere = load_public_key(public_pem(private_pem(Scheme.RSA_3072, "elsewhere"))).digest
+    ours = load_public_key(expected.encode()).digest
+    assert (
+        f"::error title=Signature::app.bin does not pass the signature check with key {ours}: no signature "
+        f"block is by it; the image's blocks are by key {elsewhere}"
+    ) in run.failed.stdout
+    assert [ota["version"] for ota in signed_target.otas()] in ([], ["1.5.0"], ["1.6.0"])

@@ -196,3 +196,28 @@ def test_no_command_is_a_usage_error() -> None:
     result = invoke()
     assert result.exit_code == exit_codes.BAD_INPUT
     assert "Missing command" in result.stderr
+
+
+def test_waves_and_the_failure_rate_reach_the_rollout(received: list[deploy.DeployInputs]) -> None:
+    waves = f"{'1' * 24},{'2' * 24}"
+    inputs = deployed(received, OTASHIP_WAVES=waves, OTASHIP_MAX_FAILURE_RATE="0.2", OTASHIP_MIN_DEVICES="5")
+    rollout = inputs.rollout
+    assert (rollout.waves, rollout.max_failure_rate, rollout.min_devices, rollout.staged) == (
+        waves,
+        0.2,
+        5,
+        True,
+    )
+    assert {k: v for k, v in rollout.form_fields().items() if v is not None} == {
+        "waves": waves,
+        "max_failure_rate": 0.2,
+        "min_devices": 5,
+    }
+
+
+def test_rollback_reaches_the_rollout_only_when_given(received: list[deploy.DeployInputs]) -> None:
+    canary = "1" * 24
+    assert deployed(received, OTASHIP_CANARY=canary).rollout.form_fields()["rollback"] is None
+    inputs = deployed(received, OTASHIP_CANARY=canary, OTASHIP_ROLLBACK="true")
+    assert inputs.rollout.form_fields()["rollback"] == "true"
+    assert deployed(received, "--rollback", "false", OTASHIP_CANARY=canary).rollout.rollback is False

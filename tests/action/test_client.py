@@ -206,3 +206,20 @@ def test_rollouts_are_read_under_a_path_prefix(scripted: Scripted) -> None:
     with ReceiverClient(server.url + "/otaship/", "k") as receiver:
         assert [r["id"] for r in receiver.rollouts("g1")] == ["r2", "r1"]
     assert server.requests[0][1] == "/otaship/v1/rollouts?group=g1"
+
+
+def test_waves_and_the_failure_rate_are_form_fields() -> None:
+    fields = Deployment(
+        group="g",
+        token="t",
+        version="1.0.0",
+        rollout=RolloutRequest(waves="a,b", max_failure_rate=0.25, min_devices=4),
+    ).form_fields()
+    assert fields == {
+        "group": "g",
+        "token": "t",
+        "version": "1.0.0",
+        "waves": "a,b",
+        "max_failure_rate": "0.25",
+        "min_devices": "4",
+    }

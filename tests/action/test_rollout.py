@@ -182,6 +182,43 @@ def test_a_halted_canary_fails_the_job_naming_the_devices(
     assert "| lab-1 | canary | failed | 1.4.0 | 203 |" in result.summary
 
 
+def test_a_rolled_back_rollout_fails_the_job_as_a_halt_and_the_summary_shows_the_rollback(
+    deploy_step: DeployStep, image: Path, scripted: Scripted
+) -> None:
+    rolled_back = rollout(
+        "rolled_back", (2, 1, 1, 0), reason="1 canary device(s) failed; error_threshold tolerates 0"
+    )
+    rolled_back["rollback"] = [
+        {
+            "wave": 1,
+            "group": CANARY,
+            "result": f"canary ({CANARY}) rolled back to 1.4.0",
+            "version": "1.4.0",
+            "targeted": 2,
+            "went_back": 1,
+            "did_not": 0,
+            "unreachable": 0,
+            "pending": 1,
+            "retrying": 0,
+        }
+    ]
+    server = scripted({"POST": [created()], "GET": [(200, rolled_back, {})]})
+    result = run_cli(
+        deploy_step, server.url, "deploy", "--firmware", str(image), "--canary", CANARY, "--rollback", "true"
+    )
+    assert result.code == exit_codes.ROLLOUT_FAILED == 3
+    assert (
+        f"::error title=Rollout rolled_back::rollout {ROLLOUT} rolled_back: "
+        "1 canary device(s) failed; error_threshold tolerates 0"
+    ) in result.log
+    assert result.outputs["rollout-state"] == "rolled_back"
+    assert b'name="rollback"\r\n\r\ntrue\r\n' in server.requests[0][3]
+    assert "#### Rollback" in result.summary
+    assert (
+        f"| 1 | {CANARY} | canary ({CANARY}) rolled back to 1.4.0 | 2 | 1 | 0 | 0 | 1 | 0 |" in result.summary
+    )
+
+
 def test_an_aborted_rollout_fails_the_job(deploy_step: DeployStep, image: Path, scripted: Scripted) -> None:
     server = scripted(
         {

@@ -181,3 +181,34 @@ def test_devices_that_did_not_finish_are_counted_and_listed_apart_from_failures(
         "| d4 | canary | stopped | 1.4.0 | 201 |",
         "| d1 | canary | succeeded | 1.4.0 | 201 |",
     ]
+
+
+def test_a_rollout_in_waves_has_a_row_per_wave_with_its_failures_by_reason() -> None:
+    stage = {"targeted": 2, "succeeded": 2, "failed": 0, "timed_out": 0, "stopped": 0, "pending": 0}
+    waves = {
+        "id": "r" * 24,
+        "state": "halted",
+        "reason": "wave 2: 2 of 2 finished device(s) failed",
+        "stages": [
+            {**stage, "name": "canary", "wave": 1, "group": "1" * 24, "state": "passed"},
+            {
+                **stage,
+                "name": "wave",
+                "wave": 2,
+                "group": "2" * 24,
+                "state": "failed",
+                "succeeded": 0,
+                "failed": 2,
+                "failed_by_reason": {"dark": 1, "reboot-loop": 1},
+            },
+            {**stage, "name": "wave", "wave": 3, "group": "3" * 24, "state": "skipped", "targeted": 0},
+            {**stage, "name": "fleet", "wave": None, "group": "g" * 24, "state": "skipped", "targeted": 0},
+        ],
+    }
+    lines = render_summary(report(deployed=True, rollout=waves, rollout_state="halted")).splitlines()
+    assert [line for line in lines if line.startswith(("| canary", "| wave", "| fleet"))] == [
+        f"| canary | {'1' * 24} | passed | 2 | 2 | 0 | 0 | 0 | 0 |",
+        f"| wave 2 | {'2' * 24} | failed | 2 | 0 | 2 (dark 1, reboot-loop 1) | 0 | 0 | 0 |",
+        f"| wave 3 | {'3' * 24} | skipped | 0 | 2 | 0 | 0 | 0 | 0 |",
+        f"| fleet | {'g' * 24} | skipped | 0 | 2 | 0 | 0 | 0 | 0 |",
+    ]

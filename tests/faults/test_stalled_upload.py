@@ -9,114 +9,27 @@ deploy goes through, and the spool folder ends empty.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 
-from otaship.receiver.db.engine import create_db_engine, ensure_schema, write_session
-from otaship.receiver.db.groups import create_group
-from otaship.receiver.db.users import create_user
 from tests import multipart
 from tests.esp_image import build_image
+from tests.raw_upload import RawUpload, Tenant, tenants_in
 from tests.receiver_process import ReceiverProcess, cli_env
 from tests.waiting import eventually
 
-IDLE_TIMEOUT = 2
-UPLOAD_TIMEOUT = 6
+# The trickle's gaps are 0.2 s: the idle timeout leaves a loaded machine room
+# to be late with a byte without the trickle counting as stalled.
+IDLE_TIMEOUT = 4
+UPLOAD_TIMEOUT = 10
 CAP = 4
 STALLED = 50
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class RawUpload:
-    """A POST written by hand with chunked transfer encoding, to stop wherever we like."""
-
-    url: str
-    api_key: str
-    sock: socket.socket = field(init=False)
-
-    def __post_init__(self) -> None:
-        host, port = self.url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
-        self.sock.sendall(
-            (
-                "POST /v1/ota/group HTTP/1.1\r\n"
-                f"Host: {host}\r\n"
-                f"Authorization: Bearer {self.api_key}\r\n"
-                f"Content-Type: {multipart.CONTENT_TYPE}\r\n"
-                "Transfer-Encoding: chunked\r\n\r\n"
-            ).encode()
-        )
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-
-    def answer(self, timeout: float) -> Answer:
-        self.sock.settimeout(timeout)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise AssertionError(f"the server closed the connection without an answer: {data!r}")
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
-        while len(body) < int(headers.get("content-length", "0")):
-            body += self.sock.recv(65536)
-        return Answer(int(status_line.split()[1]), headers, body)
-
-    def closed_by_server(self, timeout: float) -> bool:
-        self.sock.settimeout(timeout)
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-        except TimeoutError:
-            return False
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@dataclass
-class Tenant:
-    api_key: str
-    group_id: str
-    token: str
-
-    def fields(self, version: str) -> dict[str, str]:
-        return {"group": self.group_id, "token": self.token, "version": version}
-
-
-def tenants_in(database_url: str, names: tuple[str, ...]) -> dict[str, Tenant]:
-    """Owners and their groups, written straight into the server's database (as the CLI would)."""
-    engine = create_db_engine(database_url)
-    try:
-        ensure_schema(engine)
-        tenants = {}
-        for name in names:
-            with write_session(engine) as session:
-                created = create_user(session=session, email=f"{name}@example.com", plan="pro")
-                group = create_group(session=session, owner=created.user, name=name)
-                tenants[name] = Tenant(created.api_key, group.id, group.token)
-        return tenants
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture

@@ -113,6 +113,24 @@ def test_inspect_prints_what_the_receiver_validated(tmp_path: Path) -> None:
     )
 
 
+def test_inspect_names_the_key_of_each_signature_block(tmp_path: Path) -> None:
+    from otaship.firmware.signing_keys import Scheme, load_public_key
+    from tests.signing import private_pem, public_pem, sign
+
+    data = write(tmp_path / "firmware.bin")
+    keys = [private_pem(Scheme.RSA_3072), private_pem(Scheme.RSA_3072, "b")]
+    (tmp_path / "signed.bin").write_bytes(sign(data, *keys))
+    result = CliRunner().invoke(firmware, ["inspect", str(tmp_path / "signed.bin")])
+    assert result.exit_code == 0, result.output
+    digests = [load_public_key(public_pem(key)).digest for key in keys]
+    assert result.stdout.endswith(
+        "secure_version  0\n"
+        "signatures      2 valid block(s) at 0x2000\n"
+        f"  0             rsa-3072  key {digests[0]}\n"
+        f"  1             rsa-3072  key {digests[1]}\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("damage", "chip", "message"),
     [

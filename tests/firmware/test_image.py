@@ -130,20 +130,6 @@ def test_prints_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> No
     assert capfd.readouterr() == ("", "")
 
 
-def test_esptool_log_output_is_captured(
-    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
-) -> None:
-    from esptool.logger import EspLog, log
-
-    before = EspLog.instance
-    with firmware._quiet_esptool():
-        log.print("segment table")
-        log.warn("suspicious segment")
-    assert EspLog.instance is before
-    assert capfd.readouterr() == ("", "")
-    assert "esptool: suspicious segment" in caplog.text
-
-
 # --- rejections -----------------------------------------------------------
 
 

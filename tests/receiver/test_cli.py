@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,12 +14,13 @@ import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
+from otaship.receiver.app import create_app
 from otaship.receiver.cli import cli
 from otaship.receiver.settings import Settings
 from tests.conftest import Fleet
 from tests.esp_image import build_image
 from tests.receiver.http.management.test_ota import FREE_PLAN
-from tests.receiver_process import SERVERS, ReceiverProcess, migrated_env, otaship, otaship_json
+from tests.receiver_process import OTASHIP, SERVERS, ReceiverProcess, migrated_env, otaship, otaship_json
 
 
 @pytest.fixture
@@ -42,7 +45,7 @@ def test_user_create_prints_one_json_object(env: dict[str, str]) -> None:
 def test_group_and_device_create(env: dict[str, str]) -> None:
     otaship(env, "user", "create", "ada@example.com", "--plan", "pro")
     group = otaship_json(env, "group", "create", "fleet", "--owner", "ada@example.com", "--chip", "esp32")
-    assert set(group) == {"id", "name", "token", "owner", "parent", "chip"}
+    assert set(group) == {"id", "name", "token", "owner", "parent", "chip", "anti_rollback"}
     assert re.fullmatch(r"[0-9a-f]{24}", group["id"])
     assert re.fullmatch(r"[A-Za-z0-9]{16}", group["token"])
     assert (group["name"], group["owner"], group["parent"], group["chip"]) == (
@@ -313,3 +316,79 @@ def test_serve_honours_otaship_port(env: dict[str, str], server: str) -> None:
         assert httpx.get(f"http://127.0.0.1:{process.port}/v1/ota/group").status_code == 401
     finally:
         process.stop()
+
+
+def test_github_bind_list_and_unbind(tmp_path: Path) -> None:
+    env = migrated_env(
+        tmp_path / "data", OTASHIP_SECRET_KEY="k" * 40, OTASHIP_PUBLIC_URL="https://ota.example.com"
+    )
+    otaship(env, "user", "create", "ada@example.com", "--plan", "pro")
+    group = otaship_json(env, "group", "create", "fleet", "--owner", "ada@example.com")
+    base = (
+        "github",
+        "bind",
+        "--owner",
+        "ada@example.com",
+        "--repo",
+        "octo-org/thermostat",
+        "--group",
+        group["id"],
+    )
+    unset = otaship({**env, "GH_TOKEN_UNSET": ""}, *base, "--token-env", "GH_TOKEN_UNSET", check=False)
+    assert (unset.returncode, unset.stderr) == (
+        1,
+        "otaship: error: --token-env GH_TOKEN_UNSET: that environment variable is not set\n",
+    )
+    token = "ghp_" + "c" * 36
+    bound = otaship_json(
+        {**env, "GH_TOKEN": token}, *base, "--asset", "firmware*.bin", "--token-env", "GH_TOKEN"
+    )
+    assert bound["secret"].startswith("oshk_")
+    assert bound["webhook_url"] == f"https://ota.example.com/v1/webhooks/github?binding={bound['id']}"
+    assert (bound["asset"], bound["token"], bound["prereleases"]) == ("firmware*.bin", True, False)
+    listed = otaship_json(env, "github", "list")
+    # The secret is shown once; the token never.
+    assert listed == [{k: v for k, v in bound.items() if k != "secret"}]
+    assert token not in json.dumps(listed)
+    assert otaship_json(env, "github", "unbind", bound["id"], "--owner", "ada@example.com") == {
+        "id": bound["id"],
+        "removed": True,
+    }
+    again = otaship(env, "github", "unbind", bound["id"], "--owner", "ada@example.com", check=False)
+    assert (again.returncode, again.stderr) == (
+        1,
+        f"otaship: error: no GitHub binding {bound['id']} owned by ada@example.com\n",
+    )
+    unkeyed = otaship({**env, "OTASHIP_SECRET_KEY": ""}, *base, check=False)
+    assert (unkeyed.returncode, unkeyed.stderr) == (
+        1,
+        "otaship: error: set OTASHIP_SECRET_KEY (at least 32 characters) to use GitHub bindings\n",
+    )
+
+
+def test_user_password_reads_stdin_and_signs_in(env: dict[str, str], tmp_path: Path) -> None:
+    created = otaship_json(env, "user", "create", "ada@example.com")
+
+    def set_password(text: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*OTASHIP, "user", "password", "ada@example.com"],
+            env=env,
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    short = set_password("short\n")
+    assert (short.returncode, short.stdout) == (1, "")
+    assert short.stderr == "otaship: error: the password is too short: use at least 10 characters\n"
+    done = set_password("a long enough password\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f'{{"id": "{created["id"]}", "email": "ada@example.com", "password": "set"}}\n'
+    settings = Settings.from_env(env)
+    with TestClient(create_app(settings)) as client:
+        answer = client.post(
+            "/v1/auth/login", json={"email": "ada@example.com", "password": "a long enough password"}
+        )
+        assert answer.status_code == 200
+        assert answer.json()["user"]["id"] == created["id"]

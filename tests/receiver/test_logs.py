@@ -228,6 +228,11 @@ def test_access_lines_follow_the_level(settings: Settings, services: Services, r
             "PUT https://storage.googleapis.com/upload/storage/v1/b/fw/o?uploadType=resumable&upload_id=ADPyc-x9",
             "PUT https://storage.googleapis.com/upload/storage/v1/b/fw/o?uploadType=resumable&upload_id=[redacted]",
         ),
+        # GitHub tokens and the webhook secrets `github bind` makes.
+        ("token ghp_16C7e42F292c6912E7710c838347Ae178B4a", "token ghp_[redacted]"),
+        ("github_pat_11ABCDEFG0_xyz", "github_pat_[redacted]"),
+        ("secret oshk_Zm9vYmFy-_x ok", "secret oshk_[redacted] ok"),
+        ("ghp_", "ghp_"),
     ],
 )
 def test_redact(text: str, expected: str) -> None:

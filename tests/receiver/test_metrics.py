@@ -162,7 +162,7 @@ def test_canary_deploys_promotions_and_rollouts_by_state(
     assert sample(client, "otaship_deploys_total", kind="canary") == 1
     assert sample(client, "otaship_deploys_total", kind="plain") == 0
     states = {s.labels["state"]: s.value for s in scrape(client)["otaship_rollouts"]}
-    assert states == {"canary": 1, "fleet": 0, "complete": 0, "halted": 0, "aborted": 0}
+    assert states == {"canary": 1, "fleet": 0, "complete": 0, "halted": 0, "aborted": 0, "rolled_back": 0}
 
     ReportIngester(services.engine).ingest_messages(
         [(f"/{owner.user.mqtt_user}/devices/{bench.id}/status", json.dumps({"fw_version": "1.1.0"}).encode())]

@@ -97,6 +97,7 @@ def test_an_address_that_cannot_be_served_is_named(
         ),
         ("OTASHIP_MAX_FIRMWARE_BYTES", "0", "OTASHIP_MAX_FIRMWARE_BYTES must be at least 1, not 0"),
         ("OTASHIP_GC_GRACE", "10", "OTASHIP_GC_GRACE must be at least 60, not 10"),
+        ("OTASHIP_REBOOT_LOOP_BOOTS", "0", "OTASHIP_REBOOT_LOOP_BOOTS must be at least 1, not 0"),
     ],
 )
 @pytest.mark.parametrize("command", [["serve"], ["user", "list"]], ids=["serve", "user-list"])

@@ -150,6 +150,70 @@ def test_devices_update_answer_202_and_fail_rate_devices_come_back_old(
     assert all(d.last_code == 202 for d in current_summary.devices)
 
 
+def test_each_fail_mode_fails_its_devices_its_own_way(
+    receiver: ReceiverWithFirmware, released: Group, observer: MqttObserver
+) -> None:
+    def failing(mode: str, **options: Any) -> SimulationConfig:
+        prefix = {"revert": "rv", "dark": "dk", "reboot-loop": "rl", "203": "er"}[mode]
+        return fleet(
+            receiver.url,
+            observer,
+            released,
+            2,
+            prefix,
+            version="1.0.0",
+            fail_rate=1.0,
+            fail_mode=mode,
+            **options,
+        )
+
+    configs = [
+        failing("revert"),
+        failing("dark"),
+        # No receiver judges this loop: it may reboot faster than a receiver could tell.
+        failing("reboot-loop", reboot_loop_interval=0.3),
+        failing("203"),
+    ]
+    revert, dark, loop, error = ([*c.resolved_device_ids()] for c in configs)
+
+    def boots(device_id: str) -> list[dict[str, Any]]:
+        return [s for s in observer.statuses_after(device_id, 201) if s["uptime"] == 0]
+
+    def settled() -> bool:
+        return (
+            all(observer.statuses_after(d, 201) for d in revert)
+            and all(len(boots(d)) >= 4 for d in loop)
+            and all(observer.codes(d) == [200, 201, 203] for d in error)
+        )
+
+    summaries = asyncio.run(run_fleets(configs, observer, [released.id], settled))
+    by_mode = dict(zip(("revert", "dark", "reboot-loop", "203"), summaries, strict=True))
+
+    # revert: rebooted, back on the old version.
+    assert [observer.statuses_after(d, 201)[0]["fw_version"] for d in revert] == ["1.0.0", "1.0.0"]
+    assert (by_mode["revert"].failed, by_mode["revert"].versions) == (2, {"1.0.0": 2})
+    # dark: a 201, and then nothing (at most a status sent while it downloaded).
+    for device_id in dark:
+        assert observer.codes(device_id) == [200, 201]
+        assert len(observer.statuses_after(device_id, 201)) <= 1
+        assert all(s["fw_version"] == "1.0.0" for s in observer.statuses_after(device_id, 201))
+    assert (by_mode["dark"].dark, by_mode["dark"].failed, by_mode["dark"].versions) == (2, 0, {"1.0.0": 2})
+    assert {d.outcome for d in by_mode["dark"].devices} == {"dark"}
+    # reboot-loop: the new version booted, then booted again and again, uptime back to 0 each time.
+    for device_id in loop:
+        assert observer.codes(device_id) == [200, 201]
+        assert {s["fw_version"] for s in boots(device_id)} == {"2.0.0"}
+    assert (by_mode["reboot-loop"].reboot_loop, by_mode["reboot-loop"].versions) == (2, {"2.0.0": 2})
+    assert all(d.outcome == "reboot_loop" and d.reboots >= 3 for d in by_mode["reboot-loop"].devices)
+    # 203: the download failed, the version is the old one, no reboot.
+    assert (by_mode["203"].errors, by_mode["203"].versions) == (2, {"1.0.0": 2})
+    assert all(not boots(d) for d in error)
+    table = by_mode["dark"].table()
+    assert re.search(r"^dark \(silent after 201\) +2$", table, re.MULTILINE), table
+    assert re.search(r"^in a reboot loop +2$", by_mode["reboot-loop"].table(), re.MULTILINE)
+    assert (by_mode["dark"].to_json()["dark"], by_mode["reboot-loop"].to_json()["reboot_loop"]) == (2, 2)
+
+
 def test_the_time_to_the_target_counts_from_the_trigger_of_its_own_deploy(
     receiver: ReceiverWithFirmware, observer: MqttObserver
 ) -> None:
@@ -462,6 +526,8 @@ def test_device_ids_and_failures_are_deterministic() -> None:
     [
         {"devices": 0},
         {"fail_rate": 1.5},
+        {"fail_mode": "explode"},
+        {"reboot_loop_interval": 0},
         {"server": "ftp://x"},
         {"device_ids": ["a/b"], "devices": 1},
         {"device_ids": ["a", "a"], "devices": 2},
@@ -535,8 +601,13 @@ def test_parser_maps_options_to_the_config() -> None:
         9,
     )
     assert config.resolved_device_ids()[0] == "lab-00001"
+    # Failing devices come back on their old version unless told otherwise.
+    assert config.fail_mode == "revert"
+    for mode in ("revert", "dark", "reboot-loop", "203"):
+        chosen = simulate_command.make_context("simulate", [*SIMULATE, "--fail-mode", mode]).params
+        assert config_from_args(chosen).fail_mode == mode
     assert callable(simulate_command.callback) and not params["register"] and not params["json"]
-    for bad in (["--fail-rate", "2"], ["--devices", "0"], ["--duration", "soon"]):
+    for bad in (["--fail-rate", "2"], ["--devices", "0"], ["--duration", "soon"], ["--fail-mode", "brick"]):
         result = CliRunner().invoke(cli, ["simulate", *SIMULATE, *bad])
         assert result.exit_code == 2, result.output
         assert f"Invalid value for '{bad[0]}'" in result.stderr

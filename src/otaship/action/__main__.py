@@ -13,12 +13,16 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 import click
 
+if TYPE_CHECKING:
+    from otaship.action.github_deployment import GithubTarget
+
 from otaship.action import exit_codes
+from otaship.action.github_deployment import GithubTarget
 from otaship.action.workflow import Workflow
 from otaship.closed_pipe import quiet_on_closed_pipe
 
@@ -29,7 +33,7 @@ exit codes:
   0  deployed (and, when following, the rollout completed)
   1  the build, the upload or the receiver failed
   2  bad input or configuration (version, project, image, credentials, group)
-  3  the rollout halted or was aborted
+  3  the rollout halted (rolled back or not) or was aborted
   4  the rollout was still running when --timeout ran out
 """
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -181,6 +185,24 @@ build_options = stacked(
     env_option(
         "--firmware", "OTASHIP_FIRMWARE", "a prebuilt image to deploy instead of building", section="Build"
     ),
+    env_option(
+        "--signing-key",
+        "OTASHIP_SIGNING_KEY",
+        "PEM private key (or a file holding one) to sign the image with (Secure Boot V2); prefer the variable",
+        section="Signing",
+    ),
+    env_option(
+        "--signing-key-2",
+        "OTASHIP_SIGNING_KEY_2",
+        "a second signing key, during a key rotation: the image gets a block by each",
+        section="Signing",
+    ),
+    env_option(
+        "--verify-key",
+        "OTASHIP_VERIFY_KEY",
+        "PEM public key (or a file holding one): fail unless the image carries a valid block by it",
+        section="Signing",
+    ),
 )
 
 receiver_options = stacked(
@@ -238,6 +260,28 @@ target_options = stacked(
         section=TARGET,
     ),
     env_option(
+        "--waves",
+        "OTASHIP_WAVES",
+        "subgroup ids, comma-separated, in order: each wave gets the version after the one before "
+        "passed, then the whole group (the first is the canary; use this or --canary)",
+        section=TARGET,
+    ),
+    env_option(
+        "--max-failure-rate",
+        "OTASHIP_MAX_FAILURE_RATE",
+        "halt a wave once --min-devices finished and more than this share (0-1) failed",
+        section=TARGET,
+        type=FRACTION,
+        callback=not_nan,
+    ),
+    env_option(
+        "--min-devices",
+        "OTASHIP_MIN_DEVICES",
+        "finished devices a wave needs before --max-failure-rate applies",
+        section=TARGET,
+        type=click.IntRange(min=1),
+    ),
+    env_option(
         "--canary-timeout",
         "OTASHIP_CANARY_TIMEOUT",
         "seconds the canary (and the fleet) stage may take",
@@ -274,6 +318,13 @@ target_options = stacked(
         callback=switch,
     ),
     env_option(
+        "--rollback",
+        "OTASHIP_ROLLBACK",
+        "on a halt, give each wave that got the version back what it ran before (true/false; default false)",
+        section=TARGET,
+        callback=switch,
+    ),
+    env_option(
         "--wait",
         "OTASHIP_WAIT",
         "follow the rollout to its end (true/false)",
@@ -282,6 +333,46 @@ target_options = stacked(
         default="true",
     ),
 )
+
+
+GITHUB = "Reporting to GitHub"
+github_options = stacked(
+    env_option(
+        "--github-deployment",
+        "OTASHIP_GITHUB_DEPLOYMENT",
+        "report the deploy as a GitHub Deployment of the commit (true/false); needs deployments: write",
+        section=GITHUB,
+        callback=switch,
+        default="false",
+    ),
+    env_option(
+        "--github-token",
+        "OTASHIP_GITHUB_TOKEN",
+        "token that may write deployments; prefer the variable to the flag",
+        section=GITHUB,
+        fallbacks=("GITHUB_TOKEN",),
+    ),
+)
+
+
+def github_target(ctx: click.Context, environ: Mapping[str, str], token: str | None) -> GithubTarget:
+    """Where to report, from the job's own GitHub variables."""
+    from otaship.action.github_deployment import GithubTarget
+
+    repository = environ.get("GITHUB_REPOSITORY", "")
+    if not token or not repository:
+        raise click.UsageError(
+            "--github-deployment needs a token (input github-token, --github-token, OTASHIP_GITHUB_TOKEN) "
+            "and GITHUB_REPOSITORY, as a GitHub workflow has",
+            ctx,
+        )
+    server, run_id = environ.get("GITHUB_SERVER_URL", ""), environ.get("GITHUB_RUN_ID", "")
+    return GithubTarget(
+        api_url=environ.get("GITHUB_API_URL", "") or "https://api.github.com",
+        token=token,
+        repository=repository,
+        run_url=f"{server}/{repository}/actions/runs/{run_id}" if server and run_id else None,
+    )
 
 
 def require(ctx: click.Context, needed: Sequence[tuple[str, str, str]]) -> None:
@@ -350,13 +441,54 @@ def version_command(job: Job, version: str | None) -> int:
 @build_options
 @click.pass_obj
 def build_command(
-    job: Job, version: str | None, project_dir: str, environment: str | None, firmware: str | None
+    job: Job,
+    version: str | None,
+    project_dir: str,
+    environment: str | None,
+    firmware: str | None,
+    signing_key: str | None,
+    signing_key_2: str | None,
+    verify_key: str | None,
 ) -> int:
     # Imported here so that `--help` does not load httpx, semver or esptool.
     from otaship.action import deploy
 
-    inputs = deploy.BuildInputs(Path(project_dir), environment, Path(firmware) if firmware else None, version)
+    signing = signing_inputs(job, signing_key, signing_key_2, verify_key)
+    if isinstance(signing, int):
+        return signing
+    inputs = deploy.BuildInputs(
+        Path(project_dir), environment, Path(firmware) if firmware else None, version, *signing
+    )
     return deploy.run_build_command(inputs, job.workflow, job.environ)
+
+
+def signing_inputs(
+    job: Job, signing_key: str | None, signing_key_2: str | None, verify_key: str | None
+) -> tuple[tuple[bytes, ...], tuple[bytes, ...]] | int:
+    """The signing and verifying keys' PEM (each option a PEM or a file of one),
+    the private ones masked before anything else is printed; an exit code when one cannot be read."""
+    keys: list[bytes] = []
+    for value in (signing_key, signing_key_2, verify_key):
+        job.workflow.mask(value)
+        if not value:
+            keys.append(b"")
+            continue
+        if "-----BEGIN" in value:
+            keys.append(value.encode())
+            continue
+        try:
+            pem = Path(value).read_bytes()
+        except OSError as exc:
+            job.workflow.error(
+                f"a signing or verify key is neither a PEM nor a readable file: {exc.strerror}",
+                title="Signing key",
+            )
+            return exit_codes.BAD_INPUT
+        job.workflow.mask(pem.decode("utf-8", "replace"))
+        keys.append(pem)
+    private = tuple(key for key in keys[:2] if key)
+    public = (keys[2],) if keys[2] else ()
+    return private, public
 
 
 @cli.command(
@@ -369,6 +501,7 @@ def build_command(
 @receiver_options
 @target_options
 @follow_options
+@github_options
 @click.pass_context
 def deploy_command(
     ctx: click.Context,
@@ -376,20 +509,29 @@ def deploy_command(
     project_dir: str,
     environment: str | None,
     firmware: str | None,
+    signing_key: str | None,
+    signing_key_2: str | None,
+    verify_key: str | None,
     receiver_url: str | None,
     api_key: str | None,
     group: str | None,
     group_token: str | None,
     commit: str | None,
     canary: str | None,
+    waves: str | None,
+    max_failure_rate: float | None,
+    min_devices: int | None,
     canary_timeout: int | None,
     success_threshold: float | None,
     error_threshold: int | None,
     soak: int | None,
     auto_promote: bool | None,
+    rollback: bool | None,
     wait: bool,
     timeout: float,
     poll_interval: float,
+    github_deployment: bool,
+    github_token: str | None,
 ) -> int:
     from otaship.action import deploy
     from otaship.action.client import RolloutRequest
@@ -399,6 +541,10 @@ def deploy_command(
     # Masked before a usage error could echo them.
     job.workflow.mask(api_key)
     job.workflow.mask(group_token)
+    job.workflow.mask(github_token)
+    signing = signing_inputs(job, signing_key, signing_key_2, verify_key)
+    if isinstance(signing, int):
+        return signing
     require(
         ctx,
         [
@@ -410,7 +556,7 @@ def deploy_command(
     assert receiver_url and api_key and group and group_token
     inputs = deploy.DeployInputs(
         build=deploy.BuildInputs(
-            Path(project_dir), environment, Path(firmware) if firmware else None, version
+            Path(project_dir), environment, Path(firmware) if firmware else None, version, *signing
         ),
         receiver=deploy.ReceiverInputs(receiver_url, api_key),
         group=group,
@@ -418,15 +564,20 @@ def deploy_command(
         commit=commit,
         rollout=RolloutRequest(
             canary=canary,
+            waves=waves,
+            max_failure_rate=max_failure_rate,
+            min_devices=min_devices,
             canary_timeout=canary_timeout,
             success_threshold=success_threshold,
             error_threshold=error_threshold,
             soak=soak,
             auto_promote=auto_promote,
+            rollback=rollback,
         ),
         wait=wait,
         timeout=timeout,
         poll_interval=poll_interval,
+        github=github_target(ctx, job.environ, github_token) if github_deployment else None,
     )
     return deploy.run_deploy_command(inputs, job.workflow, job.environ)
 

@@ -54,15 +54,28 @@ class RolloutRequest:
     error_threshold: int | None = None
     soak: int | None = None
     auto_promote: bool | None = None
+    # Subgroup ids in order, comma-separated, the first being the canary.
+    waves: str | None = None
+    max_failure_rate: float | None = None
+    min_devices: int | None = None
+    rollback: bool | None = None
+
+    @property
+    def staged(self) -> bool:
+        return bool(self.canary or self.waves)
 
     def form_fields(self) -> dict[str, object | None]:
         return {
             "canary": self.canary,
+            "waves": self.waves,
+            "max_failure_rate": self.max_failure_rate,
+            "min_devices": self.min_devices,
             "canary_timeout": self.canary_timeout,
             "success_threshold": self.success_threshold,
             "error_threshold": self.error_threshold,
             "soak": self.soak,
             "auto_promote": None if self.auto_promote is None else str(self.auto_promote).lower(),
+            "rollback": None if self.rollback is None else str(self.rollback).lower(),
         }
 
 
@@ -188,6 +201,23 @@ class ReceiverClient:
                 return self._http.send(build_deploy_request(self._http, deployment, handle, firmware.name))
 
         return _json_object(self._send("deploy", attempt))
+
+    def group_name(self, group_id: str) -> str | None:
+        """The group's name from its OTA record in `GET /v1/ota/group`; None when the
+        group has no record yet (nothing ever deployed to it, only to its canary)."""
+        body = _json_object(
+            self._send(
+                "list OTA records",
+                # Each record's path holds its group's id: the search finds the group's own.
+                lambda: self._http.get(DEPLOY_PATH, params={"search_value": group_id, "limit": 100}),
+            )
+        )
+        otas = body.get("otas")
+        for ota in otas if isinstance(otas, list) else []:
+            if isinstance(ota, dict) and ota.get("group") == group_id:
+                name = ota.get("group_name")
+                return name if isinstance(name, str) and name else None
+        return None
 
     def rollout(self, rollout_id: str) -> dict[str, Any]:
         return _json_object(self._send("read rollout", lambda: self._http.get(f"/v1/rollouts/{rollout_id}")))

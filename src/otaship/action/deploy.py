@@ -7,10 +7,10 @@ failure too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import semver
 
@@ -32,10 +32,26 @@ from otaship.action.client import (
     ReceiverUnavailable,
     RolloutRequest,
 )
-from otaship.action.follow import FAILED_STATES, FollowResult, failure_message, follow_rollout
+from otaship.action.follow import (
+    FAILED_STATES,
+    TERMINAL_STATES,
+    FollowResult,
+    failure_message,
+    follow_rollout,
+)
+from otaship.action.github_deployment import (
+    GithubDeployment,
+    GithubTarget,
+    environment_for,
+    final_status,
+    progress_status,
+)
 from otaship.action.summary import DeployReport, build_outputs, deploy_outputs, render_summary
 from otaship.action.version import VersionError, app_version_mismatch, git_ref_from_environ, resolve_version
 from otaship.action.workflow import Workflow
+
+if TYPE_CHECKING:
+    from otaship.firmware.image import FirmwareImage
 
 # What to do about a 4xx, beyond the receiver's own message.
 REJECTION_HINTS = {
@@ -67,6 +83,10 @@ class BuildInputs:
     environment: str | None = None
     firmware: Path | None = None
     version: str | None = None
+    # PEM private keys to sign the image with (a second one during a rotation).
+    signing_keys: tuple[bytes, ...] = ()
+    # PEM public keys the image must carry a valid signature block by.
+    verify_keys: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,8 @@ class DeployInputs:
     wait: bool = True
     timeout: float = 3600.0
     poll_interval: float = 5.0
+    # `github-deployment: true`: where to report the deploy as a GitHub Deployment.
+    github: GithubTarget | None = None
 
 
 def bump_hint(version: str) -> str:
@@ -128,7 +150,72 @@ def locate_firmware(
     return image.resolve()
 
 
-def check_firmware(image: Path, report: DeployReport, workflow: Workflow) -> None:
+def sign_firmware(image: Path, keys: tuple[bytes, ...], workflow: Workflow) -> Path:
+    """The image signed by `keys`, written beside it as <name>-signed.bin."""
+    from otaship.firmware.signing import SigningFailed, sign_image
+
+    signed = image.with_name(f"{image.stem}-signed{image.suffix}")
+    try:
+        sign_image(image, keys, signed)
+    except SigningFailed as exc:
+        raise Failure(exit_codes.BAD_INPUT, str(exc), title="Signing failed") from None
+    workflow.info(f"signed {image.name} with {len(keys)} key(s) into {signed}")
+    return signed
+
+
+def public_keys(inputs: BuildInputs) -> list[bytes]:
+    """What the image must verify against: the signing keys' public halves, and the verify key."""
+    from otaship.firmware.signing import SigningFailed, public_key_of
+
+    try:
+        return [public_key_of(key) for key in inputs.signing_keys] + list(inputs.verify_keys)
+    except SigningFailed as exc:
+        raise Failure(exit_codes.BAD_INPUT, str(exc), title="Signing key") from None
+
+
+def check_signature(image: Path, firmware: FirmwareImage, keys: list[bytes], report: DeployReport) -> None:
+    """Read which keys signed the image; with `keys`, fail unless each verifies."""
+    from otaship.firmware.image import SECTOR_SIZE
+    from otaship.firmware.signatures import Refusal, SignatureRefused, read_sector, verify_signature
+    from otaship.firmware.signing_keys import InvalidKey, load_public_key
+
+    if firmware.signature_sector is not None:
+        with image.open("rb") as file:
+            file.seek(firmware.signature_sector)
+            sector = read_sector(file.read(SECTOR_SIZE))
+        report.signed_by = [block.key_digest for block in sector.blocks]
+    for pem in keys:
+        try:
+            key = load_public_key(pem)
+        except InvalidKey as exc:
+            raise Failure(
+                exit_codes.BAD_INPUT, f"the verify key cannot be used: {exc}", title="Signature"
+            ) from None
+        try:
+            verify_signature(image, firmware, [key])
+        except SignatureRefused as exc:
+            # The receiver's wording speaks of a group's keys; here there is one key, ours.
+            if exc.reason is Refusal.UNKNOWN_KEY and key.digest in report.signed_by:
+                detail = (
+                    f"{firmware.chip} reads only the first signature block, which is by key "
+                    f"{report.signed_by[0]}: it cannot take a second key for a rotation"
+                )
+            elif exc.reason is Refusal.UNKNOWN_KEY:
+                detail = f"no signature block is by it; the image's blocks are by key {', '.join(report.signed_by)}"
+            elif exc.reason is Refusal.UNSIGNED:
+                detail = "the image carries no Secure Boot V2 signature block"
+            else:
+                detail = str(exc)
+            raise Failure(
+                exit_codes.BAD_INPUT,
+                f"{image.name} does not pass the signature check with key {key.digest}: {detail}",
+                title="Signature",
+            ) from None
+
+
+def check_firmware(
+    image: Path, report: DeployReport, workflow: Workflow, verify_keys: list[bytes] | None = None
+) -> None:
     """Validate the image the way the receiver will, before spending an upload on it."""
     from otaship.firmware.image import InvalidFirmware, inspect_firmware
 
@@ -138,6 +225,7 @@ def check_firmware(image: Path, report: DeployReport, workflow: Workflow) -> Non
         raise Failure(
             exit_codes.BAD_INPUT, f"{image} is not a valid ESP32 app image: {exc}", title="Invalid image"
         ) from None
+    check_signature(image, firmware, verify_keys or [], report)
     report.firmware_path = str(image)
     report.size = firmware.size
     report.sha256 = firmware.sha256
@@ -147,6 +235,8 @@ def check_firmware(image: Path, report: DeployReport, workflow: Workflow) -> Non
         workflow.warning(mismatch, title="Version mismatch")
         report.notes.append(mismatch)
     workflow.info(f"image {image}: {firmware.chip}, {firmware.size} bytes, sha256 {firmware.sha256}")
+    if report.signed_by:
+        workflow.info(f"signature blocks by key digest {', '.join(report.signed_by)}")
 
 
 def prepare(
@@ -156,7 +246,11 @@ def prepare(
     report.version = resolve_run_version(inputs, environ)
     workflow.info(f"version {report.version}")
     image = locate_firmware(inputs, report, workflow, environ)
-    check_firmware(image, report, workflow)
+    # The keys are read before signing: a bad one fails before espsecure sees it.
+    keys = public_keys(inputs)
+    if inputs.signing_keys:
+        image = sign_firmware(image, inputs.signing_keys, workflow)
+    check_firmware(image, report, workflow, keys)
     return image
 
 
@@ -191,11 +285,13 @@ def run_deploy_command(
     workflow.mask(inputs.token)
     report = DeployReport(group=inputs.group, commit=inputs.commit or "")
     code = exit_codes.OK
+    github: GithubDeployment | None = None
     try:
         image = prepare(inputs.build, report, workflow, environ)
         with client or make_client(inputs.receiver, workflow) as receiver:
             deploy(inputs, image, receiver, report, workflow)
-            code = follow_if_asked(inputs, receiver, report, workflow)
+            github = start_github_deployment(inputs, report, workflow, receiver)
+            code = follow_if_asked(inputs, receiver, report, workflow, github)
     except Failure as failure:
         report_failure(failure, report, workflow)
         code = failure.code
@@ -205,9 +301,67 @@ def run_deploy_command(
         workflow.error(report.failure, title="otaship-deploy crashed")
         raise
     finally:
+        if github is not None:
+            finish_github_deployment(github, report, timed_out=code == exit_codes.FOLLOW_TIMEOUT)
         workflow.set_outputs(deploy_outputs(report))
         workflow.append_summary(render_summary(report))
     return code
+
+
+def start_github_deployment(
+    inputs: DeployInputs, report: DeployReport, workflow: Workflow, receiver: ReceiverClient
+) -> GithubDeployment | None:
+    """The GitHub Deployment of this upload, with its first `in_progress` status."""
+    if inputs.github is None:
+        return None
+    group_name = group_name_of(inputs.group, report, receiver, workflow)
+    github = GithubDeployment(inputs.github, warn=lambda m: workflow.warning(m, title="GitHub deployment"))
+    if report.rollout_id:
+        github.log_url = f"{inputs.receiver.url.rstrip('/')}/v1/rollouts/{report.rollout_id}"
+    github.create(
+        ref=inputs.commit or report.version,
+        group_name=group_name,
+        version=report.version,
+        rollout_id=report.rollout_id or None,
+    )
+    github.status(*progress_status(report.version, report.rollout))
+    return github
+
+
+def group_name_of(group: str, report: DeployReport, receiver: ReceiverClient, workflow: Workflow) -> str:
+    """The name of the deploy's group, which names its GitHub environment.
+
+    The deploy's answer says it (its rollout's group, or the group's own OTA
+    record); a 409 or an older receiver does not, and then `GET /v1/ota/group`
+    is asked. When neither says, the group's id stands in, and a warning says so:
+    the environment would otherwise change name without a word."""
+    for said in (report.rollout, report.ota):
+        if said and said.get("group") == group:
+            name = said.get("group_name")
+            if isinstance(name, str) and name:
+                return name
+    try:
+        listed = receiver.group_name(group)
+        why = "GET /v1/ota/group has no record of it yet"
+    except ReceiverError as exc:
+        listed, why = None, f"GET /v1/ota/group: {exc.message}"
+    if listed:
+        return listed
+    workflow.warning(
+        f"the name of group {group} could not be read ({why}): the GitHub environment is "
+        f"{environment_for(group)} instead of firmware/<group name>",
+        title="GitHub deployment",
+    )
+    return group
+
+
+def finish_github_deployment(github: GithubDeployment, report: DeployReport, *, timed_out: bool) -> None:
+    github.status(
+        *final_status(report.version, report.rollout, failure=report.failure or None, timed_out=timed_out)
+    )
+    github.close()
+    # Said in the summary: the deploy went on whatever GitHub answered.
+    report.notes.extend(f"GitHub deployment not fully reported: {failure}" for failure in github.failures)
 
 
 def make_client(receiver: ReceiverInputs, workflow: Workflow) -> ReceiverClient:
@@ -229,6 +383,7 @@ def deploy(
     workflow.info(
         f"deploying {report.version} to group {inputs.group}"
         + (f" with canary {inputs.rollout.canary}" if inputs.rollout.canary else "")
+        + (f" in waves {inputs.rollout.waves}" if inputs.rollout.waves else "")
     )
     try:
         body = receiver.deploy(deployment, image)
@@ -257,7 +412,7 @@ def deploy(
             else "once the canary is healthy"
         )
         workflow.notice(
-            f"{report.version} deployed to canary subgroup {inputs.rollout.canary} of group {inputs.group} "
+            f"{report.version} deployed to canary subgroup {first_wave(inputs.rollout)} of group {inputs.group} "
             f"(rollout {report.rollout_id}); the whole group gets it {then}",
             title="Deployed to the canary",
         )
@@ -321,11 +476,20 @@ def find_version_rollout(receiver: ReceiverClient, group: str, version: str) -> 
     return None
 
 
+def first_wave(rollout: RolloutRequest) -> str:
+    """The canary: `canary`, or the first of `waves`."""
+    return rollout.canary or (rollout.waves or "").split(",")[0].strip()
+
+
 def follow_if_asked(
-    inputs: DeployInputs, receiver: ReceiverClient, report: DeployReport, workflow: Workflow
+    inputs: DeployInputs,
+    receiver: ReceiverClient,
+    report: DeployReport,
+    workflow: Workflow,
+    github: GithubDeployment | None = None,
 ) -> int:
     try:
-        if report.rollout is None and report.deployed is False and inputs.wait and inputs.rollout.canary:
+        if report.rollout is None and report.deployed is False and inputs.wait and inputs.rollout.staged:
             # Nothing was redeployed; the job's verdict is that of the version's own rollout.
             found = find_version_rollout(receiver, inputs.group, report.version)
             if found is not None:
@@ -335,7 +499,15 @@ def follow_if_asked(
         if report.rollout is None or not inputs.wait:
             return exit_codes.OK
         return follow(
-            str(report.rollout["id"]), inputs.timeout, inputs.poll_interval, receiver, report, workflow
+            str(report.rollout["id"]),
+            inputs.timeout,
+            inputs.poll_interval,
+            receiver,
+            report,
+            workflow,
+            on_stage=(lambda rollout: github.status(*progress_status(report.version, rollout)))
+            if github
+            else None,
         )
     except ReceiverRejected as exc:
         raise Failure(
@@ -356,11 +528,15 @@ def follow(
     receiver: ReceiverClient,
     report: DeployReport,
     workflow: Workflow,
+    on_stage: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
     def fetch() -> dict[str, Any]:
         rollout = receiver.rollout(rollout_id)
+        changed = str(rollout.get("state", "")) != report.rollout_state
         report.rollout = rollout
         report.rollout_state = str(rollout.get("state", ""))
+        if changed and on_stage is not None and report.rollout_state not in TERMINAL_STATES:
+            on_stage(rollout)
         return rollout
 
     with workflow.group(f"Following rollout {rollout_id}"):

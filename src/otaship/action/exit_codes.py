@@ -10,7 +10,7 @@ OK = 0
 DEPLOY_FAILED = 1
 # The inputs, the project or the credentials are wrong: change the configuration.
 BAD_INPUT = 2
-# The canary did not meet its thresholds, or someone aborted the rollout.
+# The canary did not meet its thresholds (rolled back or not), or someone aborted the rollout.
 ROLLOUT_FAILED = 3
 # The rollout was still running when the action stopped following it.
 FOLLOW_TIMEOUT = 4

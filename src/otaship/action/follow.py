@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-TERMINAL_STATES = frozenset({"complete", "halted", "aborted"})
-FAILED_STATES = frozenset({"halted", "aborted"})
+TERMINAL_STATES = frozenset({"complete", "halted", "aborted", "rolled_back"})
+FAILED_STATES = frozenset({"halted", "aborted", "rolled_back"})
 FAILED_OUTCOMES = frozenset({"failed", "timed_out"})
 # A device whose stage ended before it finished (a halt on other devices'
 # failures, an abort) was stopped, or is still pending: it did not fail. One

@@ -36,6 +36,8 @@ class DeployReport:
     rollout_state: str = ""
     failure: str = ""
     notes: list[str] = field(default_factory=list)
+    # The key digest of each valid signature block of the image.
+    signed_by: list[str] = field(default_factory=list)
 
     @property
     def rollout_id(self) -> str:
@@ -97,9 +99,12 @@ def render_summary(report: DeployReport) -> str:
         ("Chip", report.chip),
         ("Size", f"{report.size:,} bytes" if report.size is not None else ""),
         ("SHA-256", f"`{report.sha256}`" if report.sha256 else ""),
+        ("Signed by", ", ".join(f"key `{digest}`" for digest in report.signed_by)),
     ):
         if value:
             facts.append([label, value])
+    if report.ota and report.ota.get("signed_by"):
+        facts.append(["Receiver verified", f"key `{report.ota['signed_by']}`"])
     if report.ota:
         facts.append(["OTA record", f"{report.ota.get('_id', '')} (revision {report.ota.get('__v', '')})"])
     if report.deployed is not None:
@@ -108,6 +113,21 @@ def render_summary(report: DeployReport) -> str:
     if report.rollout:
         lines += ["", *render_rollout(report.rollout, report.rollout_state)]
     return "\n".join(lines) + "\n"
+
+
+def stage_label(stage: Mapping[str, Any]) -> object:
+    """`canary` and `fleet` as they are; a later wave by its number."""
+    if stage.get("name") == "wave" and stage.get("wave"):
+        return f"wave {stage['wave']}"
+    return stage.get("name")
+
+
+def failed_cell(stage: Mapping[str, Any]) -> object:
+    """The failed count, and by which signal when the receiver says."""
+    reasons = stage.get("failed_by_reason")
+    if not isinstance(reasons, Mapping) or not reasons:
+        return stage.get("failed")
+    return f"{stage.get('failed')} ({', '.join(f'{k} {v}' for k, v in reasons.items())})"
 
 
 def render_rollout(rollout: Mapping[str, Any], state: str) -> list[str]:
@@ -121,12 +141,12 @@ def render_rollout(rollout: Mapping[str, Any], state: str) -> list[str]:
             ["Stage", "Group", "State", "Targeted", "Succeeded", "Failed", "Timed out", "Stopped", "Pending"],
             [
                 [
-                    s.get("name"),
+                    stage_label(s),
                     s.get("group"),
                     s.get("state"),
                     s.get("targeted"),
                     s.get("succeeded"),
-                    s.get("failed"),
+                    failed_cell(s),
                     # A receiver older than these counts sends neither.
                     s.get("timed_out", 0),
                     s.get("stopped", 0),
@@ -136,6 +156,7 @@ def render_rollout(rollout: Mapping[str, Any], state: str) -> list[str]:
             ],
         )
         lines.append("")
+    lines += render_rollback(rollout)
     devices = [device for device in rollout.get("devices") or [] if isinstance(device, Mapping)]
     if devices:
         ordered = sorted(
@@ -169,3 +190,31 @@ def render_rollout(rollout: Mapping[str, Any], state: str) -> list[str]:
                 f"…and {len(ordered) - MAX_DEVICE_ROWS} more (see GET /v1/rollouts/{cell(rollout.get('id', ''))}).",
             ]
     return lines
+
+
+def render_rollback(rollout: Mapping[str, Any]) -> list[str]:
+    """What the automatic rollback did with each wave, and how far its devices
+    went back when the job last looked; nothing without a rollback."""
+    waves = [wave for wave in rollout.get("rollback") or [] if isinstance(wave, Mapping)]
+    if not waves:
+        return []
+    lines = ["#### Rollback", ""]
+    lines += table(
+        ["Wave", "Group", "Result", "Targeted", "Went back", "Did not", "Unreachable", "Pending", "Retrying"],
+        [
+            [
+                w.get("wave"),
+                w.get("group"),
+                w.get("result"),
+                w.get("targeted"),
+                w.get("went_back"),
+                w.get("did_not"),
+                w.get("unreachable"),
+                w.get("pending"),
+                # A receiver from before rollbacks were retried has no such count.
+                w.get("retrying", 0),
+            ]
+            for w in waves
+        ],
+    )
+    return [*lines, ""]

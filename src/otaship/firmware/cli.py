@@ -18,7 +18,14 @@ from typing import IO, Any
 import click
 
 from otaship.firmware.example import example_image
-from otaship.firmware.image import SUPPORTED_CHIPS, FirmwareImage, InvalidFirmware, inspect_firmware
+from otaship.firmware.image import (
+    SECTOR_SIZE,
+    SUPPORTED_CHIPS,
+    FirmwareImage,
+    InvalidFirmware,
+    inspect_firmware,
+)
+from otaship.firmware.signatures import SignatureBlock
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -93,10 +100,21 @@ def inspect(image: Path, chip: str | None) -> None:
         raise FirmwareError(str(exc)) from None
     except OSError as exc:
         raise FirmwareError(f"cannot read {image}: {exc.strerror or exc}") from None
-    click.echo(describe(described), nl=False)
+    click.echo(describe(described, signature_blocks(image, described)), nl=False)
 
 
-def describe(image: FirmwareImage) -> str:
+def signature_blocks(path: Path, image: FirmwareImage) -> list[SignatureBlock]:
+    """The valid Secure Boot V2 signature blocks that end the image, if any."""
+    from otaship.firmware.signatures import read_sector
+
+    if image.signature_sector is None:
+        return []
+    with path.open("rb") as file:
+        file.seek(image.signature_sector)
+        return list(read_sector(file.read(SECTOR_SIZE)).blocks)
+
+
+def describe(image: FirmwareImage, signatures: Sequence[SignatureBlock] = ()) -> str:
     """The report `firmware inspect` prints, one `name value` line each."""
     lines = [
         ("chip", image.chip),
@@ -120,6 +138,9 @@ def describe(image: FirmwareImage) -> str:
             ("built", f"{app.date} {app.time}"),
             ("secure_version", str(app.secure_version)),
         ]
+    if image.signature_sector is not None:
+        lines.append(("signatures", f"{len(signatures)} valid block(s) at 0x{image.signature_sector:x}"))
+        lines += [(f"  {block.index}", f"{block.scheme}  key {block.key_digest}") for block in signatures]
     return "".join(f"{name:<16}{value}\n" for name, value in lines)
 
 

@@ -16,27 +16,22 @@ The module is shared by the receiver and the action, and prints nothing.
 from __future__ import annotations
 
 import hashlib
-import logging
 import mmap
 import os
 import struct
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from esptool.bin_image import ESP32FirmwareImage, ImageSegment
 from esptool.cmds import _parse_app_info
 from esptool.loader import ESPLoader
-from esptool.logger import EspLog, TemplateLogger, log
 from esptool.targets import CHIP_DEFS
 from esptool.util import FatalError
 
+from otaship.firmware.esptool_log import quiet_esptool
 from otaship.firmware.tally import ImageFacts, fold_xor
-
-logger = logging.getLogger(__name__)
 
 SUPPORTED_CHIPS: tuple[str, ...] = tuple(
     name
@@ -56,6 +51,11 @@ _APP_DESC_LEN = 256
 # and a copy of a header is cheaper than tracking another view.
 _COPY_BELOW = 64
 _CHECKSUM_CHUNK = 1 << 16  # measured fastest, and keeps the integers small
+# espsecure's SECTOR_SIZE and SIG_BLOCK_MAGIC, written out: importing espsecure
+# costs most of a second, which every inspection would pay
+# (tests/firmware/test_image.py compares them).
+SECTOR_SIZE = 4096
+SIG_BLOCK_MAGIC = 0xE7
 
 
 class InvalidFirmware(ValueError):
@@ -94,6 +94,9 @@ class FirmwareImage:
     md5: str
     app: AppDescriptor | None
     segments: tuple[Segment, ...] = ()
+    # The offset of the Secure Boot V2 signature sector that ends the file, if
+    # any; whether its blocks verify is otaship/firmware/signatures.py's question.
+    signature_sector: int | None = None
 
 
 def inspect_firmware(
@@ -138,7 +141,7 @@ def _inspect(
     if facts is not None:
         if facts.size != len(view):
             raise ValueError(f"the facts are of a {facts.size}-byte file, this one has {len(view)} bytes")
-        image = _load_image(view, reader, chip, facts)
+        image, sector = _load_image(view, reader, chip, facts)
         return FirmwareImage(
             chip=chip,
             size=len(view),
@@ -146,6 +149,7 @@ def _inspect(
             md5=facts.md5,
             app=_app_descriptor(image),
             segments=_segments(image),
+            signature_sector=sector,
         )
 
     # MD5 runs on a second core while esptool parses and the checksum and
@@ -153,11 +157,17 @@ def _inspect(
     # Leaving the pool waits for it, so the view is never released under it.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="firmware-md5") as pool:
         md5 = pool.submit(_md5_hex, view)
-        image = _load_image(view, reader, chip)
+        image, sector = _load_image(view, reader, chip)
         app = _app_descriptor(image)
         sha256 = hashlib.sha256(view).hexdigest()
         return FirmwareImage(
-            chip=chip, size=len(view), sha256=sha256, md5=md5.result(), app=app, segments=_segments(image)
+            chip=chip,
+            size=len(view),
+            sha256=sha256,
+            md5=md5.result(),
+            app=app,
+            segments=_segments(image),
+            signature_sector=sector,
         )
 
 
@@ -168,14 +178,15 @@ def _md5_hex(view: memoryview) -> str:
 
 def _load_image(
     view: memoryview, reader: _MappedReader, chip: str, facts: ImageFacts | None = None
-) -> ESP32FirmwareImage:
+) -> tuple[ESP32FirmwareImage, int | None]:
     """Parse the image with esptool and check everything the bootloader checks.
 
     `facts`: the file's XOR and head digest, when an upload already took them.
+    Returns the image and the offset of its signature sector, if it has one.
     """
     image_class: type[ESP32FirmwareImage] = CHIP_DEFS[chip].BOOTLOADER_IMAGE
     try:
-        with _quiet_esptool():
+        with quiet_esptool():
             if facts is None or facts.head_sha256 is None:
                 image = image_class(reader)
             else:
@@ -200,8 +211,7 @@ def _load_image(
         end = image.data_length + _DIGEST_LEN
     else:
         end = reader.tell()
-    _check_trailing_bytes(view, end)
-    return image
+    return image, _check_trailing_bytes(view, end)
 
 
 def _parse_with_known_digest(
@@ -317,26 +327,53 @@ def _checksum_from_file_xor(view: memoryview, segments: Sequence[ImageSegment], 
     return file_xor ^ outside ^ magic
 
 
-def _check_trailing_bytes(view: memoryview, end: int) -> None:
-    """Allow 0xFF padding after the image, refuse anything else.
+def _check_trailing_bytes(view: memoryview, end: int) -> int | None:
+    """Allow 0xFF padding after the image, and a Secure Boot V2 signature
+    sector at the end of the file; refuse anything else. Returns the sector's
+    offset, or None when there is none.
 
     `elf2image --pad-to-size` and tools that cut an image out of a flash dump
     leave erased-flash bytes (0xFF) behind it, and the bootloader never reads
-    them. Any other data is most likely a merged flash image (bootloader,
-    partition table and app in one file) or two files glued together, and
-    serving it to devices would write the wrong thing into the OTA slot.
+    them. `espsecure sign-data` pads the image with 0xFF to a 4 KiB boundary and
+    appends one 4 KiB sector of signature blocks, each starting with 0xE7. Any
+    other data is most likely a merged flash image (bootloader, partition
+    table and app in one file) or two files glued together, and serving it to
+    devices would write the wrong thing into the OTA slot.
     """
     size = len(view)
-    erased = b"\xff" * min(_CHECKSUM_CHUNK, max(0, size - end))
-    for start in range(end, size, _CHECKSUM_CHUNK):
-        stop = min(start + _CHECKSUM_CHUNK, size)
+    first = _first_unerased(view, end)
+    if first is None:
+        return None
+    if first % SECTOR_SIZE == 0 and view[first] == SIG_BLOCK_MAGIC:
+        if size - first < SECTOR_SIZE:
+            raise InvalidFirmware(
+                f"{_INVALID}: the signature sector at offset 0x{first:X} is truncated: the file holds "
+                f"{size - first} of its {SECTOR_SIZE} bytes; upload the whole signed file"
+            )
+        if size - first == SECTOR_SIZE:
+            return first
+        raise InvalidFirmware(
+            f"{_INVALID}: {size - first - SECTOR_SIZE} unexpected bytes after the signature sector at "
+            f"offset 0x{first:X}; the sector must end the file"
+        )
+    raise InvalidFirmware(
+        f"{_INVALID}: {size - end} unexpected bytes after the end of the image at offset "
+        f"0x{end:X}; is this a merged flash image? Upload the application .bin only"
+    )
+
+
+def _first_unerased(view: memoryview, start: int) -> int | None:
+    """The offset of the first byte from `start` on that is not 0xFF, or None."""
+    size = len(view)
+    erased = b"\xff" * min(_CHECKSUM_CHUNK, max(0, size - start))
+    for offset in range(start, size, _CHECKSUM_CHUNK):
+        stop = min(offset + _CHECKSUM_CHUNK, size)
         # A copied chunk compares with memcmp; comparing memoryviews goes
         # element by element and is several times slower.
-        if view[start:stop].tobytes() != erased[: stop - start]:
-            raise InvalidFirmware(
-                f"{_INVALID}: {size - end} unexpected bytes after the end of the image at offset "
-                f"0x{end:X}; is this a merged flash image? Upload the application .bin only"
-            )
+        chunk = view[offset:stop].tobytes()
+        if chunk != erased[: stop - offset]:
+            return stop - len(chunk.lstrip(b"\xff"))
+    return None
 
 
 def _segments(image: ESP32FirmwareImage) -> tuple[Segment, ...]:
@@ -422,46 +459,3 @@ class _MappedReader:
         for part in self._slices:
             part.release()
         self._slices.clear()
-
-
-class _EsptoolLogCapture(TemplateLogger):  # type: ignore[misc]  # esptool ships no types
-    """Routes esptool's console output into this module's logger."""
-
-    def print(self, *args: Any, **kwargs: Any) -> None:
-        logger.debug("esptool: %s", " ".join(str(arg) for arg in args))
-
-    def note(self, message: str) -> None:
-        logger.debug("esptool: %s", message)
-
-    def warning(self, message: str) -> None:
-        logger.warning("esptool: %s", message)
-
-    def error(self, message: str) -> None:
-        logger.error("esptool: %s", message)
-
-    def stage(self, finish: bool = False) -> None:
-        pass
-
-    def progress_bar(
-        self, cur_iter: int, total_iters: int, prefix: str = "", suffix: str = "", bar_length: int = 30
-    ) -> None:
-        pass
-
-    def set_verbosity(self, verbosity: str) -> None:
-        pass
-
-
-_esptool_log_lock = threading.Lock()
-
-
-@contextmanager
-def _quiet_esptool() -> Iterator[None]:
-    # esptool logs through one process-wide singleton that writes to stdout;
-    # the lock keeps concurrent inspections from restoring it out of order.
-    with _esptool_log_lock:
-        previous = EspLog.instance
-        log.set_logger(_EsptoolLogCapture())
-        try:
-            yield
-        finally:
-            EspLog.instance = previous

@@ -17,14 +17,16 @@ from starlette.responses import Response
 from otaship.protocol import parse_mqtt_url
 from otaship.receiver.background import Background
 from otaship.receiver.db.engine import create_db_engine, ensure_schema
+from otaship.receiver.http import console, health, openapi, sign_in, wire
 from otaship.receiver.http import device_api as devices
-from otaship.receiver.http import health, openapi, wire
 from otaship.receiver.http.answer_errors import INTERNAL_ERROR, AnswerErrors
-from otaship.receiver.http.management import deployments, ota, rollouts
+from otaship.receiver.http.auth import finish_key_uses
+from otaship.receiver.http.management import anti_rollback, deployments, github, ota, rollouts, signing_keys
 from otaship.receiver.http.nosniff import HEADERS as NOSNIFF
 from otaship.receiver.http.nosniff import NoSniff
 from otaship.receiver.http.rate_limits import RateLimits, limited
 from otaship.receiver.http.responses import answer, message
+from otaship.receiver.http.sign_in_throttle import SignInThrottle
 from otaship.receiver.intake.multipart import spool_dir_ready
 from otaship.receiver.logs import configure_logging, flush_logs, redact
 from otaship.receiver.metrics import Metrics, ObserveRequests
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         try:
             yield
         finally:
+            await finish_key_uses(app.state.key_uses)
             await background.stop()
             if owned:
                 built.storage.close()
@@ -113,11 +116,23 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             # The management API alone is rate limited, per API key.
             *devices.routes,
             *limited(
-                [*ota.routes, *rollouts.routes, *deployments.routes], RateLimits.from_settings(settings)
+                [
+                    *ota.routes,
+                    *rollouts.routes,
+                    *deployments.routes,
+                    *signing_keys.routes,
+                    *anti_rollback.routes,
+                    *github.routes,
+                    *sign_in.routes,
+                ],
+                RateLimits.from_settings(settings),
             ),
+            *github.webhook_routes,
             *health.routes,
             *metrics_routes,
             *openapi.routes,
+            # For people: the pages, after every API route.
+            *console.routes,
         ],
         middleware=[
             Middleware(NoSniff),
@@ -128,6 +143,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},
     )
     app.state.metrics = metrics
+    app.state.key_uses = set()
+    app.state.sign_in_throttle = SignInThrottle()
 
     def engine() -> Engine | None:
         running: Services | None = getattr(app.state, "services", None)

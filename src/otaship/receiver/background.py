@@ -1,5 +1,5 @@
 """The receiver's background work: the MQTT link, triggers, reports, the rollout
-clock, the orphan sweep and the log's summary lines.
+clock, the orphan sweep, the GitHub webhook jobs and the log's summary lines.
 
 Started and stopped by the app's lifespan. With OTASHIP_MQTT_URL=none only the
 rollout clock runs: devices then find updates by polling `latest`.
@@ -17,6 +17,7 @@ from otaship.protocol import parse_mqtt_url
 from otaship.receiver.db.engine import read_session
 from otaship.receiver.db.users import user_for_mqtt_login
 from otaship.receiver.gc.sweep import OrphanSweeper
+from otaship.receiver.github.jobs import GithubJobs
 from otaship.receiver.log_summary import Summaries
 from otaship.receiver.mqtt.link import MqttLink
 from otaship.receiver.mqtt.reports import ReportIngester
@@ -39,7 +40,9 @@ class Background:
         self.broker: object | None = None
         self.link: MqttLink | None = None
         self.publisher: TriggerPublisher | None = None
-        self.ingester = ReportIngester(services.engine, metrics=metrics)
+        self.ingester = ReportIngester(
+            services.engine, metrics=metrics, reboot_loop_boots=services.settings.reboot_loop_boots
+        )
         self.runner = RolloutRunner(
             services.engine,
             notify=services.notify,
@@ -50,6 +53,7 @@ class Background:
                 attempts=services.settings.trigger_retries,
                 backoff=services.settings.trigger_retry_backoff,
                 dark_after=services.settings.trigger_dark_after,
+                download_rate=services.settings.trigger_download_rate,
             ),
         )
         settings = services.settings
@@ -58,6 +62,7 @@ class Background:
             if settings.gc_interval > 0
             else None
         )
+        self.github_jobs = GithubJobs(services, metrics=metrics)
         self.summaries = Summaries()
         if metrics is not None:
             from otaship.receiver.metrics import write_device_checks
@@ -101,6 +106,7 @@ class Background:
             self._tasks.append(asyncio.create_task(self.ingester.run(), name="otaship-reports"))
         self.services.on_deploy.add(self.runner.wake)
         self._tasks.append(asyncio.create_task(self.runner.run(), name="otaship-rollouts"))
+        self._tasks.append(asyncio.create_task(self.github_jobs.run(), name="otaship-github-jobs"))
         if self.sweeper is not None:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="otaship-orphan-sweep"))
         self._tasks.append(asyncio.create_task(self.summaries.run(), name="otaship-log-summaries"))

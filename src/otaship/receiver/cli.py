@@ -24,11 +24,14 @@ from sqlmodel import Session
 
 from otaship.closed_pipe import quiet_on_closed_pipe
 from otaship.firmware.cli import firmware as firmware_group
+from otaship.firmware.signing_keys import MAX_PEM_BYTES, InvalidKey, load_public_key
 from otaship.receiver.client_urls import device_mqtt_url, receiver_url, shell_exports
 from otaship.receiver.db.devices import DeviceError, create_device, device_json, list_devices
 from otaship.receiver.db.engine import SchemaError
 from otaship.receiver.db.groups import KNOWN_CHIPS, GroupError, create_group, group_json, list_groups
+from otaship.receiver.db.logins import check_password_rules, set_password
 from otaship.receiver.db.models import PLANS, Group, User
+from otaship.receiver.db.signing_keys import GroupKey, SigningKeyError, add_key, group_keys, remove_key
 from otaship.receiver.db.users import (
     UserError,
     create_user,
@@ -38,6 +41,9 @@ from otaship.receiver.db.users import (
     set_plan,
     user_json,
 )
+from otaship.receiver.github.bindings import BindingError, BindRequest
+from otaship.receiver.github.sealed import SealError
+from otaship.receiver.ids import iso_utc, utcnow
 from otaship.receiver.logs import redact, redact_unconfigured_logs
 from otaship.receiver.settings import DEFAULT_GC_GRACE, SERVERS, Settings, SettingsError
 from otaship.receiver.storage import StorageError
@@ -48,7 +54,18 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 # The receiver's own errors: what went wrong is the message, for the operator.
-OPERATOR_ERRORS = (UserError, GroupError, DeviceError, SettingsError, SchemaError, StorageError)
+OPERATOR_ERRORS = (
+    UserError,
+    GroupError,
+    DeviceError,
+    SettingsError,
+    SchemaError,
+    StorageError,
+    InvalidKey,
+    SigningKeyError,
+    BindingError,
+    SealError,
+)
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 P = ParamSpec("P")
@@ -312,6 +329,31 @@ def user_plan(settings: Settings, email: str, plan: str) -> None:
     _print(_write(settings, work))
 
 
+@user.command(
+    "password",
+    help="set a user's password for the console and POST /v1/auth/login: prompted for on a "
+    "terminal, else read from the first line of stdin; ends the user's sign-ins",
+)
+@click.argument("email")
+@with_settings
+def user_password(settings: Settings, email: str) -> None:
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        check_password_rules(password)
+    except UserError as exc:
+        raise CommandError(str(exc)) from exc
+
+    def work(session: Session) -> dict[str, object]:
+        owner = _owner(session, email)
+        set_password(session=session, user=owner, password=password, now=utcnow())
+        return {"id": owner.id, "email": owner.email, "password": "set"}
+
+    _print(_write(settings, work))
+
+
 @user.command("list", help="list users")
 @with_settings
 def user_list(settings: Settings) -> None:
@@ -356,6 +398,91 @@ def group_list(settings: Settings, owner: str | None) -> None:
             group_json(g, owners.get(g.owner_id))
             for g in list_groups(session=session, owner_id=owner_user.id if owner_user else None)
         ]
+
+    _print(_write(settings, work))
+
+
+@group.group(
+    "key", help="a group's Secure Boot V2 signing keys: once it has one, every deploy must be signed"
+)
+def group_key() -> None:
+    pass
+
+
+def _key_json(found: GroupKey) -> dict[str, Any]:
+    key = found.key
+    return {
+        "id": key.id,
+        "group": key.group_id,
+        "name": key.name,
+        "scheme": key.scheme,
+        "digest": key.digest,
+        "inherited_from": found.inherited_from,
+        "created_at": iso_utc(key.created_at),
+    }
+
+
+@group_key.command("add", help="register a public key for a group and its subgroups")
+@click.argument("group_id", metavar="GROUP")
+@click.option(
+    "--public-key",
+    "public_key",
+    required=True,
+    type=click.File("rb"),
+    help="a PEM public key (espsecure extract-public-key --version 2 --keyfile key.pem pub.pem)",
+)
+@click.option("--name", help="a name to tell keys apart (default: its scheme and digest)")
+@with_settings
+def group_key_add(settings: Settings, group_id: str, public_key: IO[bytes], name: str | None) -> None:
+    parsed = load_public_key(public_key.read(MAX_PEM_BYTES + 1))
+
+    def work(session: Session) -> dict[str, Any]:
+        added = add_key(session=session, group=_group(session, group_id), key=parsed, name=name, now=utcnow())
+        return _key_json(GroupKey(key=added, inherited_from=None))
+
+    _print(_write(settings, work))
+
+
+@group_key.command("list", help="a group's keys: its ancestors' first, then its own")
+@click.argument("group_id", metavar="GROUP")
+@with_settings
+def group_key_list(settings: Settings, group_id: str) -> None:
+    def work(session: Session) -> list[dict[str, Any]]:
+        return [_key_json(k) for k in group_keys(session=session, group=_group(session, group_id))]
+
+    _print(_write(settings, work))
+
+
+@group_key.command("remove", help="remove one of a group's own keys, by its id or digest")
+@click.argument("group_id", metavar="GROUP")
+@click.argument("key")
+@with_settings
+def group_key_remove(settings: Settings, group_id: str, key: str) -> None:
+    def work(session: Session) -> dict[str, Any]:
+        try:
+            removed = remove_key(session=session, group=_group(session, group_id), ref=key)
+        except LookupError:
+            raise CommandError(f"group {group_id} has no key {key}") from None
+        return _key_json(GroupKey(key=removed, inherited_from=None))
+
+    _print(_write(settings, work))
+
+
+@group.command(
+    "anti-rollback",
+    help="refuse (on) or allow (off) images whose secure_version is lower than the group runs; "
+    "subgroups follow",
+)
+@click.argument("group_id", metavar="GROUP")
+@click.argument("setting", type=click.Choice(["on", "off"]))
+@with_settings
+def group_anti_rollback(settings: Settings, group_id: str, setting: str) -> None:
+    def work(session: Session) -> dict[str, Any]:
+        found = _group(session, group_id)
+        found.anti_rollback = setting == "on"
+        session.add(found)
+        session.flush()
+        return group_json(found)
 
     _print(_write(settings, work))
 
@@ -408,6 +535,108 @@ def device_list(settings: Settings, group_id: str | None) -> None:
         return [device_json(d) for d in list_devices(session=session, group_id=group_id)]
 
     _print(_write(settings, work))
+
+
+@cli.group(help="bind GitHub repositories: their published releases deploy", no_args_is_help=False)
+def github() -> None:
+    pass
+
+
+@github.command(
+    "bind",
+    help="deploy a repository's published releases to a group; prints the webhook URL and its secret once",
+)
+@click.option("--owner", required=True, metavar="EMAIL", help="the email of the user who owns the group")
+@click.option("--repo", required=True, metavar="OWNER/NAME", help="the repository on GitHub")
+@click.option(
+    "--group", "group_id", required=True, metavar="GROUP_ID", help="the group its releases deploy to"
+)
+@click.option("--canary", metavar="GROUP_ID", help="start a rollout with this canary subgroup")
+@click.option("--waves", metavar="WAVES", help="start a rollout in waves (the POST's waves field, as given)")
+@click.option(
+    "--asset", default="*.bin", help="pattern of the release asset to deploy: exactly one must match"
+)
+@click.option("--prereleases", is_flag=True, help="deploy prereleases too")
+@click.option("--report-deployments", is_flag=True, help="report its rollouts back to GitHub as deployments")
+@click.option(
+    "--token-env",
+    metavar="NAME",
+    help="the environment variable holding a GitHub token that may read the repository (stored "
+    "encrypted; never on the command line, where ps and the shell's history would show it)",
+)
+@with_settings
+def github_bind(
+    settings: Settings,
+    owner: str,
+    repo: str,
+    group_id: str,
+    canary: str | None,
+    waves: str | None,
+    asset: str,
+    prereleases: bool,
+    report_deployments: bool,
+    token_env: str | None,
+) -> None:
+    import os
+
+    from otaship.receiver.github.bindings import create_binding
+    from otaship.receiver.http.management.github import binding_view
+
+    token = None
+    if token_env is not None:
+        token = os.environ.get(token_env, "").strip()
+        if not token:
+            raise CommandError(f"--token-env {token_env}: that environment variable is not set")
+    request = BindRequest(
+        repo=repo,
+        group_id=group_id,
+        canary_id=canary,
+        waves=waves,
+        asset=asset,
+        prereleases=prereleases,
+        report_deployments=report_deployments,
+        token=token,
+    )
+
+    def work(session: Session) -> dict[str, Any]:
+        binding, secret = create_binding(
+            session=session,
+            owner_id=_owner(session, owner).id,
+            request=request,
+            secret_key=settings.secret_key,
+        )
+        return {**binding_view(settings, binding).wire(), "secret": secret}
+
+    _print(_write(settings, work))
+
+
+@github.command("list", help="list GitHub bindings (never their secrets or tokens)")
+@click.option("--owner", metavar="EMAIL", help="only this user's bindings")
+@with_settings
+def github_list(settings: Settings, owner: str | None) -> None:
+    from otaship.receiver.github.bindings import list_bindings
+    from otaship.receiver.http.management.github import binding_view
+
+    def work(session: Session) -> list[dict[str, Any]]:
+        owner_id = _owner(session, owner).id if owner else None
+        return [binding_view(settings, b).wire() for b in list_bindings(session=session, owner_id=owner_id)]
+
+    _print(_write(settings, work))
+
+
+@github.command("unbind", help="remove a binding: later deliveries are refused; its deliveries are kept")
+@click.argument("binding_id")
+@click.option("--owner", required=True, metavar="EMAIL", help="the email of the user who owns the binding")
+@with_settings
+def github_unbind(settings: Settings, binding_id: str, owner: str) -> None:
+    from otaship.receiver.github.bindings import delete_binding
+
+    def work(session: Session) -> bool:
+        return delete_binding(session=session, owner_id=_owner(session, owner).id, binding_id=binding_id)
+
+    if not _write(settings, work):
+        raise CommandError(f"no GitHub binding {binding_id} owned by {owner}")
+    _print({"id": binding_id, "removed": True})
 
 
 cli.add_command(simulate_command)

@@ -41,6 +41,8 @@ _ID_TOKEN_SEGMENT = re.compile(r"(?<=/)([0-9A-Fa-f]{24})[A-Za-z0-9]{16}(?![A-Za-
 # Credentials are long; "basic checks" in a sentence is left alone.
 _AUTH_HEADER = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=\-]{8,}")
 _API_KEY = re.compile(r"\bosk_[A-Za-z0-9_\-]+")
+# GitHub's tokens (ghp_, gho_, ghu_, ghs_, ghr_, github_pat_) and the webhook secrets otaship makes.
+_GITHUB_SECRET = re.compile(r"\b(gh[pousr]_|github_pat_|oshk_)[A-Za-z0-9_\-]+")
 # Capabilities in query strings, such as a GCS resumable upload's upload_id in an error.
 _QUERY_SECRET = re.compile(
     r"(?i)\b(upload_id|access_token|token|api_key|password|secret|signature|X-Goog-Signature)=[^&\s\"'\\]+"
@@ -75,6 +77,7 @@ def redact(text: str) -> str:
     text = _ID_TOKEN_SEGMENT.sub(rf"\1{REDACTED}", text)
     text = _AUTH_HEADER.sub(rf"\1\2{REDACTED}", text)
     text = _API_KEY.sub(f"osk_{REDACTED}", text)
+    text = _GITHUB_SECRET.sub(rf"\1{REDACTED}", text)
     text = _QUERY_SECRET.sub(rf"\1={REDACTED}", text)
     return _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
 

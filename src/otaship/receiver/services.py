@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import anyio.to_thread
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.requests import HTTPConnection
@@ -19,6 +18,7 @@ from otaship.receiver.intake.slots import UploadSlots
 from otaship.receiver.settings import Settings
 from otaship.receiver.storage import Storage
 from otaship.receiver.targeting.catalog import FirmwareCatalog
+from otaship.receiver.threads import in_thread
 from otaship.receiver.ttl_map import TtlMap
 
 T = TypeVar("T")
@@ -76,7 +76,7 @@ class Services:
             with read_session(self.engine) as session:
                 return work(session)
 
-        return await anyio.to_thread.run_sync(call)
+        return await in_thread(call)
 
     async def run_write(self, work: Callable[[Session], T]) -> T:
         """Run blocking work in one write transaction, committed when it returns."""
@@ -85,7 +85,7 @@ class Services:
             with write_session(self.engine) as session:
                 return work(session)
 
-        return await anyio.to_thread.run_sync(call)
+        return await in_thread(call)
 
     def deployed(self) -> None:
         """Something was deployed: forget cached answers and publish triggers now."""
@@ -94,4 +94,4 @@ class Services:
         self.on_deploy()
 
     async def run_blocking(self, work: Callable[[], T]) -> T:
-        return await anyio.to_thread.run_sync(work)
+        return await in_thread(work)

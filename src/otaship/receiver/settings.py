@@ -39,7 +39,31 @@ SERVERS = ("granian", "uvicorn")
 DEFAULT_TRIGGER_RETRIES = 3
 MAX_TRIGGER_RETRIES = 10
 DEFAULT_TRIGGER_RETRY_BACKOFF = 60
-DEFAULT_TRIGGER_DARK_AFTER = 600
+# Silence after a 201 counts as gone dark after three status intervals of an
+# IoTaaP OS device (5 s) plus the image's download at the slowest rate allowed
+# for, since a device publishes nothing while it downloads: 16 KiB/s, a weak
+# Wi-Fi link, gives a 1.5 MiB image 96 s and a 4 MiB app partition 256 s.
+DEFAULT_TRIGGER_DARK_AFTER = 15
+DEFAULT_TRIGGER_DOWNLOAD_RATE = 16 * 1024
+# A device on the new version that boots again more than this many times
+# while its stage is judged is in a reboot loop (rollouts/policy.py). Three
+# rides out a reboot or two that the firmware itself asks for (a settings
+# change, a watchdog after a slow start); the bound only keeps the setting
+# meaningful.
+DEFAULT_REBOOT_LOOP_BOOTS = 3
+MAX_REBOOT_LOOP_BOOTS = 1000
+# Three status reports of a device that reports every minute: seen within this is online.
+DEFAULT_ONLINE_WITHIN = 180
+
+# GitHub webhooks (receiver/github/): where its REST API is, seconds for each
+# request to it, and how long a replica holds a delivery's job before another
+# may take it over (renewed while the job runs, so only a dead replica's lapses).
+DEFAULT_GITHUB_API_URL = "https://api.github.com"
+DEFAULT_GITHUB_TIMEOUT = 30
+DEFAULT_GITHUB_JOB_LEASE = 60
+# OTASHIP_SECRET_KEY encrypts the webhook secrets and GitHub tokens: long enough
+# that guessing it is out of reach.
+MIN_SECRET_KEY_LENGTH = 32
 
 
 class SettingsError(ValueError):
@@ -170,6 +194,30 @@ def _public_url(env: Mapping[str, str]) -> str | None:
     return raw.rstrip("/")
 
 
+def _secret_key(env: Mapping[str, str]) -> str | None:
+    raw = env.get("OTASHIP_SECRET_KEY", "").strip()
+    if not raw:
+        return None
+    if len(raw) < MIN_SECRET_KEY_LENGTH:
+        # The value itself is never quoted back.
+        raise SettingsError(
+            f"OTASHIP_SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters "
+            "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes one)"
+        )
+    return raw
+
+
+def _github_api_url(env: Mapping[str, str]) -> str:
+    raw = env.get("OTASHIP_GITHUB_API_URL", "").strip() or DEFAULT_GITHUB_API_URL
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise SettingsError(
+            f"OTASHIP_GITHUB_API_URL must be GitHub's REST API base URL, such as {DEFAULT_GITHUB_API_URL}, "
+            f"not {raw!r}"
+        )
+    return raw.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -203,6 +251,15 @@ class Settings:
     trigger_retries: int = DEFAULT_TRIGGER_RETRIES
     trigger_retry_backoff: float = DEFAULT_TRIGGER_RETRY_BACKOFF
     trigger_dark_after: float = DEFAULT_TRIGGER_DARK_AFTER
+    trigger_download_rate: float = DEFAULT_TRIGGER_DOWNLOAD_RATE
+    reboot_loop_boots: int = DEFAULT_REBOOT_LOOP_BOOTS
+    # Never logged nor shown: see _secret_key and receiver/github/sealed.py.
+    secret_key: str | None = field(default=None, repr=False)
+    github_api_url: str = DEFAULT_GITHUB_API_URL
+    github_timeout: float = DEFAULT_GITHUB_TIMEOUT
+    github_job_lease: float = DEFAULT_GITHUB_JOB_LEASE
+    # The console counts a device online when it was seen this recently.
+    online_within: float = DEFAULT_ONLINE_WITHIN
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -250,6 +307,21 @@ class Settings:
                 env, "OTASHIP_TRIGGER_RETRY_BACKOFF", DEFAULT_TRIGGER_RETRY_BACKOFF, minimum=1
             ),
             trigger_dark_after=_int(env, "OTASHIP_TRIGGER_DARK_AFTER", DEFAULT_TRIGGER_DARK_AFTER, minimum=1),
+            trigger_download_rate=_int(
+                env, "OTASHIP_TRIGGER_DOWNLOAD_RATE", DEFAULT_TRIGGER_DOWNLOAD_RATE, minimum=1
+            ),
+            reboot_loop_boots=_int(
+                env,
+                "OTASHIP_REBOOT_LOOP_BOOTS",
+                DEFAULT_REBOOT_LOOP_BOOTS,
+                minimum=1,
+                maximum=MAX_REBOOT_LOOP_BOOTS,
+            ),
+            secret_key=_secret_key(env),
+            github_api_url=_github_api_url(env),
+            github_timeout=_int(env, "OTASHIP_GITHUB_TIMEOUT", DEFAULT_GITHUB_TIMEOUT, minimum=1),
+            github_job_lease=_int(env, "OTASHIP_GITHUB_JOB_LEASE", DEFAULT_GITHUB_JOB_LEASE, minimum=3),
+            online_within=_int(env, "OTASHIP_ONLINE_WITHIN", DEFAULT_ONLINE_WITHIN, minimum=1),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

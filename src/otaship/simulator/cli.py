@@ -14,8 +14,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from otaship.simulator.config import SimulationConfig, SimulationError
-from otaship.simulator.fleet import FleetProgress, FleetSummary, register_devices, simulate
+from otaship.simulator.config import FAIL_MODES, FAIL_REVERT, SimulationConfig, SimulationError
+from otaship.simulator.fleet import FleetProgress, FleetSummary, register_devices
+from otaship.simulator.processes import run_fleet
 
 if TYPE_CHECKING:
     from otaship.receiver.settings import Settings
@@ -32,7 +33,7 @@ EXIT_USAGE = 2
     "simulate",
     short_help="run simulated IoTaaP OS devices (a test fleet, or a load generator)",
     help=(
-        "Run N simulated IoTaaP OS devices in one process. Each logs in to MQTT with the "
+        "Run N simulated IoTaaP OS devices in one process (or over --processes). Each logs in to MQTT with the "
         "owner's credentials, reports its status, and on an update trigger checks latest, "
         "downloads and verifies the image, and reboots into the new version."
     ),
@@ -53,7 +54,16 @@ EXIT_USAGE = 2
     type=click.FloatRange(0, 1),
     default=0.0,
     metavar="F",
-    help="share of devices that come back on their old version after an update",
+    help="share of devices whose update fails (how: --fail-mode)",
+)
+@click.option(
+    "--fail-mode",
+    type=click.Choice(FAIL_MODES),
+    default=FAIL_REVERT,
+    show_default=True,
+    help="how the --fail-rate devices fail: revert (back on the old version after the reboot), "
+    "dark (answer 201, then send nothing), reboot-loop (boot the new version, then reboot every "
+    "few seconds), 203 (the download fails)",
 )
 @click.option(
     "--register",
@@ -87,6 +97,13 @@ EXIT_USAGE = 2
     metavar="N",
     help="concurrent HTTP connections to the receiver",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    metavar="N",
+    help="spread the devices over N processes (about one per core for thousands of devices)",
+)
 @click.option("--json", is_flag=True, help="print the summary as one JSON object")
 @click.option(
     "--detach",
@@ -111,12 +128,14 @@ def config_from_args(params: Mapping[str, Any]) -> SimulationConfig:
         devices=params["devices"],
         version=params["version"],
         fail_rate=params["fail_rate"],
+        fail_mode=params["fail_mode"],
         status_interval=params["status_interval"],
         id_prefix=params["id_prefix"],
         until_version=params["until_version"],
         duration=params["duration"] or None,
         seed=params["seed"],
         http_connections=params["http_connections"],
+        processes=params["processes"],
     )
 
 
@@ -174,7 +193,7 @@ async def run_until_signal(
             waiting.pop()()
 
     try:
-        return await simulate(config, stop=stop, on_progress=on_progress)
+        return await run_fleet(config, stop=stop, on_progress=on_progress)
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)

@@ -14,7 +14,17 @@ UPDATED = "updated"
 FAILED = "failed"  # came back on its old version after a 201
 ALREADY_CURRENT = "already_current"
 ERROR = "error"  # answered 203
-OUTCOMES = (UPDATED, FAILED, ALREADY_CURRENT, ERROR)
+DARK = "dark"  # answered 201, then fell silent
+REBOOT_LOOP = "reboot_loop"  # booted the new version, then kept rebooting
+OUTCOMES = (UPDATED, FAILED, ALREADY_CURRENT, ERROR, DARK, REBOOT_LOOP)
+
+# How a failing device (--fail-rate) fails: each one exercises one of the
+# receiver's health signals (the `reason` of a failed device).
+FAIL_REVERT = "revert"  # boots back into its old version, as ESP-IDF's app rollback does
+FAIL_DARK = "dark"  # answers 201, then sends nothing for the rest of the run
+FAIL_REBOOT_LOOP = "reboot-loop"  # boots the new version, then reboots again and again
+FAIL_203 = "203"  # its download fails: 203, on every attempt
+FAIL_MODES = (FAIL_REVERT, FAIL_DARK, FAIL_REBOOT_LOOP, FAIL_203)
 
 
 class SimulationError(ValueError):
@@ -42,7 +52,7 @@ def default_device_ids(group_id: str, count: int, id_prefix: str | None = None) 
 
 
 def failing_devices(count: int, fail_rate: float, seed: int) -> frozenset[int]:
-    """Indexes of the devices that boot-loop back: round(count × fail_rate) of them, fixed by seed."""
+    """Indexes of the devices that fail (in the fail mode): round(count × fail_rate) of them, fixed by seed."""
     share = math.floor(count * fail_rate + 0.5)
     return frozenset(random.Random(seed).sample(range(count), share))
 
@@ -56,6 +66,12 @@ class SimulationConfig:
     devices: int
     version: str = "0.0.0"
     fail_rate: float = 0.0
+    # How the devices that fail do (FAIL_MODES).
+    fail_mode: str = FAIL_REVERT
+    # A device in a reboot loop boots again this many seconds after each boot
+    # (plus the reboot itself). A receiver takes boots less than 5 s apart for
+    # one (rollouts/policy.py, BOOT_JITTER): shorter loops go unseen there.
+    reboot_loop_interval: float = 7.0
     # Each device's first this many downloads fail (answered 203), as a
     # download cut short under load would; the next one goes through.
     download_failures: int = 0
@@ -64,6 +80,9 @@ class SimulationConfig:
     id_prefix: str | None = None
     # Explicit device ids; when given there must be `devices` of them.
     device_ids: list[str] | None = None
+    # Explicit ids of the devices that fail; None: fail_rate and seed pick them. One
+    # process of a fleet spread over several gets its share of the fleet's choice.
+    failing_ids: list[str] | None = None
     until_version: str | None = None
     duration: float | None = None
     seed: int = 0
@@ -80,6 +99,8 @@ class SimulationConfig:
     connect_timeout: float = 10.0
     keepalive: int = 60
     progress_interval: float = 0.5
+    # Processes the devices are spread over (processes.py); each runs a Fleet.
+    processes: int = 1
 
     def resolved_device_ids(self) -> list[str]:
         if self.device_ids is None:
@@ -97,6 +118,10 @@ class SimulationConfig:
             raise SimulationError("the fleet needs at least one device")
         if not 0.0 <= self.fail_rate <= 1.0:
             raise SimulationError(f"fail rate {self.fail_rate} is not between 0 and 1")
+        if self.fail_mode not in FAIL_MODES:
+            raise SimulationError(f"fail mode {self.fail_mode!r} is not one of {', '.join(FAIL_MODES)}")
+        if self.reboot_loop_interval <= 0:
+            raise SimulationError("reboot_loop_interval must be positive")
         if self.download_failures < 0:
             raise SimulationError("download_failures must be 0 or more")
         if self.duration is not None and self.duration <= 0:
@@ -104,7 +129,13 @@ class SimulationConfig:
         low, high = self.reboot_delay
         if not 0 <= low <= high:
             raise SimulationError(f"bad reboot delay range {self.reboot_delay}")
-        for name in ("http_connections", "max_inflight", "connect_concurrency", "connect_threads"):
+        for name in (
+            "http_connections",
+            "max_inflight",
+            "connect_concurrency",
+            "connect_threads",
+            "processes",
+        ):
             if getattr(self, name) < 1:
                 raise SimulationError(f"{name} must be at least 1")
         ids = self.resolved_device_ids()
@@ -117,4 +148,13 @@ class SimulationConfig:
         for label, value in (("mqtt_user", mqtt_user_of(broker)), ("group id", self.group_id)):
             if not TOPIC_UNSAFE.isdisjoint(value):
                 raise SimulationError(f"the {label} {value!r} cannot be used in an MQTT topic")
+        if self.failing_ids is not None and not set(self.failing_ids) <= set(ids):
+            raise SimulationError("failing device ids must be among the device ids")
         return broker
+
+    def failing_indexes(self) -> frozenset[int]:
+        """Indexes (in resolved_device_ids()) of the devices that fail, in `fail_mode`."""
+        if self.failing_ids is None:
+            return failing_devices(self.devices, self.fail_rate, self.seed)
+        failing = set(self.failing_ids)
+        return frozenset(i for i, device_id in enumerate(self.resolved_device_ids()) if device_id in failing)

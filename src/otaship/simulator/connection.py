@@ -44,6 +44,8 @@ class Connection:
         self.subscribed = False
         self.closed = False
         self.unacked: set[int] = set()
+        self._write_soon = False
+        self._watching_write = False
         # Set on every state change; waiters re-check their condition.
         self.changed = asyncio.Event()
         client.on_connect = self._on_connect
@@ -62,15 +64,40 @@ class Connection:
         loop = self.fleet.loop
         self.sock = sock
         self.client.on_socket_close = self._on_socket_close
-        self.client.on_socket_register_write = lambda _c, _u, s: loop.add_writer(s, self._writable)
-
-        def unregister_write(_client: object, _userdata: object, sock: Any) -> None:
-            loop.remove_writer(sock)
-
-        self.client.on_socket_unregister_write = unregister_write
+        self.client.on_socket_register_write = lambda _c, _u, _s: self._want_write()
+        self.client.on_socket_unregister_write = lambda _c, _u, _s: self._no_writer()
         loop.add_reader(sock, self._readable)
         if self.client.want_write():
-            loop.add_writer(sock, self._writable)
+            self._add_writer()
+
+    # paho asks for the socket to be watched for writing on every publish, and
+    # to stop once it is written. Each ask was two epoll changes per packet; a
+    # write is tried first, on the loop's next turn (which also sends a
+    # device's publishes of one turn together), and the socket watched only
+    # when it cannot take everything.
+
+    def _want_write(self) -> None:
+        if not self._write_soon and not self._watching_write:
+            self._write_soon = True
+            self.fleet.loop.call_soon(self._write_now)
+
+    def _write_now(self) -> None:
+        self._write_soon = False
+        if self.closed or self.sock is None:
+            return
+        self._writable()
+        if not self.closed and self.client.want_write():
+            self._add_writer()
+
+    def _add_writer(self) -> None:
+        if not self._watching_write:
+            self._watching_write = True
+            self.fleet.loop.add_writer(self.sock, self._writable)
+
+    def _no_writer(self) -> None:
+        if self._watching_write:
+            self._watching_write = False
+            self.fleet.loop.remove_writer(self.sock)
 
     def _readable(self) -> None:
         try:
@@ -93,6 +120,7 @@ class Connection:
         loop = self.fleet.loop
         loop.remove_reader(sock)
         loop.remove_writer(sock)
+        self._watching_write = False
         self._mark_closed()
 
     def _mark_closed(self) -> None:
@@ -114,6 +142,7 @@ class Connection:
         if self.sock is not None:
             self.fleet.loop.remove_reader(sock)
             self.fleet.loop.remove_writer(sock)
+            self._watching_write = False
         sock.close()
         self._mark_closed()
 

@@ -3,8 +3,10 @@
 It answers a trigger as the IoTaaP OS ESP32 library does (docs/device-protocol.md):
 200, then `latest`, then 202 or 201, the download checked as Arduino's HTTPUpdate
 checks it (no redirects, `Content-Length`, `x-MD5`, the 0xE9 magic), 203 on any
-failure, and a reboot into the new version, or back into the old one for a
-device chosen to fail.
+failure, and a reboot into the new version. A device chosen to fail does so
+in the simulation's fail mode (config.FAIL_MODES): back into its old version
+after the reboot, silent after its 201, rebooting again and again on the new
+version, or 203 because its download fails.
 """
 
 from __future__ import annotations
@@ -12,16 +14,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from otaship.protocol import ResponseCode, response_topic, status_topic
-from otaship.simulator.config import ALREADY_CURRENT, ERROR, FAILED, UPDATED, SimulationError
+from otaship.simulator.config import (
+    ALREADY_CURRENT,
+    DARK,
+    ERROR,
+    FAIL_203,
+    FAIL_DARK,
+    FAIL_REBOOT_LOOP,
+    FAIL_REVERT,
+    FAILED,
+    REBOOT_LOOP,
+    UPDATED,
+    SimulationError,
+)
 from otaship.simulator.connection import DISCONNECT_GRACE, Connection, ConnectionLost
+from otaship.simulator.http import HttpError
 
 if TYPE_CHECKING:
     from otaship.simulator.fleet import Fleet
@@ -38,6 +52,10 @@ _UPTIME_AT_START = (60.0, 3600.0)
 _REFUSED_CREDENTIALS = (134, 135)  # bad user name or password, not authorized
 
 
+# What the IoTaaP OS library's HTTPClient sends when it asks `latest`.
+_LATEST_HEADERS = {"User-Agent": "ESP32HTTPClient", "Connection": "keep-alive", "Accept-Encoding": "identity"}
+
+
 class UpdateFailed(Exception):
     """An update step failed; the device answers 203."""
 
@@ -48,6 +66,13 @@ class Device:
         self.index = index
         self.id = device_id
         self.fails_update = fails_update
+        # How it fails (config.FAIL_MODES), or None for a device that does not.
+        self.fail_mode = fleet.config.fail_mode if fails_update else None
+        # Gone dark: it sends nothing more and answers no trigger.
+        self.dark = False
+        # Booted the new version and now reboots every reboot_loop_interval.
+        self.looping = False
+        self.loop_task: asyncio.Task[None] | None = None
         self.download_failures_left = fleet.config.download_failures
         self.initial_version = fleet.config.version
         self.version = self.initial_version
@@ -59,7 +84,7 @@ class Device:
         self.booted_at = time.monotonic() - fleet.rng.uniform(*_UPTIME_AT_START)
         self.battery = fleet.rng.randint(20, 100)
         self.connection: Connection | None = None
-        self.online = False
+        self._online = False
         self.update_task: asyncio.Task[None] | None = None
         self.status_task: asyncio.Task[None] | None = None
         self.reboot_into: str | None = None
@@ -71,6 +96,8 @@ class Device:
         self.rollbacks = 0
         self.errors = 0
         self.reconnects = 0
+        # Reboots of its reboot loop.
+        self.reboots = 0
         self.triggered_at: float | None = None
         self.settled_at: float | None = None
         self.update_seconds: float | None = None
@@ -78,6 +105,18 @@ class Device:
         self.response_topic = response_topic(fleet.mqtt_user, device_id)
         # A MAC-like id for the HTTP headers Arduino's HTTPUpdate sends.
         self.mac = ":".join(f"{b:02X}" for b in hashlib.md5(device_id.encode()).digest()[:6])
+
+    @property
+    def online(self) -> bool:
+        return self._online
+
+    @online.setter
+    def online(self, value: bool) -> None:
+        # The fleet counts online devices as they change: counting them on every
+        # boot report made a fleet's boot quadratic in its size.
+        if value != self._online:
+            self._online = value
+            self.fleet.online_count += 1 if value else -1
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -163,12 +202,23 @@ class Device:
         return connection
 
     async def _boot_report(self, connection: Connection, rebooted: bool) -> None:
+        if self.dark:
+            # Connected (a broker sees its keepalives) but silent.
+            self.online = True
+            return
         await connection.publish(self.status_topic, self._status())
         await connection.flush(self.fleet.config.connect_timeout)
         self.online = True
         self.fleet.set_reported(self, self.version)
-        if rebooted:
-            self._finish_update(FAILED if self.fails_update else UPDATED, time.monotonic())
+        if rebooted and self.in_update:
+            if self.fail_mode == FAIL_REBOOT_LOOP:
+                self.looping = True
+                self._finish_update(REBOOT_LOOP, time.monotonic())
+            else:
+                self._finish_update(FAILED if self.fail_mode == FAIL_REVERT else UPDATED, time.monotonic())
+        if self.looping:
+            self.loop_task = asyncio.create_task(self._reboot_again(connection))
+            self.loop_task.add_done_callback(self.fleet.watch)
         if self.fleet.config.status_interval > 0:
             self.status_task = asyncio.create_task(self._report_status(connection))
             self.status_task.add_done_callback(self.fleet.watch)
@@ -177,19 +227,45 @@ class Device:
         fleet = self.fleet
         new_version, self.reboot_into = self.reboot_into, None
         await asyncio.sleep(fleet.rng.uniform(*fleet.config.reboot_delay))
-        if not self.fails_update and new_version is not None:
+        if self.fail_mode != FAIL_REVERT and new_version is not None:
             self.version = new_version
         self.booted_at = time.monotonic()
 
     async def _stop_tasks(self) -> None:
-        tasks = [t for t in (self.status_task, self.update_task) if t is not None and not t.done()]
+        tasks = [
+            t for t in (self.status_task, self.update_task, self.loop_task) if t is not None and not t.done()
+        ]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self.status_task = None
+        self.loop_task = None
         if self.update_task is not None and self.update_task.done():
             self.update_task = None
+
+    async def _reboot_again(self, connection: Connection) -> None:
+        """The reboot loop: reboot (into the same version) reboot_loop_interval after each boot."""
+        while True:
+            await asyncio.sleep(self.fleet.config.reboot_loop_interval)
+            # A trigger being answered finishes first: a reboot cuts no update short.
+            if not self.in_update and not self.fleet.stopping:
+                break
+        self.reboots += 1
+        self.reboot_into = self.version
+        self._drop(connection)
+
+    def _drop(self, connection: Connection) -> None:
+        connection.disconnect()
+        # A socket that cannot even take the DISCONNECT is dropped.
+        self.fleet.loop.call_later(DISCONNECT_GRACE, connection.force_close)
+
+    def _go_dark(self) -> None:
+        """Fall silent for the rest of the run, as a device hung after its 201 does."""
+        self.dark = True
+        if self.status_task is not None:
+            self.status_task.cancel()
+        self._finish_update(DARK, None)
 
     def _status(self) -> dict[str, Any]:
         return {
@@ -215,7 +291,7 @@ class Device:
     # -- update --------------------------------------------------------------------
 
     def on_trigger(self, connection: Connection) -> None:
-        if self.in_update or connection.closed or self.fleet.stopping:
+        if self.in_update or self.dark or connection.closed or self.fleet.stopping:
             # Busy flashing or rebooting: a real device misses it too.
             return
         self.in_update = True
@@ -249,14 +325,15 @@ class Device:
                 await self._respond(connection, ResponseCode.ERROR)
                 self._finish_update(ERROR, None)
                 return
+            if self.fail_mode == FAIL_DARK:
+                self._go_dark()
+                return
             # The image is good: the device reboots whatever MQTT does next.
             self.reboot_into = latest
             # Best effort, so the broker has our 201 before we go.
             with contextlib.suppress(ConnectionLost, TimeoutError):
                 await connection.flush(self.fleet.config.connect_timeout)
-            connection.disconnect()
-            # A socket that cannot even take the DISCONNECT is dropped.
-            self.fleet.loop.call_later(DISCONNECT_GRACE, connection.force_close)
+            self._drop(connection)
         except (ConnectionLost, TimeoutError):
             # run() sees the closed connection and reconnects.
             connection.force_close()
@@ -268,7 +345,7 @@ class Device:
     def _finish_update(self, outcome: str, settled_at: float | None) -> None:
         self.in_update = False
         self.outcome = outcome
-        if outcome == UPDATED:
+        if outcome in (UPDATED, REBOOT_LOOP):
             self.updates += 1
         elif outcome == FAILED:
             self.rollbacks += 1
@@ -280,17 +357,16 @@ class Device:
 
     async def _latest_version(self) -> str:
         fleet = self.fleet
-        async with fleet.http_slots:
-            try:
-                response = await fleet.http.get(fleet.latest_url)
-            except httpx.HTTPError as exc:
-                raise UpdateFailed(f"GET latest: {exc!r}") from exc
-        if response.status_code != 200:
-            raise UpdateFailed(f"GET latest answered {response.status_code}")
         try:
-            version = response.json()["ver"]
+            response, body = await fleet.http.get(fleet.latest_path, _LATEST_HEADERS)
+        except HttpError as exc:
+            raise UpdateFailed(f"GET latest: {exc}") from exc
+        if response.status != 200:
+            raise UpdateFailed(f"GET latest answered {response.status}")
+        try:
+            version = json.loads(body)["ver"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise UpdateFailed(f"GET latest: unexpected body {response.text[:80]!r}") from exc
+            raise UpdateFailed(f"GET latest: unexpected body {body[:80]!r}") from exc
         if not isinstance(version, str) or not version:
             raise UpdateFailed(f"GET latest: bad version {version!r}")
         return version
@@ -300,6 +376,8 @@ class Device:
         if self.download_failures_left > 0:
             self.download_failures_left -= 1
             raise UpdateFailed("download failed (simulated: download_failures)")
+        if self.fail_mode == FAIL_203:
+            raise UpdateFailed("download failed (simulated: fail mode 203)")
         headers = {
             # What Arduino's HTTPUpdate sends; no compression, like the device.
             "User-Agent": "ESP32-http-Update",
@@ -308,28 +386,27 @@ class Device:
             "x-ESP32-mode": "sketch",
             "x-ESP32-version": self.version,
         }
-        async with fleet.http_slots:
-            try:
-                async with fleet.http.stream("GET", fleet.download_url, headers=headers) as response:
-                    if response.status_code != 200:
-                        raise UpdateFailed(f"download answered {response.status_code}")
-                    length = _content_length(response.headers.get("content-length"))
-                    expected_md5 = response.headers.get("x-md5", "").strip().lower()
-                    if len(expected_md5) != 32:
-                        raise UpdateFailed("download has no x-MD5 header")
-                    md5 = hashlib.md5()
-                    received = 0
-                    first: int | None = None
-                    # Hash as the bytes arrive: a fleet never holds its images in memory.
-                    async for chunk in response.aiter_raw():
-                        if first is None and chunk:
-                            first = chunk[0]
-                        received += len(chunk)
-                        if received > length:
-                            raise UpdateFailed(f"more than Content-Length {length} bytes")
-                        md5.update(chunk)
-            except httpx.HTTPError as exc:
-                raise UpdateFailed(f"download: {exc!r}") from exc
+        try:
+            async with fleet.http.stream(fleet.download_path, headers) as (response, chunks):
+                if response.status != 200:
+                    raise UpdateFailed(f"download answered {response.status}")
+                length = _content_length(response.headers.get("content-length"))
+                expected_md5 = response.headers.get("x-md5", "").strip().lower()
+                if len(expected_md5) != 32:
+                    raise UpdateFailed("download has no x-MD5 header")
+                md5 = hashlib.md5()
+                received = 0
+                first: int | None = None
+                # Hash as the bytes arrive: a fleet never holds its images in memory.
+                async for chunk in chunks:
+                    if first is None and chunk:
+                        first = chunk[0]
+                    received += len(chunk)
+                    if received > length:
+                        raise UpdateFailed(f"more than Content-Length {length} bytes")
+                    md5.update(chunk)
+        except HttpError as exc:
+            raise UpdateFailed(f"download: {exc}") from exc
         if received != length:
             raise UpdateFailed(f"got {received} of {length} bytes")
         if first != ESP_IMAGE_MAGIC:

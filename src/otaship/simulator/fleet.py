@@ -5,8 +5,9 @@ OS ESP32 library does: it logs in to MQTT with its owner's credentials, reports
 its status, answers an update trigger with 200, checks `latest`, answers 202 or
 201, downloads and verifies the image (no redirects, `Content-Length`, `x-MD5`,
 the 0xE9 magic), answers 203 on any failure, and "reboots" into the new
-version. A chosen share of devices comes back on the old version, like a bad
-image that boot-loops back.
+version. A chosen share of devices fails, in the fail mode asked for: back
+on the old version like a bad image that boot-loops back (the default),
+silent after its 201, rebooting again and again on the new version, or 203.
 
 How 1,000+ devices fit in one process
 -------------------------------------
@@ -35,15 +36,14 @@ Limits that keep a big fleet honest:
   not overflow the broker's listen backlog at boot or after a mass reboot;
 - unacknowledged QoS 1 publishes are capped fleet-wide (paho numbers them with
   16-bit ids, and past 65,535 in flight messages are lost silently);
-- all HTTP goes through one `httpx.AsyncClient` with a connection limit, and
+- all HTTP goes through one client (http.py) with a connection limit, and
   each download is streamed into an MD5, so 1,000 devices downloading a 1.5 MiB
-  image never hold 1,000 images in memory (about 80 MiB RSS for 1,000 devices).
+  image never hold 1,000 images in memory.
 
 The HTTP limit defaults to 16 connections, far fewer than a real fleet opens:
-httpcore 1.0's pool does bookkeeping proportional to its size (quadratic in
-part, encode/httpcore#1035) on every request, and that, not the network, bounds
-a big simulation. 8 to 16 connections already keep a local receiver busy on a
-2-core machine; raise --http-connections for a distant one.
+8 to 16 connections already keep a local receiver busy on a 2-core machine;
+raise --http-connections for a distant one. One process carries a few
+thousand devices on a core; processes.py spreads more over several.
 """
 
 from __future__ import annotations
@@ -60,22 +60,23 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from otaship.protocol import BrokerAddress, download_path, latest_path, trigger_topic
 from otaship.simulator.config import (
     ALREADY_CURRENT,
+    DARK,
     ERROR,
     FAILED,
+    REBOOT_LOOP,
     UPDATED,
     SimulationConfig,
     SimulationError,
-    failing_devices,
     mqtt_user_of,
 )
 from otaship.simulator.connection import DISCONNECT_GRACE
 from otaship.simulator.device import Device
+from otaship.simulator.http import HttpClient
 
 if TYPE_CHECKING:
     from otaship.receiver.settings import Settings
@@ -98,15 +99,21 @@ class FleetProgress:
     errors: int
     target_version: str | None
     on_target: int
+    dark: int = 0
+    reboot_loop: int = 0
 
     def line(self) -> str:
         target = (
             f" | on {self.target_version}: {self.on_target}/{self.devices}" if self.target_version else ""
         )
+        # Only a fleet with those fail modes has them.
+        health = (f" | dark {self.dark}" if self.dark else "") + (
+            f" | reboot-loop {self.reboot_loop}" if self.reboot_loop else ""
+        )
         return (
             f"[{self.elapsed:7.1f}s] online {self.online}/{self.devices} | triggered {self.triggered}"
             f" | updating {self.updating} | updated {self.updated} | failed {self.failed}"
-            f" | current {self.already_current} | errors {self.errors}{target}"
+            f" | current {self.already_current} | errors {self.errors}{health}{target}"
         )
 
 
@@ -124,6 +131,8 @@ class DeviceSummary:
     reconnects: int
     # From its last trigger to its boot report on the new version.
     update_seconds: float | None
+    # Reboots of its reboot loop (fail mode reboot-loop).
+    reboots: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -137,6 +146,7 @@ class DeviceSummary:
             "rollbacks": self.rollbacks,
             "errors": self.errors,
             "reconnects": self.reconnects,
+            "reboots": self.reboots,
             "update_seconds": _round(self.update_seconds),
         }
 
@@ -163,6 +173,14 @@ class FleetSummary:
     update_seconds_p50: float | None
     update_seconds_p95: float | None
     update_seconds_max: float | None
+    # time.monotonic() when the fleet started, which the *_seconds above count from
+    # (one clock for every process of the machine: what merge.py lines them up by).
+    started: float = 0.0
+    # CPU time the simulating process(es) used over the run.
+    cpu_seconds: float | None = None
+    # Devices silent since their 201, and devices in a reboot loop (their fail modes).
+    dark: int = 0
+    reboot_loop: int = 0
 
     @property
     def trigger_to_last_on_target(self) -> float | None:
@@ -181,6 +199,8 @@ class FleetSummary:
             "failed": self.failed,
             "already_current": self.already_current,
             "errors": self.errors,
+            "dark": self.dark,
+            "reboot_loop": self.reboot_loop,
             "not_triggered": self.not_triggered,
             "versions": self.versions,
             "target_version": self.target_version,
@@ -197,6 +217,7 @@ class FleetSummary:
                 "update_p95": _round(self.update_seconds_p95),
                 "update_max": _round(self.update_seconds_max),
             },
+            "cpu_seconds": _round(self.cpu_seconds),
             "device_details": [d.to_json() for d in self.devices],
         }
 
@@ -211,6 +232,8 @@ class FleetSummary:
             ("failed (back on old version)", str(self.failed)),
             ("already current (202)", str(self.already_current)),
             ("errors (203)", str(self.errors)),
+            ("dark (silent after 201)", str(self.dark)),
+            ("in a reboot loop", str(self.reboot_loop)),
             ("not triggered", str(self.not_triggered)),
             ("running versions", versions),
         ]
@@ -231,6 +254,8 @@ class FleetSummary:
             )
         rows.append(("all devices online after", seconds(self.all_online_seconds)))
         rows.append(("ran for", seconds(self.duration_seconds)))
+        if self.cpu_seconds is not None:
+            rows.append(("simulator CPU", f"{self.cpu_seconds:.2f} s"))
         if self.until_version:
             rows.append((f"reached {self.until_version}", "yes" if self.reached_until_version else "no"))
         width = max(len(label) for label, _ in rows)
@@ -239,6 +264,15 @@ class FleetSummary:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+def update_time_stats(durations: list[float]) -> tuple[float | None, float | None, float | None]:
+    """p50, p95 and max of update times (None for none)."""
+    if not durations:
+        return None, None, None
+    ordered = sorted(durations)
+    p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+    return statistics.median(ordered), p95, ordered[-1]
 
 
 def _device_summary(device: Device) -> DeviceSummary:
@@ -254,6 +288,7 @@ def _device_summary(device: Device) -> DeviceSummary:
         errors=device.errors,
         reconnects=device.reconnects,
         update_seconds=device.update_seconds,
+        reboots=device.reboots,
     )
 
 
@@ -265,8 +300,13 @@ class Fleet:
         config: SimulationConfig,
         broker: BrokerAddress,
         on_progress: Callable[[FleetProgress], None] | None,
+        *,
+        until_stops: bool = True,
     ) -> None:
         self.config = config
+        # False in one process of several: reaching until_version is the whole
+        # fleet's to decide, so the process only reports it (processes.py).
+        self.until_stops = until_stops
         self.broker = broker
         self.on_progress = on_progress
         self.loop = asyncio.get_running_loop()
@@ -274,29 +314,27 @@ class Fleet:
         self.tls_context = ssl.create_default_context() if broker.tls else None
         self.mqtt_user = mqtt_user_of(broker)
         self.trigger_topic = trigger_topic(self.mqtt_user, config.group_id)
-        server = config.server.rstrip("/")
-        self.latest_url = server + latest_path(config.group_id)
-        self.download_url = server + download_path(config.group_id, config.token)
+        # The receiver may sit under a path (a proxy's prefix).
+        prefix = urlsplit(config.server).path.rstrip("/")
+        self.latest_path = prefix + latest_path(config.group_id)
+        self.download_path = prefix + download_path(config.group_id, config.token)
         self.inflight = asyncio.Semaphore(config.max_inflight)
         self.connect_slots = asyncio.Semaphore(config.connect_concurrency)
-        self.http_slots = asyncio.Semaphore(config.http_connections)
         self.connector = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.connect_threads, thread_name_prefix="otaship-simulate-connect"
         )
-        self.http = httpx.AsyncClient(
-            follow_redirects=False,  # the device's HTTP client does not follow them
-            limits=httpx.Limits(
-                max_connections=config.http_connections,
-                max_keepalive_connections=config.http_connections,
-            ),
-            timeout=httpx.Timeout(config.http_timeout, pool=None),
+        # It follows no redirect, as the device's HTTP client does not.
+        self.http = HttpClient(
+            config.server, connections=config.http_connections, timeout=config.http_timeout
         )
-        failing = failing_devices(config.devices, config.fail_rate, config.seed)
+        self.online_count = 0
+        failing = config.failing_indexes()
         self.devices = [
             Device(self, i, device_id, fails_update=i in failing)
             for i, device_id in enumerate(config.resolved_device_ids())
         ]
         self.started = time.monotonic()
+        self.cpu_started = time.process_time()
         self.stopping = False
         self.failure: BaseException | None = None
         self.wake = asyncio.Event()  # stop, failure or until_version reached
@@ -342,11 +380,14 @@ class Fleet:
             self.reported_count[device.reported_version] -= 1
         device.reported_version = version
         self.reported_count[version] += 1
-        if self.all_online_at is None and all(d.online for d in self.devices):
+        if self.all_online_at is None and self.online_count == len(self.devices):
             self.all_online_at = time.monotonic()
         until = self.config.until_version
         if until is not None and self.reported_count[until] == len(self.devices):
-            self.wake.set()
+            if self.until_stops:
+                self.wake.set()
+            elif self.on_progress is not None:
+                self.on_progress(self.progress())
 
     @property
     def target_version(self) -> str | None:
@@ -358,7 +399,7 @@ class Fleet:
         return FleetProgress(
             elapsed=time.monotonic() - self.started,
             devices=len(self.devices),
-            online=sum(d.online for d in self.devices),
+            online=self.online_count,
             triggered=sum(d.triggers > 0 for d in self.devices),
             updating=sum(d.in_update for d in self.devices),
             updated=outcomes[UPDATED],
@@ -367,6 +408,8 @@ class Fleet:
             errors=outcomes[ERROR],
             target_version=target,
             on_target=self.reported_count[target] if target else 0,
+            dark=outcomes[DARK],
+            reboot_loop=outcomes[REBOOT_LOOP],
         )
 
     def summary(self) -> FleetSummary:
@@ -375,8 +418,8 @@ class Fleet:
         target = self.target_version
         on_target = [d for d in self.devices if target is not None and d.version == target]
         settled = [d.settled_at for d in on_target if d.settled_at is not None and d.outcome == UPDATED]
-        durations = sorted(
-            d.update_seconds for d in self.devices if d.outcome == UPDATED and d.update_seconds is not None
+        p50, p95, slowest = update_time_stats(
+            [d.update_seconds for d in self.devices if d.outcome == UPDATED and d.update_seconds is not None]
         )
 
         def since_start(at: float | None) -> float | None:
@@ -401,11 +444,13 @@ class Fleet:
                 self.first_trigger_of.get(target) if target is not None else self.first_trigger_at
             ),
             last_on_target_seconds=since_start(max(settled)) if settled else None,
-            update_seconds_p50=statistics.median(durations) if durations else None,
-            update_seconds_p95=durations[min(len(durations) - 1, math.ceil(0.95 * len(durations)) - 1)]
-            if durations
-            else None,
-            update_seconds_max=durations[-1] if durations else None,
+            update_seconds_p50=p50,
+            update_seconds_p95=p95,
+            update_seconds_max=slowest,
+            started=self.started,
+            cpu_seconds=time.process_time() - self.cpu_started,
+            dark=outcomes[DARK],
+            reboot_loop=outcomes[REBOOT_LOOP],
         )
 
     # -- running -------------------------------------------------------------------
@@ -494,10 +539,12 @@ async def simulate(
     *,
     stop: asyncio.Event | None = None,
     on_progress: Callable[[FleetProgress], None] | None = None,
+    until_stops: bool = True,
 ) -> FleetSummary:
-    """Run the fleet until `stop` is set, `until_version` is reached or `duration` passes."""
+    """Run the fleet until `stop` is set, `until_version` is reached (with `until_stops`)
+    or `duration` passes."""
     broker = config.check()
-    fleet = Fleet(config, broker, on_progress)
+    fleet = Fleet(config, broker, on_progress, until_stops=until_stops)
     return await fleet.run(stop)
 
 

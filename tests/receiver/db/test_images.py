@@ -28,17 +28,12 @@ from tests.postgres import waiting_on_a_lock
 def stored(version: str, *, described: bool = True) -> StoredFirmware:
     image = build_image(version)
     digest = hashlib.sha256(image).hexdigest()
-    return StoredFirmware(
-        object_key=object_key(digest),
-        sha256=digest,
-        md5=hashlib.md5(image).hexdigest(),
-        size=len(image),
-        **(
-            {"chip": "esp32", "project_name": "app", "app_version": version, "idf_ver": "v5.1"}
-            if described
-            else {}
-        ),
+    plain = StoredFirmware(
+        object_key=object_key(digest), sha256=digest, md5=hashlib.md5(image).hexdigest(), size=len(image)
     )
+    if not described:
+        return plain
+    return dataclasses.replace(plain, chip="esp32", project_name="app", app_version=version, idf_ver="v5.1")
 
 
 def ota_of(services: Services, group: Group) -> GroupOta:
@@ -115,7 +110,7 @@ def test_a_deploy_fills_in_what_history_did_not_know(services: Services, fleet: 
                 session=session, group_id=group.id, version="1.0.0", firmware=firmware, now=utcnow()
             )
         assert result.deployed
-        body = ota_view(result.ota).wire()
+        body = ota_view(result.ota, group.name).wire()
         assert (body["chip"], body["project_name"], body["app_version"], body["idf_ver"]) == (
             "esp32",
             "app",

@@ -704,3 +704,273 @@ def test_0004_moves_the_firmware_columns_into_images_and_back(new_database: NewD
             assert search_objects(url) == expected_search_objects(url)
     finally:
         engine.dispose()
+
+
+def test_0006_moves_canary_rollouts_to_waves_unchanged_and_back(new_database: NewDatabase) -> None:
+    """Up to 0005 with a rollout in its canary (healthy, soaking) and one in its
+    fleet stage; up to 0006, down again, and up."""
+    url = new_database()
+    engine = create_db_engine(url)
+    times = [f"2026-01-0{day} 00:00:00+00:00" for day in range(1, 6)]
+    image = "c" * 64
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0005")
+            for statement in (
+                "INSERT INTO users (id, email, plan, mqtt_user, mqtt_password_hash, created_at) "
+                "VALUES ('u', 'u@example.com', 'pro', 'mu', 'h', :t0)",
+                "INSERT INTO groups (id, owner_id, name, token, parent_id, created_at) VALUES "
+                "('g', 'u', 'fleet', 't', NULL, :t0), ('c', 'u', 'canary', 't', 'g', :t0)",
+                "INSERT INTO devices (id, owner_id, group_id, name, created_at) VALUES "
+                "('dc', 'u', 'c', 'canary device', :t0), ('dg', 'u', 'g', 'fleet device', :t0)",
+                "INSERT INTO firmware_images (sha256, size, md5, object_key, created_at) "
+                "VALUES (:image, 1, 'm', 'k', :t0)",
+                "INSERT INTO rollouts (id, owner_id, group_id, canary_group_id, version, sha256, canary_timeout, "
+                "success_threshold, error_threshold, soak, auto_promote, state, created_at, updated_at, "
+                "canary_started_at, canary_healthy_at, fleet_started_at, baseline_recorded) VALUES "
+                "('r1', 'u', 'g', 'c', '3.0.0', :image, 60, 0.5, 2, 30, true, 'canary', :t1, :t1, :t1, :t2, "
+                "NULL, true), "
+                "('r2', 'u', 'g', 'c', '2.0.0', :image, 90, 1.0, 0, 0, false, 'fleet', :t0, :t0, :t0, :t0, "
+                ":t3, true)",
+                "INSERT INTO rollout_devices (rollout_id, stage, device_id, group_id, outcome, started_update, "
+                "updated_at) VALUES ('r1', 'canary', 'dc', 'c', 'succeeded', true, :t2), "
+                "('r2', 'canary', 'dc', 'c', 'succeeded', true, :t0), "
+                "('r2', 'fleet', 'dg', 'g', 'pending', false, :t3)",
+            ):
+                connection.execute(
+                    text(statement), {f"t{n}": t for n, t in enumerate(times)} | {"image": image}
+                )
+        waves = (
+            "SELECT rollout_id, position, group_id, canary_timeout, success_threshold, error_threshold, soak, "
+            "started_at IS NOT NULL, healthy_at IS NOT NULL, ended_at IS NOT NULL FROM rollout_waves "
+            "ORDER BY rollout_id"
+        )
+        devices = "SELECT rollout_id, stage, device_id, wave FROM rollout_devices ORDER BY rollout_id, stage"
+        rollouts = (
+            "SELECT id, wave, paused_at, max_failure_rate, min_devices, rollback FROM rollouts ORDER BY id"
+        )
+        for _ in range(2):
+            assert migrate(engine).after == head_revision()
+            # Each rollout's one wave is its canary, with its policy and times.
+            assert _rows(engine, waves) == [
+                ("r1", 0, "c", 60, 0.5, 2, 30, True, True, False),
+                ("r2", 0, "c", 90, 1.0, 0, 0, True, True, True),
+            ]
+            assert _rows(engine, devices) == [
+                ("r1", "canary", "dc", 0),
+                ("r2", "canary", "dc", 0),
+                ("r2", "fleet", "dg", None),
+            ]
+            assert [row[:2] + row[3:] for row in _rows(engine, rollouts)] == [
+                ("r1", 0, None, 1, False),
+                ("r2", 0, None, 1, False),
+            ]
+            assert [row[2] for row in _rows(engine, rollouts)] == [None, None]
+            assert schema_diff(url) == []
+            with engine.begin() as connection:
+                command.downgrade(alembic_config(connection), "0005")
+            assert not {"rollout_waves", "rollout_controls"} & set(inspect(engine).get_table_names())
+            assert "wave" not in {c["name"] for c in inspect(engine).get_columns("rollout_devices")}
+            # The soak of the canary in progress goes on from where it was.
+            assert _rows(engine, "SELECT id, canary_healthy_at IS NOT NULL FROM rollouts ORDER BY id") == [
+                ("r1", True),
+                ("r2", True),
+            ]
+        assert migrate(engine).after == head_revision()
+    finally:
+        engine.dispose()
+    new = new_database()
+    create_all(new)
+    assert _unordered(schema_of(url)) == _unordered(schema_of(new))
+
+
+def test_0007_adds_signing_keys_and_keeps_every_row_up_and_down(new_database: NewDatabase) -> None:
+    """Up to 0005 with a group, an image, an OTA and a deployment; up, down and up again."""
+    url = new_database()
+    engine = create_db_engine(url)
+    a = "a" * 64
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0005")
+            for statement in (
+                "INSERT INTO users (id, email, plan, mqtt_user, mqtt_password_hash, created_at) "
+                "VALUES ('u', 'u@example.com', 'pro', 'mu', 'h', :t)",
+                "INSERT INTO groups (id, owner_id, name, token, created_at) VALUES ('g', 'u', 'fleet', 't', :t)",
+                "INSERT INTO firmware_images (sha256, size, md5, object_key, created_at) "
+                "VALUES (:a, 10, 'ma', 'firmware/sha256/a.bin', :t)",
+                "INSERT INTO group_otas (id, group_id, owner_id, version, path, sha256, revision, last_updated) "
+                "VALUES ('o', 'g', 'u', '1.0.0', 'ota/group/gt/firmware.bin', :a, 0, :t)",
+                "INSERT INTO deployments (id, ota_id, group_id, owner_id, revision, version, sha256, deployed_at) "
+                "VALUES ('d', 'o', 'g', 'u', 0, '1.0.0', :a, :t)",
+            ):
+                connection.execute(text(statement), {"a": a, "t": "2026-01-01 00:00:00+00:00"})
+        for _ in range(2):
+            assert migrate(engine) == MigrationResult(before="0005", after=head_revision())
+            assert schema_diff(url) == []
+            # Rows from before are unsigned, with no known secure_version, and anti-rollback off.
+            assert _rows(engine, "SELECT id, anti_rollback FROM groups") == [("g", False)]
+            assert _rows(engine, "SELECT sha256, secure_version FROM firmware_images") == [(a, None)]
+            assert _rows(engine, "SELECT id, signed_by FROM group_otas") == [("o", None)]
+            assert _rows(engine, "SELECT id, signed_by FROM deployments") == [("d", None)]
+            with engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "INSERT INTO signing_keys (id, group_id, owner_id, name, scheme, digest, public_key, "
+                        "created_at) VALUES ('k', 'g', 'u', 'ci', 'rsa-3072', :a, 'pem', CURRENT_TIMESTAMP)"
+                    ),
+                    {"a": a},
+                )
+                connection.execute(
+                    text("INSERT INTO image_signers (sha256, key_digest) VALUES (:a, :a)"), {"a": a}
+                )
+            # One key digest per group.
+            with pytest.raises(IntegrityError), engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "INSERT INTO signing_keys (id, group_id, owner_id, name, scheme, digest, public_key, "
+                        "created_at) VALUES ('k2', 'g', 'u', 'again', 'rsa-3072', :a, 'pem', CURRENT_TIMESTAMP)"
+                    ),
+                    {"a": a},
+                )
+            with engine.begin() as connection:
+                command.downgrade(alembic_config(connection), "0005")
+            assert schema_status(engine).current == "0005"
+            tables = inspect(engine).get_table_names()
+            assert "signing_keys" not in tables and "image_signers" not in tables
+            assert "anti_rollback" not in {c["name"] for c in inspect(engine).get_columns("groups")}
+            assert _rows(engine, "SELECT id, version FROM group_otas") == [("o", "1.0.0")]
+            assert _rows(engine, "SELECT id, version FROM deployments") == [("d", "1.0.0")]
+    finally:
+        engine.dispose()
+
+
+def test_0008_adds_the_github_tables_and_takes_them_away(new_database: NewDatabase) -> None:
+    url = new_database()
+    engine = create_db_engine(url)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0005")
+        at_0005 = schema_of(url)
+        assert "github_bindings" not in at_0005
+        for _ in range(2):  # up, down, and again
+            assert migrate(engine) == MigrationResult(before="0005", after=head_revision())
+            assert schema_diff(url) == []
+            tables = set(inspect(engine).get_table_names())
+            assert {"github_bindings", "github_deliveries"} <= tables
+            with engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "INSERT INTO users (id, email, plan, mqtt_user, mqtt_password_hash, created_at) "
+                        "VALUES ('u', 'u@example.com', 'pro', 'mu', 'h', CURRENT_TIMESTAMP)"
+                    )
+                )
+                delivery = (
+                    "INSERT INTO github_deliveries (binding_id, owner_id, delivery_id, event, outcome, "
+                    "received_at, attempts) VALUES ('b', 'u', 'd', 'ping', 'ignored', CURRENT_TIMESTAMP, 0)"
+                )
+                connection.execute(text(delivery))
+            # One delivery id per binding: a redelivery is found, never recorded twice.
+            with pytest.raises(IntegrityError), engine.begin() as connection:
+                connection.execute(text(delivery))
+            with engine.begin() as connection:
+                command.downgrade(alembic_config(connection), "0005")
+                connection.execute(text("DELETE FROM users"))
+            assert schema_status(engine).current == "0005"
+            assert schema_of(url) == at_0005
+    finally:
+        engine.dispose()
+
+
+def test_0009_adds_passwords_login_tokens_and_key_use_and_takes_them_away(new_database: NewDatabase) -> None:
+    """Up to 0005 with a user and a key; up to 0009, down again (the user and key
+    kept), and up again to exactly the models' schema."""
+    url = new_database()
+    engine = create_db_engine(url)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0005")
+            connection.execute(
+                text(
+                    "INSERT INTO users (id, email, plan, mqtt_user, mqtt_password_hash, created_at) "
+                    "VALUES ('u', 'u@example.com', 'pro', 'mu', 'h', CURRENT_TIMESTAMP)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO api_keys (id, user_id, key_hash, prefix, created_at) "
+                    "VALUES ('k', 'u', 'kh', 'osk_', CURRENT_TIMESTAMP)"
+                )
+            )
+            command.upgrade(alembic_config(connection), "0009")
+            assert connection.execute(text("SELECT password_hash FROM users")).all() == [(None,)]
+            assert connection.execute(text("SELECT last_used_at FROM api_keys")).all() == [(None,)]
+            connection.execute(text("UPDATE users SET password_hash = '$argon2id$v=19$x'"))
+            connection.execute(
+                text(
+                    "INSERT INTO login_tokens (id, user_id, token_hash, kind, created_at, expires_at) "
+                    "VALUES ('t', 'u', 'th', 'console', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO login_tokens (id, user_id, token_hash, kind, created_at, expires_at) "
+                    "VALUES ('t2', 'u', 'th', 'bearer', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0005")
+        assert "login_tokens" not in inspect(engine).get_table_names()
+        assert "password_hash" not in {c["name"] for c in inspect(engine).get_columns("users")}
+        assert "last_used_at" not in {c["name"] for c in inspect(engine).get_columns("api_keys")}
+        with engine.begin() as connection:
+            assert connection.execute(text("SELECT id, prefix FROM api_keys")).all() == [("k", "osk_")]
+            command.upgrade(alembic_config(connection), "head")
+    finally:
+        engine.dispose()
+    assert schema_diff(url) == []
+
+
+def test_0010_adds_the_waves_rollback_columns_and_takes_them_away(new_database: NewDatabase) -> None:
+    """Waves of 0009 have nothing recorded after 0010 (a rollback leaves them
+    as they are); down to 0009 and up again to exactly the models' schema."""
+    url = new_database()
+    engine = create_db_engine(url)
+    columns = {"previous_recorded", "previous_sha256", "previous_version", "rollback"}
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0009")
+        assert not columns & {c["name"] for c in inspect(engine).get_columns("rollout_waves")}
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0010")
+        assert columns <= {c["name"] for c in inspect(engine).get_columns("rollout_waves")}
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0009")
+        assert not columns & {c["name"] for c in inspect(engine).get_columns("rollout_waves")}
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "head")
+    finally:
+        engine.dispose()
+    assert schema_diff(url) == []
+
+
+def test_0011_adds_the_devices_boot_and_takes_it_away(new_database: NewDatabase) -> None:
+    """Devices of 0010 have no boot recorded after 0011 (their next status
+    records it); down to 0010 and up again to exactly the models' schema."""
+    url = new_database()
+    engine = create_db_engine(url)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0010")
+        assert "booted_at" not in {c["name"] for c in inspect(engine).get_columns("devices")}
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0011")
+        assert "booted_at" in {c["name"] for c in inspect(engine).get_columns("devices")}
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0010")
+        assert "booted_at" not in {c["name"] for c in inspect(engine).get_columns("devices")}
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "head")
+    finally:
+        engine.dispose()
+    assert schema_diff(url) == []

@@ -15,6 +15,7 @@ run is repeatable; a failure prints the case as a curl command.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zlib
 from collections import Counter
@@ -38,6 +39,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.testclient import TestClient
 
+from otaship.firmware.signing_keys import Scheme
 from otaship.receiver.app import create_app
 from otaship.receiver.db.models import Group
 from otaship.receiver.http.openapi import document
@@ -45,6 +47,7 @@ from otaship.receiver.services import Services
 from otaship.receiver.settings import Settings
 from tests.conftest import SUMMARY, Fleet, Owner
 from tests.esp_image import build_image
+from tests.signing import private_pem, public_pem
 
 EXAMPLES = int(os.environ.get("OTASHIP_FUZZ_EXAMPLES", "30"))
 SEED = 20240101
@@ -83,6 +86,8 @@ class Seeded:
     canary_ids: Sequence[str]
     versions: Sequence[str]
     images: Sequence[bytes]
+    # PEM public keys, one per scheme: the chips of the seeded groups take some of them.
+    public_keys: Sequence[str] = ()
 
 
 # Answers by operation and status, and how often a value was swapped for a
@@ -154,6 +159,7 @@ def seed(settings: Settings, services: Services, fleet: Fleet) -> Seeded:
         canary_ids=[canary.id, bench.id, plain.id],
         versions=["1.0.0", "1.2.0", "1.3.0", "2.0.0"],
         images=[build_image("1.3.0"), build_image("2.0.0"), build_image("1.0.0", seed=1)],
+        public_keys=[public_pem(private_pem(scheme)).decode() for scheme in Scheme],
     )
 
 
@@ -192,7 +198,10 @@ def real_values(seeded: Seeded, case: AnyCase) -> dict[str, st.SearchStrategy[An
         | {f"query {p.name}" for p in operation.query}
         | {f"header {p.name}" for p in operation.headers}
     )
-    if isinstance(case.body, dict):
+    if isinstance(case.body, dict) and case.media_type == "application/json":
+        by_name["json public_key"] = st.sampled_from(seeded.public_keys)
+        declared.add("json public_key")
+    elif isinstance(case.body, dict) and case.media_type == "multipart/form-data":
         # The group and its token go together: a real group with another's token is only a 400.
         by_name |= {
             "form group": groups,
@@ -228,7 +237,7 @@ def with_real_values(case: AnyCase, seeded: Seeded) -> st.SearchStrategy[AnyCase
             **dict(case.headers or {}),
             "Authorization": picks.pop("header Authorization"),
         }
-        body: Any = case.body  # a form is a dict here: real_values offers form fields only then
+        body: Any = case.body  # real_values offers form fields only for a form
         for key, value in picks.items():
             CHOICES["real" if value is not None else "generated"] += 1
             if value is None:
@@ -236,7 +245,7 @@ def with_real_values(case: AnyCase, seeded: Seeded) -> st.SearchStrategy[AnyCase
             where, name = key.split(" ", 1)
             if where == "form" and name == "group":
                 body.update(group=value.id, token=value.token)
-            elif where == "form":
+            elif where in ("form", "json"):
                 body[name] = value
             elif where == "path":
                 case.path_parameters = {**(case.path_parameters or {}), name: value}
@@ -255,9 +264,11 @@ def with_real_values(case: AnyCase, seeded: Seeded) -> st.SearchStrategy[AnyCase
 @pytest.fixture
 def schema(settings: Settings, services: Services, fleet: Fleet) -> Iterator[tuple[Any, Seeded]]:
     # The rate limits have their own tests; here they would only cut cases short.
+    # With OTASHIP_SECRET_KEY, GitHub bindings can be made: without it their 503 is all there is.
     unlimited = settings.with_overrides(
-        rate_limit_reads=None, rate_limit_writes=None, rate_limit_bad_keys=None
+        rate_limit_reads=None, rate_limit_writes=None, rate_limit_bad_keys=None, secret_key="k" * 40
     )
+    services = dataclasses.replace(services, settings=unlimited)
     seeded = seed(unlimited, services, fleet)
     loaded = schemathesis.openapi.from_asgi("/openapi.json", create_app(unlimited, services=services))
 

@@ -27,15 +27,26 @@ from sqlmodel import col, select
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from otaship.firmware.signing_keys import Scheme
 from otaship.receiver.app import create_app
 from otaship.receiver.db.engine import write_session
-from otaship.receiver.db.models import Deployment
-from otaship.receiver.http import openapi
+from otaship.receiver.db.logins import set_password
+from otaship.receiver.db.models import Deployment, User
+from otaship.receiver.github.signature import signature_of
+from otaship.receiver.http import console, openapi
+from otaship.receiver.http.management.anti_rollback import CHANGE_ERROR as ANTI_ROLLBACK_CHANGE_ERROR
+from otaship.receiver.http.management.anti_rollback import READ_ERROR as ANTI_ROLLBACK_READ_ERROR
 from otaship.receiver.http.management.deploy_form import valid_version
 from otaship.receiver.http.management.deployments import READ_ERROR as DEPLOYMENT_READ_ERROR
+from otaship.receiver.http.management.github import CHANGE_ERROR as GITHUB_CHANGE_ERROR
+from otaship.receiver.http.management.github import DELIVERIES_ERROR, WEBHOOK_ERROR
+from otaship.receiver.http.management.github import READ_ERROR as GITHUB_READ_ERROR
 from otaship.receiver.http.management.ota import LIST_ERROR, UPLOAD_ERROR
 from otaship.receiver.http.management.rollouts import CHANGE_ERROR
 from otaship.receiver.http.management.rollouts import READ_ERROR as ROLLOUT_READ_ERROR
+from otaship.receiver.http.management.signing_keys import CHANGE_ERROR as KEYS_CHANGE_ERROR
+from otaship.receiver.http.management.signing_keys import READ_ERROR as KEYS_READ_ERROR
+from otaship.receiver.http.sign_in import LOGIN_ERROR, LOGOUT_ERROR
 from otaship.receiver.ids import utcnow
 from otaship.receiver.mqtt.reports import ReportIngester
 from otaship.receiver.rollouts.deploy import StoredFirmware, deploy_firmware
@@ -45,6 +56,8 @@ from otaship.receiver.storage import Storage, StorageError
 from otaship.receiver.targeting.catalog import FirmwareCatalog
 from tests.conftest import Fleet, Owner
 from tests.esp_image import build_image
+from tests.github_standin import ping_payload
+from tests.signing import private_pem, public_pem
 
 JSON = "application/json"
 DOCUMENT_URI = "urn:otaship:openapi"
@@ -205,8 +218,10 @@ def test_the_document_and_the_router_list_the_same_routes(
     client: TestClient, document: dict[str, Any]
 ) -> None:
     assert document["openapi"] == "3.1.0"
-    routes = [r for r in client.app.routes if isinstance(r, Route)]  # type: ignore[attr-defined]
-    assert len(routes) == len(client.app.routes)  # type: ignore[attr-defined]
+    # The console's pages are for people, not API operations: the document leaves them out.
+    api = [r for r in client.app.routes if getattr(r, "path", None) not in console.PATHS]  # type: ignore[attr-defined]
+    routes = [r for r in api if isinstance(r, Route)]
+    assert len(routes) == len(api)
     # Starlette answers HEAD on every GET route; the document lists it where it matters.
     served = {(r.path, m.lower()) for r in routes for m in (r.methods or ()) if m != "HEAD"}
     documented = {(path, method) for path, method, _ in operations(document) if method != "head"}
@@ -282,17 +297,53 @@ def test_real_answers_match_the_document(
                     f"/v1/rollouts/{rollout}/promote",
                 ): CHANGE_ERROR,
                 ("POST", "/v1/rollouts/{rollout_id}/abort", f"/v1/rollouts/{rollout}/abort"): CHANGE_ERROR,
+                ("POST", "/v1/rollouts/{rollout_id}/pause", f"/v1/rollouts/{rollout}/pause"): CHANGE_ERROR,
+                ("POST", "/v1/rollouts/{rollout_id}/resume", f"/v1/rollouts/{rollout}/resume"): CHANGE_ERROR,
                 ("GET", "/v1/deployments", "/v1/deployments?group=" + "a" * 24): DEPLOYMENT_READ_ERROR,
                 (
                     "GET",
                     "/v1/deployments/{deployment_id}",
                     f"/v1/deployments/{rollout}",
                 ): DEPLOYMENT_READ_ERROR,
+                ("GET", "/v1/groups/{group_id}/keys", f"/v1/groups/{rollout}/keys"): KEYS_READ_ERROR,
+                ("POST", "/v1/groups/{group_id}/keys", f"/v1/groups/{rollout}/keys"): KEYS_CHANGE_ERROR,
+                (
+                    "DELETE",
+                    "/v1/groups/{group_id}/keys/{key}",
+                    f"/v1/groups/{rollout}/keys/{rollout}",
+                ): KEYS_CHANGE_ERROR,
+                (
+                    "GET",
+                    "/v1/groups/{group_id}/anti-rollback",
+                    f"/v1/groups/{rollout}/anti-rollback",
+                ): ANTI_ROLLBACK_READ_ERROR,
+                (
+                    "PUT",
+                    "/v1/groups/{group_id}/anti-rollback",
+                    f"/v1/groups/{rollout}/anti-rollback",
+                ): ANTI_ROLLBACK_CHANGE_ERROR,
+                ("GET", "/v1/webhooks/github/deliveries", None): DELIVERIES_ERROR,
+                ("GET", "/v1/github/bindings", None): GITHUB_READ_ERROR,
+                ("POST", "/v1/github/bindings", None): GITHUB_CHANGE_ERROR,
+                (
+                    "DELETE",
+                    "/v1/github/bindings/{binding_id}",
+                    f"/v1/github/bindings/{rollout}",
+                ): GITHUB_CHANGE_ERROR,
+                ("POST", "/v1/auth/logout", None): LOGOUT_ERROR,
             }.items():
                 answer = failing(method, template, url, headers=key)
                 assert answer.status_code == 500
                 assert answer.json() == {"message": text, "error": answer.json()["error"]}
                 assert answer.json()["error"].startswith("OperationalError: ")
+            # The webhook has no key: its binding's lookup fails.
+            answer = failing(
+                "POST", "/v1/webhooks/github", f"/v1/webhooks/github?binding={rollout}", content=b"{}"
+            )
+            assert answer.status_code == 500
+            assert answer.json()["message"] == WEBHOOK_ERROR
+            answer = failing("POST", "/v1/auth/login", json={"email": "a@example.com", "password": "x"})
+            assert (answer.status_code, answer.json()["message"]) == (500, LOGIN_ERROR)
             # Devices: a group this replica never read, with the database away.
             answer = failing("GET", "/v1/ota/group/latest/{group_id}", "/v1/ota/group/latest/" + "a" * 24)
             assert (answer.status_code, answer.headers["retry-after"]) == (503, "5")
@@ -303,7 +354,7 @@ def test_real_answers_match_the_document(
         engine.dispose()
 
         # Over the rate limits: the 429s. Any key counts against its own limit.
-        strict = settings.with_overrides(rate_limit_reads="1/minute", rate_limit_writes="1/minute")
+        strict = settings.with_overrides(rate_limit_reads="1/day", rate_limit_writes="1/day")
         with TestClient(create_app(strict, services=services)) as limited:
             over = Checked(limited, document)
             key = {"Authorization": "Bearer osk_any"}
@@ -316,8 +367,20 @@ def test_real_answers_match_the_document(
                 ("GET", "/v1/rollouts/{rollout_id}", "/v1/rollouts/" + "a" * 24),
                 ("POST", "/v1/rollouts/{rollout_id}/promote", f"/v1/rollouts/{'a' * 24}/promote"),
                 ("POST", "/v1/rollouts/{rollout_id}/abort", f"/v1/rollouts/{'a' * 24}/abort"),
+                ("POST", "/v1/rollouts/{rollout_id}/pause", f"/v1/rollouts/{'a' * 24}/pause"),
+                ("POST", "/v1/rollouts/{rollout_id}/resume", f"/v1/rollouts/{'a' * 24}/resume"),
                 ("GET", "/v1/deployments", "/v1/deployments?group=" + "a" * 24),
                 ("GET", "/v1/deployments/{deployment_id}", "/v1/deployments/" + "a" * 24),
+                ("GET", "/v1/groups/{group_id}/keys", f"/v1/groups/{'a' * 24}/keys"),
+                ("POST", "/v1/groups/{group_id}/keys", f"/v1/groups/{'a' * 24}/keys"),
+                ("DELETE", "/v1/groups/{group_id}/keys/{key}", f"/v1/groups/{'a' * 24}/keys/{'a' * 24}"),
+                ("GET", "/v1/groups/{group_id}/anti-rollback", f"/v1/groups/{'a' * 24}/anti-rollback"),
+                ("PUT", "/v1/groups/{group_id}/anti-rollback", f"/v1/groups/{'a' * 24}/anti-rollback"),
+                ("GET", "/v1/webhooks/github/deliveries", None),
+                ("GET", "/v1/github/bindings", None),
+                ("POST", "/v1/github/bindings", None),
+                ("DELETE", "/v1/github/bindings/{binding_id}", "/v1/github/bindings/" + "a" * 24),
+                ("POST", "/v1/auth/logout", None),
             ]:
                 assert over(method, template, url, headers=key).status_code == 429
 
@@ -402,10 +465,14 @@ def drive(checked: Checked, fleet: Fleet, services: Services, storage: Switchabl
     rollout_id = response.json()["rollout"]["id"]
     one = "/v1/rollouts/{rollout_id}"
     promote, abort = f"{one}/promote", f"{one}/abort"
+    pause, resume = f"{one}/pause", f"{one}/resume"
     assert (
         checked("POST", promote, f"/v1/rollouts/{rollout_id}/promote", headers=owner.headers).status_code
         == 409
     )
+    for template, status in ((resume, 409), (pause, 200), (pause, 409), (resume, 200)):
+        url = template.replace("{rollout_id}", rollout_id)
+        assert checked("POST", template, url, headers=owner.headers).status_code == status
     ReportIngester(services.engine).ingest_messages(
         [
             (
@@ -434,7 +501,7 @@ def drive(checked: Checked, fleet: Fleet, services: Services, storage: Switchabl
     assert (
         checked("POST", abort, f"/v1/rollouts/{rollout_id}/abort", headers=owner.headers).status_code == 409
     )
-    for template in (promote, abort):
+    for template in (promote, abort, pause, resume):
         checked("POST", template, template.replace("{rollout_id}", "0" * 24), headers=owner.headers)
         checked("POST", template, template.replace("{rollout_id}", "%00"), headers=owner.headers)
         checked("POST", template, template.replace("{rollout_id}", rollout_id))
@@ -474,6 +541,74 @@ def drive(checked: Checked, fleet: Fleet, services: Services, storage: Switchabl
     checked("GET", "/v1/deployments", "/v1/deployments?group=" + "0" * 24, headers=owner.headers)
     checked("GET", "/v1/deployments", f"/v1/deployments?group={plain_group.id}")
 
+    # --- signing keys
+    keys, one_key = "/v1/groups/{group_id}/keys", "/v1/groups/{group_id}/keys/{key}"
+    keyed = fleet.group(owner, name="keyed")
+    sub = fleet.group(owner, name="keyed-sub", parent=keyed)
+    own = f"/v1/groups/{keyed.id}/keys"
+    public = public_pem(private_pem(Scheme.ECDSA_P256)).decode()
+    added = checked("POST", keys, own, json={"public_key": public, "name": "ci"}, headers=owner.headers)
+    assert added.status_code == 201
+    checked("POST", keys, own, json={"public_key": public}, headers=owner.headers)  # already there: 400
+    checked("POST", keys, own, content=b"x" * 70_000, headers=owner.headers)
+    checked(
+        "POST", keys, "/v1/groups/" + "0" * 24 + "/keys", json={"public_key": public}, headers=owner.headers
+    )
+    checked("POST", keys, own, json={"public_key": public})
+    assert checked("GET", keys, f"/v1/groups/{sub.id}/keys", headers=owner.headers).status_code == 200
+    checked("GET", keys, "/v1/groups/%00/keys", headers=owner.headers)
+    checked("GET", keys, "/v1/groups/" + "0" * 24 + "/keys", headers=owner.headers)
+    checked("GET", keys, own)
+    digest = added.json()["digest"]
+    checked(
+        "DELETE", one_key, f"/v1/groups/{sub.id}/keys/{digest}", headers=owner.headers
+    )  # an ancestor's: 400
+    assert checked("DELETE", one_key, f"{own}/{digest}", headers=owner.headers).status_code == 200
+    checked("DELETE", one_key, f"{own}/{digest}", headers=owner.headers)  # gone: 404
+    checked("DELETE", one_key, f"{own}/{digest}")
+    # --- anti-rollback
+    setting = "/v1/groups/{group_id}/anti-rollback"
+    guarded = f"/v1/groups/{keyed.id}/anti-rollback"
+    turned = checked("PUT", setting, guarded, json={"enabled": True}, headers=owner.headers)
+    assert turned.json()["set_by"] == keyed.id
+    checked("PUT", setting, guarded, json={"enabled": "yes"}, headers=owner.headers)  # 400
+    checked("PUT", setting, guarded, content=b" " * 2000, headers=owner.headers)  # 413
+    checked(
+        "PUT",
+        setting,
+        "/v1/groups/" + "0" * 24 + "/anti-rollback",
+        json={"enabled": True},
+        headers=owner.headers,
+    )
+    checked("PUT", setting, guarded, json={"enabled": False})
+    assert (
+        checked("GET", setting, f"/v1/groups/{sub.id}/anti-rollback", headers=owner.headers).status_code
+        == 200
+    )
+    checked("GET", setting, "/v1/groups/%00/anti-rollback", headers=owner.headers)
+    checked("GET", setting, "/v1/groups/" + "0" * 24 + "/anti-rollback", headers=owner.headers)
+    checked("GET", setting, guarded)
+    drive_github(checked, fleet, services)
+    # --- sign-in
+    with write_session(services.engine) as session:
+        user = session.get(User, owner.user.id)
+        assert user is not None
+        set_password(session=session, user=user, password="a long enough password", now=utcnow())
+    login = "/v1/auth/login"
+    signed = checked("POST", login, json={"email": owner.user.email, "password": "a long enough password"})
+    assert signed.status_code == 200
+    bearer = {"Authorization": f"Bearer {signed.json()['token']}"}
+    checked("POST", login, content=b"{")
+    checked("POST", login, content=b"x" * 9000)
+    for _ in range(3):
+        assert (
+            checked("POST", login, json={"email": owner.user.email, "password": "wrong"}).status_code == 401
+        )
+    assert checked("POST", login, json={"email": owner.user.email, "password": "wrong"}).status_code == 429
+    checked("POST", "/v1/auth/logout", headers=owner.headers)
+    checked("POST", "/v1/auth/logout")
+    assert checked("POST", "/v1/auth/logout", headers=bearer).status_code == 200
+
     # --- operations
     checked("GET", "/healthz")
     assert checked("GET", "/readyz").status_code == 200
@@ -482,3 +617,81 @@ def drive(checked: Checked, fleet: Fleet, services: Services, storage: Switchabl
     storage.fail_check = False
     checked("GET", "/metrics")
     checked("GET", "/openapi.json")
+
+
+def drive_github(checked: Checked, fleet: Fleet, services: Services) -> None:
+    """The GitHub routes' answers; the webhook's secrets need OTASHIP_SECRET_KEY."""
+    keyed = dataclasses.replace(services, settings=services.settings.with_overrides(secret_key="k" * 40))
+    owner, other = fleet.owner(), fleet.owner()
+    group = fleet.group(owner, name="released")
+    with TestClient(create_app(keyed.settings, services=keyed)) as client:
+        github = Checked(client, checked.document)
+        bindings = "/v1/github/bindings"
+        bound = github(
+            "POST", bindings, json={"repo": "octo-org/thermostat", "group": group.id}, headers=owner.headers
+        )
+        assert bound.status_code == 201
+        binding_id, secret = bound.json()["binding"]["id"], bound.json()["secret"]
+        github("POST", bindings, json={"repo": "octo-org/thermostat"}, headers=owner.headers)
+        github(
+            "POST", bindings, json={"repo": "octo-org/thermostat", "group": group.id}, headers=other.headers
+        )
+        github("POST", bindings, json={})
+        github("GET", bindings, headers=owner.headers)
+        github("GET", bindings)
+
+        hook = "/v1/webhooks/github"
+        url = f"{hook}?binding={binding_id}"
+
+        def signed(event: str, body: bytes, delivery: str) -> dict[str, str]:
+            return {
+                "X-GitHub-Event": event,
+                "X-GitHub-Delivery": delivery,
+                "X-Hub-Signature-256": signature_of(secret, body),
+            }
+
+        ping = json.dumps(ping_payload()).encode()
+        assert github("POST", hook, url, content=ping, headers=signed("ping", ping, "d1")).status_code == 200
+        push = b'{"ref": "refs/heads/main"}'
+        assert github("POST", hook, url, content=push, headers=signed("push", push, "d2")).status_code == 202
+        github(
+            "POST",
+            hook,
+            url,
+            content=ping,
+            headers={**signed("ping", ping, "d3"), "X-Hub-Signature-256": "x"},
+        )
+        github("POST", hook, content=ping)
+        github("POST", hook, f"{hook}?binding={'0' * 24}", content=ping)
+        github("POST", hook, url, content=b" " * (25 * 1024 * 1024 + 1))
+
+        deliveries = "/v1/webhooks/github/deliveries"
+        listed = github("GET", deliveries, headers=owner.headers).json()["deliveries"]
+        assert [d["id"] for d in listed] == ["d2", "d1"]
+        github("GET", deliveries, f"{deliveries}?binding=%01", headers=owner.headers)
+        github("GET", deliveries, f"{deliveries}?binding={binding_id}", headers=other.headers)
+        github("GET", deliveries)
+
+        one = "/v1/github/bindings/{binding_id}"
+        github("DELETE", one, f"/v1/github/bindings/{binding_id}", headers=other.headers)
+        github("DELETE", one, "/v1/github/bindings/%01", headers=owner.headers)
+        github("DELETE", one, f"/v1/github/bindings/{binding_id}")
+        kept = fleet.group(owner, name="kept")
+        again = github(
+            "POST", bindings, json={"repo": "octo-org/kept", "group": kept.id}, headers=owner.headers
+        )
+        assert (
+            github("DELETE", one, f"/v1/github/bindings/{binding_id}", headers=owner.headers).status_code
+            == 200
+        )
+    checked.seen |= github.seen
+
+    # Without OTASHIP_SECRET_KEY no secret can be read or made: 503s.
+    with TestClient(create_app(services.settings, services=services)) as client:
+        unkeyed = Checked(client, checked.document)
+        kept_id = again.json()["binding"]["id"]
+        assert unkeyed("POST", hook, f"{hook}?binding={kept_id}", content=ping).status_code == 503
+        unkeyed(
+            "POST", bindings, json={"repo": "octo-org/thermostat", "group": group.id}, headers=owner.headers
+        )
+    checked.seen |= unkeyed.seen

@@ -27,12 +27,17 @@ from tests.conftest import Fleet
 from tests.esp_image import write_image
 from tests.receiver.http.management.test_ota import deploy
 from tests.receiver_process import ReceiverProcess, migrated_env, otaship_json
+from tests.waiting import eventually
 
 NO_ROLLOUT = "/v1/rollouts/" + "a" * 24
+# Limits whose counts are asserted exactly are per day: the counting buckets are
+# wall-clock aligned and weighted across an edge, and a test that straddled a
+# minute's edge would see one request too many let through.
+DAY = 86400
 
 
 def read_limited(count: int) -> str:
-    return f"Rate limit exceeded: at most {count} reads per minute per API key. Retry after"
+    return f"Rate limit exceeded: at most {count} reads per day per API key. Retry after"
 
 
 def assert_limited(response: httpx.Response, message: str, most_seconds: int) -> None:
@@ -50,19 +55,19 @@ def test_reads_and_writes_of_a_key_are_limited_apart(
     settings: Settings, services: Services, fleet: Fleet
 ) -> None:
     owner = fleet.owner()
-    with limited_app(settings, services, rate_limit_reads="3/minute", rate_limit_writes="2/minute") as client:
+    with limited_app(settings, services, rate_limit_reads="3/day", rate_limit_writes="2/day") as client:
         for _ in range(3):
             assert client.get("/v1/ota/group", headers=owner.headers).status_code == 200
         # Every read route shares the key's read budget.
         over = client.get(f"/v1/rollouts?group={'a' * 24}", headers=owner.headers)
-        assert_limited(over, read_limited(3), 60)
+        assert_limited(over, read_limited(3), DAY)
         head = client.head("/v1/ota/group", headers=owner.headers)
         assert (head.status_code, head.content, int(head.headers["retry-after"]) >= 1) == (429, b"", True)
         # Writes have their own.
         for _ in range(2):
             assert client.post(f"{NO_ROLLOUT}/abort", headers=owner.headers).status_code == 404
         over = client.post("/v1/ota/group", headers=owner.headers, data={"group": "x"})
-        assert_limited(over, "Rate limit exceeded: at most 2 writes per minute per API key. Retry after", 60)
+        assert_limited(over, "Rate limit exceeded: at most 2 writes per day per API key. Retry after", DAY)
         assert over.headers["x-content-type-options"] == "nosniff"
         # The refusals are counted and logged under their route, like any answer.
         metrics = client.get("/metrics").text
@@ -72,11 +77,17 @@ def test_reads_and_writes_of_a_key_are_limited_apart(
 
 def test_a_key_recovers_after_the_window(settings: Settings, services: Services, fleet: Fleet) -> None:
     owner = fleet.owner()
-    with limited_app(settings, services, rate_limit_reads="2/second") as client:
+    with limited_app(settings, services, rate_limit_reads="2 per 2 seconds") as client:
+        # The windows are counted in buckets of wall-clock time, weighted across
+        # a bucket's edge: three requests that straddle one are not all counted.
+        # So they start as a bucket starts, and have all of it.
+        eventually(lambda: time.time() % 2 < 0.2, "the start of a window", timeout=3, interval=0.01)
         for _ in range(2):
             assert client.get("/v1/ota/group", headers=owner.headers).status_code == 200
         refused = client.get("/v1/ota/group", headers=owner.headers)
-        assert_limited(refused, "Rate limit exceeded: at most 2 reads per second per API key. Retry after", 1)
+        assert_limited(
+            refused, "Rate limit exceeded: at most 2 reads per 2 seconds per API key. Retry after", 2
+        )
         refused_at = time.monotonic()
         # As a client that honours Retry-After would: ask again until let through.
         deadline = refused_at + 5
@@ -99,7 +110,7 @@ def test_one_key_flooding_does_not_limit_another_key_or_tenant(
         user = session.get(User, flooder.user.id)
         assert user is not None
         second_key = issue_api_key(session=session, user=user, revoke_existing=False)
-    with limited_app(settings, services, rate_limit_reads="5/minute", rate_limit_writes="5/minute") as client:
+    with limited_app(settings, services, rate_limit_reads="5/day", rate_limit_writes="5/day") as client:
         statuses = [client.get("/v1/ota/group", headers=flooder.headers).status_code for _ in range(50)]
         assert statuses == [200] * 5 + [429] * 45
         assert client.get("/v1/ota/group", headers=neighbour.headers).status_code == 200
@@ -117,9 +128,9 @@ def test_device_routes_and_operations_are_never_limited(
     with TestClient(create_app(settings, services=services)) as setup:
         deploy(setup, owner, group, "1.0.0")
     tight = {
-        "rate_limit_reads": "1/minute",
-        "rate_limit_writes": "1/minute",
-        "rate_limit_bad_keys": "1/minute",
+        "rate_limit_reads": "1/day",
+        "rate_limit_writes": "1/day",
+        "rate_limit_bad_keys": "1/day",
     }
     with limited_app(settings, services, **tight) as client:
         # The limit is live: the management API refuses the second read.
@@ -147,9 +158,9 @@ def test_missing_and_bad_keys_are_limited_per_client_address(
     settings: Settings, services: Services, fleet: Fleet
 ) -> None:
     owner = fleet.owner()
-    app = create_app(settings.with_overrides(rate_limit_bad_keys="3/minute"), services=services)
+    app = create_app(settings.with_overrides(rate_limit_bad_keys="3/day"), services=services)
     message = (
-        "Rate limit exceeded: at most 3 requests with a missing or bad API key per minute from one "
+        "Rate limit exceeded: at most 3 requests with a missing or bad API key per day from one "
         "address. Retry after"
     )
     with (
@@ -167,8 +178,8 @@ def test_missing_and_bad_keys_are_limited_per_client_address(
             )
         for key in bad[2:]:
             response = attacker.get("/v1/ota/group", headers={"Authorization": f"Bearer {key}"})
-            assert_limited(response, message, 60)
-        assert_limited(attacker.post("/v1/ota/group"), message, 60)
+            assert_limited(response, message, DAY)
+        assert_limited(attacker.post("/v1/ota/group"), message, DAY)
         # Same address: a key known to be good is still served; another address is untouched.
         assert honest_neighbour.get("/v1/ota/group", headers=owner.headers).status_code == 200
         assert elsewhere.get("/v1/ota/group").status_code == 401
@@ -228,18 +239,21 @@ def test_limit_descriptions_and_retry_after() -> None:
 def test_otaship_deploy_waits_out_a_rate_limit_and_succeeds(tmp_path: Path) -> None:
     """The action honours Retry-After: against a real receiver that refuses its
     first POST (the key's write budget is spent), it retries and deploys."""
-    env = migrated_env(tmp_path / "data", OTASHIP_RATE_LIMIT_WRITES="1 per 3 seconds")
+    env = migrated_env(tmp_path / "data", OTASHIP_RATE_LIMIT_WRITES="1 per 10 seconds")
+    firmware = write_image(tmp_path / "fw.bin", "2.0.0")
     user = otaship_json(env, "user", "create", "ci@example.com", "--plan", "pro")
     group = otaship_json(env, "group", "create", "fleet", "--owner", "ci@example.com")
     receiver = ReceiverProcess(env).start()
     try:
         headers = {"Authorization": f"Bearer {user['api_key']}"}
-        # Spend the write budget: another job of the same CI, say.
+        # Spend the write budget (another job of the same CI, say) as a window
+        # starts, so that the action's POST falls in the same one.
+        eventually(lambda: time.time() % 10 < 1, "the start of a window", timeout=11, interval=0.01)
         assert httpx.post(f"{receiver.url}{NO_ROLLOUT}/abort", headers=headers).status_code == 404
         out = io.StringIO()
         started = time.monotonic()
         code = otaship_deploy(
-            ["deploy", "--firmware", str(write_image(tmp_path / "fw.bin", "2.0.0")), "--version", "2.0.0"],
+            ["deploy", "--firmware", str(firmware), "--version", "2.0.0"],
             {
                 "OTASHIP_RECEIVER_URL": receiver.url,
                 "OTASHIP_API_KEY": user["api_key"],
@@ -254,7 +268,7 @@ def test_otaship_deploy_waits_out_a_rate_limit_and_succeeds(tmp_path: Path) -> N
         log = receiver.stop()
     assert code == exit_codes.OK, out.getvalue()
     assert (
-        "the receiver answered 429 (Rate limit exceeded: at most 1 writes per 3 seconds per API key."
+        "the receiver answered 429 (Rate limit exceeded: at most 1 writes per 10 seconds per API key."
         in out.getvalue()
     )
     assert [ota["version"] for ota in listing["otas"]] == ["2.0.0"]

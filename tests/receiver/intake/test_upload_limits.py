@@ -48,8 +48,12 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def app(settings: Settings, services: Services) -> Starlette:
-    return create_app(settings, services=services)
+async def app(settings: Settings, services: Services) -> AsyncIterator[Starlette]:
+    built = create_app(settings, services=services)
+    # With its lifespan, as a server runs it: the app's stop waits for the
+    # work it left running (the keys' last-use writes).
+    async with built.router.lifespan_context(built):
+        yield built
 
 
 class Body:

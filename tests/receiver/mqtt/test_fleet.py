@@ -53,7 +53,9 @@ async def with_fleets(
     def up_a_second() -> bool:
         return all((statuses := observer.statuses(d)) and statuses[-1]["uptime"] >= 1 for d in ids)
 
-    fleets = Fleets([*configs, tenant.sim(sentinel, ["sentinel"], "0.0.0")])
+    # Its id is its MQTT client id: on a shared broker, one id for every test's
+    # sentinel would have them throw each other off, and miss their trigger.
+    fleets = Fleets([*configs, tenant.sim(sentinel, [f"sentinel-{tenant.mqtt_user}"], "0.0.0")])
     try:
         await fleets.online(timeout)
         await fleets.wait(up_a_second, timeout)

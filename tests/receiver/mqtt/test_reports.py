@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from otaship.protocol import RESPONSE, STATUS, report_topic, response_topic, status_topic
-from otaship.receiver.db.engine import read_session
+from otaship.receiver.db.engine import read_session, write_session
 from otaship.receiver.db.models import Device
 from otaship.receiver.ids import utcnow
 from otaship.receiver.metrics import Metrics
@@ -209,6 +209,77 @@ def test_a_report_that_changes_nothing_costs_no_write(services: Services, fleet:
             seen.last_seen.replace(tzinfo=None) - (at + timedelta(seconds=68)).replace(tzinfo=None)
         ) < (timedelta(milliseconds=1))
     assert ingester.accepted == len(steps)
+
+
+def test_two_workers_sharing_a_devices_reports_leave_its_row_on_the_version_it_reports_last(
+    services: Services, fleet: Fleet
+) -> None:
+    """A shared subscription splits one device's reports between the workers
+    (and replicas): the version one of them remembers may be older than its row."""
+    owner = fleet.owner()
+    device = fleet.device(fleet.group(owner), name="d", firmware_version="1.0.0")
+    user = owner.user.mqtt_user
+    first, second = ReportIngester(services.engine), ReportIngester(services.engine)
+    at = utcnow()
+
+    def status(version: str, seconds: float) -> Report:
+        return Report(
+            user, device.id, STATUS, fw_version=version, uptime=seconds, at=at + timedelta(seconds=seconds)
+        )
+
+    first.ingest([status("1.0.0", 0)])
+    second.ingest([status("1.1.0", 1)])  # updated: the other worker's report
+    assert stored(services, device.id) == ("1.1.0", None, True)
+    # Rolled back: this worker last saw 1.0.0, but the row says 1.1.0.
+    first.ingest([status("1.0.0", 2)])
+    assert stored(services, device.id) == ("1.0.0", None, True)
+    assert (first.writes, second.writes) == (2, 1)
+    # A device deleted since is no longer taken for registered.
+    with write_session(services.engine) as session:
+        row = session.get(Device, device.id)
+        assert row is not None
+        session.delete(row)
+    first.ingest([status("1.0.0", 3)])
+    assert (first.accepted, first.dropped) == (2, 1)
+
+
+def test_a_new_boot_is_written_at_once_for_the_worker_that_takes_the_next_201(
+    services: Services, fleet: Fleet
+) -> None:
+    """The boot before a 201 tells a device that booted back on the old
+    version from one still downloading; a shared subscription may give the
+    201 to a worker that never saw a status of the device, so the row keeps
+    the boot. A status of the same boot costs no write."""
+    owner = fleet.owner()
+    device = fleet.device(fleet.group(owner), name="d", firmware_version="1.0.0")
+    user = owner.user.mqtt_user
+    first = ReportIngester(services.engine)
+    at = utcnow()
+
+    def status(uptime: float, seconds: float) -> Report:
+        return Report(
+            user, device.id, STATUS, fw_version="1.0.0", uptime=uptime, at=at + timedelta(seconds=seconds)
+        )
+
+    def boot() -> timedelta:
+        """The row's boot, from `at`."""
+        with read_session(services.engine) as session:
+            row = session.get(Device, device.id)
+            assert row is not None and row.booted_at is not None
+            return row.booted_at.replace(tzinfo=None) - at.replace(tzinfo=None)
+
+    first.ingest([status(100, 100)])
+    assert (first.writes, boot()) == (1, timedelta(0))
+    # The same boot, seen a few seconds apart: no write.
+    first.ingest([status(104, 105), status(110, 110)])
+    assert (first.writes, boot()) == (1, timedelta(0))
+    # Rebooted on the same version: written at once.
+    first.ingest([status(1, 200)])
+    assert (first.writes, boot()) == (2, timedelta(seconds=199))
+    # Another worker takes a status of it: the same boot, nothing to write.
+    second = ReportIngester(services.engine)
+    second.ingest([status(3, 202)])
+    assert (second.writes, boot()) == (0, timedelta(seconds=199))
 
 
 def test_a_batch_mixes_owners_and_kinds_in_one_transaction(services: Services, fleet: Fleet) -> None:

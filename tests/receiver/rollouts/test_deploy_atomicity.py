@@ -105,7 +105,10 @@ async def test_concurrent_deploys_to_one_group_count_each_once(
     app = create_app(settings, services=services)
     images = {f"1.0.{n}": build_image(f"1.0.{n}") for n in range(8)}
 
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+    ):
 
         async def send(version: str, image: bytes) -> int:
             response = await http.post(

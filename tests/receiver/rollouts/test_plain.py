@@ -206,23 +206,23 @@ def test_a_device_silent_after_its_201_is_retried_once_dark_after_passed(
     owner = fleet.owner()
     group = fleet.group(owner)
     device = fleet.device(group, name="dark", firmware_version="1.0.0")
-    runner = RolloutRunner(
-        services.engine, notify=True, retry=RetryPolicy(attempts=1, backoff=0.001, dark_after=2)
-    )
+    # 2 s of silence, after a download of the 1,000-byte image at 1,000 bytes a second.
+    retry = RetryPolicy(attempts=1, backoff=0.001, dark_after=2, download_rate=1000)
+    runner = RolloutRunner(services.engine, notify=True, retry=retry)
     deployment_id = deploy(services, group, "1.1.0")
     say(ReportIngester(services.engine), owner, device, ("update-response", {"code": 201}))
     started = time.monotonic()
     runner.evaluate_all()
-    # Still within dark_after: a download and a reboot take a while.
+    # Still within the window: a download and a reboot take a while.
     assert rows(services, deployment_id)[device.id] == ("pending", 201, 0)
     tick_until(runner, lambda: rows(services, deployment_id)[device.id][2] == 1)
-    assert time.monotonic() - started >= 2
+    assert time.monotonic() - started >= 3
     assert rows(services, deployment_id)[device.id] == ("pending", 201, 1)
     assert len(triggers(services)) == 2
     # Silent again on its last attempt: it stays pending, and is not retried again.
     say(ReportIngester(services.engine), owner, device, ("update-response", {"code": 201}))
-    # Not a wait for something to happen: dark_after must pass for the check that nothing does.
-    time.sleep(2.1)
+    # Not a wait for something to happen: the window must pass for the check that nothing does.
+    time.sleep(3.1)
     runner.evaluate_all()
     assert rows(services, deployment_id)[device.id] == ("pending", 201, 1)
     assert len(triggers(services)) == 2

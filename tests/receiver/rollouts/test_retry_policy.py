@@ -8,10 +8,14 @@ import pytest
 
 from otaship.receiver.db.enums import Outcome
 from otaship.receiver.rollouts.policy import (
+    CODE,
+    DARK,
     FINISH,
     HALT,
     MAX_BACKOFF,
+    REBOOT_LOOP,
     RETRIGGER,
+    REVERTED,
     SCHEDULE,
     WAIT,
     Counts,
@@ -38,9 +42,14 @@ def later(seconds: float) -> datetime:
 
 
 def facts(
-    outcome: str, *, retries: int = 0, started: bool = False, retry_at: datetime | None = None
+    outcome: str,
+    *,
+    retries: int = 0,
+    started: bool = False,
+    retry_at: datetime | None = None,
+    reason: str | None = None,
 ) -> RetryFacts:
-    return RetryFacts(Outcome(outcome), started, T0, retries, retry_at)
+    return RetryFacts(Outcome(outcome), started, T0, retries, retry_at, reason)
 
 
 def test_the_backoff_doubles_and_is_capped() -> None:
@@ -62,6 +71,14 @@ def test_a_device_that_failed_its_last_attempt_stays_failed() -> None:
     assert retry_step(facts(Outcome.FAILED), RetryPolicy(attempts=0), later(5)) is None
 
 
+@pytest.mark.parametrize("reason", [None, CODE, REVERTED, DARK, REBOOT_LOOP])
+def test_every_failure_but_a_reboot_loop_is_retried(reason: str | None) -> None:
+    """A device in a reboot loop runs the version already: a retry would only
+    see it report the version between two crashes, and call that a success."""
+    step = retry_step(facts(Outcome.FAILED, reason=reason), POLICY, later(5))
+    assert step == (None if reason == REBOOT_LOOP else (SCHEDULE, later(15)))
+
+
 def test_a_retry_is_due_at_its_time_and_not_before() -> None:
     waiting = facts(Outcome.RETRYING, retry_at=later(10))
     assert retry_step(waiting, POLICY, later(9.999)) is None
@@ -77,6 +94,20 @@ def test_a_device_silent_after_its_201_counts_as_failed_once_dark_after_passed()
     assert retry_step(facts(Outcome.PENDING), POLICY, later(3600)) is None
     # Dark on its last attempt: pending until the stage's time runs out.
     assert retry_step(facts(Outcome.PENDING, started=True, retries=3), POLICY, later(3600)) is None
+
+
+def test_the_dark_window_allows_for_the_image_download_at_the_slowest_rate() -> None:
+    policy = RetryPolicy(dark_after=15, download_rate=16 * 1024)
+    assert policy.dark_window == timedelta(seconds=15)
+    # 1.5 MiB at 16 KiB/s: 96 s of download before the 15 s of silence.
+    sized = policy.for_image(1536 * 1024)
+    assert sized.dark_window == timedelta(seconds=111)
+    # Set, not added: a policy made for one image and then another has the second's.
+    assert sized.for_image(16 * 1024).dark_window == timedelta(seconds=16)
+    started = facts(Outcome.PENDING, started=True)
+    assert retry_step(started, sized, later(110.9)) is None
+    assert retry_step(started, sized, later(111)) == (SCHEDULE, later(111 + 60))
+    assert retry_step(started, policy, later(15)) == (SCHEDULE, later(15 + 60))
 
 
 @pytest.mark.parametrize("outcome", [Outcome.SUCCEEDED, Outcome.TIMED_OUT, Outcome.STOPPED])
@@ -126,19 +157,26 @@ def test_the_fleet_stage_waits_for_its_retries() -> None:
 
 def test_the_retry_settings_default_and_bounds() -> None:
     defaults = Settings.from_env({})
-    assert (defaults.trigger_retries, defaults.trigger_retry_backoff, defaults.trigger_dark_after) == (
-        3,
-        60,
-        600,
-    )
+    assert (
+        defaults.trigger_retries,
+        defaults.trigger_retry_backoff,
+        defaults.trigger_dark_after,
+        defaults.trigger_download_rate,
+    ) == (3, 60, 15, 16384)
     custom = Settings.from_env(
         {
             "OTASHIP_TRIGGER_RETRIES": "10",
             "OTASHIP_TRIGGER_RETRY_BACKOFF": "5",
             "OTASHIP_TRIGGER_DARK_AFTER": "90",
+            "OTASHIP_TRIGGER_DOWNLOAD_RATE": "100000",
         }
     )
-    assert (custom.trigger_retries, custom.trigger_retry_backoff, custom.trigger_dark_after) == (10, 5, 90)
+    assert (
+        custom.trigger_retries,
+        custom.trigger_retry_backoff,
+        custom.trigger_dark_after,
+        custom.trigger_download_rate,
+    ) == (10, 5, 90, 100000)
     assert Settings.from_env({"OTASHIP_TRIGGER_RETRIES": "0"}).trigger_retries == 0
     for name, value, says in (
         ("OTASHIP_TRIGGER_RETRIES", "11", "OTASHIP_TRIGGER_RETRIES must be at most 10, not 11"),
@@ -149,7 +187,23 @@ def test_the_retry_settings_default_and_bounds() -> None:
             "soon",
             "OTASHIP_TRIGGER_DARK_AFTER must be a whole number, not 'soon'",
         ),
+        ("OTASHIP_TRIGGER_DOWNLOAD_RATE", "0", "OTASHIP_TRIGGER_DOWNLOAD_RATE must be at least 1, not 0"),
     ):
         with pytest.raises(SettingsError) as refused:
             Settings.from_env({name: value})
+        assert str(refused.value) == says
+
+
+def test_the_reboot_loop_setting_defaults_to_3_and_is_bounded() -> None:
+    assert Settings.from_env({}).reboot_loop_boots == 3
+    assert Settings.from_env({"OTASHIP_REBOOT_LOOP_BOOTS": " "}).reboot_loop_boots == 3
+    for value in ("1", "10", "1000"):
+        assert Settings.from_env({"OTASHIP_REBOOT_LOOP_BOOTS": value}).reboot_loop_boots == int(value)
+    for value, says in (
+        ("0", "OTASHIP_REBOOT_LOOP_BOOTS must be at least 1, not 0"),
+        ("1001", "OTASHIP_REBOOT_LOOP_BOOTS must be at most 1000, not 1001"),
+        ("three", "OTASHIP_REBOOT_LOOP_BOOTS must be a whole number, not 'three'"),
+    ):
+        with pytest.raises(SettingsError) as refused:
+            Settings.from_env({"OTASHIP_REBOOT_LOOP_BOOTS": value})
         assert str(refused.value) == says

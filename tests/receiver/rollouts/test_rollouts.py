@@ -154,6 +154,7 @@ def test_a_healthy_canary_is_promoted_and_the_fleet_completes(
     assert state["state"] == "canary"
     assert state["stages"][0] | {"started_at": None, "ended_at": None} == {
         "name": "canary",
+        "wave": 1,
         "group": s.canary.id,
         "state": "running",
         "targeted": 2,
@@ -164,6 +165,7 @@ def test_a_healthy_canary_is_promoted_and_the_fleet_completes(
         "retrying": 0,
         "retries": 0,
         "pending": 2,
+        "failed_by_reason": {},
         "started_at": None,
         "ended_at": None,
     }
@@ -231,11 +233,73 @@ def test_a_device_that_boot_loops_back_fails_the_canary(
     report(services, s, device, "status", {"fw_version": "1.0.0", "uptime": 505})  # downloading
     tick(services)
     assert rollout(client, s, rollout_id)["state"] == "canary"
-    report(services, s, device, "status", {"fw_version": "1.0.0", "uptime": 2})  # rebooted, old version
+    # Rebooted, on the old version. Uptime 0: its reports come a moment apart
+    # here, and a boot before its 201 is no reboot after it.
+    report(services, s, device, "status", {"fw_version": "1.0.0", "uptime": 0})
     tick(services)
     state = rollout(client, s, rollout_id)
     assert state["state"] == "halted"
     assert {d["id"]: d["outcome"] for d in state["devices"]}[device.id] == "failed"
+
+
+def test_a_device_back_on_the_old_version_fails_the_canary_when_other_workers_took_its_reports(
+    client: TestClient, services: Services, setup: Setup
+) -> None:
+    """A shared subscription splits a device's reports between the workers:
+    the one that takes its 201 may never have seen a status of it, and a
+    device busy flashing sends none before it boots back on the old version.
+    Each report here goes to a worker of its own (`report`): the boot before
+    the 201 comes from the device's row, and the first status after it is not
+    taken for the device's boot before its update."""
+    s = setup
+    rollout_id = post_rollout(client, s).json()["rollout"]["id"]
+    device = s.canary_devices[0]
+    report(services, s, device, "status", {"fw_version": "1.0.0", "uptime": 500})
+    report(services, s, device, "update-response", {"code": 201})
+    # Rebooted, on the old version. Uptime 0: its reports come a moment apart
+    # here, and a boot before its 201 is no reboot after it.
+    report(services, s, device, "status", {"fw_version": "1.0.0", "uptime": 0})
+    report(services, s, device, "status", {"fw_version": "1.0.0", "uptime": 1})
+    tick(services)
+    state = rollout(client, s, rollout_id)
+    assert (state["state"], state["reason"]) == (
+        "halted",
+        "1 canary device(s) failed; error_threshold tolerates 0",
+    )
+    rows = {d["id"]: (d["outcome"], d["reason"]) for d in state["devices"] if d["stage"] == "canary"}
+    assert rows == {device.id: ("failed", "reverted"), s.canary_devices[1].id: ("stopped", None)}
+
+
+def test_a_worker_that_missed_a_reboot_does_not_take_the_device_for_reverted(
+    client: TestClient, services: Services, setup: Setup
+) -> None:
+    """The worker that takes the 201 last saw the device before a reboot that
+    another worker saw: the boot before the 201 is the later one, from the
+    device's row, and the device downloading is not taken for one that
+    booted back on the old version."""
+    s = setup
+    rollout_id = post_rollout(client, s).json()["rollout"]["id"]
+    device = s.canary_devices[0]
+    first, second = ReportIngester(services.engine), ReportIngester(services.engine)
+
+    def say(worker: ReportIngester, kind: str, body: dict[str, Any]) -> None:
+        topic = f"/{s.owner.user.mqtt_user}/devices/{device.id}/{kind}"
+        assert worker.ingest_messages([(topic, json.dumps(body).encode())])
+
+    say(first, "status", {"fw_version": "1.0.0", "uptime": 500})
+    say(second, "status", {"fw_version": "1.0.0", "uptime": 0})  # power-cycled
+    say(first, "update-response", {"code": 201})
+    say(first, "status", {"fw_version": "1.0.0", "uptime": 1})  # downloading
+    tick(services)
+    state = rollout(client, s, rollout_id)
+    assert state["state"] == "canary"
+    rows = {d["id"]: (d["outcome"], d["reason"]) for d in state["devices"] if d["stage"] == "canary"}
+    assert rows[device.id] == ("pending", None)
+    say(second, "status", {"fw_version": "1.1.0", "uptime": 0})
+    tick(services)
+    state = rollout(client, s, rollout_id)
+    rows = {d["id"]: (d["outcome"], d["reason"]) for d in state["devices"] if d["stage"] == "canary"}
+    assert rows[device.id] == ("succeeded", None)
 
 
 def test_the_canary_times_out_short_of_its_threshold(

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 from starlette.testclient import TestClient
 
@@ -181,3 +182,92 @@ def test_a_deploy_racing_a_promotion_never_deadlocks_and_the_newer_firmware_stay
             assert running is not None and running.version == plain, round_
     finally:
         services.engine.dispose()
+
+
+def test_two_receivers_advance_each_wave_once_and_a_new_receiver_carries_on_in_wave_2(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Both replicas' clocks race over a rollout in three waves; then both are
+    replaced (a restart) while wave 2 runs, and a third finishes the rollout."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=postgres_url, mqtt_url="none")
+    first, second = build_services(settings), build_services(settings)
+    third = None
+    try:
+        first = dataclasses.replace(first, notify=True)
+        fleet = Fleet(first)
+        owner = fleet.owner()
+        group = fleet.group(owner, name="fleet")
+        waves = [fleet.group(owner, name=f"wave{i}", parent=group) for i in range(3)]
+        devices = [
+            [fleet.device(w, name=f"w{i}d{j}", firmware_version="1.0.0") for j in range(2)]
+            for i, w in enumerate(waves)
+        ]
+        fleet.device(group, name="direct", firmware_version="1.0.0")
+        with TestClient(create_app(settings, services=first)) as client:
+            response = client.post(
+                "/v1/ota/group",
+                headers=owner.headers,
+                data={
+                    "group": group.id,
+                    "token": group.token,
+                    "version": "1.1.0",
+                    "waves": ",".join(w.id for w in waves),
+                },
+                files={"firmware": ("firmware.bin", build_image("1.1.0"))},
+            )
+            assert response.status_code == 201, response.text
+            rollout_id = response.json()["rollout"]["id"]
+
+        def updated(engine: Engine, wave: int) -> None:
+            ReportIngester(engine).ingest_messages(
+                [
+                    (
+                        f"/{owner.user.mqtt_user}/devices/{d.id}/status",
+                        b'{"fw_version": "1.1.0", "uptime": 1}',
+                    )
+                    for d in devices[wave]
+                ]
+            )
+
+        def race(runners: list[RolloutRunner]) -> None:
+            barrier = threading.Barrier(len(runners))
+
+            def tick(runner: RolloutRunner) -> None:
+                for _ in range(5):
+                    barrier.wait()
+                    runner.evaluate_all()
+
+            threads = [threading.Thread(target=tick, args=(r,)) for r in runners]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+        def state() -> tuple[str, int, list[str]]:
+            with read_session(first.engine) as session:
+                rollout = session.get(Rollout, rollout_id)
+                assert rollout is not None
+                deployed_to = session.exec(
+                    select(Deployment.group_id)
+                    .where(col(Deployment.rollout_id) == rollout_id)
+                    .order_by(col(Deployment.deployed_at))
+                ).all()
+                return rollout.state, rollout.wave, list(deployed_to)
+
+        updated(first.engine, 0)
+        race([RolloutRunner(s.engine, notify=True) for s in (first, second)])
+        assert state() == ("canary", 1, [waves[0].id, waves[1].id])
+
+        # A restart in wave 2: the replicas go, a new one starts from the database.
+        for services in (first, second):
+            services.engine.dispose()
+        third = dataclasses.replace(build_services(settings), notify=True)
+        first = third
+        updated(third.engine, 1)
+        race([RolloutRunner(third.engine, notify=True)])
+        updated(third.engine, 2)
+        race([RolloutRunner(third.engine, notify=True)])
+        assert state() == ("fleet", 2, [w.id for w in waves] + [group.id])
+    finally:
+        for engine in [first.engine, second.engine, *([third.engine] if third is not None else [])]:
+            engine.dispose()

@@ -26,7 +26,7 @@ def _statuses(url: str, forwarded_for: str, count: int) -> list[int]:
 def test_forwarded_for_is_believed_from_trusted_addresses_only(
     tmp_path: Path, server: str, trusted: str | None
 ) -> None:
-    extra = {"OTASHIP_RATE_LIMIT_BAD_KEYS": "3/minute"}
+    extra = {"OTASHIP_RATE_LIMIT_BAD_KEYS": "3/day"}
     if trusted is not None:
         extra["FORWARDED_ALLOW_IPS"] = trusted
     receiver = ReceiverProcess(migrated_env(tmp_path / "data", server=server, **extra)).start()

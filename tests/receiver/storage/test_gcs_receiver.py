@@ -169,7 +169,10 @@ async def test_a_burst_of_downloads_costs_one_gcs_read_per_image(
     images = [build_image("1.0.0", code_size=500_000, seed=n) for n in range(2)]
     app = create_app(settings, services=services)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as http,
+    ):
         for group, image in zip(groups, images, strict=True):
             response = await http.post(
                 "/v1/ota/group",

@@ -23,6 +23,9 @@ class State(StrEnum):
     COMPLETE = "complete"
     HALTED = "halted"
     ABORTED = "aborted"
+    # Halted, and each wave that got the version was given back what it ran
+    # before (rollouts/rollback.py); the reason is the halt's.
+    ROLLED_BACK = "rolled_back"
 
 
 class Stage(StrEnum):
@@ -30,6 +33,9 @@ class Stage(StrEnum):
 
     CANARY = "canary"
     FLEET = "fleet"
+    # The devices of the waves sent back to their previous firmware after a
+    # halt: succeeded went back, failed did not, timed_out is unreachable.
+    ROLLBACK = "rollback"
 
 
 class Outcome(StrEnum):

@@ -115,4 +115,5 @@ def group_json(group: Group, owner: User | None = None) -> dict[str, object]:
         "owner": owner.email if owner is not None else group.owner_id,
         "parent": group.parent_id,
         "chip": group.chip,
+        "anti_rollback": group.anti_rollback,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import Insert
@@ -9,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, update
 
 from otaship.receiver.db.models import FirmwareImage
+from otaship.receiver.db.signing_keys import record_signers
 
 
 def _insert_if_absent(session: Session, values: dict[str, object]) -> Insert:
@@ -39,12 +41,21 @@ def record_image(
     project_name: str | None = None,
     app_version: str | None = None,
     idf_ver: str | None = None,
+    secure_version: int | None = None,
+    signers: Sequence[str] = (),
 ) -> FirmwareImage:
     """The image row of these bytes, recorded at `now` if it is new.
 
     An image known only from deploy history before images had a table has no
-    chip or descriptor: the first deploy that knows them fills them in."""
-    described = {"chip": chip, "project_name": project_name, "app_version": app_version, "idf_ver": idf_ver}
+    chip or descriptor: the first deploy that knows them fills them in.
+    `signers`: the keys whose signature blocks an upload verified over it."""
+    described = {
+        "chip": chip,
+        "project_name": project_name,
+        "app_version": app_version,
+        "idf_ver": idf_ver,
+        "secure_version": secure_version,
+    }
     session.execute(
         _insert_if_absent(
             session,
@@ -64,6 +75,7 @@ def record_image(
             .where(col(FirmwareImage.sha256) == sha256, col(FirmwareImage.chip).is_(None))
             .values(described)
         )
+    record_signers(session=session, sha256=sha256, digests=signers)
     image = session.get(FirmwareImage, sha256, populate_existing=True)
     assert image is not None
     return image

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, UniqueConstraint, false
+from sqlalchemy import BigInteger, Index, Text, UniqueConstraint, false
 from sqlmodel import Field, Relationship, SQLModel
 
 from otaship.receiver.db.enums import EnumText, Outcome, Stage, State
@@ -22,6 +22,9 @@ class User(SQLModel, table=True):
     mqtt_user: str = Field(unique=True, max_length=64)
     mqtt_password_hash: str = Field(max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
+    # argon2id, in its own encoded form (parameters and salt included); None
+    # until `otaship user password` sets one, and then no sign-in works.
+    password_hash: str | None = Field(default=None, max_length=200)
 
 
 class ApiKey(SQLModel, table=True):
@@ -33,6 +36,24 @@ class ApiKey(SQLModel, table=True):
     # The first characters, so an operator can tell keys apart without the secret.
     prefix: str = Field(max_length=16)
     created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = Field(default=None)
+    # Written at most once a minute per key (db/logins.py), not on every request.
+    last_used_at: datetime | None = Field(default=None)
+
+
+class LoginToken(SQLModel, table=True):
+    """What a sign-in with a password issues: a bearer token for the API, or the
+    console's session cookie. Stored as the secret's SHA-256, as API keys are."""
+
+    __tablename__ = "login_tokens"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
+    user_id: str = Field(foreign_key="users.id", index=True, max_length=24)
+    token_hash: str = Field(unique=True, max_length=64)
+    # "bearer" (POST /v1/auth/login) or "console" (the cookie).
+    kind: str = Field(max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
     revoked_at: datetime | None = Field(default=None)
 
 
@@ -48,6 +69,27 @@ class Group(SQLModel, table=True):
     parent_id: str | None = Field(default=None, foreign_key="groups.id", index=True, max_length=24)
     chip: str | None = Field(default=None, max_length=32)
     created_at: datetime = Field(default_factory=utcnow)
+    # Refuse an image whose app descriptor's secure_version is lower than the
+    # one the group runs (this group's, or an ancestor's, setting).
+    anti_rollback: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+
+
+class SigningKey(SQLModel, table=True):
+    """A public key whose Secure Boot V2 signature a group's firmware must carry
+    (one of its keys, or of its ancestors')."""
+
+    __tablename__ = "signing_keys"
+    __table_args__ = (UniqueConstraint("group_id", "digest"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
+    group_id: str = Field(foreign_key="groups.id", index=True, max_length=24)
+    owner_id: str = Field(foreign_key="users.id", max_length=24)
+    name: str = Field(max_length=200)
+    scheme: str = Field(max_length=16)
+    # Hex SHA-256 of the key as a signature block holds it: how blocks name their key.
+    digest: str = Field(max_length=64)
+    public_key: str = Field(max_length=4096)
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Device(SQLModel, table=True):
@@ -61,6 +103,10 @@ class Device(SQLModel, table=True):
     last_seen: datetime | None = Field(default=None)
     last_code: int | None = Field(default=None)
     created_at: datetime = Field(default_factory=utcnow)
+    # When it last booted, by its status reports (report time minus uptime):
+    # here, not only in the memory of the worker that took them, because a
+    # shared subscription may hand its 201 to another (mqtt/reports.py).
+    booted_at: datetime | None = Field(default=None)
 
 
 class FirmwareImage(SQLModel, table=True):
@@ -81,6 +127,18 @@ class FirmwareImage(SQLModel, table=True):
     idf_ver: str | None = Field(default=None, max_length=32)
     object_key: str = Field(max_length=200)
     created_at: datetime = Field(default_factory=utcnow)
+    # The app descriptor's anti-rollback counter; None without a descriptor.
+    secure_version: int | None = Field(default=None)
+
+
+class ImageSigner(SQLModel, table=True):
+    """A key whose signature block verified over an image at an upload: what a
+    promotion checks the group's keys against, without reading the image again."""
+
+    __tablename__ = "image_signers"
+
+    sha256: str = Field(foreign_key="firmware_images.sha256", primary_key=True, max_length=64)
+    key_digest: str = Field(primary_key=True, max_length=64)
 
 
 class GroupOta(SQLModel, table=True):
@@ -99,6 +157,9 @@ class GroupOta(SQLModel, table=True):
     # The spec's `__v`: 0 after the first deploy, +1 with each later one.
     revision: int = Field(default=0)
     last_updated: datetime = Field(default_factory=utcnow)
+    # The digest of the group's key whose signature block verified, or None
+    # when the group had no key (the image was taken unsigned).
+    signed_by: str | None = Field(default=None, max_length=64)
     # Loaded with the row (one query per statement, not per row): every view
     # of an OTA shows its image, and rows are shown after their session ends.
     image: FirmwareImage = Relationship(sa_relationship_kwargs={"lazy": "selectin"})
@@ -120,6 +181,7 @@ class Deployment(SQLModel, table=True):
     commit: str | None = Field(default=None, max_length=64)
     rollout_id: str | None = Field(default=None, max_length=24)
     deployed_at: datetime = Field(default_factory=utcnow)
+    signed_by: str | None = Field(default=None, max_length=64)
 
 
 class TriggerMessage(SQLModel, table=True):
@@ -144,7 +206,9 @@ class TriggerMessage(SQLModel, table=True):
 
 
 class Rollout(SQLModel, table=True):
-    """A staged deploy: the canary subgroup first, then the whole group."""
+    """A staged deploy: its waves (subgroups, the first being the canary) in
+    order, then the whole group. While the state is `canary`, `wave` is the
+    index of the wave running (a RolloutWave)."""
 
     __tablename__ = "rollouts"
     __table_args__ = (Index("ix_rollouts_group_created", "group_id", "created_at"),)
@@ -178,6 +242,56 @@ class Rollout(SQLModel, table=True):
     baseline_recorded: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     baseline_deployment_id: str | None = Field(default=None, max_length=24)
     baseline_sha256: str | None = Field(default=None, max_length=64)
+    # The wave running (0 is the canary); rollouts from before waves had one.
+    wave: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Halt a wave once at least `min_devices` finished and more than this share failed.
+    max_failure_rate: float | None = Field(default=None)
+    min_devices: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    # Set while paused: the clock stops (stored times move on by the pause at resume).
+    paused_at: datetime | None = Field(default=None)
+    # Opt-in: on a halt, each wave that got the version goes back to what it ran.
+    rollback: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+
+
+class RolloutWave(SQLModel, table=True):
+    """One wave of a rollout: a subgroup of its group, with the policy it is judged by."""
+
+    __tablename__ = "rollout_waves"
+
+    rollout_id: str = Field(foreign_key="rollouts.id", primary_key=True, max_length=24)
+    # 0 is the canary.
+    position: int = Field(primary_key=True)
+    group_id: str = Field(foreign_key="groups.id", max_length=24)
+    canary_timeout: int
+    success_threshold: float
+    error_threshold: int
+    soak: int
+    started_at: datetime | None = Field(default=None)
+    # When the wave first reached its success threshold; the soak runs from here.
+    healthy_at: datetime | None = Field(default=None)
+    ended_at: datetime | None = Field(default=None)
+    # What the wave's subtree ran (its effective OTA) just before the rollout
+    # deployed to it: what a rollback gives it back. `previous_recorded` is
+    # False for a wave started before otaship recorded it; the sha256 is None
+    # when it ran nothing.
+    previous_recorded: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    previous_sha256: str | None = Field(default=None, max_length=64)
+    previous_version: str | None = Field(default=None, max_length=64)
+    # What the rollback did with the wave, in words; None until one ran.
+    rollback: str | None = Field(default=None, max_length=500)
+
+
+class RolloutControl(SQLModel, table=True):
+    """A pause or a resume of a rollout: who asked, and when."""
+
+    __tablename__ = "rollout_controls"
+
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: str = Field(foreign_key="rollouts.id", index=True, max_length=24)
+    action: str = Field(max_length=16)
+    # The owner's email and the prefix of the API key that asked.
+    actor: str = Field(max_length=400)
+    at: datetime = Field(default_factory=utcnow)
 
 
 class RolloutDevice(SQLModel, table=True):
@@ -201,6 +315,16 @@ class RolloutDevice(SQLModel, table=True):
     # and when the next one is due while its outcome is `retrying`.
     retries: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     retry_at: datetime | None = Field(default=None)
+    # The wave of a device of the canary stage (its position); None in the fleet stage.
+    wave: int | None = Field(default=None)
+    # When it last booted before its 201 (report time minus uptime): a later
+    # boot means it rebooted, even when it reported uptime 0 just before the 201.
+    boot_at_start: datetime | None = Field(default=None)
+    # Its latest boot seen after it took the update, and how many boots since.
+    booted_at: datetime | None = Field(default=None)
+    reboots: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Which signal failed it: code, reverted, dark, reboot-loop, timeout.
+    reason: str | None = Field(default=None, max_length=16)
 
 
 class PlainDeploy(SQLModel, table=True):
@@ -236,3 +360,66 @@ class DeployDevice(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
     retries: int = Field(default=0)
     retry_at: datetime | None = Field(default=None)
+    boot_at_start: datetime | None = Field(default=None)
+
+
+class GithubBinding(SQLModel, table=True):
+    """A GitHub repository whose published releases deploy to a group (receiver/github/).
+
+    The webhook secret must be recovered to check each delivery's HMAC, and the
+    token to call GitHub: both are stored encrypted with OTASHIP_SECRET_KEY
+    (github/sealed.py), never in clear and never hashed.
+    """
+
+    __tablename__ = "github_bindings"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
+    owner_id: str = Field(foreign_key="users.id", index=True, max_length=24)
+    repo: str = Field(max_length=200)
+    group_id: str = Field(foreign_key="groups.id", max_length=24)
+    # The rollout a release starts: the POST's `canary` and `waves` fields, as given.
+    canary_group_id: str | None = Field(default=None, max_length=24)
+    waves: str | None = Field(default=None, max_length=200)
+    asset_pattern: str = Field(max_length=200)
+    prereleases: bool = Field(default=False)
+    # Report the rollouts it starts back to GitHub as deployments.
+    report_deployments: bool = Field(default=False)
+    secret_sealed: str = Field(max_length=500)
+    token_sealed: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class GithubDelivery(SQLModel, table=True):
+    """One webhook delivery and what became of it; a `queued` one is a job
+    (github/jobs.py), claimed with a lease as the trigger outbox's rows are."""
+
+    __tablename__ = "github_deliveries"
+    __table_args__ = (
+        UniqueConstraint("binding_id", "delivery_id"),
+        Index("ix_github_deliveries_owner_received", "owner_id", "received_at"),
+        Index("ix_github_deliveries_outcome", "outcome", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    binding_id: str = Field(max_length=24)
+    owner_id: str = Field(foreign_key="users.id", max_length=24)
+    # X-GitHub-Delivery: a GUID.
+    delivery_id: str = Field(max_length=64)
+    event: str = Field(max_length=64)
+    action: str | None = Field(default=None, max_length=64)
+    tag: str | None = Field(default=None, max_length=255)
+    # What the job needs of the release (its assets, target, flags), as JSON.
+    release: str | None = Field(default=None, sa_type=Text)
+    outcome: str = Field(max_length=16)
+    reason: str | None = Field(default=None, max_length=1000)
+    version: str | None = Field(default=None, max_length=64)
+    commit: str | None = Field(default=None, max_length=64)
+    rollout_id: str | None = Field(default=None, max_length=24)
+    received_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = Field(default=None)
+    claimed_until: datetime | None = Field(default=None)
+    attempts: int = Field(default=0)
+    # With the binding's report_deployments: the GitHub Deployment of the deploy,
+    # and the last state reported to it (`success` or `failure` ends it).
+    github_deployment_id: int | None = Field(default=None, sa_type=BigInteger)
+    reported_state: str | None = Field(default=None, max_length=16)

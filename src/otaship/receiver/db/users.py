@@ -70,6 +70,12 @@ def issue_api_key(*, session: Session, user: User, revoke_existing: bool) -> str
 
 def user_for_api_key(*, session: Session, api_key: str) -> User | None:
     """The owner of a valid, unrevoked key, or None."""
+    found = api_key_and_owner(session=session, api_key=api_key)
+    return None if found is None else found[1]
+
+
+def api_key_and_owner(*, session: Session, api_key: str) -> tuple[ApiKey, User] | None:
+    """A valid, unrevoked key's row and its owner, or None."""
     digest = secret_hash(api_key)
     row = session.exec(
         select(ApiKey, User)
@@ -83,7 +89,7 @@ def user_for_api_key(*, session: Session, api_key: str) -> User | None:
     # time so the decision itself never depends on where the strings differ.
     if not hmac.compare_digest(key.key_hash, digest):
         return None
-    return user
+    return key, user
 
 
 def user_for_mqtt_login(*, session: Session, username: str, password: str) -> User | None:

@@ -1,4 +1,4 @@
-"""Bearer API keys: who is asking, settled before a management handler runs.
+"""Bearer API keys (and the bearer tokens a sign-in issues): who is asking, settled before a management handler runs.
 
 Each management route carries `owner_only(...)`, Starlette's authentication
 middleware with the API-key backend. A missing or bad key is answered here
@@ -10,7 +10,9 @@ Handlers read the owner with `owner_of(request)`. Device routes, probes,
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from datetime import datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.authentication import AuthCredentials, AuthenticationBackend, AuthenticationError, BaseUser
@@ -19,9 +21,10 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from otaship.receiver.db.logins import KeyUse, owner_of_bearer, record_key_use
 from otaship.receiver.db.models import User
-from otaship.receiver.db.users import user_for_api_key
 from otaship.receiver.http.responses import UNAUTHORIZED, message, server_error
+from otaship.receiver.ids import utcnow
 from otaship.receiver.logs import redact
 from otaship.receiver.services import Services
 
@@ -97,6 +100,40 @@ def bearer_token(conn: HTTPConnection) -> str | None:
     return credentials.strip()
 
 
+# Seconds a stopping app gives the key-use writes still in flight.
+KEY_USE_GRACE = 5.0
+
+
+def note_key_use(conn: HTTPConnection, services: Services, use: KeyUse, now: datetime) -> None:
+    """Write the keys page's "last used" (at most once a minute per key) beside
+    the request, never in its way: a write waits for SQLite's lock, and a
+    deploy must not wait on a bookkeeping line, nor fail when it fails. The
+    app keeps the task until it is done (`finish_key_uses`)."""
+
+    async def write() -> None:
+        try:
+            await services.run_write(lambda session: record_key_use(session=session, use=use, now=now))
+        except SQLAlchemyError as exc:
+            log.debug("the last use of key %s was not recorded: %s", use.key_id, exc)
+
+    pending: set[asyncio.Task[None]] = conn.app.state.key_uses
+    task = asyncio.get_running_loop().create_task(write())
+    pending.add(task)
+    task.add_done_callback(pending.discard)
+
+
+async def finish_key_uses(pending: set[asyncio.Task[None]]) -> None:
+    """Let the key-use writes in flight end before the engine goes: one still
+    running in a thread would hold a connection past the engine's disposal."""
+    if not pending:
+        return
+    _, late = await asyncio.wait(set(pending), timeout=KEY_USE_GRACE)
+    for task in late:
+        task.cancel()
+    # A write in a thread ends before its task does (see threads.in_thread).
+    await asyncio.gather(*late, return_exceptions=True)
+
+
 class ApiKeys(AuthenticationBackend):
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
         token = bearer_token(conn)
@@ -105,15 +142,19 @@ class ApiKeys(AuthenticationBackend):
             raise NotBearer(header) if header.strip() else AuthenticationError(UNAUTHORIZED)
         if len(token) > MAX_KEY_LENGTH:
             raise BadKey()
+        services = Services.of(conn)
+        now = utcnow()
         try:
-            user = await Services.of(conn).run_db(
-                lambda session: user_for_api_key(session=session, api_key=token)
+            found = await services.run_db(
+                lambda session: owner_of_bearer(session=session, token=token, now=now)
             )
+            if found is not None and found[1] is not None:
+                note_key_use(conn, services, found[1], now)
         except SQLAlchemyError as exc:
             raise KeyLookupFailed(exc) from exc
-        if user is None:
+        if found is None:
             raise BadKey()
-        return AuthCredentials(["owner"]), Owner(user)
+        return AuthCredentials(["owner"]), Owner(found[0])
 
 
 class Refusal:

@@ -158,17 +158,22 @@ class LimitRequests:
             )
             await response(scope, receive, send)
             return
-        status = [500]
+        noted = False
 
         async def send_observed(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
+            nonlocal noted
+            if message["type"] == "http.response.start" and not noted:
+                # Counted before the answer leaves: a client that asks again the
+                # moment it reads a 401 must find that 401 already counted.
+                noted = True
+                self.limits.answered(message["status"], digest, address)
             await send(message)
 
         try:
             await self.app(scope, receive, send_observed)
         finally:
-            self.limits.answered(status[0], digest, address)
+            if not noted:
+                self.limits.answered(500, digest, address)
 
 
 def limited(routes: Sequence[BaseRoute], limits: RateLimits | None) -> list[BaseRoute]:

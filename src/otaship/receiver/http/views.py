@@ -9,7 +9,16 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from otaship.receiver.db.enums import Outcome, Stage, State
-from otaship.receiver.db.models import DeployDevice, Device, GroupOta, PlainDeploy, Rollout, RolloutDevice
+from otaship.receiver.db.models import (
+    DeployDevice,
+    Device,
+    GroupOta,
+    PlainDeploy,
+    Rollout,
+    RolloutControl,
+    RolloutDevice,
+    RolloutWave,
+)
 from otaship.receiver.http import wire
 from otaship.receiver.rollouts.policy import (
     ACTIVE_STATES,
@@ -22,6 +31,7 @@ CANARY_STAGE_STATES = {
     State.FLEET: "passed",
     State.COMPLETE: "passed",
     State.HALTED: "failed",
+    State.ROLLED_BACK: "failed",
     State.ABORTED: "aborted",
 }
 FLEET_STAGE_STATES = {
@@ -29,13 +39,15 @@ FLEET_STAGE_STATES = {
     State.COMPLETE: "complete",
     State.ABORTED: "aborted",
     State.HALTED: "halted",
+    State.ROLLED_BACK: "halted",
 }
 
 
-def ota_view(ota: GroupOta) -> wire.Ota:
+def ota_view(ota: GroupOta, group_name: str) -> wire.Ota:
     return wire.Ota(
         _id=ota.id,
         group=ota.group_id,
+        group_name=group_name,
         __v=ota.revision,
         last_updated=ota.last_updated,
         owner=ota.owner_id,
@@ -49,6 +61,8 @@ def ota_view(ota: GroupOta) -> wire.Ota:
         app_version=ota.image.app_version,
         idf_ver=ota.image.idf_ver,
         commit=ota.commit,
+        signed=ota.signed_by is not None,
+        signed_by=ota.signed_by,
     )
 
 
@@ -61,12 +75,28 @@ def rollout_devices(session: Session, rollout_id: str) -> Sequence[DeviceRow]:
         select(RolloutDevice, Device.name)
         .join(Device, col(Device.id) == col(RolloutDevice.device_id))
         .where(col(RolloutDevice.rollout_id) == rollout_id)
-        .order_by(col(RolloutDevice.stage), col(RolloutDevice.device_id))
+        .order_by(col(RolloutDevice.stage), col(RolloutDevice.wave), col(RolloutDevice.device_id))
     ).all()
 
 
 def rollout_view(*, session: Session, rollout: Rollout, with_devices: bool = True) -> wire.Rollout:
-    return rollout_body(rollout, rollout_devices(session, rollout.id), with_devices=with_devices)
+    waves = session.exec(
+        select(RolloutWave)
+        .where(col(RolloutWave.rollout_id) == rollout.id)
+        .order_by(col(RolloutWave.position))
+    ).all()
+    controls = session.exec(
+        select(RolloutControl)
+        .where(col(RolloutControl.rollout_id) == rollout.id)
+        .order_by(col(RolloutControl.id))
+    ).all()
+    return rollout_body(
+        rollout,
+        rollout_devices(session, rollout.id),
+        waves=waves,
+        controls=controls,
+        with_devices=with_devices,
+    )
 
 
 def stage_states(rollout: Rollout) -> tuple[str, str]:
@@ -81,19 +111,50 @@ def stage_states(rollout: Rollout) -> tuple[str, str]:
     return canary, fleet
 
 
-def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: bool) -> wire.Rollout:
-    by_stage: dict[Stage, list[Outcome]] = {Stage.CANARY: [], Stage.FLEET: []}
-    retries = {Stage.CANARY: 0, Stage.FLEET: 0}
+def wave_state(rollout: Rollout, position: int) -> str:
+    """A wave's state: those before the one running passed, those after are
+    pending (or skipped, once the rollout ended); the one running shows how
+    the canary stage does."""
+    if rollout.fleet_started_at is not None or position < rollout.wave:
+        return "passed"
+    if position > rollout.wave:
+        return "pending" if rollout.state in ACTIVE_STATES else "skipped"
+    return stage_states(rollout)[0]
+
+
+def rollout_body(
+    rollout: Rollout,
+    rows: Sequence[DeviceRow],
+    *,
+    waves: Sequence[RolloutWave],
+    controls: Sequence[RolloutControl] = (),
+    with_devices: bool,
+) -> wire.Rollout:
+    # Canary-stage devices by wave; the fleet stage's under None.
+    outcomes: dict[int | None, list[Outcome]] = {None: [], **{w.position: [] for w in waves}}
+    retries: dict[int | None, int] = dict.fromkeys(outcomes, 0)
+    reasons: dict[int | None, dict[str, int]] = {key: {} for key in outcomes}
+    # The rollback's devices by wave, apart from the stages'.
+    rolled: dict[int, list[Outcome]] = {}
     for row, _ in rows:
-        by_stage[row.stage].append(row.outcome)
-        retries[row.stage] += row.retries
+        if row.stage == Stage.ROLLBACK:
+            rolled.setdefault(row.wave or 0, []).append(row.outcome)
+            continue
+        key = row.wave if row.stage == Stage.CANARY else None
+        outcomes.setdefault(key, []).append(row.outcome)
+        retries[key] = retries.get(key, 0) + row.retries
+        # Timeouts have their own count: these are the failures, by signal.
+        if row.reason is not None and row.outcome == Outcome.FAILED:
+            tally = reasons.setdefault(key, {})
+            tally[row.reason] = tally.get(row.reason, 0) + 1
 
     def stage(
-        name: Stage, group_id: str, started: datetime | None, ended: datetime | None, state: str
+        key: int | None, group_id: str, started: datetime | None, ended: datetime | None, state: str
     ) -> wire.RolloutStage:
-        counts = Counts.of(by_stage[name])
+        counts = Counts.of(outcomes.get(key, []))
         return wire.RolloutStage(
-            name=name,
+            name="fleet" if key is None else ("canary" if key == 0 else "wave"),
+            wave=None if key is None else key + 1,
             group=group_id,
             state=state,
             targeted=counts.targeted,
@@ -102,31 +163,43 @@ def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: b
             timed_out=counts.timed_out,
             stopped=counts.stopped,
             retrying=counts.retrying,
-            retries=retries[name],
+            retries=retries.get(key, 0),
             pending=counts.pending,
+            failed_by_reason=dict(sorted(reasons.get(key, {}).items())),
             started_at=started,
             ended_at=ended,
         )
 
-    canary_state, fleet_state = stage_states(rollout)
+    _, fleet_state = stage_states(rollout)
     stages = [
         stage(
-            Stage.CANARY,
-            rollout.canary_group_id,
-            rollout.canary_started_at,
-            rollout.fleet_started_at or rollout.ended_at,
-            canary_state,
-        ),
+            wave.position,
+            wave.group_id,
+            wave.started_at,
+            wave.ended_at,
+            wave_state(rollout, wave.position),
+        )
+        for wave in waves
+    ]
+    stages.append(
         stage(
-            Stage.FLEET,
+            None,
             rollout.group_id,
             rollout.fleet_started_at,
             rollout.ended_at if rollout.fleet_started_at else None,
             fleet_state,
-        ),
-    ]
+        )
+    )
     devices = (
-        [wire.RolloutDevice(stage=row.stage, **_device_fields(row, name)) for row, name in rows]
+        [
+            wire.RolloutDevice(
+                stage=row.stage,
+                wave=row.wave + 1 if row.wave is not None and row.stage != Stage.FLEET else None,
+                reason=row.reason if row.outcome in (Outcome.FAILED, Outcome.TIMED_OUT) else None,
+                **_device_fields(row, name),
+            )
+            for row, name in rows
+        ]
         if with_devices
         else None
     )
@@ -134,23 +207,60 @@ def rollout_body(rollout: Rollout, rows: Sequence[DeviceRow], *, with_devices: b
         id=rollout.id,
         group=rollout.group_id,
         canary=rollout.canary_group_id,
+        waves=[wave.group_id for wave in waves],
+        wave=rollout.wave + 1 if rollout.state == State.CANARY else None,
         version=rollout.version,
         sha256=rollout.sha256,
         commit=rollout.commit,
         state=rollout.state,
         reason=rollout.reason,
+        paused=rollout.paused_at is not None,
         policy=wire.RolloutPolicy(
             canary_timeout=rollout.canary_timeout,
             success_threshold=rollout.success_threshold,
             error_threshold=rollout.error_threshold,
             soak=rollout.soak,
             auto_promote=rollout.auto_promote,
+            max_failure_rate=rollout.max_failure_rate,
+            min_devices=rollout.min_devices,
         ),
+        wave_policies=[
+            wire.WavePolicy(
+                wave=wave.position + 1,
+                group=wave.group_id,
+                canary_timeout=wave.canary_timeout,
+                success_threshold=wave.success_threshold,
+                error_threshold=wave.error_threshold,
+                soak=wave.soak,
+            )
+            for wave in waves
+        ],
+        controls=[wire.RolloutControl(action=c.action, by=c.actor, at=c.at) for c in controls],
         created_at=rollout.created_at,
         updated_at=rollout.updated_at,
         ended_at=rollout.ended_at,
         stages=stages,
+        rollback=[
+            _rollback_wave(wave, Counts.of(rolled.get(wave.position, [])))
+            for wave in waves
+            if wave.rollback is not None
+        ],
         **wire.given(devices=devices),
+    )
+
+
+def _rollback_wave(wave: RolloutWave, counts: Counts) -> wire.RollbackWave:
+    return wire.RollbackWave(
+        wave=wave.position + 1,
+        group=wave.group_id,
+        result=wave.rollback or "",
+        version=wave.previous_version if counts.targeted else None,
+        targeted=counts.targeted,
+        went_back=counts.succeeded,
+        did_not=counts.failed,
+        unreachable=counts.timed_out,
+        pending=counts.pending,
+        retrying=counts.retrying,
     )
 
 

@@ -15,10 +15,11 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PlainSerializer, StrictBool
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, SkipJsonSchema, models_json_schema
 from pydantic_core import core_schema
 
+from otaship.firmware.signing_keys import MAX_PEM_BYTES, Scheme
 from otaship.receiver.db.enums import Outcome, Stage, State
 from otaship.receiver.ids import iso_utc
 
@@ -28,8 +29,15 @@ MD5_PATTERN = "^[0-9a-f]{32}$"
 # The spec's answer to a deploy.
 DEPLOYED = "Firmware successfully deployed"
 DEPLOY_STATES = ("following", "ended")
+# A rollout's stages: its first wave, the later waves, the whole group.
+STAGE_NAMES = ("canary", "wave", "fleet")
+# Why a device failed: its code (203), back on another version after a
+# reboot, silent after its 201, rebooting over and over, out of time.
+FAILURE_REASONS = ("code", "reverted", "dark", "reboot-loop", "timeout")
+CONTROL_ACTIONS = ("pause", "resume")
 STAGE_STATES = ("pending", "running", "passed", "failed", "complete", "halted", "aborted", "skipped")
 REF_TEMPLATE = "#/components/schemas/{model}"
+SCHEMES = tuple(Scheme)
 
 
 def _iso(moment: datetime) -> str:
@@ -97,6 +105,7 @@ class Ota(Wire):
 
     id: Id = Field(alias="_id")
     group: Id
+    group_name: str = Field(description="The name the group was created with")
     revision: int = Field(alias="__v", ge=0, description="0 after the first deploy, +1 for each later one")
     last_updated: Timestamp = Field(description="ISO 8601 UTC with milliseconds")
     owner: Id
@@ -110,6 +119,10 @@ class Ota(Wire):
     app_version: str | None = Field(description="From the image's esp_app_desc_t")
     idf_ver: str | None = Field(description="From the image's esp_app_desc_t")
     commit: str | None
+    signed: bool = Field(description="Whether a signature block by one of the group's keys verified")
+    signed_by: Sha256 | None = Field(
+        description="The Secure Boot V2 digest of the key whose block verified; null when unsigned"
+    )
 
 
 class OtaList(Wire):
@@ -122,6 +135,8 @@ class OtaList(Wire):
 class DeployedRollout(Wire):
     id: Id
     state: str = Field(json_schema_extra=one_of(State))
+    group: Id = Field(description="The group the rollout is for (the canary's parent)")
+    group_name: str = Field(description="That group's name")
 
 
 class Deployed(Wire):
@@ -145,7 +160,11 @@ class Latest(Wire):
 
 
 class RolloutStage(Wire):
-    name: str = Field(json_schema_extra=one_of(Stage))
+    name: str = Field(
+        json_schema_extra=one_of(STAGE_NAMES),
+        description="`canary` for the first wave, `wave` for each later one, `fleet` for the whole group",
+    )
+    wave: int | None = Field(ge=1, description="The wave's number, from 1 (the canary); null for the fleet")
     group: Id
     state: str = Field(json_schema_extra=one_of(STAGE_STATES))
     targeted: Count
@@ -162,6 +181,9 @@ class RolloutStage(Wire):
     )
     retries: Count = Field(description="Retries made for the stage's devices, all devices together")
     pending: Count
+    failed_by_reason: dict[str, int] = Field(
+        description=f"Failed devices by the signal that failed them: {', '.join(FAILURE_REASONS[:-1])}"
+    )
     started_at: Timestamp | None
     ended_at: Timestamp | None
 
@@ -171,7 +193,14 @@ class RolloutDevice(Wire):
     name: str
     group: Id
     stage: str = Field(json_schema_extra=one_of(Stage))
+    wave: int | None = Field(
+        ge=1, description="Its wave's number in the canary and rollback stages; null in the fleet stage"
+    )
     outcome: str = Field(json_schema_extra=one_of(Outcome))
+    reason: str | None = Field(
+        json_schema_extra={"enum": [*FAILURE_REASONS, None]},
+        description="Which signal failed it, when `failed` or `timed_out`",
+    )
     fw_version: str | None = Field(
         description="The last version the device reported; still recorded for a day after the rollout ends"
     )
@@ -190,22 +219,76 @@ class RolloutPolicy(Wire):
     error_threshold: Count
     soak: Count
     auto_promote: bool
+    max_failure_rate: float | None = Field(
+        ge=0, le=1, description="A wave halts once `min_devices` finished and more than this share failed"
+    )
+    min_devices: int = Field(ge=1)
+
+
+class WavePolicy(Wire):
+    """What a wave is judged by: the rollout's policy, with the wave's own overrides."""
+
+    wave: int = Field(ge=1)
+    group: Id
+    canary_timeout: int = Field(ge=1)
+    success_threshold: float = Field(ge=0, le=1)
+    error_threshold: Count
+    soak: Count
+
+
+class RolloutControl(Wire):
+    action: str = Field(json_schema_extra=one_of(CONTROL_ACTIONS))
+    by: str = Field(description="The email of the owner whose API key asked")
+    at: Timestamp
+
+
+class RollbackWave(Wire):
+    """What an automatic rollback did with one wave that got the version, and
+    how its devices went back."""
+
+    wave: int = Field(ge=1)
+    group: Id
+    result: str = Field(
+        description="Rolled back to which version, or why the wave was left as it is (no previous "
+        "firmware, deployed to after the rollout started, the signature check)"
+    )
+    version: str | None = Field(description="The version it went back to; null when left as it is")
+    targeted: Count
+    went_back: Count = Field(description="Devices that reported the previous version")
+    did_not: Count = Field(description="Devices that answered but did not go back (a 203, another version)")
+    unreachable: Count = Field(
+        description="Devices that had not reported the previous version when the follow time (the "
+        "rollout's canary_timeout) ran out"
+    )
+    pending: Count
+    retrying: Count = Field(
+        description="Devices that did not go back and wait for their wave's trigger to be published again"
+    )
 
 
 class Rollout(Wire):
     id: Id
     group: Id
-    canary: Id
+    canary: Id = Field(description="Its first wave")
+    waves: list[Id] = Field(description="Its waves' subgroups, in order; the first is the canary")
+    wave: int | None = Field(ge=1, description="The wave running, from 1, while the state is `canary`")
     version: str
     sha256: Sha256
     commit: str | None
     state: str = Field(json_schema_extra=one_of(State))
     reason: str | None = Field(description="Why it is in this state")
+    paused: bool = Field(description="Paused: no wave advances and no stage times out until a resume")
     policy: RolloutPolicy
+    wave_policies: list[WavePolicy]
+    controls: list[RolloutControl] = Field(description="Its pauses and resumes, oldest first")
     created_at: Timestamp = Field(description="ISO 8601 UTC with milliseconds")
     updated_at: Timestamp = Field(description="ISO 8601 UTC with milliseconds")
     ended_at: Timestamp | None
     stages: list[RolloutStage]
+    rollback: list[RollbackWave] = Field(
+        description="With rollback=true, after a halt: each wave that got the version, what its "
+        "rollback did and how its devices went back; empty otherwise"
+    )
     devices: list[RolloutDevice] | Absent = Field(
         default=None, description="Every targeted device; left out with devices=false and in lists"
     )
@@ -256,6 +339,78 @@ class DeploymentList(Wire):
     deployments: list[Deployment]
 
 
+class SigningKey(Wire):
+    """A Secure Boot V2 public key that a group's firmware must be signed by."""
+
+    id: Id
+    group: Id = Field(description="The group the key was added to")
+    name: str
+    scheme: str = Field(json_schema_extra=one_of(SCHEMES))
+    digest: Sha256 = Field(
+        description="SHA-256 of the key as a signature block holds it (`espsecure digest-sbv2-public-key`)"
+    )
+    public_key: str = Field(description="PEM")
+    inherited_from: Id | None = Field(
+        description="The ancestor group whose key this is; null for the group's own. A subgroup cannot remove it."
+    )
+    created_at: Timestamp
+
+
+class SigningKeyList(Wire):
+    keys: list[SigningKey] = Field(description="The group's ancestors' keys first, then its own")
+
+
+class NewSigningKey(Wire):
+    """The body of POST /v1/groups/{group_id}/keys."""
+
+    public_key: str = Field(
+        min_length=1, max_length=MAX_PEM_BYTES, description="A PEM public key (-----BEGIN PUBLIC KEY-----)"
+    )
+    name: str | None = Field(default=None, max_length=200, description="Defaults to the scheme and digest")
+
+
+class AntiRollback(Wire):
+    """A group's anti-rollback setting, and the secure_version an upload to it is held to."""
+
+    group: Id
+    enabled: bool = Field(description="The group's own setting")
+    set_by: Id | None = Field(
+        description="The group, or its nearest ancestor, whose setting is on: an upload whose app "
+        "descriptor secure_version is lower than `secure_version` is refused. Null when anti-rollback "
+        "is off for the group. A subgroup follows its ancestors: turning its own setting off does not "
+        "undo theirs."
+    )
+    secure_version: int | None = Field(
+        ge=0,
+        description="The secure_version of the firmware the group runs; null when it runs nothing, or "
+        "an image without an app descriptor (which any image may then replace)",
+    )
+
+
+class AntiRollbackChange(Wire):
+    """The body of PUT /v1/groups/{group_id}/anti-rollback."""
+
+    enabled: StrictBool = Field(
+        description="true: refuse uploads whose secure_version is lower than what the group runs"
+    )
+
+
+class LoginUser(Wire):
+    id: Id
+    role: Literal["user"] = Field(description="Every user owns its groups; there are no other roles")
+
+
+class Login(Wire):
+    """IoTaaP's answer to a sign-in."""
+
+    user: LoginUser
+    token: str = Field(
+        pattern="^otl_[A-Za-z0-9_-]+$",
+        description="A bearer token for this API, as an API key is: 30 days with rememberMe, 12 hours "
+        "without; POST /v1/auth/logout revokes it, and so does a new password",
+    )
+
+
 class Health(Wire):
     status: Literal["ok"]
 
@@ -275,6 +430,89 @@ class Readiness(Wire):
     failed: list[Dependency] | Absent = None
 
 
+DELIVERY_OUTCOMES = ("queued", "ignored", "deployed", "refused", "failed")
+
+
+class GithubBind(Wire):
+    """The body of POST /v1/github/bindings."""
+
+    repo: str = Field(max_length=200, description="OWNER/NAME of the repository on GitHub")
+    group: Id = Field(description="The group its published releases deploy to")
+    canary: Id | Absent = Field(default=None, description="Start a rollout with this canary subgroup")
+    waves: str | Absent = Field(
+        default=None,
+        max_length=200,
+        description="Start a rollout in waves: the POST's `waves` field, as given",
+    )
+    asset: str = Field(
+        default="*.bin",
+        max_length=200,
+        description="Shell-style pattern of the release asset to deploy: exactly one must match",
+    )
+    prereleases: bool = Field(default=False, description="Deploy prereleases too")
+    report_deployments: bool = Field(
+        default=False, description="Report the rollouts it starts back to GitHub as deployments"
+    )
+    token: str | Absent = Field(
+        default=None,
+        max_length=500,
+        description="A GitHub token that may read the repository's contents (and write deployments "
+        "with report_deployments); stored encrypted, never shown again. Not needed for a public "
+        "repository without report_deployments",
+    )
+
+
+class GithubBinding(Wire):
+    id: Id
+    repo: str
+    group: Id
+    canary: Id | None
+    waves: str | None
+    asset: str
+    prereleases: bool
+    report_deployments: bool
+    token: bool = Field(description="Whether a token is stored (it is never shown)")
+    webhook_url: str = Field(description="The Payload URL for the repository's webhook settings")
+    created_at: Timestamp
+
+
+class GithubBound(Wire):
+    binding: GithubBinding
+    secret: str = Field(
+        description="The webhook's secret, for the repository's webhook settings: shown this once"
+    )
+
+
+class GithubBindingList(Wire):
+    bindings: list[GithubBinding]
+
+
+class GithubDelivery(Wire):
+    id: str = Field(description="X-GitHub-Delivery")
+    binding: Id
+    event: str = Field(description="X-GitHub-Event")
+    action: str | None
+    tag: str | None = Field(description="The release's tag")
+    outcome: str = Field(json_schema_extra=one_of(DELIVERY_OUTCOMES))
+    reason: str | None = Field(description="Why it was ignored, refused or failed; what the deploy said")
+    version: str | None
+    commit: str | None
+    rollout: Id | None = Field(description="The rollout the deploy started")
+    attempts: Count
+    received_at: Timestamp
+    finished_at: Timestamp | None
+
+
+class GithubDeliveryList(Wire):
+    deliveries: list[GithubDelivery]
+
+
+class WebhookAnswer(Wire):
+    message: str
+    delivery: str
+    outcome: str = Field(json_schema_extra=one_of(DELIVERY_OUTCOMES))
+
+
 ANSWERS: list[type[Wire]] = [
     Message,
     ServerError,
@@ -290,8 +528,20 @@ ANSWERS: list[type[Wire]] = [
     DeployDevice,
     Deployment,
     DeploymentList,
+    SigningKey,
+    SigningKeyList,
+    NewSigningKey,
+    AntiRollback,
+    AntiRollbackChange,
+    LoginUser,
+    Login,
     Health,
     Readiness,
+    GithubBind,
+    GithubBound,
+    GithubBindingList,
+    GithubDeliveryList,
+    WebhookAnswer,
 ]
 
 

@@ -38,6 +38,7 @@ from otaship.protocol import TOPIC_UNSAFE, owner_prefix, usable_in_topic
 from otaship.receiver.ids import secret_matches_plain
 from otaship.receiver.log_summary import Throttle, seconds_text
 from otaship.receiver.mqtt.remembered_logins import RememberedLogins
+from otaship.receiver.threads import in_thread
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ class _Gatekeeper:
             return False
         try:
             # The callable reads a database: keep it off the event loop.
-            valid = bool(await asyncio.to_thread(self._authenticate, username, password))
+            valid = bool(await in_thread(functools.partial(self._authenticate, username, password)))
         except Exception as exc:
             # A broken credential store must not kill the broker. A login that
             # worked before still does (see remembered_logins); others are refused.

@@ -16,22 +16,31 @@ to the front of the queue and wait for it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-import anyio.to_thread
 from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from otaship.protocol import RESPONSE, STATUS
 from otaship.receiver.db.engine import database_reachable, write_session
-from otaship.receiver.db.models import DeployDevice, Device, PlainDeploy, Rollout, RolloutDevice, User
+from otaship.receiver.db.enums import Outcome, Stage
+from otaship.receiver.db.models import (
+    DeployDevice,
+    Device,
+    PlainDeploy,
+    Rollout,
+    RolloutDevice,
+    RolloutWave,
+    User,
+)
 from otaship.receiver.fields import quoted
 from otaship.receiver.ids import utcnow
 from otaship.receiver.log_summary import Tally, counts_text, seconds_text
@@ -40,13 +49,18 @@ from otaship.receiver.mqtt.report_payload import BadReport, Report, parse_report
 from otaship.receiver.outage import OutageLog
 from otaship.receiver.rollouts.plain import followed_plain_deploys
 from otaship.receiver.rollouts.policy import (
+    REVERTED,
     DeviceProgress,
     after_response,
     after_stage_closed,
     after_status,
+    boot_time,
+    booted_since,
     stage_is_open,
 )
 from otaship.receiver.rollouts.store import followed_by_reports
+from otaship.receiver.settings import DEFAULT_REBOOT_LOOP_BOOTS
+from otaship.receiver.threads import in_thread
 
 if TYPE_CHECKING:
     from otaship.receiver.metrics import Metrics
@@ -101,20 +115,32 @@ def split_on_failure(part: list[Report], database_up: bool) -> list[list[Report]
 
 @dataclass
 class _Known:
-    """What we last wrote for a device, so unchanged reports cost no write."""
+    """A device's row as this batch found it, so unchanged reports cost no write."""
 
     owner_id: str
     fw_version: str | None
     last_code: int | None
     last_seen: datetime | None
     uptime: float | None = None
+    # When it booted, by its last status (report time minus uptime), or by
+    # its row when another worker saw a later boot.
+    booted_at: datetime | None = None
+    # The boot its row holds.
+    stored_boot: datetime | None = None
 
 
 class ReportIngester:
     def __init__(
-        self, engine: Engine, *, flush_interval: float = 0.1, metrics: Metrics | None = None
+        self,
+        engine: Engine,
+        *,
+        flush_interval: float = 0.1,
+        metrics: Metrics | None = None,
+        reboot_loop_boots: int = DEFAULT_REBOOT_LOOP_BOOTS,
     ) -> None:
         self.engine = engine
+        # Boots on the new version beyond the first before a reboot loop (a setting).
+        self.reboot_loop_boots = reboot_loop_boots
         self.metrics = metrics
         self.flush_interval = flush_interval
         self._queue: deque[Report] = deque()
@@ -183,7 +209,7 @@ class ReportIngester:
         while True:
             batch = self._take()
             if batch:
-                stored = await anyio.to_thread.run_sync(self.store, batch)
+                stored = await in_thread(functools.partial(self.store, batch))
                 if not stored:
                     await asyncio.sleep(RETRY_INTERVAL)
                 elif len(batch) < FULL_BATCH:
@@ -259,7 +285,10 @@ class ReportIngester:
             if accepted:
                 # Uptimes as they were before this batch: a 201 is judged against the
                 # uptime the device had just before it, not after a later reboot.
-                uptimes = {r.device_id: self._devices[r.device_id].uptime for r in accepted}
+                uptimes = {
+                    r.device_id: (self._devices[r.device_id].uptime, self._devices[r.device_id].booted_at)
+                    for r in accepted
+                }
                 changed = self._apply_to_devices(accepted)
                 if changed:
                     session.connection().execute(
@@ -269,9 +298,16 @@ class ReportIngester:
                             firmware_version=bindparam("fw"),
                             last_code=bindparam("code"),
                             last_seen=bindparam("seen"),
+                            booted_at=bindparam("boot"),
                         ),
                         [
-                            {"device_id": d, "fw": k.fw_version, "code": k.last_code, "seen": k.last_seen}
+                            {
+                                "device_id": d,
+                                "fw": k.fw_version,
+                                "code": k.last_code,
+                                "seen": k.last_seen,
+                                "boot": k.stored_boot,
+                            }
                             for d, k in changed.items()
                         ],
                     )
@@ -306,12 +342,38 @@ class ReportIngester:
                 select(User.mqtt_user, User.id).where(col(User.mqtt_user).in_(chunk))
             ):
                 self._owners[mqtt_user] = owner_id
-        missing = {r.device_id for r in batch} - self._devices.keys()
-        for chunk in _chunks(sorted(missing)):
+        # Every device of the batch, not only the ones never seen: other workers
+        # and replicas take this device's other reports (a shared subscription
+        # splits them) and write its row. A version remembered from an earlier
+        # report here may be stale, and a report agreeing with it would then
+        # be skipped as unchanged while the row says otherwise.
+        for chunk in _chunks(sorted({r.device_id for r in batch})):
+            found: set[str] = set()
             for device in session.exec(select(Device).where(col(Device.id).in_(chunk))):
-                self._devices[device.id] = _Known(
-                    device.owner_id, device.firmware_version, device.last_code, device.last_seen
-                )
+                found.add(device.id)
+                known = self._devices.get(device.id)
+                if known is None:
+                    self._devices[device.id] = _Known(
+                        device.owner_id,
+                        device.firmware_version,
+                        device.last_code,
+                        device.last_seen,
+                        booted_at=device.booted_at,
+                        stored_boot=device.booted_at,
+                    )
+                else:
+                    known.owner_id, known.fw_version = device.owner_id, device.firmware_version
+                    known.last_code, known.last_seen = device.last_code, device.last_seen
+                    known.stored_boot = device.booted_at
+                    # This worker's own view of its boot stays, unless another worker
+                    # saw it boot since: then the uptime here was of the boot before.
+                    if device.booted_at is not None and (
+                        known.booted_at is None or booted_since(device.booted_at, known.booted_at)
+                    ):
+                        known.booted_at, known.uptime = device.booted_at, None
+            # One deleted since is forgotten: its reports are an unregistered device's.
+            for device_id in set(chunk) - found:
+                self._devices.pop(device_id, None)
 
     def _owns(self, report: Report, refused: list[tuple[Report, str]]) -> bool:
         """Only the owner's MQTT user may speak for a device; why not goes to `refused`.
@@ -336,6 +398,15 @@ class ReportIngester:
                 dirty = dirty or report.fw_version != known.fw_version
                 known.fw_version = report.fw_version
                 known.uptime = report.uptime
+                known.booted_at = boot_time(report.at, report.uptime)
+                if known.booted_at is not None:
+                    # A new boot is written at once, for the worker that takes the
+                    # device's next 201; the same boot only with the row's other
+                    # writes, which keep it fresh against the drift of its clock.
+                    moved = known.stored_boot is None or booted_since(known.booted_at, known.stored_boot)
+                    dirty = dirty or moved
+                    if dirty:
+                        known.stored_boot = known.booted_at
             else:
                 dirty = dirty or report.code != known.last_code
                 known.last_code = report.code
@@ -345,7 +416,10 @@ class ReportIngester:
         return changed
 
     def _apply_to_rollouts(
-        self, session: Session, reports: list[Report], uptimes: dict[str, float | None]
+        self,
+        session: Session,
+        reports: list[Report],
+        uptimes: dict[str, tuple[float | None, datetime | None]],
     ) -> None:
         """Move the outcomes of the reporting devices in the rollouts and plain
         deploys that follow them (rollouts/plain.py)."""
@@ -363,16 +437,24 @@ class ReportIngester:
         device_ids = sorted({r.device_id for r in reports})
         # Each device's rows: (row, the version deployed, whether its stage is still open).
         rows: dict[str, list[tuple[RolloutDevice | DeployDevice, str, bool]]] = {}
+        # A rollback row's version rolled back from, by the row's id().
+        rolled_from: dict[int, str] = {}
         for chunk in _chunks(device_ids):
             if any_rollout:
-                for stage_row, version, state in session.exec(
-                    select(RolloutDevice, Rollout.version, col(Rollout.state))
+                for stage_row, version, state, wave in session.exec(
+                    select(RolloutDevice, Rollout.version, col(Rollout.state), col(Rollout.wave))
                     .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
                     .where(col(RolloutDevice.device_id).in_(chunk), followed)
                 ):
-                    rows.setdefault(stage_row.device_id, []).append(
-                        (stage_row, version, stage_is_open(state, stage_row.stage))
-                    )
+                    if stage_row.stage == Stage.ROLLBACK:
+                        # A rollback's device succeeds on the version it goes back to
+                        # (rollouts/rollback.py); rare, and its wave is read once a session.
+                        rolled = session.get(RolloutWave, (stage_row.rollout_id, stage_row.wave))
+                        if rolled is not None and rolled.previous_version is not None:
+                            rolled_from[id(stage_row)] = version
+                            version = rolled.previous_version
+                    is_open = stage_is_open(state, stage_row.stage, wave=stage_row.wave, current_wave=wave)
+                    rows.setdefault(stage_row.device_id, []).append((stage_row, version, is_open))
             if any_plain:
                 for plain_row, version, ended_at in session.exec(
                     select(DeployDevice, PlainDeploy.version, PlainDeploy.ended_at)
@@ -384,29 +466,60 @@ class ReportIngester:
             return
         for report in reports:
             if report.kind == STATUS:
-                uptimes[report.device_id] = report.uptime
+                uptimes[report.device_id] = (report.uptime, boot_time(report.at, report.uptime))
             for row, deployed, is_open in rows.get(report.device_id, ()):
+                tracked = isinstance(row, RolloutDevice)
                 before = DeviceProgress(
-                    row.outcome, row.started_update, row.uptime_at_start, row.fw_version, row.code
+                    row.outcome,
+                    row.started_update,
+                    row.uptime_at_start,
+                    row.fw_version,
+                    row.code,
+                    reason=row.reason if isinstance(row, RolloutDevice) else None,
+                    boot_at_start=row.boot_at_start,
+                    booted_at=row.booted_at if isinstance(row, RolloutDevice) else None,
+                    reboots=row.reboots if isinstance(row, RolloutDevice) else 0,
                 )
                 if not is_open:
                     after = after_stage_closed(before, fw_version=report.fw_version, code=report.code)
                 elif report.kind == STATUS:
                     assert report.fw_version is not None
                     after = after_status(
-                        before, fw_version=report.fw_version, uptime=report.uptime, deployed=deployed
+                        before,
+                        fw_version=report.fw_version,
+                        uptime=report.uptime,
+                        deployed=deployed,
+                        at=report.at,
+                        reboot_loop_boots=self.reboot_loop_boots,
                     )
+                    if not tracked:
+                        # A plain deploy follows its devices until they answer: no reboot loop.
+                        after = replace(after, booted_at=None, reboots=0)
+                    elif after.outcome == Outcome.SUCCEEDED and report.fw_version == rolled_from.get(id(row)):
+                        # Counted back at the rollback from its row's version, it was still
+                        # flashing the version rolled back from, missed its wave's trigger
+                        # (a device does while it updates), and has booted into that version.
+                        after = replace(after, outcome=Outcome.FAILED, reason=REVERTED)
                 else:
                     assert report.code is not None
+                    last_uptime, last_boot = uptimes.get(report.device_id, (None, None))
                     after = after_response(
-                        before, code=report.code, last_uptime=uptimes.get(report.device_id)
+                        before, code=report.code, last_uptime=last_uptime, last_boot=last_boot, at=report.at
                     )
-                if after != before:
+                # A device updating is heard from: its row's time says when
+                # last, so that only real silence makes it dark.
+                heard = is_open and after.outcome == Outcome.PENDING and after.started_update
+                if after != before or heard:
                     row.outcome = after.outcome
                     row.started_update = after.started_update
                     row.uptime_at_start = after.uptime_at_start
                     row.fw_version = after.fw_version
                     row.code = after.code
+                    row.boot_at_start = after.boot_at_start
+                    if isinstance(row, RolloutDevice):
+                        row.reason = after.reason
+                        row.booted_at = after.booted_at
+                        row.reboots = after.reboots
                     row.updated_at = now
                     session.add(row)
 

@@ -15,7 +15,6 @@ import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-import anyio.to_thread
 import paho.mqtt.client as mqtt
 from sqlalchemy import or_, update
 from sqlalchemy.engine import Engine
@@ -26,6 +25,7 @@ from otaship.receiver.db.models import TriggerMessage
 from otaship.receiver.ids import utcnow
 from otaship.receiver.mqtt.link import MqttLink
 from otaship.receiver.outage import OutageLog
+from otaship.receiver.threads import in_thread
 from otaship.receiver.wakeup import sleep_until_woken
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class TriggerPublisher:
     async def run(self) -> None:
         while True:
             try:
-                busy = await anyio.to_thread.run_sync(self.publish_pending)
+                busy = await in_thread(self.publish_pending)
                 self._outage.recovered()
             except Exception as exc:
                 if database_unavailable(exc):

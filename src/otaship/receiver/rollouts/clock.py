@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import anyio.to_thread
 from sqlalchemy.engine import Engine
 
 from otaship.receiver.db.engine import database_unavailable, read_session, write_session
@@ -22,8 +21,10 @@ from otaship.receiver.ids import utcnow
 from otaship.receiver.outage import OutageLog
 from otaship.receiver.rollouts.plain import evaluate_plain, open_plain_deploys
 from otaship.receiver.rollouts.policy import ACTIVE_STATES, RetryPolicy
-from otaship.receiver.rollouts.retries import retry_devices
+from otaship.receiver.rollouts.retries import fail_dark_devices, retry_devices
+from otaship.receiver.rollouts.rollback import close_rollbacks, retry_rollbacks
 from otaship.receiver.rollouts.store import active_rollout_states, evaluate, lock_rollout
+from otaship.receiver.threads import in_thread
 from otaship.receiver.wakeup import sleep_until_woken
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ class RolloutRunner:
                     retried = None
                     now = utcnow()
                     if before in ACTIVE_STATES:
+                        fail_dark_devices(session=session, rollout=locked, policy=self.retry, now=now)
                         # Before the decision, so that it counts a failure with a
                         # retry ahead as retrying, not as failed.
                         retried = retry_devices(
@@ -97,6 +99,17 @@ class RolloutRunner:
                 if database_unavailable(exc):
                     raise  # the others would fail alike: the pass ends, the next tick tries again
                 log.exception("could not evaluate rollout %s; trying again next tick", rollout_id)
+        try:
+            with write_session(self.engine) as session:
+                now = utcnow()
+                retried = retry_rollbacks(session=session, policy=self.retry, notify=self.notify, now=now)
+                changed = bool(close_rollbacks(session=session, now=now)) or bool(retried.groups) or changed
+            if self.metrics is not None:
+                self.metrics.retried(retried.scheduled, retried.devices, len(retried.groups))
+        except Exception as exc:
+            if database_unavailable(exc):
+                raise
+            log.exception("could not retry or close the rollbacks' devices; trying again next tick")
         return self._follow_plain_deploys() or changed
 
     def _follow_plain_deploys(self) -> bool:
@@ -137,11 +150,6 @@ class RolloutRunner:
 
     async def _pass(self) -> bool:
         """One evaluate_all in a worker thread. A cancel (the receiver stopping)
-        waits for the pass in flight: the thread cannot be stopped, and left
-        running it could promote a rollout after the receiver has shut down."""
-        work = asyncio.ensure_future(anyio.to_thread.run_sync(self.evaluate_all))
-        try:
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            await asyncio.wait({work})
-            raise
+        waits for the pass in flight: left running, it could promote a rollout
+        after the receiver has shut down."""
+        return await in_thread(self.evaluate_all)

@@ -13,6 +13,7 @@ from otaship.protocol import trigger_topic
 from otaship.receiver.db.groups import ancestors, descendants, lock_tree
 from otaship.receiver.db.images import record_image
 from otaship.receiver.db.models import Deployment, FirmwareImage, Group, GroupOta, TriggerMessage, User
+from otaship.receiver.db.signing_keys import signed_by
 from otaship.receiver.events import after_commit
 from otaship.receiver.rollouts import plain
 from otaship.receiver.rollouts.policy import Running
@@ -45,11 +46,18 @@ class StoredFirmware:
     project_name: str | None = None
     app_version: str | None = None
     idf_ver: str | None = None
+    secure_version: int | None = None
+    # The digests of the registered keys whose signature blocks an upload
+    # verified over the image: recorded with its row (db/signing_keys.py).
+    signers: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, image: FirmwareImage) -> StoredFirmware:
-        # The image row has every field of this one, by the same name.
-        return cls(**{field.name: getattr(image, field.name) for field in fields(cls)})
+        # The image row has every other field of this one, by the same name;
+        # its signers are in their own table, and a stored image needs none again.
+        return cls(
+            **{field.name: getattr(image, field.name) for field in fields(cls) if field.name != "signers"}
+        )
 
 
 class VersionConflict(Exception):
@@ -176,6 +184,9 @@ def deploy_firmware(
     rollout (see otaship.receiver.rollouts.supersede); `rollout_id` names the rollout this
     deploy belongs to, which it never ends. `kind`, for its log line: plain, canary (a rollout's
     first stage) or promotion (its fleet stage).
+
+    Raises NotSignedForGroup when the group (or an ancestor) has signing keys
+    and no key it has now signed the image, whatever path the deploy came by.
     """
     lock_tree(session=session, group_id=group_id)
     group = session.exec(select(Group).where(Group.id == group_id).with_for_update()).one()
@@ -194,6 +205,7 @@ def deploy_firmware(
         # ancestor is what its devices run: deploy it again, so it is.
 
     image = record_image(session=session, now=now, **asdict(firmware))
+    signature = signed_by(session=session, group=group, sha256=image.sha256)
     # Strictly later than every OTA of the family, so that this deploy wins the
     # effective-firmware comparison (see targeting/effective.py) as the last to
     # commit: even within one clock tick, and even when the caller read `now`
@@ -222,6 +234,7 @@ def deploy_firmware(
     ota.image = image
     ota.last_updated = last_updated
     ota.commit = commit
+    ota.signed_by = signature
     session.add(ota)
     session.flush()
     deployment = Deployment(
@@ -234,6 +247,7 @@ def deploy_firmware(
         commit=commit,
         rollout_id=rollout_id,
         deployed_at=now,
+        signed_by=signature,
     )
     session.add(deployment)
     session.flush()

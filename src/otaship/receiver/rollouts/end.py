@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from otaship.receiver.db.enums import Stage, State
-from otaship.receiver.db.models import Rollout, RolloutDevice
+from otaship.receiver.db.models import Rollout, RolloutDevice, RolloutWave
 from otaship.receiver.events import after_commit
 from otaship.receiver.rollouts.policy import ACTIVE_STATES, Counts, DeviceProgress, at_stage_end
 
@@ -23,13 +23,14 @@ log = logging.getLogger("otaship.rollouts")
 NEW = "new"
 
 
-def stage_counts(*, session: Session, rollout_id: str, stage: Stage) -> Counts:
-    outcomes = session.exec(
-        select(col(RolloutDevice.outcome)).where(
-            col(RolloutDevice.rollout_id) == rollout_id, col(RolloutDevice.stage) == stage
-        )
-    ).all()
-    return Counts.of(list(outcomes))
+def stage_counts(*, session: Session, rollout_id: str, stage: Stage, wave: int | None = None) -> Counts:
+    """The outcomes of a stage's devices; of one wave's only, given `wave`."""
+    query = select(col(RolloutDevice.outcome)).where(
+        col(RolloutDevice.rollout_id) == rollout_id, col(RolloutDevice.stage) == stage
+    )
+    if wave is not None:
+        query = query.where(col(RolloutDevice.wave) == wave)
+    return Counts.of(list(session.exec(query).all()))
 
 
 def counts_fields(counts: Counts) -> dict[str, int]:
@@ -86,9 +87,14 @@ def close_stage(
             col(RolloutDevice.stage) == stage,
         )
     ):
-        progress = at_stage_end(DeviceProgress(outcome=row.outcome), time_ran_out=time_ran_out)
+        progress = at_stage_end(
+            DeviceProgress(outcome=row.outcome, reason=row.reason), time_ran_out=time_ran_out
+        )
         if progress.outcome != row.outcome:
             row.outcome = progress.outcome
+            row.reason = progress.reason
+            # One that was waiting for a retry no longer does: its stage is over.
+            row.retry_at = None
             row.updated_at = now
             session.add(row)
 
@@ -112,10 +118,22 @@ def end_rollout(
     if before in ACTIVE_STATES:
         # A rollout's stages are named after the states that run them.
         close_stage(session, rollout.id, Stage(before), time_ran_out=time_ran_out, now=now)
-        counts = stage_counts(session=session, rollout_id=rollout.id, stage=Stage(before))
+        wave = rollout.wave if before == State.CANARY else None
+        counts = stage_counts(session=session, rollout_id=rollout.id, stage=Stage(before), wave=wave)
     log_transition(session, rollout, before, state, reason, counts)
     rollout.state = state
     rollout.reason = reason
     rollout.ended_at = now
     rollout.updated_at = now
+    # An ended rollout is not paused: nothing of it is left to hold.
+    rollout.paused_at = None
     session.add(rollout)
+    if before == State.CANARY:
+        _end_wave(session, rollout.id, rollout.wave, now)
+
+
+def _end_wave(session: Session, rollout_id: str, position: int, now: datetime) -> None:
+    wave = session.get(RolloutWave, (rollout_id, position))
+    if wave is not None and wave.ended_at is None:
+        wave.ended_at = now
+        session.add(wave)

@@ -29,7 +29,7 @@ from otaship.receiver.rollouts.policy import (
     superseded_reason,
     supersedes,
 )
-from otaship.receiver.rollouts.retries import Retried, needs_a_look, retry_rows
+from otaship.receiver.rollouts.retries import Retried, for_image, needs_a_look, retry_rows
 
 # How long a plain deploy's devices are waited for. A device that was offline
 # at the trigger never answers it: it is `timed_out` then, not retried.
@@ -69,6 +69,7 @@ def follow(*, session: Session, deployment: Deployment, group_ids: list[str], no
                 "updated_at": now,
                 "retries": 0,
                 "retry_at": None,
+                "boot_at_start": None,
             }
         )
     # Core, not the ORM: a deploy to a large fleet writes thousands of rows.
@@ -160,6 +161,8 @@ def evaluate_plain(
         return None
     retried = Retried()
     if policy.attempts > 0:
+        deployment = session.get(Deployment, deployment_id)
+        policy = for_image(session, policy, deployment.sha256 if deployment is not None else None)
         rows = session.exec(
             select(DeployDevice)
             .where(col(DeployDevice.deployment_id) == deployment_id, needs_a_look(DeployDevice, policy, now))

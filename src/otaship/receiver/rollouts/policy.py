@@ -1,7 +1,8 @@
 """Rollout decisions, as pure functions: no I/O, no clock of their own.
 
-A rollout deploys to the canary subgroup, watches what its devices report,
-and then either promotes the same image to the whole group or halts. Every
+A rollout deploys to its first wave (the canary subgroup), watches what its
+devices report, and then either promotes the same image to the next wave (and
+after the last, to the whole group) or halts. Every
 decision here takes the facts (counts, stored timestamps, `now`) and returns
 what to do, so a restarted receiver, or another replica, reaches the same
 answer from the same database.
@@ -16,6 +17,7 @@ from datetime import datetime, timedelta
 
 from otaship.protocol import ResponseCode
 from otaship.receiver.db.enums import Outcome, Stage, State
+from otaship.receiver.settings import DEFAULT_REBOOT_LOOP_BOOTS
 
 ACTIVE_STATES = (State.CANARY, State.FLEET)
 
@@ -27,6 +29,14 @@ class Policy:
     canary_timeout: int = 1800
     soak: int = 0
     auto_promote: bool = True
+    # AWS IoT Jobs' abort criterion: halt a wave once at least `min_devices`
+    # of its devices finished and the failed share of those exceeds the rate.
+    max_failure_rate: float | None = None
+    min_devices: int = 1
+
+
+# What a wave may set for itself; the rest is the rollout's.
+WAVE_FIELDS = ("success_threshold", "error_threshold", "canary_timeout", "soak")
 
 
 class PolicyError(ValueError):
@@ -42,7 +52,16 @@ def validate_policy(policy: Policy) -> Policy:
         raise PolicyError("canary_timeout must be a positive number of seconds")
     if policy.soak < 0:
         raise PolicyError("soak must be 0 or more seconds")
+    if policy.max_failure_rate is not None and not (0 <= policy.max_failure_rate < 1):
+        raise PolicyError("max_failure_rate must be a fraction in [0, 1)")
+    if policy.min_devices < 1:
+        raise PolicyError("min_devices must be 1 or more")
     return policy
+
+
+def wave_label(position: int) -> str:
+    """How messages name a wave: the first is the canary."""
+    return "canary" if position == 0 else f"wave {position + 1}"
 
 
 # --- devices ------------------------------------------------------------------
@@ -55,6 +74,40 @@ class DeviceProgress:
     uptime_at_start: float | None = None
     fw_version: str | None = None
     code: int | None = None
+    # Which signal failed it (one of REASONS); kept while it awaits a retry.
+    reason: str | None = None
+    # When it last booted before its 201 (report time minus uptime).
+    boot_at_start: datetime | None = None
+    # On the new version: its latest boot seen, and the boots after the first.
+    booted_at: datetime | None = None
+    reboots: int = 0
+
+
+# Why a device failed: its update-response code (203), back on another
+# version after a reboot, silent after its 201, rebooting over and over on the
+# new version, or still unfinished when its stage's time ran out.
+CODE = "code"
+REVERTED = "reverted"
+DARK = "dark"
+REBOOT_LOOP = "reboot-loop"
+TIMEOUT = "timeout"
+REASONS = (CODE, REVERTED, DARK, REBOOT_LOOP, TIMEOUT)
+
+
+# Two boot times closer than this are one boot: uptimes and report times are
+# whole seconds, and a report takes a moment to arrive.
+BOOT_JITTER = timedelta(seconds=5)
+
+
+def boot_time(at: datetime | None, uptime: float | None) -> datetime | None:
+    """When the device booted, from a report's time and its uptime."""
+    if at is None or uptime is None:
+        return None
+    return at - timedelta(seconds=uptime)
+
+
+def booted_since(boot: datetime, before: datetime) -> bool:
+    return boot > before + BOOT_JITTER
 
 
 def initial_progress(running: str | None, deployed: str) -> DeviceProgress:
@@ -65,37 +118,107 @@ def initial_progress(running: str | None, deployed: str) -> DeviceProgress:
 
 
 def after_status(
-    progress: DeviceProgress, *, fw_version: str, uptime: float | None, deployed: str
+    progress: DeviceProgress,
+    *,
+    fw_version: str,
+    uptime: float | None,
+    deployed: str,
+    at: datetime | None = None,
+    reboot_loop_boots: int = DEFAULT_REBOOT_LOOP_BOOTS,
 ) -> DeviceProgress:
-    """A status report: success on the deployed version; failure when the device
-    comes back (rebooted) on another version after announcing its update."""
+    """A status report, received `at`: success on the deployed version; failure
+    when the device comes back (rebooted) on another version after announcing
+    its update, or when it boots again more than `reboot_loop_boots` times on
+    the deployed version (OTASHIP_REBOOT_LOOP_BOOTS)."""
+    boot = boot_time(at, uptime)
+    if progress.outcome == Outcome.FAILED and progress.reason == REBOOT_LOOP:
+        # It reports the version between two crashes: that is no recovery, and
+        # it is never retried, so nothing else would fail it again.
+        return replace(progress, fw_version=fw_version)
+    if progress.outcome == Outcome.SUCCEEDED and fw_version == deployed and boot is not None:
+        return _counted_boot(replace(progress, fw_version=fw_version), boot, reboot_loop_boots)
     if progress.outcome in (Outcome.SUCCEEDED, Outcome.TIMED_OUT, Outcome.STOPPED):
         return replace(progress, fw_version=fw_version)
     if fw_version == deployed:
-        return replace(progress, outcome=Outcome.SUCCEEDED, fw_version=fw_version)
+        return replace(
+            progress, outcome=Outcome.SUCCEEDED, fw_version=fw_version, reason=None, booted_at=boot
+        )
     if not progress.started_update or progress.outcome in (Outcome.FAILED, Outcome.RETRYING):
         return replace(progress, fw_version=fw_version)
-    if uptime is not None and progress.uptime_at_start is None:
+    if uptime is not None and progress.uptime_at_start is None and progress.boot_at_start is None:
         # We did not see its uptime before the 201 (say, the receiver restarted):
         # this report becomes the baseline a reboot is measured against.
-        return replace(progress, fw_version=fw_version, uptime_at_start=uptime)
+        return replace(progress, fw_version=fw_version, uptime_at_start=uptime, boot_at_start=boot)
     # Status keeps flowing while the image downloads, so another version only
-    # means failure once the device has rebooted (its uptime went back down).
-    rebooted = uptime is None or (progress.uptime_at_start is not None and uptime < progress.uptime_at_start)
+    # means failure once the device has rebooted: it booted after the boot
+    # before its 201 (a device that reported uptime 0 just before its 201 has
+    # rebooted when it boots again, which its uptime alone cannot show); with
+    # no boot time to compare, its uptime went back down.
+    if boot is not None and progress.boot_at_start is not None:
+        rebooted = booted_since(boot, progress.boot_at_start)
+    else:
+        rebooted = uptime is None or (
+            progress.uptime_at_start is not None and uptime < progress.uptime_at_start
+        )
     if rebooted:
-        return replace(progress, outcome=Outcome.FAILED, fw_version=fw_version)
+        return replace(progress, outcome=Outcome.FAILED, fw_version=fw_version, reason=REVERTED)
     return replace(progress, fw_version=fw_version)
 
 
-def after_response(progress: DeviceProgress, *, code: int, last_uptime: float | None) -> DeviceProgress:
+def _counted_boot(progress: DeviceProgress, boot: datetime, limit: int) -> DeviceProgress:
+    """A succeeded device's boot: the first is its boot into the new version;
+    more than `limit` after it fail it as a reboot loop."""
+    if progress.booted_at is None:
+        return replace(progress, booted_at=boot)
+    if not booted_since(boot, progress.booted_at):
+        return progress
+    reboots = progress.reboots + 1
+    if reboots > limit:
+        return replace(progress, booted_at=boot, reboots=reboots, outcome=Outcome.FAILED, reason=REBOOT_LOOP)
+    return replace(progress, booted_at=boot, reboots=reboots)
+
+
+def boot_before_update(last_boot: datetime | None, at: datetime | None) -> datetime | None:
+    """The boot a device announced its update (201, received `at`) from: what
+    a later boot is measured against.
+
+    Its last known boot, when that came before the 201. But the worker that
+    takes a 201 may know no boot of the device, or only an older one, or one
+    after the 201: a shared subscription hands the device's statuses to other
+    workers too, and one of them can be stored before the 201 it followed. A
+    device that boots after its 201 has rebooted, whatever came before, so the
+    baseline is never earlier than the 201's own time less the jitter."""
+    if at is None:
+        return last_boot
+    floor = at - BOOT_JITTER
+    if last_boot is None or last_boot > at:
+        return floor
+    return max(last_boot, floor)
+
+
+def after_response(
+    progress: DeviceProgress,
+    *,
+    code: int,
+    last_uptime: float | None,
+    last_boot: datetime | None = None,
+    at: datetime | None = None,
+) -> DeviceProgress:
     if progress.outcome in (Outcome.SUCCEEDED, Outcome.TIMED_OUT, Outcome.STOPPED):
         return replace(progress, code=code)
     if code == ResponseCode.ERROR:
         # One awaiting its retry stays so: the retry is already planned.
-        outcome = Outcome.RETRYING if progress.outcome == Outcome.RETRYING else Outcome.FAILED
-        return replace(progress, outcome=outcome, code=code)
+        if progress.outcome == Outcome.RETRYING:
+            return replace(progress, code=code)
+        return replace(progress, outcome=Outcome.FAILED, code=code, reason=CODE)
     if code == ResponseCode.UPDATE_STARTING and progress.outcome == Outcome.PENDING:
-        return replace(progress, started_update=True, uptime_at_start=last_uptime, code=code)
+        return replace(
+            progress,
+            started_update=True,
+            uptime_at_start=last_uptime,
+            boot_at_start=boot_before_update(last_boot, at),
+            code=code,
+        )
     return replace(progress, code=code)
 
 
@@ -107,7 +230,9 @@ def at_stage_end(progress: DeviceProgress, *, time_ran_out: bool) -> DeviceProgr
         return replace(progress, outcome=Outcome.FAILED)
     if progress.outcome != Outcome.PENDING:
         return progress
-    return replace(progress, outcome=Outcome.TIMED_OUT if time_ran_out else Outcome.STOPPED)
+    if time_ran_out:
+        return replace(progress, outcome=Outcome.TIMED_OUT, reason=TIMEOUT)
+    return replace(progress, outcome=Outcome.STOPPED)
 
 
 def after_stage_closed(
@@ -123,10 +248,17 @@ def after_stage_closed(
     return progress
 
 
-def stage_is_open(state: State, stage: Stage) -> bool:
-    """Whether a rollout in `state` is still deciding the outcomes of `stage`
-    (its stages are named after the states that run them)."""
-    return state.value == stage.value
+def stage_is_open(state: State, stage: Stage, *, wave: int | None = None, current_wave: int = 0) -> bool:
+    """Whether a rollout in `state`, running its wave `current_wave`, is still
+    deciding the outcomes of a device of `stage` (in `wave`, for the canary
+    stage). Stages are named after the states that run them; the waves all
+    belong to the canary stage, and only the one running is open."""
+    if stage == Stage.ROLLBACK:
+        # A rollback's devices are followed until they report, or time out.
+        return state == State.ROLLED_BACK
+    if state.value != stage.value:
+        return False
+    return stage != Stage.CANARY or wave is None or wave == current_wave
 
 
 def stage_time_ran_out(policy: Policy, *, started_at: datetime, now: datetime) -> bool:
@@ -142,12 +274,27 @@ class RetryPolicy:
     """How a device that failed is reached again: its group's trigger is
     published again, up to `attempts` times, `backoff` seconds after the
     failure and twice as long before each next one (at most `MAX_BACKOFF`).
+
     A device that announced its update (201) and reported nothing decisive
-    for `dark_after` seconds counts as failed."""
+    for `dark_window` counts as failed: `dark_after` seconds of silence (a few
+    status intervals, for the reboot and reconnection), plus the image's
+    download at `download_rate` bytes a second, since an IoTaaP OS device
+    publishes nothing while it downloads. `image_size` is set per stage with
+    `for_image`."""
 
     attempts: int = 3
     backoff: float = 60.0
-    dark_after: float = 600.0
+    dark_after: float = 15.0
+    download_rate: float = 16 * 1024
+    image_size: int = 0
+
+    @property
+    def dark_window(self) -> timedelta:
+        return timedelta(seconds=self.dark_after + self.image_size / self.download_rate)
+
+    def for_image(self, size: int) -> RetryPolicy:
+        """The policy for a stage that deploys an image of `size` bytes."""
+        return replace(self, image_size=size)
 
 
 # AWS IoT Jobs allows up to 10 retries of a job execution.
@@ -168,6 +315,8 @@ class RetryFacts:
     updated_at: datetime
     retries: int
     retry_at: datetime | None
+    # Why it failed, where its stage records it (rollout devices do).
+    reason: str | None = None
 
 
 def retry_delay(policy: RetryPolicy, retries: int) -> timedelta:
@@ -179,7 +328,7 @@ def went_dark(facts: RetryFacts, policy: RetryPolicy, now: datetime) -> bool:
     return (
         facts.outcome == Outcome.PENDING
         and facts.started_update
-        and now - facts.updated_at >= timedelta(seconds=policy.dark_after)
+        and now - facts.updated_at >= policy.dark_window
     )
 
 
@@ -188,13 +337,15 @@ def retry_step(facts: RetryFacts, policy: RetryPolicy, now: datetime) -> tuple[s
     that failed or went dark and has attempts left, RETRIGGER one whose retry
     is due, or None. A device that fails its last attempt stays failed, with
     its last code; one that goes dark on its last stays pending until the
-    stage's time runs out."""
+    stage's time runs out. A device in a reboot loop is never retried: it
+    runs the version already, and its next report on it would read as a
+    success."""
     if facts.outcome == Outcome.RETRYING:
         if facts.retry_at is None or facts.retry_at <= now:
             return (RETRIGGER, None)
         return None
     failed = facts.outcome == Outcome.FAILED or went_dark(facts, policy, now)
-    if failed and facts.retries < policy.attempts:
+    if failed and facts.reason != REBOOT_LOOP and facts.retries < policy.attempts:
         return (SCHEDULE, now + retry_delay(policy, facts.retries))
     return None
 
@@ -249,42 +400,74 @@ class Decision:
     healthy_at: datetime | None = None
 
 
+def failure_rate_exceeded(policy: Policy, counts: Counts) -> str | None:
+    """Why the failed share halts the wave, or None: only once `min_devices`
+    have finished (succeeded or failed), so that one early failure among many
+    devices does not halt it; failures awaiting a retry count as failed."""
+    if policy.max_failure_rate is None:
+        return None
+    failures = counts.failed + counts.timed_out + counts.retrying
+    finished = counts.succeeded + failures
+    if finished < policy.min_devices or failures <= policy.max_failure_rate * finished:
+        return None
+    return (
+        f"{failures} of {finished} finished device(s) failed, over max_failure_rate "
+        f"{policy.max_failure_rate:g} (min_devices {policy.min_devices})"
+    )
+
+
 def decide_canary(
-    policy: Policy, counts: Counts, *, now: datetime, started_at: datetime, healthy_at: datetime | None
+    policy: Policy,
+    counts: Counts,
+    *,
+    now: datetime,
+    started_at: datetime,
+    healthy_at: datetime | None,
+    label: str = "canary",
 ) -> Decision:
+    """The decision on a wave (the canary, or the wave `label` names)."""
     needed = required_successes(counts.targeted, policy.success_threshold)
-    # The canary judges the image: a failure counts at once, retried or not.
+    # A wave judges the image: a failure counts at once, retried or not.
     failures = counts.failed + counts.timed_out + counts.retrying
     if failures > policy.error_threshold:
         return Decision(
             HALT,
-            f"{failures} canary device(s) failed; error_threshold tolerates {policy.error_threshold}",
+            f"{failures} {label} device(s) failed; error_threshold tolerates {policy.error_threshold}",
             healthy_at,
         )
+    rate = failure_rate_exceeded(policy, counts)
+    if rate is not None:
+        return Decision(HALT, f"{label}: {rate}", healthy_at)
     if counts.succeeded >= needed and counts.targeted > 0:
         healthy_at = healthy_at or now
         if now < healthy_at + timedelta(seconds=policy.soak):
             return Decision(WAIT, None, healthy_at)
         if policy.auto_promote:
             return Decision(
-                PROMOTE, f"canary healthy: {counts.succeeded}/{counts.targeted} succeeded", healthy_at
+                PROMOTE, f"{label} healthy: {counts.succeeded}/{counts.targeted} succeeded", healthy_at
             )
-        return Decision(AWAIT_PROMOTION, "canary healthy; waiting for a promote", healthy_at)
+        return Decision(AWAIT_PROMOTION, f"{label} healthy; waiting for a promote", healthy_at)
     if counts.succeeded + counts.pending + counts.retrying < needed:
         return Decision(
             HALT,
-            f"canary can no longer reach its threshold: {counts.succeeded} succeeded, "
+            f"{label} can no longer reach its threshold: {counts.succeeded} succeeded, "
             f"{failures} failed, {needed} of {counts.targeted} needed",
             healthy_at,
         )
     if stage_time_ran_out(policy, started_at=started_at, now=now):
         return Decision(
             HALT,
-            f"canary timed out after {policy.canary_timeout} s: {counts.succeeded} of "
+            f"{label} timed out after {policy.canary_timeout} s: {counts.succeeded} of "
             f"{counts.targeted} succeeded, {needed} needed",
             healthy_at,
         )
     return Decision(WAIT, None, healthy_at)
+
+
+def resumed(stored: datetime | None, *, paused_at: datetime, now: datetime) -> datetime | None:
+    """A stored time of the clock after a pause from `paused_at` to `now`: it
+    moves on by the pause, so that timeouts and soaks do not count it."""
+    return None if stored is None else stored + max(now - paused_at, timedelta(0))
 
 
 def decide_fleet(policy: Policy, counts: Counts, *, now: datetime, started_at: datetime) -> Decision:

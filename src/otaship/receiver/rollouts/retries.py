@@ -18,16 +18,23 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import ColumnElement
 from sqlmodel import Session, col, select
 
 from otaship.protocol import trigger_topic
-from otaship.receiver.db.enums import Outcome
-from otaship.receiver.db.models import DeployDevice, Rollout, RolloutDevice, TriggerMessage, User
-from otaship.receiver.rollouts.policy import RETRIGGER, SCHEDULE, RetryFacts, RetryPolicy, retry_step
+from otaship.receiver.db.enums import Outcome, State
+from otaship.receiver.db.models import (
+    DeployDevice,
+    FirmwareImage,
+    Rollout,
+    RolloutDevice,
+    TriggerMessage,
+    User,
+)
+from otaship.receiver.rollouts.policy import DARK, RETRIGGER, SCHEDULE, RetryFacts, RetryPolicy, retry_step
 
 
 @dataclass
@@ -52,8 +59,41 @@ def needs_a_look(
     return col(model.outcome).in_((Outcome.FAILED, Outcome.RETRYING)) | (
         (col(model.outcome) == Outcome.PENDING)
         & col(model.started_update)
-        & (col(model.updated_at) <= now - timedelta(seconds=policy.dark_after))
+        & (col(model.updated_at) <= now - policy.dark_window)
     )
+
+
+def for_image(session: Session, policy: RetryPolicy, sha256: str | None) -> RetryPolicy:
+    """`policy` for devices downloading the image `sha256`: their silence is
+    allowed the time its download takes (None: a wave that ran nothing)."""
+    image = session.get(FirmwareImage, sha256) if sha256 is not None else None
+    return policy.for_image(image.size if image is not None else 0)
+
+
+def fail_dark_devices(*, session: Session, rollout: Rollout, policy: RetryPolicy, now: datetime) -> int:
+    """Fail, with the reason `dark`, each device of the stage (or wave) running
+    that answered 201 and has sent nothing since for the policy's dark window (its
+    row is touched by each status while it updates): it is clearly gone, and
+    need not wait for the stage's timeout. A retry may still bring it back.
+    Not while paused: the clock stopped. The number failed."""
+    if rollout.paused_at is not None or rollout.state not in (State.CANARY, State.FLEET):
+        return 0
+    query = select(RolloutDevice).where(
+        col(RolloutDevice.rollout_id) == rollout.id,
+        col(RolloutDevice.stage) == rollout.state,
+        col(RolloutDevice.outcome) == Outcome.PENDING,
+        col(RolloutDevice.started_update),
+        col(RolloutDevice.updated_at) <= now - for_image(session, policy, rollout.sha256).dark_window,
+    )
+    if rollout.state == State.CANARY:
+        query = query.where(col(RolloutDevice.wave) == rollout.wave)
+    rows = session.exec(query).all()
+    for row in rows:
+        row.outcome = Outcome.FAILED
+        row.reason = DARK
+        row.updated_at = now
+        session.add(row)
+    return len(rows)
 
 
 def retry_devices(
@@ -64,17 +104,19 @@ def retry_devices(
     The caller holds the rollout's row lock. Without MQTT (`notify` False)
     there is no trigger to publish again, and nothing is done.
     """
-    if not notify or policy.attempts == 0:
+    if not notify or policy.attempts == 0 or rollout.paused_at is not None:
+        # Paused: no new trigger goes out until it resumes.
         return Retried()
-    rows = session.exec(
-        select(RolloutDevice)
-        .where(
-            col(RolloutDevice.rollout_id) == rollout.id,
-            col(RolloutDevice.stage) == rollout.state,
-            needs_a_look(RolloutDevice, policy, now),
-        )
-        .order_by(col(RolloutDevice.device_id))
-    ).all()
+    policy = for_image(session, policy, rollout.sha256)
+    query = select(RolloutDevice).where(
+        col(RolloutDevice.rollout_id) == rollout.id,
+        col(RolloutDevice.stage) == rollout.state,
+        needs_a_look(RolloutDevice, policy, now),
+    )
+    if rollout.state == State.CANARY:
+        # Only the wave running: the earlier ones are closed.
+        query = query.where(col(RolloutDevice.wave) == rollout.wave)
+    rows = session.exec(query.order_by(col(RolloutDevice.device_id))).all()
     return retry_rows(
         session=session,
         rows=list(rows),
@@ -93,7 +135,14 @@ def retry_rows(
     waiting: dict[str, list[Row]] = {}
     due: set[str] = set()
     for row in rows:
-        facts = RetryFacts(row.outcome, row.started_update, row.updated_at, row.retries, row.retry_at)
+        facts = RetryFacts(
+            row.outcome,
+            row.started_update,
+            row.updated_at,
+            row.retries,
+            row.retry_at,
+            row.reason if isinstance(row, RolloutDevice) else None,
+        )
         step = retry_step(facts, policy, now)
         if step is not None and step[0] == SCHEDULE:
             row.outcome = Outcome.RETRYING
@@ -125,6 +174,7 @@ def retry_rows(
             row.outcome = Outcome.PENDING
             row.started_update = False
             row.uptime_at_start = None
+            row.boot_at_start = None
             row.retries += 1
             row.retry_at = None
             row.updated_at = now

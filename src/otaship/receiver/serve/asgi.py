@@ -39,11 +39,14 @@ class LifespanLog:
             return
 
         async def logged(message: Message) -> None:
-            await send(message)
+            # Logged before the server hears of it: told the shutdown is
+            # complete, granian may end the worker's loop before this coroutine
+            # resumes, and a line after the send would be lost.
             if message["type"] == "lifespan.startup.complete":
                 log.info("Application startup complete.")
             elif message["type"] == "lifespan.shutdown.complete":
                 log.info("Application shutdown complete.")
+            await send(message)
 
         await self.app(scope, receive, logged)
 

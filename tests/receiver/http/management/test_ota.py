@@ -318,6 +318,7 @@ def test_deploy_then_list(client: TestClient, fleet: Fleet) -> None:
     assert ota["chip"] == "esp32"
     assert (ota["project_name"], ota["app_version"], ota["idf_ver"]) == ("thermostat", "1.2.7", "v5.1.2")
     assert ota["commit"] == "abc123"
+    assert (ota["signed"], ota["signed_by"]) == (False, None)
     assert body["ota"] == ota
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -13,8 +15,9 @@ from starlette.responses import Response
 
 from otaship.receiver.db.enums import State
 from otaship.receiver.db.groups import get_owned_group
-from otaship.receiver.db.models import GroupOta, Rollout, User
+from otaship.receiver.db.models import Group, GroupOta, Rollout, User
 from otaship.receiver.db.path_search import owned_paths_containing
+from otaship.receiver.db.signing_keys import NotSignedForGroup
 from otaship.receiver.fields import BadField, choice, text, whole_number
 from otaship.receiver.http import wire
 from otaship.receiver.http.auth import owner_of
@@ -38,6 +41,12 @@ from otaship.receiver.intake.multipart import (
     receive_upload,
 )
 from otaship.receiver.metrics import Metrics
+from otaship.receiver.rollouts.admission import (
+    SecureVersionRefused,
+    admission,
+    check_secure_version,
+    secure_version_refusal,
+)
 from otaship.receiver.rollouts.deploy import (
     DeployResult,
     StoredFirmware,
@@ -45,16 +54,19 @@ from otaship.receiver.rollouts.deploy import (
     current_ota,
     deploy_firmware,
 )
-from otaship.receiver.rollouts.policy import PolicyError
+from otaship.receiver.rollouts.policy import Policy, PolicyError
 from otaship.receiver.rollouts.store import (
     CanaryDeploy,
     RolloutConflict,
     RolloutError,
     deploy_with_canary,
-    validate_canary,
+    validate_waves,
 )
 from otaship.receiver.services import Services
 from otaship.receiver.storage import StorageError, object_key
+
+if TYPE_CHECKING:
+    from otaship.firmware.image import FirmwareImage
 
 log = logging.getLogger("otaship.api")
 
@@ -130,6 +142,23 @@ def list_otas(
     return list(rows), total, filtered
 
 
+def group_names(session: Session, group_ids: list[str]) -> dict[str, str]:
+    """Each group's name, for the records shown: one query for the page, not one per row."""
+    if not group_ids:
+        return {}
+    rows = session.exec(select(Group.id, Group.name).where(col(Group.id).in_(group_ids))).all()
+    return dict(rows)
+
+
+def _listed(
+    session: Session, *, owner_id: str, query: ListQuery, known_total: int | None
+) -> tuple[list[GroupOta], dict[str, str], int, int]:
+    rows, total, filtered = list_otas(
+        session=session, owner_id=owner_id, query=query, known_total=known_total
+    )
+    return rows, group_names(session, [ota.group_id for ota in rows]), total, filtered
+
+
 async def get_group_otas(request: Request) -> Response:
     owner_id = owner_of(request).id
     try:
@@ -137,9 +166,9 @@ async def get_group_otas(request: Request) -> Response:
     except BadField as exc:
         return message(400, str(exc))
     services = Services.of(request)
-    rows, total, filtered = await services.run_db(
-        lambda session: list_otas(
-            session=session,
+    rows, names, total, filtered = await services.run_db(
+        lambda session: _listed(
+            session,
             owner_id=owner_id,
             query=query,
             known_total=services.listing_totals.get(owner_id),
@@ -148,7 +177,7 @@ async def get_group_otas(request: Request) -> Response:
     services.listing_totals.put(owner_id, total)
     return answer(
         wire.OtaList(
-            otas=[ota_view(ota) for ota in rows],
+            otas=[ota_view(ota, names.get(ota.group_id, "")) for ota in rows],
             recordsTotal=total,
             recordsFiltered=filtered,
             draw=query.draw,
@@ -159,8 +188,17 @@ async def get_group_otas(request: Request) -> Response:
 # --- POST /v1/ota/group --------------------------------------------------------
 
 
+# Looks at an upload once it is read and before any of it is checked: an
+# answer refuses it, None goes on. The console checks its CSRF token here.
+BeforeDeploy = Callable[[Upload], Response | None]
+
+
 async def post_group_ota(request: Request) -> Response:
-    owner = owner_of(request)
+    return await receive_and_deploy(request, owner_of(request))
+
+
+async def receive_and_deploy(request: Request, owner: User, before: BeforeDeploy | None = None) -> Response:
+    """POST /v1/ota/group's work for `owner`: the API's, and the console's deploy form's."""
     services = Services.of(request)
     with services.upload_slots.hold(owner.id) as held:
         if not held:
@@ -170,7 +208,7 @@ async def post_group_ota(request: Request) -> Response:
                 "at a time): try again shortly",
                 headers={"Retry-After": str(UPLOADS_RETRY_AFTER)},
             )
-        return await _receive_and_deploy(request, services, owner)
+        return await _receive_and_deploy(request, services, owner, before)
 
 
 def _body_refused(status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
@@ -180,7 +218,9 @@ def _body_refused(status: int, reason: str, headers: dict[str, str] | None = Non
     return response
 
 
-async def _receive_and_deploy(request: Request, services: Services, owner: User) -> Response:
+async def _receive_and_deploy(
+    request: Request, services: Services, owner: User, before: BeforeDeploy | None
+) -> Response:
     settings = services.settings
     try:
         upload = await receive_upload(
@@ -204,14 +244,20 @@ async def _receive_and_deploy(request: Request, services: Services, owner: User)
         return _body_refused(400, str(exc))
     except OSError as exc:
         return server_error(UPLOAD_ERROR, exc)
-    Metrics.of(request).upload_bytes.inc(upload.file_size)
+    metrics = Metrics.of(request)
+    metrics.upload_bytes.inc(upload.file_size)
     try:
-        return await _deploy_upload(request, services, owner, upload)
+        refused = before(upload) if before is not None else None
+        if refused is not None:
+            return refused
+        return await deploy_upload(services, owner, upload, metrics)
     finally:
         upload.discard()
 
 
-async def _deploy_upload(request: Request, services: Services, owner: User, upload: Upload) -> Response:
+async def deploy_upload(services: Services, owner: User, upload: Upload, metrics: Metrics | None) -> Response:
+    """An upload's deploy, from its fields to its record: the one intake of a POST
+    and of a GitHub release (github/jobs.py), with the same checks and answers."""
     from otaship.firmware.image import InvalidFirmware, inspect_firmware
 
     try:
@@ -239,12 +285,12 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
         return message(400, str(exc))
     commit, canary_id, policy = options.commit, options.canary_id, options.policy
     if canary_id is not None:
-        # Checked again when the rollout starts; here so that a bad canary
+        # Checked again when the rollout starts; here so that a bad wave
         # stores nothing.
-        canary = canary_id
+        wave_ids = [canary_id, *(wave_id for wave_id, _ in options.waves)]
         try:
             await services.run_db(
-                lambda session: validate_canary(session=session, group=group, canary_id=canary)
+                lambda session: validate_waves(session=session, group=group, wave_ids=wave_ids)
             )
         except RolloutError as exc:
             return message(400, str(exc))
@@ -258,6 +304,9 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
         )
     except InvalidFirmware as exc:
         return message(400, str(exc))
+    refusal, signers = await _admit(services, group, file_path, image)
+    if refusal is not None:
+        return message(400, refusal)
 
     firmware = StoredFirmware(
         object_key=object_key(image.sha256),
@@ -268,47 +317,57 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
         project_name=image.app.project_name if image.app else None,
         app_version=image.app.version if image.app else None,
         idf_ver=image.app.idf_ver if image.app else None,
+        secure_version=image.app.secure_version if image.app else None,
+        signers=tuple(signers),
     )
 
     def store(hold: Hold) -> None:
         hold.storing()
         _store(services, firmware.object_key, file_path)
 
+    def plain(session: Session) -> DeployResult:
+        # Anti-rollback again, in the deploy's transaction: a deploy or a change
+        # of the setting since `_admit` read them counts.
+        check_secure_version(session=session, group_id=group.id, secure_version=firmware.secure_version)
+        return deploy_firmware(
+            session=session,
+            group_id=group.id,
+            version=version,
+            firmware=firmware,
+            commit=commit,
+            notify=services.notify,
+            now=utcnow(),
+        )
+
+    def staged(session: Session, canary_id: str, policy: Policy) -> CanaryDeploy:
+        check_secure_version(session=session, group_id=group.id, secure_version=firmware.secure_version)
+        return deploy_with_canary(
+            session=session,
+            group_id=group.id,
+            canary_id=canary_id,
+            version=version,
+            firmware=firmware,
+            policy=policy,
+            commit=commit,
+            notify=services.notify,
+            now=utcnow(),
+            waves=options.waves,
+            rollback=options.rollback,
+        )
+
     async def write_record(hold: Hold) -> tuple[bool, wire.Deployed]:
         # `hold.checked` runs inside the transaction, before it commits.
         if canary_id is None:
-            result: DeployResult = await services.run_write(
-                lambda session: hold.checked(
-                    deploy_firmware(
-                        session=session,
-                        group_id=group.id,
-                        version=version,
-                        firmware=firmware,
-                        commit=commit,
-                        notify=services.notify,
-                        now=utcnow(),
-                    )
-                )
+            result: DeployResult = await services.run_write(lambda session: hold.checked(plain(session)))
+            deployed = wire.Deployed(
+                message=DEPLOYED, deployed=result.deployed, ota=ota_view(result.ota, group.name)
             )
-            deployed = wire.Deployed(message=DEPLOYED, deployed=result.deployed, ota=ota_view(result.ota))
             return result.deployed, deployed
         assert policy is not None
-        rollout_policy = policy
+        canary, rollout_policy = canary_id, policy
         return await services.run_write(
             lambda session: _canary_body(
-                hold.checked(
-                    deploy_with_canary(
-                        session=session,
-                        group_id=group.id,
-                        canary_id=canary_id,
-                        version=version,
-                        firmware=firmware,
-                        policy=rollout_policy,
-                        commit=commit,
-                        notify=services.notify,
-                        now=utcnow(),
-                    )
-                )
+                session, hold.checked(staged(session, canary, rollout_policy)), 1 + len(options.waves)
             )
         )
 
@@ -333,36 +392,75 @@ async def _deploy_upload(request: Request, services: Services, owner: User, uplo
         return _conflict(exc, version)
     except RolloutConflict as exc:
         return answer(wire.Conflict(message=str(exc), version=version), 409)
-    except RolloutError as exc:
+    except (RolloutError, NotSignedForGroup, SecureVersionRefused) as exc:
         return message(400, str(exc))
     except (StorageError, OSError) as exc:
         return server_error(UPLOAD_ERROR, exc)
 
     if deployed:
         services.deployed()
-        Metrics.of(request).deploys.labels("plain" if canary_id is None else "canary").inc()
+        if metrics is not None:
+            metrics.deploys.labels("plain" if canary_id is None else "canary").inc()
     return answer(body, 201)
 
 
-def canary_message(rollout: Rollout) -> str:
+async def _admit(
+    services: Services, group: Group, file_path: Path, image: FirmwareImage
+) -> tuple[str | None, list[str]]:
+    """Why the group refuses the image (None if it takes it), and the digests
+    of its keys that signed it: the signature and anti-rollback checks."""
+    from otaship.firmware.signatures import SignatureRefused, verify_signature
+
+    rules = await services.run_db(lambda session: admission(session=session, group=group))
+    signers: list[str] = []
+    if rules.keys:
+        try:
+            signed = await services.run_blocking(lambda: verify_signature(file_path, image, rules.keys))
+        except SignatureRefused as exc:
+            return str(exc), []
+        signers = list(signed.key_digests)
+    if rules.anti_rollback_by is not None:
+        refusal = secure_version_refusal(
+            new=image.app.secure_version if image.app else None,
+            running=rules.running_secure_version,
+            set_by=rules.anti_rollback_by,
+        )
+        if refusal is not None:
+            return refusal, []
+    return None, signers
+
+
+def canary_message(rollout: Rollout, waves: int = 1) -> str:
     """Where a rollout's image went: to the canary subgroup only, not the group."""
-    then = "once the canary is healthy" if rollout.auto_promote else f"when rollout {rollout.id} is promoted"
+    healthy = "once the canary is healthy" if waves == 1 else f"once its {waves} waves are healthy, in order"
+    then = healthy if rollout.auto_promote else f"when rollout {rollout.id} is promoted"
     return (
         f"{DEPLOYED} to canary subgroup {rollout.canary_group_id} of group {rollout.group_id}; "
         f"the whole group gets it {then}"
     )
 
 
-def _canary_body(staged: CanaryDeploy) -> tuple[bool, wire.Deployed]:
+def _canary_body(session: Session, staged: CanaryDeploy, waves: int = 1) -> tuple[bool, wire.Deployed]:
     rollout = staged.rollout
+    names = group_names(
+        session,
+        [*([staged.ota.group_id] if staged.ota else []), *([rollout.group_id] if rollout else [])],
+    )
     return staged.deployed, wire.Deployed(
-        message=canary_message(rollout)
+        message=canary_message(rollout, waves)
         if rollout is not None and rollout.state == State.CANARY
         else DEPLOYED,
         deployed=staged.deployed,
         **wire.given(
-            ota=ota_view(staged.ota) if staged.ota is not None else None,
-            rollout=wire.DeployedRollout(id=rollout.id, state=rollout.state) if rollout is not None else None,
+            ota=ota_view(staged.ota, names.get(staged.ota.group_id, "")) if staged.ota is not None else None,
+            rollout=wire.DeployedRollout(
+                id=rollout.id,
+                state=rollout.state,
+                group=rollout.group_id,
+                group_name=names.get(rollout.group_id, ""),
+            )
+            if rollout is not None
+            else None,
         ),
     )
 

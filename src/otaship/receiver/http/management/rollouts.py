@@ -1,4 +1,4 @@
-"""Rollouts: read their progress, promote a held canary, or abort."""
+"""Rollouts: read their progress, promote a held wave, pause, resume, or abort."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from otaship.receiver.http.responses import answer, message
 from otaship.receiver.http.views import rollout_view
 from otaship.receiver.ids import is_id, utcnow
 from otaship.receiver.metrics import Metrics
-from otaship.receiver.rollouts.store import RolloutError, abort, manual_promote
+from otaship.receiver.rollouts.store import RolloutError, abort, manual_promote, pause, resume
 from otaship.receiver.services import Services
 
 NOT_FOUND = "No such rollout"
@@ -52,15 +52,13 @@ async def list_rollouts(request: Request) -> Response:
     return await list_of_group(request, _of_group)
 
 
-async def _change(request: Request, action: str) -> Response:
-    owner_id = owner_of(request).id
-    try:
-        rollout_id = path_id(request, "rollout_id")
-    except BadField as exc:
-        return message(400, str(exc))
-    if not is_id(rollout_id):
-        return message(404, NOT_FOUND)
-    services = Services.of(request)
+async def change_rollout(
+    services: Services, *, owner_id: str, actor: str, rollout_id: str, action: str
+) -> wire.Rollout:
+    """Promote, abort, pause or resume the owner's rollout, committed, and its
+    view afterwards; `actor` (who did it) is recorded with a pause or resume.
+    LookupError: no such rollout of the owner's; RolloutError: not now. The API
+    and the console both change rollouts through here."""
 
     def change(session: Session) -> wire.Rollout:
         now = utcnow()
@@ -68,22 +66,45 @@ async def _change(request: Request, action: str) -> Response:
             rollout = manual_promote(
                 session=session, rollout_id=rollout_id, owner_id=owner_id, notify=services.notify, now=now
             )
+        elif action in ("pause", "resume"):
+            control = pause if action == "pause" else resume
+            rollout = control(session=session, rollout_id=rollout_id, owner_id=owner_id, actor=actor, now=now)
         else:
             rollout = abort(session=session, rollout_id=rollout_id, owner_id=owner_id, now=now)
         session.flush()
         return rollout_view(session=session, rollout=rollout, with_devices=False)
 
+    body = await services.run_write(change)
+    services.deployed()
+    return body
+
+
+async def _change(request: Request, action: str) -> Response:
+    owner = owner_of(request)
     try:
-        body = await services.run_write(change)
+        rollout_id = path_id(request, "rollout_id")
+    except BadField as exc:
+        return message(400, str(exc))
+    if not is_id(rollout_id):
+        return message(404, NOT_FOUND)
+    services = Services.of(request)
+    try:
+        body = await change_rollout(
+            services, owner_id=owner.id, actor=owner.email, rollout_id=rollout_id, action=action
+        )
     except LookupError:
         return message(404, NOT_FOUND)
     except RolloutError as exc:
         return message(409, str(exc))
-    services.deployed()
     if action == "promote" and body.state == State.ABORTED:
         # Committed: the group runs something newer than the rollout, which
         # ended rather than overwrite it.
         return message(409, f"the rollout was aborted: {body.reason}")
+    if action == "promote" and body.state in (State.HALTED, State.ROLLED_BACK):
+        # Committed: the image no longer passes the group's signing keys (and,
+        # with rollback on, its waves were given back what they ran).
+        what = "halted" if body.state == State.HALTED else "halted and rolled back"
+        return message(409, f"the rollout was {what}: {body.reason}")
     if action == "promote" and body.state == "fleet":
         Metrics.of(request).deploys.labels("promotion").inc()
     return answer(body)
@@ -97,9 +118,19 @@ async def abort_rollout(request: Request) -> Response:
     return await _change(request, "abort")
 
 
+async def pause_rollout(request: Request) -> Response:
+    return await _change(request, "pause")
+
+
+async def resume_rollout(request: Request) -> Response:
+    return await _change(request, "resume")
+
+
 routes = [
     owner_route("/v1/rollouts", list_rollouts, "GET", failure=READ_ERROR),
     owner_route("/v1/rollouts/{rollout_id}", get_rollout, "GET", failure=READ_ERROR),
     owner_route("/v1/rollouts/{rollout_id}/promote", promote_rollout, "POST", failure=CHANGE_ERROR),
     owner_route("/v1/rollouts/{rollout_id}/abort", abort_rollout, "POST", failure=CHANGE_ERROR),
+    owner_route("/v1/rollouts/{rollout_id}/pause", pause_rollout, "POST", failure=CHANGE_ERROR),
+    owner_route("/v1/rollouts/{rollout_id}/resume", resume_rollout, "POST", failure=CHANGE_ERROR),
 ]
