@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from otaship.protocol import RESPONSE, STATUS
 from otaship.receiver.cli import cli
 from otaship.receiver.settings import Settings
 from otaship.simulator.cli import config_from_args, simulate_command
@@ -394,6 +395,10 @@ def test_start_and_stop_repeatedly_leaks_no_threads_or_sockets(
 # -- image verification against a server that misbehaves ------------------------------------
 
 
+# How long the "slow" group's download takes to start.
+SLOW_DOWNLOAD = 1.0
+
+
 class MisbehavingServer:
     """A tiny HTTP server whose downloads are wrong in one way per group id."""
 
@@ -422,6 +427,8 @@ class MisbehavingServer:
             request = await reader.readuntil(b"\r\n\r\n")
             path = request.split(b" ")[1].decode()
             self.paths.append(path)
+            if path.endswith("/slowtoken"):
+                await asyncio.sleep(SLOW_DOWNLOAD)
             writer.write(self._answer(path))
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -435,7 +442,7 @@ class MisbehavingServer:
             return _http(200, {"content-type": "application/json"}, b'{"ver": "2.0.0"}')
         variant = path.rsplit("/", 1)[1].removesuffix("token")
         headers = {"content-type": "application/octet-stream", "x-MD5": md5}
-        if variant == "good":
+        if variant in ("good", "slow"):
             return _http(200, headers, image)
         if variant == "badmd5":
             return _http(200, {**headers, "x-MD5": "0" * 32}, image)
@@ -490,6 +497,33 @@ def test_downloads_are_verified_and_redirects_not_followed(observer: MqttObserve
         assert all(observer.codes(d.id) == [200, 201, 203] for d in summary.devices)
     # The redirect was answered 203, not followed: only "good" devices fetched its target.
     assert paths.count("/v1/ota/group/download/goodtoken") == 2
+
+
+def test_a_device_publishes_no_status_while_it_answers_a_trigger(observer: MqttObserver) -> None:
+    """On the device, MQTT and the download share one client, and the update runs
+    inside the trigger's callback: nothing is published from the trigger to the
+    reboot, however short the status interval."""
+
+    async def scenario() -> list[str]:
+        async with MisbehavingServer(build_image("2.0.0", code_size=8192)) as server:
+            config = fleet(
+                server.url, observer, Group("slow", "token"), 2, "slow", version="1.0.0", status_interval=0.1
+            )
+            ids = config.resolved_device_ids()
+            await run_fleets(
+                [config], observer, ["slow"], lambda: all(observer.statuses_after(d, 201) for d in ids)
+            )
+            return ids
+
+    for device_id in asyncio.run(scenario()):
+        assert observer.codes(device_id) == [200, 201]
+        kinds = [kind for kind, _ in observer.events(device_id)]
+        triggered = kinds.index(RESPONSE)
+        # Reporting went on before the trigger; then 200 and 201 at once.
+        assert STATUS in kinds[:triggered]
+        assert kinds[triggered : triggered + 2] == [RESPONSE, RESPONSE], kinds
+        # The next report is the new image's first boot, after the slow download.
+        assert observer.statuses_after(device_id, 201)[0]["fw_version"] == "2.0.0"
 
 
 # -- configuration and command line ----------------------------------------------------------

@@ -206,16 +206,19 @@ class Device:
             # Connected (a broker sees its keepalives) but silent.
             self.online = True
             return
-        await connection.publish(self.status_topic, self._status())
-        await connection.flush(self.fleet.config.connect_timeout)
-        self.online = True
-        self.fleet.set_reported(self, self.version)
+        # The reboot decided the outcome and the version; both are counted
+        # before the report goes out, so that whoever reads the report finds
+        # the fleet's counts agreeing with it.
         if rebooted and self.in_update:
             if self.fail_mode == FAIL_REBOOT_LOOP:
                 self.looping = True
                 self._finish_update(REBOOT_LOOP, time.monotonic())
             else:
                 self._finish_update(FAILED if self.fail_mode == FAIL_REVERT else UPDATED, time.monotonic())
+        self.online = True
+        self.fleet.set_reported(self, self.version)
+        await connection.publish(self.status_topic, self._status())
+        await connection.flush(self.fleet.config.connect_timeout)
         if self.looping:
             self.loop_task = asyncio.create_task(self._reboot_again(connection))
             self.loop_task.add_done_callback(self.fleet.watch)
@@ -283,7 +286,10 @@ class Device:
             while True:
                 if self.fleet.rng.random() < 0.1:
                     self.battery = max(1, self.battery - 1)
-                await connection.publish(self.status_topic, self._status())
+                # A device answering a trigger is inside its update callback
+                # until it reboots or gives up: it publishes nothing meanwhile.
+                if not self.in_update:
+                    await connection.publish(self.status_topic, self._status())
                 await asyncio.sleep(interval)
         except ConnectionLost:
             return
