@@ -176,10 +176,14 @@ _listener: logging.handlers.QueueListener | None = None
 _queue: queue.Queue[logging.LogRecord] | None = None
 
 
-def flush_logs() -> None:
-    """Wait until every record logged so far is written (blocking)."""
-    if _queue is not None and _listener is not None:
-        _queue.join()
+def flush_logs(timeout: float = 5.0) -> None:
+    """Wait until every record logged so far is written (blocking), or `timeout`
+    seconds: a stuck output must not keep a server from stopping."""
+    pending = _queue
+    if pending is None or _listener is None:
+        return
+    with pending.all_tasks_done:
+        pending.all_tasks_done.wait_for(lambda: pending.unfinished_tasks == 0, timeout)
 
 
 def stop_logging() -> None:

@@ -13,9 +13,10 @@ import logging
 import os
 from typing import Any, cast
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from otaship.receiver.logs import LEVELS
+from otaship.receiver.logs import LEVELS, flush_logs
 
 log = logging.getLogger("otaship")
 
@@ -39,13 +40,14 @@ class LifespanLog:
             return
 
         async def logged(message: Message) -> None:
-            # Logged before the server hears of it: told the shutdown is
-            # complete, granian may end the worker's loop before this coroutine
-            # resumes, and a line after the send would be lost.
+            # Logged, and written, before the server hears of it: told the
+            # shutdown is complete, granian may end the worker process before
+            # this coroutine resumes or the log's thread empties its queue.
             if message["type"] == "lifespan.startup.complete":
                 log.info("Application startup complete.")
             elif message["type"] == "lifespan.shutdown.complete":
                 log.info("Application shutdown complete.")
+                await anyio.to_thread.run_sync(flush_logs)
             await send(message)
 
         await self.app(scope, receive, logged)
