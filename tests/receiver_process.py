@@ -79,7 +79,9 @@ class ReceiverProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.log: IO[bytes] | None = None
 
-    def start(self, timeout: float = 30, attempts: int = 3) -> ReceiverProcess:
+    # A ceiling, not a wait: a start on a loaded 2-core machine, with its
+    # workers importing the app side by side, has taken over 30 s.
+    def start(self, timeout: float = 60, attempts: int = 3) -> ReceiverProcess:
         for attempt in range(attempts):
             try:
                 return self._start(timeout)
@@ -124,8 +126,8 @@ class ReceiverProcess:
                 return self
             except httpx.TransportError:
                 time.sleep(0.1)
-        self.stop()
-        raise AssertionError("otaship serve did not start in time")
+        output = self.stop()
+        raise AssertionError(f"otaship serve did not answer within {timeout:g} s; its log so far:\n{output}")
 
     def _limit_files(self) -> None:
         assert self.max_file_bytes is not None
