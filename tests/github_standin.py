@@ -67,6 +67,11 @@ class GithubStandIn:
         self.asset_url = ""
         # Deployment and status requests to answer 502 before the API works again.
         self.api_failures = 0
+        # Deployments to create and then answer 502, as a GitHub that acted but
+        # failed before it answered: the client cannot tell they were created.
+        self.created_then_failed = 0
+        # Seconds to wait after creating a deployment before answering it.
+        self.creation_delay = 0.0
 
     async def _record(self, request: Request, into: list[Seen]) -> Seen:
         seen = Seen(
@@ -113,9 +118,34 @@ class GithubStandIn:
             "id": 1000 + len(self.deployments),
             "ref": body["ref"],
             "environment": body["environment"],
+            "payload": body.get("payload", {}),
         }
         self.deployments.append(body)
+        if self.created_then_failed > 0:
+            self.created_then_failed -= 1
+            return JSONResponse({"message": "Server Error"}, status_code=502)
+        if self.creation_delay:
+            await asyncio.sleep(self.creation_delay)
         return JSONResponse(deployment, status_code=201)
+
+    async def list_deployments(self, request: Request) -> Response:
+        await self._record(request, self.api_seen)
+        if (failed := self._failing()) is not None:
+            return failed
+        wanted = request.query_params
+        listed = [
+            {
+                "id": 1000 + index,
+                "ref": body["ref"],
+                "environment": body["environment"],
+                "payload": body["payload"],
+            }
+            for index, body in enumerate(self.deployments)
+            if body["ref"] == wanted.get("ref", body["ref"])
+            and body["environment"] == wanted.get("environment", body["environment"])
+        ]
+        # Newest first, as GitHub lists them.
+        return JSONResponse(listed[::-1])
 
     async def create_status(self, request: Request) -> Response:
         seen = await self._record(request, self.api_seen)
@@ -147,6 +177,7 @@ class GithubStandIn:
                 Route(repo + "/releases/assets/{asset_id:int}", self.asset),
                 Route(repo + "/commits/{ref:path}", self.commit),
                 Route(repo + "/deployments", self.create_deployment, methods=["POST"]),
+                Route(repo + "/deployments", self.list_deployments, methods=["GET"]),
                 Route(
                     repo + "/deployments/{deployment_id:int}/statuses", self.create_status, methods=["POST"]
                 ),

@@ -16,6 +16,12 @@ MAP = (ROOT / "docs" / "architecture.md").read_text()
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "otaship.protocol": ("otaship.receiver", "otaship.action", "otaship.simulator", "otaship.firmware"),
     "otaship.firmware": ("otaship.receiver", "otaship.action", "otaship.simulator"),
+    "otaship.github_deployments": (
+        "otaship.receiver",
+        "otaship.action",
+        "otaship.simulator",
+        "otaship.firmware",
+    ),
     "otaship.action": ("otaship.receiver", "otaship.simulator"),
     "otaship.receiver.db": (
         "otaship.receiver.http",

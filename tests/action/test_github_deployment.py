@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,16 @@ import pytest
 from otaship.action import exit_codes
 from otaship.action.client import ReceiverClient
 from otaship.action.deploy import group_name_of
-from otaship.action.github_deployment import final_status, progress_status, stage_counts
+from otaship.action.github_deployment import (
+    GithubDeployment,
+    GithubTarget,
+    final_status,
+    progress_status,
+    stage_counts,
+)
 from otaship.action.summary import DeployReport
 from otaship.action.workflow import Workflow
+from otaship.github_deployments import KEY_FIELD
 from tests.action.test_canary import fleet_with_canary, with_devices
 from tests.action_fixtures import DeployStep, StepRun, Tenant, receiver_env
 from tests.esp_image import write_image
@@ -180,12 +188,14 @@ def test_a_healthy_canary_is_reported_in_order(
     assert create.headers["authorization"] == f"Bearer {TOKEN}"
     assert create.headers["accept"] == "application/vnd.github+json"
     assert create.headers["x-github-api-version"] == "2022-11-28"
+    key = create.json()["payload"][KEY_FIELD]
+    assert re.fullmatch(r"[0-9a-f]{32}", key)
     assert create.json() == {
         "ref": COMMIT,
         # The group's name, as the deploy's answer gave it (its rollout's group).
         "environment": "firmware/fleet",
         "description": "otaship 1.1.0",
-        "payload": {"version": "1.1.0", "rollout_id": rollout_id},
+        "payload": {"version": "1.1.0", "rollout_id": rollout_id, KEY_FIELD: key},
         "auto_merge": False,
         "required_contexts": [],
         "production_environment": True,
@@ -223,12 +233,60 @@ def test_a_github_that_fails_never_fails_the_deploy(
     image = write_image(tmp_path / "firmware.bin", "1.1.0")
     run = deploy_step("deploy", "--firmware", str(image), env=job_env(t, standin, group))
     assert run.code == exit_codes.OK, run.log
-    assert len(standin.api_seen) == 3 and standin.statuses == []
+    # The first try, then a retry that looks for what it might have created, twice.
+    assert [seen.method for seen in standin.api_seen] == ["POST", "GET", "GET"]
+    assert standin.deployments == [] and standin.statuses == []
     message = (
         "creating the GitHub deployment: GitHub answered 502 (attempt 3 of 3); the deploy is not affected"
     )
     assert f"::warning title=GitHub deployment::{message}" in run.log
     assert f"GitHub deployment not fully reported: {message}" in run.summary
+
+
+def test_a_deployment_github_created_but_answered_502_is_not_created_again(
+    embedded: Tenant, deploy_step: DeployStep, tmp_path: Path, standin: GithubStandIn
+) -> None:
+    t = embedded
+    group = t.group("plain")
+    standin.created_then_failed = 1
+    image = write_image(tmp_path / "firmware.bin", "1.1.0")
+    run = deploy_step("deploy", "--firmware", str(image), env=job_env(t, standin, group))
+    assert run.code == exit_codes.OK, run.log
+    assert len(standin.deployments) == 1
+    assert [(seen.method, seen.path) for seen in standin.api_seen] == [
+        ("POST", f"/repos/{REPO}/deployments"),
+        ("GET", f"/repos/{REPO}/deployments"),
+        ("POST", f"/repos/{REPO}/deployments/1000/statuses"),
+        ("POST", f"/repos/{REPO}/deployments/1000/statuses"),
+    ]
+    assert statuses(standin) == [("in_progress", "1.1.0 uploaded"), ("success", "1.1.0 deployed")]
+    assert "::warning" not in run.log
+
+
+def test_a_deployment_github_created_but_did_not_answer_in_time_is_not_created_again(
+    standin: GithubStandIn,
+) -> None:
+    standin.creation_delay = 2.5
+    warnings: list[str] = []
+    github = GithubDeployment(
+        GithubTarget(api_url=standin.api_url, token=TOKEN, repository=REPO),
+        warn=warnings.append,
+        backoff=0.01,
+        timeout=1,
+    )
+    try:
+        github.create(ref=COMMIT, group_name="lamps", version="1.1.0", rollout_id=None)
+        github.status("success", "1.1.0 deployed")
+    finally:
+        github.close()
+    assert (github.deployment_id, warnings, github.failures) == (1000, [], [])
+    assert [seen.method for seen in standin.api_seen] == ["POST", "GET", "POST"]
+    assert dict(httpx.QueryParams(standin.api_seen[1].query)) == {
+        "ref": COMMIT,
+        "environment": "firmware/lamps",
+        "per_page": "100",
+    }
+    assert statuses(standin) == [("success", "1.1.0 deployed")]
 
 
 def plain_job(

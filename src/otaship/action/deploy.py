@@ -42,13 +42,13 @@ from otaship.action.follow import (
 from otaship.action.github_deployment import (
     GithubDeployment,
     GithubTarget,
-    environment_for,
     final_status,
     progress_status,
 )
 from otaship.action.summary import DeployReport, build_outputs, deploy_outputs, render_summary
 from otaship.action.version import VersionError, app_version_mismatch, git_ref_from_environ, resolve_version
 from otaship.action.workflow import Workflow
+from otaship.github_deployments import environment_for
 
 if TYPE_CHECKING:
     from otaship.firmware.image import FirmwareImage

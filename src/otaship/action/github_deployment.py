@@ -4,20 +4,30 @@ at each stage of the rollout, then `success` or `failure`.
 
 Reporting is a courtesy, never the verdict: a call GitHub refuses or does not
 answer is tried ATTEMPTS times with backoff, then given up with a warning and a
-line in the job summary; the deploy and the job's exit code are unchanged.
+line in the job summary; the deploy and the job's exit code are unchanged. A
+retry of the creation first looks for the deployment the failed try may have
+created (github_deployments.py), so that a deploy never has two.
 The workflow needs `permissions: deployments: write`.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from otaship import __version__
+from otaship.github_deployments import (
+    KEY_FIELD,
+    created_with,
+    deployment_request,
+    environment_for,
+    lookup_query,
+)
 
 ATTEMPTS = 3
 API_VERSION = "2022-11-28"
@@ -25,6 +35,7 @@ API_VERSION = "2022-11-28"
 MAX_DESCRIPTION = 140
 SUCCESS_STATES = frozenset({"complete"})
 FAILURE_STATES = frozenset({"halted", "aborted", "rolled_back"})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -36,11 +47,6 @@ class GithubTarget:
     repository: str
     # The workflow run's page, where a plain deploy (no rollout) links.
     run_url: str | None = None
-
-
-def environment_for(group_name: str) -> str:
-    """`firmware/<group name>`, as the receiver names a webhook-started deploy's."""
-    return f"firmware/{group_name}"
 
 
 def stage_counts(rollout: Mapping[str, Any] | None) -> str:
@@ -113,6 +119,7 @@ class GithubDeployment:
         warn: Callable[[str], None],
         backoff: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
+        timeout: float = 30.0,
     ) -> None:
         self.target = target
         self.warn = warn
@@ -130,20 +137,17 @@ class GithubDeployment:
                 "X-GitHub-Api-Version": API_VERSION,
                 "User-Agent": f"otaship-deploy/{__version__}",
             },
-            timeout=30.0,
+            timeout=timeout,
         )
 
     def close(self) -> None:
         self._client.close()
 
-    def _post(self, what: str, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    def _tried(self, what: str, call: Callable[[], T]) -> T | None:
         delay = self.backoff
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                response = self._client.post(path, json=body)
-                response.raise_for_status()
-                answer: dict[str, Any] = response.json()
-                return answer
+                return call()
             except (httpx.HTTPError, ValueError) as exc:
                 if attempt < ATTEMPTS and _retryable(exc):
                     self.sleep(delay)
@@ -155,23 +159,39 @@ class GithubDeployment:
                 return None
         return None
 
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._client.request(method, path, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
     def create(self, *, ref: str, group_name: str, version: str, rollout_id: str | None) -> None:
-        created = self._post(
-            "creating the GitHub deployment",
-            f"/repos/{self.target.repository}/deployments",
-            {
-                "ref": ref,
-                "environment": environment_for(group_name),
-                "description": f"otaship {version}",
-                "payload": {"version": version, "rollout_id": rollout_id},
-                # Already built and uploaded: no checks to wait for, no merge.
-                "auto_merge": False,
-                "required_contexts": [],
-                "production_environment": True,
-            },
+        path = f"/repos/{self.target.repository}/deployments"
+        request = deployment_request(
+            ref=ref,
+            environment=environment_for(group_name),
+            version=version,
+            rollout_id=rollout_id,
+            key=uuid.uuid4().hex,
         )
-        if created is not None and isinstance(created.get("id"), int):
-            self.deployment_id = created["id"]
+        tried = False
+
+        def create_once() -> int | None:
+            # A try that failed may still have created it: a retry looks first.
+            nonlocal tried
+            if tried:
+                found = created_with(
+                    self._json("GET", path, params=lookup_query(request)), request["payload"][KEY_FIELD]
+                )
+                if found is not None:
+                    return found
+            tried = True
+            created = self._json("POST", path, json=request)
+            deployment_id = created.get("id") if isinstance(created, dict) else None
+            if not isinstance(deployment_id, int):
+                raise ValueError("GitHub's answer carries no deployment id")
+            return deployment_id
+
+        self.deployment_id = self._tried("creating the GitHub deployment", create_once)
 
     def status(self, state: str, description: str) -> None:
         """Posted once per change: the same state and description again is not news."""
@@ -181,8 +201,11 @@ class GithubDeployment:
         body: dict[str, Any] = {"state": state, "description": description}
         if self.log_url:
             body["log_url"] = self.log_url
-        self._post(
+        self._tried(
             f"posting the GitHub deployment status {state}",
-            f"/repos/{self.target.repository}/deployments/{self.deployment_id}/statuses",
-            body,
+            lambda: self._json(
+                "POST",
+                f"/repos/{self.target.repository}/deployments/{self.deployment_id}/statuses",
+                json=body,
+            ),
         )

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from otaship.github_deployments import KEY_FIELD
 from otaship.receiver.github.signature import signature_of
 from tests.action.test_canary import with_devices
 from tests.action_fixtures import OWNER, Tenant, make_tenant
@@ -194,7 +195,7 @@ def test_a_release_rolls_out_through_a_healthy_canary_and_github_sees_each_stage
         {
             "ref": COMMIT,
             "environment": "firmware/thermostats",
-            "payload": {"version": "1.4.0", "rollout_id": rollout["id"]},
+            "payload": {"version": "1.4.0", "rollout_id": rollout["id"], KEY_FIELD: row["id"]},
             "description": "otaship 1.4.0",
             "auto_merge": False,
             "required_contexts": [],

@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from otaship.action.github_deployment import environment_for as action_environment
-from otaship.receiver.github.reports import environment_for, stage_counts, status_of
+from otaship.receiver.github.reports import stage_counts, status_of
 
 
 def stage(name: str, succeeded: int, targeted: int, started: bool = True) -> dict[str, Any]:
@@ -40,18 +39,11 @@ def test_each_state_has_its_status(
     assert status_of("1.4.0", state, stages) == expected
 
 
-def test_counts_and_environment() -> None:
+def test_counts_and_length() -> None:
     assert stage_counts([]) == ""
     assert stage_counts(BOTH) == "canary 10/10, fleet 412/1000"
-    assert environment_for("thermostats") == "firmware/thermostats"
     long = [stage(f"wave-{i}-of-a-very-long-name", 1000, 1000) for i in range(10)]
     assert len(status_of("1.4.0", "fleet", long)[2]) == 140
-
-
-@pytest.mark.parametrize("name", ["thermostats", "hallway lamps", "fleet"])
-def test_a_release_and_the_action_report_to_the_same_environment(name: str) -> None:
-    # One environment per group on GitHub, whichever way the deploy started.
-    assert environment_for(name) == action_environment(name) == f"firmware/{name}"
 
 
 def test_each_wave_is_a_stage_of_its_own() -> None:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import httpx
 
 from otaship import __version__
+from otaship.github_deployments import KEY_FIELD, created_with, lookup_query
 from otaship.receiver.logs import short_error
 
 log = logging.getLogger("otaship.github")
@@ -43,6 +44,15 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, httpx.HTTPStatusError):
         return exc.response.status_code >= 500 or exc.response.status_code == 429
     return False
+
+
+def _json_of(response: httpx.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        raise GithubError(
+            f"{response.request.method} {response.request.url.path}: GitHub's answer is not JSON"
+        ) from None
 
 
 def _why(exc: BaseException) -> str:
@@ -137,26 +147,29 @@ class GithubApi:
 
         return await self._tried(f"reading the commit of {ref} in {repo}", read)
 
-    async def create_deployment(
-        self, repo: str, *, ref: str, environment: str, payload: dict[str, Any], description: str
-    ) -> int:
-        body = {
-            "ref": ref,
-            "environment": environment,
-            "payload": payload,
-            "description": description,
-            # The commit is already built and released: no status checks to wait for,
-            # and no merge of the default branch into it.
-            "auto_merge": False,
-            "required_contexts": [],
-            "production_environment": True,
-        }
+    async def create_deployment(self, repo: str, request: dict[str, Any], *, look_first: bool = False) -> int:
+        """The id of the deployment `request` (github_deployments.deployment_request)
+        creates. Every retry, and the first try when `look_first` (a job run again),
+        first looks for one an earlier try created, so that none is created twice."""
+        tried = look_first
 
         async def create(client: httpx.AsyncClient) -> int:
-            response = await client.post(f"/repos/{repo}/deployments", json=body)
+            nonlocal tried
+            if tried:
+                listed = await client.get(f"/repos/{repo}/deployments", params=lookup_query(request))
+                listed.raise_for_status()
+                found = created_with(_json_of(listed), request["payload"][KEY_FIELD])
+                if found is not None:
+                    return found
+            tried = True
+            response = await client.post(f"/repos/{repo}/deployments", json=request)
             response.raise_for_status()
-            deployment_id = response.json()["id"]
-            assert isinstance(deployment_id, int)
+            created = _json_of(response)
+            deployment_id = created.get("id") if isinstance(created, dict) else None
+            if not isinstance(deployment_id, int):
+                raise GithubError(
+                    f"creating a deployment in {repo}: GitHub's answer carries no deployment id"
+                )
             return deployment_id
 
         return await self._tried(f"creating a deployment in {repo}", create)

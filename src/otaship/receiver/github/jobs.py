@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sqlmodel import Session
 
+from otaship.github_deployments import deployment_request, environment_for
 from otaship.receiver.db.engine import database_unavailable
 from otaship.receiver.db.models import GithubBinding, GithubDelivery, Group, User
 from otaship.receiver.github.api import AssetTooLarge, GithubApi, GithubError
@@ -34,7 +35,7 @@ from otaship.receiver.github.deliveries import (
     renew_claim,
 )
 from otaship.receiver.github.release import NoImage, Release, image_asset, version_of_tag
-from otaship.receiver.github.reports import claim_change, environment_for, pending_reports, post_status
+from otaship.receiver.github.reports import claim_change, pending_reports, post_status
 from otaship.receiver.github.sealed import SealError, unseal
 from otaship.receiver.ids import utcnow
 from otaship.receiver.intake.multipart import Upload
@@ -231,23 +232,35 @@ class GithubJobs:
         if result.outcome == Outcome.DEPLOYED and binding.report_deployments and token:
             result = replace(
                 result,
-                github_deployment_id=await _create_deployment(api, binding, group, result, version, commit),
+                github_deployment_id=await _create_deployment(
+                    api, binding, group, job, result, version, commit
+                ),
             )
         return result
 
 
 async def _create_deployment(
-    api: GithubApi, binding: GithubBinding, group: Group, result: JobResult, version: str, commit: str
+    api: GithubApi,
+    binding: GithubBinding,
+    group: Group,
+    job: GithubDelivery,
+    result: JobResult,
+    version: str,
+    commit: str,
 ) -> int | None:
-    """The GitHub Deployment its statuses go to (reports.py); None when GitHub refused it."""
+    """The GitHub Deployment its statuses go to (reports.py); None when GitHub refused it.
+
+    Keyed by the delivery: a job run again (its receiver stopped mid-job) finds
+    the deployment its earlier run created instead of creating another."""
+    request = deployment_request(
+        ref=commit,
+        environment=environment_for(group.name),
+        version=version,
+        rollout_id=result.rollout_id,
+        key=job.delivery_id,
+    )
     try:
-        return await api.create_deployment(
-            binding.repo,
-            ref=commit,
-            environment=environment_for(group.name),
-            payload={"version": version, "rollout_id": result.rollout_id},
-            description=f"otaship {version}",
-        )
+        return await api.create_deployment(binding.repo, request, look_first=job.attempts > 1)
     except GithubError as exc:
         # The deploy stands: GitHub only misses its report.
         log.warning(

@@ -63,10 +63,6 @@ def status_of(
     return stage, "in_progress", described[:MAX_DESCRIPTION]
 
 
-def environment_for(group_name: str) -> str:
-    return f"firmware/{group_name}"
-
-
 def rollout_progress(
     session: Session, rollout_id: str | None
 ) -> tuple[str | None, list[Mapping[str, Any]], int | None]:

@@ -21,6 +21,7 @@ import pytest
 from sqlmodel import select
 from starlette.testclient import TestClient
 
+from otaship.github_deployments import KEY_FIELD
 from otaship.receiver.app import create_app
 from otaship.receiver.db.engine import read_session, write_session
 from otaship.receiver.db.models import GithubBinding, GithubDelivery, Group, GroupOta, Rollout
@@ -47,7 +48,14 @@ def standin() -> Iterator[GithubStandIn]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, standin: GithubStandIn) -> Settings:
+def github_timeout() -> float:
+    """Seconds the receiver waits on GitHub: ample, so that a loaded machine never
+    times out a call the test counts; tests of timeouts set 1."""
+    return 10
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, standin: GithubStandIn, github_timeout: float) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
         database_url=database_url,
@@ -55,7 +63,7 @@ def settings(tmp_path: Path, database_url: str, standin: GithubStandIn) -> Setti
         max_firmware_bytes=2 * 1024 * 1024,
         secret_key=KEY,
         github_api_url=standin.api_url,
-        github_timeout=1,
+        github_timeout=github_timeout,
     )
 
 
@@ -554,6 +562,7 @@ def test_a_failing_asset_host_is_retried(
     )
 
 
+@pytest.mark.parametrize("github_timeout", [1])
 def test_a_slow_asset_host_times_out(client: TestClient, fleet: Fleet, standin: GithubStandIn) -> None:
     owner = fleet.owner()
     bound = bind(client, owner, fleet.group(owner))
@@ -706,11 +715,13 @@ def test_a_webhook_started_rollout_is_reported_as_a_deployment(
     rollout_id = row["rollout"]
     eventually(lambda: len(standin.statuses) == 1, "the first deployment status")
     create = next(seen for seen in standin.api_seen if seen.path.endswith("/deployments"))
+    assert create.method == "POST"
     assert create.headers["authorization"] == f"Bearer {TOKEN}"
     assert create.json() == {
         "ref": COMMIT,
         "environment": "firmware/thermostats",
-        "payload": {"version": "1.4.0", "rollout_id": rollout_id},
+        # The delivery keys its deployment, so that a retry finds it.
+        "payload": {"version": "1.4.0", "rollout_id": rollout_id, KEY_FIELD: row["id"]},
         "description": "otaship 1.4.0",
         "auto_merge": False,
         "required_contexts": [],
@@ -755,6 +766,45 @@ def test_a_plain_deploy_is_reported_a_success_and_a_failing_github_changes_nothi
         stored = session.exec(select(GithubDelivery).where(GithubDelivery.tag == "v1.5.0")).one()
         assert stored.github_deployment_id is None
     assert len(standin.deployments) == 1
+    # Each retry looked for a deployment the failed try might have created.
+    assert [(seen.method, seen.path) for seen in standin.api_seen[-3:]] == [
+        ("POST", f"/repos/{REPO}/deployments"),
+        ("GET", f"/repos/{REPO}/deployments"),
+        ("GET", f"/repos/{REPO}/deployments"),
+    ]
+
+
+@pytest.mark.parametrize("github_timeout", [1])
+@pytest.mark.parametrize("answer", ["timed out", "502 after creating"])
+def test_a_deployment_github_created_without_answering_is_not_created_again(
+    client: TestClient, fleet: Fleet, services: Services, standin: GithubStandIn, answer: str
+) -> None:
+    owner = fleet.owner()
+    group = fleet.group(owner, name="lamps")
+    standin.host.assets[1] = build_image("1.4.0")
+    if answer == "timed out":
+        standin.creation_delay = 2.5  # the receiver waits 1 s
+    else:
+        standin.created_then_failed = 1
+    bound = bind(client, owner, group, report_deployments=True)
+    delivery = release(client, bound, assets=[(1, "firmware.bin", 1)])
+    row = finished(client, owner, delivery)
+    assert row["outcome"] == "deployed"
+    eventually(lambda: len(standin.statuses) == 1, "the success status")
+    assert standin.statuses == [(1000, {"state": "success", "description": "1.4.0 deployed"})]
+    assert [body["payload"] for body in standin.deployments] == [
+        {"version": "1.4.0", "rollout_id": None, KEY_FIELD: delivery}
+    ]
+    deployment_calls = [seen for seen in standin.api_seen if seen.path == f"/repos/{REPO}/deployments"]
+    assert [seen.method for seen in deployment_calls] == ["POST", "GET"]
+    assert dict(httpx.QueryParams(deployment_calls[1].query)) == {
+        "ref": COMMIT,
+        "environment": "firmware/lamps",
+        "per_page": "100",
+    }
+    with read_session(services.engine) as session:
+        stored = session.exec(select(GithubDelivery).where(GithubDelivery.delivery_id == delivery)).one()
+        assert stored.github_deployment_id == 1000
 
 
 def test_the_time_from_a_delivery_to_its_deploy(
