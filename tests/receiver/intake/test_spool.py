@@ -5,6 +5,7 @@ two threads, and nothing left running after a finish or an abort.
 from __future__ import annotations
 
 import random
+import secrets
 import threading
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from otaship.firmware.tally import ImageTally
 from otaship.receiver.intake.spool import FLUSH_EVERY, SpoolWriter
+from otaship.receiver.intake.spool_files import SpoolFile
 
 
 def spool_threads() -> list[threading.Thread]:
@@ -22,8 +24,9 @@ def spool_threads() -> list[threading.Thread]:
 def test_every_chunk_is_written_and_tallied_in_order(tmp_path: Path, flush_to_disk: bool) -> None:
     rng = random.Random(7)
     data = rng.randbytes(FLUSH_EVERY + 300_001)
-    path = tmp_path / "upload.part"
-    writer = SpoolWriter(path, flush_to_disk=flush_to_disk)
+    spool = SpoolFile.create(tmp_path, "upload")
+    path = spool.path
+    writer = SpoolWriter(spool, flush_to_disk=flush_to_disk)
     position = 0
     while position < len(data):
         step = rng.choice([1, 31, 4096, 65_536, 262_144])
@@ -42,7 +45,7 @@ def test_every_chunk_is_written_and_tallied_in_order(tmp_path: Path, flush_to_di
 
 def test_an_abort_stops_both_threads_without_waiting(tmp_path: Path) -> None:
     before = len(spool_threads())
-    writer = SpoolWriter(tmp_path / "upload.part")
+    writer = SpoolWriter(SpoolFile.create(tmp_path, "upload"))
     for _ in range(64):
         writer.write(memoryview(bytes(65_536)))
     writer.abort()
@@ -54,9 +57,19 @@ def test_an_abort_stops_both_threads_without_waiting(tmp_path: Path) -> None:
     assert writer._file.closed
 
 
-def test_a_spool_file_is_never_opened_over_another(tmp_path: Path) -> None:
-    path = tmp_path / "upload.part"
-    path.write_bytes(b"someone else's")
-    with pytest.raises(FileExistsError):
-        SpoolWriter(path)
-    assert path.read_bytes() == b"someone else's"
+def test_a_spool_file_is_never_opened_over_another(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = tmp_path / "upload-0000000000000000.part"
+    taken.write_bytes(b"someone else's")
+    names = iter(["0000000000000000", "1111111111111111"])
+    monkeypatch.setattr(secrets, "token_hex", lambda _: next(names))
+    spool = SpoolFile.create(tmp_path, "upload")
+    monkeypatch.undo()
+    assert spool.path.name == "upload-1111111111111111.part"
+    writer = SpoolWriter(spool)
+    writer.write(memoryview(b"mine"))
+    writer.finish()
+    assert (taken.read_bytes(), spool.path.read_bytes()) == (b"someone else's", b"mine")
+    spool.remove()
+    # A writer never makes a file of its own: only the SpoolFile's.
+    with pytest.raises(FileNotFoundError):
+        SpoolWriter(spool)

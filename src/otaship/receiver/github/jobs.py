@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import re
-import secrets
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, TypeVar
@@ -39,6 +38,7 @@ from otaship.receiver.github.reports import claim_change, pending_reports, post_
 from otaship.receiver.github.sealed import SealError, unseal
 from otaship.receiver.ids import utcnow
 from otaship.receiver.intake.multipart import Upload
+from otaship.receiver.intake.spool_files import SpoolFile
 from otaship.receiver.logs import short_error
 from otaship.receiver.outage import OutageLog
 from otaship.receiver.services import Services
@@ -211,8 +211,9 @@ class GithubJobs:
             return JobResult(Outcome.FAILED, str(exc), version=version)
 
         settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-        path = settings.tmp_dir / f"github-{job.id}-{secrets.token_hex(8)}.bin"
-        upload = Upload(file_path=path, file_name=asset.name)
+        spool = SpoolFile.create(settings.tmp_dir, "github")
+        path = spool.path
+        upload = Upload(file_path=path, file_name=asset.name, spool=spool)
         try:
             try:
                 upload.file_size = await api.download_asset(

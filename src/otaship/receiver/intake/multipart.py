@@ -13,10 +13,8 @@ a byte, and the time for the whole body.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import math
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,6 +31,9 @@ from starlette.types import Message
 from otaship.firmware.tally import ImageFacts
 from otaship.receiver.fields import quoted
 from otaship.receiver.intake.spool import MAX_BACKLOG, SpoolWriter
+from otaship.receiver.intake.spool_files import SpoolFile, sweep
+
+log = logging.getLogger("otaship.upload")
 
 MAX_FIELD_BYTES = 4096
 MAX_PARTS = 32
@@ -82,10 +83,16 @@ class Upload:
     # Taken as the bytes arrived, so validation need not hash the file again.
     facts: ImageFacts | None = None
 
+    # Holds file_path against other workers' sweeps until discard().
+    spool: SpoolFile | None = None
+
     def discard(self) -> None:
         if self.file_path is not None:
             self.file_path.unlink(missing_ok=True)
             self.file_path = None
+        if self.spool is not None:
+            self.spool.remove()
+            self.spool = None
 
 
 @dataclass
@@ -158,10 +165,11 @@ class _FormCollector:
         if self.upload.file_path is not None:
             raise MalformedUpload(f"A second file part {self.file_field!r}: send one firmware file")
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        path = self.spool_dir / f"upload-{secrets.token_hex(8)}.part"
-        self.part.sink = SpoolWriter(path, flush_to_disk=self.flush_to_disk)
+        spool = SpoolFile.create(self.spool_dir, "upload")
+        self.upload.spool = spool
+        self.upload.file_path = spool.path
+        self.part.sink = SpoolWriter(spool, flush_to_disk=self.flush_to_disk)
         self.writer = self.part.sink
-        self.upload.file_path = path
         self.upload.file_name = self.part.filename
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -316,8 +324,9 @@ async def _urlencoded_fields(body: _Body) -> dict[str, str]:
 
 
 def spool_dir_ready(spool_dir: Path) -> None:
+    """The spool folder, made if missing, without the leftovers of a crash; the
+    files other live workers hold are theirs (spool_files.py)."""
     spool_dir.mkdir(parents=True, exist_ok=True)
-    # Leftovers from a crash are never in use by a live request.
-    for stale in spool_dir.glob("upload-*.part"):
-        with contextlib.suppress(OSError):
-            os.unlink(stale)
+    removed = sweep(spool_dir)
+    if removed:
+        log.info("removed %d spool file(s) left by a stopped receiver", removed)

@@ -19,9 +19,9 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from otaship.firmware.tally import ImageFacts, ImageTally
+from otaship.receiver.intake.spool_files import SpoolFile
 
 log = logging.getLogger("otaship.upload")
 
@@ -84,10 +84,11 @@ class _Lane:
 
 
 class SpoolWriter:
-    def __init__(self, path: Path, *, flush_to_disk: bool = False) -> None:
-        self.path = path
+    def __init__(self, spool: SpoolFile, *, flush_to_disk: bool = False) -> None:
+        self.path = spool.path
         self.size = 0
-        self._file = open(path, "xb")  # noqa: SIM115 (closed by the writing lane)
+        # Into the file the SpoolFile made and holds: never creates or truncates one.
+        self._file = open(self.path, "r+b")  # noqa: SIM115 (closed by the writing lane)
         self._tally = ImageTally()
         self._flush_to_disk = flush_to_disk
         self._unflushed = 0
