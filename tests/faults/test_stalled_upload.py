@@ -9,6 +9,7 @@ deploy goes through, and the spool folder ends empty.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -25,9 +26,11 @@ from tests.receiver_process import ReceiverProcess, cli_env
 from tests.waiting import eventually
 
 # The trickle's gaps are 0.2 s: the idle timeout leaves a loaded machine room
-# to be late with a byte without the trickle counting as stalled.
-IDLE_TIMEOUT = 4
-UPLOAD_TIMEOUT = 10
+# to be late with a byte without the trickle counting as stalled. A shared
+# machine in CI once held the trickle back 4 s; the trickle's longest gap is
+# in the failure message when it does.
+IDLE_TIMEOUT = 8
+UPLOAD_TIMEOUT = 16
 CAP = 4
 STALLED = 50
 
@@ -92,6 +95,8 @@ def test_stalled_and_trickling_uploads_time_out_and_free_their_spool(
     trickle.send(trickle_head)
     stop = threading.Event()
 
+    sent: list[float] = []
+
     def drip() -> None:
         # 5 bytes a second, a byte at a time: far inside the idle timeout, even on a busy machine.
         for start in range(len(image)):
@@ -101,6 +106,11 @@ def test_stalled_and_trickling_uploads_time_out_and_free_their_spool(
                 trickle.send(image[start : start + 1])
             except OSError:
                 return
+            sent.append(time.monotonic())
+
+    def longest_gap() -> str:
+        gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
+        return f"the trickle's longest gap between bytes was {max(gaps, default=0):.1f} s"
 
     dripping = threading.Thread(target=drip, daemon=True)
     dripping.start()
@@ -139,7 +149,9 @@ def test_stalled_and_trickling_uploads_time_out_and_free_their_spool(
 
         answer = trickle.answer(timeout=UPLOAD_TIMEOUT + 10)
         assert answer.status == 408, answer
-        assert answer.body == b'{"message":"The upload took longer than %d seconds in all"}' % UPLOAD_TIMEOUT
+        assert (
+            answer.body == b'{"message":"The upload took longer than %d seconds in all"}' % UPLOAD_TIMEOUT
+        ), longest_gap()
         assert time.monotonic() - trickle_started >= UPLOAD_TIMEOUT
         assert trickle.closed_by_server(timeout=5)
     finally:
