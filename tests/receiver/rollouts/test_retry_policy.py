@@ -79,6 +79,21 @@ def test_every_failure_but_a_reboot_loop_is_retried(reason: str | None) -> None:
     assert step == (None if reason == REBOOT_LOOP else (SCHEDULE, later(15)))
 
 
+@pytest.mark.parametrize("rollback", [False, True])
+@pytest.mark.parametrize("reason", [None, CODE, REVERTED, DARK])
+@pytest.mark.parametrize("retries", [0, 1, 2])
+def test_a_rollback_device_that_missed_its_trigger_while_flashing_is_retried_at_once(
+    rollback: bool, reason: str | None, retries: int
+) -> None:
+    """In a rollback, `reverted` means the device booted into the version rolled
+    back from: it was flashing it when its wave's trigger came. Idle now, its
+    first retry goes out at once; every other failure waits its backoff."""
+    failed = RetryFacts(Outcome.FAILED, False, T0, retries, None, reason, rollback=rollback)
+    at_once = rollback and reason == REVERTED and retries == 0
+    expected = later(5) if at_once else later(5) + timedelta(seconds=10 * 2**retries)
+    assert retry_step(failed, POLICY, later(5)) == (SCHEDULE, expected)
+
+
 def test_a_retry_is_due_at_its_time_and_not_before() -> None:
     waiting = facts(Outcome.RETRYING, retry_at=later(10))
     assert retry_step(waiting, POLICY, later(9.999)) is None

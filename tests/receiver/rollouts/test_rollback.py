@@ -382,14 +382,15 @@ def test_a_device_flashing_the_new_version_when_its_wave_rolls_back_is_not_count
     status(services, w, flashing, "1.1.0")
     # Not back: it did not go back.
     assert wave_2() == ((2, 1, 1, 0, 0, 0), {"w1d0": ("failed", "reverted"), "w1d1": ("succeeded", None)})
-    # It is to be reached again (3 attempts, the first after 60 s).
+    # It is to be reached again (3 attempts), the first at once: just booted, it is
+    # idle, and a backoff would only leave it on the version rolled back from.
     failed_at = utcnow()
     with write_session(services.engine) as session:
         done = retry_rollbacks(session=session, policy=RetryPolicy(), notify=True, now=failed_at)
     assert (done.scheduled, done.devices, done.groups) == (1, 0, [])
     with read_session(services.engine) as session:
         row = session.get(RolloutDevice, (rollout_id, "rollback", flashing.id))
-        assert row is not None and row.outcome == Outcome.RETRYING
+        assert row is not None and (row.outcome, row.retry_at) == (Outcome.RETRYING, failed_at)
     # Waiting for its retry, it is neither back nor given up on.
     assert wave_2() == (
         (2, 1, 0, 0, 0, 1),
@@ -397,9 +398,8 @@ def test_a_device_flashing_the_new_version_when_its_wave_rolls_back_is_not_count
     )
     assert len(trigger_topics(services)) == before
     with write_session(services.engine) as session:
-        retried = retry_rollbacks(
-            session=session, policy=RetryPolicy(), notify=True, now=failed_at + timedelta(seconds=61)
-        ).groups
+        # The clock's next pass, with the default 60 s backoff.
+        retried = retry_rollbacks(session=session, policy=RetryPolicy(), notify=True, now=failed_at).groups
     # Its group's trigger again, for the version its wave goes back to.
     assert retried == [w.waves[1].id]
     assert trigger_topics(services)[before:] == [

@@ -317,6 +317,8 @@ class RetryFacts:
     retry_at: datetime | None
     # Why it failed, where its stage records it (rollout devices do).
     reason: str | None = None
+    # A row of a rollback: the device goes back to its wave's version.
+    rollback: bool = False
 
 
 def retry_delay(policy: RetryPolicy, retries: int) -> timedelta:
@@ -346,8 +348,18 @@ def retry_step(facts: RetryFacts, policy: RetryPolicy, now: datetime) -> tuple[s
         return None
     failed = facts.outcome == Outcome.FAILED or went_dark(facts, policy, now)
     if failed and facts.reason != REBOOT_LOOP and facts.retries < policy.attempts:
-        return (SCHEDULE, now + retry_delay(policy, facts.retries))
+        return (SCHEDULE, now + first_retry_now_or(retry_delay(policy, facts.retries), facts))
     return None
+
+
+def first_retry_now_or(delay: timedelta, facts: RetryFacts) -> timedelta:
+    """`delay`, or none for a rollback's device that booted into the version
+    rolled back from: it was flashing that version when its wave's trigger
+    came, and missed it, as a device does while it updates. Just booted, it is
+    idle and takes the trigger at once; waiting out the backoff would only
+    leave it on the failing version. Its later retries wait as any do."""
+    missed_while_flashing = facts.rollback and facts.reason == REVERTED and facts.retries == 0
+    return timedelta(0) if missed_while_flashing else delay
 
 
 # --- stages -------------------------------------------------------------------

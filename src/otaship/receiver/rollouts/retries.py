@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement
 from sqlmodel import Session, col, select
 
 from otaship.protocol import trigger_topic
-from otaship.receiver.db.enums import Outcome, State
+from otaship.receiver.db.enums import Outcome, Stage, State
 from otaship.receiver.db.models import (
     DeployDevice,
     FirmwareImage,
@@ -142,6 +142,7 @@ def retry_rows(
             row.retries,
             row.retry_at,
             row.reason if isinstance(row, RolloutDevice) else None,
+            rollback=isinstance(row, RolloutDevice) and row.stage == Stage.ROLLBACK,
         )
         step = retry_step(facts, policy, now)
         if step is not None and step[0] == SCHEDULE:
