@@ -87,12 +87,13 @@ class Upload:
     spool: SpoolFile | None = None
 
     def discard(self) -> None:
-        if self.file_path is not None:
-            self.file_path.unlink(missing_ok=True)
-            self.file_path = None
         if self.spool is not None:
+            # Its file is file_path: removed first, then its lock dropped.
             self.spool.remove()
             self.spool = None
+        elif self.file_path is not None:
+            self.file_path.unlink(missing_ok=True)
+        self.file_path = None
 
 
 @dataclass
